@@ -1,0 +1,134 @@
+"""Input checks shared by the compiled kernels and their NumPy reference twins.
+
+Both implementations call the same functions, so they accept, convert and reject exactly
+the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+_INT32 = np.iinfo(np.int32)
+
+
+def as_scores_1d(scores: Any, name: str = "scores") -> np.ndarray:
+    """Return `scores` as a C-contiguous float32 vector, or raise ValueError."""
+    array = np.ascontiguousarray(scores, dtype=np.float32)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}")
+    return array
+
+
+def as_scores_2d(scores: Any, name: str = "scores_2d") -> np.ndarray:
+    """Return `scores` as a C-contiguous float32 matrix, or raise ValueError."""
+    array = np.ascontiguousarray(scores, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {array.shape}")
+    return array
+
+
+def check_k(k: Any, name: str = "k") -> int:
+    """Return `k` as a Python int; TypeError if not an integer, ValueError if negative."""
+    value = operator.index(k)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_threads(threads: Any) -> int | None:
+    """Return `threads` (None or a positive int), or raise ValueError."""
+    if threads is None:
+        return None
+    value = operator.index(threads)
+    if value < 1:
+        raise ValueError(f"threads must be None or >= 1, got {value}")
+    return value
+
+
+def exclude_indices(exclude: Any, n: int) -> np.ndarray:
+    """Return the sorted unique int64 indices of `exclude` that lie in [0, n).
+
+    Duplicates, negative and out-of-range values are dropped. `exclude` must hold integers
+    (an empty list is fine); anything else raises ValueError.
+    """
+    if exclude is None:
+        return np.empty(0, dtype=np.int64)
+    array = np.asarray(exclude)
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.ndim > 1:
+        raise ValueError(f"exclude must be a 1-D array of item indices, got shape {array.shape}")
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"exclude must hold integer item indices, got dtype {array.dtype}")
+    array = array.ravel()
+    if array.dtype.kind == "u":
+        array = array[array < n]
+    else:
+        array = array[(array >= 0) & (array < n)]
+    return np.unique(array.astype(np.int64))
+
+
+def exclude_rows(exclude: Sequence[Any] | None, rows: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-row exclusions as CSR arrays `(offsets [rows+1], indices)`, each row sorted.
+
+    `exclude` is None or a sequence of `rows` integer arrays, each cleaned as in
+    `exclude_indices`.
+    """
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    if exclude is None:
+        return offsets, np.empty(0, dtype=np.int64)
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 2 and exclude.size > 0:
+        exclude = list(exclude)
+    if len(exclude) != rows:
+        raise ValueError(
+            f"exclude must be None or a sequence of one index array per row "
+            f"({rows} rows), got {len(exclude)}"
+        )
+    cleaned = [exclude_indices(row, n) for row in exclude]
+    offsets[1:] = np.cumsum([len(row) for row in cleaned])
+    values = np.concatenate(cleaned) if cleaned else np.empty(0, dtype=np.int64)
+    return offsets, values.astype(np.int64, copy=False)
+
+
+def as_factors(item_factors: Any, user: Any, user_ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return float32 C-contiguous `(item_factors [n, d], user)` with matching d, or raise."""
+    items = np.ascontiguousarray(item_factors, dtype=np.float32)
+    if items.ndim != 2:
+        raise ValueError(f"item_factors must be a 2-D array [n, d], got shape {items.shape}")
+    users = np.ascontiguousarray(user, dtype=np.float32)
+    name = "user_vector" if user_ndim == 1 else "user_matrix"
+    if users.ndim != user_ndim:
+        shape = "[d]" if user_ndim == 1 else "[b, d]"
+        raise ValueError(f"{name} must be a {user_ndim}-D array {shape}, got shape {users.shape}")
+    if users.shape[-1] != items.shape[1]:
+        raise ValueError(
+            f"{name} has {users.shape[-1]} factors but item_factors has {items.shape[1]}"
+        )
+    return items, users
+
+
+def as_categories(categories: Any, n: int) -> np.ndarray:
+    """Return `categories` as C-contiguous int32 of length n, or raise ValueError."""
+    array = np.asarray(categories)
+    if array.ndim != 1:
+        raise ValueError(f"categories must be a 1-D array, got shape {array.shape}")
+    if array.shape[0] != n:
+        raise ValueError(f"categories has length {array.shape[0]} but scores has length {n}")
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"categories must hold integers, got dtype {array.dtype}")
+    if array.dtype != np.int32 and array.size:
+        if array.min() < _INT32.min or array.max() > _INT32.max:
+            raise ValueError("categories must fit in int32")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def check_cap(cap: Any) -> int:
+    """Return `cap` as a Python int; ValueError if negative."""
+    value = operator.index(cap)
+    if value < 0:
+        raise ValueError(f"cap must be >= 0, got {value}")
+    return value

@@ -1,0 +1,238 @@
+"""Typed settings, built once at startup from a TOML file and ``RANKLY_*`` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "RANKLY_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, misspelt or out of range; the message names it."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits; over-limit requests get 413/422 before any proportional work."""
+
+    n_default: int = 10
+    n_max: int = 100
+    max_body_bytes: int = 1_048_576
+    max_id_length: int = 256
+    max_exclude: int = 1000
+    max_categories: int = 50
+    max_session_items: int = 200
+    max_events_batch: int = 1000
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Which components run, in which order (names as registered by plugins)."""
+
+    candidates: tuple[str, ...] = ("itemknn", "als", "popular")
+    scorers: tuple[str, ...] = ("blend", "als", "popular")
+    rerankers: tuple[str, ...] = ("diversity",)
+    candidates_per_generator: int = 300
+    rerank_depth: int = 5  # rerankers see n * rerank_depth items (at least 50)
+    exclude_seen: bool = True
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    tiers: tuple[str, ...] = ("l1",)
+    ttl_seconds: float = 300.0
+    jitter: float = 0.1
+    l1_max_entries: int = 100_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Time budgets in milliseconds."""
+
+    request_ms: float = 200.0
+    stage_ms: float = 100.0
+    store_ms: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a rankly process; build with :func:`load_settings`."""
+
+    artifacts: Path | None = None
+    store_url: str = "memory"
+    namespace: str = "rankly"
+    data_dir: Path = Path(".rankly")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "info"
+    access_log: bool = False
+    admin_token: Secret | None = None
+    load_entrypoints: bool = True
+    blocked_plugins: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    experiments: tuple[Mapping[str, Any], ...] = ()
+    event_types: Mapping[str, float] = field(default_factory=dict)
+
+    def plugin_options(self, name: str) -> Mapping[str, Any]:
+        """Options of the component ``name`` (the ``[plugins.<name>]`` table)."""
+        return dict(self.plugins.get(name, {}))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a table, got {type(value).__name__}")
+        return _build(hint, value, prefix=f"{name}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list")
+        return tuple(value)
+    if hint is Path or (args and Path in args):
+        return None if value in (None, "") else Path(value)
+    if hint is Secret or (args and Secret in args):
+        return None if value in (None, "") else Secret(str(value))
+    if hint is bool:
+        if isinstance(value, str):
+            low = value.lower()
+            if low not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+            return low in {"1", "true", "yes"}
+        return bool(value)
+    if hint in (int, float):
+        try:
+            out = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}") from None
+        return out
+    if origin in (Mapping, dict) or hint is Mapping:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a table")
+        return dict(value)
+    return value if not isinstance(value, str) or hint is not str else str(value)
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {prefix}{unknown[0]}")
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``RANKLY_PORT=9000`` -> {"port": ...}; ``RANKLY_CACHE__TTL_SECONDS`` -> nested."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in {"RANKLY_CONFIG", "RANKLY_PURE_PYTHON"}:
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    if "REDIS_URL" in environ and "store_url" not in out:
+        out["store_url"] = environ["REDIS_URL"]
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(s: Settings) -> Settings:
+    lim = s.limits
+    if not 1 <= lim.n_default <= lim.n_max:
+        raise ConfigError("limits.n_default must be in 1..limits.n_max")
+    for name in ("n_max", "max_body_bytes", "max_id_length", "max_events_batch"):
+        if getattr(lim, name) < 1:
+            raise ConfigError(f"limits.{name} must be >= 1")
+    if not 0 <= s.cache.jitter < 1:
+        raise ConfigError("cache.jitter must be in [0, 1)")
+    if s.cache.ttl_seconds <= 0:
+        raise ConfigError("cache.ttl_seconds must be > 0")
+    if s.deadlines.request_ms <= 0 or s.deadlines.stage_ms <= 0:
+        raise ConfigError("deadlines must be > 0")
+    if not s.pipeline.scorers:
+        raise ConfigError("pipeline.scorers must name at least one scorer")
+    if s.workers < 1:
+        raise ConfigError("workers must be >= 1")
+    return s
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build validated settings: defaults < TOML file < environment < explicit overrides.
+
+    The file is ``config_file`` or ``$RANKLY_CONFIG``. Raises :class:`ConfigError` naming the
+    offending setting.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = config_file or environ.get("RANKLY_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        if "experiments" in raw and isinstance(raw["experiments"], Mapping):
+            raw["experiments"] = [dict(v, key=k) for k, v in raw["experiments"].items()]
+    raw = _merge(raw, _env_overrides(environ))
+    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
+    return _validate(_build(Settings, raw))

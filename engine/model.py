@@ -1,0 +1,241 @@
+"""A trained model version on disk (manifest + .npy arrays) and in memory (catalog, users, parts).
+
+Artifacts never contain pickles: every array is saved with ``allow_pickle=False`` and loaded the
+same way, so loading a model can never execute code. Numeric arrays are memory-mapped, so
+several workers on one machine share one copy of the item factors in the page cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankly.engine.types import ModelPart
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory is missing, incomplete or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Items by dense index 0..N-1: external ids, titles, primary category, category names.
+
+    ``categories[i]`` is the index into ``category_names`` of item i's primary category, or -1.
+    ``category_sets`` (CSR: ``cat_indptr``/``cat_indices``) holds every category of an item.
+    """
+
+    item_ids: np.ndarray
+    titles: np.ndarray
+    categories: np.ndarray
+    category_names: tuple[str, ...]
+    cat_indptr: np.ndarray
+    cat_indices: np.ndarray
+    index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+    category_index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index.update({str(v): i for i, v in enumerate(self.item_ids.tolist())})
+        if not self.category_index:
+            self.category_index.update({c: i for i, c in enumerate(self.category_names)})
+
+    def __len__(self) -> int:
+        return int(self.item_ids.size)
+
+    def lookup(self, ids: Sequence[str]) -> np.ndarray:
+        """Return the indices of ``ids`` (int64), -1 for ids not in the catalog."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def title(self, idx: int) -> str:
+        t = str(self.titles[idx])
+        return t or str(self.item_ids[idx])
+
+    def category_name(self, cat: int) -> str:
+        return self.category_names[cat] if 0 <= cat < len(self.category_names) else "uncategorized"
+
+    def items_in_categories(self, names: Sequence[str]) -> np.ndarray:
+        """Boolean mask over items having any of the named categories (unknown names ignored)."""
+        wanted = np.array([self.category_index[n] for n in names if n in self.category_index])
+        mask = np.zeros(len(self), dtype=bool)
+        if wanted.size:
+            hit = np.isin(self.cat_indices, wanted)
+            rows = np.repeat(np.arange(len(self)), np.diff(self.cat_indptr))
+            mask[rows[hit]] = True
+        return mask
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """Users known at training time and their histories (item indices, most recent first)."""
+
+    user_ids: np.ndarray
+    history_indptr: np.ndarray
+    history_items: np.ndarray
+    index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index.update({str(v): i for i, v in enumerate(self.user_ids.tolist())})
+
+    def __len__(self) -> int:
+        return int(self.user_ids.size)
+
+    def row(self, user_id: str | None) -> int:
+        return -1 if user_id is None else self.index.get(user_id, -1)
+
+    def history(self, row: int) -> np.ndarray:
+        if row < 0:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = self.history_indptr[row], self.history_indptr[row + 1]
+        return np.asarray(self.history_items[lo:hi], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One loaded model version: catalog, users and each trained part's arrays."""
+
+    version: str
+    manifest: Mapping[str, Any]
+    catalog: Catalog
+    users: UserTable
+    parts: Mapping[str, Mapping[str, np.ndarray]]
+    path: Path | None = None
+
+    def part(self, name: str) -> Mapping[str, np.ndarray] | None:
+        return self.parts.get(name)
+
+    def params(self, name: str) -> Mapping[str, Any]:
+        return self.manifest.get("parts", {}).get(name, {}).get("params", {})
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        arr = arr.astype(str)
+    np.save(path, arr, allow_pickle=False)
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray:
+    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return arr
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """Return a sha256 over the bytes of ``arrays`` (identifies the training data)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_model(
+    out_dir: str | Path,
+    catalog: Catalog,
+    users: UserTable,
+    parts: Sequence[ModelPart],
+    *,
+    data_fingerprint: str,
+    info: Mapping[str, Any] | None = None,
+    version: str | None = None,
+) -> Path:
+    """Write a versioned artifact directory ``out_dir`` atomically and return its path.
+
+    The manifest is written last (after every array), so a reader never sees half a model.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    created = dt.datetime.now(dt.UTC)
+    version = version or f"{created:%Y%m%dT%H%M%S}-{data_fingerprint[:8]}"
+    for sub in ("catalog", "users"):
+        (out / sub).mkdir(exist_ok=True)
+    for name, arr in {
+        "item_ids": catalog.item_ids, "titles": catalog.titles,
+        "categories": catalog.categories.astype(np.int32),
+        "category_names": np.array(catalog.category_names, dtype=str),
+        "cat_indptr": catalog.cat_indptr.astype(np.int64),
+        "cat_indices": catalog.cat_indices.astype(np.int32),
+    }.items():
+        _save(out / "catalog" / f"{name}.npy", arr)
+    _save(out / "users" / "user_ids.npy", users.user_ids)
+    _save(out / "users" / "history_indptr.npy", users.history_indptr.astype(np.int64))
+    _save(out / "users" / "history_items.npy", users.history_items.astype(np.int64))
+    parts_manifest = {}
+    for part in parts:
+        if not part.name or set(part.name) - _NAME_OK:
+            raise ArtifactError(f"invalid part name {part.name!r}")
+        pdir = out / "parts" / part.name
+        pdir.mkdir(parents=True, exist_ok=True)
+        for aname, arr in part.arrays.items():
+            if set(aname) - _NAME_OK:
+                raise ArtifactError(f"invalid array name {aname!r} in part {part.name}")
+            _save(pdir / f"{aname}.npy", arr)
+        parts_manifest[part.name] = {
+            "params": dict(part.params), "metrics": dict(part.metrics),
+            "arrays": sorted(part.arrays),
+        }
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "created": created.isoformat(),
+        "data_fingerprint": data_fingerprint,
+        "n_items": len(catalog),
+        "n_users": len(users),
+        "parts": parts_manifest,
+        **({"info": dict(info)} if info else {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".manifest-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+    os.replace(tmp, out / MANIFEST)
+    return out
+
+
+def load_model(path: str | Path, mmap: bool = True) -> Model:
+    """Load an artifact directory written by :func:`save_model` (no pickle, arrays mmapped)."""
+    root = Path(path)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{root} has no {MANIFEST}: train one with `rankly train`") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r}")
+    try:
+        c = {n: _load(root / "catalog" / f"{n}.npy", mmap=False) for n in (
+            "item_ids", "titles", "categories", "category_names", "cat_indptr", "cat_indices")}
+        catalog = Catalog(
+            item_ids=c["item_ids"], titles=c["titles"],
+            categories=np.ascontiguousarray(c["categories"], dtype=np.int32),
+            category_names=tuple(str(x) for x in c["category_names"].tolist()),
+            cat_indptr=c["cat_indptr"], cat_indices=c["cat_indices"],
+        )
+        users = UserTable(
+            user_ids=_load(root / "users" / "user_ids.npy", mmap=False),
+            history_indptr=_load(root / "users" / "history_indptr.npy", mmap=mmap),
+            history_items=_load(root / "users" / "history_items.npy", mmap=mmap),
+        )
+        parts = {
+            name: {a: _load(root / "parts" / name / f"{a}.npy", mmap=mmap) for a in spec["arrays"]}
+            for name, spec in manifest.get("parts", {}).items()
+        }
+    except (FileNotFoundError, ValueError) as exc:
+        raise ArtifactError(f"{root}: incomplete artifact: {exc}") from None
+    return Model(manifest["version"], manifest, catalog, users, parts, root)

@@ -1,0 +1,1 @@
+"""Built-in rankly plugins, loaded through the `rankly` entry-point group like any other."""

@@ -1,0 +1,1 @@
+"""Built-in model plugins: each contributes a trainer plus the serving components it enables."""

@@ -1,0 +1,1 @@
+"""als model plugin (trainer, candidate generator and scorer)."""

@@ -1,0 +1,1 @@
+"""ease model plugin (trainer, candidate generator and scorer)."""

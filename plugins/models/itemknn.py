@@ -1,0 +1,1 @@
+"""itemknn model plugin (trainer, candidate generator and scorer)."""

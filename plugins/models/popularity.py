@@ -1,0 +1,101 @@
+"""Popularity model: time-decayed interaction mass per item, overall and per category."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rankly import _fast
+from rankly.engine import hookimpl
+from rankly.engine.interactions import TrainingData
+from rankly.engine.types import (
+    Candidates,
+    ComponentContext,
+    ModelPart,
+    Reason,
+    UserFeatures,
+)
+
+NAME = "pop"
+
+
+class PopularityTrainer:
+    """Sum each item's interaction weights, decayed by age with an optional half-life.
+
+    Options: ``half_life_days`` (float, default 0 = no decay), ``binary`` (count each
+    user-item pair once instead of summing weights; default True).
+    """
+
+    def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
+        half_life = float(options.get("half_life_days", 0.0))
+        binary = bool(options.get("binary", True))
+        w = np.ones_like(data.weights) if binary else data.weights.astype(np.float64)
+        if half_life > 0 and data.timestamps.size:
+            age_days = (data.timestamps.max() - data.timestamps) / 86400.0
+            w = w * np.exp2(-age_days / half_life)
+        if binary:
+            # one unit per distinct (user, item), keeping the most recent (largest) decay weight
+            key = data.user_idx.astype(np.int64) * max(data.n_items, 1) + data.item_idx
+            order = np.lexsort((-w, key))
+            _, first = np.unique(key[order], return_index=True)
+            pick = order[first]
+            scores = np.bincount(data.item_idx[pick], weights=w[pick], minlength=data.n_items)
+        else:
+            scores = np.bincount(data.item_idx, weights=w, minlength=data.n_items)
+        return ModelPart(
+            name=NAME,
+            params={"half_life_days": half_life, "binary": binary},
+            arrays={"scores": scores.astype(np.float32)},
+        )
+
+
+class PopularCandidates:
+    """The most popular unseen items, optionally restricted to a category's items."""
+
+    def __init__(self, scores: np.ndarray, categories: np.ndarray) -> None:
+        self.scores = np.ascontiguousarray(scores, dtype=np.float32)
+        self.categories = categories
+
+    def generate(self, user: UserFeatures, n: int) -> Candidates:
+        idx, _ = _fast.topk(self.scores, n, exclude=user.seen)
+        return Candidates.of(idx, Reason.POPULAR)
+
+
+class PopularityScorer:
+    """Score = log(1 + popularity), so popularity composes with other scorers in a blend."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.log_scores = np.log1p(np.maximum(np.asarray(scores, dtype=np.float32), 0))
+
+    def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
+        return self.log_scores[items]
+
+
+def _scores(ctx: ComponentContext) -> np.ndarray | None:
+    part = ctx.model.part(NAME)
+    return None if part is None else part["scores"]
+
+
+@hookimpl
+def register_trainers(register):
+    register(NAME, PopularityTrainer())
+
+
+@hookimpl
+def register_candidate_generators(register):
+    def popular(ctx: ComponentContext):
+        s = _scores(ctx)
+        return None if s is None else PopularCandidates(s, ctx.model.catalog.categories)
+
+    register("popular", popular)
+
+
+@hookimpl
+def register_scorers(register):
+    def popular(ctx: ComponentContext):
+        s = _scores(ctx)
+        return None if s is None else PopularityScorer(s)
+
+    register("popular", popular)

@@ -1,0 +1,1 @@
+"""Linear blend scorer: weighted sum of other scorers' normalized scores."""
