@@ -1,0 +1,584 @@
+"""Interaction-data loaders (MovieLens 100K/latest, events CSV, Taobao) and verified downloads.
+
+Every loader returns a :class:`Dataset`: the interactions, optional item metadata and a
+:class:`LoadReport` that counts malformed rows (with the first 10 line numbers). A file whose
+rows are mostly malformed raises :class:`DatasetError` instead of loading a sliver of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import sys
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from rankly.engine.interactions import Interactions, ItemTable
+
+FORMATS = ("auto", "movielens-100k", "movielens-csv", "events-csv", "taobao")
+
+#: Implicit-feedback weight per event type; a ``rating`` event weighs its value.
+DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
+    "view": 1.0, "click": 1.0, "fav": 2.0, "add_to_cart": 3.0, "purchase": 5.0,
+}
+#: Synonyms folded onto the canonical event names above.
+EVENT_ALIASES: Mapping[str, str] = {
+    "pv": "view", "page_view": "view", "cart": "add_to_cart", "addtocart": "add_to_cart",
+    "buy": "purchase", "transaction": "purchase", "favorite": "fav", "like": "fav",
+}
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)
+MAX_BAD_SHARE = 0.5
+MAX_REPORTED = 10
+
+
+@dataclass(frozen=True)
+class Download:
+    """A publisher archive: where to get it, its pinned sha256, the folder inside it."""
+
+    url: str
+    sha256: str
+    member_dir: str
+
+
+#: sha256 of the publisher zips, as pinned by TensorFlow Datasets' url_checksums/movielens.txt.
+DOWNLOADS: Mapping[str, Download] = {
+    "movielens-100k": Download(
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+        "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229", "ml-100k"),
+    "movielens-latest-small": Download(
+        "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
+        "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436", "ml-latest-small"),
+}
+
+
+class DatasetError(ValueError):
+    """A data file is unreadable, of an unknown format, or mostly malformed."""
+
+
+@dataclass
+class LoadReport:
+    """What a loader read: row counts and the first malformed lines (1-based line numbers)."""
+
+    path: str
+    format: str
+    rows: int = 0
+    loaded: int = 0
+    malformed: int = 0
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def bad(self, line_no: int, reason: str) -> None:
+        self.malformed += 1
+        if len(self.bad_lines) < MAX_REPORTED:
+            self.bad_lines.append((line_no, reason))
+
+    def check(self) -> None:
+        """Raise :class:`DatasetError` if nothing loaded or more than half the rows are bad."""
+        if self.rows and self.malformed / self.rows > MAX_BAD_SHARE:
+            raise DatasetError(
+                f"{self.path}: {self.malformed} of {self.rows} rows are malformed "
+                f"(is --format {self.format} right?); first: {self._first()}"
+            )
+        if not self.loaded:
+            raise DatasetError(f"{self.path}: no interactions found")
+
+    def _first(self) -> str:
+        return "; ".join(f"line {n}: {why}" for n, why in self.bad_lines)
+
+    def summary(self) -> str:
+        text = f"{self.path} ({self.format}): {self.loaded} of {self.rows} rows loaded"
+        if self.malformed:
+            text += f", {self.malformed} malformed skipped ({self._first()})"
+        return text
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Loaded interactions, optional item metadata and the load reports."""
+
+    interactions: Interactions
+    items: ItemTable | None
+    reports: tuple[LoadReport, ...]
+    format: str
+
+
+class _Columns:
+    """Row accumulator turned into an :class:`Interactions` at the end."""
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+        self.items: list[str] = []
+        self.weights: list[float] = []
+        self.ts: list[int] = []
+        self.events: list[str] = []
+        self.cats: list[str] = []
+
+    def add(self, user: str, item: str, weight: float, ts: int, event: str = "",
+            cat: str = "") -> None:
+        self.users.append(user)
+        self.items.append(item)
+        self.weights.append(weight)
+        self.ts.append(ts)
+        self.events.append(event)
+        self.cats.append(cat)
+
+    def build(self, with_events: bool, with_cats: bool) -> Interactions:
+        return Interactions(
+            user_ids=np.array(self.users, dtype=str),
+            item_ids=np.array(self.items, dtype=str),
+            weights=np.array(self.weights, dtype=np.float32),
+            timestamps=np.array(self.ts, dtype=np.int64),
+            event_types=np.array(self.events, dtype=str) if with_events else None,
+            categories=np.array(self.cats, dtype=str) if with_cats else None,
+        )
+
+
+def _open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
+    try:
+        return open(path, encoding=encoding, newline="")
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _rows(fh: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (1-based line number, fields) for every non-blank line."""
+    reader = csv.reader(fh, delimiter=delimiter)
+    for fields in reader:
+        if fields and any(f.strip() for f in fields):
+            yield reader.line_num, [f.strip() for f in fields]
+
+
+def _int(text: str) -> int:
+    # Timestamps sometimes come as "1512205511.0"; anything non-integral is malformed.
+    value = float(text) if "." in text or "e" in text.lower() else int(text)
+    if value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+# --- MovieLens 100K -----------------------------------------------------------------------
+
+
+def load_movielens_100k(path: str | Path, items: str | Path | None = None) -> Dataset:
+    """Load ``u.data`` (tab-separated user, item, rating, unix ts) and ``u.item`` if present.
+
+    ``items`` defaults to ``u.item`` next to ``u.data``. Weights are the ratings. Each item's
+    categories are its set genre flags in u.genre order, so the primary one is the first set.
+    """
+    path = Path(path)
+    report = LoadReport(str(path), "movielens-100k")
+    cols = _Columns()
+    with _open_text(path, "latin-1") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            report.rows += 1
+            f = line.split()
+            try:
+                if len(f) != 4 or not f[0] or not f[1]:
+                    raise ValueError(f"expected 4 fields, got {len(f)}")
+                cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
+            except ValueError as exc:
+                report.bad(line_no, str(exc) or "bad value")
+                continue
+            report.loaded += 1
+    report.check()
+    item_path = Path(items) if items else path.with_name("u.item")
+    table, reports = None, [report]
+    if items or item_path.exists():
+        table, item_report = load_movielens_100k_items(item_path)
+        reports.append(item_report)
+    return Dataset(cols.build(False, False), table, tuple(reports), "movielens-100k")
+
+
+def load_movielens_100k_items(path: str | Path) -> tuple[ItemTable, LoadReport]:
+    """Parse ``u.item`` (latin-1, ``|``-separated, 19 genre flags at the end)."""
+    path = Path(path)
+    report = LoadReport(str(path), "movielens-100k items")
+    ids, titles, cats = [], [], []
+    with _open_text(path, "latin-1") as fh:
+        for line_no, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            report.rows += 1
+            f = line.split("|")
+            flags = f[-len(ML100K_GENRES):]
+            if len(f) < 2 + len(ML100K_GENRES) or any(x not in ("0", "1") for x in flags):
+                report.bad(line_no, "expected id|title|...|19 genre flags")
+                continue
+            ids.append(f[0])
+            titles.append(f[1])
+            cats.append(tuple(g for g, x in zip(ML100K_GENRES, flags, strict=True) if x == "1"))
+            report.loaded += 1
+    report.check()
+    return ItemTable(np.array(ids, dtype=str), np.array(titles, dtype=str), cats), report
+
+
+# --- MovieLens latest (ratings.csv / movies.csv) --------------------------------------------
+
+
+def load_movielens_csv(path: str | Path, items: str | Path | None = None) -> Dataset:
+    """Load ``ratings.csv`` (userId,movieId,rating,timestamp) and ``movies.csv`` if present.
+
+    Weights are the ratings. The genres of movies.csv are listed alphabetically, so none is
+    "primary"; we keep the first listed as the primary category (documented, deterministic),
+    and all of them in the catalog's category sets. "(no genres listed)" means no category.
+    """
+    path = Path(path)
+    report = LoadReport(str(path), "movielens-csv")
+    cols = _Columns()
+    with _open_text(path) as fh:
+        for line_no, f in _rows(fh, ","):
+            if line_no == 1 and f and f[0].lower() in ("userid", "user_id"):
+                continue
+            report.rows += 1
+            try:
+                if len(f) < 4 or not f[0] or not f[1]:
+                    raise ValueError(f"expected 4 fields, got {len(f)}")
+                cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
+            except ValueError as exc:
+                report.bad(line_no, str(exc) or "bad value")
+                continue
+            report.loaded += 1
+    report.check()
+    item_path = Path(items) if items else path.with_name("movies.csv")
+    table, reports = None, [report]
+    if items or item_path.exists():
+        table, item_report = load_movielens_movies(item_path)
+        reports.append(item_report)
+    return Dataset(cols.build(False, False), table, tuple(reports), "movielens-csv")
+
+
+def load_movielens_movies(path: str | Path) -> tuple[ItemTable, LoadReport]:
+    """Parse ``movies.csv`` (movieId,title,genres with ``|``-separated genres; quoted titles)."""
+    path = Path(path)
+    report = LoadReport(str(path), "movielens-csv items")
+    ids, titles, cats = [], [], []
+    with _open_text(path) as fh:
+        for line_no, f in _rows(fh, ","):
+            if line_no == 1 and f[0].lower() in ("movieid", "item_id"):
+                continue
+            report.rows += 1
+            if len(f) != 3 or not f[0]:
+                report.bad(line_no, f"expected 3 fields, got {len(f)}")
+                continue
+            genres = tuple(g for g in f[2].split("|") if g and g != "(no genres listed)")
+            ids.append(f[0])
+            titles.append(f[1])
+            cats.append(genres)
+            report.loaded += 1
+    report.check()
+    return ItemTable(np.array(ids, dtype=str), np.array(titles, dtype=str), cats), report
+
+
+# --- generic events CSV and Taobao ----------------------------------------------------------
+
+EVENT_COLUMNS = ("user_id", "item_id", "category_id", "event_type", "value", "timestamp")
+_COLUMN_ALIASES = {
+    "user": "user_id", "userid": "user_id", "item": "item_id", "itemid": "item_id",
+    "category": "category_id", "categoryid": "category_id", "event": "event_type",
+    "behavior": "event_type", "behavior_type": "event_type", "type": "event_type",
+    "rating": "value", "weight": "value", "ts": "timestamp", "time": "timestamp",
+}
+
+
+def _header_columns(fields: list[str]) -> list[str] | None:
+    """Return canonical column names if ``fields`` is a header row, else None."""
+    names = [_COLUMN_ALIASES.get(f.lower().replace(" ", ""), f.lower()) for f in fields]
+    if "user_id" in names and "item_id" in names:
+        return names
+    return None
+
+
+def _weight(event: str, value: str, weights: Mapping[str, float]) -> tuple[str, float]:
+    event = EVENT_ALIASES.get(event.lower(), event.lower()) if event else ""
+    if event == "rating" or (not event and value):
+        return event or "rating", _finite(value)
+    if not event:
+        return "", 1.0
+    if event not in weights:
+        raise ValueError(f"unknown event type {event!r}")
+    return event, weights[event]
+
+
+def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None = None,
+                    columns: Iterable[str] | None = None) -> Dataset:
+    """Load ``user_id,item_id[,category_id][,event_type][,value][,timestamp]`` rows.
+
+    A first row naming ``user_id`` and ``item_id`` is a header and fixes the column order;
+    without one, ``columns`` (default: as many of :data:`EVENT_COLUMNS` as the row has) does.
+    Weight: ``event_weights[event]`` (merged over :data:`DEFAULT_EVENT_WEIGHTS`; ``value`` is
+    ignored for typed events); a ``rating`` event, or a value without an event type, weighs
+    its value; otherwise 1. An unknown event type makes the row malformed. Missing timestamps become the row number, preserving file order.
+    """
+    path = Path(path)
+    weights = {**DEFAULT_EVENT_WEIGHTS, **(event_weights or {})}
+    weights = {EVENT_ALIASES.get(k.lower(), k.lower()): float(v) for k, v in weights.items()}
+    report = LoadReport(str(path), "events-csv")
+    cols = _Columns()
+    names = list(columns) if columns else None
+    seen_event = seen_cat = False
+    with _open_text(path) as fh:
+        for line_no, f in _rows(fh, ","):
+            if line_no == 1 and names is None:
+                header = _header_columns(f)
+                if header is not None:
+                    names = header
+                    continue
+            report.rows += 1
+            use = names or list(EVENT_COLUMNS if len(f) == 6 else _guess_columns(f))
+            if len(f) != len(use):
+                report.bad(line_no, f"expected {len(use)} fields, got {len(f)}")
+                continue
+            row = dict(zip(use, f, strict=True))
+            try:
+                user, item = row.get("user_id", ""), row.get("item_id", "")
+                if not user or not item:
+                    raise ValueError("empty user_id or item_id")
+                event, w = _weight(row.get("event_type", ""), row.get("value", ""), weights)
+                ts_text = row.get("timestamp", "")
+                ts = _int(ts_text) if ts_text else line_no
+                cat = row.get("category_id", "")
+            except ValueError as exc:
+                report.bad(line_no, str(exc) or "bad value")
+                continue
+            seen_event |= bool(event)
+            seen_cat |= bool(cat)
+            cols.add(user, item, w, ts, event, cat)
+            report.loaded += 1
+    report.check()
+    return Dataset(cols.build(seen_event, seen_cat), None, (report,), "events-csv")
+
+
+def _guess_columns(fields: list[str]) -> tuple[str, ...]:
+    """Column names for a headerless row of 2-5 fields (ambiguous shapes pick the common one)."""
+    n = len(fields)
+    if n == 2:
+        return ("user_id", "item_id")
+    if n == 3:
+        return ("user_id", "item_id", "value")
+    if n == 4:
+        return ("user_id", "item_id", "value", "timestamp")
+    if n == 5:  # Taobao's shape: user,item,category,behavior,ts
+        return ("user_id", "item_id", "category_id", "event_type", "timestamp")
+    return EVENT_COLUMNS[:n]
+
+
+def load_taobao(path: str | Path, event_weights: Mapping[str, float] | None = None) -> Dataset:
+    """Load Taobao UserBehavior (no header: user,item,category,pv|fav|cart|buy,unix ts).
+
+    Behaviours map to view / fav / add_to_cart / purchase and weigh as in ``event_weights``.
+    """
+    ds = load_events_csv(path, event_weights,
+                         columns=("user_id", "item_id", "category_id", "event_type", "timestamp"))
+    for r in ds.reports:
+        r.format = "taobao"
+    return Dataset(ds.interactions, None, ds.reports, "taobao")
+
+
+# --- format detection and the one entry point ---------------------------------------------
+
+
+def resolve_paths(path: str | Path) -> Path:
+    """Return the interactions file for ``path`` (a directory holding u.data or ratings.csv)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("u.data", "ratings.csv"):
+            if (p / name).exists():
+                return p / name
+        raise DatasetError(f"{p}: no u.data or ratings.csv in this directory")
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file")
+    return p
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format of an interactions file from its name and first line."""
+    p = resolve_paths(path)
+    if p.name == "u.data":
+        return "movielens-100k"
+    with open(p, encoding="latin-1", newline="") as fh:
+        first = fh.readline().strip()
+    if "\t" in first and len(first.split("\t")) == 4:
+        return "movielens-100k"
+    fields = [f.strip().lower() for f in first.split(",")]
+    if fields[:2] == ["userid", "movieid"]:
+        return "movielens-csv"
+    if len(fields) == 5 and fields[3] in ("pv", "fav", "cart", "buy"):
+        return "taobao"
+    return "events-csv"
+
+
+def load(path: str | Path, items: str | Path | None = None, format: str = "auto",
+         event_weights: Mapping[str, float] | None = None) -> Dataset:
+    """Load interactions (and item metadata) in ``format``, detected when "auto"."""
+    if format not in FORMATS:
+        raise DatasetError(f"unknown format {format!r}; one of {', '.join(FORMATS)}")
+    p = resolve_paths(path)
+    fmt = detect_format(p) if format == "auto" else format
+    if fmt == "movielens-100k":
+        return load_movielens_100k(p, items)
+    if fmt == "movielens-csv":
+        return load_movielens_csv(p, items)
+    if fmt == "taobao":
+        ds = load_taobao(p, event_weights)
+    else:
+        ds = load_events_csv(p, event_weights)
+    if items is not None:
+        table, report = load_item_csv(items)
+        ds = Dataset(ds.interactions, table, (*ds.reports, report), ds.format)
+    return ds
+
+
+def load_item_csv(path: str | Path) -> tuple[ItemTable, LoadReport]:
+    """Parse an item CSV ``item_id[,title][,categories]`` (header optional; ``|`` separates)."""
+    p = Path(path)
+    if p.name == "u.item":
+        return load_movielens_100k_items(p)
+    if p.name == "movies.csv":
+        return load_movielens_movies(p)
+    report = LoadReport(str(p), "items-csv")
+    ids, titles, cats = [], [], []
+    with _open_text(p) as fh:
+        for line_no, f in _rows(fh, ","):
+            if line_no == 1 and f[0].lower() in ("item_id", "itemid", "id"):
+                continue
+            report.rows += 1
+            if not f[0] or len(f) > 3:
+                report.bad(line_no, "expected item_id[,title][,categories]")
+                continue
+            ids.append(f[0])
+            titles.append(f[1] if len(f) > 1 else "")
+            cats.append(tuple(c for c in (f[2].split("|") if len(f) > 2 else []) if c))
+            report.loaded += 1
+    report.check()
+    return ItemTable(np.array(ids, dtype=str), np.array(titles, dtype=str), cats), report
+
+
+def parse_event_weights(text: str | None) -> dict[str, float]:
+    """Parse ``"view=1,purchase=5"`` into a dict (raises DatasetError on a bad pair)."""
+    out: dict[str, float] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise DatasetError(f"bad event weight {pair!r}; expected name=number") from None
+    return out
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+Opener = Callable[[str], IO[bytes]]
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(name: str, directory: str | Path, *, opener: Opener | None = None,
+             url: str | None = None, sha256: str | None = None) -> Path:
+    """Download dataset ``name``, verify its pinned sha256, unzip it; return the data folder.
+
+    ``opener`` (default ``urllib.request.urlopen``) and ``url``/``sha256`` are injectable for
+    tests and mirrors. A checksum mismatch deletes the download and raises DatasetError; an
+    already verified archive in ``directory`` is not downloaded again.
+    """
+    if name not in DOWNLOADS:
+        raise DatasetError(f"unknown dataset {name!r}; one of {', '.join(DOWNLOADS)}")
+    spec = DOWNLOADS[name]
+    url, expected = url or spec.url, sha256 or spec.sha256
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / Path(spec.url).name
+    if not (archive.exists() and sha256_of(archive) == expected):
+        tmp = archive.with_suffix(".part")
+        with (opener or urllib.request.urlopen)(url) as src, open(tmp, "wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+        actual = sha256_of(tmp)
+        if actual != expected:
+            tmp.unlink()
+            raise DatasetError(f"{url}: sha256 {actual} does not match the pinned {expected}")
+        tmp.replace(archive)
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            target = (directory / member).resolve()
+            if not target.is_relative_to(directory.resolve()):
+                raise DatasetError(f"{archive}: unsafe member path {member!r}")
+        zf.extractall(directory)
+    return directory / spec.member_dir
+
+
+# --- CLI: `rankly datasets` -----------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly datasets download NAME [--dir DIR]`` / ``rankly datasets inspect``."""
+    sub = parser.add_subparsers(dest="datasets_command", required=True)
+    dl = sub.add_parser("download", help="download and verify a public dataset")
+    dl.add_argument("name", choices=sorted(DOWNLOADS))
+    dl.add_argument("--dir", default="data", help="target directory (default: ./data)")
+    ins = sub.add_parser("inspect", help="load a file and print the load report")
+    add_input_arguments(ins)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--interactions/--items/--format/--event-weights`` arguments."""
+    parser.add_argument("--interactions", required=True,
+                        help="interactions file, or a folder with u.data / ratings.csv")
+    parser.add_argument("--items", default=None, help="item metadata (u.item, movies.csv, CSV)")
+    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser.add_argument("--event-weights", default=None,
+                        help="e.g. view=1,click=1,add_to_cart=3,purchase=5")
+
+
+def load_from_args(args: argparse.Namespace, out: IO[str] = sys.stderr) -> Dataset:
+    """Load the dataset named by :func:`add_input_arguments` and print its load reports."""
+    ds = load(args.interactions, args.items, args.format,
+              parse_event_weights(getattr(args, "event_weights", None)))
+    for report in ds.reports:
+        print(report.summary(), file=out)
+    return ds
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.datasets_command == "download":
+            folder = download(args.name, args.dir)
+            print(f"{args.name}: verified and unpacked into {folder}")
+        else:
+            ds = load_from_args(args, out=sys.stdout)
+            it = ds.interactions
+            print(f"{len(it)} interactions, {np.unique(it.user_ids).size} users, "
+                  f"{np.unique(it.item_ids).size} items")
+    except (DatasetError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
