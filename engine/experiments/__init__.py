@@ -1,0 +1,1 @@
+"""Experiments: definitions, deterministic assignment, bandit allocation and result statistics."""
