@@ -1,0 +1,224 @@
+# Streaming top-k selection shared by topk.pyx and diversity.pyx, which `include` this file
+# (a cimport of a .pxd cannot be resolved here: setup.py maps _fast/ to rankly._fast).
+#
+# A Selector first keeps the k best candidates (score, index) in a worst-first binary heap whose
+# root score is a strict threshold. Scores are compared against the threshold a block at a
+# time (a branch-free count the compiler vectorizes), and only blocks with a hit are looked at
+# one by one, so random orders read the scores at close to memory speed and touch the heap
+# only ~k*log(n/k) times. Orders that keep replacing the root (ascending scores) would cost
+# log k per item, so after too many replacements the selector turns the heap into an
+# unordered buffer of `cap` > k slots that is cut back to its best k by a quickselect when full:
+# each cut costs O(cap) and frees cap - k slots, so every order stays O(n) overall.
+#
+# Items must be fed in increasing index order: a later item with a score equal to the
+# threshold loses the tie, which is why the threshold test is strict, and the sorted
+# exclusion list is walked with a cursor instead of searched.
+
+cimport cython
+from libc.stdint cimport int64_t
+from libc.stdlib cimport qsort
+
+cdef enum:
+    BLOCK = 64          # scores per threshold test
+
+ctypedef struct Cand:
+    float s
+    int64_t i
+
+ctypedef struct Selector:
+    Cand* buf
+    Py_ssize_t cap      # buffer slots; > k unless every item fits
+    Py_ssize_t n        # candidates in the buffer
+    Py_ssize_t k
+    float thr           # k-th best score once primed; later items need a strictly larger one
+    bint primed         # k candidates held, so thr is a valid strict threshold
+    bint heap           # buf[:k] is a worst-first heap (else an unordered buffer)
+    Py_ssize_t replaced # heap root replacements so far
+    const int64_t* ex   # sorted unique excluded indices
+    Py_ssize_t nex
+    Py_ssize_t ex_pos   # cursor into ex
+
+
+cdef inline bint better(const Cand a, const Cand b) noexcept nogil:
+    """Ranking order: higher score first, then lower index. Never sees NaN."""
+    return a.s > b.s or (a.s == b.s and a.i < b.i)
+
+
+cdef inline int cand_cmp(const void* pa, const void* pb) noexcept nogil:
+    cdef const Cand* a = <const Cand*>pa
+    cdef const Cand* b = <const Cand*>pb
+    if better(a[0], b[0]):
+        return -1
+    if better(b[0], a[0]):
+        return 1
+    return 0
+
+
+cdef inline Py_ssize_t capacity(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    """Buffer slots for a top-k over n items: room for 1024 arrivals (or k) between cuts."""
+    cdef Py_ssize_t c = k + (k if k > 1024 else 1024)
+    return c if c < n else n
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void select_nth(Cand* buf, Py_ssize_t n, Py_ssize_t r) noexcept nogil:
+    """Reorder buf[:n] so buf[r] has rank r and buf[:r] holds the r better candidates."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid, rounds = 0
+    cdef Cand p, t
+    while hi > lo:
+        if hi - lo < 16 or rounds > 64:   # small range, or a pathological pivot sequence
+            qsort(buf + lo, hi - lo + 1, sizeof(Cand), cand_cmp)
+            return
+        rounds += 1
+        mid = lo + (hi - lo) // 2
+        if better(buf[mid], buf[lo]):
+            t = buf[mid]; buf[mid] = buf[lo]; buf[lo] = t
+        if better(buf[hi], buf[lo]):
+            t = buf[hi]; buf[hi] = buf[lo]; buf[lo] = t
+        if better(buf[hi], buf[mid]):
+            t = buf[hi]; buf[hi] = buf[mid]; buf[mid] = t
+        p = buf[mid]
+        i = lo
+        j = hi
+        while i <= j:
+            while better(buf[i], p):
+                i += 1
+            while better(p, buf[j]):
+                j -= 1
+            if i <= j:
+                t = buf[i]; buf[i] = buf[j]; buf[j] = t
+                i += 1
+                j -= 1
+        if r <= j:
+            hi = j
+        elif r >= i:
+            lo = i
+        else:
+            return
+
+
+cdef inline void sel_init(Selector* sel, Cand* buf, Py_ssize_t cap, Py_ssize_t k,
+                          const int64_t* ex, Py_ssize_t nex) noexcept nogil:
+    sel.buf = buf
+    sel.cap = cap
+    sel.n = 0
+    sel.k = k
+    sel.thr = 0
+    sel.primed = False
+    sel.heap = True
+    sel.replaced = 0
+    sel.ex = ex
+    sel.nex = nex
+    sel.ex_pos = 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void heap_sift_down(Cand* h, Py_ssize_t n, Cand item) noexcept nogil:
+    """Put item at the root of the worst-first heap h[:n] and restore the heap."""
+    cdef Py_ssize_t pos = 0, child
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and better(h[child], h[child + 1]):
+            child += 1
+        if better(item, h[child]):
+            h[pos] = h[child]
+            pos = child
+        else:
+            break
+    h[pos] = item
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void heap_sift_up(Cand* h, Py_ssize_t pos) noexcept nogil:
+    """Move h[pos] up the worst-first heap."""
+    cdef Cand item = h[pos]
+    cdef Py_ssize_t parent
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if better(h[parent], item):
+            h[pos] = h[parent]
+            pos = parent
+        else:
+            break
+    h[pos] = item
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sel_push(Selector* sel, float s, int64_t i) noexcept nogil:
+    """Add a non-NaN candidate that beats the threshold, unless it is excluded."""
+    cdef Cand c
+    while sel.ex_pos < sel.nex and sel.ex[sel.ex_pos] < i:
+        sel.ex_pos += 1
+    if sel.ex_pos < sel.nex and sel.ex[sel.ex_pos] == i:
+        return
+    c.s = s
+    c.i = i
+    if sel.heap:
+        if sel.n < sel.k:
+            sel.buf[sel.n] = c
+            heap_sift_up(sel.buf, sel.n)
+            sel.n += 1
+            if sel.n == sel.k:
+                sel.thr = sel.buf[0].s
+                sel.primed = True
+            return
+        heap_sift_down(sel.buf, sel.n, c)
+        sel.thr = sel.buf[0].s
+        sel.replaced += 1
+        # Guard against orders that keep replacing the root (ascending scores): a heap
+        # costs log k per replacement, the buffer O(1) amortized, so switch for good.
+        if sel.replaced > 8 * sel.k + 64 + i // 16 and sel.cap > sel.k:
+            sel.heap = False
+        return
+    sel.buf[sel.n] = c
+    sel.n += 1
+    if sel.n == sel.cap:
+        select_nth(sel.buf, sel.n, sel.k - 1)
+        sel.n = sel.k
+        sel.thr = sel.buf[sel.k - 1].s
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sel_feed(Selector* sel, const float* s, int64_t base, Py_ssize_t m) noexcept nogil:
+    """Offer scores s[:m], which belong to items base, base+1, ..., base+m-1."""
+    cdef Py_ssize_t j = 0, t
+    cdef int hits
+    cdef float thr, x
+    while not sel.primed and j < m:
+        x = s[j]
+        if x == x:
+            sel_push(sel, x, base + j)
+        j += 1
+    while j + BLOCK <= m:
+        thr = sel.thr
+        hits = 0
+        for t in range(BLOCK):
+            hits += s[j + t] > thr
+        if hits:
+            for t in range(BLOCK):
+                x = s[j + t]
+                if x > sel.thr:
+                    sel_push(sel, x, base + j + t)
+        j += BLOCK
+    while j < m:
+        x = s[j]
+        if x > sel.thr:
+            sel_push(sel, x, base + j)
+        j += 1
+
+
+cdef inline Py_ssize_t sel_finish(Selector* sel) noexcept nogil:
+    """Sort the best min(k, n) candidates into buf[:r] and return r."""
+    cdef Py_ssize_t r = sel.k if sel.k < sel.n else sel.n
+    if not sel.heap and sel.n > sel.k:
+        select_nth(sel.buf, sel.n, sel.k - 1)
+    qsort(sel.buf, r, sizeof(Cand), cand_cmp)
+    sel.n = r
+    return r

@@ -1,0 +1,134 @@
+"""NumPy twins of the compiled kernels: the specification of `rankly._fast`.
+
+Each function here has the same signature and results as its compiled twin. The rules they
+all share:
+
+- Ranking order is descending score, ties broken by the lower item index.
+- NaN scores are never returned. `-inf` is a number: it is eligible and ranks last.
+- `exclude` is None or an integer array of item indices that are never returned; duplicates,
+  negative and out-of-range values are ignored.
+- `k == 0` returns empty arrays, `k < 0` raises ValueError, and fewer than `k` results come
+  back when fewer items are eligible (the batch variants pad with index -1 and value -inf).
+- Scores are converted with `np.ascontiguousarray(..., dtype=np.float32)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rankly._fast import _inputs
+
+
+def _ranked(scores: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Return every eligible index of `scores` in ranking order (score desc, index asc)."""
+    eligible = ~np.isnan(scores)
+    eligible[exclude] = False
+    index = np.flatnonzero(eligible)
+    return index[np.lexsort((index, -scores[index]))]
+
+
+def topk(scores: Any, k: int, exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(indices int64, values float32)` of the `k` best eligible scores, best first.
+
+    Fewer than `k` come back when fewer items are eligible; `k == 0` or empty input gives
+    empty arrays.
+    """
+    s = _inputs.as_scores_1d(scores)
+    k = _inputs.check_k(k)
+    order = _ranked(s, _inputs.exclude_indices(exclude, s.shape[0]))[:k]
+    return order.astype(np.int64), s[order]
+
+
+def _pad_rows(rows: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    width = k
+    indices = np.full((len(rows), width), -1, dtype=np.int64)
+    values = np.full((len(rows), width), -np.inf, dtype=np.float32)
+    for r, (idx, val) in enumerate(rows):
+        indices[r, : len(idx)] = idx
+        values[r, : len(val)] = val
+    return indices, values
+
+
+def topk_batch(
+    scores_2d: Any, k: int, exclude: Sequence[Any] | None = None, *, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `topk` to each row; return `(indices [B, k] int64, values [B, k] float32)`.
+
+    Rows with fewer than `k` eligible items are padded with index -1 and value -inf.
+    `exclude` is None or a sequence of B integer arrays. `threads` is accepted for
+    signature parity (None or >= 1) and ignored.
+    """
+    s = _inputs.as_scores_2d(scores_2d)
+    k = _inputs.check_k(k)
+    _inputs.check_threads(threads)
+    offsets, values = _inputs.exclude_rows(exclude, s.shape[0], s.shape[1])
+    rows = [topk(s[r], k, values[offsets[r] : offsets[r + 1]]) for r in range(s.shape[0])]
+    return _pad_rows(rows, k)
+
+
+def score_topk(
+    item_factors: Any, user_vector: Any, k: int, exclude: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `topk(item_factors @ user_vector, k, exclude)`.
+
+    Scores are float32 dot products; the compiled twin sums in a different order, so its values
+    agree to about rtol 1e-4 (the tests' tolerance) and its ids agree wherever score gaps
+    exceed that.
+    """
+    items, user = _inputs.as_factors(item_factors, user_vector, 1)
+    return topk(items @ user, k, exclude)
+
+
+def score_topk_batch(
+    item_factors: Any,
+    user_matrix: Any,
+    k: int,
+    exclude: Sequence[Any] | None = None,
+    *,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `topk_batch(user_matrix @ item_factors.T, k, exclude)`, padded like `topk_batch`."""
+    items, users = _inputs.as_factors(item_factors, user_matrix, 2)
+    return topk_batch(users @ items.T, k, exclude, threads=threads)
+
+
+def diverse_topk(
+    scores: Any,
+    categories: Any,
+    k: int,
+    cap: int,
+    exclude: Any = None,
+    fill: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pick `k` items with at most `cap` per category; return `(indices, values, within_cap)`.
+
+    Walk the eligible items in ranking order and keep an item while its category has fewer
+    than `cap` kept items, until `k` are kept. A category < 0 is "uncategorized" and never
+    capped; `cap == 0` skips every categorized item. With `fill=True`, if the walk ends with
+    fewer than `k` kept, the best skipped items (in ranking order) fill the remaining slots.
+    The result is in ranking order; `within_cap` is True for items kept within their cap and
+    False for fill items. `categories` must have the same length as `scores`; `cap < 0`
+    raises ValueError.
+    """
+    s = _inputs.as_scores_1d(scores)
+    cats = _inputs.as_categories(categories, s.shape[0])
+    k = _inputs.check_k(k)
+    cap = _inputs.check_cap(cap)
+    order = _ranked(s, _inputs.exclude_indices(exclude, s.shape[0]))
+    # Rank of each walked item within its category: its position minus the category's first.
+    c = cats[order]
+    by_cat = np.argsort(c, kind="stable")
+    sorted_c = c[by_cat]
+    first = np.searchsorted(sorted_c, sorted_c, side="left")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[by_cat] = np.arange(len(order)) - first
+    within = (c < 0) | (rank < cap)
+    kept = np.flatnonzero(within)[:k]
+    if fill and len(kept) < k:
+        fillers = np.flatnonzero(~within)[: k - len(kept)]
+        kept = np.sort(np.concatenate([kept, fillers]))
+    picked = order[kept]
+    return picked.astype(np.int64), s[picked], within[kept]
