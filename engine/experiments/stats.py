@@ -1,0 +1,574 @@
+"""Result statistics for experiments: frequentist, Bayesian and sequential, all JSON-safe.
+
+Every public function returns plain dicts/lists of str, int, float, bool and None. Undefined
+quantities are None with a ``status`` string saying why; NaN and infinity never escape.
+Formulas are documented in docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as st
+
+DEFAULT_ALPHA = 0.05
+SRM_THRESHOLD = 0.001
+MIN_EXPOSURES = 100
+BANDIT_NOTE = (
+    "Bandit allocation adapts to the data, so per-arm rates and lifts computed from its "
+    "traffic are biased estimates; use P(best) to choose, not the lift."
+)
+OK = "ok"
+
+# Gauss-Legendre nodes on [-1, 1] for the composite quadrature of Beta posteriors.
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(48)
+# Posterior quantiles used as panel edges: panels are narrow where any density changes fast.
+_EDGE_Q = np.array(
+    [1e-13, 1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.99, 0.999,
+     0.9999, 1 - 1e-6, 1 - 1e-9, 1 - 1e-13]
+)
+
+
+class InvalidCounts(ValueError):
+    """Counts that cannot be analysed (negative, or more successes than exposures)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCounts:
+    """Per-variant totals. ``clicks`` and ``conversions`` count *users* (at most one each per
+    exposure), so each metric is a binomial proportion of ``exposures``."""
+
+    name: str
+    exposures: int
+    clicks: int = 0
+    conversions: int = 0
+
+    def successes(self, metric: str) -> int:
+        return self.clicks if metric == "ctr" else self.conversions
+
+    def check(self) -> None:
+        for label, value in (
+            ("exposures", self.exposures), ("clicks", self.clicks),
+            ("conversions", self.conversions),
+        ):
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+                raise InvalidCounts(f"arm {self.name!r}: {label}: expected a non-negative integer")
+        if self.clicks > self.exposures or self.conversions > self.exposures:
+            raise InvalidCounts(
+                f"arm {self.name!r}: clicks and conversions must not exceed exposures"
+            )
+
+
+def finite(x: float | None) -> float | None:
+    """Return ``x`` as a float, or None when it is None, NaN or infinite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def rate(successes: int, n: int) -> float | None:
+    """Return ``successes / n``, or None for ``n == 0``."""
+    return successes / n if n > 0 else None
+
+
+# --- frequentist --------------------------------------------------------------------------
+
+
+def z_test_pooled(x0: int, n0: int, x1: int, n1: int) -> dict[str, Any]:
+    """Two-sided pooled two-proportion z-test of ``p1 == p0``.
+
+    ``z = (p1 - p0) / sqrt(p(1-p)(1/n0 + 1/n1))`` with ``p = (x0+x1)/(n0+n1)``. Equals
+    statsmodels ``proportions_ztest`` and the uncorrected 2x2 chi-square test.
+    """
+    if n0 == 0 or n1 == 0:
+        return {"z": None, "p_value": None, "status": "no_data"}
+    p = (x0 + x1) / (n0 + n1)
+    se = math.sqrt(p * (1 - p) * (1 / n0 + 1 / n1))
+    if se == 0.0:
+        return {"z": None, "p_value": None, "status": "undefined: no variance (all 0% or 100%)"}
+    z = (x1 / n1 - x0 / n0) / se
+    return {"z": z, "p_value": float(2 * st.norm.sf(abs(z))), "status": OK}
+
+
+def diff_interval(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALPHA) -> dict:
+    """Absolute difference ``p1 - p0`` with an unpooled Wald interval (statsmodels ``wald``)."""
+    if n0 == 0 or n1 == 0:
+        return {"estimate": None, "ci": None, "status": "no_data"}
+    p0, p1 = x0 / n0, x1 / n1
+    se = math.sqrt(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1)
+    h = st.norm.isf(alpha / 2) * se
+    status = OK if se > 0 else "degenerate: zero variance in both arms"
+    return {"estimate": p1 - p0, "ci": [p1 - p0 - h, p1 - p0 + h], "se": se, "status": status}
+
+
+def relative_lift(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALPHA) -> dict:
+    """Relative lift ``p1/p0 - 1`` with a delta-method interval and its own Wald p-value.
+
+    ``Var ~= p1(1-p1)/(n1 p0^2) + p1^2 p0(1-p0)/(n0 p0^4)``; ``p = 2 sf(|lift| / se)``.
+    """
+    if n0 == 0 or n1 == 0:
+        return {"estimate": None, "ci": None, "p_value": None, "status": "no_data"}
+    p0, p1 = x0 / n0, x1 / n1
+    if p0 == 0.0:
+        return {
+            "estimate": None, "ci": None, "p_value": None,
+            "status": "undefined: control rate is 0",
+        }
+    lift = p1 / p0 - 1
+    var = p1 * (1 - p1) / (n1 * p0**2) + p1**2 * p0 * (1 - p0) / (n0 * p0**4)
+    se = math.sqrt(var)
+    if se == 0.0:
+        return {
+            "estimate": lift, "ci": [lift, lift], "se": 0.0, "p_value": None,
+            "status": "undefined: zero variance in both arms",
+        }
+    h = st.norm.isf(alpha / 2) * se
+    p = float(2 * st.norm.sf(abs(lift) / se))
+    return {"estimate": lift, "ci": [lift - h, lift + h], "se": se, "p_value": p, "status": OK}
+
+
+def sequential_interval(
+    x0: int, n0: int, x1: int, n1: int, tau: float, alpha: float = DEFAULT_ALPHA
+) -> dict:
+    """Always-valid interval and p-value for ``p1 - p0`` (normal-mixture mSPRT).
+
+    With ``d`` the observed difference, ``V = p0(1-p0)/n0 + p1(1-p1)/n1`` and mixture
+    variance ``tau^2`` (fixed in advance):
+    ``half = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))`` and
+    ``p = min(1, sqrt((V + tau^2) / V) * exp(-tau^2 d^2 / (2 V (V + tau^2))))``
+    (Johari et al. 2017; Howard et al. 2021). Valid at every sample size at once, so looking
+    every day does not inflate the false-positive rate; ``p <= alpha`` iff 0 is outside.
+    """
+    if n0 == 0 or n1 == 0:
+        return {"ci": None, "p_value": None, "tau": tau, "status": "no_data"}
+    p0, p1 = x0 / n0, x1 / n1
+    d = p1 - p0
+    v = p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1
+    if v == 0.0 or tau <= 0.0:
+        return {"ci": None, "p_value": None, "tau": tau, "status": "undefined: zero variance"}
+    t2 = tau * tau
+    half = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
+    log_p = 0.5 * math.log((v + t2) / v) - t2 * d * d / (2 * v * (v + t2))
+    p = min(1.0, math.exp(log_p))
+    return {"ci": [d - half, d + half], "p_value": p, "tau": tau, "status": OK}
+
+
+def srm_test(exposures: Sequence[int], weights: Sequence[float]) -> dict[str, Any]:
+    """Sample-ratio-mismatch chi-square test of exposures against configured weights.
+
+    ``alert`` is true below p = 0.001; results with an alert are not trustworthy.
+    """
+    n = np.asarray(exposures, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    total = float(n.sum())
+    if len(n) != len(w) or len(n) < 2:
+        raise ValueError("srm_test: one weight per arm, at least 2 arms")
+    if total == 0:
+        return {"chi2": None, "p_value": None, "alert": False, "expected": [0.0] * len(n),
+                "status": "no_data"}
+    w = w / w.sum()
+    expected = total * w
+    if np.any((expected == 0) & (n > 0)):
+        return {"chi2": None, "p_value": 0.0, "alert": True, "expected": expected.tolist(),
+                "status": "exposures in an arm with weight 0"}
+    keep = expected > 0
+    chi2 = float(np.sum((n[keep] - expected[keep]) ** 2 / expected[keep]))
+    dof = int(keep.sum()) - 1
+    p = float(st.chi2.sf(chi2, dof)) if dof > 0 else 1.0
+    return {"chi2": chi2, "p_value": p, "alert": p < SRM_THRESHOLD,
+            "expected": expected.tolist(), "status": OK}
+
+
+def adjust_pvalues(p_values: Sequence[float | None], method: str = "holm") -> list[float | None]:
+    """Adjust a family of p-values (``holm`` or ``bh``); None entries stay None, not counted.
+
+    Holm: ``adj(i) = max_{j<=i} min(1, (m-j+1) p(j))``. Benjamini-Hochberg:
+    ``adj(i) = min_{j>=i} min(1, m p(j) / j)``, over the ascending order ``p(1) <= ...``.
+    """
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out: list[float | None] = [None] * len(p_values)
+    m = len(idx)
+    if m == 0:
+        return out
+    order = sorted(idx, key=lambda i: p_values[i])  # type: ignore[arg-type,return-value]
+    if method == "holm":
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * p_values[i]))  # type: ignore[operator]
+            out[i] = running
+    elif method == "bh":
+        running = 1.0
+        for rank in range(m - 1, -1, -1):
+            i = order[rank]
+            running = min(running, min(1.0, m * p_values[i] / (rank + 1)))  # type: ignore[operator]
+            out[i] = running
+    else:
+        raise ValueError(f"correction: expected holm or bh, got {method!r}")
+    return out
+
+
+# --- Bayesian (Beta-Binomial, uniform prior) -------------------------------------------------
+
+
+def _posteriors(successes: Sequence[int], trials: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    return 1.0 + s, 1.0 + n - s
+
+
+def _nodes(a: np.ndarray, b: np.ndarray, over: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes/weights covering arm ``over``'s posterior support.
+
+    Panels end at posterior quantiles of every arm, so a narrow posterior's CDF step falls on
+    panel edges and is resolved; 48-point Gauss-Legendre on each panel.
+    """
+    edges = st.beta.ppf(_EDGE_Q[None, :], a[:, None], b[:, None]).ravel()
+    lo = st.beta.ppf(_EDGE_Q[0], a[over], b[over])
+    hi = st.beta.isf(_EDGE_Q[0], a[over], b[over])
+    edges = np.unique(np.clip(np.concatenate([edges, [lo, hi]]), lo, hi))
+    left, right = edges[:-1], edges[1:]
+    half = (right - left) / 2
+    x = (left[:, None] + half[:, None] * (_GL_X[None, :] + 1)).ravel()
+    w = (half[:, None] * _GL_W[None, :]).ravel()
+    return x, w
+
+
+def prob_best(successes: Sequence[int], trials: Sequence[int]) -> list[float]:
+    """Return P(arm k has the highest rate) for every arm, by numerical integration.
+
+    ``P_k = integral f_k(x) prod_{j != k} F_j(x) dx`` with Beta(1 + s, 1 + n - s) posteriors.
+    """
+    a, b = _posteriors(successes, trials)
+    k = len(a)
+    out = []
+    for i in range(k):
+        x, w = _nodes(a, b, i)
+        integrand = st.beta.pdf(x, a[i], b[i])
+        for j in range(k):
+            if j != i:
+                integrand = integrand * st.beta.cdf(x, a[j], b[j])
+        out.append(float(np.clip(np.dot(w, integrand), 0.0, 1.0)))
+    return out
+
+
+def prob_beats(x0: int, n0: int, x1: int, n1: int) -> float:
+    """Return P(p1 > p0) under independent Beta(1 + x, 1 + n - x) posteriors."""
+    return prob_best([x0, x1], [n0, n1])[1]
+
+
+def expected_loss(x0: int, n0: int, x1: int, n1: int) -> float:
+    """Return E[max(p0 - p1, 0)]: the expected rate given up by choosing arm 1 over arm 0.
+
+    ``= integral f_1(t) [mu_0 (1 - G_0(t)) - t (1 - F_0(t))] dt`` where ``G_0`` is the CDF of
+    Beta(a0 + 1, b0) (the size-biased posterior); one-dimensional numerical integration.
+    """
+    a, b = _posteriors([x0, x1], [n0, n1])
+    x, w = _nodes(a, b, 1)
+    mu0 = a[0] / (a[0] + b[0])
+    inner = mu0 * st.beta.sf(x, a[0] + 1, b[0]) - x * st.beta.sf(x, a[0], b[0])
+    value = float(np.dot(w, st.beta.pdf(x, a[1], b[1]) * inner))
+    return max(value, 0.0)
+
+
+# --- sample size ----------------------------------------------------------------------------
+
+
+def sample_size(
+    baseline: float,
+    mde: float,
+    *,
+    relative: bool = False,
+    alpha: float = DEFAULT_ALPHA,
+    power: float = 0.8,
+    arms: int = 2,
+    pooled: bool = True,
+    bonferroni: bool = True,
+    daily_traffic: float | None = None,
+) -> dict[str, Any]:
+    """Return the per-variant sample size to detect ``mde`` with a two-sided z-test.
+
+    ``p1 = baseline``, ``p2 = baseline * (1 + mde)`` if ``relative`` else ``baseline + mde``.
+    Pooled (default): ``n = (z_a sqrt(2 pbar qbar) + z_b sqrt(p1 q1 + p2 q2))^2 / (p2 - p1)^2``;
+    unpooled: ``n = (z_a + z_b)^2 (p1 q1 + p2 q2) / (p2 - p1)^2``; ``z_a = z(1 - alpha'/2)``.
+    With more than 2 arms and ``bonferroni``, ``alpha' = alpha / (arms - 1)`` (one comparison
+    per variant against control). Rounded up. Duration is ``ceil(n * arms / daily_traffic)``
+    days, where ``daily_traffic`` counts users entering the experiment per day.
+    Raises ValueError naming the argument when the inputs do not define a test.
+    """
+    if not 0.0 < baseline < 1.0:
+        raise ValueError("baseline: expected a rate strictly between 0 and 1")
+    if mde == 0 or not math.isfinite(mde):
+        raise ValueError("mde: expected a non-zero finite number")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError("alpha: expected a number in (0, 1)")
+    if not 0.0 < power < 1.0:
+        raise ValueError("power: expected a number in (0, 1)")
+    if arms < 2:
+        raise ValueError("arms: expected at least 2")
+    if daily_traffic is not None and not daily_traffic > 0:
+        raise ValueError("daily_traffic: expected a positive number")
+    p1 = baseline
+    p2 = baseline * (1 + mde) if relative else baseline + mde
+    if not 0.0 < p2 < 1.0:
+        raise ValueError("mde: baseline + effect must stay strictly between 0 and 1")
+    alpha_eff = alpha / (arms - 1) if bonferroni and arms > 2 else alpha
+    za = float(st.norm.isf(alpha_eff / 2))
+    zb = float(st.norm.ppf(power))
+    delta = p2 - p1
+    var_alt = p1 * (1 - p1) + p2 * (1 - p2)
+    if pooled:
+        pbar = (p1 + p2) / 2
+        raw = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(var_alt)) ** 2 / delta**2
+    else:
+        raw = (za + zb) ** 2 * var_alt / delta**2
+    n = math.ceil(raw - 1e-9)  # guard against 1e-12 float noise turning 100 into 101
+    total = n * arms
+    days = math.ceil(total / daily_traffic) if daily_traffic else None
+    return {
+        "per_variant": n,
+        "total": total,
+        "arms": arms,
+        "baseline": p1,
+        "target": p2,
+        "mde_absolute": delta,
+        "mde_relative": delta / p1,
+        "alpha": alpha,
+        "alpha_per_comparison": alpha_eff,
+        "power": power,
+        "formula": "pooled" if pooled else "unpooled",
+        "daily_traffic": daily_traffic,
+        "days": days,
+    }
+
+
+# --- the results document ------------------------------------------------------------------
+
+
+def compare(
+    x0: int, n0: int, x1: int, n1: int, *, alpha: float = DEFAULT_ALPHA, tau: float | None = None
+) -> dict[str, Any]:
+    """Compare one variant with control on one proportion metric (all statistics, one dict)."""
+    r0, r1 = rate(x0, n0), rate(x1, n1)
+    if tau is None:
+        tau = _default_tau(x0 + x1, n0 + n1)
+    return {
+        "rate": r1,
+        "control_rate": r0,
+        "diff": diff_interval(x0, n0, x1, n1, alpha),
+        "relative_lift": relative_lift(x0, n0, x1, n1, alpha),
+        "z_test": z_test_pooled(x0, n0, x1, n1),
+        "sequential": sequential_interval(x0, n0, x1, n1, tau, alpha),
+        "bayes": {
+            "prob_beats_control": prob_beats(x0, n0, x1, n1),
+            "expected_loss": expected_loss(x0, n0, x1, n1),
+            "expected_loss_control": expected_loss(x1, n1, x0, n0),
+        },
+    }
+
+
+def _default_tau(successes: int, trials: int) -> float:
+    # NOTE: tau should be fixed before the data; without a planned MDE we fall back to 10% of
+    # the pooled rate (a plug-in, like the variance), floored so tau never collapses to 0.
+    p = successes / trials if trials else 0.0
+    return max(0.1 * p, 1e-4)
+
+
+def analyze(
+    arms: Sequence[ArmCounts],
+    weights: Sequence[float] | None = None,
+    primary_metric: str = "conversion",
+    *,
+    guardrails: Sequence[str] = (),
+    alpha: float = DEFAULT_ALPHA,
+    correction: str = "holm",
+    mde: float | None = None,
+    mde_relative: bool = True,
+    power: float = 0.8,
+    daily_traffic: float | None = None,
+    min_exposures: int = MIN_EXPOSURES,
+    bandit: bool = False,
+    bandit_weights: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Return the results document of an experiment (the first arm is the control).
+
+    ``weights`` are the configured traffic shares (default equal) used by the SRM test.
+    Significance per (variant, metric) is decided on p-values adjusted with ``correction``
+    across all variants and metrics: the always-valid p-value at any time, or the pooled z-test
+    once the planned sample size (from ``mde``) is reached. The verdict is the first that
+    applies of: srm_alert, collecting, guardrail_breached, significant_win, significant_loss,
+    collecting (planned sample not reached), no_detectable_difference.
+    Raises InvalidCounts for impossible counts and ValueError for bad arguments.
+    """
+    if len(arms) < 2:
+        raise ValueError("arms: expected at least 2 (control first)")
+    for arm in arms:
+        arm.check()
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError("arms: names must be unique")
+    if primary_metric not in ("ctr", "conversion"):
+        raise ValueError(f"primary_metric: expected ctr or conversion, got {primary_metric!r}")
+    for g in guardrails:
+        if g not in ("ctr", "conversion"):
+            raise ValueError(f"guardrails: expected ctr or conversion, got {g!r}")
+    if correction not in ("holm", "bh"):
+        raise ValueError(f"correction: expected holm or bh, got {correction!r}")
+    if weights is None:
+        weights = [1.0] * len(arms)
+    if len(weights) != len(arms) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError("weights: expected one non-negative weight per arm")
+    total_w = float(sum(weights))
+    shares = [float(w) / total_w for w in weights]
+
+    control, variants = arms[0], arms[1:]
+    metrics = [primary_metric] + [g for g in dict.fromkeys(guardrails) if g != primary_metric]
+
+    plan = None
+    n_c = control.exposures
+    if mde is not None:
+        try:
+            plan = sample_size(
+                rate(control.successes(primary_metric), n_c) or 0.0,
+                mde,
+                relative=mde_relative,
+                alpha=alpha,
+                power=power,
+                arms=len(arms),
+                daily_traffic=daily_traffic,
+            )
+            plan["status"] = OK
+        except ValueError as exc:
+            plan = {"per_variant": None, "status": f"undefined: {exc}"}
+    min_n = min(a.exposures for a in arms)
+    planned_n = plan["per_variant"] if plan else None
+    if planned_n:
+        plan["progress"] = min(1.0, min_n / planned_n)
+    reached = bool(planned_n) and min_n >= planned_n
+
+    results: dict[str, Any] = {}
+    family: list[tuple[str, int]] = []
+    fixed_p: list[float | None] = []
+    seq_p: list[float | None] = []
+    for metric in metrics:
+        x0 = control.successes(metric)
+        tau = None
+        if mde is not None and metric == primary_metric and plan and plan.get("per_variant"):
+            tau = abs(plan["mde_absolute"])
+        comparisons = []
+        for j, arm in enumerate(variants):
+            c = compare(x0, n_c, arm.successes(metric), arm.exposures, alpha=alpha, tau=tau)
+            c["variant"] = arm.name
+            comparisons.append(c)
+            family.append((metric, j))
+            fixed_p.append(c["z_test"]["p_value"])
+            seq_p.append(c["sequential"]["p_value"])
+        pb = prob_best([a.successes(metric) for a in arms], [a.exposures for a in arms])
+        results[metric] = {
+            "rates": {a.name: rate(a.successes(metric), a.exposures) for a in arms},
+            "p_best": dict(zip(names, pb, strict=True)),
+            "comparisons": comparisons,
+        }
+    fixed_adj = adjust_pvalues(fixed_p, correction)
+    seq_adj = adjust_pvalues(seq_p, correction)
+    for (metric, j), fa, sa in zip(family, fixed_adj, seq_adj, strict=True):
+        c = results[metric]["comparisons"][j]
+        c["z_test"]["p_value_adjusted"] = fa
+        c["sequential"]["p_value_adjusted"] = sa
+        sig = (sa is not None and sa < alpha) or (reached and fa is not None and fa < alpha)
+        d = c["diff"]["estimate"]
+        c["significant"] = bool(sig and d is not None and d != 0)
+        c["direction"] = (
+            ("better" if d > 0 else "worse") if c["significant"] else "inconclusive"  # type: ignore[operator]
+        )
+
+    srm = srm_test([a.exposures for a in arms], shares)
+    verdict, reason = _verdict(
+        results, primary_metric, metrics[1:], srm, min_n, min_exposures, plan, reached
+    )
+    doc: dict[str, Any] = {
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "trustworthy": not srm["alert"],
+        "control": control.name,
+        "primary_metric": primary_metric,
+        "guardrails": metrics[1:],
+        "alpha": alpha,
+        "correction": correction,
+        "arms": [
+            {
+                "name": a.name,
+                "weight": s,
+                "exposures": a.exposures,
+                "clicks": a.clicks,
+                "conversions": a.conversions,
+                "ctr": rate(a.clicks, a.exposures),
+                "conversion_rate": rate(a.conversions, a.exposures),
+            }
+            for a, s in zip(arms, shares, strict=True)
+        ],
+        "srm": srm,
+        "metrics": results,
+        "sample_size": plan,
+    }
+    if bandit:
+        bw = list(bandit_weights) if bandit_weights is not None else shares
+        doc["bandit"] = {
+            "p_best": results[primary_metric]["p_best"],
+            "allocation": dict(zip(names, (float(w) for w in bw), strict=True)),
+            "note": BANDIT_NOTE,
+        }
+    return json_safe(doc)
+
+
+def _verdict(
+    results: Mapping[str, Any],
+    primary: str,
+    guardrails: Sequence[str],
+    srm: Mapping[str, Any],
+    min_n: int,
+    min_exposures: int,
+    plan: Mapping[str, Any] | None,
+    reached: bool,
+) -> tuple[str, str]:
+    if srm["alert"]:
+        return "srm_alert", (
+            f"sample ratio mismatch (p = {srm['p_value']:.2g} < {SRM_THRESHOLD}); "
+            "results are not trustworthy"
+        )
+    if min_n < min_exposures:
+        return "collecting", f"every arm needs at least {min_exposures} exposures"
+    for g in guardrails:
+        for c in results[g]["comparisons"]:
+            if c["direction"] == "worse":
+                return "guardrail_breached", f"{c['variant']} is significantly worse on {g}"
+    comps = results[primary]["comparisons"]
+    winners = [c for c in comps if c["direction"] == "better"]
+    if winners:
+        best = max(winners, key=lambda c: c["diff"]["estimate"])
+        return "significant_win", f"{best['variant']} is significantly better on {primary}"
+    losers = [c["variant"] for c in comps if c["direction"] == "worse"]
+    if losers:
+        return "significant_loss", f"{', '.join(losers)} significantly worse on {primary}"
+    if plan and plan.get("per_variant") and not reached:
+        return "collecting", f"planned sample size {plan['per_variant']} per variant not reached"
+    return "no_detectable_difference", f"no significant difference on {primary}"
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with NaN/inf floats replaced by None and numpy scalars made plain."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return finite(value)
+    return value
