@@ -65,6 +65,8 @@ class PipelineSettings:
     candidates_per_generator: int = 300
     rerank_depth: int = 5  # rerankers see n * rerank_depth items (at least 50)
     exclude_seen: bool = True
+    similar: tuple[str, ...] = ("itemknn", "popular")  # serves /items/{id}/similar
+    fallback: str = "popular"  # scorer whose catalog-wide scores answer cold starts and failures
 
 
 @dataclass(frozen=True)

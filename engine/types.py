@@ -142,38 +142,6 @@ class RecommendationRequest:
     request_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RecommendedItem:
-    item_id: str
-    score: float
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendationResponse:
-    user_id: str | None
-    items: tuple[RecommendedItem, ...]
-    variant: str | None
-    model_version: str
-    cached: bool | str
-    fallback: str | None
-    request_id: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "user_id": self.user_id,
-            "items": [
-                {"item_id": it.item_id, "score": it.score, "reasons": list(it.reasons)}
-                for it in self.items
-            ],
-            "variant": self.variant,
-            "model_version": self.model_version,
-            "cached": self.cached,
-            "fallback": self.fallback,
-            "request_id": self.request_id,
-        }
-
-
 @runtime_checkable
 class CandidateGenerator(Protocol):
     def generate(self, user: UserFeatures, n: int) -> Candidates:

@@ -1,0 +1,176 @@
+"""Starlette app factory: routes, middleware and the lifespan that loads model and plugins."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rankly import _fast
+from rankly.engine import metrics, pipeline
+from rankly.engine.config import Settings
+from rankly.engine.model import Model, load_model
+from rankly.engine.openapi import openapi_schema
+from rankly.engine.runtime import Runtime, build_runtime
+from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
+from rankly.engine.types import RecommendationRequest, UserFeatures
+from rankly.engine.validation import RequestError, check_id, check_n, parse_body, parse_query
+
+log = logging.getLogger("rankly")
+
+
+class JSON(JSONResponse):
+    """Compact JSON; NaN/inf are a bug, so they raise instead of producing invalid JSON."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.state.runtime
+
+
+async def recommendations(request: Request) -> Response:
+    rt = _runtime(request)
+    limits = rt.settings.limits
+    if request.method == "GET":
+        req = parse_query(request.query_params, limits)
+    else:
+        req = parse_body(await request.body(), limits)
+    return JSON(await answer(rt, req))
+
+
+async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
+    """Rank, and if anything unexpected escapes the pipeline, serve the safe fallback."""
+    plan = pipeline.default_plan(rt)
+    try:
+        return await pipeline.rank(rt, req, plan)
+    except Exception:
+        log.exception("pipeline failed; serving fallback (request %s)", req.request_id)
+        metrics.FALLBACKS.labels("internal_error").inc()
+        comps = rt.components
+        empty = np.empty(0, np.int64)
+        user = UserFeatures(req.user_id, -1, empty, empty)
+        ranking = pipeline.fallback_ranking(comps, user, req, req.n)
+        trace = pipeline.Trace(fallback="internal_error")
+        return {**pipeline.respond(comps, req, plan, user, ranking, trace), "cached": False,
+                "request_id": req.request_id}
+
+
+async def similar_items(request: Request) -> Response:
+    rt = _runtime(request)
+    limits = rt.settings.limits
+    item_id = check_id(request.path_params["item_id"], "item_id", limits)
+    unknown = set(request.query_params) - {"n"}
+    if unknown:
+        raise RequestError(sorted(unknown)[0], "unknown parameter")
+    n = check_n(request.query_params.get("n"), limits)
+    comps = rt.components
+    idx = comps.model.catalog.index.get(item_id)
+    if idx is None:
+        return JSON({"error": {"field": "item_id", "message": "unknown item"}}, status_code=404)
+    req = RecommendationRequest(user_id=None, n=n, session_items=(item_id,),
+                                request_id="")
+    plan = pipeline.Plan(rt.settings.pipeline.similar, rt.settings.pipeline.similar, ())
+    payload = await pipeline.rank(rt, req, plan)
+    return JSON({"item_id": item_id, "items": payload["items"],
+                 "model_version": payload["model_version"], "fallback": payload["fallback"]})
+
+
+async def health(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    rt = _runtime(request)
+    try:
+        store_ok = await rt.store.ping()
+    except Exception:
+        store_ok = False
+    body = {
+        "status": "ready" if store_ok else "degraded",
+        "model_version": rt.model.version,
+        "store": {"kind": rt.store.kind, "reachable": store_ok},
+        "kernels": _fast.IMPLEMENTATION,
+        "breakers": rt.breakers.states(),
+    }
+    return JSON(body, status_code=200 if store_ok else 503)
+
+
+async def openapi(request: Request) -> Response:
+    return JSON(openapi_schema(_runtime(request).settings))
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return JSON(exc.to_json(), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    field = "path" if exc.status_code == 404 else "method"
+    return JSON({"error": {"field": field, "message": str(exc.detail)}},
+                status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSON({"error": {"field": "server", "message": "internal error"}}, status_code=500)
+
+
+ROUTES = [
+    Route("/recommendations", recommendations, methods=["GET", "POST"]),
+    Route("/items/{item_id:path}/similar", similar_items, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", prometheus, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings, model: Model | None = None, **runtime_args: Any) -> Starlette:
+    """Return the rankly ASGI app; the model is loaded from ``settings.artifacts`` at startup
+    unless given. ``runtime_args`` go to :func:`build_runtime` (tests pass a plugin manager)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if model is None and settings.artifacts is None:
+            raise RuntimeError("no model: set artifacts (rankly serve --artifacts DIR)")
+        loaded = model if model is not None else load_model(settings.artifacts)
+        rt = build_runtime(settings, loaded, **runtime_args)
+        metrics.MODEL_INFO.labels(loaded.version).set(1)
+        log.info("serving model %s with %s kernels", loaded.version, _fast.IMPLEMENTATION)
+        try:
+            yield {"runtime": rt}
+        finally:
+            await rt.store.close()
+
+    # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the
+    # 413s), then the body limit stops oversized uploads before any route reads them.
+    middleware = [
+        Middleware(MetricsMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
+    ]
+    return Starlette(
+        routes=ROUTES,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={RequestError: request_error, HTTPException: http_error,
+                            Exception: server_error},
+    )

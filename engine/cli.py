@@ -1,0 +1,136 @@
+"""The ``rankly`` command line: demo, serve, plugins and the offline tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rankly.engine.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("rankly")
+
+
+def _serve(settings: Settings, env: dict[str, str]) -> None:
+    """Run uvicorn (httptools + uvloop when installed; access log off on the hot path)."""
+    import uvicorn
+
+    os.environ.update(env)  # worker processes rebuild Settings from the same variables
+    uvicorn.run(
+        "rankly.engine.asgi:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        http="auto",
+        loop="auto",
+    )
+
+
+def _settings_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    for flag, var in (("artifacts", "RANKLY_ARTIFACTS"), ("host", "RANKLY_HOST"),
+                      ("port", "RANKLY_PORT"), ("workers", "RANKLY_WORKERS"),
+                      ("config", "RANKLY_CONFIG")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            env[var] = str(value)
+    return env
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = _settings_env(args)
+    settings = load_settings(environ={**os.environ, **env})
+    if settings.artifacts is None:
+        print("rankly serve: --artifacts DIR is required (train one with `rankly train`)",
+              file=sys.stderr)
+        return 2
+    _serve(settings, env)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rankly.engine.demo import synthesize
+    from rankly.engine.training import train
+
+    out = Path(args.dir)
+    print(f"rankly demo: generating a synthetic shop and training models into {out} ...")
+    interactions, items = synthesize(seed=args.seed)
+    summary = train(interactions, items, out, settings=load_settings(environ={}))
+    print(summary)
+    env = {"RANKLY_ARTIFACTS": str(out.resolve()), "RANKLY_HOST": args.host,
+           "RANKLY_PORT": str(args.port)}
+    settings = load_settings(environ={**os.environ, **env})
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"\nServing on {url}\nTry:\n  curl '{url}/recommendations?user_id=1&n=5'\n"
+          f"  curl '{url}/items/1/similar?n=5'\n", flush=True)
+    _serve(settings, env)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from rankly.engine.plugins import describe_plugins, make_plugin_manager
+
+    settings = load_settings()
+    rows = describe_plugins(make_plugin_manager(settings.load_entrypoints,
+                                                settings.blocked_plugins))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["components"].items())
+        print(f"{row['name']:<14} {row['distribution']:<22} {comps}")
+        print(f"{'':<14} hooks: {', '.join(row['hooks'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankly", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate a synthetic shop, train, serve on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--dir", default=".rankly/demo-artifacts", help="where to write artifacts")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve trained artifacts over HTTP")
+    p.add_argument("--artifacts")
+    p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("plugins", help="list discovered plugins, their hooks and components")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    from rankly.engine import training
+
+    training.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"rankly: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

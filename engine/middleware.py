@@ -1,0 +1,116 @@
+"""Pure ASGI middleware: request metrics and a hard request-body size limit."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rankly.engine import metrics
+
+
+def _json_error(status: int, field: str, message: str) -> tuple[dict, bytes]:
+    body = json.dumps({"error": {"field": field, "message": message}}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }
+    return start, body
+
+
+class BodyLimitMiddleware:
+    """Answer 413 once a request body exceeds ``max_bytes``, without reading the rest.
+
+    Checks ``Content-Length`` up front, and counts streamed chunks for chunked uploads.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        start, body = _json_error(413, "body", f"request body over {self.max_bytes} bytes")
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class MetricsMiddleware:
+    """Count requests and time them by route *template* (never the raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes = None
+
+    def _template(self, scope: Scope) -> str:
+        router = scope.get("app")
+        routes = getattr(getattr(router, "router", None), "routes", None) or []
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", "other")
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = self._template(scope)
+            metrics.REQUESTS.labels(route, str(status)).inc()
+            metrics.REQUEST_LATENCY.labels(route).observe(time.perf_counter() - start)

@@ -1,0 +1,135 @@
+"""The OpenAPI 3 description of every route, with the configured limits filled in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rankly.engine import __version__
+from rankly.engine.config import Settings
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_schema(settings: Settings) -> dict[str, Any]:
+    lim = settings.limits
+    ident = {"type": "string", "minLength": 1, "maxLength": lim.max_id_length,
+             "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
+    n = {"type": "integer", "minimum": 1, "maximum": lim.n_max, "default": lim.n_default}
+    errors = {"400": _error("Malformed body"), "413": _error("Body too large"),
+              "422": _error("Invalid field (named in error.field)")}
+    recs_ok = {"description": "A ranked slate",
+               "content": {"application/json": {
+                   "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "rankly", "version": __version__,
+                 "description": "Plugin-based recommendation ranking engine."},
+        "paths": {
+            "/recommendations": {
+                "get": {
+                    "operationId": "getRecommendations",
+                    "summary": "Recommendations for a user",
+                    "parameters": [
+                        {"name": "user_id", "in": "query", "required": True, "schema": ident},
+                        {"name": "n", "in": "query", "required": False, "schema": n},
+                        {"name": "category", "in": "query", "required": False,
+                         "schema": {"type": "array", "items": ident,
+                                    "maxItems": lim.max_categories},
+                         "style": "form", "explode": True},
+                        {"name": "exclude", "in": "query", "required": False,
+                         "schema": {"type": "array", "items": ident,
+                                    "maxItems": lim.max_exclude},
+                         "style": "form", "explode": True},
+                    ],
+                    "responses": {"200": recs_ok, **errors},
+                },
+                "post": {
+                    "operationId": "postRecommendations",
+                    "summary": "Recommendations for a user or an anonymous session",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/RecommendationRequest"}}}},
+                    "responses": {"200": recs_ok, **errors},
+                },
+            },
+            "/items/{item_id}/similar": {
+                "get": {
+                    "operationId": "getSimilarItems",
+                    "summary": "Items similar to one item",
+                    "parameters": [
+                        {"name": "item_id", "in": "path", "required": True, "schema": ident},
+                        {"name": "n", "in": "query", "required": False, "schema": n},
+                    ],
+                    "responses": {
+                        "200": {"description": "Similar items", "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/SimilarItems"}}}},
+                        "404": _error("Unknown item"), **errors,
+                    },
+                }
+            },
+            "/health": {"get": {"operationId": "health", "summary": "Liveness",
+                                "responses": {"200": {"description": "Alive"}}}},
+            "/ready": {"get": {"operationId": "ready", "summary": "Model loaded, store reachable",
+                               "responses": {"200": {"description": "Ready"},
+                                             "503": {"description": "Degraded"}}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "Metrics",
+                                                       "content": {"text/plain": {}}}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                      "responses": {"200": {"description": "OpenAPI 3"}}}},
+        },
+        "components": {"schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                }},
+            },
+            "RecommendationRequest": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "user_id": ident, "n": n,
+                    "exclude": {"type": "array", "items": ident, "maxItems": lim.max_exclude},
+                    "categories": {"type": "array", "items": ident,
+                                   "maxItems": lim.max_categories},
+                    "session_items": {"type": "array", "items": ident,
+                                      "maxItems": lim.max_session_items},
+                    "context": {"type": "object"},
+                    "request_id": ident,
+                },
+            },
+            "Item": {
+                "type": "object", "required": ["item_id", "score", "reasons"],
+                "properties": {"item_id": {"type": "string"}, "score": {"type": "number"},
+                               "reasons": {"type": "array", "items": {"type": "string"},
+                                           "minItems": 1}},
+            },
+            "Recommendations": {
+                "type": "object",
+                "required": ["user_id", "items", "variant", "model_version", "cached",
+                             "fallback", "request_id"],
+                "properties": {
+                    "user_id": {"type": "string", "nullable": True},
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+                    "variant": {"type": "string", "nullable": True},
+                    "experiment": {"type": "string", "nullable": True},
+                    "model_version": {"type": "string"},
+                    "cached": {"type": "boolean"},
+                    "fallback": {"type": "string", "nullable": True},
+                    "request_id": {"type": "string"},
+                },
+            },
+            "SimilarItems": {
+                "type": "object", "required": ["item_id", "items", "model_version"],
+                "properties": {
+                    "item_id": {"type": "string"},
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}},
+                    "model_version": {"type": "string"},
+                    "fallback": {"type": "string", "nullable": True},
+                },
+            },
+        }},
+    }

@@ -1,0 +1,403 @@
+"""The request path: cache -> features -> candidates -> filter -> score -> rerank -> respond.
+
+``rank()`` reads top to bottom; each stage is one short function below it, timed once here.
+CPU stages run in one worker thread under the request deadline; anything that raises, hangs
+or returns garbage is skipped and the answer degrades to the fallback scorer, never to an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+
+from rankly import _fast
+from rankly.engine import metrics
+from rankly.engine.model import Model
+from rankly.engine.runtime import Components, Runtime
+from rankly.engine.store import EMPTY_USER, OnlineUser, StoreUnavailable
+from rankly.engine.types import (
+    Candidates,
+    Ranking,
+    Reason,
+    RecommendationRequest,
+    UserFeatures,
+)
+
+log = logging.getLogger("rankly.pipeline")
+
+MIN_RERANK_DEPTH = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which components serve this request: the defaults or an experiment variant's."""
+
+    candidates: tuple[str, ...]
+    scorers: tuple[str, ...]
+    rerankers: tuple[str, ...]
+    variant: str | None = None
+    experiment: str | None = None
+    probability: float | None = None
+
+
+@dataclass
+class Trace:
+    """What happened while computing one answer (fallback reason, failing components)."""
+
+    fallback: str | None = None
+    current: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stages: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def fail(self, component: str, kind: str, fallback: str) -> None:
+        self.failures.append((component, kind))
+        self.fallback = self.fallback or fallback
+
+
+def default_plan(rt: Runtime) -> Plan:
+    p = rt.settings.pipeline
+    return Plan(p.candidates, p.scorers, p.rerankers)
+
+
+async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
+    """Answer one recommendation request (JSON-ready); never raises for plugin/store failures."""
+    comps = rt.components  # one snapshot: a hot swap mid-request does not mix models
+    key = cache_key(req, plan, comps.model.version)
+    hit = await lookup_cache(rt, key)
+    if hit is not None:
+        return {**hit, "cached": True, "request_id": req.request_id}
+    payload, _shared = await rt.flights.run(key, lambda: compute(rt, comps, req, plan, key))
+    return {**payload, "cached": False, "request_id": req.request_id}
+
+
+async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
+                  key: str) -> dict:
+    """Compute a fresh answer (payload without request_id) and store it in every tier."""
+    trace = Trace()
+    user = await fetch_features(rt, comps.model, req, trace)
+    deadline = rt.settings.deadlines.request_ms / 1000.0
+    try:
+        with anyio.fail_after(deadline * 0.8):
+            ranking = await anyio.to_thread.run_sync(
+                select, rt, comps, req, plan, user, trace, abandon_on_cancel=True
+            )
+    except TimeoutError:
+        stuck = trace.current or "pipeline"
+        record_failure(rt, stuck, "timeout")
+        trace.fallback = "plugin_timeout"
+        ranking = fallback_ranking(comps, user, req, req.n)
+    for stage, component, seconds in trace.stages:
+        metrics.STAGE_LATENCY.labels(stage, component).observe(seconds)
+    for component, kind in trace.failures:
+        record_failure(rt, component, kind)
+    if trace.fallback:
+        metrics.FALLBACKS.labels(trace.fallback).inc()
+    payload = respond(comps, req, plan, user, ranking, trace)
+    if trace.fallback in (None, "cold_start"):
+        await store_cache(rt, key, req.user_id, payload)
+    return payload
+
+
+# --- stages, in order -----------------------------------------------------------------------
+
+
+def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
+    """Everything that changes the answer: user, n, filters, session, variant, model version."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in (req.user_id or "", str(req.n), "\x1f".join(sorted(req.exclude)),
+                 "\x1f".join(sorted(req.categories)), "\x1f".join(req.session_items),
+                 plan.experiment or "", plan.variant or "", version):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+async def lookup_cache(rt: Runtime, key: str) -> dict | None:
+    for tier, cache in rt.caches:
+        start = time.perf_counter()
+        try:
+            value = await cache.get(key)
+        except Exception:
+            log.warning("cache tier %s failed on get", tier, exc_info=True)
+            metrics.CACHE_LOOKUPS.labels(tier, "error").inc()
+            continue
+        metrics.STAGE_LATENCY.labels("cache", tier).observe(time.perf_counter() - start)
+        metrics.CACHE_LOOKUPS.labels(tier, "hit" if value is not None else "miss").inc()
+        if value is not None:
+            return value
+    return None
+
+
+async def fetch_features(rt: Runtime, model: Model, req: RecommendationRequest,
+                         trace: Trace) -> UserFeatures:
+    """Merge the user's trained history with online state from the store (one round trip)."""
+    start = time.perf_counter()
+    online: OnlineUser = EMPTY_USER
+    if req.user_id is not None:
+        try:
+            with anyio.fail_after(rt.settings.deadlines.store_ms / 1000.0 * 2):
+                online = await rt.store.fetch_user(req.user_id)
+        except (StoreUnavailable, TimeoutError, OSError):
+            trace.fallback = "store_down"
+    row = model.users.row(req.user_id)
+    catalog = model.catalog
+    parts = []
+    if req.session_items:
+        parts.append(catalog.lookup(req.session_items))
+    if online.history:
+        parts.append(catalog.lookup(online.history))
+    parts.append(model.users.history(row))
+    history = _unique_in_order(np.concatenate(parts))
+    seen = history
+    if online.seen:
+        seen = np.concatenate([seen, catalog.lookup(tuple(online.seen))])
+    seen = np.unique(seen[seen >= 0])
+    trace.stages.append(("features", rt.store.kind, time.perf_counter() - start))
+    return UserFeatures(req.user_id, row, history, seen, session=bool(req.session_items))
+
+
+def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
+           user: UserFeatures, trace: Trace) -> Ranking:
+    """Candidates -> filter -> score -> order -> rerank (runs in a worker thread)."""
+    if user.is_cold:
+        trace.fallback = trace.fallback or "cold_start"
+        return fallback_ranking(comps, user, req, req.n)
+    depth = max(req.n * rt.settings.pipeline.rerank_depth, MIN_RERANK_DEPTH)
+    cands = generate_candidates(rt, comps, plan, user, trace)
+    cands = filter_candidates(rt, comps, req, user, cands, trace)
+    if len(cands) == 0:
+        trace.fallback = trace.fallback or "no_candidates"
+        return fallback_ranking(comps, user, req, req.n)
+    scores = score_candidates(rt, comps, plan, user, cands, trace)
+    ranking = order(cands, scores, depth)
+    ranking = rerank(rt, comps, plan, user, ranking, req.n, trace)
+    if len(ranking) < req.n:
+        ranking = backfill(comps, user, req, ranking)
+    return ranking
+
+
+def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures,
+                        trace: Trace) -> Candidates:
+    per = rt.settings.pipeline.candidates_per_generator
+    n_items = len(comps.model.catalog)
+    found: list[Candidates] = []
+    for name in plan.candidates:
+        gen = comps.generators.get(name)
+        if gen is None or not rt.breakers[name].allow():
+            continue
+        trace.current = name
+        start = time.perf_counter()
+        try:
+            c = gen.generate(user, per)
+            items = np.asarray(c.items, dtype=np.int64)
+            if items.ndim != 1 or len(c.reasons) != items.size or len(c.anchors) != items.size:
+                raise ValueError("candidate arrays of different lengths")
+            ok = (items >= 0) & (items < n_items)
+            if not ok.all():
+                trace.fail(name, "invalid", "plugin_error")
+                c = Candidates(items[ok], np.asarray(c.reasons)[ok], np.asarray(c.anchors)[ok])
+            found.append(c)
+        except Exception:
+            log.warning("candidate generator %s failed", name, exc_info=True)
+            trace.fail(name, "error", "plugin_error")
+        trace.stages.append(("candidates", name, time.perf_counter() - start))
+    trace.current = ""
+    if not found:
+        return Candidates.empty()
+    items = np.concatenate([c.items for c in found])
+    _, first = np.unique(items, return_index=True)
+    first.sort()  # keep the first generator's reason for an item proposed twice
+    return Candidates(
+        items[first],
+        np.concatenate([np.asarray(c.reasons, dtype=np.int8) for c in found])[first],
+        np.concatenate([np.asarray(c.anchors, dtype=np.int64) for c in found])[first],
+    )
+
+
+def filter_candidates(rt: Runtime, comps: Components, req: RecommendationRequest,
+                      user: UserFeatures, cands: Candidates, trace: Trace) -> Candidates:
+    """Drop already-seen items, the request's explicit excludes, and items outside categories."""
+    start = time.perf_counter()
+    keep = np.ones(len(cands), dtype=bool)
+    if rt.settings.pipeline.exclude_seen and user.seen.size:
+        keep &= ~np.isin(cands.items, user.seen, assume_unique=False)
+    if req.exclude:
+        keep &= ~np.isin(cands.items, comps.model.catalog.lookup(req.exclude))
+    if req.categories:
+        keep &= comps.category_mask(req.categories)[cands.items]
+    trace.stages.append(("filter", "builtin", time.perf_counter() - start))
+    return cands.take(np.flatnonzero(keep))
+
+
+def score_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures,
+                     cands: Candidates, trace: Trace) -> np.ndarray:
+    """Score with the first scorer of the chain whose output is valid; else the fallback."""
+    stage_budget = rt.settings.deadlines.stage_ms / 1000.0
+    for name in plan.scorers:
+        scorer = comps.scorers.get(name)
+        if scorer is None or not rt.breakers[name].allow():
+            continue
+        trace.current = name
+        start = time.perf_counter()
+        try:
+            scores = np.asarray(scorer.score(user, cands.items), dtype=np.float32)
+        except Exception:
+            log.warning("scorer %s failed", name, exc_info=True)
+            trace.fail(name, "error", "plugin_error")
+            continue
+        finally:
+            elapsed = time.perf_counter() - start
+            trace.stages.append(("score", name, elapsed))
+            trace.current = ""
+        if scores.shape != cands.items.shape or not np.isfinite(scores).all():
+            log.warning("scorer %s returned invalid scores (shape %s)", name, scores.shape)
+            trace.fail(name, "invalid", "plugin_error")
+            continue
+        if elapsed > stage_budget:
+            trace.fail(name, "timeout", "plugin_timeout")
+        else:
+            trace.failures.append((name, "ok"))
+        return np.ascontiguousarray(scores)
+    trace.fallback = trace.fallback or "plugin_error"
+    return comps.fallback_scores[cands.items]
+
+
+def order(cands: Candidates, scores: np.ndarray, depth: int) -> Ranking:
+    """The ``depth`` best candidates in descending score order (compiled top-k)."""
+    pos, vals = _fast.topk(scores, depth)
+    return Ranking(cands.items[pos], vals, cands.reasons[pos], cands.anchors[pos])
+
+
+def rerank(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures, ranking: Ranking,
+           n: int, trace: Trace) -> Ranking:
+    current = ranking
+    for name in plan.rerankers:
+        rr = comps.rerankers.get(name)
+        if rr is None or not rt.breakers[name].allow():
+            continue
+        trace.current = name
+        start = time.perf_counter()
+        try:
+            out = rr.rerank(user, current, max(n, 1))
+            if not (np.isin(out.items, current.items).all() and np.isfinite(out.scores).all()
+                    and len(np.unique(out.items)) == len(out)):
+                raise ValueError("reranker returned items it was not given, duplicates or NaN")
+            current = out
+            trace.failures.append((name, "ok"))
+        except Exception:
+            log.warning("reranker %s failed", name, exc_info=True)
+            trace.fail(name, "error", "plugin_error")
+        trace.stages.append(("rerank", name, time.perf_counter() - start))
+    trace.current = ""
+    return current.take(np.arange(min(n, len(current))))
+
+
+def fallback_ranking(comps: Components, user: UserFeatures, req: RecommendationRequest,
+                     n: int, exclude_more: np.ndarray | None = None) -> Ranking:
+    """Best items by the fallback scorer, honouring seen, exclude and category filters."""
+    scores = comps.fallback_scores
+    if req.categories:
+        scores = np.where(comps.category_mask(req.categories), scores, np.float32(np.nan))
+    parts = [user.seen]
+    if req.exclude:
+        parts.append(comps.model.catalog.lookup(req.exclude))
+    if exclude_more is not None:
+        parts.append(exclude_more)
+    idx, vals = _fast.topk(scores, n, exclude=np.concatenate(parts))
+    if req.categories:
+        reasons = np.full(idx.size, int(Reason.TRENDING_IN), dtype=np.int8)
+        anchors = comps.model.catalog.categories[idx].astype(np.int64)
+    else:
+        reasons = np.full(idx.size, int(Reason.POPULAR), dtype=np.int8)
+        anchors = np.full(idx.size, -1, dtype=np.int64)
+    return Ranking(idx, vals, reasons, anchors)
+
+
+def backfill(comps: Components, user: UserFeatures, req: RecommendationRequest,
+             ranking: Ranking) -> Ranking:
+    """Top up a short slate with fallback items ranked below it (scores kept monotone)."""
+    more = fallback_ranking(comps, user, req, req.n - len(ranking), exclude_more=ranking.items)
+    if len(more) == 0:
+        return ranking
+    floor = float(ranking.scores[-1]) if len(ranking) else 0.0
+    shifted = (floor - 1.0 - np.arange(len(more), dtype=np.float32)).astype(np.float32)
+    return Ranking(
+        np.concatenate([ranking.items, more.items]),
+        np.concatenate([ranking.scores, shifted]),
+        np.concatenate([ranking.reasons, more.reasons]),
+        np.concatenate([ranking.anchors, more.anchors]),
+    )
+
+
+def record_failure(rt: Runtime, component: str, kind: str) -> None:
+    breaker = rt.breakers[component]
+    if kind == "ok":
+        breaker.success()
+        return
+    metrics.PLUGIN_FAILURES.labels(component, kind).inc()
+    breaker.failure()
+    metrics.BREAKER_OPEN.labels(component).set(1 if breaker.state == "open" else 0)
+
+
+def reason_text(model: Model, reason: int, anchor: int) -> str:
+    catalog = model.catalog
+    if reason == Reason.BECAUSE_YOU_LIKED and 0 <= anchor < len(catalog):
+        return f"Because you liked {catalog.title(anchor)}"
+    if reason == Reason.SIMILAR_TO and 0 <= anchor < len(catalog):
+        return f"Similar to {catalog.title(anchor)}"
+    if reason == Reason.TRENDING_IN and anchor >= 0:
+        return f"Trending in {catalog.category_name(anchor)}"
+    if reason == Reason.NEW:
+        return "New"
+    if reason == Reason.FOR_YOU:
+        return "Matches your taste"
+    if reason == Reason.BOOSTED:
+        return "Featured"
+    return "Popular"
+
+
+def respond(comps: Components, req: RecommendationRequest, plan: Plan, user: UserFeatures,
+            ranking: Ranking, trace: Trace) -> dict:
+    model = comps.model
+    ids = model.catalog.item_ids
+    items = [
+        {
+            "item_id": str(ids[i]),
+            "score": round(float(s), 6),
+            "reasons": [reason_text(model, _session_reason(int(r), user), int(a))],
+        }
+        for i, s, r, a in zip(ranking.items.tolist(), ranking.scores.tolist(),
+                              ranking.reasons.tolist(), ranking.anchors.tolist(), strict=True)
+    ]
+    return {
+        "user_id": req.user_id,
+        "items": items,
+        "variant": plan.variant,
+        "experiment": plan.experiment,
+        "model_version": model.version,
+        "fallback": trace.fallback,
+    }
+
+
+async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict) -> None:
+    for tier, cache in rt.caches:
+        try:
+            await cache.set(key, user_id, payload)
+        except Exception:
+            log.warning("cache tier %s failed on set", tier, exc_info=True)
+
+
+def _session_reason(reason: int, user: UserFeatures) -> int:
+    """For anonymous sessions and item pages, "liked" anchors read as "similar to"."""
+    return Reason.SIMILAR_TO if user.session and reason == Reason.BECAUSE_YOU_LIKED else reason
+
+
+def _unique_in_order(idx: np.ndarray) -> np.ndarray:
+    idx = idx[idx >= 0]
+    _, first = np.unique(idx, return_index=True)
+    return idx[np.sort(first)]

@@ -1,0 +1,135 @@
+"""What a serving process holds: settings, plugins, store, caches and the live components.
+
+``Runtime`` only *holds* things; the request path is the plain functions of ``pipeline.py``.
+Components are rebuilt as a unit for each model version and swapped with one assignment, so a
+request that already took a reference to the old ``Components`` finishes on the old model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pluggy
+
+from rankly import _fast
+from rankly.engine.breaker import Breakers
+from rankly.engine.config import Settings
+from rankly.engine.model import Model
+from rankly.engine.plugins import Registry, collect_all, make_plugin_manager
+from rankly.engine.singleflight import SingleFlight
+from rankly.engine.store import Store, open_store
+from rankly.engine.types import (
+    Cache,
+    CandidateGenerator,
+    ComponentContext,
+    Reranker,
+    Scorer,
+    UserFeatures,
+)
+
+log = logging.getLogger("rankly")
+
+
+@dataclass
+class Components:
+    """The components built for one model version, by registered name."""
+
+    model: Model
+    generators: dict[str, CandidateGenerator]
+    scorers: dict[str, Scorer]
+    rerankers: dict[str, Reranker]
+    fallback_scores: np.ndarray  # float32 over the catalog, from the fallback scorer
+    _category_masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+
+    def category_mask(self, names: tuple[str, ...]) -> np.ndarray:
+        """Boolean mask of items in any of ``names`` (cached per distinct tuple, bounded)."""
+        mask = self._category_masks.get(names)
+        if mask is None:
+            if len(self._category_masks) > 1024:
+                self._category_masks.clear()
+            mask = self._category_masks[names] = self.model.catalog.items_in_categories(names)
+        return mask
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pm: pluggy.PluginManager
+    registries: dict[str, Registry]
+    store: Store
+    caches: list[tuple[str, Cache]]
+    components: Components
+    breakers: Breakers = field(default_factory=Breakers)
+    flights: SingleFlight = field(default_factory=SingleFlight)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> Model:
+        return self.components.model
+
+    def swap_model(self, model: Model) -> None:
+        """Build components for ``model`` and make them live (in-flight requests finish first)."""
+        self.components = build_components(self.settings, model, self.registries, self.store)
+
+
+def _build(kind: str, registry: Registry, settings: Settings, model: Model,
+           store: Store | None) -> dict[str, Any]:
+    built: dict[str, Any] = {}
+    for name, factory in registry.entries.items():
+        ctx = ComponentContext(name, model, settings.plugin_options(name), settings, store)
+        try:
+            component = factory(ctx) if callable(factory) else factory
+        except Exception:
+            # NOTE: a broken third-party factory must not take serving down; it is reported
+            # and its name is simply unavailable (the fallback chain covers it).
+            log.exception("could not build %s %r (from %s)", kind, name, registry.owners[name])
+            continue
+        if component is not None:
+            built[name] = component
+    return built
+
+
+def build_components(settings: Settings, model: Model, registries: dict[str, Registry],
+                     store: Store | None = None) -> Components:
+    """Build every registered generator, scorer and reranker for ``model``."""
+    generators = _build("candidate generator", registries["candidate_generators"], settings,
+                        model, store)
+    scorers = _build("scorer", registries["scorers"], settings, model, store)
+    rerankers = _build("reranker", registries["rerankers"], settings, model, store)
+    n = len(model.catalog)
+    fallback_scores = np.zeros(n, dtype=np.float32)
+    fb = scorers.get(settings.pipeline.fallback)
+    if fb is None:
+        log.warning("fallback scorer %r unavailable: fallback answers use catalog order",
+                    settings.pipeline.fallback)
+    else:
+        cold = UserFeatures(None, -1, np.empty(0, np.int64), np.empty(0, np.int64))
+        s = np.asarray(fb.score(cold, np.arange(n, dtype=np.int64)), dtype=np.float32)
+        if s.shape == (n,) and np.isfinite(s).all():
+            fallback_scores = np.ascontiguousarray(s)
+    for name in (*settings.pipeline.candidates, *settings.pipeline.scorers,
+                 *settings.pipeline.rerankers):
+        if name not in generators and name not in scorers and name not in rerankers:
+            log.warning("configured component %r is not available for model %s", name,
+                        model.version)
+    return Components(model, generators, scorers, rerankers, fallback_scores)
+
+
+def build_runtime(settings: Settings, model: Model, pm: pluggy.PluginManager | None = None,
+                  store: Store | None = None) -> Runtime:
+    """Assemble a runtime: plugin manager, registries, store, cache tiers, components."""
+    pm = pm or make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
+    registries = collect_all(pm)
+    store = store or open_store(settings)
+    components = build_components(settings, model, registries, store)
+    caches: list[tuple[str, Cache]] = []
+    for tier in settings.cache.tiers:
+        factory = registries["caches"].get(tier)
+        ctx = ComponentContext(tier, model, settings.plugin_options(tier), settings, store)
+        caches.append((tier, factory(ctx)))
+    log.info("rankly kernels: %s; model %s (%d items, %d users)", _fast.IMPLEMENTATION,
+             model.version, len(model.catalog), len(model.users))
+    return Runtime(settings, pm, registries, store, caches, components)

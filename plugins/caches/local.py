@@ -1,0 +1,101 @@
+"""In-process L1 cache: LRU bounded by entries and bytes, TTL with jitter, per-user invalidation."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import OrderedDict
+from typing import Any
+
+from rankly.engine import hookimpl
+from rankly.engine.types import ComponentContext
+
+
+class LocalCache:
+    """A bounded LRU of JSON-ready payloads.
+
+    Size of an entry is the length of its compact JSON encoding (what it costs to serve).
+    Eviction is least-recently-used once either ``max_entries`` or ``max_bytes`` is exceeded;
+    an entry lives ``ttl * (1 +- jitter)`` seconds. ``invalidate_user`` drops every key of a
+    user through a per-user key index, so it costs O(keys of that user).
+    """
+
+    tier = "l1"
+
+    def __init__(self, max_entries: int, max_bytes: int, ttl: float, jitter: float = 0.1,
+                 clock=time.monotonic, rng: random.Random | None = None) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.jitter = jitter
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._data: OrderedDict[str, tuple[float, int, str | None, dict[str, Any]]] = OrderedDict()
+        self._by_user: dict[str, set[str]] = {}
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        expires, _, _, value = entry
+        if expires <= self.clock():
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
+        size = len(json.dumps(value, separators=(",", ":")))
+        if size > self.max_bytes:
+            return
+        if key in self._data:
+            self._drop(key)
+        ttl = self.ttl * (1 + self.rng.uniform(-self.jitter, self.jitter))
+        self._data[key] = (self.clock() + ttl, size, user_id, value)
+        self.bytes += size
+        if user_id is not None:
+            self._by_user.setdefault(user_id, set()).add(key)
+        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._data)))
+
+    async def invalidate_user(self, user_id: str) -> None:
+        for key in self._by_user.pop(user_id, ()):
+            self._drop(key)
+
+    async def clear(self) -> None:
+        self._data.clear()
+        self._by_user.clear()
+        self.bytes = 0
+
+    def _drop(self, key: str) -> None:
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return
+        _, size, user_id, _ = entry
+        self.bytes -= size
+        if user_id is not None:
+            keys = self._by_user.get(user_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_user[user_id]
+
+
+@hookimpl
+def register_caches(register):
+    def l1(ctx: ComponentContext) -> LocalCache:
+        c = ctx.settings.cache
+        opts = ctx.options
+        return LocalCache(
+            max_entries=int(opts.get("max_entries", c.l1_max_entries)),
+            max_bytes=int(opts.get("max_bytes", c.l1_max_bytes)),
+            ttl=float(opts.get("ttl_seconds", c.ttl_seconds)),
+            jitter=float(opts.get("jitter", c.jitter)),
+        )
+
+    register("l1", l1)

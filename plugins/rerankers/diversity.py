@@ -1,0 +1,41 @@
+"""Diversity reranker: at most ``cap`` items per category in the slate (compiled kernel)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rankly import _fast
+from rankly.engine import hookimpl
+from rankly.engine.types import ComponentContext, Ranking, UserFeatures
+
+
+class DiversityReranker:
+    """Keep at most ``cap`` items per primary category, filling with the best skipped items.
+
+    Options: ``cap`` (int, default 3), ``fill`` (bool, default True: never return fewer items
+    than available just to honour the cap).
+    """
+
+    def __init__(self, categories: np.ndarray, cap: int = 3, fill: bool = True) -> None:
+        if cap < 0:
+            raise ValueError("diversity cap must be >= 0")
+        self.categories = np.ascontiguousarray(categories, dtype=np.int32)
+        self.cap = int(cap)
+        self.fill = bool(fill)
+
+    def rerank(self, user: UserFeatures, ranking: Ranking, n: int) -> Ranking:
+        cats = self.categories[ranking.items]
+        pos, _, _ = _fast.diverse_topk(ranking.scores, cats, n, self.cap, fill=self.fill)
+        return ranking.take(pos)
+
+
+@hookimpl
+def register_rerankers(register):
+    def diversity(ctx: ComponentContext) -> DiversityReranker:
+        opts = dict(ctx.options)
+        return DiversityReranker(
+            ctx.model.catalog.categories, cap=int(opts.get("cap", 3)),
+            fill=bool(opts.get("fill", True)),
+        )
+
+    register("diversity", diversity)
