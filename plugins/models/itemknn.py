@@ -1,1 +1,189 @@
-"""itemknn model plugin (trainer, candidate generator and scorer)."""
+"""Item-item neighbours: shrunk cosine on co-occurrence, top-M neighbours per item precomputed.
+
+Part ``itemknn`` holds the neighbour lists as CSR arrays: ``indptr`` (N+1 int64), ``indices``
+(int64 neighbour item indices) and ``sims`` (float32), each row sorted by similarity desc.
+The scorer also answers ``/items/{id}/similar`` (:meth:`ItemKNNScorer.similar`) and anonymous
+session recommendations (:meth:`ItemKNNScorer.session_scores`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from rankly import _fast
+from rankly.engine import hookimpl
+from rankly.engine.interactions import TrainingData
+from rankly.engine.model import Model
+from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
+
+NAME = "itemknn"
+#: Only the most recent items of a long history vote, keeping a request O(MAX_HISTORY * M).
+MAX_HISTORY = 200
+
+
+def binary_matrix(data: TrainingData) -> sp.csr_matrix:
+    """Return the users x items matrix with every interacted pair set to 1 (float32 CSR)."""
+    m = data.matrix.tocsr(copy=True)
+    m.data = np.ones_like(m.data, dtype=np.float32)
+    return m
+
+
+def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> sp.csr_matrix:
+    """Return the item x item matrix keeping each row's ``m`` largest shrunk similarities.
+
+    ``sim(i, j) = c_ij / (n_i^alpha * n_j^(1-alpha) + shrink)`` with ``c_ij`` the number of
+    users who touched both and ``n_i`` the users of item i (alpha 0.5 is cosine). The diagonal
+    is zero; rows are sorted by similarity desc, ties by the lower item index.
+    """
+    xt = x.T.tocsr()
+    co = (xt @ x).tocsr().astype(np.float32)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    n = np.asarray(x.sum(axis=0)).ravel().astype(np.float32)
+    rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
+    co.data /= n[rows] ** alpha * n[co.indices] ** (1 - alpha) + shrink
+    indptr = [0]
+    indices: list[np.ndarray] = []
+    sims: list[np.ndarray] = []
+    for i in range(co.shape[0]):
+        lo, hi = co.indptr[i], co.indptr[i + 1]
+        idx, val = co.indices[lo:hi], co.data[lo:hi]
+        order = np.lexsort((idx, -val))[:m]
+        indices.append(idx[order].astype(np.int64))
+        sims.append(val[order].astype(np.float32))
+        indptr.append(indptr[-1] + order.size)
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.empty(0, dt)  # noqa: E731
+    return sp.csr_matrix(
+        (cat(sims, np.float32), cat(indices, np.int64), np.asarray(indptr, dtype=np.int64)),
+        shape=co.shape,
+    )
+
+
+class ItemKNNTrainer:
+    """Options: ``neighbours`` M (default 100), ``shrink`` (default 10), ``alpha`` (0.5)."""
+
+    def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
+        m = int(options.get("neighbours", 100))
+        shrink = float(options.get("shrink", 10.0))
+        alpha = float(options.get("alpha", 0.5))
+        s = neighbours(binary_matrix(data), m, shrink, alpha)
+        return ModelPart(
+            name=NAME,
+            params={"neighbours": m, "shrink": shrink, "alpha": alpha},
+            arrays={"indptr": s.indptr.astype(np.int64), "indices": s.indices.astype(np.int64),
+                    "sims": s.data.astype(np.float32)},
+            metrics={"nnz": int(s.nnz)},
+        )
+
+
+class ItemKNNScorer:
+    """Score items by the summed similarity to the user's (recent) history items.
+
+    Also a candidate generator (``generate``) whose reason is BECAUSE_YOU_LIKED with the history
+    item that contributed most as anchor.
+    """
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, sims: np.ndarray,
+                 max_history: int = MAX_HISTORY) -> None:
+        n = int(np.asarray(indptr).size - 1)
+        self.sim = sp.csr_matrix(
+            (np.asarray(sims, dtype=np.float32), np.asarray(indices), np.asarray(indptr)),
+            shape=(n, n),
+        )
+        self.max_history = max_history
+
+    @classmethod
+    def from_part(cls, part: Mapping[str, np.ndarray], **options: Any) -> ItemKNNScorer:
+        return cls(part["indptr"], part["indices"], part["sims"],
+                   int(options.get("max_history", MAX_HISTORY)))
+
+    @property
+    def n_items(self) -> int:
+        return int(self.sim.shape[0])
+
+    def _history(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        h = np.asarray(items, dtype=np.int64)[: self.max_history]
+        return h[(h >= 0) & (h < self.n_items)]
+
+    def session_scores(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Return float32 scores over the whole catalog for a list of item indices."""
+        h = self._history(items)
+        if h.size == 0:
+            return np.zeros(self.n_items, dtype=np.float32)
+        return np.asarray(self.sim[h].sum(axis=0), dtype=np.float32).ravel()
+
+    def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
+        return self.session_scores(user.history)[np.asarray(items, dtype=np.int64)]
+
+    def similar(self, item_idx: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the ``n`` nearest neighbours of ``item_idx``: (int64 indices, float32 sims)."""
+        if not 0 <= item_idx < self.n_items:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        lo, hi = self.sim.indptr[item_idx], self.sim.indptr[item_idx + 1]
+        k = min(n, hi - lo)
+        return (self.sim.indices[lo:lo + k].astype(np.int64),
+                self.sim.data[lo:lo + k].astype(np.float32))
+
+    def recommend_session(self, items: Sequence[int] | np.ndarray, n: int,
+                          exclude: np.ndarray | None = None) -> Candidates:
+        """Return up to ``n`` SIMILAR_TO candidates for a session (anchor: the closest item)."""
+        h = self._history(items)
+        ex = h if exclude is None else np.union1d(h, exclude)
+        return self._top(h, n, ex, Reason.SIMILAR_TO)
+
+    def generate(self, user: UserFeatures, n: int) -> Candidates:
+        return self._top(self._history(user.history), n, user.seen, Reason.BECAUSE_YOU_LIKED)
+
+    def _top(self, h: np.ndarray, n: int, exclude: np.ndarray, reason: Reason) -> Candidates:
+        if h.size == 0 or n <= 0:
+            return Candidates.empty()
+        rows = self.sim[h]
+        scores = np.asarray(rows.sum(axis=0), dtype=np.float32).ravel()
+        scores[scores <= 0] = np.nan  # items no history item points to are not candidates
+        idx, _ = _fast.topk(scores, n, exclude=exclude)
+        if idx.size == 0:
+            return Candidates.empty()
+        contrib = rows[:, idx].toarray()
+        return Candidates.of(idx, reason, h[np.argmax(contrib, axis=0)])
+
+
+def scorer(model: Model, **options: Any) -> ItemKNNScorer | None:
+    """Return the neighbour scorer of ``model``, or None when it has no itemknn part."""
+    part = model.part(NAME)
+    return None if part is None else ItemKNNScorer.from_part(part, **options)
+
+
+def similar_items(model: Model, item_index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``model``'s ``n`` nearest neighbours of one item (empty when no itemknn part)."""
+    s = scorer(model)
+    return (np.empty(0, np.int64), np.empty(0, np.float32)) if s is None else s.similar(
+        item_index, n)
+
+
+def session_recommendations(model: Model, items: Sequence[int], n: int) -> Candidates:
+    """Return up to ``n`` candidates for an anonymous session of item indices."""
+    s = scorer(model)
+    return Candidates.empty() if s is None else s.recommend_session(items, n)
+
+
+@hookimpl
+def register_trainers(register):
+    register(NAME, ItemKNNTrainer())
+
+
+def _factory(ctx: ComponentContext) -> ItemKNNScorer | None:
+    return scorer(ctx.model, **ctx.options)
+
+
+@hookimpl
+def register_candidate_generators(register):
+    register(NAME, _factory)
+
+
+@hookimpl
+def register_scorers(register):
+    register(NAME, _factory)

@@ -1,0 +1,504 @@
+"""Offline evaluation (`rankly evaluate`) and batch recommendations (`rankly recommend`).
+
+Splits, ranking metrics at k, and the evaluation loop: train each model setup on the train
+part, rank the whole train catalogue for every test user through the same plugin components
+the server uses (candidate generators -> scorer -> optional per-category cap), and report the
+metrics for warm and cold users separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from rankly import _fast
+from rankly.engine import datasets
+from rankly.engine.config import Settings, load_settings
+from rankly.engine.interactions import Interactions, TrainingData, build_training_data
+from rankly.engine.model import Model, load_model
+from rankly.engine.plugins import collect, make_plugin_manager
+from rankly.engine.types import ComponentContext, ModelPart, UserFeatures
+
+# --- splits --------------------------------------------------------------------------------
+
+
+def split_temporal(data: Interactions, quantile: float = 0.8) -> tuple[Interactions, Interactions]:
+    """Cut all events at the ``quantile`` of timestamps: ``ts < T`` is train, the rest test."""
+    cut = np.quantile(data.timestamps, quantile, method="lower")
+    train = data.timestamps < cut
+    return data.take(train), data.take(~train)
+
+
+def split_user_last(data: Interactions, fraction: float = 0.2) -> tuple[Interactions, Interactions]:
+    """Hold out each user's last ``fraction`` of events by (timestamp, item id) as test.
+
+    At least one event per user is held out and at least one stays in train; users with a
+    single event stay entirely in train. Every test user is therefore warm.
+    """
+    users = np.asarray(data.user_ids, dtype=str)
+    order = np.lexsort((np.asarray(data.item_ids, dtype=str), data.timestamps, users))
+    u = users[order]
+    _, inv, counts = np.unique(u, return_inverse=True, return_counts=True)
+    starts = np.concatenate([[0], np.cumsum(counts)])[inv]
+    rank = np.arange(u.size) - starts
+    n_test = np.where(counts >= 2, np.clip(np.ceil(counts * fraction), 1, counts - 1), 0)
+    test = np.zeros(u.size, dtype=bool)
+    test[order] = rank >= (counts - n_test)[inv]
+    return data.take(~test), data.take(test)
+
+
+SPLITS = {"temporal": split_temporal, "user-last": split_user_last}
+
+# --- metrics (one ranked list against one relevant set) ---------------------------------------
+
+
+def _hits(ranked: Sequence[int], relevant: Iterable[int], k: int) -> np.ndarray:
+    rel = set(relevant)
+    return np.array([int(i) in rel for i in list(ranked)[:k]], dtype=np.float64)
+
+
+def ndcg_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """Binary NDCG@k: log2 discount, ideal DCG over min(k, |relevant|) hits."""
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    hits = _hits(ranked, relevant, k)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    return float((hits * disc[: hits.size]).sum() / disc[: min(k, len(relevant))].sum())
+
+
+def recall_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """Hits in the top k divided by |relevant|."""
+    relevant = set(relevant)
+    return float(_hits(ranked, relevant, k).sum() / len(relevant)) if relevant else 0.0
+
+
+def hit_rate_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """1.0 when at least one relevant item is in the top k, else 0.0."""
+    return float(_hits(ranked, relevant, k).any())
+
+
+def average_precision_at_k(ranked: Sequence[int], relevant: Iterable[int], k: int) -> float:
+    """AP@k: mean of precision@r over the ranks r of hits, divided by min(k, |relevant|)."""
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    hits = _hits(ranked, relevant, k)
+    prec = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    return float((prec * hits).sum() / min(k, len(relevant)))
+
+
+def intra_list_diversity(categories: Sequence[int]) -> float:
+    """1 - the share of item pairs in one list with the same category (uncategorized = own)."""
+    c = list(categories)
+    pairs = len(c) * (len(c) - 1) / 2
+    if pairs == 0:
+        return 0.0
+    same = sum(1 for a in range(len(c)) for b in range(a + 1, len(c))
+               if c[a] == c[b] and c[a] >= 0)
+    return 1.0 - same / pairs
+
+
+def novelty(items: Sequence[int], popularity: np.ndarray, n_users: int) -> float:
+    """Mean self-information ``-log2(p_i)`` of the items, p_i = users of i / all users."""
+    if len(items) == 0:
+        return 0.0
+    p = np.maximum(popularity[np.asarray(items, dtype=np.int64)], 1) / max(n_users, 1)
+    return float(-np.log2(p).mean())
+
+
+def coverage(lists: Iterable[Sequence[int]], n_items: int) -> float:
+    """|union of the lists| / n_items."""
+    seen: set[int] = set()
+    for lst in lists:
+        seen.update(int(i) for i in lst)
+    return len(seen) / n_items if n_items else 0.0
+
+
+def cap_compliance(categories: Sequence[int], cap: int) -> bool:
+    """True when no category (>= 0) occurs more than ``cap`` times in the list."""
+    c = np.asarray([x for x in categories if x >= 0], dtype=np.int64)
+    return bool(c.size == 0 or np.bincount(c).max() <= cap)
+
+
+# --- ranking through the plugin components ---------------------------------------------------
+
+
+@dataclass
+class Components:
+    """Built serving components for one model: generators in order, one scorer, the cap."""
+
+    generators: list[tuple[str, Any]]
+    scorer: Any
+    fallback: Any  # popularity candidates, for users the personal generators know nothing about
+    categories: np.ndarray
+    per_generator: int = 300
+    cap: int | None = None
+
+
+def build_components(model: Model, settings: Settings, candidates: Sequence[str],
+                     scorers: Sequence[str], pm: Any = None, cap: int | None = None) -> Components:
+    """Build the named generators and the first available scorer from the plugin registries."""
+    pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
+                                                       settings.blocked_plugins)
+    gens_reg, scorer_reg = collect(pm, "candidate_generators"), collect(pm, "scorers")
+
+    def ctx(name: str) -> ComponentContext:
+        return ComponentContext(name, model, settings.plugin_options(name), settings)
+
+    gens = []
+    for name in candidates:
+        g = gens_reg.get(name)(ctx(name))
+        if g is not None:
+            gens.append((name, g))
+    scorer = None
+    for name in scorers:
+        scorer = scorer_reg.get(name)(ctx(name))
+        if scorer is not None:
+            break
+    if scorer is None:
+        raise RuntimeError(f"none of the scorers {list(scorers)} is available in this model")
+    fallback = gens_reg.get("popular")(ctx("popular")) if "popular" in gens_reg else None
+    return Components(gens, scorer, fallback, np.asarray(model.catalog.categories, np.int32),
+                      settings.pipeline.candidates_per_generator, cap)
+
+
+def rank_user(comp: Components, user: UserFeatures, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the top ``n`` (items, scores): merge candidates, score, sort, cap per category.
+
+    Ties keep candidate merge order (generators in configured order), so a user no generator
+    knows gets the popularity order.
+    """
+    pool = [g.generate(user, max(comp.per_generator, n)).items for _, g in comp.generators]
+    if user.history.size == 0 and comp.fallback is not None:
+        pool = [comp.fallback.generate(user, max(comp.per_generator, n)).items]
+    cand = np.concatenate(pool) if pool else np.empty(0, np.int64)
+    _, first = np.unique(cand, return_index=True)
+    cand = cand[np.sort(first)]
+    if user.seen.size:
+        cand = cand[~np.isin(cand, user.seen)]
+    if cand.size == 0:
+        return cand, np.empty(0, np.float32)
+    scores = np.asarray(comp.scorer.score(user, cand), dtype=np.float32)
+    if user.history.size == 0:
+        scores = np.zeros_like(scores)  # cold: keep the popularity order of the fallback
+    order = np.lexsort((np.arange(cand.size), -scores))
+    if comp.cap is not None:
+        # rank positions as scores keep the order exact; the kernel applies the cap
+        pos_scores = -np.arange(order.size, dtype=np.float32)
+        keep, _, _ = _fast.diverse_topk(pos_scores, comp.categories[cand[order]], n, comp.cap)
+        order = order[keep]
+    else:
+        order = order[:n]
+    return cand[order], scores[order]
+
+
+# --- the evaluation loop -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One evaluated model setup: parts to train, candidate generators, scorer chain."""
+
+    trainers: tuple[tuple[str, Mapping[str, Any]], ...]
+    candidates: tuple[str, ...]
+    scorers: tuple[str, ...]
+    cap: bool = False
+    label: str = ""
+
+
+IMPLICIT_PEER = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
+                 "backend": "implicit"}
+SERVED_CANDIDATES = ("ease", "itemknn", "als", "popular")
+SERVED_SCORERS = ("blend", "ease", "als", "popular")
+SETUPS: Mapping[str, Setup] = {
+    "pop": Setup((("pop", {}),), ("popular",), ("popular",)),
+    "itemknn": Setup((("pop", {}), ("itemknn", {})), ("itemknn", "popular"), ("itemknn",)),
+    "ease": Setup((("pop", {}), ("ease", {"lambda": 500.0})), ("ease", "popular"), ("ease",)),
+    "als": Setup((("pop", {}), ("als", {})), ("als", "popular"), ("als",)),
+    "implicit-als": Setup((("pop", {}), ("als", IMPLICIT_PEER)), ("als", "popular"), ("als",),
+                          label="implicit ALS, library defaults"),
+    "blend": Setup((("pop", {}), ("ease", {}), ("itemknn", {}), ("als", {}), ("blend", {})),
+                   SERVED_CANDIDATES, SERVED_SCORERS, label="default served model"),
+}
+
+
+@dataclass
+class Result:
+    """Metrics of one setup: per user group, each an average over its users."""
+
+    name: str
+    train_seconds: float
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _user_features(data: TrainingData, user_id: str) -> UserFeatures:
+    row = data.users.row(user_id)
+    hist = data.users.history(row)
+    return UserFeatures(user_id, row, hist, np.unique(hist))
+
+
+def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
+                pm: Any, settings: Settings) -> list[ModelPart]:
+    """Fit each named trainer (options: settings' plugin options, overridden by the given)."""
+    registry = collect(pm, "trainers")
+    return [registry.get(name).fit(data, {**settings.plugin_options(name), **opts})
+            for name, opts in trainers]
+
+
+def in_memory_model(data: TrainingData, parts: Sequence[ModelPart]) -> Model:
+    manifest = {"parts": {p.name: {"params": dict(p.params), "metrics": dict(p.metrics)}
+                          for p in parts}}
+    return Model("in-memory", manifest, data.catalog, data.users,
+                 {p.name: dict(p.arrays) for p in parts})
+
+
+def test_targets(data: TrainingData, test: Interactions, exclude_seen: bool,
+                 min_weight: float = 0.0, event_types: Sequence[str] = ()
+                 ) -> dict[str, np.ndarray]:
+    """Relevant item indices per test user (minus train-seen ones when ``exclude_seen``).
+
+    Test items missing from the train catalog (cold items) get distinct negative indices: they
+    can never be recommended, but they count in recall's denominator.
+    """
+    keep = np.asarray(test.weights) >= min_weight
+    if event_types and test.event_types is not None:
+        keep &= np.isin(test.event_types, list(event_types))
+    item_ids = np.asarray(test.item_ids, dtype=str)[keep].tolist()
+    idx = data.catalog.lookup(item_ids).tolist()
+    cold: dict[str, int] = {}
+    out: dict[str, set[int]] = {}
+    for uid, iid, i in zip(np.asarray(test.user_ids, dtype=str)[keep].tolist(), item_ids, idx,
+                           strict=True):
+        if i < 0:
+            i = cold.setdefault(iid, -2 - len(cold))
+        out.setdefault(uid, set()).add(i)
+    targets = {}
+    for uid, items in out.items():
+        rel = np.fromiter(sorted(items), dtype=np.int64)
+        if exclude_seen:
+            rel = rel[~np.isin(rel, data.users.history(data.users.row(uid)))]
+        if rel.size:
+            targets[uid] = rel
+    return targets
+
+
+def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping[str, np.ndarray],
+                   settings: Settings, pm: Any, k: int, cap: int | None, exclude_seen: bool,
+                   parts_cache: dict[str, ModelPart] | None = None) -> Result:
+    """Train ``setup`` on ``data`` and compute every metric over the users of ``targets``."""
+    started = time.perf_counter()
+    parts_cache = {} if parts_cache is None else parts_cache
+    parts = []
+    for trainer, opts in setup.trainers:
+        key = f"{trainer}:{json.dumps(opts, sort_keys=True)}"
+        if key not in parts_cache:
+            parts_cache[key] = train_parts(data, [(trainer, opts)], pm, settings)[0]
+        parts.append(parts_cache[key])
+    train_seconds = time.perf_counter() - started
+    model = in_memory_model(data, parts)
+    comp = build_components(model, settings, setup.candidates, setup.scorers, pm,
+                            cap if setup.cap else None)
+    pop = np.diff(data.matrix.tocsc().indptr)
+    groups: dict[str, list[dict[str, float]]] = {"warm": [], "cold": []}
+    lists: dict[str, list[np.ndarray]] = {"warm": [], "cold": []}
+    for uid, rel in targets.items():
+        user = _user_features(data, uid)
+        if not exclude_seen:
+            user = UserFeatures(user.user_id, user.row, user.history, np.empty(0, np.int64))
+        items, _ = rank_user(comp, user, k)
+        group = "cold" if user.history.size == 0 else "warm"
+        cats = comp.categories[items]
+        groups[group].append({
+            "ndcg": ndcg_at_k(items, rel, k), "recall": recall_at_k(items, rel, k),
+            "hr": hit_rate_at_k(items, rel, k), "map": average_precision_at_k(items, rel, k),
+            "ild": intra_list_diversity(cats.tolist()),
+            "categories": float(np.unique(cats[cats >= 0]).size),
+            "novelty": novelty(items, pop, data.n_users),
+            **({"cap_ok": float(cap_compliance(cats.tolist(), cap))} if cap else {}),
+        })
+        lists[group].append(items)
+    result = Result(name, round(train_seconds, 2))
+    for group, rows in [*groups.items(), ("all", groups["warm"] + groups["cold"])]:
+        if not rows:
+            continue
+        avg = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+        group_lists = lists[group] if group != "all" else lists["warm"] + lists["cold"]
+        avg["coverage"] = coverage(group_lists, data.n_items)
+        avg["users"] = float(len(rows))
+        result.groups[group] = avg
+    return result
+
+
+def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 10,
+             diversity_cap: int | None = None, settings: Settings | None = None,
+             pm: Any = None, exclude_seen: bool = True, min_weight: float = 0.0,
+             event_types: Sequence[str] = (), progress: IO[str] | None = None) -> dict[str, Any]:
+    """Split ``ds``, train and score every setup in ``models``; return a JSON-ready report.
+
+    With ``diversity_cap`` every setup is also run capped at that many items per primary
+    category, reported as ``<name>+cap``.
+    """
+    settings = settings or Settings()
+    pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
+                                                       settings.blocked_plugins)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+    unknown = [m for m in models if m not in SETUPS]
+    if unknown:
+        raise ValueError(f"unknown model {unknown[0]!r}; one of {', '.join(SETUPS)}")
+    train, test = SPLITS[split](ds.interactions)
+    data = build_training_data(train, ds.items)
+    targets = test_targets(data, test, exclude_seen, min_weight, event_types)
+    results = []
+    cache: dict[str, ModelPart] = {}
+    for name in models:
+        s = SETUPS[name]
+        # the blend's weights are tuned on the train part, held out the way this split holds out
+        s = Setup(tuple((t, {"validation": split, **o} if t == "blend" else o)
+                        for t, o in s.trainers), s.candidates, s.scorers, s.cap, s.label)
+        variants = [(name, s)]
+        if diversity_cap is not None:
+            variants.append((f"{name}+cap", Setup(s.trainers, s.candidates, s.scorers, True)))
+        for label, setup in variants:
+            if progress is not None:
+                print(f"evaluating {label} ...", file=progress, flush=True)
+            results.append(evaluate_setup(label, setup, data, targets, settings, pm, k,
+                                          diversity_cap, exclude_seen, cache))
+    n_test_users = np.unique(test.user_ids).size
+    return {
+        "split": split, "k": k, "diversity_cap": diversity_cap, "exclude_seen": exclude_seen,
+        "train_events": len(train), "test_events": len(test), "test_users": int(n_test_users),
+        "evaluated_users": len(targets), "catalog_items": data.n_items,
+        "results": [{"model": r.name, "train_seconds": r.train_seconds, **r.groups}
+                    for r in results],
+    }
+
+
+COLUMNS = (("ndcg", "NDCG"), ("recall", "Recall"), ("hr", "HR"), ("map", "MAP"),
+           ("coverage", "Cov"), ("ild", "ILD"), ("novelty", "Nov"))
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """Render :func:`evaluate`'s report as a Markdown table (one row per model and group)."""
+    k = report["k"]
+    head = ["model", "users", *(f"{t}@{k}" if m in ("ndcg", "recall", "hr", "map") else t
+                                for m, t in COLUMNS), "train s"]
+    lines = [
+        f"split={report['split']} train={report['train_events']} test={report['test_events']}"
+        f" evaluated users={report['evaluated_users']} catalog={report['catalog_items']}",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["results"]:
+        for group in ("warm", "cold"):
+            g = r.get(group)
+            if not g:
+                continue
+            cells = [f"{r['model']} ({group})", str(int(g["users"]))]
+            cells += [f"{g[m]:.4f}" if m not in ("novelty",) else f"{g[m]:.2f}" for m, _ in COLUMNS]
+            cells.append(f"{r['train_seconds']:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- CLI: `rankly evaluate` ------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly evaluate``."""
+    datasets.add_input_arguments(parser)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="temporal")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--models", default="pop,itemknn,ease,als,implicit-als,blend",
+                        help=f"comma-separated, from: {', '.join(SETUPS)}")
+    parser.add_argument("--diversity-cap", type=int, default=None,
+                        help="also evaluate each model capped at C items per primary category")
+    parser.add_argument("--include-seen", action="store_true",
+                        help="do not exclude train items from recommendations (Taobao repeats)")
+    parser.add_argument("--min-weight", type=float, default=0.0,
+                        help="only test events weighing at least this count (e.g. rating 4)")
+    parser.add_argument("--relevant-events", default="",
+                        help="only these test event types count, e.g. purchase")
+    parser.add_argument("--config", default=None, help="settings file (plugin options)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        ds = datasets.load_from_args(args)
+        report = evaluate(
+            ds, args.split, [m.strip() for m in args.models.split(",") if m.strip()],
+            k=args.k, diversity_cap=args.diversity_cap, settings=settings,
+            exclude_seen=not args.include_seen, min_weight=args.min_weight,
+            event_types=[e for e in args.relevant_events.split(",") if e],
+            progress=sys.stderr)
+    except (datasets.DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+# --- CLI: `rankly recommend` -----------------------------------------------------------------
+
+
+def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly recommend``."""
+    parser.add_argument("--artifacts", required=True, help="a `rankly train` output directory")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="file with one user id per line")
+    who.add_argument("--all", action="store_true", help="every user of the model")
+    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
+
+
+def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
+              exclude_seen: bool = True, pm: Any = None, out: IO[str] = sys.stdout) -> int:
+    """Write one JSON line per user ``{"user_id", "items", "scores"}``; return the count.
+
+    Uses the configured serving components (``settings.pipeline``); a diversity cap comes from
+    ``[plugins.diversity] cap``. Unknown users get the cold-start (popularity) list.
+    """
+    cap = settings.plugin_options("diversity").get("cap")
+    comp = build_components(model, settings, settings.pipeline.candidates,
+                            settings.pipeline.scorers, pm,
+                            int(cap) if cap and "diversity" in settings.pipeline.rerankers
+                            else None)
+    count = 0
+    for uid in user_ids:
+        row = model.users.row(uid)
+        hist = model.users.history(row)
+        user = UserFeatures(uid, row, hist, np.unique(hist) if exclude_seen else hist[:0])
+        items, scores = rank_user(comp, user, n)
+        out.write(json.dumps({
+            "user_id": uid, "items": model.catalog.item_ids[items].tolist(),
+            "scores": [round(float(s), 6) if math.isfinite(s) else 0.0 for s in scores],
+        }) + "\n")
+        count += 1
+    return count
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        model = load_model(args.artifacts)
+        if args.all:
+            users: Iterable[str] = (str(u) for u in model.users.user_ids.tolist())
+        else:
+            with open(args.users, encoding="utf-8") as fh:
+                users = [line.strip() for line in fh if line.strip()]
+        count = recommend(model, users, args.n, settings, args.exclude_seen)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} users written", file=sys.stderr)
+    return 0
