@@ -101,7 +101,7 @@ def diff_interval(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALP
         return {"estimate": None, "ci": None, "status": "no_data"}
     p0, p1 = x0 / n0, x1 / n1
     se = math.sqrt(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1)
-    h = st.norm.isf(alpha / 2) * se
+    h = float(st.norm.isf(alpha / 2)) * se
     status = OK if se > 0 else "degenerate: zero variance in both arms"
     return {"estimate": p1 - p0, "ci": [p1 - p0 - h, p1 - p0 + h], "se": se, "status": status}
 
@@ -127,7 +127,7 @@ def relative_lift(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALP
             "estimate": lift, "ci": [lift, lift], "se": 0.0, "p_value": None,
             "status": "undefined: zero variance in both arms",
         }
-    h = st.norm.isf(alpha / 2) * se
+    h = float(st.norm.isf(alpha / 2)) * se
     p = float(2 * st.norm.sf(abs(lift) / se))
     return {"estimate": lift, "ci": [lift - h, lift + h], "se": se, "p_value": p, "status": OK}
 
