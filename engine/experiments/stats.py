@@ -25,7 +25,7 @@ BANDIT_NOTE = (
 OK = "ok"
 
 # Gauss-Legendre nodes on [-1, 1] for the composite quadrature of Beta posteriors.
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(48)
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(20)
 # Posterior quantiles used as panel edges: panels are narrow where any density changes fast.
 _EDGE_Q = np.array(
     [1e-13, 1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.99, 0.999,
@@ -225,7 +225,7 @@ def _nodes(a: np.ndarray, b: np.ndarray, over: int) -> tuple[np.ndarray, np.ndar
     """Quadrature nodes/weights covering arm ``over``'s posterior support.
 
     Panels end at posterior quantiles of every arm, so a narrow posterior's CDF step falls on
-    panel edges and is resolved; 48-point Gauss-Legendre on each panel.
+    panel edges and is resolved; 20-point Gauss-Legendre on each panel.
     """
     edges = st.beta.ppf(_EDGE_Q[None, :], a[:, None], b[:, None]).ravel()
     lo = st.beta.ppf(_EDGE_Q[0], a[over], b[over])
