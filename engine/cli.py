@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,13 +58,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rankly.engine.demo import synthesize
-    from rankly.engine.training import train
+    from rankly.engine.interactions import build_training_data
+    from rankly.engine.model import fingerprint, save_model
+    from rankly.engine.training import DEFAULT_TRAINERS, summary, train
 
     out = Path(args.dir)
     print(f"rankly demo: generating a synthetic shop and training models into {out} ...")
+    started = time.perf_counter()
     interactions, items = synthesize(seed=args.seed)
-    summary = train(interactions, items, out, settings=load_settings(environ={}))
-    print(summary)
+    data = build_training_data(interactions, items)
+    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}), progress=sys.stderr)
+    save_model(out, data.catalog, data.users, parts,
+               data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights),
+               info={"source": "rankly demo (synthetic)", "seed": args.seed})
+    print(summary(out, data, parts, time.perf_counter() - started))
     env = {"RANKLY_ARTIFACTS": str(out.resolve()), "RANKLY_HOST": args.host,
            "RANKLY_PORT": str(args.port)}
     settings = load_settings(environ={**os.environ, **env})
@@ -114,9 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import training
+    from rankly.engine import datasets, evaluation, training
+    from rankly.engine.experiments import cli as experiments_cli
 
-    training.add_arguments(sub)
+    for name, help_text, add, run in (
+        ("train", "train models on interactions and write an artifact", training.add_arguments,
+         training.run),
+        ("evaluate", "offline evaluation of models on a split", evaluation.add_arguments,
+         evaluation.run),
+        ("recommend", "batch recommendations as JSON lines", evaluation.add_recommend_arguments,
+         evaluation.run_recommend),
+        ("datasets", "download or inspect datasets", datasets.add_arguments, datasets.run),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        add(p)
+        p.set_defaults(func=run)
+    experiments_cli.add_arguments(sub)
     return parser
 
 

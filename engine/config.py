@@ -59,8 +59,9 @@ class Limits:
 class PipelineSettings:
     """Which components run, in which order (names as registered by plugins)."""
 
-    candidates: tuple[str, ...] = ("itemknn", "als", "popular")
-    scorers: tuple[str, ...] = ("blend", "als", "popular")
+    # the setup `rankly train` produces (see docs/evaluation.md for how it was chosen)
+    candidates: tuple[str, ...] = ("ease", "itemknn", "als", "popular")
+    scorers: tuple[str, ...] = ("blend", "ease", "als", "popular")
     rerankers: tuple[str, ...] = ("diversity",)
     candidates_per_generator: int = 300
     rerank_depth: int = 5  # rerankers see n * rerank_depth items (at least 50)

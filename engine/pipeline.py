@@ -107,11 +107,12 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
 
 
 def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
-    """Everything that changes the answer: user, n, filters, session, variant, model version."""
+    """Everything that changes the answer: user, n, filters, session, plan, model version."""
     h = hashlib.blake2b(digest_size=12)
     for part in (req.user_id or "", str(req.n), "\x1f".join(sorted(req.exclude)),
                  "\x1f".join(sorted(req.categories)), "\x1f".join(req.session_items),
-                 plan.experiment or "", plan.variant or "", version):
+                 plan.experiment or "", plan.variant or "", ",".join(plan.candidates),
+                 ",".join(plan.scorers), ",".join(plan.rerankers), version):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x1e")
     return h.hexdigest()

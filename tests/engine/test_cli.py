@@ -1,0 +1,75 @@
+"""The `rankly` command line through real processes: plugins listing and the demo server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rankly(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rankly.engine.cli", *args], capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+def test_plugins_lists_builtins_with_hooks_and_distribution():
+    out = rankly("plugins", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["popularity"]["distribution"].startswith("rankly ")
+    assert "register_scorers" in rows["popularity"]["hooks"]
+    assert rows["diversity"]["components"] == {"rerankers": ["diversity"]}
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_demo_serves_personalized_recommendations(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankly.engine.cli", "demo", "--port", str(port), "--dir",
+         str(tmp_path / "art")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "RANKLY_CONFIG": ""},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                get_json(base + "/health")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "demo did not start within 90 s"
+                time.sleep(0.5)
+        body = get_json(base + "/recommendations?user_id=1&n=5")
+        assert body["fallback"] is None and len(body["items"]) == 5
+        assert all(it["reasons"] for it in body["items"])
+        other = get_json(base + "/recommendations?user_id=2&n=5")
+        assert [i["item_id"] for i in other["items"]] != [i["item_id"] for i in body["items"]]
+        assert get_json(base + "/items/1/similar?n=3")["items"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "curl 'http://127.0.0.1:" in out

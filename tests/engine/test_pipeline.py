@@ -1,0 +1,208 @@
+"""The request path end to end on a real (small) model, including every failure mode."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from rankly.engine import hookimpl, pipeline
+from rankly.engine.plugins import make_plugin_manager
+from rankly.engine.runtime import build_runtime
+from rankly.engine.types import Candidates, Reason, RecommendationRequest
+
+
+class FaultyPlugin:
+    """Scorers and generators that misbehave in every documented way."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    @hookimpl
+    def register_scorers(self, register):
+        plugin = self
+
+        class Scorer:
+            def __init__(self, name, fn):
+                self.name, self.fn = name, fn
+
+            def score(self, user, items):
+                plugin._count(self.name)
+                return self.fn(items)
+
+        def boom(items):
+            raise RuntimeError("scorer exploded")
+
+        def hang(items):
+            time.sleep(3)
+            return np.zeros(items.size, np.float32)
+
+        register("boom", lambda ctx: Scorer("boom", boom))
+        register("nan", lambda ctx: Scorer("nan", lambda i: np.full(i.size, np.nan, np.float32)))
+        register("inf", lambda ctx: Scorer("inf", lambda i: np.full(i.size, np.inf, np.float32)))
+        register("short", lambda ctx: Scorer("short", lambda i: np.zeros(max(i.size - 1, 0))))
+        register("hang", lambda ctx: Scorer("hang", hang))
+        register("by-index", lambda ctx: Scorer("by-index", lambda i: -i.astype(np.float32)))
+
+    @hookimpl
+    def register_candidate_generators(self, register):
+        class Garbage:
+            def generate(self, user, n):
+                return Candidates.of(np.array([-5, 0, 1, 10**9, 2]), Reason.POPULAR)
+
+        register("garbage", lambda ctx: Garbage())
+
+
+@pytest.fixture
+def faulty():
+    return FaultyPlugin()
+
+
+@pytest.fixture
+def runtime(model, faulty, settings_for):
+    settings = settings_for(model.path, deadlines={"request_ms": 300})
+    pm = make_plugin_manager(extra=[faulty])
+    return build_runtime(settings, model, pm=pm)
+
+
+def rank(rt, plan=None, **fields):
+    fields.setdefault("n", 10)
+    req = RecommendationRequest(request_id="t", **fields)
+    return asyncio.run(pipeline.rank(rt, req, plan or pipeline.default_plan(rt)))
+
+
+def plan_with(rt, **changes):
+    base = pipeline.default_plan(rt)
+    return pipeline.Plan(changes.get("candidates", base.candidates),
+                         changes.get("scorers", base.scorers),
+                         changes.get("rerankers", base.rerankers))
+
+
+def ids(resp):
+    return [it["item_id"] for it in resp["items"]]
+
+
+def history_ids(model, user_id):
+    return set(model.catalog.item_ids[model.users.history(model.users.row(user_id))].tolist())
+
+
+def test_known_user_gets_personalized_items_with_reasons(runtime, model):
+    resp = rank(runtime, user_id="1")
+    assert resp["fallback"] is None
+    assert len(resp["items"]) == 10
+    assert all(it["reasons"] and all(isinstance(r, str) and r for r in it["reasons"])
+               for it in resp["items"])
+    assert any(r.startswith("Because you liked ") for it in resp["items"] for r in it["reasons"])
+    scores = [it["score"] for it in resp["items"]]
+    assert all(np.isfinite(scores))
+
+
+def test_seen_items_are_never_recommended(runtime, model):
+    resp = rank(runtime, user_id="1", n=50)
+    assert not set(ids(resp)) & history_ids(model, "1")
+
+
+def test_explicit_exclude_is_honoured(runtime):
+    first = ids(rank(runtime, user_id="2"))
+    again = ids(rank(runtime, user_id="2", exclude=tuple(first[:3])))
+    assert not set(first[:3]) & set(again)
+
+
+def test_category_filter_keeps_only_requested_categories(runtime, model):
+    cat = model.catalog.category_names[0]
+    resp = rank(runtime, user_id="3", categories=(cat,))
+    assert resp["items"]
+    cats = {model.catalog.category_name(model.catalog.categories[model.catalog.index[i]])
+            for i in ids(resp)}
+    assert cats == {cat}
+
+
+def test_cold_user_gets_popular_items(runtime, model):
+    resp = rank(runtime, user_id="never-seen", n=5)
+    assert resp["fallback"] == "cold_start"
+    pop = model.part("pop")["scores"]
+    expected = model.catalog.item_ids[np.argsort(-pop, kind="stable")[:5]].tolist()
+    assert ids(resp) == expected
+    assert all(it["reasons"] == ["Popular"] for it in resp["items"])
+
+
+def test_cold_user_by_category_gets_trending_in_category(runtime, model):
+    cat = model.catalog.category_names[1]
+    resp = rank(runtime, user_id="never-seen", n=5, categories=(cat,))
+    assert [it["reasons"] for it in resp["items"]] == [[f"Trending in {cat}"]] * 5
+
+
+def test_anonymous_session_gets_similar_items(runtime, model):
+    resp = rank(runtime, user_id=None, session_items=("1", "2"), n=5)
+    assert len(resp["items"]) == 5
+    assert not {"1", "2"} & set(ids(resp))
+    assert any(r.startswith("Similar to ") for it in resp["items"] for r in it["reasons"])
+
+
+@pytest.mark.parametrize("bad", ["boom", "nan", "inf", "short"])
+def test_bad_scorer_falls_back_to_next_scorer(runtime, bad):
+    good = rank(runtime, plan_with(runtime, scorers=("by-index",)), user_id="4")
+    resp = rank(runtime, plan_with(runtime, scorers=(bad, "by-index")), user_id="4")
+    assert resp["fallback"] == "plugin_error"
+    assert ids(resp) == ids(good)
+    assert all(np.isfinite(it["score"]) for it in resp["items"])
+
+
+def test_all_scorers_failing_serves_fallback_scores(runtime):
+    resp = rank(runtime, plan_with(runtime, scorers=("boom",)), user_id="5")
+    assert resp["fallback"] == "plugin_error"
+    assert len(resp["items"]) == 10
+
+
+def test_generator_returning_unknown_ids_is_cleaned(runtime, model):
+    resp = rank(runtime, plan_with(runtime, candidates=("garbage",), rerankers=()),
+                user_id="never", session_items=("400",), n=10)
+    assert resp["fallback"] == "plugin_error"
+    assert set(ids(resp)) <= set(model.catalog.item_ids.tolist())
+    assert len(ids(resp)) == len(set(ids(resp))) == 10
+
+
+def test_hanging_scorer_is_cut_off_at_the_deadline(runtime):
+    start = time.perf_counter()
+    resp = rank(runtime, plan_with(runtime, scorers=("hang", "by-index")), user_id="6")
+    assert time.perf_counter() - start < 2.0  # the scorer sleeps 3 s
+    assert resp["fallback"] == "plugin_timeout"
+    assert len(resp["items"]) == 10
+
+
+def test_failing_scorer_is_disabled_after_five_failures(runtime, faulty):
+    plan = plan_with(runtime, scorers=("boom", "by-index"))
+    for u in range(8):
+        rank(runtime, plan, user_id=str(10 + u))
+    assert faulty.calls["boom"] == 5
+    assert runtime.breakers["boom"].state == "open"
+
+
+def test_second_identical_request_is_served_from_cache(runtime):
+    first = rank(runtime, user_id="7")
+    second = rank(runtime, user_id="7")
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["items"] == second["items"]
+
+
+def test_concurrent_misses_on_one_key_compute_once(runtime):
+    async def burst():
+        req = RecommendationRequest(user_id="8", n=10, request_id="x")
+        plan = pipeline.default_plan(runtime)
+        return await asyncio.gather(*(pipeline.rank(runtime, req, plan) for _ in range(50)))
+
+    before = runtime.flights.computations
+    results = asyncio.run(burst())
+    assert runtime.flights.computations - before == 1
+    assert len({tuple(ids(r)) for r in results}) == 1
+
+
+def test_slate_is_diversity_capped_by_default(runtime, model):
+    resp = rank(runtime, user_id="9", n=10)
+    cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(resp)]
+    assert max(np.bincount(cats)) <= 3
