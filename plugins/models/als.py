@@ -47,18 +47,22 @@ def fit_implicit(x: sp.csr_matrix, factors: int, regularization: float, alpha: f
     """Fit with ``implicit.cpu.als.AlternatingLeastSquares``; return (user, item) factors."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(
-        factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
-        random_state=seed, calculate_training_loss=False,
-    )
+    def fit() -> Any:
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+            random_state=seed, calculate_training_loss=False,
+        )
+        model.fit(x, show_progress=False)
+        return model
+
     try:  # implicit is slow (and warns) when BLAS runs its own thread pool inside its loops
         from threadpoolctl import threadpool_limits
     except ImportError:
-        model.fit(x, show_progress=False)
+        model = fit()
     else:
         with threadpool_limits(1, "blas"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            model.fit(x, show_progress=False)
+            model = fit()
     return (np.asarray(model.user_factors, dtype=np.float32),
             np.asarray(model.item_factors, dtype=np.float32))
 

@@ -73,7 +73,7 @@ def build(model: Model, weights: Mapping[str, float] | None = None) -> BlendScor
     if not present:
         return None
     if weights is None:
-        weights = {c: 1.0 for c in present if c != "popular"} or {"popular": 1.0}
+        weights = {c: 1.0 for c in present if c != "popular"}  # popularity alone is no blend
     blend = BlendScorer(present, weights)
     return blend if blend.weights else None
 

@@ -1,0 +1,155 @@
+"""Loaders (incl. malformed input), format detection and verified downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankly.engine import datasets
+
+SHARED = Path(os.environ.get("RANKLY_DATASETS")
+              or Path(__file__).resolve().parents[2] / "../shared/datasets").resolve()
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_movielens_100k_reads_ratings_and_latin1_genres(tmp_path):
+    write(tmp_path / "u.data", "1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t11\t4\t881250951\n")
+    flags = ["0"] * 19
+    flags[1] = flags[8] = "1"  # Action, Drama
+    write(tmp_path / "u.item", "10|Café Noir (1995)|01-Jan-1995||http://x|" + "|".join(flags)
+          + "\n11|Other (1996)|01-Jan-1996||http://y|" + "|".join(["0"] * 19) + "\n", "latin-1")
+    ds = datasets.load(tmp_path)
+    assert ds.format == "movielens-100k"
+    assert ds.interactions.weights.tolist() == [5.0, 3.0, 4.0]
+    assert ds.items.titles[0] == "Café Noir (1995)"
+    assert ds.items.categories[0] == ("Action", "Drama")
+    assert ds.items.categories[1] == ()
+
+
+def test_movielens_csv_handles_crlf_quoted_titles_and_genres(tmp_path):
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\r\n1,1,4.5,964982703\r\n")
+    write(tmp_path / "movies.csv", 'movieId,title,genres\r\n1,"American President, The (1995)",'
+          "Comedy|Drama|Romance\r\n2,Nothing (2000),(no genres listed)\r\n")
+    ds = datasets.load(tmp_path / "ratings.csv")
+    assert ds.format == "movielens-csv"
+    assert ds.items.titles[0] == "American President, The (1995)"
+    assert ds.items.categories == [("Comedy", "Drama", "Romance"), ()]
+    assert ds.interactions.weights.tolist() == [4.5]
+
+
+def test_events_csv_with_header_uses_event_weights(tmp_path):
+    f = write(tmp_path / "e.csv", "user_id,item_id,category_id,event_type,timestamp\n"
+              "u1,a,c1,view,10\nu1,b,c2,purchase,11\nu2,a,c1,add_to_cart,12\n")
+    ds = datasets.load(f, event_weights={"purchase": 7})
+    assert ds.format == "events-csv"
+    assert ds.interactions.weights.tolist() == [1.0, 7.0, 3.0]
+    assert ds.interactions.categories.tolist() == ["c1", "c2", "c1"]
+
+
+def test_events_csv_without_header_two_columns(tmp_path):
+    ds = datasets.load(write(tmp_path / "e.csv", "u1,a\nu2,b\n"))
+    assert ds.interactions.item_ids.tolist() == ["a", "b"]
+    assert ds.interactions.weights.tolist() == [1.0, 1.0]
+
+
+def test_taobao_detected_and_behaviours_mapped(tmp_path):
+    f = write(tmp_path / "ub.csv", "1,100,7,pv,1511544070\n1,101,7,buy,1511544071\n"
+              "2,100,7,cart,1511544072\n")
+    ds = datasets.load(f)
+    assert ds.format == "taobao"
+    assert ds.interactions.event_types.tolist() == ["view", "purchase", "add_to_cart"]
+    assert ds.interactions.weights.tolist() == [1.0, 5.0, 3.0]
+
+
+def test_malformed_rows_are_counted_with_line_numbers(tmp_path):
+    rows = ["1\t10\t5\t881250949"] * 20
+    rows[3] = "1\t10\tfive\t881250949"
+    rows[7] = "garbage"
+    ds = datasets.load_movielens_100k(write(tmp_path / "u.data", "\n".join(rows) + "\n"))
+    report = ds.reports[0]
+    assert (report.rows, report.loaded, report.malformed) == (20, 18, 2)
+    assert [n for n, _ in report.bad_lines] == [4, 8]
+    assert "2 malformed" in report.summary()
+
+
+def test_only_first_ten_bad_lines_are_kept(tmp_path):
+    rows = ["u,i,view,1"] * 30 + ["u,i,nonsense_event,1"] * 12
+    ds = datasets.load_events_csv(write(tmp_path / "e.csv", "\n".join(rows) + "\n"),
+                                  columns=("user_id", "item_id", "event_type", "timestamp"))
+    assert ds.reports[0].malformed == 12
+    assert [n for n, _ in ds.reports[0].bad_lines] == list(range(31, 41))
+
+
+def test_mostly_malformed_file_fails_clearly(tmp_path):
+    f = write(tmp_path / "u.data", "1\t2\t3\t4\nnope\nnope\nnope\n")
+    with pytest.raises(datasets.DatasetError, match="3 of 4 rows are malformed"):
+        datasets.load(f, format="movielens-100k")
+
+
+def test_parse_event_weights():
+    assert datasets.parse_event_weights("view=1, purchase=5") == {"view": 1.0, "purchase": 5.0}
+    with pytest.raises(datasets.DatasetError):
+        datasets.parse_event_weights("view")
+
+
+def _zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t10\t5\t881250949\n2\t11\t4\t881250950\n")
+    return buf.getvalue()
+
+
+def test_download_verifies_sha256_then_loads(tmp_path):
+    payload = _zip_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    src = write(tmp_path / "src.zip", "")
+    src.write_bytes(payload)
+    folder = datasets.download("movielens-100k", tmp_path / "data", url=src.as_uri(),
+                               sha256=digest)
+    assert len(datasets.load(folder).interactions) == 2
+
+
+def test_download_rejects_a_checksum_mismatch(tmp_path):
+    opener = lambda url: io.BytesIO(_zip_bytes())  # noqa: E731
+    with pytest.raises(datasets.DatasetError, match="does not match the pinned"):
+        datasets.download("movielens-100k", tmp_path, opener=opener)
+    assert not list(tmp_path.glob("*.zip"))
+
+
+def test_pinned_checksums_are_sha256():
+    for spec in datasets.DOWNLOADS.values():
+        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+
+
+@pytest.mark.skipif(not (SHARED / "ml-100k" / "u.data").exists(),
+                    reason=f"licensed MovieLens 100K not present under {SHARED}")
+def test_real_movielens_100k_loads_completely():
+    ds = datasets.load(SHARED / "ml-100k")
+    assert len(ds.interactions) == 100_000 and ds.reports[0].malformed == 0
+    assert np.unique(ds.interactions.user_ids).size == 943
+    assert len(ds.items.item_ids) == 1682
+
+
+@pytest.mark.skipif(not (SHARED / "taobao-userbehavior-sample").exists(),
+                    reason=f"licensed Taobao sample not present under {SHARED}")
+def test_real_taobao_sample_loads_completely():
+    ds = datasets.load(SHARED / "taobao-userbehavior-sample" / "UserBehavior_head814users.csv")
+    assert ds.format == "taobao" and len(ds.interactions) == 84_287
+    assert (ds.interactions.event_types == "purchase").sum() == 1749
+
+
+@pytest.mark.skipif(not (SHARED / "ml-latest-small" / "ratings.csv").exists(),
+                    reason=f"licensed MovieLens latest-small not present under {SHARED}")
+def test_real_movielens_latest_loads_completely():
+    ds = datasets.load(SHARED / "ml-latest-small")
+    assert len(ds.interactions) == 100_836 and len(ds.items.item_ids) == 9742

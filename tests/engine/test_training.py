@@ -1,0 +1,64 @@
+"""`rankly train`: default trainers, artifact round trip, summary, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+import pytest
+
+from rankly.engine import training
+from rankly.engine.config import Settings
+from rankly.engine.interactions import Interactions, build_training_data
+from rankly.engine.model import load_model
+from rankly.engine.plugins import make_plugin_manager
+from rankly.plugins.models import als, ease, itemknn, popularity
+from rankly.plugins.scorers import blend
+
+PLUGINS = (popularity, itemknn, ease, als, blend)
+
+
+def _csv(tmp_path):
+    rng = np.random.default_rng(1)
+    lines = ["user_id,item_id,event_type,timestamp"]
+    for u in range(40):
+        for t, i in enumerate(rng.choice(30, 8, replace=False)):
+            lines.append(f"u{u},i{i},{'purchase' if t % 4 == 0 else 'view'},{t * 100 + u}")
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_always_includes_pop_first():
+    data = build_training_data(Interactions(
+        np.array(["a", "b"]), np.array(["x", "y"]), np.ones(2, np.float32), np.arange(2)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    parts = training.train(data, ["itemknn"], Settings(), pm=pm)
+    assert [p.name for p in parts] == ["pop", "itemknn"]
+    assert all("seconds" in p.metrics for p in parts)
+
+
+def test_default_trainers_write_a_loadable_artifact(tmp_path, monkeypatch):
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    monkeypatch.setattr(training, "make_plugin_manager", lambda *a, **k: pm)
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    args = parser.parse_args(["--interactions", str(_csv(tmp_path)), "--out",
+                              str(tmp_path / "model")])
+    out = io.StringIO()
+    assert training.run(args, out=out) == 0
+    model = load_model(tmp_path / "model")
+    assert set(model.parts) == {"pop", "itemknn", "ease", "als", "blend"}
+    assert model.manifest["info"]["recommended_pipeline"]["scorers"][0] == "blend"
+    assert "model written to" in out.getvalue() and "ease" in out.getvalue()
+
+
+def test_train_fails_clearly_on_a_mostly_malformed_file(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,event_type\nu,i,view\nu,i,zap\nu,i,zap\n")
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    args = parser.parse_args(["--interactions", str(bad), "--out", str(tmp_path / "m")])
+    assert training.run(args) == 2
+    assert "malformed" in capsys.readouterr().err
