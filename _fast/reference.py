@@ -79,7 +79,9 @@ def score_topk(
     exceed that.
     """
     items, user = _inputs.as_factors(item_factors, user_vector, 1)
-    return topk(items @ user, k, exclude)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = items @ user
+    return topk(scores, k, exclude)
 
 
 def score_topk_batch(
@@ -92,7 +94,9 @@ def score_topk_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return `topk_batch(user_matrix @ item_factors.T, k, exclude)`, padded like `topk_batch`."""
     items, users = _inputs.as_factors(item_factors, user_matrix, 2)
-    return topk_batch(users @ items.T, k, exclude, threads=threads)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = users @ items.T
+    return topk_batch(scores, k, exclude, threads=threads)
 
 
 def diverse_topk(

@@ -1,0 +1,138 @@
+"""score_topk and score_topk_batch against their NumPy reference twins.
+
+Tolerance: the compiled kernels sum float32 products in a different order than BLAS. With
+small-integer factors every dot product is exact, so ids must match exactly. With real-valued
+factors, values must agree within rtol 1e-4 (atol 1e-4 * the largest |x_i * u_i| row sum), and
+ids must agree at every rank whose reference score is separated from its neighbours by more
+than that tolerance.
+"""
+
+import numpy as np
+import pytest
+from fast_strategies import KERNELS, exclusions, k_values
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from rankly import _fast
+from rankly._fast import reference
+
+RTOL = 1e-4
+
+EXACT = "exact"  # small integers (exact float32 sums) with a few NaN / +-inf entries
+
+
+def assert_same(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+def assert_close(got, want, items, users):
+    """Values within tolerance; ids equal wherever the reference scores are well separated."""
+    (gi, gv), (wi, wv) = got, want
+    assert gi.shape == wi.shape and gv.dtype == np.float32
+    bound = np.abs(items) @ np.abs(users.T).astype(np.float64) if items.size else np.zeros(1)
+    atol = RTOL * (float(np.max(bound)) + 1e-30)
+    np.testing.assert_allclose(gv, wv, rtol=RTOL, atol=atol)
+    flat_w = np.atleast_2d(wv).astype(np.float64)
+    flat_gi, flat_wi = np.atleast_2d(gi), np.atleast_2d(wi)
+    for row in range(flat_w.shape[0]):
+        padded = np.concatenate([[np.inf], flat_w[row], [-np.inf]])
+        gaps = np.minimum(padded[:-2] - padded[1:-1], padded[1:-1] - padded[2:])
+        clear = gaps > 2 * (atol + RTOL * np.abs(flat_w[row]))
+        np.testing.assert_array_equal(flat_gi[row][clear], flat_wi[row][clear])
+
+
+@st.composite
+def factor_problem(draw, elements, max_users=None):
+    n = draw(st.integers(0, 200))
+    d = draw(st.integers(0, 40))
+    shape = (d,) if max_users is None else (draw(st.integers(0, max_users)), d)
+    if elements == EXACT:
+        items = draw(hnp.arrays(np.int8, (n, d), elements=st.integers(-8, 8)))
+        users = draw(hnp.arrays(np.int8, shape, elements=st.integers(-8, 8)))
+        items, users = items.astype(np.float32), users.astype(np.float32)
+        specials = st.sampled_from([np.nan, np.inf, -np.inf])
+        for target in (items, users):
+            if target.size:
+                spots = st.integers(0, target.size - 1)
+                for spot, value in draw(st.lists(st.tuples(spots, specials), max_size=3)):
+                    target.flat[spot] = value
+    else:
+        items = draw(hnp.arrays(np.float32, (n, d), elements=elements))
+        users = draw(hnp.arrays(np.float32, shape, elements=elements))
+    return items, users, draw(k_values(n)), n
+
+
+@KERNELS
+@given(st.data())
+def test_score_topk_matches_reference_exactly_on_exact_sums(data):
+    items, user, k, n = data.draw(factor_problem(EXACT))
+    exclude = data.draw(exclusions(n))
+    got = _fast.score_topk(items, user, k, exclude)
+    assert_same(got, reference.score_topk(items, user, k, exclude))
+
+
+@KERNELS
+@given(st.data())
+def test_score_topk_matches_reference_within_tolerance(data):
+    elements = st.floats(-10, 10, width=32)
+    items, user, k, n = data.draw(factor_problem(elements))
+    exclude = data.draw(exclusions(n))
+    got = _fast.score_topk(items, user, k, exclude)
+    assert_close(got, reference.score_topk(items, user, k, exclude), items, user[None, :])
+
+
+@KERNELS
+@given(st.data())
+def test_score_topk_batch_matches_reference_exactly_on_exact_sums(data):
+    items, users, k, n = data.draw(factor_problem(EXACT, max_users=4))
+    exclude = data.draw(st.one_of(st.none(), st.tuples(*[exclusions(n)] * users.shape[0])))
+    threads = data.draw(st.sampled_from([None, 1, 2]))
+    got = _fast.score_topk_batch(items, users, k, exclude, threads=threads)
+    assert_same(got, reference.score_topk_batch(items, users, k, exclude))
+
+
+def test_score_topk_large_random_matches_reference():
+    rng = np.random.default_rng(7)
+    items = rng.standard_normal((20_000, 64)).astype(np.float32)
+    user = rng.standard_normal(64).astype(np.float32)
+    exclude = rng.integers(0, 20_000, 100)
+    got = _fast.score_topk(items, user, 100, exclude)
+    assert_close(got, reference.score_topk(items, user, 100, exclude), items, user[None, :])
+
+
+def test_score_topk_batch_pads_like_topk_batch():
+    items = np.array([[1.0], [np.nan]], dtype=np.float32)
+    idx, val = _fast.score_topk_batch(items, np.ones((2, 1), dtype=np.float32), 3)
+    assert idx.tolist() == [[0, -1, -1]] * 2
+    assert np.all(np.isneginf(val[:, 1:]))
+
+
+def test_score_topk_rejects_mismatched_factors():
+    with pytest.raises(ValueError, match="user_vector has 3 factors but item_factors has 2"):
+        _fast.score_topk(np.zeros((4, 2)), np.zeros(3), 1)
+
+
+def test_score_topk_rejects_1d_item_factors():
+    with pytest.raises(ValueError, match="item_factors must be a 2-D array"):
+        _fast.score_topk(np.zeros(4), np.zeros(4), 1)
+
+
+def test_score_topk_batch_rejects_1d_users():
+    with pytest.raises(ValueError, match="user_matrix must be a 2-D array"):
+        _fast.score_topk_batch(np.zeros((4, 2)), np.zeros(2), 1)
+
+
+def test_score_topk_negative_k_raises():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        _fast.score_topk(np.zeros((4, 2)), np.zeros(2), -3)
+
+
+def test_score_topk_accepts_read_only_float64_input():
+    items = np.arange(8, dtype=np.float64).reshape(4, 2)
+    items.setflags(write=False)
+    user = np.frombuffer(np.ones(2, dtype=np.float32).tobytes(), dtype=np.float32)
+    idx, val = _fast.score_topk(items, user, 2)
+    assert idx.tolist() == [3, 2] and val.tolist() == [13.0, 9.0]
