@@ -253,9 +253,7 @@ class Experiments:
     running: tuple[Experiment, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "by_key", MappingProxyType({e.key: e for e in self.experiments})
-        )
+        object.__setattr__(self, "by_key", MappingProxyType({e.key: e for e in self.experiments}))
         object.__setattr__(
             self,
             "running",
@@ -351,8 +349,21 @@ def assign_user(registry: Experiments, user_id: str | None) -> Assignment | None
 
 _EXPERIMENT_FIELDS = frozenset(
     {
-        "key", "seed", "variants", "coverage", "status", "primary_metric", "guardrails", "mde",
-        "mde_relative", "phase", "sticky", "holdout", "layer", "bandit", "epoch",
+        "key",
+        "seed",
+        "variants",
+        "coverage",
+        "status",
+        "primary_metric",
+        "guardrails",
+        "mde",
+        "mde_relative",
+        "phase",
+        "sticky",
+        "holdout",
+        "layer",
+        "bandit",
+        "epoch",
     }
 )
 _VARIANT_FIELDS = frozenset({"name", "weight", "scorers", "candidates", "rerankers", "options"})

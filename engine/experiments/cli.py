@@ -28,7 +28,11 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="results of an experiment from per-arm counts")
     p.add_argument(
-        "--arm", action="append", required=True, type=_arm, metavar="NAME:EXPOSURES:CONVERSIONS",
+        "--arm",
+        action="append",
+        required=True,
+        type=_arm,
+        metavar="NAME:EXPOSURES:CONVERSIONS",
         help="one per arm, control first; NAME:EXPOSURES:CONVERSIONS[:CLICKS]",
     )
     p.add_argument("--weights", type=_floats, help="configured shares, e.g. 50,50 (default equal)")
@@ -102,7 +106,9 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> int:
     metric = doc["metrics"][args.metric]
     out.write(f"verdict: {doc['verdict']} ({doc['verdict_reason']})\n")
     srm = doc["srm"]
-    out.write(f"srm: p = {_fmt(srm['p_value'])}{'  ALERT: untrustworthy' if srm['alert'] else ''}\n")
+    out.write(
+        f"srm: p = {_fmt(srm['p_value'])}{'  ALERT: untrustworthy' if srm['alert'] else ''}\n"
+    )
     for arm in doc["arms"]:
         r = metric["rates"][arm["name"]]
         out.write(
@@ -148,8 +154,8 @@ def _assign(args: argparse.Namespace, out: TextIO) -> int:
     names = (
         args.variants.split(",")
         if args.variants
-        else ["control"] + [f"treatment{i}" if len(weights) > 2 else "treatment"
-                            for i in range(1, len(weights))]
+        else ["control"]
+        + [f"treatment{i}" if len(weights) > 2 else "treatment" for i in range(1, len(weights))]
     )
     if len(names) != len(weights):
         raise ValueError("--variants and --weights must have the same length")
@@ -197,7 +203,9 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.replace(":", ",").split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _fmt(x: float | None) -> str:

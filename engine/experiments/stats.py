@@ -28,8 +28,27 @@ OK = "ok"
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(20)
 # Posterior quantiles used as panel edges: panels are narrow where any density changes fast.
 _EDGE_Q = np.array(
-    [1e-13, 1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 0.99, 0.999,
-     0.9999, 1 - 1e-6, 1 - 1e-9, 1 - 1e-13]
+    [
+        1e-13,
+        1e-9,
+        1e-6,
+        1e-4,
+        1e-3,
+        0.01,
+        0.05,
+        0.15,
+        0.3,
+        0.5,
+        0.7,
+        0.85,
+        0.95,
+        0.99,
+        0.999,
+        0.9999,
+        1 - 1e-6,
+        1 - 1e-9,
+        1 - 1e-13,
+    ]
 )
 
 
@@ -52,7 +71,8 @@ class ArmCounts:
 
     def check(self) -> None:
         for label, value in (
-            ("exposures", self.exposures), ("clicks", self.clicks),
+            ("exposures", self.exposures),
+            ("clicks", self.clicks),
             ("conversions", self.conversions),
         ):
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
@@ -116,7 +136,9 @@ def relative_lift(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALP
     p0, p1 = x0 / n0, x1 / n1
     if p0 == 0.0:
         return {
-            "estimate": None, "ci": None, "p_value": None,
+            "estimate": None,
+            "ci": None,
+            "p_value": None,
             "status": "undefined: control rate is 0",
         }
     lift = p1 / p0 - 1
@@ -124,7 +146,10 @@ def relative_lift(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALP
     se = math.sqrt(var)
     if se == 0.0:
         return {
-            "estimate": lift, "ci": [lift, lift], "se": 0.0, "p_value": None,
+            "estimate": lift,
+            "ci": [lift, lift],
+            "se": 0.0,
+            "p_value": None,
             "status": "undefined: zero variance in both arms",
         }
     h = float(st.norm.isf(alpha / 2)) * se
@@ -169,19 +194,34 @@ def srm_test(exposures: Sequence[int], weights: Sequence[float]) -> dict[str, An
     if len(n) != len(w) or len(n) < 2:
         raise ValueError("srm_test: one weight per arm, at least 2 arms")
     if total == 0:
-        return {"chi2": None, "p_value": None, "alert": False, "expected": [0.0] * len(n),
-                "status": "no_data"}
+        return {
+            "chi2": None,
+            "p_value": None,
+            "alert": False,
+            "expected": [0.0] * len(n),
+            "status": "no_data",
+        }
     w = w / w.sum()
     expected = total * w
     if np.any((expected == 0) & (n > 0)):
-        return {"chi2": None, "p_value": 0.0, "alert": True, "expected": expected.tolist(),
-                "status": "exposures in an arm with weight 0"}
+        return {
+            "chi2": None,
+            "p_value": 0.0,
+            "alert": True,
+            "expected": expected.tolist(),
+            "status": "exposures in an arm with weight 0",
+        }
     keep = expected > 0
     chi2 = float(np.sum((n[keep] - expected[keep]) ** 2 / expected[keep]))
     dof = int(keep.sum()) - 1
     p = float(st.chi2.sf(chi2, dof)) if dof > 0 else 1.0
-    return {"chi2": chi2, "p_value": p, "alert": p < SRM_THRESHOLD,
-            "expected": expected.tolist(), "status": OK}
+    return {
+        "chi2": chi2,
+        "p_value": p,
+        "alert": p < SRM_THRESHOLD,
+        "expected": expected.tolist(),
+        "status": OK,
+    }
 
 
 def adjust_pvalues(p_values: Sequence[float | None], method: str = "holm") -> list[float | None]:

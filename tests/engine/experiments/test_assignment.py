@@ -7,8 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from rankly.engine.experiments.assignment import (
     Experiment,
     ExperimentError,
@@ -26,6 +24,7 @@ from rankly.engine.experiments.assignment import (
     load_experiments,
     parse_experiment,
 )
+from scipy import stats
 
 # From growthbook/growthbook packages/sdk-js/test/cases.json: [seed, value, version, expected].
 GB_HASH_CASES = [
@@ -54,14 +53,24 @@ GB_BUCKET_RANGE_CASES = [
     ("4 variations", 4, 1, None, [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)]),
     ("uneven weights", 2, 1, [0.4, 0.6], [(0, 0.4), (0.4, 1)]),
     ("uneven weights, 3 variations", 3, 1, [0.2, 0.3, 0.5], [(0, 0.2), (0.2, 0.5), (0.5, 1)]),
-    ("uneven weights, reduced coverage, 3 variations", 3, 0.2, [0.2, 0.3, 0.5],
-     [(0, 0.04), (0.2, 0.26), (0.5, 0.6)]),
+    (
+        "uneven weights, reduced coverage, 3 variations",
+        3,
+        0.2,
+        [0.2, 0.3, 0.5],
+        [(0, 0.04), (0.2, 0.26), (0.5, 0.6)],
+    ),
     ("negative coverage", 2, -0.2, None, [(0, 0), (0.5, 0.5)]),
     ("coverage above 1", 2, 1.5, None, [(0, 0.5), (0.5, 1)]),
     ("weights sum below 1", 2, 1, [0.4, 0.1], [(0, 0.5), (0.5, 1)]),
     ("weights sum above 1", 2, 1, [0.7, 0.6], [(0, 0.5), (0.5, 1)]),
-    ("weights.length not equal to num variations", 4, 1, [0.4, 0.4, 0.2],
-     [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)]),
+    (
+        "weights.length not equal to num variations",
+        4,
+        1,
+        [0.4, 0.4, 0.2],
+        [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)],
+    ),
     ("weights sum almost equals 1", 2, 1, [0.4, 0.5999], [(0, 0.4), (0.4, 0.9999)]),
 ]
 
@@ -86,19 +95,31 @@ GB_CHOOSE_CASES = [
 
 # cases.json "inNamespace": user, (namespace, start, end) -> bool (hash v1 of "__" + id).
 GB_NAMESPACE_CASES = [
-    ("1", ("namespace1", 0, 0.4), False), ("1", ("namespace1", 0.4, 1), True),
-    ("1", ("namespace2", 0, 0.4), False), ("1", ("namespace2", 0.4, 1), True),
-    ("2", ("namespace1", 0, 0.4), False), ("2", ("namespace1", 0.4, 1), True),
-    ("2", ("namespace2", 0, 0.4), False), ("2", ("namespace2", 0.4, 1), True),
-    ("3", ("namespace1", 0, 0.4), False), ("3", ("namespace1", 0.4, 1), True),
-    ("3", ("namespace2", 0, 0.4), True), ("3", ("namespace2", 0.4, 1), False),
-    ("4", ("namespace1", 0, 0.4), False), ("4", ("namespace1", 0.4, 1), True),
-    ("4", ("namespace2", 0, 0.4), True), ("4", ("namespace2", 0.4, 1), False),
+    ("1", ("namespace1", 0, 0.4), False),
+    ("1", ("namespace1", 0.4, 1), True),
+    ("1", ("namespace2", 0, 0.4), False),
+    ("1", ("namespace2", 0.4, 1), True),
+    ("2", ("namespace1", 0, 0.4), False),
+    ("2", ("namespace1", 0.4, 1), True),
+    ("2", ("namespace2", 0, 0.4), False),
+    ("2", ("namespace2", 0.4, 1), True),
+    ("3", ("namespace1", 0, 0.4), False),
+    ("3", ("namespace1", 0.4, 1), True),
+    ("3", ("namespace2", 0, 0.4), True),
+    ("3", ("namespace2", 0.4, 1), False),
+    ("4", ("namespace1", 0, 0.4), False),
+    ("4", ("namespace1", 0.4, 1), True),
+    ("4", ("namespace2", 0, 0.4), True),
+    ("4", ("namespace2", 0.4, 1), False),
 ]
 
 # cases.json "feature": buckets reported in experimentResult (seed = feature key "feature").
-GB_FEATURE_BUCKETS = [("feature", "123", 1, 0.863), ("feature", "456", 1, 0.178),
-                      ("feature", "fds", 1, 0.514), ("feature", "123", 2, 0.5231)]
+GB_FEATURE_BUCKETS = [
+    ("feature", "123", 1, 0.863),
+    ("feature", "456", 1, 0.178),
+    ("feature", "fds", 1, 0.514),
+    ("feature", "123", 2, 0.5231),
+]
 
 
 def js_fnv1a32(s: str) -> int:
@@ -108,14 +129,20 @@ def js_fnv1a32(s: str) -> int:
         x &= 0xFFFFFFFF
         return x - (1 << 32) if x & 0x80000000 else x
 
-    units = struct.unpack(f"<{len(s.encode('utf-16-le', 'surrogatepass')) // 2}H",
-                          s.encode("utf-16-le", "surrogatepass"))
+    units = struct.unpack(
+        f"<{len(s.encode('utf-16-le', 'surrogatepass')) // 2}H",
+        s.encode("utf-16-le", "surrogatepass"),
+    )
     hval = to_int32(0x811C9DC5)
     for code in units:
         hval = to_int32(hval ^ code)
         hval = to_int32(
-            hval + to_int32(hval << 1) + to_int32(hval << 4) + to_int32(hval << 7)
-            + to_int32(hval << 8) + to_int32(hval << 24)
+            hval
+            + to_int32(hval << 1)
+            + to_int32(hval << 4)
+            + to_int32(hval << 7)
+            + to_int32(hval << 8)
+            + to_int32(hval << 24)
         )
     return hval & 0xFFFFFFFF
 
@@ -269,8 +296,9 @@ def test_seed_defaults_to_key_and_phase_extends_it():
 
 
 def test_assignment_matches_growthbook_choose_variation():
-    e = parse_experiment(_raw(variants=[{"name": "a", "weight": 0.1}, {"name": "b", "weight": 0.9}],
-                              seed="feature"))
+    e = parse_experiment(
+        _raw(variants=[{"name": "a", "weight": 0.1}, {"name": "b", "weight": 0.9}], seed="feature")
+    )
     a = assign_one(e, "123")  # cases.json "creates experiments properly": bucket 0.5231 -> v1
     assert a is not None and a.variant_name == "b" and a.probability == pytest.approx(0.9)
 
@@ -362,10 +390,12 @@ def test_holdout_users_get_no_variant():
 
 
 def test_layer_experiments_are_mutually_exclusive():
-    reg = load_experiments([
-        _raw(key="a", layer={"name": "ranking", "range": [0, 0.5]}),
-        _raw(key="b", layer={"name": "ranking", "range": [0.5, 1]}),
-    ])
+    reg = load_experiments(
+        [
+            _raw(key="a", layer={"name": "ranking", "range": [0, 0.5]}),
+            _raw(key="b", layer={"name": "ranking", "range": [0.5, 1]}),
+        ]
+    )
     counts = {"a": 0, "b": 0}
     for i in range(4000):
         got = assign(reg, f"u{i}")
@@ -376,10 +406,12 @@ def test_layer_experiments_are_mutually_exclusive():
 
 def test_overlapping_layer_ranges_are_rejected():
     with pytest.raises(ExperimentError, match="overlaps"):
-        load_experiments([
-            _raw(key="a", layer={"name": "ranking", "range": [0, 0.6]}),
-            _raw(key="b", layer={"name": "ranking", "range": [0.5, 1]}),
-        ])
+        load_experiments(
+            [
+                _raw(key="a", layer={"name": "ranking", "range": [0, 0.6]}),
+                _raw(key="b", layer={"name": "ranking", "range": [0.5, 1]}),
+            ]
+        )
 
 
 def test_assign_user_picks_the_first_running_experiment():

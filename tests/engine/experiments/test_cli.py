@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-
 from rankly.engine.experiments import cli
 from rankly.engine.experiments.assignment import assign_one, parse_experiment
 
@@ -21,14 +20,27 @@ def run(argv: list[str]) -> tuple[int, str]:
 
 
 def test_sample_size_prints_per_variant_and_duration():
-    code, out = run(["experiments", "sample-size", "--baseline", "0.05", "--mde", "0.10",
-                     "--relative", "--daily-traffic", "5000"])
+    code, out = run(
+        [
+            "experiments",
+            "sample-size",
+            "--baseline",
+            "0.05",
+            "--mde",
+            "0.10",
+            "--relative",
+            "--daily-traffic",
+            "5000",
+        ]
+    )
     assert code == 0
     assert "per variant: 31234" in out and "expected duration: 13 days" in out
 
 
 def test_sample_size_json():
-    code, out = run(["experiments", "sample-size", "--baseline", "0.05", "--mde", "0.005", "--json"])
+    code, out = run(
+        ["experiments", "sample-size", "--baseline", "0.05", "--mde", "0.005", "--json"]
+    )
     assert code == 0 and json.loads(out)["per_variant"] == 31234
 
 
@@ -38,16 +50,27 @@ def test_sample_size_bad_input_exits_2(capsys):
 
 
 def test_analyze_json_document():
-    code, out = run(["experiments", "analyze", "--arm", "control:20000:1000",
-                     "--arm", "b:20000:1300", "--json"])
+    code, out = run(
+        ["experiments", "analyze", "--arm", "control:20000:1000", "--arm", "b:20000:1300", "--json"]
+    )
     doc = json.loads(out)
     assert code == 0 and doc["verdict"] == "significant_win"
     assert doc["arms"][1]["conversions"] == 1300
 
 
 def test_analyze_text_with_weights():
-    code, out = run(["experiments", "analyze", "--arm", "control:2000:100", "--arm", "b:8000:420",
-                     "--weights", "20,80"])
+    code, out = run(
+        [
+            "experiments",
+            "analyze",
+            "--arm",
+            "control:2000:100",
+            "--arm",
+            "b:8000:420",
+            "--weights",
+            "20,80",
+        ]
+    )
     assert code == 0 and "verdict:" in out and "b vs control" in out and "ALERT" not in out
 
 
@@ -62,10 +85,25 @@ def test_analyze_rejects_malformed_arm():
 
 
 def test_assign_prints_the_same_variant_as_the_library():
-    code, out = run(["experiments", "assign", "--experiment", "exp", "--user", "u42",
-                     "--weights", "30,70", "--json"])
-    experiment = parse_experiment({"key": "exp", "variants": [
-        {"name": "control", "weight": 30}, {"name": "treatment", "weight": 70}]})
+    code, out = run(
+        [
+            "experiments",
+            "assign",
+            "--experiment",
+            "exp",
+            "--user",
+            "u42",
+            "--weights",
+            "30,70",
+            "--json",
+        ]
+    )
+    experiment = parse_experiment(
+        {
+            "key": "exp",
+            "variants": [{"name": "control", "weight": 30}, {"name": "treatment", "weight": 70}],
+        }
+    )
     expected = assign_one(experiment, "u42")
     assert code == 0 and expected is not None
     assert json.loads(out)["variant"] == expected.variant_name
@@ -73,8 +111,22 @@ def test_assign_prints_the_same_variant_as_the_library():
 
 def test_assign_with_seed_matches_growthbook_bucket():
     # cases.json: hash("feature", "123", 2) = 0.5231 -> second variant of a 10/90 split.
-    code, out = run(["experiments", "assign", "--experiment", "x", "--user", "123",
-                     "--seed", "feature", "--weights", "0.1,0.9", "--variants", "v0,v1"])
+    code, out = run(
+        [
+            "experiments",
+            "assign",
+            "--experiment",
+            "x",
+            "--user",
+            "123",
+            "--seed",
+            "feature",
+            "--weights",
+            "0.1,0.9",
+            "--variants",
+            "v0,v1",
+        ]
+    )
     assert code == 0 and out.strip() == "v1"
 
 

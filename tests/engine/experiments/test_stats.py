@@ -7,9 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import integrate, optimize, special
-from scipy import stats as st
-
 from rankly.engine.experiments.stats import (
     ArmCounts,
     InvalidCounts,
@@ -25,6 +22,8 @@ from rankly.engine.experiments.stats import (
     srm_test,
     z_test_pooled,
 )
+from scipy import integrate, optimize, special
+from scipy import stats as st
 
 sm_prop = pytest.importorskip("statsmodels.stats.proportion")
 sm_mt = pytest.importorskip("statsmodels.stats.multitest")
@@ -121,7 +120,10 @@ def test_p_value_adjustment_matches_statsmodels(method, sm_method):
 
 
 def _prob_b_beats_a(a_a, b_a, a_b, b_b) -> float:
-    """Evan Miller's closed form: sum_{i<a_B} B(a_A+i, b_A+b_B) / ((b_B+i) B(1+i, b_B) B(a_A, b_A))."""
+    """P(p_B > p_A), Evan Miller's closed form.
+
+    ``sum_{i < a_B} B(a_A + i, b_A + b_B) / ((b_B + i) B(1 + i, b_B) B(a_A, b_A))``.
+    """
     i = np.arange(int(a_b))
     terms = (
         special.betaln(a_a + i, b_a + b_b)
@@ -158,21 +160,29 @@ def test_expected_loss_of_uniform_posteriors_is_one_sixth():
 
 @pytest.mark.parametrize(
     ("s", "n"),
-    [([50, 60, 55], [1000, 1000, 1000]), ([0, 1, 30], [10, 10, 200]), ([5, 500, 40], [90, 10_000, 700])],
+    [
+        ([50, 60, 55], [1000, 1000, 1000]),
+        ([0, 1, 30], [10, 10, 200]),
+        ([5, 500, 40], [90, 10_000, 700]),
+    ],
 )
 def test_prob_best_matches_adaptive_quadrature(s, n):
     a = 1.0 + np.array(s, dtype=float)
     b = 1.0 + np.array(n, dtype=float) - np.array(s, dtype=float)
     ref = []
     for k in range(3):
+
         def f(x, k=k):
             v = st.beta.pdf(x, a[k], b[k])
             for j in range(3):
                 if j != k:
                     v *= st.beta.cdf(x, a[j], b[j])
             return v
+
         lo, hi = st.beta.ppf(1e-14, a[k], b[k]), st.beta.isf(1e-14, a[k], b[k])
-        pts = sorted({float(st.beta.ppf(q, a[j], b[j])) for j in range(3) for q in (0.01, 0.5, 0.99)})
+        pts = sorted(
+            {float(st.beta.ppf(q, a[j], b[j])) for j in range(3) for q in (0.01, 0.5, 0.99)}
+        )
         pts = [p for p in pts if lo < p < hi]
         ref.append(integrate.quad(f, lo, hi, points=pts, limit=500, epsabs=1e-12)[0])
     got = prob_best(s, n)
@@ -244,7 +254,12 @@ def test_sample_size_known_value():
 
 @pytest.mark.parametrize(
     ("baseline", "mde", "alpha", "power"),
-    [(0.05, 0.005, 0.05, 0.8), (0.2, -0.03, 0.01, 0.9), (0.5, 0.02, 0.1, 0.8), (0.01, 0.004, 0.05, 0.95)],
+    [
+        (0.05, 0.005, 0.05, 0.8),
+        (0.2, -0.03, 0.01, 0.9),
+        (0.5, 0.02, 0.1, 0.8),
+        (0.01, 0.004, 0.05, 0.95),
+    ],
 )
 def test_pooled_sample_size_agrees_with_statsmodels_to_the_unit(baseline, mde, alpha, power):
     ref = sm_prop.samplesize_proportions_2indep_onetail(mde, baseline, power, alpha=alpha)
@@ -322,8 +337,12 @@ def test_analyze_edge_cases_are_json_safe(counts):
     doc = analyze(_arms(*counts), guardrails=["ctr"], mde=0.1)
     assert _json_roundtrip(doc) == doc
     assert doc["verdict"] in {
-        "collecting", "srm_alert", "significant_win", "significant_loss",
-        "no_detectable_difference", "guardrail_breached",
+        "collecting",
+        "srm_alert",
+        "significant_win",
+        "significant_loss",
+        "no_detectable_difference",
+        "guardrail_breached",
     }
 
 
@@ -369,10 +388,16 @@ def test_verdict_no_detectable_difference_once_the_plan_is_reached():
 def test_analyze_applies_the_correction_across_variants_and_metrics():
     arms = _arms((10_000, 900, 500), (10_000, 950, 560), (10_000, 1000, 540))
     doc = analyze(arms, guardrails=["ctr"], correction="holm")
-    raw = [c["z_test"]["p_value"] for m in ("conversion", "ctr")
-           for c in doc["metrics"][m]["comparisons"]]
-    adjusted = [c["z_test"]["p_value_adjusted"] for m in ("conversion", "ctr")
-                for c in doc["metrics"][m]["comparisons"]]
+    raw = [
+        c["z_test"]["p_value"]
+        for m in ("conversion", "ctr")
+        for c in doc["metrics"][m]["comparisons"]
+    ]
+    adjusted = [
+        c["z_test"]["p_value_adjusted"]
+        for m in ("conversion", "ctr")
+        for c in doc["metrics"][m]["comparisons"]
+    ]
     assert adjusted == pytest.approx(list(sm_mt.multipletests(raw, method="holm")[1]), abs=1e-12)
 
 
