@@ -20,9 +20,11 @@ from starlette.routing import Route
 from rankly import _fast
 from rankly.engine import metrics, pipeline
 from rankly.engine.config import Settings
-from rankly.engine.model import Model, load_model
+from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
+from rankly.engine.publish import load_serving_model, start_model_watcher
 from rankly.engine.runtime import Runtime, build_runtime
+from rankly.engine.store import open_store
 from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
 from rankly.engine.types import RecommendationRequest, UserFeatures
 from rankly.engine.validation import RequestError, check_id, check_n, parse_body, parse_query
@@ -150,15 +152,24 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        if model is None and settings.artifacts is None:
-            raise RuntimeError("no model: set artifacts (rankly serve --artifacts DIR)")
-        loaded = model if model is not None else load_model(settings.artifacts)
-        rt = build_runtime(settings, loaded, **runtime_args)
+        # NOTE: a Redis that is down at start does not stop the server: the model comes from
+        # the artifacts (or the last downloaded version), /ready says degraded, and the
+        # store, the caches and the model watcher reconnect by themselves.
+        args = dict(runtime_args)
+        store = args.pop("store", None) or open_store(settings)
+        loaded = model if model is not None else await load_serving_model(settings, store)
+        rt = build_runtime(settings, loaded, store=store, **args)
+        watcher = start_model_watcher(rt)
         metrics.MODEL_INFO.labels(loaded.version).set(1)
         log.info("serving model %s with %s kernels", loaded.version, _fast.IMPLEMENTATION)
         try:
             yield {"runtime": rt}
         finally:
+            if watcher is not None:
+                await watcher.stop()
+            for _, cache in rt.caches:
+                if hasattr(cache, "close"):
+                    await cache.close()
             await rt.store.close()
 
     # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the

@@ -7,6 +7,7 @@ or returns garbage is skipped and the answer degrades to the fallback scorer, ne
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -31,6 +32,9 @@ from rankly.engine.types import (
 log = logging.getLogger("rankly.pipeline")
 
 MIN_RERANK_DEPTH = 50
+#: A cache tier marks a hit due for early refresh (XFetch) with this field set to True.
+REFRESH_FIELD = "_refresh"
+_refreshing: set[asyncio.Task] = set()  # strong references to background recomputes
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,15 @@ async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
     """Answer one recommendation request (JSON-ready); never raises for plugin/store failures."""
     comps = rt.components  # one snapshot: a hot swap mid-request does not mix models
     key = cache_key(req, plan, comps.model.version)
-    hit = await lookup_cache(rt, key)
+    hit = await lookup_cache(rt, key, req.user_id)
     if hit is not None:
-        return {**hit, "cached": True, "request_id": req.request_id}
+        answer = {**hit, "cached": True, "request_id": req.request_id}
+        if answer.pop(REFRESH_FIELD, False):  # serve the stale value, recompute behind it
+            task = asyncio.create_task(
+                rt.flights.run(key, lambda: compute(rt, comps, req, plan, key)))
+            _refreshing.add(task)
+            task.add_done_callback(_refreshed)
+        return answer
     payload, _shared = await rt.flights.run(key, lambda: compute(rt, comps, req, plan, key))
     return {**payload, "cached": False, "request_id": req.request_id}
 
@@ -118,11 +128,12 @@ def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
     return h.hexdigest()
 
 
-async def lookup_cache(rt: Runtime, key: str) -> dict | None:
-    for tier, cache in rt.caches:
+async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dict | None:
+    """First hit over the tiers in order; a hit in a slower tier also fills the faster ones."""
+    for pos, (tier, cache) in enumerate(rt.caches):
         start = time.perf_counter()
         try:
-            value = await cache.get(key)
+            value = await cache.get(key, user_id)
         except Exception:
             log.warning("cache tier %s failed on get", tier, exc_info=True)
             metrics.CACHE_LOOKUPS.labels(tier, "error").inc()
@@ -130,6 +141,8 @@ async def lookup_cache(rt: Runtime, key: str) -> dict | None:
         metrics.STAGE_LATENCY.labels("cache", tier).observe(time.perf_counter() - start)
         metrics.CACHE_LOOKUPS.labels(tier, "hit" if value is not None else "miss").inc()
         if value is not None:
+            fresh = {k: v for k, v in value.items() if k != REFRESH_FIELD}
+            await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
             return value
     return None
 
@@ -385,12 +398,19 @@ def respond(comps: Components, req: RecommendationRequest, plan: Plan, user: Use
     }
 
 
-async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict) -> None:
-    for tier, cache in rt.caches:
+async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,
+                      tiers: list | None = None) -> None:
+    for tier, cache in rt.caches if tiers is None else tiers:
         try:
             await cache.set(key, user_id, payload)
         except Exception:
             log.warning("cache tier %s failed on set", tier, exc_info=True)
+
+
+def _refreshed(task: asyncio.Task) -> None:
+    _refreshing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background cache refresh failed", exc_info=task.exception())
 
 
 def _session_reason(reason: int, user: UserFeatures) -> int:

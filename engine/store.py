@@ -7,7 +7,9 @@ events). Trained item data never lives here per request; it is in process memory
 from __future__ import annotations
 
 import abc
+import asyncio
 import collections
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from rankly.engine.config import Settings
@@ -51,6 +53,38 @@ class Store(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook for stores holding connections
         """Release connections; the default store holds none."""
 
+    async def publish(self, channel: str, message: str) -> None:
+        """Broadcast ``message`` to every subscriber of ``channel`` in every worker.
+
+        ``channel`` is a code constant (``"invalidate"``, ``"model"``). Best effort: raises
+        :class:`StoreUnavailable` when the broadcast could not be sent.
+        """
+        for queue in tuple(self._subscribers().get(channel, ())):
+            queue.put_nowait(message)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str | None]:
+        """Yield messages published on ``channel`` until the consumer stops iterating.
+
+        ``None`` is yielded whenever the subscription is (re)established: messages sent while
+        it was down were missed, so consumers resynchronise (an L1 cache clears itself). The
+        default reaches subscribers of this store object only (one process).
+        """
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        subs = self._subscribers().setdefault(channel, set())
+        subs.add(queue)
+        try:
+            yield None
+            while True:
+                yield await queue.get()
+        finally:
+            subs.discard(queue)
+
+    def _subscribers(self) -> dict[str, set[asyncio.Queue[str]]]:
+        subs = self.__dict__.get("_local_subscribers")
+        if subs is None:
+            subs = self.__dict__["_local_subscribers"] = {}
+        return subs
+
 
 class MemoryStore(Store):
     """The embedded store: per-process dictionaries with bounded per-user history."""
@@ -81,10 +115,19 @@ class MemoryStore(Store):
 
 
 def open_store(settings: Settings) -> Store:
-    """Return the store named by ``settings.store_url`` (``memory`` is the embedded default)."""
+    """Return the store named by ``settings.store_url``: ``memory`` (the embedded default) or a
+    Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``). Never connects:
+    a Redis that is down at start is retried by the store itself."""
+    from rankly.engine.redis_client import is_redis_url
+
     url = settings.store_url
     if url in ("", "memory", "memory://"):
         return MemoryStore()
+    if is_redis_url(url):
+        from rankly.engine.redis_store import RedisStore
+
+        return RedisStore(url, settings)
     raise ValueError(
-        f"store_url {url.split('@')[-1]!r}: unsupported store (supported: memory)"
+        f"store_url {url.split('@')[-1]!r}: unsupported store (supported: memory, redis://, "
+        "rediss://, unix://, redis+cluster://)"
     )

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import random
 import time
 from collections import OrderedDict
 from typing import Any
 
 from rankly.engine import hookimpl
+from rankly.engine.store import Store
 from rankly.engine.types import ComponentContext
+
+log = logging.getLogger("rankly.cache")
+INVALIDATE_CHANNEL = "invalidate"
 
 
 class LocalCache:
@@ -34,11 +41,15 @@ class LocalCache:
         self._data: OrderedDict[str, tuple[float, int, str | None, dict[str, Any]]] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
         self.bytes = 0
+        self.store: Store | None = None
+        self._follower: asyncio.Task | None = None
+        self.following = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._data)
 
-    async def get(self, key: str) -> dict[str, Any] | None:
+    async def get(self, key: str, user_id: str | None = None) -> dict[str, Any] | None:
+        self._ensure_following()
         entry = self._data.get(key)
         if entry is None:
             return None
@@ -50,6 +61,7 @@ class LocalCache:
         return value
 
     async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
+        self._ensure_following()
         size = len(json.dumps(value, separators=(",", ":")))
         if size > self.max_bytes:
             return
@@ -64,8 +76,47 @@ class LocalCache:
             self._drop(next(iter(self._data)))
 
     async def invalidate_user(self, user_id: str) -> None:
+        """Drop ``user_id``'s entries here, then tell every other worker's L1 to do the same."""
+        self.drop_user(user_id)
+        if self.store is not None:
+            await self.store.publish(INVALIDATE_CHANNEL, user_id)
+
+    def drop_user(self, user_id: str) -> None:
+        """Drop ``user_id``'s entries in this process only."""
         for key in self._by_user.pop(user_id, ()):
             self._drop(key)
+
+    def follow(self, store: Store) -> None:
+        """Apply invalidations broadcast through ``store`` (started now if a loop runs)."""
+        self.store = store
+        self._ensure_following()
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
+            self._follower = None
+
+    def _ensure_following(self) -> None:
+        if self.store is None or self._follower is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._follower = loop.create_task(self._follow(self.store), name="l1-invalidations")
+
+    async def _follow(self, store: Store) -> None:
+        async for user_id in store.subscribe(INVALIDATE_CHANNEL):
+            if user_id is None:
+                # (re)subscribed: invalidations sent meanwhile were missed
+                self._data.clear()
+                self._by_user.clear()
+                self.bytes = 0
+                self.following.set()
+            else:
+                self.drop_user(user_id)
 
     async def clear(self) -> None:
         self._data.clear()
@@ -91,11 +142,14 @@ def register_caches(register):
     def l1(ctx: ComponentContext) -> LocalCache:
         c = ctx.settings.cache
         opts = ctx.options
-        return LocalCache(
+        cache = LocalCache(
             max_entries=int(opts.get("max_entries", c.l1_max_entries)),
             max_bytes=int(opts.get("max_bytes", c.l1_max_bytes)),
             ttl=float(opts.get("ttl_seconds", c.ttl_seconds)),
             jitter=float(opts.get("jitter", c.jitter)),
         )
+        if ctx.store is not None and opts.get("follow_invalidations", True):
+            cache.follow(ctx.store)
+        return cache
 
     register("l1", l1)

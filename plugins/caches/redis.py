@@ -1,0 +1,142 @@
+"""Redis L2 cache: per-user hashes (invalidation is one DEL), jittered TTL, XFetch early refresh."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import OrderedDict
+from typing import Any
+
+from rankly.engine import hookimpl
+from rankly.engine.pipeline import REFRESH_FIELD
+from rankly.engine.redis_client import AsyncRedis, CircuitOpen
+from rankly.engine.types import ComponentContext
+
+# KEYS: the user's recs hash. ARGV: field, entry, ttl ms, max fields. One slot, atomic.
+SET_USER_ENTRY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RedisCache:
+    """The L2 tier shared by every worker.
+
+    Layout: a user's entries are fields of one hash ``<ns>:{u:<id>}:recs`` (field = cache key),
+    so :meth:`invalidate_user` is one ``DEL``, never KEYS/SCAN. Entries without a user are
+    plain keys ``<ns>:rc:<cache key>``. A write sets the key's TTL to ``ttl * (1 +- jitter)``
+    (uniform), so keys written together do not expire together. Redis 7.0 hashes have no
+    per-field TTL, so each entry also stores its own expiry and is ignored once past it; a
+    hash holds at most ``max_fields`` entries (when exceeded it restarts with the newest).
+
+    Early refresh (XFetch, Vattani et al. 2015): an entry stores ``d``, the seconds it took to
+    compute (measured from this worker's miss to its write), and ``e``, its expiry. A read at
+    time ``t`` returns the value marked for refresh when ``t - d * beta * ln(U) >= e``,
+    ``U ~ Uniform(0, 1]``: the pipeline serves it and recomputes in the background. Values are
+    never served past ``e``, which bounds staleness by the TTL.
+    """
+
+    tier = "l2"
+
+    def __init__(self, store: Any, ttl: float, jitter: float = 0.1, beta: float = 1.0,
+                 max_fields: int = 64, default_compute_s: float = 0.05,
+                 clock=time.time, rng: random.Random | None = None) -> None:
+        self.guard = store.guard
+        self.keys = store.keys
+        self.ttl = ttl
+        self.jitter = jitter
+        self.beta = beta
+        self.max_fields = max_fields
+        self.default_compute_s = default_compute_s
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._set_user_entry = self.guard.client.register_script(SET_USER_ENTRY)
+        self._miss_at: OrderedDict[str, float] = OrderedDict()  # bounded: see _note_miss
+
+    def where(self, key: str, user_id: str | None) -> tuple[str, str | None]:
+        """The Redis key (and hash field) that holds ``key``."""
+        if user_id is None:
+            return self.keys.shared("rc", key), None
+        return self.keys.user(user_id, "recs"), key
+
+    def jittered_ttl(self) -> float:
+        return self.ttl * (1 + self.rng.uniform(-self.jitter, self.jitter))
+
+    async def get(self, key: str, user_id: str | None = None) -> dict[str, Any] | None:
+        rkey, field = self.where(key, user_id)
+
+        def read(r: AsyncRedis):
+            return r.get(rkey) if field is None else r.hget(rkey, field)
+
+        try:
+            raw = await self.guard.run(read)
+        except CircuitOpen:
+            return None  # Redis is known to be down: a quiet miss, not an error per request
+        now = self.clock()
+        entry = json.loads(raw) if raw is not None else None
+        if entry is None or now >= entry["e"]:
+            self._note_miss(key)
+            return None
+        if entry["d"] * self.beta * -math.log(1.0 - self.rng.random()) >= entry["e"] - now:
+            self._note_miss(key)  # the background recompute's write measures its duration
+            return {**entry["v"], REFRESH_FIELD: True}
+        return entry["v"]
+
+    async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
+        started = self._miss_at.pop(key, None)
+        compute_s = time.monotonic() - started if started is not None else self.default_compute_s
+        ttl = self.jittered_ttl()
+        value = {k: v for k, v in value.items() if k != REFRESH_FIELD}
+        entry = json.dumps({"v": value, "d": round(compute_s, 6), "e": self.clock() + ttl},
+                           separators=(",", ":"))
+        rkey, field = self.where(key, user_id)
+        ttl_ms = max(1, int(ttl * 1000))
+
+        def write(r: AsyncRedis):
+            if field is None:
+                return r.set(rkey, entry, px=ttl_ms)
+            return self._set_user_entry(keys=[rkey], args=[field, entry, ttl_ms,
+                                                           self.max_fields])
+
+        try:
+            await self.guard.run(write)
+        except CircuitOpen:
+            return
+
+    async def invalidate_user(self, user_id: str) -> None:
+        """Drop every cached answer of ``user_id`` in Redis: one ``DEL`` of one key."""
+        rkey = self.keys.user(user_id, "recs")
+        await self.guard.run(lambda r: r.delete(rkey))
+
+    def _note_miss(self, key: str) -> None:
+        self._miss_at[key] = time.monotonic()
+        self._miss_at.move_to_end(key)
+        while len(self._miss_at) > 10_000:
+            self._miss_at.popitem(last=False)
+
+
+@hookimpl
+def register_caches(register):
+    def l2(ctx: ComponentContext) -> RedisCache:
+        store = ctx.store
+        if store is None or not hasattr(store, "guard"):
+            raise ValueError("cache tier 'l2' needs a Redis store: set store_url (or REDIS_URL) "
+                             "to a redis:// URL, or remove 'l2' from cache.tiers")
+        c = ctx.settings.cache
+        opts = ctx.options
+        return RedisCache(
+            store,
+            ttl=float(opts.get("ttl_seconds", c.ttl_seconds)),
+            jitter=float(opts.get("jitter", c.jitter)),
+            beta=float(opts.get("beta", 1.0)),
+            max_fields=int(opts.get("max_fields", 64)),
+        )
+
+    register("l2", l2)
