@@ -1,14 +1,24 @@
-"""Every Prometheus metric object of rankly (labels never carry user or item ids)."""
+"""Every Prometheus metric object of rankly (labels never carry user or item ids).
+
+With several uvicorn workers ``rankly serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's
+own switch, read when it is imported): every worker then writes its values to files there and
+:func:`registry` merges them, so ``/metrics`` counts the whole server whichever worker answers.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import atexit
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # 0.5 ms .. 1 s, fine enough to read P50/P95/P99 of a sub-millisecond hot path
 LATENCY_BUCKETS = (
     0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02,
     0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
 )
+
+# --- serving ---------------------------------------------------------------------------------
 
 REQUESTS = Counter(
     "rankly_http_requests_total", "HTTP requests by route template and status", ["route", "status"]
@@ -29,11 +39,94 @@ PLUGIN_FAILURES = Counter(
     "rankly_plugin_failures_total", "Plugin calls that failed, by component and kind",
     ["component", "kind"],
 )
+# NOTE: a gauge's multiprocess_mode says how workers' values merge; "live*" modes drop a worker's
+# value when it exits (metrics.mark_dead), so a restarted worker leaves no stale series behind.
 BREAKER_OPEN = Gauge(
-    "rankly_breaker_open", "1 while a component's circuit breaker is open", ["component"]
+    "rankly_breaker_open", "1 while a component's circuit breaker is open (in any worker)",
+    ["component"], multiprocess_mode="livemax",
 )
-MODEL_INFO = Gauge("rankly_model_info", "The active model version (value 1)", ["version"])
+MODEL_INFO = Gauge(
+    "rankly_model_info", "The active model version (value 1)", ["version"],
+    multiprocess_mode="livemax",
+)
 RECOMMENDATIONS = Counter(
     "rankly_recommendations_total", "Recommendation responses by variant and source",
     ["variant", "source"],
 )
+
+# --- feedback events and experiments (CTR = clicks / exposures, one PromQL division) ----------
+
+EVENTS = Counter("rankly_events_total", "Feedback events received, by type", ["type"])
+EXPOSURES = Counter(
+    "rankly_exposures_total", "Recommendation slates shown to users, by variant", ["variant"]
+)
+CLICKS = Counter("rankly_clicks_total", "Clicks on recommended items, by variant", ["variant"])
+CONVERSIONS = Counter(
+    "rankly_conversions_total", "Conversions (purchases) after a recommendation, by variant",
+    ["variant"],
+)
+SRM_P_VALUE = Gauge(
+    "rankly_experiment_srm_p_value",
+    "Sample-ratio-mismatch chi-square p-value per experiment (< 0.001: assignment is broken)",
+    ["experiment"], multiprocess_mode="livemin",
+)
+
+# --- recommendation quality over a rolling window (engine/quality.py) --------------------------
+# NOTE: each worker keeps its own window, so these carry a ``pid`` label in multiprocess mode
+# (bounded by the worker count); dashboards and alerts aggregate with max()/avg().
+
+QUALITY_COVERAGE = Gauge(
+    "rankly_quality_catalog_coverage",
+    "Share of the catalog recommended at least once in the quality window",
+    multiprocess_mode="liveall",
+)
+QUALITY_DIVERSITY = Gauge(
+    "rankly_quality_intra_list_diversity",
+    "Mean over slates of 1 - share of same-category item pairs, in the quality window",
+    multiprocess_mode="liveall",
+)
+QUALITY_POPULARITY = Gauge(
+    "rankly_quality_popularity",
+    "Mean popularity of served items relative to the catalog mean (1 = an average item)",
+    multiprocess_mode="liveall",
+)
+QUALITY_NOVELTY = Gauge(
+    "rankly_quality_novelty_bits",
+    "Mean novelty of served items, -log2(popularity share), in bits",
+    multiprocess_mode="liveall",
+)
+QUALITY_COLD_START = Gauge(
+    "rankly_quality_cold_start_share",
+    "Share of slates in the quality window served to users without history",
+    multiprocess_mode="liveall",
+)
+QUALITY_SLATES = Gauge(
+    "rankly_quality_window_slates", "Slates counted in the quality window",
+    multiprocess_mode="liveall",
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when several workers share metrics, else ``None``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: every worker's values merged in multiprocess mode."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    return merged
+
+
+def mark_dead(pid: int) -> None:
+    """Drop the live gauges of an exited worker (its counters and histograms stay counted)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)
+
+
+if multiprocess_dir() is not None:
+    # A worker that exits cleanly removes its own live-gauge files; the directory itself is
+    # per server start (rankly serve makes it fresh and deletes it), so a crash leaks nothing.
+    atexit.register(mark_dead, os.getpid())

@@ -1,0 +1,237 @@
+"""Recommendation quality over a rolling window, kept incrementally in a ring of time buckets.
+
+Each served slate updates the current bucket in O(slate size); a bucket leaving the window is
+subtracted in O(items it saw). Nothing ever rescans the window's slates. The window is a ring of
+``window_seconds / bucket_seconds`` buckets (default 15 one-minute buckets).
+
+Definitions (all over the slates of the window):
+
+- catalog coverage: share of catalog items recommended at least once;
+- intra-list diversity: per slate of 2+ items, ``1 - same-category pairs / all pairs``
+  (items without a category are never "same"), averaged over those slates;
+- popularity: mean over served items of ``pop / mean(pop)`` (1 = an average catalog item);
+- novelty: mean over served items of ``-log2(pop / sum(pop))``, with a popularity of 0 counted
+  as half the smallest positive one so that unseen items have a finite novelty;
+- cold-start share: slates served to users without any history / all slates.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rankly.engine import metrics
+
+if TYPE_CHECKING:
+    from rankly.engine.model import Model
+    from rankly.engine.runtime import Runtime
+
+DEFAULT_WINDOW_SECONDS = 15 * 60.0
+DEFAULT_BUCKET_SECONDS = 60.0
+EXTRAS_KEY = "quality"
+
+
+@dataclass
+class Bucket:
+    """Aggregates of the slates served during one bucket interval."""
+
+    start: int  # bucket number: floor(time / bucket_seconds)
+    seen: np.ndarray  # bool over the catalog: recommended at least once in this bucket
+    slates: int = 0
+    cold: int = 0
+    diverse_slates: int = 0  # slates of 2+ items (the diversity denominator)
+    diversity_sum: float = 0.0
+    items: int = 0
+    popularity_sum: float = 0.0
+    novelty_sum: float = 0.0
+
+    def summary(self, bucket_seconds: float) -> dict[str, float]:
+        n = max(self.seen.size, 1)
+        return {
+            "t": self.start * bucket_seconds,
+            "slates": self.slates,
+            "coverage": float(np.count_nonzero(self.seen)) / n,
+            "diversity": _ratio(self.diversity_sum, self.diverse_slates),
+            "popularity": _ratio(self.popularity_sum, self.items),
+            "novelty": _ratio(self.novelty_sum, self.items),
+            "cold_start_share": _ratio(self.cold, self.slates),
+        }
+
+
+@dataclass
+class QualityWindow:
+    """Rolling-window quality of served slates for one catalog (one model version).
+
+    ``categories`` is each item's primary category index (-1 for none) and ``popularity`` each
+    item's popularity (any non-negative scale); both are arrays over the catalog.
+    """
+
+    categories: np.ndarray
+    popularity: np.ndarray
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    bucket_seconds: float = DEFAULT_BUCKET_SECONDS
+    clock: Callable[[], float] = time.time
+    version: str = ""
+    buckets: list[Bucket] = field(default_factory=list)  # oldest first
+
+    def __post_init__(self) -> None:
+        if self.bucket_seconds <= 0 or self.window_seconds < self.bucket_seconds:
+            raise ValueError("need 0 < bucket_seconds <= window_seconds")
+        self.categories = np.asarray(self.categories, dtype=np.int64)
+        pop = np.maximum(np.asarray(self.popularity, dtype=np.float64), 0.0)
+        n = self.categories.size
+        total = float(pop.sum())
+        if pop.size != n or total <= 0:
+            pop = np.ones(n)  # no usable popularity: every item counts as average
+            total = float(n)
+        self._rel_pop = pop / (total / max(n, 1))
+        floor = pop[pop > 0].min() / 2
+        self._novelty = -np.log2(np.maximum(pop, floor) / total)
+        self._n_buckets = max(1, round(self.window_seconds / self.bucket_seconds))
+        # how many live buckets saw each item: coverage is the count of non-zero entries
+        self._bucket_hits = np.zeros(n, dtype=np.int32)
+        self._covered = 0
+        self._totals = Bucket(-1, np.zeros(0, dtype=bool))
+        self._lock = threading.Lock()
+
+    # --- updates ---
+
+    def observe(self, items: np.ndarray, cold: bool = False, now: float | None = None) -> None:
+        """Count one served slate (catalog indices, any order; out-of-range ids are ignored)."""
+        items = np.asarray(items, dtype=np.int64)
+        items = items[(items >= 0) & (items < self.categories.size)]
+        with self._lock:
+            bucket = self._advance(self.clock() if now is None else now)
+            fresh = items[~bucket.seen[items]]
+            fresh = np.unique(fresh)
+            bucket.seen[fresh] = True
+            self._bucket_hits[fresh] += 1
+            self._covered += int(np.count_nonzero(self._bucket_hits[fresh] == 1))
+            delta = _slate_stats(items, cold, self.categories, self._rel_pop, self._novelty)
+            _add(bucket, delta, 1)
+            _add(self._totals, delta, 1)
+
+    def expire(self, now: float | None = None) -> None:
+        """Drop the buckets that left the window (observe() also does this)."""
+        with self._lock:
+            self._advance(self.clock() if now is None else now)
+
+    def _advance(self, now: float) -> Bucket:
+        current = math.floor(now / self.bucket_seconds)
+        oldest_kept = current - self._n_buckets + 1
+        while self.buckets and self.buckets[0].start < oldest_kept:
+            self._drop(self.buckets.pop(0))
+        if not self.buckets or self.buckets[-1].start < current:
+            self.buckets.append(Bucket(current, np.zeros(self.categories.size, dtype=bool)))
+        # a clock that went backwards keeps writing into the newest bucket
+        return self.buckets[-1]
+
+    def _drop(self, bucket: Bucket) -> None:
+        idx = np.flatnonzero(bucket.seen)
+        self._bucket_hits[idx] -= 1
+        self._covered -= int(np.count_nonzero(self._bucket_hits[idx] == 0))
+        _add(self._totals, bucket, -1)
+
+    # --- reads ---
+
+    def snapshot(self) -> dict[str, float]:
+        """The window's current values (ratios are 0 while the window is empty)."""
+        t = self._totals
+        with self._lock:
+            return {
+                "slates": t.slates,
+                "coverage": self._covered / max(self.categories.size, 1),
+                "diversity": _ratio(t.diversity_sum, t.diverse_slates),
+                "popularity": _ratio(t.popularity_sum, t.items),
+                "novelty": _ratio(t.novelty_sum, t.items),
+                "cold_start_share": _ratio(t.cold, t.slates),
+            }
+
+    def history(self) -> list[dict[str, float]]:
+        """Per-bucket values, oldest first (``t`` is the bucket's start, Unix seconds)."""
+        with self._lock:
+            return [b.summary(self.bucket_seconds) for b in self.buckets]
+
+    def export(self) -> None:
+        """Set the Prometheus quality gauges from the window."""
+        s = self.snapshot()
+        metrics.QUALITY_SLATES.set(s["slates"])
+        metrics.QUALITY_COVERAGE.set(s["coverage"])
+        metrics.QUALITY_DIVERSITY.set(s["diversity"])
+        metrics.QUALITY_POPULARITY.set(s["popularity"])
+        metrics.QUALITY_NOVELTY.set(s["novelty"])
+        metrics.QUALITY_COLD_START.set(s["cold_start_share"])
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / den if den else 0.0
+
+
+def _slate_stats(items: np.ndarray, cold: bool, categories: np.ndarray, rel_pop: np.ndarray,
+                 novelty: np.ndarray) -> Bucket:
+    """One slate's contribution to a bucket (a Bucket used as a bag of sums)."""
+    delta = Bucket(-1, np.zeros(0, dtype=bool), slates=1, cold=int(cold), items=int(items.size))
+    if items.size:
+        delta.popularity_sum = float(rel_pop[items].sum())
+        delta.novelty_sum = float(novelty[items].sum())
+    if items.size >= 2:
+        cats = categories[items]
+        _, counts = np.unique(cats[cats >= 0], return_counts=True)
+        same = float((counts * (counts - 1)).sum()) / 2
+        pairs = items.size * (items.size - 1) / 2
+        delta.diverse_slates = 1
+        delta.diversity_sum = 1.0 - same / pairs
+    return delta
+
+
+def _add(into: Bucket, delta: Bucket, sign: int) -> None:
+    into.slates += sign * delta.slates
+    into.cold += sign * delta.cold
+    into.diverse_slates += sign * delta.diverse_slates
+    into.diversity_sum += sign * delta.diversity_sum
+    into.items += sign * delta.items
+    into.popularity_sum += sign * delta.popularity_sum
+    into.novelty_sum += sign * delta.novelty_sum
+
+
+def window_for(model: Model, window_seconds: float = DEFAULT_WINDOW_SECONDS,
+               bucket_seconds: float = DEFAULT_BUCKET_SECONDS) -> QualityWindow:
+    """A fresh window over ``model``'s catalog, popularity from its ``pop`` part if trained."""
+    part = model.part("pop")
+    pop = np.asarray(part["scores"]) if part is not None else np.ones(len(model.catalog))
+    return QualityWindow(np.asarray(model.catalog.categories), pop, window_seconds,
+                         bucket_seconds, version=model.version)
+
+
+def current(rt: Runtime) -> QualityWindow:
+    """The runtime's window for the live model version (a new version starts a new window)."""
+    model = rt.components.model
+    win = rt.extras.get(EXTRAS_KEY)
+    if win is None or win.version != model.version:
+        # TODO(#7): read the window length from a typed setting once Settings has one.
+        minutes = float(getattr(rt.settings, "quality_window_minutes", 15.0))
+        win = rt.extras[EXTRAS_KEY] = window_for(model, minutes * 60.0)
+    return win
+
+
+def observe(rt: Runtime, model: Model, items: np.ndarray, cold: bool) -> None:
+    """Count one served slate of ``model`` (catalog indices) and refresh the gauges."""
+    win = current(rt)
+    if win.version != model.version:  # computed on a model that was swapped out meanwhile
+        return
+    win.observe(items, cold)
+    win.export()
+
+
+def refresh(rt: Runtime) -> QualityWindow:
+    """Expire old buckets and refresh the gauges (before a scrape, when traffic stopped)."""
+    win = current(rt)
+    win.expire()
+    win.export()
+    return win
