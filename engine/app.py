@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rankly import _fast
-from rankly.engine import metrics, pipeline
+from rankly.engine import experiments_api, metrics, pipeline
 from rankly.engine.config import Settings
 from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
@@ -56,9 +56,12 @@ async def recommendations(request: Request) -> Response:
 
 async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     """Rank, and if anything unexpected escapes the pipeline, serve the safe fallback."""
-    plan = pipeline.default_plan(rt)
+    plan, assignment = pipeline.choose_plan(rt, req)
     try:
-        return await pipeline.rank(rt, req, plan)
+        body = await pipeline.rank(rt, req, plan)
+        if assignment is not None and req.user_id is not None:
+            rt.tracker.record_exposure(assignment, req.user_id)
+        return body
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)
         metrics.FALLBACKS.labels("internal_error").inc()
@@ -143,6 +146,7 @@ ROUTES = [
     Route("/ready", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", prometheus, methods=["GET"]),
+    *experiments_api.ROUTES,
 ]
 
 
@@ -159,6 +163,7 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         store = args.pop("store", None) or open_store(settings)
         loaded = model if model is not None else await load_serving_model(settings, store)
         rt = build_runtime(settings, loaded, store=store, **args)
+        await store.ping()  # connect (and load a cluster's slot map) before the first request
         watcher = start_model_watcher(rt)
         metrics.MODEL_INFO.labels(loaded.version).set(1)
         log.info("serving model %s with %s kernels", loaded.version, _fast.IMPLEMENTATION)

@@ -20,6 +20,14 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
     n = {"type": "integer", "minimum": 1, "maximum": lim.n_max, "default": lim.n_default}
     errors = {"400": _error("Malformed body"), "413": _error("Body too large"),
               "422": _error("Invalid field (named in error.field)")}
+    admin = [{"bearer": []}, {"apiKey": []}]
+    auth_errors = {"401": _error("No admin credentials"), "403": _error("Wrong credentials")}
+    key_param = {"name": "key", "in": "path", "required": True, "schema": ident}
+
+    def obj(description: str) -> dict[str, Any]:
+        return {"description": description,
+                "content": {"application/json": {"schema": {"type": "object"}}}}
+
     recs_ok = {"description": "A ranked slate",
                "content": {"application/json": {
                    "schema": {"$ref": "#/components/schemas/Recommendations"}}}}
@@ -69,6 +77,33 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
+            "/experiments/{key}": {
+                "get": {"operationId": "getExperiment", "summary": "An experiment (admin)",
+                        "security": admin, "parameters": [key_param],
+                        "responses": {"200": obj("The experiment"), **auth_errors,
+                                      "404": _error("Unknown experiment")}},
+                "put": {"operationId": "putExperiment",
+                        "summary": "Create or replace an experiment (admin)",
+                        "security": admin, "parameters": [key_param],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"type": "object"}}}},
+                        "responses": {"200": obj("Replaced"), "201": obj("Created"),
+                                      **auth_errors, **errors}},
+            },
+            "/experiments/{key}/stop": {
+                "post": {"operationId": "stopExperiment", "summary": "Stop an experiment (admin)",
+                         "security": admin, "parameters": [key_param],
+                         "responses": {"200": obj("Stopped"), **auth_errors,
+                                       "404": _error("Unknown experiment")}},
+            },
+            "/experiments/{key}/results": {
+                "get": {"operationId": "experimentResults",
+                        "summary": "Statistics per variant against control (admin)",
+                        "security": admin, "parameters": [key_param],
+                        "responses": {"200": obj("Results"), **auth_errors,
+                                      "404": _error("Unknown experiment"),
+                                      "422": _error("Impossible counts")}},
+            },
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
                                 "responses": {"200": {"description": "Alive"}}}},
             "/ready": {"get": {"operationId": "ready", "summary": "Model loaded, store reachable",
@@ -80,7 +115,12 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
             "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
-        "components": {"schemas": {
+        "components": {
+          "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+          },
+          "schemas": {
             "Error": {
                 "type": "object", "required": ["error"],
                 "properties": {"error": {

@@ -11,13 +11,16 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
 
 from rankly import _fast
 from rankly.engine import metrics
+from rankly.engine.experiments import Assignment, assign_user
 from rankly.engine.model import Model
 from rankly.engine.runtime import Components, Runtime
 from rankly.engine.store import EMPTY_USER, OnlineUser, StoreUnavailable
@@ -47,6 +50,7 @@ class Plan:
     variant: str | None = None
     experiment: str | None = None
     probability: float | None = None
+    options: Mapping[str, Mapping[str, Any]] | None = None
 
 
 @dataclass
@@ -68,9 +72,32 @@ def default_plan(rt: Runtime) -> Plan:
     return Plan(p.candidates, p.scorers, p.rerankers)
 
 
+def choose_plan(rt: Runtime, req: RecommendationRequest) -> tuple[Plan, Assignment | None]:
+    """The experiment variant's plan for this user, or the default plan (O(experiments))."""
+    base = default_plan(rt)
+    if not rt.experiments.running:
+        return base, None
+    if any(e.bandit for e in rt.experiments.running):
+        rt.experiments = rt.tracker.reweight_bandits(rt.experiments,
+                                                     rt.settings.bandit_epoch_seconds)
+    a = assign_user(rt.experiments, req.user_id)
+    if a is None:
+        return base, None
+    o = a.overrides
+    return Plan(
+        candidates=base.candidates if o.candidates is None else o.candidates,
+        scorers=base.scorers if o.scorers is None else o.scorers,
+        rerankers=base.rerankers if o.rerankers is None else o.rerankers,
+        variant=a.variant_name or "holdout",
+        experiment=a.experiment.key,
+        probability=a.probability,
+        options=o.options or None,
+    ), a
+
+
 async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
     """Answer one recommendation request (JSON-ready); never raises for plugin/store failures."""
-    comps = rt.components  # one snapshot: a hot swap mid-request does not mix models
+    comps = rt.components_for(plan.options)  # one snapshot: a hot swap does not mix models
     key = cache_key(req, plan, comps.model.version)
     hit = await lookup_cache(rt, key, req.user_id)
     if hit is not None:

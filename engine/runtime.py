@@ -7,7 +7,9 @@ request that already took a reference to the old ``Components`` finishes on the 
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,8 @@ import pluggy
 from rankly import _fast
 from rankly.engine.breaker import Breakers
 from rankly.engine.config import Settings
+from rankly.engine.experiments import Experiments, load_experiments
+from rankly.engine.experiments.tracking import ExperimentTracker
 from rankly.engine.model import Model
 from rankly.engine.plugins import Registry, collect_all, make_plugin_manager
 from rankly.engine.singleflight import SingleFlight
@@ -62,9 +66,12 @@ class Runtime:
     store: Store
     caches: list[tuple[str, Cache]]
     components: Components
+    experiments: Experiments = field(default_factory=Experiments)
+    tracker: ExperimentTracker = field(default_factory=ExperimentTracker)
     breakers: Breakers = field(default_factory=Breakers)
     flights: SingleFlight = field(default_factory=SingleFlight)
     extras: dict[str, Any] = field(default_factory=dict)
+    _variant_components: dict[str, Components] = field(default_factory=dict)
 
     @property
     def model(self) -> Model:
@@ -73,6 +80,22 @@ class Runtime:
     def swap_model(self, model: Model) -> None:
         """Build components for ``model`` and make them live (in-flight requests finish first)."""
         self.components = build_components(self.settings, model, self.registries, self.store)
+        self._variant_components = {}
+
+    def components_for(self, options: Mapping[str, Mapping[str, Any]] | None) -> Components:
+        """Components built with an experiment variant's plugin ``options`` merged in (cached)."""
+        if not options:
+            return self.components
+        key = json.dumps(options, sort_keys=True, default=str)
+        comps = self._variant_components.get(key)
+        if comps is None or comps.model is not self.components.model:
+            merged = {name: dict(self.settings.plugin_options(name)) for name in options}
+            for name, opts in options.items():
+                merged[name].update(opts)
+            settings = self.settings.replace(plugins={**self.settings.plugins, **merged})
+            comps = build_components(settings, self.model, self.registries, self.store)
+            self._variant_components[key] = comps
+        return comps
 
 
 def _build(kind: str, registry: Registry, settings: Settings, model: Model,
@@ -132,4 +155,5 @@ def build_runtime(settings: Settings, model: Model, pm: pluggy.PluginManager | N
         caches.append((tier, factory(ctx)))
     log.info("rankly kernels: %s; model %s (%d items, %d users)", _fast.IMPLEMENTATION,
              model.version, len(model.catalog), len(model.users))
-    return Runtime(settings, pm, registries, store, caches, components)
+    experiments = load_experiments(settings.experiments)
+    return Runtime(settings, pm, registries, store, caches, components, experiments)

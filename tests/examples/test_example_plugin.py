@@ -22,12 +22,12 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rankly-category-af
 
 @pytest.fixture(scope="module")
 def installed_example():
-    """pip-install the example package into this environment (no deps, no build isolation)."""
+    """pip-install the example package into this environment (no deps: rankly is installed)."""
     try:
         md.distribution("rankly-category-affinity")
     except md.PackageNotFoundError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                        "--no-build-isolation", str(EXAMPLE)], check=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(EXAMPLE)],
+                       check=True, timeout=300)
         importlib.invalidate_caches()
     dist = md.distribution("rankly-category-affinity")
     assert any(ep.group == "rankly" for ep in dist.entry_points)

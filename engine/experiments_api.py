@@ -1,0 +1,123 @@
+"""Admin routes for experiments: read, create/replace, stop, and results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rankly.engine.auth import require_admin
+from rankly.engine.experiments import (
+    Experiment,
+    ExperimentError,
+    InvalidCounts,
+    Status,
+    analyze,
+    json_safe,
+    parse_experiment,
+)
+from rankly.engine.runtime import Runtime
+from rankly.engine.validation import RequestError, check_id
+
+
+def _runtime(request: Request) -> Runtime:
+    rt: Runtime = request.state.runtime
+    require_admin(request, rt.settings)
+    return rt
+
+
+def _experiment(rt: Runtime, request: Request) -> Experiment:
+    key = check_id(request.path_params["key"], "key", rt.settings.limits)
+    exp = rt.experiments.get(key)
+    if exp is None:
+        raise RequestError("key", f"no experiment {key!r}", status=404)
+    return exp
+
+
+def describe(exp: Experiment) -> dict[str, Any]:
+    """The experiment as JSON (the same shape PUT accepts)."""
+    return {
+        "key": exp.key, "seed": exp.seed, "status": exp.status.value,
+        "coverage": exp.coverage, "primary_metric": exp.primary_metric.value,
+        "guardrails": [g.value for g in exp.guardrails], "mde": exp.mde,
+        "mde_relative": exp.mde_relative, "phase": exp.phase, "sticky": exp.sticky,
+        "holdout": exp.holdout, "bandit": exp.bandit, "epoch": exp.epoch,
+        **({"layer": {"name": exp.layer.name, "range": [exp.layer.start, exp.layer.end]}}
+           if exp.layer else {}),
+        "variants": [
+            {"name": v.name, "weight": v.weight,
+             **{k: list(val) for k in ("scorers", "candidates", "rerankers")
+                if (val := getattr(v.overrides, k)) is not None},
+             **({"options": {n: dict(o) for n, o in v.overrides.options.items()}}
+                if v.overrides.options else {})}
+            for v in exp.variants
+        ],
+    }
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return JSONResponse(json_safe(body), status_code=status)
+
+
+async def get_experiment(request: Request) -> Response:
+    rt = _runtime(request)
+    return _json(describe(_experiment(rt, request)))
+
+
+async def put_experiment(request: Request) -> Response:
+    rt = _runtime(request)
+    key = check_id(request.path_params["key"], "key", rt.settings.limits)
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise RequestError("body", "must be a JSON object", status=400) from None
+    if not isinstance(body, dict):
+        raise RequestError("body", "must be a JSON object", status=400)
+    if body.get("key", key) != key:
+        raise RequestError("key", "must match the key in the path")
+    try:
+        exp = parse_experiment({**body, "key": key})
+        old = rt.experiments.get(key)
+        if old is not None and old.weights != exp.weights and "phase" not in body:
+            exp = old.with_weights(exp.weights) if not exp.bandit else exp
+            exp = dataclasses.replace(exp, status=Status(body.get("status", old.status)))
+        rt.experiments = rt.experiments.replace_experiment(exp)
+    except ExperimentError as exc:
+        raise RequestError("body", str(exc)) from None
+    return _json(describe(exp), status=200 if old is not None else 201)
+
+
+async def stop_experiment(request: Request) -> Response:
+    rt = _runtime(request)
+    exp = dataclasses.replace(_experiment(rt, request), status=Status.STOPPED)
+    rt.experiments = rt.experiments.replace_experiment(exp)
+    return _json(describe(exp))
+
+
+async def experiment_results(request: Request) -> Response:
+    rt = _runtime(request)
+    exp = _experiment(rt, request)
+    try:
+        result = analyze(
+            rt.tracker.counts(exp), weights=exp.weights,
+            primary_metric=exp.primary_metric.value,
+            guardrails=[g.value for g in exp.guardrails], mde=exp.mde,
+            mde_relative=exp.mde_relative, bandit=exp.bandit,
+            bandit_weights=exp.weights if exp.bandit else None,
+        )
+    except (InvalidCounts, ValueError) as exc:
+        raise RequestError("counts", str(exc)) from None
+    return _json({"experiment": exp.key, "phase": exp.phase, "status": exp.status.value,
+                  **result})
+
+
+ROUTES = [
+    Route("/experiments/{key}", get_experiment, methods=["GET"]),
+    Route("/experiments/{key}", put_experiment, methods=["PUT"]),
+    Route("/experiments/{key}/stop", stop_experiment, methods=["POST"]),
+    Route("/experiments/{key}/results", experiment_results, methods=["GET"]),
+]
