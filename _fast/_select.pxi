@@ -3,7 +3,7 @@
 #
 # A Selector first keeps the k best candidates (score, index) in a worst-first binary heap whose
 # root score is a strict threshold. Scores are compared against the threshold a block at a
-# time (a branch-free count the compiler vectorizes), and only blocks with a hit are looked at
+# time (a branch-free count the compiler vectorizes, see _simd.h), and only blocks with a hit are looked at
 # one by one, so random orders read the scores at close to memory speed and touch the heap
 # only ~k*log(n/k) times. Orders that keep replacing the root (ascending scores) would cost
 # log k per item, so after too many replacements the selector turns the heap into an
@@ -18,8 +18,13 @@ cimport cython
 from libc.stdint cimport int64_t
 from libc.stdlib cimport qsort
 
-cdef enum:
-    BLOCK = 64          # scores per threshold test
+cdef extern from "_simd.h":
+    enum: RK_BLOCK      # scores per threshold test
+    const char* rk_scan_isa
+    void rk_simd_init() noexcept nogil
+    Py_ssize_t rk_scan(const float* s, Py_ssize_t j, Py_ssize_t m, float thr) noexcept nogil
+
+rk_simd_init()
 
 ctypedef struct Cand:
     float s
@@ -189,24 +194,21 @@ cdef inline void sel_push(Selector* sel, float s, int64_t i) noexcept nogil:
 cdef inline void sel_feed(Selector* sel, const float* s, int64_t base, Py_ssize_t m) noexcept nogil:
     """Offer scores s[:m], which belong to items base, base+1, ..., base+m-1."""
     cdef Py_ssize_t j = 0, t
-    cdef int hits
-    cdef float thr, x
+    cdef float x
     while not sel.primed and j < m:
         x = s[j]
         if x == x:
             sel_push(sel, x, base + j)
         j += 1
-    while j + BLOCK <= m:
-        thr = sel.thr
-        hits = 0
-        for t in range(BLOCK):
-            hits += s[j + t] > thr
-        if hits:
-            for t in range(BLOCK):
-                x = s[j + t]
-                if x > sel.thr:
-                    sel_push(sel, x, base + j + t)
-        j += BLOCK
+    while True:
+        j = rk_scan(s, j, m, sel.thr)
+        if j + RK_BLOCK > m:
+            break
+        for t in range(RK_BLOCK):
+            x = s[j + t]
+            if x > sel.thr:
+                sel_push(sel, x, base + j + t)
+        j += RK_BLOCK
     while j < m:
         x = s[j]
         if x > sel.thr:

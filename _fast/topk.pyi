@@ -27,3 +27,5 @@ def score_topk_batch(
     *,
     threads: int | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+
+SCAN_ISA: str

@@ -239,3 +239,7 @@ def score_topk_batch(item_factors, user_matrix, k, exclude=None, *, threads=None
         return topk_batch(np.zeros((b, n), dtype=np.float32), k, exclude, threads=threads)
     nthreads = _thread_count(threads, b, <double>b * n * d)
     return _batch(users, items, n, d, k, offsets, _padded_exclude(ex), nthreads)
+
+
+SCAN_ISA = rk_scan_isa.decode()
+"""Instruction set of the threshold scan picked at import: "avx2" or "sse2" (see _simd.h)."""
