@@ -1,0 +1,102 @@
+"""Experiments through the HTTP API: admin auth, assignment in /recommendations, results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from rankly.engine.app import create_app
+from rankly.engine.experiments import assign_user, load_experiments
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+AB = {
+    "status": "running",
+    "primary_metric": "ctr",
+    "variants": [
+        {"name": "control", "weight": 50},
+        {"name": "popular-only", "weight": 50, "scorers": ["popular"], "rerankers": []},
+    ],
+}
+
+
+@pytest.fixture
+def admin_client(artifacts, settings_for):
+    settings = settings_for(artifacts, admin_token=TOKEN)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 403), ({"X-API-Key": "nope"}, 403),
+     ({"Authorization": "Basic abc"}, 401)],
+)
+def test_admin_routes_reject_missing_or_wrong_credentials(admin_client, headers, status):
+    for method, path in (("PUT", "/experiments/x"), ("GET", "/experiments/x"),
+                         ("POST", "/experiments/x/stop"), ("GET", "/experiments/x/results")):
+        r = admin_client.request(method, path, headers=headers, json=AB)
+        assert r.status_code == status, (method, path)
+        assert r.json()["error"]["field"] == "authorization"
+        assert TOKEN not in r.text
+
+
+def test_admin_routes_are_disabled_without_a_configured_token(client):
+    r = client.get("/experiments/x", headers=AUTH)
+    assert r.status_code == 403
+
+
+def test_put_get_and_api_key_header(admin_client):
+    r = admin_client.put("/experiments/ab", json=AB, headers=AUTH)
+    assert r.status_code == 201
+    got = admin_client.get("/experiments/ab", headers={"X-API-Key": TOKEN}).json()
+    assert got["status"] == "running" and [v["name"] for v in got["variants"]] == [
+        "control", "popular-only"]
+    assert got["variants"][1]["scorers"] == ["popular"]
+
+
+def test_invalid_experiment_is_a_422_naming_the_problem(admin_client):
+    bad = {**AB, "variants": [{"name": "only-one"}]}
+    r = admin_client.put("/experiments/bad", json=bad, headers=AUTH)
+    assert r.status_code == 422
+    assert "variants" in r.json()["error"]["message"]
+
+
+def test_unknown_experiment_is_404(admin_client):
+    assert admin_client.get("/experiments/none", headers=AUTH).status_code == 404
+
+
+def test_recommendations_name_the_variant_and_follow_its_overrides(admin_client, model):
+    admin_client.put("/experiments/ab", json=AB, headers=AUTH)
+    registry = load_experiments([{**AB, "key": "ab"}])
+    log_pop = np.log1p(model.part("pop")["scores"])
+    seen_variants = set()
+    for u in range(1, 41):
+        body = admin_client.get("/recommendations", params={"user_id": str(u), "n": 5}).json()
+        expected = assign_user(registry, str(u)).variant_name
+        assert (body["experiment"], body["variant"]) == ("ab", expected)
+        seen_variants.add(body["variant"])
+        if expected == "popular-only":  # its scorer is popularity: scores are log1p(pop)
+            got = [it["score"] for it in body["items"]]
+            want = [float(log_pop[model.catalog.index[it["item_id"]]]) for it in body["items"]]
+            assert got == pytest.approx(want, abs=1e-5)
+    assert seen_variants == {"control", "popular-only"}
+
+
+def test_exposures_are_counted_once_per_user(admin_client):
+    admin_client.put("/experiments/ab", json=AB, headers=AUTH)
+    for _ in range(3):
+        for u in range(1, 21):
+            admin_client.get("/recommendations", params={"user_id": str(u), "n": 5})
+    res = admin_client.get("/experiments/ab/results", headers=AUTH).json()
+    assert sum(a["exposures"] for a in res["arms"]) == 20
+    assert res["verdict"] == "collecting"
+
+
+def test_stopped_experiment_assigns_nobody(admin_client):
+    admin_client.put("/experiments/ab", json=AB, headers=AUTH)
+    assert admin_client.post("/experiments/ab/stop", headers=AUTH).json()["status"] == "stopped"
+    body = admin_client.get("/recommendations", params={"user_id": "1"}).json()
+    assert body["variant"] is None and body["experiment"] is None
