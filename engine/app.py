@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rankly import _fast
-from rankly.engine import experiments_api, metrics, pipeline
+from rankly.engine import events_api, experiments_api, metrics, pipeline
 from rankly.engine.config import Settings
 from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
@@ -61,6 +61,7 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
         body = await pipeline.rank(rt, req, plan)
         if assignment is not None and req.user_id is not None:
             rt.tracker.record_exposure(assignment, req.user_id)
+        events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)
@@ -147,6 +148,7 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", prometheus, methods=["GET"]),
     *experiments_api.ROUTES,
+    *events_api.ROUTES,
 ]
 
 
@@ -165,11 +167,13 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         rt = build_runtime(settings, loaded, store=store, **args)
         await store.ping()  # connect (and load a cluster's slot map) before the first request
         watcher = start_model_watcher(rt)
+        events = await events_api.start_events(rt)
         metrics.MODEL_INFO.labels(loaded.version).set(1)
         log.info("serving model %s with %s kernels", loaded.version, _fast.IMPLEMENTATION)
         try:
             yield {"runtime": rt}
         finally:
+            await events.stop()
             if watcher is not None:
                 await watcher.stop()
             for _, cache in rt.caches:

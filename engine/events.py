@@ -1,0 +1,184 @@
+"""The event value and the parsing of one event or a batch, with per-event errors naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from rankly.engine.config import Settings
+from rankly.engine.validation import RequestError, check_id
+
+#: Built-in event types; ``settings.event_types`` adds custom ones (name -> weight).
+BUILTIN_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "impression")
+MAX_EVENT_ID = 256
+MAX_CONTEXT_BYTES = 4096
+RATING_RANGE = (0.0, 5.0)
+#: Clocks drift; a timestamp further ahead than this is a client bug, not a clock skew.
+MAX_FUTURE_SKEW_S = 3600.0
+MIN_TIMESTAMP = 946684800.0  # 2000-01-01: earlier is a unit mistake (ms vs s) or garbage
+_FIELDS = {"event_id", "user_id", "item_id", "type", "value", "timestamp", "request_id",
+           "context"}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One user event as stored in the log. ``timestamp`` is unix seconds (float)."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    timestamp: float
+    value: float | None = None
+    request_id: str | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON-ready dict (optional fields left out when empty)."""
+        out: dict[str, Any] = {"id": self.event_id, "u": self.user_id, "i": self.item_id,
+                               "t": self.type, "ts": self.timestamp}
+        if self.value is not None:
+            out["v"] = self.value
+        if self.request_id:
+            out["r"] = self.request_id
+        if self.context:
+            out["c"] = dict(self.context)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Event:
+        """Inverse of :meth:`to_json` (trusted input: the log wrote it)."""
+        return cls(str(doc["id"]), str(doc["u"]), str(doc["i"]), str(doc["t"]),
+                   float(doc["ts"]), None if doc.get("v") is None else float(doc["v"]),
+                   doc.get("r"), doc.get("c") or {})
+
+
+def event_types(settings: Settings) -> frozenset[str]:
+    """Every accepted type: the built-ins plus the custom ones declared in settings."""
+    return frozenset(BUILTIN_TYPES) | frozenset(settings.event_types)
+
+
+def parse_timestamp(value: Any, now: float) -> float:
+    """Unix seconds (int/float) or ISO 8601 text (``Z`` or an offset; naive means UTC)."""
+    if value is None:
+        return now
+    if isinstance(value, bool):
+        raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str) and 0 < len(value) <= 64:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        ts = dt.timestamp()
+    else:
+        raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string")
+    if not math.isfinite(ts) or ts < MIN_TIMESTAMP:
+        raise RequestError("timestamp", "must be unix seconds after 2000-01-01")
+    if ts > now + MAX_FUTURE_SKEW_S:
+        raise RequestError("timestamp", "is more than an hour in the future")
+    return ts
+
+
+def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event:
+    """Validate one event object; raises :class:`RequestError` naming the first bad field."""
+    now = time.time() if now is None else now
+    limits = settings.limits
+    if not isinstance(obj, dict):
+        raise RequestError("event", "must be a JSON object")
+    unknown = set(obj) - _FIELDS
+    if unknown:
+        raise RequestError(sorted(unknown)[0], "unknown field")
+    for name in ("event_id", "user_id", "item_id", "type"):
+        if obj.get(name) is None:
+            raise RequestError(name, "is required")
+    event_id = obj["event_id"]
+    if not isinstance(event_id, str):
+        raise RequestError("event_id", "must be a string")
+    if not event_id or len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
+        raise RequestError("event_id",
+                           f"must be 1-{MAX_EVENT_ID} characters without control characters")
+    user_id = check_id(obj["user_id"], "user_id", limits)
+    item_id = check_id(obj["item_id"], "item_id", limits)
+    kind = obj["type"]
+    if not isinstance(kind, str) or kind not in event_types(settings):
+        allowed = ", ".join(sorted(event_types(settings)))
+        raise RequestError("type", f"must be one of {allowed}")
+    value = obj.get("value")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestError("value", "must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise RequestError("value", "must be finite")
+        if kind == "rating" and not RATING_RANGE[0] <= value <= RATING_RANGE[1]:
+            raise RequestError("value", f"a rating must be in {RATING_RANGE[0]:g}.."
+                                        f"{RATING_RANGE[1]:g}")
+    elif kind == "rating":
+        raise RequestError("value", "is required for a rating")
+    ts = parse_timestamp(obj.get("timestamp"), now)
+    request_id = obj.get("request_id")
+    if request_id is not None:
+        request_id = check_id(request_id, "request_id", limits)
+    context = obj.get("context")
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        raise RequestError("context", "must be an object")
+    if context and len(json.dumps(context, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
+        raise RequestError("context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON")
+    return Event(event_id, user_id, item_id, kind, ts, value, request_id, context)
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """The valid events of a request (with their positions) and the rejected ones."""
+
+    events: list[Event]
+    positions: list[int]
+    rejected: list[dict[str, Any]]
+    single: bool  # the body was one event object, not a list
+
+
+def parse_batch(raw: bytes, settings: Settings, now: float | None = None) -> ParsedBatch:
+    """Parse a ``POST /events`` body: an event object, an array, or ``{"events": [...]}``.
+
+    Raises :class:`RequestError` for a body that is not JSON (400) or a batch larger than
+    ``limits.max_events_batch`` (422, before any event is validated). Bad events do not fail
+    the batch: each is listed as ``{"index", "error": {"field", "message"}}``.
+    """
+    now = time.time() if now is None else now
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise RequestError("body", "must be a JSON object or array", status=400) from None
+    single = False
+    if isinstance(body, dict) and set(body) == {"events"}:
+        body = body["events"]
+        if not isinstance(body, list):
+            raise RequestError("events", "must be an array of events")
+    elif isinstance(body, dict):
+        body, single = [body], True
+    if not isinstance(body, list):
+        raise RequestError("body", "must be a JSON object or array", status=400)
+    limit = settings.limits.max_events_batch
+    if len(body) > limit:
+        raise RequestError("events", f"must have at most {limit} events per request")
+    events: list[Event] = []
+    positions: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    for index, obj in enumerate(body):
+        try:
+            events.append(parse_event(obj, settings, now))
+            positions.append(index)
+        except RequestError as exc:
+            rejected.append({"index": index, **exc.to_json()})
+    return ParsedBatch(events, positions, rejected, single)

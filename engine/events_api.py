@@ -1,0 +1,315 @@
+"""The event routes (``POST /events``, ``POST /track/click``), the ingest service behind them
+and the background logging of served slates as impressions."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from rankly.engine import metrics
+from rankly.engine.event_log import AppendResult, EventLog, open_event_log
+from rankly.engine.events import Event, parse_batch, parse_event
+from rankly.engine.projections import Projections, attach
+from rankly.engine.runtime import Runtime
+from rankly.engine.store import StoreUnavailable
+from rankly.engine.validation import RequestError
+
+log = logging.getLogger("rankly.events")
+
+EXTRAS_KEY = "events"
+DEFAULT_INVALIDATING = ("purchase", "rating", "add_to_cart")
+RETRY_AFTER_S = 1
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(body.encode("utf-8"), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+class ImpressionBuffer:
+    """Served slates waiting to be logged as impression events.
+
+    :meth:`offer` is called on the request path: it only appends a tuple to a bounded deque
+    (O(1), no I/O); a background task turns slates into events and appends them in batches.
+    When the buffer is full, or the log is down, impressions are dropped and counted in
+    ``dropped``: only impressions, never client events, may be dropped.
+    """
+
+    def __init__(self, max_slates: int = 10_000, flush_s: float = 0.2,
+                 batch_slates: int = 500) -> None:
+        self.max_slates = max_slates
+        self.flush_s = flush_s
+        self.batch_slates = batch_slates
+        self.dropped = 0
+        self.logged = 0
+        self._slates: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wakeup = asyncio.Event()
+
+    def offer(self, request_id: str, user_id: str | None, payload: dict[str, Any],
+              probability: float | None) -> None:
+        items = payload.get("items") or ()
+        if not items:
+            return
+        if len(self._slates) >= self.max_slates:
+            self.dropped += len(items)
+            return
+        self._slates.append((time.time(), request_id, user_id or "", payload, probability))
+        if len(self._slates) >= self.batch_slates:
+            self._wakeup.set()
+
+    def take(self) -> list[Event]:
+        """Up to ``batch_slates`` slates as impression events (one per position)."""
+        events: list[Event] = []
+        for _ in range(min(self.batch_slates, len(self._slates))):
+            ts, request_id, user_id, payload, probability = self._slates.popleft()
+            common = {k: v for k, v in (("variant", payload.get("variant")),
+                                        ("experiment", payload.get("experiment")),
+                                        ("probability", probability),
+                                        ("model_version", payload.get("model_version")),
+                                        ("cached", payload.get("cached")),
+                                        ("fallback", payload.get("fallback")))
+                      if v is not None}
+            for pos, item in enumerate(payload["items"]):
+                events.append(Event(f"imp:{request_id}:{pos}", user_id, item["item_id"],
+                                    "impression", ts, None, request_id,
+                                    {"position": pos, **common}))
+        return events
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.flush_s):
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+    def __len__(self) -> int:
+        return len(self._slates)
+
+
+class EventsService:
+    """What the event routes use: the durable log, the projections and the impression buffer.
+
+    :meth:`ingest` is the one write path: durable append, then projections, then cache
+    invalidation for the users of invalidating events (``[plugins.events] invalidating_types``,
+    default purchase, rating, add_to_cart). On a Redis store every worker's counters follow
+    the stream (one tail task), so all workers count the same events in the same order.
+    """
+
+    def __init__(self, rt: Runtime, event_log: EventLog, projections: Projections) -> None:
+        opts = rt.settings.plugin_options("events")
+        self.rt = rt
+        self.log = event_log
+        self.projections = projections
+        self.invalidating = frozenset(opts.get("invalidating_types", DEFAULT_INVALIDATING))
+        self.impressions = ImpressionBuffer(
+            max_slates=int(opts.get("impression_buffer_slates", 10_000)),
+            flush_s=float(opts.get("impression_flush_seconds", 0.2)))
+        self.log_impressions = bool(opts.get("log_impressions", True))
+        self.rebuild_on_start = bool(opts.get("rebuild_on_start", True))
+        self.follow_stream = hasattr(event_log, "tail")
+        # NOTE: a request computed before an invalidation can store its (stale) answer after
+        # it; every such request ends within the request deadline, so a second invalidation
+        # one deadline later removes what it stored.
+        self.reinvalidate_s = rt.settings.deadlines.request_ms / 1000.0 + 0.05
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.log.open()
+        if self.follow_stream:
+            self._spawn(self._follow(), "event-counters")
+        elif self.rebuild_on_start:
+            try:
+                stats = await self.projections.rebuild(self.log)
+                log.info("events: projections rebuilt from the log (%d events)", stats.events)
+            except (StoreUnavailable, OSError) as exc:
+                log.error("events: could not rebuild projections at start: %s", exc)
+        if self.log_impressions:
+            self._spawn(self._flush_impressions(), "impressions")
+
+    async def stop(self) -> None:
+        if self.log_impressions:
+            await self._drain_impressions()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.log.close()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ingest(self, events: Sequence[Event], *, idempotent: bool = True) -> AppendResult:
+        """Append durably, then project and invalidate; raises ``StoreUnavailable``."""
+        result = await self.log.append(events, idempotent=idempotent)
+        if result.new:
+            for e in result.new:
+                metrics.EVENTS.labels(e.type).inc()
+            await self.projections.apply(result.new, counters=not self.follow_stream)
+            users = {e.user_id for e in result.new if e.type in self.invalidating}
+            if users:
+                await self.invalidate(users)
+                self._spawn(self._invalidate_later(users), "reinvalidate")
+        return result
+
+    async def invalidate(self, users: set[str]) -> None:
+        """Drop the cached recommendations of ``users`` in every tier (the L1 tier also
+        broadcasts to the other workers through the store)."""
+        for user_id in users:
+            for tier, cache in self.rt.caches:
+                try:
+                    await cache.invalidate_user(user_id)
+                except Exception:
+                    log.warning("cache tier %s failed to invalidate a user", tier,
+                                exc_info=True)
+
+    async def _invalidate_later(self, users: set[str]) -> None:
+        await asyncio.sleep(self.reinvalidate_s)
+        await self.invalidate(users)
+
+    async def _follow(self) -> None:
+        tail = self.log.tail()  # type: ignore[attr-defined]
+        async for batch in tail:
+            if batch:
+                await self.projections.apply(batch, users=False)
+
+    async def _flush_impressions(self) -> None:
+        while True:
+            await self.impressions.wait()
+            while len(self.impressions):
+                await self._write_impressions()
+
+    async def _write_impressions(self) -> None:
+        events = self.impressions.take()
+        if not events:
+            return
+        try:
+            result = await self.log.append(events, idempotent=False)
+            self.impressions.logged += result.accepted
+            await self.projections.apply(result.new, users=False,
+                                         counters=not self.follow_stream)
+        except StoreUnavailable:
+            self.impressions.dropped += len(events)
+        except Exception:
+            self.impressions.dropped += len(events)
+            log.warning("impressions could not be logged", exc_info=True)
+
+    async def _drain_impressions(self) -> None:
+        while len(self.impressions):
+            await self._write_impressions()
+
+    def record_slate(self, request_id: str, user_id: str | None, payload: dict[str, Any],
+                     probability: float | None) -> None:
+        if self.log_impressions:
+            self.impressions.offer(request_id, user_id, payload, probability)
+
+
+async def start_events(rt: Runtime) -> EventsService:
+    """Open the event log that matches the store, build the projections, start the tasks."""
+    event_log = open_event_log(rt.settings, rt.store)
+    projections = Projections(rt.settings, rt.store, lambda: rt.components.model.catalog)
+    service = EventsService(rt, event_log, projections)
+    await service.start()
+    attach(rt.store, projections)
+    rt.extras[EXTRAS_KEY] = service
+    return service
+
+
+def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
+                       payload: dict[str, Any], probability: float | None = None) -> None:
+    """Queue a served slate for impression logging (no I/O; safe on the hot path)."""
+    service = rt.extras.get(EXTRAS_KEY)
+    if service is not None:
+        service.record_slate(request_id, user_id, payload, probability)
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def _service(request: Request) -> EventsService:
+    service = request.state.runtime.extras.get(EXTRAS_KEY)
+    if service is None:
+        raise StoreUnavailable("events are not started")
+    return service
+
+
+def _unavailable() -> Response:
+    return _json({"error": {"field": "store",
+                            "message": "event storage is unavailable; retry with the same "
+                                       "event_id values"}},
+                 status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _ingest(request: Request, events: list[Event]) -> AppendResult | None:
+    try:
+        service = _service(request)
+        # NOTE: shielded: once the append started, a client disconnect must not stop the
+        # projection and invalidation of events that are (or are about to be) durable.
+        return await asyncio.shield(service.ingest(events))
+    except StoreUnavailable:
+        return None
+
+
+async def post_events(request: Request) -> Response:
+    settings = request.state.runtime.settings
+    batch = parse_batch(await request.body(), settings)
+    if batch.single and batch.rejected:
+        err = batch.rejected[0]["error"]
+        raise RequestError(err["field"], err["message"])
+    result = await _ingest(request, batch.events)
+    if result is None:
+        return _unavailable()
+    return _json({"accepted": result.accepted, "duplicates": result.duplicates,
+                  "rejected": batch.rejected}, status=202)
+
+
+_CLICK_PARAMS = {"user_id", "item_id", "event_id", "request_id", "timestamp"}
+
+
+async def track_click(request: Request) -> Response:
+    """``POST /track/click?user_id=&item_id=[&event_id=]``: one click event.
+
+    Without ``event_id`` every call is a new click (no idempotency): send one to make retries
+    safe.
+    """
+    settings = request.state.runtime.settings
+    params = request.query_params
+    unknown = set(params) - _CLICK_PARAMS
+    if unknown:
+        raise RequestError(sorted(unknown)[0], "unknown parameter")
+    obj: dict[str, Any] = {"type": "click", "user_id": params.get("user_id"),
+                           "item_id": params.get("item_id"),
+                           "event_id": params.get("event_id") or f"click:{uuid.uuid4().hex}"}
+    if "request_id" in params:
+        obj["request_id"] = params["request_id"]
+    if "timestamp" in params:
+        text = params["timestamp"]
+        try:
+            obj["timestamp"] = float(text)
+        except ValueError:
+            obj["timestamp"] = text
+    event = parse_event(obj, settings)
+    result = await _ingest(request, [event])
+    if result is None:
+        return _unavailable()
+    return _json({"accepted": result.accepted, "duplicates": result.duplicates,
+                  "rejected": []}, status=202)
+
+
+ROUTES = [
+    Route("/events", post_events, methods=["POST"]),
+    Route("/track/click", track_click, methods=["POST"]),
+]

@@ -1,0 +1,241 @@
+"""Online projections of stored events: user history/seen (in the store), decayed item
+popularity and per-category trending counters (in process memory), rebuildable from the log."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rankly.engine.config import Settings
+from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS
+from rankly.engine.events import Event
+from rankly.engine.store import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from rankly.engine.event_log import EventLog
+    from rankly.engine.model import Catalog
+
+log = logging.getLogger("rankly.events")
+
+#: Shift the landmark once scaled weights grow by e^RENORM (keeps float64 far from overflow).
+RENORM = 50.0
+
+
+class DecayedCounter:
+    """Sums of weights per key, each decaying by half every ``half_life_s`` of event time.
+
+    A weight ``w`` at time ``t`` is stored scaled as ``w * exp(rate * (t - t0))`` against a
+    landmark ``t0``, so an update is O(1) and every key decays by the same factor: the order
+    of keys never depends on the reading time, and :meth:`value` rescales to any time. Decay
+    follows event timestamps, not the wall clock, so replaying the log gives the same counts.
+    Thread-safe (generators read it from a worker thread while the loop writes).
+    """
+
+    def __init__(self, half_life_s: float) -> None:
+        self.rate = math.log(2) / half_life_s
+        self.t0: float | None = None
+        self.latest = 0.0
+        self.values: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._bound: tuple[Mapping[str, int], np.ndarray] | None = None
+
+    def add(self, key: str, weight: float, t: float) -> None:
+        with self._lock:
+            if self.t0 is None:
+                self.t0 = t
+            x = self.rate * (t - self.t0)
+            if x > RENORM:
+                self._shift(t)
+                x = 0.0
+            inc = weight * math.exp(x)
+            self.values[key] = self.values.get(key, 0.0) + inc
+            self.latest = max(self.latest, t)
+            if self._bound is not None:
+                idx = self._bound[0].get(key)
+                if idx is not None:
+                    self._bound[1][idx] += inc
+
+    def _shift(self, t: float) -> None:
+        assert self.t0 is not None
+        f = math.exp(-self.rate * (t - self.t0))
+        for k in self.values:
+            self.values[k] *= f
+        if self._bound is not None:
+            self._bound[1][:] *= f
+        self.t0 = t
+
+    def value(self, key: str, at: float) -> float:
+        """The decayed sum of ``key`` as of time ``at``."""
+        with self._lock:
+            v = self.values.get(key, 0.0)
+            return 0.0 if self.t0 is None else v * math.exp(self.rate * (self.t0 - at))
+
+    def snapshot(self, at: float) -> dict[str, float]:
+        """Every key's decayed sum as of ``at``."""
+        with self._lock:
+            if self.t0 is None:
+                return {}
+            f = math.exp(self.rate * (self.t0 - at))
+            return {k: v * f for k, v in self.values.items()}
+
+    def array(self, index: Mapping[str, int], size: int) -> np.ndarray:
+        """float32 scores over ``index``'s positions (0 for keys without events), in units of
+        the latest event time. The array is kept up to date incrementally while ``index`` is
+        the bound one, so a read is one copy, not a pass over every key."""
+        with self._lock:
+            if self._bound is None or self._bound[0] is not index:
+                arr = np.zeros(size, dtype=np.float64)
+                for k, v in self.values.items():
+                    i = index.get(k)
+                    if i is not None and i < size:
+                        arr[i] = v
+                self._bound = (index, arr)
+            if self.t0 is None:
+                return np.zeros(size, dtype=np.float32)
+            f = math.exp(self.rate * (self.t0 - self.latest))
+            return (self._bound[1] * f).astype(np.float32)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.t0 = None
+            self.latest = 0.0
+            self.values.clear()
+            self._bound = None
+
+
+@dataclass
+class EventStats:
+    """Plain counts for ``rankly replay`` and the monitoring engineer's metrics."""
+
+    events: int = 0
+    by_type: collections.Counter = field(default_factory=collections.Counter)
+    unknown_items: int = 0
+    users: set[str] = field(default_factory=set, repr=False)
+    store_errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"events": self.events, "by_type": dict(sorted(self.by_type.items())),
+                "unknown_items": self.unknown_items, "users": len(self.users),
+                "store_errors": self.store_errors}
+
+
+class Projections:
+    """The live projections of one serving process.
+
+    - user history and seen set: ``store.record_interaction`` for every event that carries
+      interest (weight > 0), with ``seen=True`` for ``seen_types`` (purchase, rating);
+    - item popularity: a :class:`DecayedCounter` of event weights per item id (unknown items
+      included, so a retrained model picks their counts up), half-life
+      ``popularity_half_life_hours`` (24);
+    - category trending: the same per category name, half-life ``trending_half_life_hours`` (1).
+
+    Options come from ``[plugins.events]``. ``catalog`` returns the serving model's catalog
+    (item -> category, which ids are known).
+    """
+
+    def __init__(self, settings: Settings, store: Store,
+                 catalog: Callable[[], Catalog | None] = lambda: None) -> None:
+        opts = settings.plugin_options("events")
+        self.store = store
+        self.catalog = catalog
+        self.weights: dict[str, float] = {**DEFAULT_EVENT_WEIGHTS, "rating": 1.0,
+                                          "impression": 0.0,
+                                          **{k: float(v) for k, v in settings.event_types.items()}}
+        self.seen_types = frozenset(opts.get("seen_types", ("purchase", "rating")))
+        self.popularity = DecayedCounter(
+            float(opts.get("popularity_half_life_hours", 24.0)) * 3600.0)
+        self.trending = DecayedCounter(float(opts.get("trending_half_life_hours", 1.0)) * 3600.0)
+        self.stats = EventStats()
+
+    def weight(self, event: Event) -> float:
+        """Interest carried by ``event``: its type's weight; a rating weighs value / 5."""
+        if event.type == "rating":
+            return max(0.0, (event.value or 0.0) / 5.0) * self.weights.get("purchase", 5.0)
+        return self.weights.get(event.type, 1.0)
+
+    async def apply(self, events: Sequence[Event], *, users: bool = True,
+                    counters: bool = True) -> None:
+        """Fold ``events`` (in log order) into the projections.
+
+        Counters are updated synchronously first, so concurrent batches are counted in the
+        order their appends completed; then user state goes to the store, one user's events
+        in order, users concurrently. A store failure is logged and counted, never raised: the
+        events are already durable and ``rankly replay`` can rebuild the store's state.
+        """
+        catalog = self.catalog()
+        per_user: dict[str, list[Event]] = {}
+        for e in events:
+            w = self.weight(e)
+            idx = None if catalog is None else catalog.index.get(e.item_id)
+            if counters:
+                self.stats.events += 1
+                self.stats.by_type[e.type] += 1
+                self.stats.users.add(e.user_id)
+                if catalog is not None and idx is None:
+                    self.stats.unknown_items += 1
+                if w > 0:
+                    self.popularity.add(e.item_id, w, e.timestamp)
+                    if idx is not None and catalog.categories[idx] >= 0:
+                        self.trending.add(catalog.category_names[catalog.categories[idx]], w,
+                                          e.timestamp)
+            if users and (w > 0 or e.type in self.seen_types):
+                per_user.setdefault(e.user_id, []).append(e)
+        if per_user:
+            await asyncio.gather(*(self._record(evts) for evts in per_user.values()))
+
+    async def _record(self, events: Iterable[Event]) -> None:
+        for e in events:
+            try:
+                await self.store.record_interaction(e.user_id, e.item_id,
+                                                    seen=e.type in self.seen_types)
+            except (StoreUnavailable, OSError, TimeoutError) as exc:
+                self.stats.store_errors += 1
+                log.warning("could not project event %s into the store: %s", e.event_id, exc)
+
+    async def rebuild(self, event_log: EventLog, *, users: bool = True,
+                      batch: int = 1000) -> EventStats:
+        """Recompute every projection from ``event_log`` (counters reset first)."""
+        self.popularity.clear()
+        self.trending.clear()
+        self.stats = EventStats()
+        chunk: list[Event] = []
+        async for event in event_log.replay():
+            chunk.append(event)
+            if len(chunk) >= batch:
+                await self.apply(chunk, users=users)
+                chunk = []
+        if chunk:
+            await self.apply(chunk, users=users)
+        return self.stats
+
+    # --- reads for candidate generators ----------------------------------------------------
+
+    def item_scores(self, catalog: Catalog) -> np.ndarray:
+        """Live decayed popularity over ``catalog`` (float32, 0 for items without events)."""
+        return self.popularity.array(catalog.index, len(catalog))
+
+    def category_scores(self, catalog: Catalog) -> np.ndarray:
+        """Live trending score per category index of ``catalog`` (float32)."""
+        return self.trending.array(catalog.category_index, len(catalog.category_names))
+
+
+_LIVE: weakref.WeakKeyDictionary[Store, Projections] = weakref.WeakKeyDictionary()
+
+
+def attach(store: Store, projections: Projections) -> None:
+    """Make ``projections`` the live projections readers find through ``store``."""
+    _LIVE[store] = projections
+
+
+def projections_of(store: Store | None) -> Projections | None:
+    """The live projections attached to ``store`` (None before events start, or none)."""
+    return None if store is None else _LIVE.get(store)
