@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rankly import _fast
-from rankly.engine import events_api, experiments_api, metrics, pipeline
+from rankly.engine import dashboard, events_api, experiments_api, metrics, pipeline, quality
 from rankly.engine.config import Settings
 from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
@@ -120,7 +120,8 @@ async def openapi(request: Request) -> Response:
 
 
 async def prometheus(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    quality.refresh(_runtime(request))  # old buckets expire even when traffic stops
+    return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 async def request_error(request: Request, exc: Exception) -> Response:
@@ -148,6 +149,7 @@ ROUTES = [
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", prometheus, methods=["GET"]),
     *experiments_api.ROUTES,
+    *dashboard.ROUTES,
     *events_api.ROUTES,
 ]
 

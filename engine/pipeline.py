@@ -19,7 +19,7 @@ import anyio
 import numpy as np
 
 from rankly import _fast
-from rankly.engine import metrics
+from rankly.engine import metrics, quality
 from rankly.engine.experiments import Assignment, assign_user
 from rankly.engine.model import Model
 from rankly.engine.runtime import Components, Runtime
@@ -135,6 +135,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     if trace.fallback:
         metrics.FALLBACKS.labels(trace.fallback).inc()
     payload = respond(comps, req, plan, user, ranking, trace)
+    quality.observe(rt, comps.model, ranking.items, user.is_cold)
     if trace.fallback in (None, "cold_start"):
         await store_cache(rt, key, req.user_id, payload)
     return payload

@@ -1,0 +1,277 @@
+"""The live dashboard: GET /dashboard (an HTML page of charts) and the JSON it polls.
+
+The page draws with uPlot (MIT, vendored in ``engine/static``; nothing is fetched from a CDN).
+``/dashboard/data`` reads the same registry as ``/metrics`` (every worker's values in
+multiprocess mode), keeps a short history of samples in the answering process, and computes
+rates, latency percentiles and hit rates from the differences between samples, server-side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from rankly.engine import metrics, quality
+
+#: Percentiles and rates are computed over roughly this many seconds of samples.
+RATE_WINDOW_SECONDS = 30.0
+#: Samples closer together than this are not stored (polls from several open pages).
+MIN_SAMPLE_GAP_SECONDS = 1.0
+HISTORY_SAMPLES = 600  # at a 2 s poll, 20 minutes
+Z_95 = 1.959963984540054
+ASSETS = {
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "uPlot.LICENSE": "text/plain; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+EXTRAS_KEY = "dashboard"
+_ROUTE = "/recommendations"  # end-to-end latency is shown for the main route
+_OWN_ROUTES = ("/metrics", "/dashboard")
+
+
+@dataclass
+class Sample:
+    """Cumulative values read from the registry at time ``t`` (label values -> numbers)."""
+
+    t: float
+    requests: dict[str, float] = field(default_factory=dict)  # status -> count
+    latency: dict[str, dict[float, float]] = field(default_factory=dict)  # stage -> le -> count
+    cache: dict[str, dict[str, float]] = field(default_factory=dict)  # tier -> result -> count
+    fallbacks: float = 0.0
+    exposures: dict[str, float] = field(default_factory=dict)
+    clicks: dict[str, float] = field(default_factory=dict)
+    conversions: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+
+
+def read_sample(t: float) -> Sample:
+    """Read the registry into a :class:`Sample` (stage histograms summed over components)."""
+    s = Sample(t)
+    quality_values: dict[str, list[float]] = {}
+    for family in metrics.registry().collect():
+        for name, labels, value in ((x.name, x.labels, x.value) for x in family.samples):
+            if name == "rankly_http_requests_total":
+                if not labels["route"].startswith(_OWN_ROUTES):  # not the scrapes and polls
+                    _bump(s.requests, labels["status"], value)
+            elif name == "rankly_http_request_duration_seconds_bucket":
+                if labels.get("route") == _ROUTE:
+                    _bump(s.latency.setdefault("request", {}), float(labels["le"]), value)
+            elif name == "rankly_stage_duration_seconds_bucket":
+                _bump(s.latency.setdefault(labels["stage"], {}), float(labels["le"]), value)
+            elif name == "rankly_cache_lookups_total":
+                _bump(s.cache.setdefault(labels["tier"], {}), labels["result"], value)
+            elif name == "rankly_fallbacks_total":
+                s.fallbacks += value
+            elif name == "rankly_exposures_total":
+                _bump(s.exposures, labels["variant"], value)
+            elif name == "rankly_clicks_total":
+                _bump(s.clicks, labels["variant"], value)
+            elif name == "rankly_conversions_total":
+                _bump(s.conversions, labels["variant"], value)
+            elif name.startswith("rankly_quality_"):
+                quality_values.setdefault(name, []).append(value)
+    for name, values in quality_values.items():
+        # one value per worker in multiprocess mode: coverage of the union is at least the
+        # best worker's; the other ratios are averaged
+        key = name.removeprefix("rankly_quality_")
+        s.quality[key] = max(values) if "coverage" in name else sum(values) / len(values)
+    return s
+
+
+def _bump(d: dict, key: Any, value: float) -> None:
+    d[key] = d.get(key, 0.0) + value
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Estimate the ``q`` quantile from cumulative bucket counts (as PromQL does).
+
+    Linear interpolation inside the bucket holding the rank; the first bucket starts at 0;
+    a rank in the +Inf bucket answers the largest finite bound. ``None`` when there is no data.
+    """
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    total = buckets[bounds[-1]]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower
+            if count == below:
+                return le
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    return lower
+
+
+def wilson(successes: float, trials: float, z: float = Z_95) -> tuple[float, float, float]:
+    """Return (rate, low, high): the Wilson score interval of a proportion (95% by default)."""
+    if trials <= 0:
+        return (0.0, 0.0, 0.0)
+    p = min(max(successes / trials, 0.0), 1.0)
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return (p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _delta(new: dict, old: dict) -> dict:
+    return {k: v - old.get(k, 0.0) for k, v in new.items()}
+
+
+def _point(cur: Sample, base: Sample, prev: Sample | None) -> dict[str, Any]:
+    """Derived values at ``cur``: rates against ``prev``, windowed values against ``base``."""
+    point: dict[str, Any] = {"t": cur.t}
+    if prev is not None and cur.t > prev.t:
+        dt = cur.t - prev.t
+        reqs = _delta(cur.requests, prev.requests)
+        total = sum(reqs.values())
+        errors = sum(v for k, v in reqs.items() if k.startswith("5"))
+        point["request_rate"] = total / dt
+        point["error_rate"] = errors / total if total else None
+        fb = cur.fallbacks - prev.fallbacks
+        point["fallback_rate"] = fb / dt
+    point["latency"] = {}
+    for stage, buckets in cur.latency.items():
+        window = _delta(buckets, base.latency.get(stage, {}))
+        point["latency"][stage] = {
+            f"p{int(q * 100)}": histogram_quantile(q, window) for q in (0.5, 0.95, 0.99)
+        }
+    point["cache_hit_rate"] = {}
+    for tier, results in cur.cache.items():
+        window = _delta(results, base.cache.get(tier, {}))
+        looked = sum(window.values())
+        point["cache_hit_rate"][tier] = window.get("hit", 0.0) / looked if looked else None
+    point["ctr"] = {v: wilson(cur.clicks.get(v, 0.0), n) for v, n in cur.exposures.items()}
+    point["conversion"] = {v: wilson(cur.conversions.get(v, 0.0), n)
+                           for v, n in cur.exposures.items()}
+    point["quality"] = dict(cur.quality)
+    return point
+
+
+@dataclass
+class History:
+    """Recent samples of one process, oldest first."""
+
+    samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=HISTORY_SAMPLES))
+
+    def add(self, sample: Sample) -> None:
+        if self.samples and sample.t - self.samples[-1].t < MIN_SAMPLE_GAP_SECONDS:
+            self.samples[-1] = sample
+        else:
+            self.samples.append(sample)
+
+    def points(self) -> list[dict[str, Any]]:
+        out = []
+        samples = list(self.samples)
+        j = 0
+        for i, cur in enumerate(samples):
+            while j + 1 < i and cur.t - samples[j + 1].t >= RATE_WINDOW_SECONDS:
+                j += 1
+            base = samples[j] if i else Sample(cur.t)  # the first point: since process start
+            out.append(_point(cur, base, samples[i - 1] if i else None))
+        return out
+
+
+def _series(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Turn points into column arrays (``None`` where a series has no value yet)."""
+    def col(get) -> list:
+        return [_finite(get(p)) for p in points]
+
+    stages = sorted({s for p in points for s in p["latency"]})
+    tiers = sorted({t for p in points for t in p["cache_hit_rate"]})
+    variants = sorted({v for p in points for v in p["ctr"]})
+    quality_keys = sorted({k for p in points for k in p["quality"]})
+    return {
+        "t": [p["t"] for p in points],
+        "request_rate": col(lambda p: p.get("request_rate")),
+        "error_rate": col(lambda p: p.get("error_rate")),
+        "fallback_rate": col(lambda p: p.get("fallback_rate")),
+        "latency": {s: {q: col(lambda p, s=s, q=q: p["latency"].get(s, {}).get(q))
+                        for q in ("p50", "p95", "p99")} for s in stages},
+        "cache_hit_rate": {t: col(lambda p, t=t: p["cache_hit_rate"].get(t)) for t in tiers},
+        "ctr": {v: _interval(points, "ctr", v) for v in variants},
+        "conversion": {v: _interval(points, "conversion", v) for v in variants},
+        "quality": {k: col(lambda p, k=k: p["quality"].get(k)) for k in quality_keys},
+    }
+
+
+def _interval(points: list[dict[str, Any]], key: str, variant: str) -> dict[str, list]:
+    rows = [p[key].get(variant) for p in points]
+    return {name: [None if r is None else r[i] for r in rows]
+            for i, name in enumerate(("rate", "low", "high"))}
+
+
+def _finite(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def data(request: Request) -> Response:
+    """GET /dashboard/data: the charts' series, percentiles in seconds, rates in 1/s."""
+    rt = request.state.runtime
+    win = quality.refresh(rt)
+    history: History = rt.extras.setdefault(EXTRAS_KEY, History())
+    history.add(read_sample(time.time()))
+    points = history.points()
+    latest = history.samples[-1]
+    body = {
+        "now": latest.t,
+        "model_version": rt.model.version,
+        "window_seconds": win.window_seconds,
+        "rate_window_seconds": RATE_WINDOW_SECONDS,
+        "series": _series(points),
+        "quality_buckets": win.history(),
+        "variants": [
+            {"variant": v, "exposures": n, "clicks": latest.clicks.get(v, 0.0),
+             "conversions": latest.conversions.get(v, 0.0)}
+            for v, n in sorted(latest.exposures.items())
+        ],
+    }
+    payload = json.dumps(body, allow_nan=False, separators=(",", ":"))
+    return Response(payload, media_type="application/json",
+                    headers={"cache-control": "no-store"})
+
+
+def page(request: Request) -> Response:
+    """GET /dashboard: the HTML shell; charts are drawn by static/dashboard.js."""
+    return HTMLResponse(_asset("dashboard.html").decode("utf-8"),
+                        headers={"cache-control": "no-store"})
+
+
+def static(request: Request) -> Response:
+    """GET /dashboard/static/{name}: one of the vendored assets (a fixed list, no paths)."""
+    name = request.path_params["name"]
+    if name not in ASSETS:
+        return Response(b'{"error":{"field":"path","message":"not found"}}', status_code=404,
+                        media_type="application/json")
+    return Response(_asset(name), media_type=ASSETS[name],
+                    headers={"cache-control": "public, max-age=3600"})
+
+
+_cache: dict[str, bytes] = {}
+
+
+def _asset(name: str) -> bytes:
+    if name not in _cache:
+        _cache[name] = (resources.files("rankly.engine") / "static" / name).read_bytes()
+    return _cache[name]
+
+
+ROUTES = [
+    Route("/dashboard", page, methods=["GET"]),
+    Route("/dashboard/data", data, methods=["GET"]),
+    Route("/dashboard/static/{name}", static, methods=["GET"]),
+]
