@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rankly.engine.config import ConfigError, Settings, load_settings
@@ -21,17 +24,38 @@ def _serve(settings: Settings, env: dict[str, str]) -> None:
     import uvicorn
 
     os.environ.update(env)  # worker processes rebuild Settings from the same variables
-    uvicorn.run(
-        "rankly.engine.asgi:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        http="auto",
-        loop="auto",
-    )
+    with _shared_metrics(settings.workers):
+        uvicorn.run(
+            "rankly.engine.asgi:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            access_log=settings.access_log,
+            log_level=settings.log_level,
+            http="auto",
+            loop="auto",
+        )
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, give prometheus-client a fresh multiprocess directory.
+
+    Workers inherit ``PROMETHEUS_MULTIPROC_DIR`` and write their values there, so /metrics
+    counts the whole server; the directory is deleted when the server stops, so a restart
+    never adds up stale counts. A directory set by the operator is used and kept as is.
+    """
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="rankly-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _settings_env(args: argparse.Namespace) -> dict[str, str]:
@@ -122,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import datasets, evaluation, training
+    from rankly.engine import datasets, evaluation, events_cli, training
     from rankly.engine.experiments import cli as experiments_cli
 
     for name, help_text, add, run in (
@@ -133,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("recommend", "batch recommendations as JSON lines", evaluation.add_recommend_arguments,
          evaluation.run_recommend),
         ("datasets", "download or inspect datasets", datasets.add_arguments, datasets.run),
+        ("replay", "recompute the event projections from the event log",
+         events_cli.add_replay_arguments, events_cli.run_replay),
+        ("export-events", "write the event log as events CSV (input of rankly train)",
+         events_cli.add_export_arguments, events_cli.run_export),
     ):
         p = sub.add_parser(name, help=help_text)
         add(p)
