@@ -246,6 +246,7 @@ class FileEventLog(EventLog):
                     fut.set_result(None)
                 else:
                     fut.set_exception(StoreUnavailable(f"event log: {error.strerror or error}"))
+            self._prune(now)
 
     def _write_durably(self, data: bytes) -> None:
         """Append ``data`` and fsync (runs in a thread); on failure the file is cut back."""

@@ -1,0 +1,132 @@
+"""``rankly replay`` (recompute projections from the event log) and ``rankly export-events``
+(the log as the events CSV that ``rankly train --format events-csv`` reads)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import IO
+
+from rankly.engine.config import Settings, load_settings
+from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS, EVENT_COLUMNS
+from rankly.engine.event_log import EventLog, open_event_log
+from rankly.engine.events import Event
+from rankly.engine.model import Catalog, load_model
+from rankly.engine.projections import Projections
+from rankly.engine.store import open_store
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="settings file (store_url, data_dir)")
+    parser.add_argument("--artifacts", default=None,
+                        help="model artifacts (item categories); default: settings.artifacts")
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly replay``."""
+    _common(parser)
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly export-events``."""
+    _common(parser)
+    parser.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
+    parser.add_argument("--include-impressions", action="store_true",
+                        help="also export impression events (not training signal)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if args.artifacts:
+        settings = settings.replace(artifacts=Path(args.artifacts))
+    return settings
+
+
+def _catalog(settings: Settings) -> Catalog | None:
+    return None if settings.artifacts is None else load_model(settings.artifacts).catalog
+
+
+async def replay(settings: Settings) -> dict:
+    """Rebuild the projections of ``settings``' store from its event log; return the counts."""
+    store = open_store(settings)
+    event_log = open_event_log(settings, store)
+    try:
+        await event_log.open()
+        catalog = _catalog(settings)
+        proj = Projections(settings, store, lambda: catalog)
+        stats = await proj.rebuild(event_log)
+        top = sorted(proj.popularity.snapshot(proj.popularity.latest).items(),
+                     key=lambda kv: -kv[1])[:5]
+        return {**stats.as_dict(), "store": store.kind, "log": event_log.kind,
+                "top_items": [[k, round(v, 3)] for k, v in top]}
+    finally:
+        await event_log.close()
+        await store.close()
+
+
+def export_row(event: Event, catalog: Catalog | None) -> list[str]:
+    """One CSV row in :data:`EVENT_COLUMNS` order (value only for ratings)."""
+    category = ""
+    if catalog is not None:
+        idx = catalog.index.get(event.item_id)
+        if idx is not None and catalog.categories[idx] >= 0:
+            category = catalog.category_names[catalog.categories[idx]]
+    value = "" if event.type != "rating" or event.value is None else f"{event.value:g}"
+    return [event.user_id, event.item_id, category, event.type, value,
+            str(int(event.timestamp))]
+
+
+async def export(settings: Settings, out: IO[str], include_impressions: bool = False) -> dict:
+    """Write the log as events CSV (header + one row per event, log order); return counts."""
+    store = open_store(settings)
+    event_log: EventLog = open_event_log(settings, store)
+    counts: dict[str, int] = {}
+    try:
+        await event_log.open()
+        catalog = _catalog(settings)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(EVENT_COLUMNS)
+        async for event in event_log.replay():
+            if event.type == "impression" and not include_impressions:
+                continue
+            writer.writerow(export_row(event, catalog))
+            counts[event.type] = counts.get(event.type, 0) + 1
+    finally:
+        await event_log.close()
+        await store.close()
+    return counts
+
+
+def run_replay(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    stats = asyncio.run(replay(_settings(args)))
+    if args.json:
+        print(json.dumps(stats), file=out)
+        return 0
+    print(f"replayed {stats['events']} events from the {stats['log']} log into the "
+          f"{stats['store']} store: {stats['users']} users, {stats['unknown_items']} events "
+          f"on unknown items, {stats['store_errors']} store errors", file=out)
+    for kind, n in stats["by_type"].items():
+        print(f"  {kind:<14} {n}", file=out)
+    return 0
+
+
+def run_export(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    settings = _settings(args)
+    if args.out == "-":
+        counts = asyncio.run(export(settings, out, args.include_impressions))
+    else:
+        with open(args.out, "w", encoding="utf-8", newline="") as fh:
+            counts = asyncio.run(export(settings, fh, args.include_impressions))
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"exported {total} events ({detail or 'none'}) to {args.out}", file=sys.stderr)
+    custom = sorted(set(counts) - set(DEFAULT_EVENT_WEIGHTS) - {"rating", "impression"})
+    if custom:
+        weights = ",".join(f"{k}={settings.event_types.get(k, 1.0):g}" for k in custom)
+        print(f"custom event types: train with --event-weights {weights}", file=sys.stderr)
+    return 0
