@@ -143,7 +143,7 @@ def _point(cur: Sample, base: Sample, prev: Sample | None) -> dict[str, Any]:
         point["request_rate"] = total / dt
         point["error_rate"] = errors / total if total else None
         fb = cur.fallbacks - prev.fallbacks
-        point["fallback_rate"] = fb / dt
+        point["fallback_rate"] = fb / total if total else None
     point["latency"] = {}
     for stage, buckets in cur.latency.items():
         window = _delta(buckets, base.latency.get(stage, {}))
@@ -220,7 +220,8 @@ def _finite(x: Any) -> Any:
 
 
 def data(request: Request) -> Response:
-    """GET /dashboard/data: the charts' series, percentiles in seconds, rates in 1/s."""
+    """GET /dashboard/data: the charts' series (latency in seconds, request rate in 1/s,
+    error and fallback rates as shares of requests, CTR as (rate, low, high))."""
     rt = request.state.runtime
     win = quality.refresh(rt)
     history: History = rt.extras.setdefault(EXTRAS_KEY, History())

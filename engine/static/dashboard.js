@@ -33,7 +33,6 @@
         stroke: l.color || COLORS[i % COLORS.length],
         width: l.hidden ? 0 : 2,
         dash: l.dash,
-        points: { show: false },
         spanGaps: true,
         value: (u, v) => (opts.fmt || num)(v),
       })));
@@ -96,9 +95,10 @@
     const el = id => document.getElementById(id);
     draw("traffic", el("chart-traffic"), t, [{ label: "requests/s", values: s.request_rate }]);
     draw("errors", el("chart-errors"), t, [
-      { label: "5xx share", values: s.error_rate, color: COLORS[1] },
-      { label: "fallbacks/s", values: s.fallback_rate, color: COLORS[3] },
-    ]);
+      { label: "5xx", values: s.error_rate, color: COLORS[1] },
+      { label: "fallbacks", values: s.fallback_rate, color: COLORS[3] },
+    ], { fmt: pct, axis: v => (v * 100).toFixed(1) + "%",
+         range: (u, lo, hi) => [0, Math.max(hi || 0, 0.02)] });
     draw("cache", el("chart-cache"), t, Object.keys(s.cache_hit_rate).map((tier, i) => ({
       label: tier, values: s.cache_hit_rate[tier], color: COLORS[i % COLORS.length],
     })), { fmt: pct, axis: v => Math.round(v * 100) + "%", range: [0, 1] });

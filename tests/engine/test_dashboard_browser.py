@@ -1,0 +1,136 @@
+"""/dashboard in a real headless Chromium: charts render real data, no JavaScript error.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and selenium from PyPI (the ``test`` extra);
+skipped with the reason otherwise. The screenshot goes to ``$RANKLY_ARTIFACTS_DIR`` (CI uploads
+it) or ``tests-artifacts/`` in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.engine.test_multiworker_metrics import free_port, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed "
+                                "(pip install -e '.[test]')")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if CHROMIUM is None or CHROMEDRIVER is None:
+    pytest.skip("Chromium or ChromeDriver not found (Debian: apt-get install chromium "
+                "chromium-driver)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+# window.onerror and unhandled rejections, recorded before any page script runs
+CATCH_ERRORS = """
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e)));
+window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason)));
+"""
+
+
+def artifacts_dir() -> Path:
+    path = Path(os.environ.get("RANKLY_ARTIFACTS_DIR") or REPO / "tests-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def server(artifacts: Path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RANKLY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts", str(artifacts),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="rankly-chromium-")
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1300",
+                 f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    try:
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CATCH_ERRORS})
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def drive_traffic(url: str, rounds: int) -> None:
+    with httpx.Client(base_url=url, timeout=10.0) as c:
+        for i in range(rounds):
+            for user in (str(i % 50 + 1), str(i % 7 + 1), f"new-visitor-{i}"):  # some repeat
+                assert c.get("/recommendations", params={"user_id": user, "n": 8}).is_success
+            c.get(f"/items/{i % 40 + 1}/similar", params={"n": 5})
+
+
+def wait_for(driver, script: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_dashboard_renders_live_charts_without_errors(server, browser):
+    drive_traffic(server, 40)
+    browser.get(server + "/dashboard")
+    wait_for(browser, "return window.rankly && window.rankly.polls >= 1")
+    drive_traffic(server, 40)  # a second poll sees new traffic: rates and windows move
+    wait_for(browser, "return window.rankly.points >= 3 && window.rankly.last.series"
+                      ".request_rate.some(v => v > 0)")
+    for chart in ("traffic", "errors", "cache", "quality"):
+        assert browser.execute_script(
+            f"return document.querySelectorAll('#chart-{chart} canvas').length") == 1, chart
+    stages = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#latency .chart canvas'))"
+        ".map(c => c.closest('.chart').id)")
+    assert {"lat-request", "lat-cache", "lat-score", "lat-rerank"} <= set(stages)
+    last = browser.execute_script("return window.rankly.last")
+    assert last["model_version"] == browser.find_element("id", "model-version").text
+    assert max(v for v in last["series"]["quality"]["catalog_coverage"] if v is not None) > 0
+    assert any(v is not None for v in last["series"]["latency"]["request"]["p95"])
+    # canvases really have pixels drawn (not just created)
+    inked = browser.execute_script("""
+        const c = document.querySelector('#chart-traffic canvas');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+        return n;""")
+    assert inked > 500
+    browser.save_screenshot(str(artifacts_dir() / "dashboard.png"))
+    assert browser.execute_script("return window.__errors") == []
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+    assert browser.execute_script("return window.rankly.errors") == 0
