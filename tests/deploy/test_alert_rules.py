@@ -36,7 +36,8 @@ def test_alerts_fire_in_promtool_unit_tests():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_rules_only_use_metrics_that_rankly_exports():
+def _exported() -> set[str]:
+    """Sample names rankly's metric objects can expose."""
     exported = set()
     for obj in vars(metrics).values():
         name = getattr(obj, "_name", None)
@@ -44,9 +45,13 @@ def test_rules_only_use_metrics_that_rankly_exports():
         if name:
             exported.add(name + ("_total" if kind == "counter" else ""))
             exported.update({f"{name}_bucket", f"{name}_count", f"{name}_sum"})
+    return exported
+
+
+def test_rules_only_use_metrics_that_rankly_exports():
     text = (RULES / "rankly-alerts.yml").read_text()
     used = set(re.findall(r"\brankly_[a-z_]+", text))
-    assert used and used <= exported, used - exported
+    assert used and used <= _exported(), used - _exported()
 
 
 def test_every_alert_the_issue_asks_for_is_defined():
@@ -55,3 +60,18 @@ def test_every_alert_the_issue_asks_for_is_defined():
                   "RanklyCoverageLow", "RanklyDiversityLow", "RanklyErrorRateHigh",
                   "RanklyFallbackRateHigh", "RanklyExperimentSRM"):
         assert f"alert: {alert}\n" in text, alert
+
+
+def test_grafana_dashboard_queries_only_exported_metrics():
+    import json
+
+    path = RULES.parent / "grafana" / "rankly-dashboard.json"
+    dash = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = set(re.findall(r"\brankly_[a-z_]+", " ".join(exprs)))
+    exported = _exported()
+    assert used <= exported, used - exported
+    for wanted in ("rankly_stage_duration_seconds_bucket", "rankly_cache_lookups_total",
+                   "rankly_clicks_total", "rankly_quality_catalog_coverage",
+                   "rankly_quality_intra_list_diversity", "rankly_model_info"):
+        assert wanted in used, wanted

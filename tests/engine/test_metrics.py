@@ -144,3 +144,45 @@ def test_series_do_not_grow_with_distinct_users(app_client):
     large = _series(app_client.get("/metrics").text)
     assert large == small
     assert not any("visitor-" in s or "user_id" in s for s in large)
+
+
+def test_histogram_quantile_interpolates_like_promql():
+    from rankly.engine.dashboard import histogram_quantile
+
+    buckets = {0.001: 50.0, 0.002: 90.0, 0.004: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.001)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.0015)
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.003)
+    assert histogram_quantile(0.5, {0.001: 0.0, float("inf"): 4.0}) == 0.001  # in +Inf
+    assert histogram_quantile(0.5, {0.001: 0.0, float("inf"): 0.0}) is None
+
+
+def test_wilson_interval_matches_the_closed_form():
+    from rankly.engine.dashboard import wilson
+
+    rate, low, high = wilson(50, 1000)
+    assert rate == 0.05
+    assert (low, high) == (pytest.approx(0.03813, abs=1e-5), pytest.approx(0.06531, abs=1e-5))
+    assert wilson(0, 0) == (0.0, 0.0, 0.0)
+    assert wilson(0, 10)[1] == 0.0 and wilson(10, 10)[2] == pytest.approx(1.0)
+
+
+def test_dashboard_data_reports_percentiles_hit_rates_and_ctr(app_client):
+    for user in ("1", "2", "1", "nobody"):
+        app_client.get(f"/recommendations?user_id={user}&n=5")
+    metrics.EXPOSURES.labels("dash-a").inc(200)
+    metrics.CLICKS.labels("dash-a").inc(20)
+    d = app_client.get("/dashboard/data").json()
+    s = d["series"]
+    assert d["model_version"] == app_client.get("/ready").json()["model_version"]
+    p = s["latency"]["request"]
+    assert 0 < p["p50"][-1] <= p["p95"][-1] <= p["p99"][-1] <= 1.0
+    assert {"cache", "features", "score"} <= set(s["latency"])
+    assert 0 < s["cache_hit_rate"]["l1"][-1] < 1
+    rate, low, high = (s["ctr"]["dash-a"][k][-1] for k in ("rate", "low", "high"))
+    assert rate == pytest.approx(0.1) and low < rate < high
+    assert s["quality"]["window_slates"][-1] == 3  # one answer came from the cache
+    assert app_client.get("/dashboard").headers["content-type"].startswith("text/html")
+    js = app_client.get("/dashboard/static/uPlot.iife.min.js")
+    assert js.status_code == 200 and "uPlot" in js.text
+    assert app_client.get("/dashboard/static/..%2Fapp.py").status_code == 404
