@@ -67,12 +67,69 @@ cdef inline Py_ssize_t capacity(Py_ssize_t k, Py_ssize_t n) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline void insertion_sort(Cand* buf, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef Cand item
+    for i in range(1, n):
+        item = buf[i]
+        j = i
+        while j > 0 and better(item, buf[j - 1]):
+            buf[j] = buf[j - 1]
+            j -= 1
+        buf[j] = item
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void sort_cands(Cand* buf, Py_ssize_t n) noexcept nogil:
+    """Sort buf[:n] into ranking order: quicksort on small pieces, qsort past a depth limit."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid, depth = 0
+    cdef Cand p, t
+    while hi - lo >= 16:
+        depth += 1
+        if depth > 64:
+            qsort(buf + lo, hi - lo + 1, sizeof(Cand), cand_cmp)
+            return
+        mid = lo + (hi - lo) // 2
+        if better(buf[mid], buf[lo]):
+            t = buf[mid]; buf[mid] = buf[lo]; buf[lo] = t
+        if better(buf[hi], buf[lo]):
+            t = buf[hi]; buf[hi] = buf[lo]; buf[lo] = t
+        if better(buf[hi], buf[mid]):
+            t = buf[hi]; buf[hi] = buf[mid]; buf[mid] = t
+        p = buf[mid]
+        i = lo
+        j = hi
+        while i <= j:
+            while better(buf[i], p):
+                i += 1
+            while better(p, buf[j]):
+                j -= 1
+            if i <= j:
+                t = buf[i]; buf[i] = buf[j]; buf[j] = t
+                i += 1
+                j -= 1
+        # Recurse into the smaller side, loop on the larger one.
+        if j - lo < hi - i:
+            sort_cands(buf + lo, j - lo + 1)
+            lo = i
+        else:
+            sort_cands(buf + i, hi - i + 1)
+            hi = j
+    insertion_sort(buf + lo, hi - lo + 1)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline void select_nth(Cand* buf, Py_ssize_t n, Py_ssize_t r) noexcept nogil:
     """Reorder buf[:n] so buf[r] has rank r and buf[:r] holds the r better candidates."""
     cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid, rounds = 0
     cdef Cand p, t
     while hi > lo:
-        if hi - lo < 16 or rounds > 64:   # small range, or a pathological pivot sequence
+        if hi - lo < 16:
+            insertion_sort(buf + lo, hi - lo + 1)
+            return
+        if rounds > 64:   # a pathological pivot sequence
             qsort(buf + lo, hi - lo + 1, sizeof(Cand), cand_cmp)
             return
         rounds += 1
@@ -104,14 +161,15 @@ cdef inline void select_nth(Cand* buf, Py_ssize_t n, Py_ssize_t r) noexcept nogi
 
 
 cdef inline void sel_init(Selector* sel, Cand* buf, Py_ssize_t cap, Py_ssize_t k,
-                          const int64_t* ex, Py_ssize_t nex) noexcept nogil:
+                          const int64_t* ex, Py_ssize_t nex, Py_ssize_t n) noexcept nogil:
+    """Start a top-k over n items; a heap only pays when k is small next to n."""
     sel.buf = buf
     sel.cap = cap
     sel.n = 0
     sel.k = k
     sel.thr = 0
     sel.primed = False
-    sel.heap = True
+    sel.heap = k * 16 <= n or cap <= k
     sel.replaced = 0
     sel.ex = ex
     sel.nex = nex
@@ -221,6 +279,6 @@ cdef inline Py_ssize_t sel_finish(Selector* sel) noexcept nogil:
     cdef Py_ssize_t r = sel.k if sel.k < sel.n else sel.n
     if not sel.heap and sel.n > sel.k:
         select_nth(sel.buf, sel.n, sel.k - 1)
-    qsort(sel.buf, r, sizeof(Cand), cand_cmp)
+    sort_cands(sel.buf, r)
     sel.n = r
     return r

@@ -39,7 +39,7 @@ cdef Py_ssize_t _top(const float* s, Py_ssize_t n, Py_ssize_t m, const int64_t* 
     cdef Cand* buf = <Cand*>malloc(cap * sizeof(Cand))
     if buf == NULL:
         return -1
-    sel_init(&sel, buf, cap, m, ex, nex)
+    sel_init(&sel, buf, cap, m, ex, nex, n)
     sel_feed(&sel, s, 0, n)
     r = sel_finish(&sel)
     for j in range(r):
@@ -205,7 +205,7 @@ cdef object _by_category(const float* s, const int32_t* cats, Py_ssize_t n, Py_s
         if heaps == NULL or counts == NULL or lbuf == NULL:
             raise MemoryError()
         with nogil:
-            sel_init(&loose, lbuf, lcap, k, ex, nex)
+            sel_init(&loose, lbuf, lcap, k, ex, nex, n)
             _category_pass(s, cats, n, ecap, heaps, counts, &loose, ex, nex)
             r = sel_finish(&loose)
         total = r
@@ -225,7 +225,7 @@ cdef object _by_category(const float* s, const int32_t* cats, Py_ssize_t n, Py_s
             if got > k:
                 select_nth(pool, got, k - 1)
                 got = k
-            qsort(pool, got, sizeof(Cand), cand_cmp)
+            sort_cands(pool, got)
         kept = got
         extra = 0
         if fill and kept < k:
@@ -237,7 +237,7 @@ cdef object _by_category(const float* s, const int32_t* cats, Py_ssize_t n, Py_s
             with nogil:
                 for j in range(kept):
                     taken[pool[j].i] = 1
-                sel_init(&rest, fills, capacity(k - kept, n), k - kept, ex, nex)
+                sel_init(&rest, fills, capacity(k - kept, n), k - kept, ex, nex, n)
                 for j in range(n):
                     if not taken[j] and s[j] == s[j] and (not rest.primed or s[j] > rest.thr):
                         sel_push(&rest, s[j], j)

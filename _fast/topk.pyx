@@ -20,6 +20,7 @@ include "_select.pxi"
 cdef enum:
     SCORE_BLOCK = 256           # items scored into a stack buffer before selection
     PARALLEL_MIN_WORK = 1 << 18  # floats per batch call below which one thread is used
+    GEMM_MIN_USERS = 8          # score_topk_batch uses BLAS blocks from this many users
 
 
 def _empty():
@@ -93,7 +94,7 @@ cdef int _row_topk(const float* s, const float* items, Py_ssize_t n, Py_ssize_t 
     cdef Cand* buf = <Cand*>malloc(cap * sizeof(Cand))
     if buf == NULL:
         return 1
-    sel_init(&sel, buf, cap, k, ex, nex)
+    sel_init(&sel, buf, cap, k, ex, nex, n)
     if items == NULL:
         sel_feed(&sel, s, 0, n)
     else:
@@ -115,7 +116,7 @@ def _single(const float[::1] s, const float[:, ::1] items, Py_ssize_t n, Py_ssiz
         raise MemoryError()
     try:
         with nogil:
-            sel_init(&sel, buf, cap, kk, &ex[0], ex.shape[0] - 1)
+            sel_init(&sel, buf, cap, kk, &ex[0], ex.shape[0] - 1, n)
             if items_ptr == NULL:
                 sel_feed(&sel, &s[0], 0, n)
             else:
@@ -225,8 +226,60 @@ def topk_batch(scores_2d, k, exclude=None, *, threads=None):
     return _batch(s, None, n, 0, k, offsets, _padded_exclude(ex), nthreads)
 
 
+def _batch_gemm(const float[:, ::1] users, items, Py_ssize_t k,
+                const int64_t[::1] offsets, const int64_t[::1] ex, int nthreads):
+    """score_topk_batch for many users: BLAS scores a block of items for all users at a time
+    (users @ block.T, a few MB), and each user's selector consumes its row of the block, so no
+    [B, N] score matrix is ever allocated."""
+    cdef Py_ssize_t b = users.shape[0], n = items.shape[0], r, start, m
+    cdef Py_ssize_t kk = k if k < n else n, cap = capacity(kk, n)
+    cdef Py_ssize_t block = max(256, min(n, (1 << 20) // b))
+    cdef Selector* sels = <Selector*>malloc(b * sizeof(Selector))
+    cdef Cand* bufs = <Cand*>malloc(b * cap * sizeof(Cand))
+    cdef const int64_t* off = &offsets[0]
+    cdef const int64_t* ex_ptr = &ex[0]
+    cdef const float* sp
+    cdef float[:, ::1] sview
+    indices = np.full((b, k), -1, dtype=np.int64)
+    values = np.full((b, k), -np.inf, dtype=np.float32)
+    cdef int64_t[:, ::1] out_i = indices
+    cdef float[:, ::1] out_v = values
+    cdef int64_t* oi = &out_i[0, 0]
+    cdef float* ov = &out_v[0, 0]
+    users_array = np.asarray(users)
+    scores = np.empty((b, block), dtype=np.float32)
+    try:
+        if sels == NULL or bufs == NULL:
+            raise MemoryError()
+        for r in range(b):
+            sel_init(&sels[r], bufs + r * cap, cap, kk, ex_ptr + off[r], off[r + 1] - off[r], n)
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            if m != block:
+                scores = np.empty((b, m), dtype=np.float32)
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.matmul(users_array, items[start:start + m].T, out=scores)
+            sview = scores
+            sp = &sview[0, 0]
+            with nogil:
+                for r in prange(b, num_threads=nthreads, schedule="static"):
+                    sel_feed(&sels[r], sp + r * m, start, m)
+        with nogil:
+            for r in prange(b, num_threads=nthreads, schedule="static"):
+                _write_row(&sels[r], sel_finish(&sels[r]), oi + r * k, ov + r * k)
+        return indices, values
+    finally:
+        free(sels)
+        free(bufs)
+
+
 def score_topk_batch(item_factors, user_matrix, k, exclude=None, *, threads=None):
-    """Apply `score_topk` to each user row, padded like `topk_batch`."""
+    """Apply `score_topk` to each user row, padded like `topk_batch`.
+
+    From 8 users up, scores come from BLAS (users @ items.T) one block of items at a time, so
+    values match `reference.score_topk_batch` closely; `threads` then limits the selection
+    threads, while BLAS keeps its own thread setting. Fewer users use the fused kernel.
+    """
     items, users = _inputs.as_factors(item_factors, user_matrix, 2)
     k = _inputs.check_k(k)
     threads = _inputs.check_threads(threads)
@@ -238,6 +291,8 @@ def score_topk_batch(item_factors, user_matrix, k, exclude=None, *, threads=None
     if d == 0:
         return topk_batch(np.zeros((b, n), dtype=np.float32), k, exclude, threads=threads)
     nthreads = _thread_count(threads, b, <double>b * n * d)
+    if b >= GEMM_MIN_USERS:
+        return _batch_gemm(users, items, k, offsets, _padded_exclude(ex), nthreads)
     return _batch(users, items, n, d, k, offsets, _padded_exclude(ex), nthreads)
 
 

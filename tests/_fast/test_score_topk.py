@@ -87,7 +87,7 @@ def test_score_topk_matches_reference_within_tolerance(data):
 @KERNELS
 @given(st.data())
 def test_score_topk_batch_matches_reference_exactly_on_exact_sums(data):
-    items, users, k, n = data.draw(factor_problem(EXACT, max_users=4))
+    items, users, k, n = data.draw(factor_problem(EXACT, max_users=12))
     exclude = data.draw(st.one_of(st.none(), st.tuples(*[exclusions(n)] * users.shape[0])))
     threads = data.draw(st.sampled_from([None, 1, 2]))
     got = _fast.score_topk_batch(items, users, k, exclude, threads=threads)
@@ -101,6 +101,16 @@ def test_score_topk_large_random_matches_reference():
     exclude = rng.integers(0, 20_000, 100)
     got = _fast.score_topk(items, user, 100, exclude)
     assert_close(got, reference.score_topk(items, user, 100, exclude), items, user[None, :])
+
+
+def test_score_topk_batch_blas_blocks_match_reference():
+    """Many users: scores come from BLAS a block of items at a time."""
+    rng = np.random.default_rng(11)
+    items = rng.standard_normal((5_000, 48)).astype(np.float32)
+    users = rng.standard_normal((40, 48)).astype(np.float32)
+    exclude = [rng.integers(0, 5_000, 30) for _ in range(40)]
+    got = _fast.score_topk_batch(items, users, 50, exclude, threads=2)
+    assert_close(got, reference.score_topk_batch(items, users, 50, exclude), items, users)
 
 
 def test_score_topk_batch_pads_like_topk_batch():
