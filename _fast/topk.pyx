@@ -227,13 +227,13 @@ def topk_batch(scores_2d, k, exclude=None, *, threads=None):
 
 
 def _batch_gemm(const float[:, ::1] users, items, Py_ssize_t k,
-                const int64_t[::1] offsets, const int64_t[::1] ex, int nthreads):
+                const int64_t[::1] offsets, const int64_t[::1] ex):
     """score_topk_batch for many users: BLAS scores a block of items for all users at a time
     (users @ block.T, a few MB), and each user's selector consumes its row of the block, so no
     [B, N] score matrix is ever allocated."""
     cdef Py_ssize_t b = users.shape[0], n = items.shape[0], r, start, m
     cdef Py_ssize_t kk = k if k < n else n, cap = capacity(kk, n)
-    cdef Py_ssize_t block = max(256, min(n, (1 << 20) // b))
+    cdef Py_ssize_t block = max(1024, min(n, (1 << 22) // b))
     cdef Selector* sels = <Selector*>malloc(b * sizeof(Selector))
     cdef Cand* bufs = <Cand*>malloc(b * cap * sizeof(Cand))
     cdef const int64_t* off = &offsets[0]
@@ -261,11 +261,13 @@ def _batch_gemm(const float[:, ::1] users, items, Py_ssize_t k,
                 np.matmul(users_array, items[start:start + m].T, out=scores)
             sview = scores
             sp = &sview[0, 0]
+            # The selection runs on this thread: OpenMP threads spinning between blocks would
+            # compete with BLAS's own threads for the same cores.
             with nogil:
-                for r in prange(b, num_threads=nthreads, schedule="static"):
+                for r in range(b):
                     sel_feed(&sels[r], sp + r * m, start, m)
         with nogil:
-            for r in prange(b, num_threads=nthreads, schedule="static"):
+            for r in range(b):
                 _write_row(&sels[r], sel_finish(&sels[r]), oi + r * k, ov + r * k)
         return indices, values
     finally:
@@ -276,9 +278,10 @@ def _batch_gemm(const float[:, ::1] users, items, Py_ssize_t k,
 def score_topk_batch(item_factors, user_matrix, k, exclude=None, *, threads=None):
     """Apply `score_topk` to each user row, padded like `topk_batch`.
 
-    From 8 users up, scores come from BLAS (users @ items.T) one block of items at a time, so
-    values match `reference.score_topk_batch` closely; `threads` then limits the selection
-    threads, while BLAS keeps its own thread setting. Fewer users use the fused kernel.
+    From 8 users up, scores come from BLAS (users @ items.T) one block of items at a time (so
+    values match `reference.score_topk_batch` closely): BLAS parallelizes with its own thread
+    setting and the cheap selection runs on the calling thread, so `threads` has no effect.
+    Fewer users use the fused kernel, one OpenMP thread per user up to `threads`.
     """
     items, users = _inputs.as_factors(item_factors, user_matrix, 2)
     k = _inputs.check_k(k)
@@ -292,7 +295,7 @@ def score_topk_batch(item_factors, user_matrix, k, exclude=None, *, threads=None
         return topk_batch(np.zeros((b, n), dtype=np.float32), k, exclude, threads=threads)
     nthreads = _thread_count(threads, b, <double>b * n * d)
     if b >= GEMM_MIN_USERS:
-        return _batch_gemm(users, items, k, offsets, _padded_exclude(ex), nthreads)
+        return _batch_gemm(users, items, k, offsets, _padded_exclude(ex))
     return _batch(users, items, n, d, k, offsets, _padded_exclude(ex), nthreads)
 
 
