@@ -22,12 +22,24 @@ def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def app_client(artifacts):
-    """A fresh app (its own quality window) whose deadlines a slow CI machine never hits."""
+def _app(artifacts):
+    """An app whose deadlines a slow CI machine never hits."""
     settings = load_settings(environ={}, artifacts=artifacts)
     settings = settings.replace(deadlines=Deadlines(request_ms=30_000, stage_ms=30_000))
-    with TestClient(create_app(settings)) as c:
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def app_client(artifacts):
+    """A fresh app: its own quality window and caches."""
+    with _app(artifacts) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(artifacts):
+    """One app for the tests that only look at counter deltas (starting apps is slow)."""
+    with _app(artifacts) as c:
         yield c
 
 
