@@ -9,6 +9,8 @@ metrics for warm and cold users separately.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import math
 import sys
@@ -19,13 +21,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly import _fast
-from rankly.engine import datasets
-from rankly.engine.config import Settings, load_settings
+from rankly.engine import datasets, pipeline
+from rankly.engine.config import CacheSettings, PipelineSettings, Settings, load_settings
 from rankly.engine.interactions import Interactions, TrainingData, build_training_data
 from rankly.engine.model import Model, load_model
 from rankly.engine.plugins import collect, make_plugin_manager
-from rankly.engine.types import ComponentContext, ModelPart, UserFeatures
+from rankly.engine.runtime import Runtime, build_runtime
+from rankly.engine.store import MemoryStore
+from rankly.engine.training import DEFAULT_TRAINERS
+from rankly.engine.types import ModelPart, Ranking, RecommendationRequest, UserFeatures
 
 # --- splits --------------------------------------------------------------------------------
 
@@ -129,76 +133,27 @@ def cap_compliance(categories: Sequence[int], cap: int) -> bool:
     return bool(c.size == 0 or np.bincount(c).max() <= cap)
 
 
-# --- ranking through the plugin components ---------------------------------------------------
+# --- ranking through the serving pipeline ----------------------------------------------------
 
 
-@dataclass
-class Components:
-    """Built serving components for one model: generators in order, one scorer, the cap."""
+def serving_runtime(model: Model, settings: Settings, pm: Any = None) -> Runtime:
+    """Build the runtime the server would build for ``model``, without cache tiers.
 
-    generators: list[tuple[str, Any]]
-    scorer: Any
-    fallback: Any  # popularity candidates, for users the personal generators know nothing about
-    categories: np.ndarray
-    per_generator: int = 300
-    cap: int | None = None
-
-
-def build_components(model: Model, settings: Settings, candidates: Sequence[str],
-                     scorers: Sequence[str], pm: Any = None, cap: int | None = None) -> Components:
-    """Build the named generators and the first available scorer from the plugin registries."""
-    pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
-                                                       settings.blocked_plugins)
-    gens_reg, scorer_reg = collect(pm, "candidate_generators"), collect(pm, "scorers")
-
-    def ctx(name: str) -> ComponentContext:
-        return ComponentContext(name, model, settings.plugin_options(name), settings)
-
-    gens = []
-    for name in candidates:
-        g = gens_reg.get(name)(ctx(name))
-        if g is not None:
-            gens.append((name, g))
-    scorer = None
-    for name in scorers:
-        scorer = scorer_reg.get(name)(ctx(name))
-        if scorer is not None:
-            break
-    if scorer is None:
-        raise RuntimeError(f"none of the scorers {list(scorers)} is available in this model")
-    fallback = gens_reg.get("popular")(ctx("popular")) if "popular" in gens_reg else None
-    return Components(gens, scorer, fallback, np.asarray(model.catalog.categories, np.int32),
-                      settings.pipeline.candidates_per_generator, cap)
-
-
-def rank_user(comp: Components, user: UserFeatures, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the top ``n`` (items, scores): merge candidates, score, sort, cap per category.
-
-    Ties keep candidate merge order (generators in configured order), so a user no generator
-    knows gets the popularity order.
+    Offline evaluation computes every user fresh through :func:`pipeline.select` (candidates
+    -> filter -> score -> order -> rerank -> backfill), so a cache would only cost memory.
     """
-    pool = [g.generate(user, max(comp.per_generator, n)).items for _, g in comp.generators]
-    if user.history.size == 0 and comp.fallback is not None:
-        pool = [comp.fallback.generate(user, max(comp.per_generator, n)).items]
-    cand = np.concatenate(pool) if pool else np.empty(0, np.int64)
-    _, first = np.unique(cand, return_index=True)
-    cand = cand[np.sort(first)]
-    if user.seen.size:
-        cand = cand[~np.isin(cand, user.seen)]
-    if cand.size == 0:
-        return cand, np.empty(0, np.float32)
-    scores = np.asarray(comp.scorer.score(user, cand), dtype=np.float32)
-    if user.history.size == 0:
-        scores = np.zeros_like(scores)  # cold: keep the popularity order of the fallback
-    order = np.lexsort((np.arange(cand.size), -scores))
-    if comp.cap is not None:
-        # rank positions as scores keep the order exact; the kernel applies the cap
-        pos_scores = -np.arange(order.size, dtype=np.float32)
-        keep, _, _ = _fast.diverse_topk(pos_scores, comp.categories[cand[order]], n, comp.cap)
-        order = order[keep]
-    else:
-        order = order[:n]
-    return cand[order], scores[order]
+    settings = settings.replace(store_url="memory", cache=CacheSettings(tiers=()))
+    return build_runtime(settings, model, pm, store=MemoryStore())
+
+
+def rank_user(rt: Runtime, plan: pipeline.Plan, user: UserFeatures, n: int) -> Ranking:
+    """Return the top ``n`` for ``user`` exactly as the server's pipeline selects them.
+
+    Cold users (no history) get the server's cold-start answer: the fallback scorer's
+    (popularity) order.
+    """
+    req = RecommendationRequest(user_id=user.user_id, n=n)
+    return pipeline.select(rt, rt.components, req, plan, user, pipeline.Trace())
 
 
 # --- the evaluation loop -----------------------------------------------------------------------
@@ -206,29 +161,37 @@ def rank_user(comp: Components, user: UserFeatures, n: int) -> tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class Setup:
-    """One evaluated model setup: parts to train, candidate generators, scorer chain."""
+    """One evaluated model setup: parts to train and the pipeline plan that serves them."""
 
     trainers: tuple[tuple[str, Mapping[str, Any]], ...]
     candidates: tuple[str, ...]
     scorers: tuple[str, ...]
-    cap: bool = False
+    rerankers: tuple[str, ...] = ()
     label: str = ""
 
 
 IMPLICIT_PEER = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
                  "backend": "implicit"}
-SERVED_CANDIDATES = ("ease", "itemknn", "als", "popular")
-SERVED_SCORERS = ("blend", "ease", "als", "popular")
+#: Exactly what `rankly train` fits by default and how the default settings serve it.
+SERVED_TRAINERS: tuple[tuple[str, Mapping[str, Any]], ...] = tuple(
+    (t, {}) for t in DEFAULT_TRAINERS)
+_SERVED = PipelineSettings()
 SETUPS: Mapping[str, Setup] = {
     "pop": Setup((("pop", {}),), ("popular",), ("popular",)),
     "itemknn": Setup((("pop", {}), ("itemknn", {})), ("itemknn", "popular"), ("itemknn",)),
-    "ease": Setup((("pop", {}), ("ease", {"lambda": 500.0})), ("ease", "popular"), ("ease",)),
+    "ease": Setup((("pop", {}), ("ease", {"lambda": 500.0})), ("ease", "popular"), ("ease",),
+                  label="EASE, lambda 500 (peer)"),
     "als": Setup((("pop", {}), ("als", {})), ("als", "popular"), ("als",)),
     "implicit-als": Setup((("pop", {}), ("als", IMPLICIT_PEER)), ("als", "popular"), ("als",),
-                          label="implicit ALS, library defaults"),
-    "blend": Setup((("pop", {}), ("ease", {}), ("itemknn", {}), ("als", {}), ("blend", {})),
-                   SERVED_CANDIDATES, SERVED_SCORERS, label="default served model"),
+                          label="implicit ALS, library defaults (peer)"),
+    "blend": Setup(SERVED_TRAINERS, _SERVED.candidates, _SERVED.scorers, (),
+                   label="default served model without its reranker"),
+    "served": Setup(SERVED_TRAINERS, _SERVED.candidates, _SERVED.scorers, _SERVED.rerankers,
+                    label="default served pipeline (blend + diversity reranker)"),
 }
+#: The peers the default served pipeline must match (issue #3's quality bar).
+PEERS = ("pop", "ease", "implicit-als")
+DEFAULT_MODELS = ("pop", "itemknn", "ease", "als", "implicit-als", "blend", "served")
 
 
 @dataclass
@@ -238,12 +201,14 @@ class Result:
     name: str
     train_seconds: float
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    label: str = ""
+    cap: int | None = None
 
 
-def _user_features(data: TrainingData, user_id: str) -> UserFeatures:
+def _user_features(data: TrainingData, user_id: str, exclude_seen: bool = True) -> UserFeatures:
     row = data.users.row(user_id)
     hist = data.users.history(row)
-    return UserFeatures(user_id, row, hist, np.unique(hist))
+    return UserFeatures(user_id, row, hist, np.unique(hist) if exclude_seen else hist[:0])
 
 
 def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
@@ -291,10 +256,27 @@ def test_targets(data: TrainingData, test: Interactions, exclude_seen: bool,
     return targets
 
 
+def _with_cap(settings: Settings, cap: int | None) -> Settings:
+    if cap is None:
+        return settings
+    return settings.replace(plugins={**settings.plugins,
+                                     "diversity": {**settings.plugin_options("diversity"),
+                                                   "cap": int(cap)}})
+
+
+def served_cap(settings: Settings) -> int:
+    """The diversity cap the configured pipeline serves with (the reranker's default: 3)."""
+    return int(settings.plugin_options("diversity").get("cap", 3))
+
+
 def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping[str, np.ndarray],
                    settings: Settings, pm: Any, k: int, cap: int | None, exclude_seen: bool,
                    parts_cache: dict[str, ModelPart] | None = None) -> Result:
-    """Train ``setup`` on ``data`` and compute every metric over the users of ``targets``."""
+    """Train ``setup`` on ``data`` and compute every metric over the users of ``targets``.
+
+    Each user is ranked by the serving pipeline (:func:`rank_user`) with ``setup``'s plan;
+    ``cap`` is the diversity reranker's cap when the plan has that reranker.
+    """
     started = time.perf_counter()
     parts_cache = {} if parts_cache is None else parts_cache
     parts = []
@@ -310,28 +292,33 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
         parts.append(parts_cache[key])
     train_seconds = time.perf_counter() - started
     model = in_memory_model(data, parts)
-    comp = build_components(model, settings, setup.candidates, setup.scorers, pm,
-                            cap if setup.cap else None)
+    capped = "diversity" in setup.rerankers
+    run_settings = _with_cap(settings, cap if capped else None)
+    run_settings = run_settings.replace(pipeline=dataclasses.replace(
+        run_settings.pipeline, candidates=setup.candidates, scorers=setup.scorers,
+        rerankers=setup.rerankers, exclude_seen=exclude_seen))
+    rt = serving_runtime(model, run_settings, pm)
+    plan = pipeline.Plan(setup.candidates, setup.scorers, setup.rerankers)
+    categories = np.asarray(model.catalog.categories, np.int64)
     pop = np.diff(data.matrix.tocsc().indptr)
     groups: dict[str, list[dict[str, float]]] = {"warm": [], "cold": []}
     lists: dict[str, list[np.ndarray]] = {"warm": [], "cold": []}
     for uid, rel in targets.items():
-        user = _user_features(data, uid)
-        if not exclude_seen:
-            user = UserFeatures(user.user_id, user.row, user.history, np.empty(0, np.int64))
-        items, _ = rank_user(comp, user, k)
-        group = "cold" if user.history.size == 0 else "warm"
-        cats = comp.categories[items]
+        user = _user_features(data, uid, exclude_seen)
+        items = rank_user(rt, plan, user, k).items
+        group = "cold" if user.is_cold else "warm"
+        cats = categories[items]
         groups[group].append({
             "ndcg": ndcg_at_k(items, rel, k), "recall": recall_at_k(items, rel, k),
             "hr": hit_rate_at_k(items, rel, k), "map": average_precision_at_k(items, rel, k),
             "ild": intra_list_diversity(cats.tolist()),
             "categories": float(np.unique(cats[cats >= 0]).size),
             "novelty": novelty(items, pop, data.n_users),
-            **({"cap_ok": float(cap_compliance(cats.tolist(), cap))} if cap else {}),
+            "cap_ok": float(cap_compliance(cats.tolist(), cap if capped and cap else 3)),
         })
         lists[group].append(items)
-    result = Result(name, round(train_seconds, 2))
+    result = Result(name, round(train_seconds, 2), label=setup.label,
+                    cap=cap if capped else None)
     for group, rows in [*groups.items(), ("all", groups["warm"] + groups["cold"])]:
         if not rows:
             continue
@@ -343,14 +330,33 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
     return result
 
 
+def quality_bar(results: Sequence[Result]) -> dict[str, Any] | None:
+    """Compare the served pipeline with the peers and its uncapped twin (warm NDCG@k)."""
+    by = {r.name: r.groups.get("warm", {}).get("ndcg") for r in results}
+    if by.get("served") is None:
+        return None
+    peers = {p: by[p] for p in PEERS if by.get(p) is not None}
+    out: dict[str, Any] = {"served_ndcg": by["served"], "peers": peers}
+    if peers:
+        best = max(peers, key=lambda p: peers[p])
+        out.update(best_peer=best, best_peer_ndcg=peers[best],
+                   meets_bar=bool(by["served"] >= peers[best] - 1e-12))
+    if by.get("blend"):
+        out["cap_cost"] = 1.0 - by["served"] / by["blend"]
+        out["cap_within_5pct"] = bool(out["cap_cost"] <= 0.05)
+    return out
+
+
 def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 10,
              diversity_cap: int | None = None, settings: Settings | None = None,
              pm: Any = None, exclude_seen: bool = True, min_weight: float = 0.0,
-             event_types: Sequence[str] = (), progress: IO[str] | None = None) -> dict[str, Any]:
+             event_types: Sequence[str] = (), progress: IO[str] | None = None,
+             max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Split ``ds``, train and score every setup in ``models``; return a JSON-ready report.
 
-    With ``diversity_cap`` every setup is also run capped at that many items per primary
-    category, reported as ``<name>+cap``.
+    With ``diversity_cap`` every setup without the diversity reranker is also run with it at
+    that cap, reported as ``<name>+cap``; ``served`` always runs with its configured cap.
+    ``max_users`` evaluates a random sample (``seed``) of the test users, to bound run time.
     """
     settings = settings or Settings()
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
@@ -363,33 +369,43 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     train, test = SPLITS[split](ds.interactions)
     data = build_training_data(train, ds.items)
     targets = test_targets(data, test, exclude_seen, min_weight, event_types)
+    if max_users is not None and len(targets) > max_users:
+        keep = np.random.default_rng(seed).choice(sorted(targets), max_users, replace=False)
+        targets = {u: targets[u] for u in sorted(keep.tolist())}
     results = []
     cache: dict[str, ModelPart] = {}
     for name in models:
         s = SETUPS[name]
-        # the blend's weights are tuned on the train part, held out the way this split holds out
-        s = Setup(tuple((t, {"validation": split, **o} if t == "blend" else o)
-                        for t, o in s.trainers), s.candidates, s.scorers, s.cap, s.label)
-        variants = [(name, s)]
-        if diversity_cap is not None:
-            variants.append((f"{name}+cap", Setup(s.trainers, s.candidates, s.scorers, True)))
-        for label, setup in variants:
+        variants = [(name, s, served_cap(settings))]
+        if diversity_cap is not None and "diversity" not in s.rerankers:
+            variants.append((f"{name}+cap", dataclasses.replace(
+                s, rerankers=(*s.rerankers, "diversity")), diversity_cap))
+        for label, setup, cap in variants:
             if progress is not None:
                 print(f"evaluating {label} ...", file=progress, flush=True)
             results.append(evaluate_setup(label, setup, data, targets, settings, pm, k,
-                                          diversity_cap, exclude_seen, cache))
+                                          cap, exclude_seen, cache))
     n_test_users = np.unique(test.user_ids).size
     return {
         "split": split, "k": k, "diversity_cap": diversity_cap, "exclude_seen": exclude_seen,
         "train_events": len(train), "test_events": len(test), "test_users": int(n_test_users),
         "evaluated_users": len(targets), "catalog_items": data.n_items,
-        "results": [{"model": r.name, "train_seconds": r.train_seconds, **r.groups}
-                    for r in results],
+        "results": [{"model": r.name, "label": r.label, "cap": r.cap,
+                     "train_seconds": r.train_seconds, **r.groups} for r in results],
+        "blend": _blend_info(cache),
+        "quality_bar": quality_bar(results),
     }
 
 
+def _blend_info(cache: Mapping[str, ModelPart]) -> dict[str, Any] | None:
+    part = next((p for key, p in cache.items() if key.startswith("blend:")), None)
+    return None if part is None else {"weights": part.params.get("weights"),
+                                      **dict(part.metrics)}
+
+
 COLUMNS = (("ndcg", "NDCG"), ("recall", "Recall"), ("hr", "HR"), ("map", "MAP"),
-           ("coverage", "Cov"), ("ild", "ILD"), ("novelty", "Nov"))
+           ("coverage", "Cov"), ("ild", "ILD"), ("categories", "Cats"), ("cap_ok", "Cap ok"),
+           ("novelty", "Nov"))
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -399,7 +415,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                                 for m, t in COLUMNS), "train s"]
     lines = [
         f"split={report['split']} train={report['train_events']} test={report['test_events']}"
-        f" evaluated users={report['evaluated_users']} catalog={report['catalog_items']}",
+        f" evaluated users={report['evaluated_users']} catalog={report['catalog_items']}"
+        f" exclude_seen={report['exclude_seen']}",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         for group in ("warm", "cold"):
@@ -407,10 +424,30 @@ def format_table(report: Mapping[str, Any]) -> str:
             if not g:
                 continue
             cells = [f"{r['model']} ({group})", str(int(g["users"]))]
-            cells += [f"{g[m]:.4f}" if m not in ("novelty",) else f"{g[m]:.2f}" for m, _ in COLUMNS]
+            cells += [f"{g[m]:.2f}" if m in ("novelty", "categories") else f"{g[m]:.4f}"
+                      for m, _ in COLUMNS]
             cells.append(f"{r['train_seconds']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
+    lines.extend(_summary_lines(report))
     return "\n".join(lines)
+
+
+def _summary_lines(report: Mapping[str, Any]) -> list[str]:
+    out = []
+    blend = report.get("blend")
+    if blend:
+        w = ", ".join(f"{c} {v:.1f}" for c, v in (blend.get("weights") or {}).items())
+        out.append(f"blend weights: {w} (validation NDCG {blend.get('validation_ndcg')}, "
+                   f"best single {blend.get('best_single')} {blend.get('best_single_ndcg')})")
+    bar = report.get("quality_bar")
+    if bar and "best_peer" in bar:
+        out.append(f"quality bar: served {bar['served_ndcg']:.4f} vs best peer "
+                   f"{bar['best_peer']} {bar['best_peer_ndcg']:.4f}: "
+                   f"{'met' if bar['meets_bar'] else 'NOT met'}")
+    if bar and "cap_cost" in bar:
+        out.append(f"diversity cap cost (served vs blend): {100 * bar['cap_cost']:+.1f}% "
+                   f"({'within' if bar['cap_within_5pct'] else 'over'} 5%)")
+    return out
 
 
 # --- CLI: `rankly evaluate` ------------------------------------------------------------------
@@ -421,8 +458,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     datasets.add_input_arguments(parser)
     parser.add_argument("--split", choices=sorted(SPLITS), default="temporal")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--models", default="pop,itemknn,ease,als,implicit-als,blend",
-                        help=f"comma-separated, from: {', '.join(SETUPS)}")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, from: {', '.join(SETUPS)} (served = the "
+                             "default pipeline with its diversity reranker)")
     parser.add_argument("--diversity-cap", type=int, default=None,
                         help="also evaluate each model capped at C items per primary category")
     parser.add_argument("--include-seen", action="store_true",
@@ -431,8 +469,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only test events weighing at least this count (e.g. rating 4)")
     parser.add_argument("--relevant-events", default="",
                         help="only these test event types count, e.g. purchase")
+    parser.add_argument("--max-users", type=int, default=None,
+                        help="evaluate a random sample of this many test users (run time)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-users sample")
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--html", default=None, metavar="PATH",
+                        help="also write the metrics as charts to one self-contained HTML file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -444,8 +487,12 @@ def run(args: argparse.Namespace) -> int:
             k=args.k, diversity_cap=args.diversity_cap, settings=settings,
             exclude_seen=not args.include_seen, min_weight=args.min_weight,
             event_types=[e for e in args.relevant_events.split(",") if e],
-            progress=sys.stderr)
-    except (datasets.DatasetError, ValueError) as exc:
+            progress=sys.stderr, max_users=args.max_users, seed=args.seed)
+        if args.html:
+            from rankly.engine.report import write_html
+
+            write_html(args.html, [report], title=f"rankly evaluate: {args.interactions}")
+    except (datasets.DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_table(report))
@@ -462,33 +509,58 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--users", help="file with one user id per line")
     who.add_argument("--all", action="store_true", help="every user of the model")
     parser.add_argument("--n", type=int, default=10)
-    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop items the user already has (default: the configured "
+                             "pipeline.exclude_seen, true)")
     parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
 
 
 def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
-              exclude_seen: bool = True, pm: Any = None, out: IO[str] = sys.stdout) -> int:
+              exclude_seen: bool | None = None, pm: Any = None, out: IO[str] | None = None,
+              concurrency: int = 8) -> int:
     """Write one JSON line per user ``{"user_id", "items", "scores"}``; return the count.
 
-    Uses the configured serving components (``settings.pipeline``); a diversity cap comes from
-    ``[plugins.diversity] cap``. Unknown users get the cold-start (popularity) list.
+    Runs the server's pipeline minus HTTP: one runtime (:func:`build_runtime`, configured
+    store and cache tiers) and :func:`pipeline.rank` with the default plan, ``concurrency``
+    users at a time in one event loop; lines keep the order of ``user_ids``. Unknown users get
+    the cold-start answer, as over HTTP.
     """
-    cap = settings.plugin_options("diversity").get("cap")
-    comp = build_components(model, settings, settings.pipeline.candidates,
-                            settings.pipeline.scorers, pm,
-                            int(cap) if cap and "diversity" in settings.pipeline.rerankers
-                            else None)
+    if exclude_seen is not None:
+        settings = settings.replace(pipeline=dataclasses.replace(settings.pipeline,
+                                                                 exclude_seen=exclude_seen))
+    return asyncio.run(_recommend(model, user_ids, n, settings, pm, out or sys.stdout,
+                                  max(concurrency, 1)))
+
+
+async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings, pm: Any,
+                     out: IO[str], concurrency: int) -> int:
+    rt = build_runtime(settings, model, pm)
+    plan = pipeline.default_plan(rt)
+
+    async def one(uid: str) -> dict[str, Any]:
+        req = RecommendationRequest(user_id=uid, n=n, request_id="")
+        return await pipeline.rank(rt, req, plan)
+
     count = 0
-    for uid in user_ids:
-        row = model.users.row(uid)
-        hist = model.users.history(row)
-        user = UserFeatures(uid, row, hist, np.unique(hist) if exclude_seen else hist[:0])
-        items, scores = rank_user(comp, user, n)
-        out.write(json.dumps({
-            "user_id": uid, "items": model.catalog.item_ids[items].tolist(),
-            "scores": [round(float(s), 6) if math.isfinite(s) else 0.0 for s in scores],
-        }) + "\n")
-        count += 1
+    batch: list[str] = []
+    try:
+        for uid in [*user_ids, None]:
+            if uid is not None:
+                batch.append(uid)
+                if len(batch) < concurrency:
+                    continue
+            for uid_done, answer in zip(batch, await asyncio.gather(*map(one, batch)),
+                                        strict=True):
+                items = answer["items"]
+                out.write(json.dumps({
+                    "user_id": uid_done, "items": [it["item_id"] for it in items],
+                    "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
+                               for it in items],
+                }) + "\n")
+                count += 1
+            batch = []
+    finally:
+        await rt.store.close()
     return count
 
 

@@ -174,4 +174,4 @@ class Cache(Protocol):
 @runtime_checkable
 class Trainer(Protocol):
     def fit(self, data: Any, options: Mapping[str, Any]) -> ModelPart:
-        """Fit on ``rankly.engine.datasets.TrainingData`` and return arrays to save."""
+        """Fit on ``rankly.engine.interactions.TrainingData`` and return arrays to save."""

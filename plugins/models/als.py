@@ -21,9 +21,12 @@ from rankly.engine import hookimpl
 from rankly.engine.interactions import TrainingData
 from rankly.engine.model import Model
 from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
+from rankly.plugins.models.ease import anchored_reasons
 from rankly.plugins.models.itemknn import binary_matrix
 
 NAME = "als"
+#: Only this many of the most recent history items are considered as a candidate's anchor.
+ANCHOR_HISTORY = 50
 #: Tuned on a validation split of ML-100K's train part (see docs/evaluation.md).
 DEFAULTS: Mapping[str, Any] = {
     "factors": 64, "regularization": 0.05, "alpha": 2.0, "iterations": 15, "seed": 0,
@@ -119,7 +122,7 @@ class ALSTrainer:
 
 
 class ALSScorer:
-    """Dot product of user and item factors; also a FOR_YOU candidate generator."""
+    """Dot product of user and item factors; also a candidate generator."""
 
     def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray,
                  regularization: float = 0.05, alpha: float = 2.0) -> None:
@@ -159,11 +162,20 @@ class ALSScorer:
         return self.item_factors[np.asarray(items, dtype=np.int64)] @ v
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
+        """Top ``n`` by factor score; reason BECAUSE_YOU_LIKED with anchor
+        ``argmax_h item_factors[h] . item_factors[i]`` over the :data:`ANCHOR_HISTORY` most
+        recent history items (FOR_YOU when there is no history or no positive similarity).
+        """
         if user.row < 0 and user.history.size == 0:
             return Candidates.empty()
         idx, _ = _fast.score_topk(self.item_factors, self.user_vector(user), n,
                                   exclude=user.seen)
-        return Candidates.of(idx, Reason.FOR_YOU)
+        h = np.asarray(user.history[:ANCHOR_HISTORY], dtype=np.int64)
+        h = h[(h >= 0) & (h < self.item_factors.shape[0])]
+        if h.size == 0:
+            return Candidates.of(idx, Reason.FOR_YOU)
+        sims = self.item_factors[h] @ self.item_factors[idx].T  # [H, n]
+        return Candidates(idx, *anchored_reasons(h, sims, np.arange(idx.size)))
 
 
 def _factory(ctx: ComponentContext) -> ALSScorer | None:

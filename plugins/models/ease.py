@@ -50,7 +50,7 @@ class EaseTrainer:
 
 
 class EaseScorer:
-    """Score = sum of the weight rows of the user's history items; also a FOR_YOU generator."""
+    """Score = sum of the weight rows of the user's history items; also a candidate generator."""
 
     def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
         self.items = np.asarray(items, dtype=np.int64)
@@ -64,11 +64,16 @@ class EaseScorer:
         part = model.part(NAME)
         return None if part is None else cls(part["items"], part["weights"], len(model.catalog))
 
+    def _history_rows(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(history item indices that have weights, their rows in ``weights``), deduplicated."""
+        h = np.asarray(history, dtype=np.int64)
+        h = h[(h >= 0) & (h < self.n_items)]
+        h = np.unique(h[self.pos[h] >= 0])
+        return h, self.pos[h]
+
     def full_scores(self, history: np.ndarray) -> np.ndarray:
         """Return float32 scores over the whole catalog for item indices ``history``."""
-        h = np.asarray(history, dtype=np.int64)
-        rows = self.pos[h[(h >= 0) & (h < self.n_items)]]
-        rows = np.unique(rows[rows >= 0])
+        _, rows = self._history_rows(history)
         out = np.zeros(self.n_items, dtype=np.float32)
         if rows.size:
             out[self.items] = np.asarray(self.weights[rows], dtype=np.float32).sum(axis=0)
@@ -78,11 +83,41 @@ class EaseScorer:
         return self.full_scores(user.history)[np.asarray(items, dtype=np.int64)]
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
-        if user.history.size == 0:
+        """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with anchor ``argmax_h B[h, i]``.
+
+        The anchor is the history item contributing most to the candidate's score (ties: the
+        lower item index); a candidate no history item pushes up (max contribution <= 0)
+        keeps FOR_YOU. Cost: one [H, n] gather of the weight rows already read for scoring.
+        """
+        h, rows = self._history_rows(user.history)
+        if h.size == 0:
             return Candidates.empty()
-        s = self.full_scores(user.history)
+        block = np.asarray(self.weights[rows], dtype=np.float32)
+        s = np.zeros(self.n_items, dtype=np.float32)
+        s[self.items] = block.sum(axis=0)
         idx, _ = _fast.topk(s, n, exclude=user.seen)
-        return Candidates.of(idx, Reason.FOR_YOU)
+        return Candidates(idx, *anchored_reasons(h, block, self.pos[idx]))
+
+
+def anchored_reasons(history: np.ndarray, contrib_rows: np.ndarray, cols: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (reasons, anchors) for candidates from per-history-item contributions.
+
+    ``contrib_rows`` is [H, M] (row h: history item ``history[h]``); ``cols`` picks each
+    candidate's column (negative: no column, so no anchor). Reason BECAUSE_YOU_LIKED with the
+    history item of the largest positive contribution, else FOR_YOU with anchor -1.
+    """
+    n = cols.size
+    reasons = np.full(n, int(Reason.FOR_YOU), dtype=np.int8)
+    anchors = np.full(n, -1, dtype=np.int64)
+    ok = np.flatnonzero(cols >= 0)
+    if ok.size and history.size:
+        c = contrib_rows[:, cols[ok]]
+        best = np.argmax(c, axis=0)
+        positive = c[best, np.arange(ok.size)] > 0
+        reasons[ok[positive]] = int(Reason.BECAUSE_YOU_LIKED)
+        anchors[ok[positive]] = history[best[positive]]
+    return reasons, anchors
 
 
 def _factory(ctx: ComponentContext) -> EaseScorer | None:

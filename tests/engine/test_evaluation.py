@@ -6,20 +6,26 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rankly.engine import datasets, evaluation
-from rankly.engine.interactions import Interactions, build_training_data
+from starlette.testclient import TestClient
+
+from rankly.engine import cli, datasets, evaluation
+from rankly.engine.app import create_app
+from rankly.engine.config import CacheSettings, PipelineSettings, load_settings
+from rankly.engine.interactions import Interactions, ItemTable, build_training_data
 from rankly.engine.plugins import make_plugin_manager
 from rankly.plugins.models import als, ease, itemknn, popularity
+from rankly.plugins.rerankers import diversity
 from rankly.plugins.scorers import blend
 
 SHARED = Path(os.environ.get("RANKLY_DATASETS")
               or Path(__file__).resolve().parents[2] / "../shared/datasets").resolve()
-PLUGINS = (popularity, itemknn, ease, als, blend)
+PLUGINS = (popularity, itemknn, ease, als, blend, diversity)
 
 
 def test_ndcg_by_hand():
@@ -102,18 +108,79 @@ def _synthetic(n_users=60, n_items=40, seed=0):
     return datasets.Dataset(_events(rows), None, (), "events-csv")
 
 
-def test_evaluate_reports_every_metric_for_each_model():
+def _categorized(ds):
+    """``ds`` with an item table: item m<i> in category c<i % 3>."""
+    ids = np.unique(ds.interactions.item_ids)
+    items = ItemTable(ids, ids, [(f"c{int(i[1:]) % 3}",) for i in ids.tolist()])
+    return datasets.Dataset(ds.interactions, items, (), "events-csv")
+
+
+@pytest.fixture(scope="module")
+def report():
     pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
-    report = evaluation.evaluate(_synthetic(), "user-last", ["pop", "itemknn", "ease", "blend"],
-                                 k=5, diversity_cap=2, pm=pm)
+    return evaluation.evaluate(_categorized(_synthetic()), "user-last",
+                               ["pop", "ease", "implicit-als", "blend", "served"], k=5,
+                               diversity_cap=2, pm=pm)
+
+
+def test_evaluate_reports_every_metric_for_each_model(report):
     names = [r["model"] for r in report["results"]]
-    assert names == ["pop", "pop+cap", "itemknn", "itemknn+cap", "ease", "ease+cap",
-                     "blend", "blend+cap"]
+    assert names == ["pop", "pop+cap", "ease", "ease+cap", "implicit-als", "implicit-als+cap",
+                     "blend", "blend+cap", "served"]
     warm = {r["model"]: r["warm"] for r in report["results"]}
-    assert set(warm["ease"]) >= {"ndcg", "recall", "hr", "map", "coverage", "ild", "novelty"}
+    assert set(warm["ease"]) >= {"ndcg", "recall", "hr", "map", "coverage", "ild", "novelty",
+                                 "categories", "cap_ok"}
     assert warm["ease"]["ndcg"] > warm["pop"]["ndcg"]
     json.dumps(report)
     assert "| ease (warm) |" in evaluation.format_table(report)
+
+
+def test_served_setup_is_the_default_pipeline_with_its_diversity_cap(report):
+    served = evaluation.SETUPS["served"]
+    default = evaluation.PipelineSettings()
+    assert (served.candidates, served.scorers, served.rerankers) == (
+        default.candidates, default.scorers, default.rerankers)
+    assert [t for t, _ in served.trainers] == list(evaluation.DEFAULT_TRAINERS)
+    rows = {r["model"]: r for r in report["results"]}
+    assert rows["served"]["cap"] == 3 and rows["blend"]["cap"] is None
+    assert rows["served"]["warm"]["cap_ok"] == 1.0  # cap 3 per category, always met
+    assert rows["blend+cap"]["warm"]["cap_ok"] == 1.0  # --diversity-cap 2
+    bar = report["quality_bar"]
+    assert set(bar["peers"]) == {"pop", "ease", "implicit-als"}
+    assert bar["cap_cost"] == pytest.approx(
+        1 - rows["served"]["warm"]["ndcg"] / rows["blend"]["warm"]["ndcg"])
+    assert "quality bar: served" in evaluation.format_table(report)
+
+
+def test_evaluation_ranks_through_the_serving_pipeline(monkeypatch):
+    calls = []
+    real = evaluation.pipeline.select
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])  # the plan
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation.pipeline, "select", spy)
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    evaluation.evaluate(_categorized(_synthetic()), "user-last", ["ease"], k=5, pm=pm,
+                        max_users=7)
+    assert len(calls) == 7
+    assert calls[0].candidates == ("ease", "popular") and calls[0].rerankers == ()
+
+
+def test_rankly_recommend_equals_the_http_answers(artifacts, tmp_path, capsys):
+    users = ["1", "2", "7", "ghost"]
+    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--users",
+                     str(tmp_path / "users.txt"), "--n", "6"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["user_id"] for x in lines] == users
+    with TestClient(create_app(load_settings(environ={}, artifacts=artifacts))) as client:
+        for line in lines:
+            body = client.get("/recommendations",
+                              params={"user_id": line["user_id"], "n": 6}).json()
+            assert line["items"] == [it["item_id"] for it in body["items"]]
+            assert line["scores"] == [it["score"] for it in body["items"]]
 
 
 def test_recommend_writes_one_json_line_per_user():
@@ -125,7 +192,7 @@ def test_recommend_writes_one_json_line_per_user():
                                           ("ease", {})], pm, settings)
     model = evaluation.in_memory_model(data, parts)
     out = io.StringIO()
-    settings = settings.replace(pipeline=settings.pipeline.__class__(
+    settings = settings.replace(cache=CacheSettings(tiers=()), pipeline=PipelineSettings(
         candidates=("itemknn", "als", "popular"), scorers=("blend", "als", "popular")))
     assert evaluation.recommend(model, ["u1", "stranger"], 4, settings, pm=pm, out=out) == 2
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
@@ -145,3 +212,24 @@ def test_popularity_matches_the_published_sanity_numbers_on_ml100k():
     assert warm["ndcg"] == pytest.approx(0.145, abs=0.002)
     assert warm["recall"] == pytest.approx(0.063, abs=0.002)
     assert warm["hr"] == pytest.approx(0.505, abs=0.002)
+
+
+def test_evaluate_html_is_one_self_contained_file_with_every_models_numbers(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    lines = ["user_id,item_id,category_id,timestamp"]
+    for u in range(30):
+        for t, i in enumerate(rng.choice(20, 8, replace=False) + 20 * (u % 2)):
+            lines.append(f"u{u},i{i},c{i % 4},{t * 100 + u}")
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "report.html"
+    assert cli.main(["evaluate", "--interactions", str(tmp_path / "events.csv"), "--split",
+                     "user-last", "--models", "pop,itemknn", "--diversity-cap", "2", "--json",
+                     "--html", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") >= 8
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    for r in report["results"]:
+        assert f"{r['model']} (warm)" in text
+        assert f"{r['warm']['ndcg']:.4f}" in text and f"{r['warm']['hr']:.4f}" in text

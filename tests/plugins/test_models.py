@@ -89,6 +89,36 @@ def test_itemknn_anchor_is_the_history_item_that_contributed_most(model, data):
         assert anchor == same_cluster
 
 
+@pytest.mark.parametrize("name", ["ease", "als"])
+def test_ease_and_als_anchor_candidates_on_the_closest_history_item(model, data, name):
+    gen = _component(model, "candidate_generators", name)
+    user = _user(data, ["i01", "i25"])  # one item from each cluster
+    cands = gen.generate(user, 10)
+    liked = cands.reasons == Reason.BECAUSE_YOU_LIKED
+    assert liked.any()
+    for item, anchor in zip(cands.items[liked].tolist(), cands.anchors[liked].tolist(),
+                            strict=True):
+        same_cluster = data.catalog.index["i01"] if item < 20 else data.catalog.index["i25"]
+        assert anchor == same_cluster
+    assert (cands.anchors[~liked] == -1).all()
+
+
+def test_ease_anchor_is_the_argmax_of_the_weight_rows(model, data):
+    gen = _component(model, "candidate_generators", "ease")
+    user = _user(data, ["i01", "i02", "i07"])
+    cands = gen.generate(user, 5)
+    h = np.sort(user.history)
+    rows = gen.weights[gen.pos[h]][:, gen.pos[cands.items]]
+    assert cands.anchors.tolist() == h[np.argmax(rows, axis=0)].tolist()
+
+
+def test_als_known_user_without_history_keeps_for_you(model, data):
+    gen = _component(model, "candidate_generators", "als")
+    cands = gen.generate(UserFeatures("u0", 0, np.empty(0, np.int64), np.empty(0, np.int64)), 4)
+    assert len(cands) == 4 and (cands.reasons == Reason.FOR_YOU).all()
+    assert (cands.anchors == -1).all()
+
+
 def test_itemknn_similar_and_session(model, data):
     scorer = _component(model, "scorers", "itemknn")
     idx, sims = scorer.similar(data.catalog.index["i03"], 5)
