@@ -145,9 +145,9 @@ cdef object _by_walk(const float* s, const int32_t* cats, Py_ssize_t n, Py_ssize
             free(counts)
             free(within)
         # The walk ran out of candidates: grow M by what the keep rate says is needed.
-        m = max(4 * m, (2 * m * k) // (kept + 1))
-        if m > n // 8:
+        if max(4.0 * m, 2.0 * m * k / (kept + 1)) > n // 8:
             return None
+        m = max(4 * m, (2 * m * k) // (kept + 1))
         m = min(m, n)
 
 
@@ -290,6 +290,7 @@ def diverse_topk(scores, categories, k, cap, exclude=None, fill=True):
     ex = np.append(_inputs.exclude_indices(exclude, n), np.int64(0))
     if k == 0 or n == 0:
         return _empty()
+    k = min(k, n)   # at most n items come back; keeps the size arithmetic below in range
     cdef const float[::1] sv = s
     cdef const int32_t[::1] cv = cats
     cdef const int64_t[::1] exv = ex
