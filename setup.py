@@ -16,6 +16,8 @@ PACKAGE_DIR = {
     "rankly._fast": "_fast",
 }
 
+# Generic -O3, no -march: wheels must run on x86-64 without AVX2. _fast/_simd.h compiles its one
+# SIMD-critical loop a second time for AVX2 and picks it at import time.
 _COMPILE_ARGS = ["-O3", "-fopenmp"]
 _LINK_ARGS = ["-fopenmp"]
 
@@ -24,6 +26,7 @@ def _ext(name: str) -> Extension:
     return Extension(
         f"rankly._fast.{name}",
         [f"_fast/{name}.pyx"],
+        depends=["_fast/_select.pxi", "_fast/_simd.h"],  # shared kernel code: rebuild on change
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=_COMPILE_ARGS,

@@ -26,6 +26,10 @@ cdef enum:
     CATEGORY_HEAP_BUDGET = 1 << 22   # max per-category heap slots for the one-pass strategy
 
 
+_NO_EXCLUDE = np.zeros(1, dtype=np.int64)
+_NO_EXCLUDE.setflags(write=False)
+
+
 def _empty():
     return (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32),
             np.empty(0, dtype=np.bool_))
@@ -287,7 +291,8 @@ def diverse_topk(scores, categories, k, cap, exclude=None, fill=True):
     cats = _inputs.as_categories(categories, n)
     k = _inputs.check_k(k)
     cap = _inputs.check_cap(cap)
-    ex = np.append(_inputs.exclude_indices(exclude, n), np.int64(0))
+    ex = _inputs.exclude_indices(exclude, n)
+    ex = _NO_EXCLUDE if ex.shape[0] == 0 else np.append(ex, np.int64(0))  # sentinel for &ex[0]
     if k == 0 or n == 0:
         return _empty()
     k = min(k, n)   # at most n items come back; keeps the size arithmetic below in range

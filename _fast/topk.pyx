@@ -140,8 +140,14 @@ cdef float* _ptr_f(object array):
     return &view[0] if view.shape[0] else NULL
 
 
+_NO_EXCLUDE = np.zeros(1, dtype=np.int64)
+_NO_EXCLUDE.setflags(write=False)
+
+
 def _padded_exclude(values):
     """Append a sentinel so &view[0] is valid even when nothing is excluded."""
+    if values.shape[0] == 0:
+        return _NO_EXCLUDE
     return np.append(values, np.int64(0))
 
 
