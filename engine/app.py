@@ -17,6 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+try:  # optional: ~7x faster than json.dumps on a slate, and the same bytes (#8)
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
+
 from rankly import _fast
 from rankly.engine import dashboard, events_api, experiments_api, metrics, pipeline, quality
 from rankly.engine.config import Settings
@@ -40,6 +45,14 @@ class JSON(JSONResponse):
                           separators=(",", ":")).encode("utf-8")
 
 
+class RankingJSON(JSON):
+    """A recommendation answer. Its only floats are scores the pipeline checked finite, so
+    orjson (which would write NaN as null instead of raising) is safe here when installed."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(content) if orjson is None else orjson.dumps(content)
+
+
 def _runtime(request: Request) -> Runtime:
     return request.state.runtime
 
@@ -51,7 +64,7 @@ async def recommendations(request: Request) -> Response:
         req = parse_query(request.query_params, limits)
     else:
         req = parse_body(await request.body(), limits)
-    return JSON(await answer(rt, req))
+    return RankingJSON(await answer(rt, req))
 
 
 async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
@@ -59,8 +72,9 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     plan, assignment = pipeline.choose_plan(rt, req)
     try:
         body = await pipeline.rank(rt, req, plan)
-        if assignment is not None and req.user_id is not None:
-            rt.tracker.record_exposure(assignment, req.user_id)
+        if (assignment is not None and req.user_id is not None
+                and rt.tracker.record_exposure(assignment, req.user_id)):
+            metrics.EXPOSURES.labels(plan.variant).inc()
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:

@@ -19,11 +19,31 @@ from rankly.engine.config import ConfigError, Settings, load_settings
 log = logging.getLogger("rankly")
 
 
+#: Thread pools pinned to one thread in server processes (see :func:`_serve`).
+SINGLE_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _serve(settings: Settings, env: dict[str, str]) -> None:
     """Run uvicorn (httptools + uvloop when installed; access log off on the hot path)."""
+    import importlib.util
+
     import uvicorn
 
+    # NOTE: each request is served single-threaded (#8): on 2 cores a multi-threaded BLAS call
+    # next to an OpenMP region stalled ~10 ms. Set before workers import NumPy (an explicit
+    # value in the environment wins); threadpoolctl covers libraries this process already
+    # loaded (`rankly demo` trains first).
+    os.environ.update({v: os.environ.get(v, "1") for v in SINGLE_THREAD_VARS})
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(1)
     os.environ.update(env)  # worker processes rebuild Settings from the same variables
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    log.info("serving with uvicorn http=%s loop=%s workers=%d", http, loop, settings.workers)
     with _shared_metrics(settings.workers):
         uvicorn.run(
             "rankly.engine.asgi:create_app_from_env",
@@ -33,8 +53,8 @@ def _serve(settings: Settings, env: dict[str, str]) -> None:
             workers=settings.workers,
             access_log=settings.access_log,
             log_level=settings.log_level,
-            http="auto",
-            loop="auto",
+            http=http,
+            loop=loop,
         )
 
 
