@@ -41,6 +41,7 @@ SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 #: Errors that mean "Redis did not answer": timeouts, refused/reset connections, cluster churn.
 UNAVAILABLE = (redis.RedisError, OSError, asyncio.TimeoutError)
 BACKGROUND_TIMEOUT_MS = 5000.0  # pub/sub, model download, CLI: not on the request path
+CLUSTER_INIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,19 @@ def make_redis(url: str, settings: Settings, *, timeout_ms: float | None = None)
     target = parse_url(url, _wants_cluster(settings))
     retry = Retry(NoBackoff(), 1)
     common = _common(settings, timeout_ms)
+    max_conn = int(settings.plugin_options("redis").get("max_connections", 128))
     if not target.cluster:
-        return redis.asyncio.from_url(target.url, retry=retry, **common)
+        # NOTE: a blocking pool makes a burst of requests wait (within the deadline) for a
+        # free connection instead of failing with MaxConnectionsError and tripping the breaker
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            target.url, max_connections=max_conn, timeout=common["socket_timeout"] * 2,
+            retry=retry, **common)
+        return redis.asyncio.Redis(connection_pool=pool, retry=retry)
     nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes]
     return redis.asyncio.cluster.RedisCluster(
         startup_nodes=nodes, username=target.username, password=target.password,
-        retry=retry, require_full_coverage=True, **common, **_tls_options(target),
+        retry=retry, require_full_coverage=True, max_connections=max_conn * 4,
+        **common, **_tls_options(target),
     )
 
 
@@ -203,9 +211,14 @@ class GuardedRedis:
                   deadline_s: float | None = None) -> T:
         if not self.breaker.allow():
             raise CircuitOpen("redis circuit open")
+        deadline = deadline_s or self.deadline_s
+        if getattr(self.client, "_initialize", False):
+            # a cluster client's first call loads the slot map from every node (~100 ms):
+            # a one-time cost per process, given its own budget
+            deadline = max(deadline, CLUSTER_INIT_S)
         ok = False
         try:
-            async with asyncio.timeout(deadline_s or self.deadline_s):
+            async with asyncio.timeout(deadline):
                 result = await fn(self.client)
             ok = True
             return result

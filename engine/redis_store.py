@@ -114,8 +114,12 @@ class RedisStore(Store):
                 await pubsub.subscribe(name)
                 backoff = 0.2
                 yield None
+                me = asyncio.current_task()
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
+                    if me is not None and me.cancelling():
+                        # redis-py may swallow a cancellation inside get_message
+                        raise asyncio.CancelledError
                     if msg is not None and msg.get("type") == "message":
                         data = msg["data"]
                         yield data.decode() if isinstance(data, bytes) else str(data)

@@ -104,12 +104,28 @@ class RedisDeployment:
         self.cli_all("CONFIG", "RESETSTAT")
 
 
+def _start_on_free_port(workdir: Path, cluster: bool = False) -> RedisServer:
+    """Start a server, retrying on another port when the free one was taken meanwhile."""
+    for attempt in range(5):
+        port = free_port()
+        extra = ("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                 "--cluster-node-timeout", "2000") if cluster else ()
+        server = RedisServer(port, workdir, extra=extra)
+        try:
+            return server.start()
+        except RuntimeError:
+            server.stop()
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisDeployment]:
     """A standalone redis-server on a free loopback port (``--save '' --appendonly no``)."""
     if REDIS_SERVER is None or REDIS_CLI is None:
         pytest.skip("redis-server/redis-cli not installed (Debian: apt-get install redis-server)")
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    server = _start_on_free_port(tmp_path_factory.mktemp("redis"))
     try:
         yield RedisDeployment("standalone", server.url, [server])
     finally:
@@ -125,10 +141,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisDep
     servers = []
     try:
         for n in range(3):
-            port = free_port()
-            servers.append(RedisServer(port, root / str(n), extra=(
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "2000")).start())
+            servers.append(_start_on_free_port(root / str(n), cluster=True))
         addrs = [f"127.0.0.1:{s.port}" for s in servers]
         subprocess.run([REDIS_CLI, "--cluster", "create", *addrs, "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=30)
@@ -181,6 +194,18 @@ def build_artifacts(out: Path, seed: int = 7, version: str | None = None) -> Pat
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def redis_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained artifact directory (version ``v1``), built once per session."""
     return build_artifacts(tmp_path_factory.mktemp("artifacts") / "v1", version="v1")
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """An unstarted redis-server on a free port: a dead Redis until the test starts it."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server/redis-cli not installed (Debian: apt-get install redis-server)")
+    server = RedisServer(free_port(), tmp_path / "spare")
+    try:
+        yield server
+    finally:
+        server.stop()
