@@ -110,6 +110,7 @@ class Settings:
     deadlines: Deadlines = field(default_factory=Deadlines)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     experiments: tuple[Mapping[str, Any], ...] = ()
+    quality_window_minutes: float = 15.0  # rolling window of the quality gauges
     bandit_epoch_seconds: float = 3600.0  # bandits re-weight once per decision epoch
     event_types: Mapping[str, float] = field(default_factory=dict)
 

@@ -104,6 +104,20 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                       "404": _error("Unknown experiment"),
                                       "422": _error("Impossible counts")}},
             },
+            "/dashboard": {"get": {
+                "operationId": "dashboard", "summary": "Live monitoring page (HTML)",
+                "responses": {"200": {"description": "HTML page",
+                                      "content": {"text/html": {}}}}}},
+            "/dashboard/data": {"get": {
+                "operationId": "dashboardData", "summary": "Series the dashboard polls",
+                "responses": {"200": {"description": "Chart series",
+                                      "content": {"application/json": {}}}}}},
+            "/dashboard/static/{name}": {"get": {
+                "operationId": "dashboardAsset", "summary": "Vendored dashboard asset",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Asset"},
+                              "404": _error("Unknown asset")}}},
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
                                 "responses": {"200": {"description": "Alive"}}}},
             "/ready": {"get": {"operationId": "ready", "summary": "Model loaded, store reachable",

@@ -206,10 +206,11 @@ async def fetch_features(rt: Runtime, model: Model, req: RecommendationRequest,
 def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
            user: UserFeatures, trace: Trace) -> Ranking:
     """Candidates -> filter -> score -> order -> rerank (runs in a worker thread)."""
-    if user.is_cold:
-        trace.fallback = trace.fallback or "cold_start"
-        return fallback_ranking(comps, user, req, req.n)
     depth = max(req.n * rt.settings.pipeline.rerank_depth, MIN_RERANK_DEPTH)
+    if user.is_cold:  # popularity, still diversity-capped like every other slate
+        trace.fallback = trace.fallback or "cold_start"
+        return rerank(rt, comps, plan, user, fallback_ranking(comps, user, req, depth), req.n,
+                      trace)
     cands = generate_candidates(rt, comps, plan, user, trace)
     cands = filter_candidates(rt, comps, req, user, cands, trace)
     if len(cands) == 0:

@@ -214,9 +214,7 @@ def current(rt: Runtime) -> QualityWindow:
     model = rt.components.model
     win = rt.extras.get(EXTRAS_KEY)
     if win is None or win.version != model.version:
-        # TODO(#7): read the window length from a typed setting once Settings has one.
-        minutes = float(getattr(rt.settings, "quality_window_minutes", 15.0))
-        win = rt.extras[EXTRAS_KEY] = window_for(model, minutes * 60.0)
+        win = rt.extras[EXTRAS_KEY] = window_for(model, rt.settings.quality_window_minutes * 60)
     return win
 
 

@@ -123,7 +123,7 @@ def test_category_filter_keeps_only_requested_categories(runtime, model):
 
 
 def test_cold_user_gets_popular_items(runtime, model):
-    resp = rank(runtime, user_id="never-seen", n=5)
+    resp = rank(runtime, plan_with(runtime, rerankers=()), user_id="never-seen", n=5)
     assert resp["fallback"] == "cold_start"
     pop = model.part("pop")["scores"]
     expected = model.catalog.item_ids[np.argsort(-pop, kind="stable")[:5]].tolist()
@@ -202,7 +202,8 @@ def test_concurrent_misses_on_one_key_compute_once(runtime):
     assert len({tuple(ids(r)) for r in results}) == 1
 
 
-def test_slate_is_diversity_capped_by_default(runtime, model):
-    resp = rank(runtime, user_id="9", n=10)
+@pytest.mark.parametrize("user", ["9", "cold-user"])
+def test_slate_is_diversity_capped_by_default(runtime, model, user):
+    resp = rank(runtime, user_id=user, n=10)
     cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(resp)]
     assert max(np.bincount(cats)) <= 3
