@@ -425,12 +425,13 @@ class RedisStreamLog(EventLog):
         await pipe.execute()
         return [1] * len(payloads)
 
-    async def tail(self, after: str = "0-0", block_ms: int = 1000,
-                   count: int = 1000) -> AsyncIterator[list[Event]]:
-        """Yield batches of events stored after stream id ``after``, forever (every worker's
-        counters follow the one stream, in stream order). Outages are waited out."""
+    async def tail(self, after: str = "0-0", block_ms: int = 500, count: int = 1000,
+                   stop: asyncio.Event | None = None) -> AsyncIterator[list[Event]]:
+        """Yield batches of events stored after stream id ``after`` until ``stop`` is set
+        (every worker's counters follow the one stream, in stream order). Outages are waited
+        out."""
         last = after
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 reply = await self.guard.run(
                     lambda r, a=last: r.xread({self.stream_key: a}, count=count,
@@ -460,7 +461,7 @@ class RedisStreamLog(EventLog):
                 deadline_s=10.0)
             if not rows:
                 return
-            for entry_id, fields in rows:
+            for _entry_id, fields in rows:
                 raw = fields.get(b"e") or fields.get("e")
                 try:
                     yield Event.from_json(json.loads(raw))

@@ -1,4 +1,4 @@
-"""The event value and the parsing of one event or a batch, with per-event errors naming the field."""
+"""The event value, and parsing one event or a batch with per-event errors naming the field."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rankly.engine.config import Settings
@@ -77,7 +77,7 @@ def parse_timestamp(value: Any, now: float) -> float:
         except ValueError:
             raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         ts = dt.timestamp()
     else:
         raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string")

@@ -13,10 +13,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
 from rankly.engine import metrics
 from rankly.engine.event_log import AppendResult, EventLog, open_event_log
 from rankly.engine.events import Event, parse_batch, parse_event
@@ -24,6 +20,9 @@ from rankly.engine.projections import Projections, attach
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
 from rankly.engine.validation import RequestError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 log = logging.getLogger("rankly.events")
 
@@ -123,6 +122,7 @@ class EventsService:
         # one deadline later removes what it stored.
         self.reinvalidate_s = rt.settings.deadlines.request_ms / 1000.0 + 0.05
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self.log.open()
@@ -140,11 +140,14 @@ class EventsService:
     async def stop(self) -> None:
         if self.log_impressions:
             await self._drain_impressions()
-        for task in list(self._tasks):
+        # NOTE: a cancel landing inside redis-py's blocking XREAD can be swallowed, so the
+        # stream follower also watches a flag (it checks it after each short block).
+        self._stopping.set()
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
         await self.log.close()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -181,7 +184,7 @@ class EventsService:
         await self.invalidate(users)
 
     async def _follow(self) -> None:
-        tail = self.log.tail()  # type: ignore[attr-defined]
+        tail = self.log.tail(stop=self._stopping)  # type: ignore[attr-defined]
         async for batch in tail:
             if batch:
                 await self.projections.apply(batch, users=False)

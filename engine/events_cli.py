@@ -102,7 +102,8 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
     return counts
 
 
-def run_replay(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+def run_replay(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
     stats = asyncio.run(replay(_settings(args)))
     if args.json:
         print(json.dumps(stats), file=out)
@@ -115,7 +116,8 @@ def run_replay(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+def run_export(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
     settings = _settings(args)
     if args.out == "-":
         counts = asyncio.run(export(settings, out, args.include_impressions))

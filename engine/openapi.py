@@ -13,6 +13,55 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _events_paths(settings: Settings, ident: dict[str, Any],
+                  errors: dict[str, Any]) -> dict[str, Any]:
+    """``POST /events`` and ``POST /track/click`` (engine/events_api.py)."""
+    from rankly.engine.events import MAX_CONTEXT_BYTES, MAX_EVENT_ID, event_types
+
+    event = {"type": "object", "required": ["event_id", "user_id", "item_id", "type"],
+             "additionalProperties": False, "properties": {
+                 "event_id": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID},
+                 "user_id": ident, "item_id": ident,
+                 "type": {"type": "string", "enum": sorted(event_types(settings))},
+                 "value": {"type": "number", "description": "required for rating (0..5)"},
+                 "timestamp": {"oneOf": [{"type": "number"}, {"type": "string",
+                                                              "format": "date-time"}],
+                               "description": "unix seconds or ISO 8601; default now"},
+                 "request_id": ident,
+                 "context": {"type": "object",
+                             "description": f"at most {MAX_CONTEXT_BYTES} bytes as JSON"}}}
+    batch = {"type": "array", "items": event, "maxItems": settings.limits.max_events_batch}
+    counts = {"description": "Stored durably (duplicates by event_id counted, not stored)",
+              "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["accepted", "duplicates", "rejected"],
+                  "properties": {
+                      "accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
+                      "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                          "index": {"type": "integer"},
+                          "error": {"$ref": "#/components/schemas/Error"}}}}}}}}}
+    down = {**_error("Event storage unavailable: retry with the same event_id values"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+    return {
+        "/events": {"post": {
+            "operationId": "postEvents",
+            "summary": "Record one event or a batch (object, array or {events: [...]})",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [event, batch, {"type": "object", "required": ["events"],
+                                         "properties": {"events": batch}}]}}}},
+            "responses": {"202": counts, **errors, "503": down}}},
+        "/track/click": {"post": {
+            "operationId": "trackClick", "summary": "Record one click (alias of /events)",
+            "parameters": [
+                {"name": "user_id", "in": "query", "required": True, "schema": ident},
+                {"name": "item_id", "in": "query", "required": True, "schema": ident},
+                {"name": "event_id", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID}},
+                {"name": "request_id", "in": "query", "required": False, "schema": ident},
+            ],
+            "responses": {"202": counts, **errors, "503": down}}},
+    }
+
+
 def openapi_schema(settings: Settings) -> dict[str, Any]:
     lim = settings.limits
     ident = {"type": "string", "minLength": 1, "maxLength": lim.max_id_length,
@@ -118,6 +167,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "Asset"},
                               "404": _error("Unknown asset")}}},
+            **_events_paths(settings, ident, errors),
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
                                 "responses": {"200": {"description": "Alive"}}}},
             "/ready": {"get": {"operationId": "ready", "summary": "Model loaded, store reachable",

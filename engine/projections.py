@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from rankly.engine.config import Settings
 from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS
 from rankly.engine.events import Event

@@ -7,7 +7,6 @@ import errno
 import shutil
 
 import pytest
-
 from rankly.engine.config import load_settings
 from rankly.engine.event_log import FileEventLog, RedisStreamLog
 from rankly.engine.events import Event

@@ -6,8 +6,9 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
-
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from rankly.engine.config import load_settings
 from rankly.engine.events import Event, parse_batch, parse_event
 from rankly.engine.validation import RequestError
