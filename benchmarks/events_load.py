@@ -1,0 +1,191 @@
+"""Recommendation latency while ingesting events: P50/P95/P99 with and without an event flood.
+
+Run (about 40 s; needs wrk):
+
+    python benchmarks/events_load.py                   # 2,000 events/s, 15 s per phase
+    python benchmarks/events_load.py --rate 4000 --duration 10 --batch 50
+
+Starts one ``rankly serve`` worker on a free 127.0.0.1 port over a small synthetic model (embedded
+store, so every acknowledged event is fsynced to the JSON-lines log), then:
+
+1. baseline: ``wrk -t1 -c8`` on ``GET /recommendations`` (random known users, n=10);
+2. the same wrk run while an asyncio client posts ``--rate`` events/s to ``POST /events`` in
+   batches of ``--batch`` (paced every 1/(rate/batch) s; 20% purchases, so caches get
+   invalidated), and counts 202s, 503s and accepted events.
+
+The server is stopped by the PID this script started; the results go to stdout and
+``benchmarks/results/events_load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "events_load.json"
+
+WRK_SCRIPT = """
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/recommendations?n=10&user_id=" .. math.random(1, %(users)d))
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %%d %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read +
+    summary.errors.write + summary.errors.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_artifacts(out: Path, users: int, items: int) -> Path:
+    from rankly.engine.demo import synthesize
+    from rankly.engine.interactions import build_training_data
+    from rankly.engine.model import fingerprint, save_model
+    from rankly.engine.plugins import collect, make_plugin_manager
+
+    interactions, meta = synthesize(n_users=users, n_items=items, seed=5)
+    data = build_training_data(interactions, meta)
+    trainers = collect(make_plugin_manager(), "trainers")
+    parts = [trainers.get(n).fit(data, {}) for n in ("pop", "itemknn")]
+    return save_model(out, data.catalog, data.users, parts,
+                      data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def run_wrk(url: str, script: Path, duration: int) -> dict:
+    out = subprocess.run(["wrk", "-t1", "-c8", f"-d{duration}s", "--timeout", "2s",
+                          "-s", str(script), url], capture_output=True, text=True,
+                         timeout=duration + 30).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+    n, errors, micros, p50, p95, p99 = line.split()[1:]
+    secs = int(micros) / 1e6
+    return {"requests": int(n), "errors": int(errors), "rps": round(int(n) / secs, 1),
+            "p50_ms": float(p50) / 1000, "p95_ms": float(p95) / 1000,
+            "p99_ms": float(p99) / 1000}
+
+
+async def flood(url: str, rate: int, batch: int, duration: float, users: int,
+                items: int) -> dict:
+    import httpx
+
+    rng = random.Random(11)
+    interval = batch / rate
+    counts = {"requests": 0, "status": {}, "accepted": 0, "duplicates": 0}
+    kinds = ["view"] * 6 + ["click"] * 2 + ["purchase"] * 2
+    seq = 0
+    pending: set[asyncio.Task] = set()
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+
+        async def post(body: list[dict]) -> None:
+            r = await client.post("/events", json=body)
+            counts["requests"] += 1
+            counts["status"][r.status_code] = counts["status"].get(r.status_code, 0) + 1
+            if r.status_code == 202:
+                counts["accepted"] += r.json()["accepted"]
+                counts["duplicates"] += r.json()["duplicates"]
+
+        start = time.perf_counter()
+        tick = 0
+        while time.perf_counter() - start < duration:
+            body = []
+            for _ in range(batch):
+                seq += 1
+                body.append({"event_id": f"load-{seq}", "type": rng.choice(kinds),
+                             "user_id": str(rng.randint(1, users)),
+                             "item_id": str(rng.randint(1, items))})
+            task = asyncio.create_task(post(body))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick * interval - time.perf_counter()))
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        elapsed = time.perf_counter() - start
+    counts["sent"] = seq
+    counts["events_per_s"] = round(counts["accepted"] / elapsed, 1)
+    return counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=int, default=2000, help="events per second")
+    ap.add_argument("--batch", type=int, default=20, help="events per POST /events")
+    ap.add_argument("--duration", type=int, default=15, help="seconds per phase")
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=1000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="rankly-events-load-"))
+    artifacts = build_artifacts(tmp / "artifacts", args.users, args.items)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RANKLY_ARTIFACTS": str(artifacts), "RANKLY_DATA_DIR": str(tmp / "data"),
+           "RANKLY_PORT": str(port), "RANKLY_HOST": "127.0.0.1", "RANKLY_LOG_LEVEL": "warning",
+           "RANKLY_PIPELINE__CANDIDATES": "itemknn,trending,popular",
+           "RANKLY_PIPELINE__SCORERS": "itemknn,popular"}
+    server = subprocess.Popen([sys.executable, "-m", "rankly.engine.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url)
+        script = tmp / "recs.lua"
+        script.write_text(WRK_SCRIPT % {"users": args.users})
+        run_wrk(url, script, 3)  # warm-up
+        baseline = run_wrk(url, script, args.duration)
+
+        async def both() -> tuple[dict, dict]:
+            loop = asyncio.get_running_loop()
+            wrk = loop.run_in_executor(None, run_wrk, url, script, args.duration)
+            ingest = await flood(url, args.rate, args.batch, args.duration, args.users,
+                                 args.items)
+            return await wrk, ingest
+
+        loaded, ingest = asyncio.run(both())
+        log_path = tmp / "data" / "events" / "events.jsonl"
+        stored = sum(1 for line in log_path.open() if '"t":"impression"' not in line)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    result = {"rate": args.rate, "batch": args.batch, "duration_s": args.duration,
+              "cpu_count": os.cpu_count(), "baseline": baseline, "under_ingest": loaded,
+              "ingest": ingest, "client_events_in_log": stored}
+    print(json.dumps(result, indent=2))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
