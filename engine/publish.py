@@ -199,9 +199,9 @@ class ModelWatcher:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            # NOTE: bounded: a redis-py call may swallow the cancellation for up to ~1 s
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks = []
 
     async def check(self) -> bool:

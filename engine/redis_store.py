@@ -107,6 +107,7 @@ class RedisStore(Store):
         ``None`` after every (re)subscription. On a cluster, listens on one seed node."""
         name = self.keys.channel(channel)
         backoff = 0.2
+        me = asyncio.current_task()
         while True:
             client = make_pubsub_client(self.url, self.settings)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -114,7 +115,6 @@ class RedisStore(Store):
                 await pubsub.subscribe(name)
                 backoff = 0.2
                 yield None
-                me = asyncio.current_task()
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)
                     if me is not None and me.cancelling():
@@ -128,6 +128,8 @@ class RedisStore(Store):
             finally:
                 await _quietly(pubsub.aclose())
                 await _quietly(client.aclose())
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

@@ -209,3 +209,9 @@ def spare_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifact_builder():
+    """``artifact_builder(out_dir, seed=, version=)``: train and save a small model."""
+    return build_artifacts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -94,8 +93,7 @@ class LocalCache:
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follower
+            await asyncio.wait([self._follower], timeout=2.0)
             self._follower = None
 
     def _ensure_following(self) -> None:
