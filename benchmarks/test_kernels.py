@@ -23,7 +23,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from rankly._fast import reference
 
 fast_topk = importlib.import_module("rankly._fast.topk")
@@ -145,8 +144,9 @@ def test_topk_batch(benchmark, who, n, k):
     group = f"topk_batch b=256 n={n:.0e} k={k}"
     if who.startswith("ours"):
         threads = 1 if who == "ours 1 thread" else 2
-        _, values = run(benchmark, group, who,
-                        lambda: fast_topk.topk_batch(scores, k, threads=threads))
+        _, values = run(
+            benchmark, group, who, lambda: fast_topk.topk_batch(scores, k, threads=threads)
+        )
         # Ids may differ on exact float ties (argpartition does not prefer the lower index).
         np.testing.assert_array_equal(values, numpy_topk_batch(scores, k)[1])
     elif who == "numpy":
@@ -193,8 +193,12 @@ def test_score_topk_batch(benchmark, who):
     group = "score_topk_batch b=256 n=1e+05 d=64 k=10"
     if who.startswith("ours"):
         threads = 1 if who == "ours 1 thread" else 2
-        run(benchmark, group, who,
-            lambda: fast_topk.score_topk_batch(items, users, 10, threads=threads))
+        run(
+            benchmark,
+            group,
+            who,
+            lambda: fast_topk.score_topk_batch(items, users, 10, threads=threads),
+        )
     elif who == "numpy":
         run(benchmark, group, who, lambda: numpy_topk_batch(users @ items.T, 10))
     else:
@@ -229,19 +233,26 @@ def ratio_table(path: str) -> str:
     groups: dict[str, dict[str, float]] = {}
     for bench in results:
         groups.setdefault(bench["group"], {})[bench["name"]] = bench["stats"]["median"]
-    lines = ["| group | ours (median) | numpy / ours | implicit / ours | ours / floor | other |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| group | ours (median) | numpy / ours | implicit / ours | ours / floor | other |",
+        "|---|---|---|---|---|---|",
+    ]
     for group, times in groups.items():
         ours = times.get("ours", times.get("ours 1 thread"))
-        def rel(name):
+
+        def rel(name, times=times, ours=ours):
             return f"{times[name] / ours:.1f}x" if name in times else ""
+
         floor = f"{ours / times['floor']:.2f}" if "floor" in times else ""
         other = ", ".join(
-            f"{name} {times[name] / ours:.2f}x" for name in times
+            f"{name} {times[name] / ours:.2f}x"
+            for name in times
             if name not in ("ours", "numpy", "implicit", "floor")
         )
-        lines.append(f"| {group} | {ours * 1e6:.1f} us | {rel('numpy')} | {rel('implicit')} "
-                     f"| {floor} | {other} |")
+        lines.append(
+            f"| {group} | {ours * 1e6:.1f} us | {rel('numpy')} | {rel('implicit')} "
+            f"| {floor} | {other} |"
+        )
     return "\n".join(lines)
 
 

@@ -14,8 +14,21 @@ KERNELS = settings(max_examples=200, deadline=None)
 F32 = np.finfo(np.float32)
 
 # A small pool of values so that ties are common, plus every special value.
-TIE_VALUES = [0.0, -0.0, 1.0, 2.0, -1.0, 0.5, np.nan, np.inf, -np.inf,
-              float(F32.max), float(-F32.max), float(F32.tiny), float(F32.smallest_subnormal)]
+TIE_VALUES = [
+    0.0,
+    -0.0,
+    1.0,
+    2.0,
+    -1.0,
+    0.5,
+    np.nan,
+    np.inf,
+    -np.inf,
+    float(F32.max),
+    float(-F32.max),
+    float(F32.tiny),
+    float(F32.smallest_subnormal),
+]
 
 
 def score_elements():

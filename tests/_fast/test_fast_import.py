@@ -54,5 +54,10 @@ def test_implementation_matches_the_environment():
 
 def test_public_names_are_exported():
     assert set(_fast.__all__) == {
-        "IMPLEMENTATION", "diverse_topk", "score_topk", "score_topk_batch", "topk", "topk_batch",
+        "IMPLEMENTATION",
+        "diverse_topk",
+        "score_topk",
+        "score_topk_batch",
+        "topk",
+        "topk_batch",
     }

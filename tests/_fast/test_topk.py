@@ -2,20 +2,19 @@
 
 import numpy as np
 import pytest
+from fast_strategies import KERNELS, exclusions, k_values, score_arrays, score_elements
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from rankly import _fast
 from rankly._fast import reference
-
-from fast_strategies import KERNELS, exclusions, k_values, score_arrays, score_elements
-
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
 def assert_same(got, want):
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype
