@@ -1,0 +1,82 @@
+"""Measure Redis memory per user (online state + cached answers) and per item (model version).
+
+Usage: python benchmarks/redis_memory.py --redis redis://127.0.0.1:6379/0 [--users 20000]
+Writes through the real RedisStore / RedisCache code paths into a scratch namespace, reads
+INFO memory before and after, extrapolates to one million, then deletes what it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+
+import numpy as np
+
+from rankly.engine.config import load_settings
+from rankly.engine.redis_store import RedisStore
+from rankly.plugins.caches.redis import RedisCache
+
+
+async def used(r) -> int:
+    return int((await r.info("memory"))["used_memory"])
+
+
+def payload(n: int) -> dict:
+    return {"user_id": "u", "items": [{"item_id": str(1000 + i), "score": 1.234567,
+                                       "reasons": ["Because you liked Classic Novel #12"]}
+                                      for i in range(n)],
+            "variant": None, "experiment": None, "model_version": "20250101T000000-abcdef12",
+            "fallback": None}
+
+
+async def main(url: str, users: int, history: int, answers: int, n: int, items: int) -> None:
+    s = load_settings(environ={}, store_url=url, namespace="memtest")
+    store = RedisStore(url, s)
+    cache = RedisCache(store, ttl=3600)
+    r = store.background.client
+    await r.flushdb()
+    base = await used(r)
+    for u in range(users):
+        pipe = r.pipeline(transaction=False)
+        items_u = [str(100000 + (u * 7 + k) % 50000) for k in range(history)]
+        pipe.lpush(store.keys.user(str(u), "history"), *items_u)
+        pipe.sadd(store.keys.user(str(u), "seen"), *items_u)
+        await pipe.execute()
+    state = await used(r) - base
+    body = payload(n)
+    for u in range(users):
+        for a in range(answers):
+            await cache.set(f"{a:024x}", str(u), body)
+    recs = await used(r) - base - state
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    for arr in (rng.normal(size=(items, 64)).astype(np.float32),  # ALS item factors
+                rng.integers(0, items, (items, 50)).astype(np.int32),  # itemknn neighbours
+                rng.random((items, 50)).astype(np.float32), rng.random(items).astype(np.float32)):
+        np.save(buf, arr, allow_pickle=False)
+    await r.set("memtest:model:blob", buf.getvalue())
+    model = await used(r) - base - state - recs
+    await r.flushdb()
+    await store.close()
+    m = 1_000_000
+    print(json.dumps({
+        "users_measured": users, "history_len": history, "cached_answers_per_user": answers,
+        "items_per_answer": n, "items_measured": items,
+        "online_state_MiB_per_million_users": round(state / users * m / 2**20, 1),
+        "l2_cache_MiB_per_million_users": round(recs / users * m / 2**20, 1),
+        "model_MiB_per_million_items": round(model / items * m / 2**20, 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--redis", required=True)
+    p.add_argument("--users", type=int, default=20000)
+    p.add_argument("--history", type=int, default=50)
+    p.add_argument("--answers", type=int, default=2)
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--items", type=int, default=100000)
+    a = p.parse_args()
+    asyncio.run(main(a.redis, a.users, a.history, a.answers, a.n, a.items))
