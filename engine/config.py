@@ -60,7 +60,7 @@ class PipelineSettings:
     """Which components run, in which order (names as registered by plugins)."""
 
     # the setup `rankly train` produces (see docs/evaluation.md for how it was chosen)
-    candidates: tuple[str, ...] = ("ease", "itemknn", "als", "popular")
+    candidates: tuple[str, ...] = ("ease", "itemknn", "als", "trending", "popular")
     scorers: tuple[str, ...] = ("blend", "ease", "als", "popular")
     rerankers: tuple[str, ...] = ("diversity",)
     candidates_per_generator: int = 300

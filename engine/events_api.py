@@ -16,6 +16,7 @@ from typing import Any
 from rankly.engine import metrics
 from rankly.engine.event_log import AppendResult, EventLog, open_event_log
 from rankly.engine.events import Event, parse_batch, parse_event
+from rankly.engine.experiments.tracking import OUTCOME_OF_EVENT
 from rankly.engine.projections import Projections, attach
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
@@ -161,12 +162,22 @@ class EventsService:
         if result.new:
             for e in result.new:
                 metrics.EVENTS.labels(e.type).inc()
+                self.record_outcome(e)
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
                 await self.invalidate(users)
                 self._spawn(self._invalidate_later(users), "reinvalidate")
         return result
+
+    def record_outcome(self, e: Event) -> None:
+        """Credit a click or purchase to the variants the user was exposed to."""
+        outcome = OUTCOME_OF_EVENT.get(e.type)
+        if outcome is None:
+            return
+        counter = metrics.CLICKS if outcome == "click" else metrics.CONVERSIONS
+        for _experiment, variant in self.rt.tracker.record_outcome(e.user_id, outcome):
+            counter.labels(variant).inc()
 
     async def invalidate(self, users: set[str]) -> None:
         """Drop the cached recommendations of ``users`` in every tier (the L1 tier also

@@ -16,6 +16,8 @@ from rankly.engine.experiments.bandit import Allocation, update_bandit
 from rankly.engine.experiments.stats import ArmCounts
 
 OUTCOMES = ("click", "conversion")
+#: Which event types count as which experiment outcome.
+OUTCOME_OF_EVENT = {"click": "click", "purchase": "conversion"}
 
 
 @dataclass

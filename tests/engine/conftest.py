@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -34,6 +36,8 @@ def model(artifacts):
 
 
 def make_settings(artifacts, **overrides):
+    """Settings ignoring the environment; runtime data (event log) goes to a temp dir."""
+    overrides.setdefault("data_dir", tempfile.mkdtemp(prefix="rankly-test-"))
     return load_settings(environ={}, artifacts=artifacts, **overrides)
 
 
