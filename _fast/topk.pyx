@@ -1,13 +1,12 @@
 """Top-k selection kernels: `topk`, `topk_batch`, `score_topk`, `score_topk_batch`.
 
-The NumPy twins in `reference.py` are the specification; see `_select.pxd` for the algorithm.
+The NumPy twins in `reference.py` are the specification; see `_select.pxi` for the algorithm.
 Serving calls are single-threaded; only the *_batch functions use OpenMP threads.
 """
 
 cimport cython
 cimport openmp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
