@@ -135,6 +135,7 @@ async def openapi(request: Request) -> Response:
 
 async def prometheus(request: Request) -> Response:
     quality.refresh(_runtime(request))  # old buckets expire even when traffic stops
+    experiments_api.refresh_srm(_runtime(request))
     return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import datasets, evaluation, events_cli, training
+    from rankly.engine import datasets, evaluation, events_cli, publish, training
     from rankly.engine.experiments import cli as experiments_cli
 
     for name, help_text, add, run in (
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(p)
         p.set_defaults(func=run)
     experiments_cli.add_arguments(sub)
+    publish.add_arguments(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rankly.engine import metrics
 from rankly.engine.auth import require_admin
 from rankly.engine.experiments import (
     Experiment,
@@ -20,6 +21,7 @@ from rankly.engine.experiments import (
     json_safe,
     parse_experiment,
 )
+from rankly.engine.experiments.stats import srm_test
 from rankly.engine.runtime import Runtime
 from rankly.engine.validation import RequestError, check_id
 
@@ -113,6 +115,18 @@ async def experiment_results(request: Request) -> Response:
         raise RequestError("counts", str(exc)) from None
     return _json({"experiment": exp.key, "phase": exp.phase, "status": exp.status.value,
                   **result})
+
+
+def refresh_srm(rt: Runtime) -> None:
+    """Export the SRM p-value of every running A/B experiment (bandits move their weights)."""
+    for exp in rt.experiments.running:
+        if exp.bandit:
+            continue
+        counts = [a.exposures for a in rt.tracker.counts(exp)]
+        if sum(counts):
+            p = srm_test(counts, exp.weights)["p_value"]
+            if p is not None:
+                metrics.SRM_P_VALUE.labels(exp.key).set(p)
 
 
 ROUTES = [

@@ -164,7 +164,8 @@ class Reranker(Protocol):
 class Cache(Protocol):
     """One cache tier. Values are JSON-ready response payloads (dicts)."""
 
-    def get(self, key: str) -> Awaitable[dict[str, Any] | None]: ...
+    def get(self, key: str, user_id: str | None = None) -> Awaitable[dict[str, Any] | None]:
+        """The cached payload of ``key`` (``user_id`` lets a tier find per-user storage)."""
 
     def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> Awaitable[None]: ...
 

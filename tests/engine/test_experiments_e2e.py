@@ -7,6 +7,7 @@ the results route must report exactly the injected counts and the reference stat
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -69,6 +70,9 @@ def test_results_report_injected_counts_and_reference_statistics(client_with, ke
     with client_with([experiment(key, rates)]) as client:
         injected = simulate(client, key, rates, users=400, rng=rng, prefix=f"{key}-user-")
         res = client.get(f"/experiments/{key}/results", headers=AUTH).json()
+        scrape = client.get("/metrics").text
+    gauge = re.search(rf'rankly_experiment_srm_p_value{{experiment="{key}"}} (\S+)', scrape)
+    assert float(gauge.group(1)) == pytest.approx(res["srm"]["p_value"], rel=1e-9)
     arms = {a["name"]: a for a in res["arms"]}
     for name, (exposed, clicked) in injected.items():
         assert (arms[name]["exposures"], arms[name]["clicks"]) == (exposed, clicked)
@@ -87,6 +91,7 @@ def test_results_report_injected_counts_and_reference_statistics(client_with, ke
     assert res["srm"]["p_value"] == pytest.approx(srm, abs=1e-9)
     if key == "ab-test":
         assert res["verdict"] == "significant_win"
+
 
 
 def test_bandit_moves_traffic_to_the_better_arm(client_with):
