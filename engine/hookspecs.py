@@ -87,7 +87,8 @@ def register_scorers(register: Register) -> None:
     """Contribute scorers (ranking stage).
 
     Arguments:
-        register: call ``register(name, factory)``; ``factory(ctx: ComponentContext) -> Scorer | None``.
+        register: call ``register(name, factory)``;
+            ``factory(ctx: ComponentContext) -> Scorer | None``.
 
     Return: nothing. Settings ``pipeline.scorers`` is an ordered fallback chain: the first scorer
     whose output is valid (right length, finite) is used; a scorer that raises, times out or
@@ -106,7 +107,8 @@ def register_rerankers(register: Register) -> None:
     """Contribute rerankers (post-ranking stage: diversity caps, boosts, business rules).
 
     Arguments:
-        register: call ``register(name, factory)``; ``factory(ctx: ComponentContext) -> Reranker | None``.
+        register: call ``register(name, factory)``;
+            ``factory(ctx: ComponentContext) -> Reranker | None``.
 
     Return: nothing. Settings ``pipeline.rerankers`` applies them in order, each on the previous
     one's output.

@@ -145,7 +145,8 @@ class RecommendationRequest:
 @runtime_checkable
 class CandidateGenerator(Protocol):
     def generate(self, user: UserFeatures, n: int) -> Candidates:
-        """Return up to ``n`` candidates for ``user`` (may include seen items; they are filtered)."""
+        """Return up to ``n`` candidates for ``user`` (seen items may be included: they are
+        filtered out afterwards)."""
 
 
 @runtime_checkable
