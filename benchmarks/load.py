@@ -12,7 +12,8 @@ Starlette route returning a fixed 10-item list on the same stack (uvicorn + http
 no access log); rankly's req/s are printed as ratios to the floor with the same worker count,
 measured in the same run. The request mix: Zipf-skewed known users (s = 1.1), 10% cold user
 ids never seen in training, n in {10, 20}. ``cached`` scenarios first replay the whole mix once
-so every request is a hit; ``uncached`` ones turn the cache tiers off.
+so every request is a hit; ``uncached`` ones turn the cache tiers off. ``no-impressions`` rows
+turn impression logging off (``[plugins.events] log_impressions``) to show what it costs.
 """
 
 from __future__ import annotations
@@ -192,15 +193,19 @@ def run_wrk(port: int, paths_file: Path, connections: int, duration: float) -> d
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
 
 
-def cache_hits(port: int) -> float:
-    """Cache hits so far over every tier and worker (from /metrics; 0 when unreadable)."""
+def counter(port: int, name: str, label: str = "") -> float:
+    """Sum of a counter's series containing ``label`` so far (from /metrics; 0 if unreadable)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return 0.0
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith("rankly_cache_lookups_total{") and 'result="hit"' in ln)
+               if ln.startswith(name + "{") and label in ln)
+
+
+def cache_hits(port: int) -> float:
+    return counter(port, "rankly_cache_lookups_total", 'result="hit"')
 
 
 def warm(port: int, paths_file: Path, max_passes: int = 10) -> float:
@@ -250,6 +255,11 @@ def scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
                   "connections": 64, "env": {"RANKLY_CACHE__TIERS": ""}})
     s.append({"name": "uncached w1 c16", "group": "uncached", "workers": 1, "connections": 16,
               "env": {"RANKLY_CACHE__TIERS": ""}})
+    off = {"RANKLY_PLUGINS": '{"events": {"log_impressions": false}}'}
+    s.append({"name": "cached w1 c64 no-impressions", "group": "impressions", "workers": 1,
+              "connections": 64, "warm": True, "env": off})
+    s.append({"name": "uncached w1 c16 no-impressions", "group": "impressions", "workers": 1,
+              "connections": 16, "env": {"RANKLY_CACHE__TIERS": "", **off}})
     s.append({"name": "cached w1 c16 embedded", "group": "redis", "workers": 1,
               "connections": 16, "warm": True})
     for tiers in ("l1,l2", "l2"):
@@ -320,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
                         warm(port, mixes[dataset])
                     else:  # first requests fault in mapped pages and fill thread pools
                         run_wrk(port, mixes[dataset], sc["connections"], 1.0)
-                    before = cache_hits(port)
+                    before = cache_hits(port), counter(port, "rankly_fallbacks_total")
                     r = run_wrk(port, mixes[dataset], sc["connections"], args.duration)
                     if sc.get("kind") != "floor":
-                        r["hit_ratio"] = round((cache_hits(port) - before)
-                                               / max(r["requests"], 1), 4)
+                        done = max(r["requests"], 1)
+                        r["hit_ratio"] = round((cache_hits(port) - before[0]) / done, 4)
+                        # cold users are fallbacks by design (10% of the mix); timeouts and
+                        # open breakers show up as a larger share
+                        r["fallback_ratio"] = round(
+                            (counter(port, "rankly_fallbacks_total") - before[1]) / done, 4)
                     if sc.get("memory"):
                         r["memory_mib"] = {str(p): memory(p) for p in worker_pids(proc.pid)}
             except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
@@ -334,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             print(f"{sc['name']:<34} {r['rps']:>9.0f} req/s  p50 {r['p50']:6.2f}  "
                   f"p95 {r['p95']:6.2f}  p99 {r['p99']:6.2f} ms  hits {r.get('hit_ratio', '-')}  "
+                  f"fallbacks {r.get('fallback_ratio', '-')}  "
                   f"errors {r['errors']}",
                   flush=True)
     finally:
@@ -360,12 +375,13 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    rows = ["| scenario | req/s | vs floor | P50 ms | P95 ms | P99 ms | hit ratio | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| scenario | req/s | vs floor | P50 ms | P95 ms | P99 ms | hits | fallbacks |"
+            " errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         ratio = f"{r['vs_floor']:.2f}" if "vs_floor" in r else "-"
         rows.append(f"| {r['name']} | {r['rps']:.0f} | {ratio} | {r['p50']:.2f} | "
-                    f"{r['p95']:.2f} | {r['p99']:.2f} | {r.get('hit_ratio', '-')} | {r['errors']} |")
+                    f"{r['p95']:.2f} | {r['p99']:.2f} | {r.get('hit_ratio', '-')} | "
+                    f"{r.get('fallback_ratio', '-')} | {r['errors']} |")
     mem = [r for r in results if "memory_mib" in r]
     for r in mem:
         for pid, m in r["memory_mib"].items():
