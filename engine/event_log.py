@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from rankly.engine.config import Settings
 from rankly.engine.events import Event
 from rankly.engine.store import Store, StoreUnavailable
@@ -92,7 +94,9 @@ def _encode(event: Event, at: float, idempotent: bool) -> bytes:
     doc["at"] = round(at, 3)
     if not idempotent:
         doc["nd"] = 1
-    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    # NOTE: orjson is ~5x faster here; served slates are logged as impressions on every
+    # request, so this encoder is on the serving budget (see docs/performance.md).
+    return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class FileEventLog(EventLog):
