@@ -25,14 +25,21 @@ except ImportError:  # pragma: no cover - depends on the environment
 from rankly import _fast
 from rankly.engine import dashboard, events_api, experiments_api, metrics, pipeline, quality
 from rankly.engine.config import Settings
+from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
 from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
 from rankly.engine.publish import load_serving_model, start_model_watcher
 from rankly.engine.runtime import Runtime, build_runtime
 from rankly.engine.store import open_store
-from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
 from rankly.engine.types import RecommendationRequest, UserFeatures
-from rankly.engine.validation import RequestError, check_id, check_n, parse_body, parse_query
+from rankly.engine.validation import (
+    RequestError,
+    check_id,
+    check_n,
+    parse_body,
+    parse_query,
+    reject_unknown,
+)
 
 log = logging.getLogger("rankly")
 
@@ -93,9 +100,7 @@ async def similar_items(request: Request) -> Response:
     rt = _runtime(request)
     limits = rt.settings.limits
     item_id = check_id(request.path_params["item_id"], "item_id", limits)
-    unknown = set(request.query_params) - {"n"}
-    if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown parameter")
+    reject_unknown(request.query_params, {"n"})
     n = check_n(request.query_params.get("n"), limits)
     comps = rt.components
     idx = comps.model.catalog.index.get(item_id)
@@ -122,11 +127,17 @@ async def ready(request: Request) -> Response:
     body = {
         "status": "ready" if store_ok else "degraded",
         "model_version": rt.model.version,
-        "store": {"kind": rt.store.kind, "reachable": store_ok},
+        "store": {"kind": rt.store.kind, "reachable": store_ok, **_store_breaker(rt)},
         "kernels": _fast.IMPLEMENTATION,
         "breakers": rt.breakers.states(),
     }
     return JSON(body, status_code=200 if store_ok else 503)
+
+
+def _store_breaker(rt: Runtime) -> dict[str, str]:
+    """The state of the store's circuit breaker (closed/open/half_open), when it has one."""
+    guard = getattr(rt.store, "guard", None)
+    return {"breaker": guard.breaker.state} if guard is not None else {}
 
 
 async def openapi(request: Request) -> Response:

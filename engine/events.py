@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rankly.engine.config import Settings
-from rankly.engine.validation import RequestError, check_id
+from rankly.engine.validation import RequestError, check_id, reject_unknown
 
 #: Built-in event types; ``settings.event_types`` adds custom ones (name -> weight).
 BUILTIN_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "impression")
@@ -94,9 +94,7 @@ def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event
     limits = settings.limits
     if not isinstance(obj, dict):
         raise RequestError("event", "must be a JSON object")
-    unknown = set(obj) - _FIELDS
-    if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown field")
+    reject_unknown(obj, _FIELDS, where="event")
     for name in ("event_id", "user_id", "item_id", "type"):
         if obj.get(name) is None:
             raise RequestError(name, "is required")

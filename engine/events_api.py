@@ -13,6 +13,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from rankly.engine import metrics
 from rankly.engine.event_log import AppendResult, EventLog, open_event_log
 from rankly.engine.events import Event, parse_batch, parse_event
@@ -20,10 +24,7 @@ from rankly.engine.experiments.tracking import OUTCOME_OF_EVENT
 from rankly.engine.projections import Projections, attach
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
-from rankly.engine.validation import RequestError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from rankly.engine.validation import RequestError, reject_unknown
 
 log = logging.getLogger("rankly.events")
 
@@ -301,9 +302,7 @@ async def track_click(request: Request) -> Response:
     """
     settings = request.state.runtime.settings
     params = request.query_params
-    unknown = set(params) - _CLICK_PARAMS
-    if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown parameter")
+    reject_unknown(params, _CLICK_PARAMS)
     obj: dict[str, Any] = {"type": "click", "user_id": params.get("user_id"),
                            "item_id": params.get("item_id"),
                            "event_id": params.get("event_id") or f"click:{uuid.uuid4().hex}"}

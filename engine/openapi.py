@@ -38,7 +38,7 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
                       "accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
                       "rejected": {"type": "array", "items": {"type": "object", "properties": {
                           "index": {"type": "integer"},
-                          "error": {"$ref": "#/components/schemas/Error"}}}}}}}}}
+                          "error": {"$ref": "#/components/schemas/ErrorDetail"}}}}}}}}}
     down = {**_error("Event storage unavailable: retry with the same event_id values"),
             "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
     return {
@@ -47,6 +47,7 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
             "summary": "Record one event or a batch (object, array or {events: [...]})",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "oneOf": [event, batch, {"type": "object", "required": ["events"],
+                                         "additionalProperties": False,
                                          "properties": {"events": batch}}]}}}},
             "responses": {"202": counts, **errors, "503": down}}},
         "/track/click": {"post": {
@@ -71,7 +72,10 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
               "422": _error("Invalid field (named in error.field)")}
     admin = [{"bearer": []}, {"apiKey": []}]
     auth_errors = {"401": _error("No admin credentials"), "403": _error("Wrong credentials")}
-    key_param = {"name": "key", "in": "path", "required": True, "schema": ident}
+    # NOTE: an experiment key is one path segment: a %2F in it would reach another route.
+    key_param = {"name": "key", "in": "path", "required": True,
+                 "schema": {**ident, "pattern": "^[^/\\x00-\\x1f\\x7f]+$"}}
+    bad_key = {"422": _error("Invalid key")}
 
     def obj(description: str) -> dict[str, Any]:
         return {"description": description,
@@ -130,7 +134,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                 "get": {"operationId": "getExperiment", "summary": "An experiment (admin)",
                         "security": admin, "parameters": [key_param],
                         "responses": {"200": obj("The experiment"), **auth_errors,
-                                      "404": _error("Unknown experiment")}},
+                                      "404": _error("Unknown experiment"), **bad_key}},
                 "put": {"operationId": "putExperiment",
                         "summary": "Create or replace an experiment (admin)",
                         "security": admin, "parameters": [key_param],
@@ -143,7 +147,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                 "post": {"operationId": "stopExperiment", "summary": "Stop an experiment (admin)",
                          "security": admin, "parameters": [key_param],
                          "responses": {"200": obj("Stopped"), **auth_errors,
-                                       "404": _error("Unknown experiment")}},
+                                       "404": _error("Unknown experiment"), **bad_key}},
             },
             "/experiments/{key}/results": {
                 "get": {"operationId": "experimentResults",
@@ -151,7 +155,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "security": admin, "parameters": [key_param],
                         "responses": {"200": obj("Results"), **auth_errors,
                                       "404": _error("Unknown experiment"),
-                                      "422": _error("Impossible counts")}},
+                                      "422": _error("Invalid key or impossible counts")}},
             },
             "/dashboard": {"get": {
                 "operationId": "dashboard", "summary": "Live monitoring page (HTML)",
@@ -187,10 +191,12 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
           "schemas": {
             "Error": {
                 "type": "object", "required": ["error"],
-                "properties": {"error": {
-                    "type": "object", "required": ["field", "message"],
-                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                }},
+                "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}},
+            },
+            "ErrorDetail": {
+                "type": "object", "required": ["field", "message"],
+                "properties": {"field": {"type": "string", "minLength": 1},
+                               "message": {"type": "string", "minLength": 1}},
             },
             "RecommendationRequest": {
                 "type": "object", "additionalProperties": False,

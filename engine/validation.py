@@ -39,6 +39,15 @@ def check_id(value: Any, field: str, limits: Limits) -> str:
     return text
 
 
+def reject_unknown(names: Any, allowed: set[str] | frozenset[str], where: str = "query") -> None:
+    """Raise a 422 naming the first of ``names`` not in ``allowed``; ``where`` (``query`` or
+    ``body``) stands in for an empty name (``?=x``, ``{"": 1}``) so the error names a field."""
+    unknown = set(names) - allowed
+    if unknown:
+        what = "parameter" if where == "query" else "field"
+        raise RequestError(sorted(unknown)[0] or where, f"unknown {what}")
+
+
 def check_n(value: Any, limits: Limits, field: str = "n") -> int:
     if value is None:
         return limits.n_default
@@ -73,9 +82,7 @@ def _request_id(value: Any, limits: Limits) -> str:
 
 def parse_query(params: Mapping[str, str], limits: Limits) -> RecommendationRequest:
     """Validate ``GET /recommendations?user_id=&n=&category=&exclude=``."""
-    unknown = set(params) - {"user_id", "n", "category", "exclude", "request_id"}
-    if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown parameter")
+    reject_unknown(params, {"user_id", "n", "category", "exclude", "request_id"})
     if "user_id" not in params:
         raise RequestError("user_id", "is required")
     get_list = getattr(params, "getlist", lambda k: [params[k]] if k in params else [])
@@ -101,9 +108,7 @@ def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
         raise RequestError("body", "must be a JSON object", status=400) from None
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
-    unknown = set(body) - _BODY_FIELDS
-    if unknown:
-        raise RequestError(sorted(unknown)[0], "unknown field")
+    reject_unknown(body, _BODY_FIELDS, where="body")
     session = _id_list(body.get("session_items"), "session_items", limits.max_session_items,
                        limits)
     user_id = body.get("user_id")
