@@ -29,6 +29,7 @@ from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
 from rankly.engine.model import Model
 from rankly.engine.openapi import openapi_schema
 from rankly.engine.publish import load_serving_model, start_model_watcher
+from rankly.engine.ratelimit import RateLimitMiddleware
 from rankly.engine.runtime import Runtime, build_runtime
 from rankly.engine.store import open_store
 from rankly.engine.types import RecommendationRequest, UserFeatures
@@ -210,9 +211,11 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
             await rt.store.close()
 
     # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the
-    # 413s), then the body limit stops oversized uploads before any route reads them.
+    # 413s and 429s), the rate limit refuses a flood before its body is read, then the body
+    # limit stops oversized uploads before any route reads them.
     middleware = [
         Middleware(MetricsMiddleware),
+        Middleware(RateLimitMiddleware, limits=settings.rate_limits),
         Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
     ]
     return Starlette(

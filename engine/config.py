@@ -56,6 +56,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RateLimits:
+    """Per-client request rates (token buckets, see engine/ratelimit.py); 0 means unlimited.
+
+    A client is its ``X-API-Key``/``Authorization`` value (hashed) or else its address.
+    ``*_burst`` is the bucket size (0: one second's worth, at least 1).
+    """
+
+    recommendations_per_second: float = 0.0  # GET/POST /recommendations, /items/{id}/similar
+    recommendations_burst: int = 0
+    events_per_second: float = 0.0  # POST /events, /track/click
+    events_burst: int = 0
+    max_clients: int = 100_000  # buckets kept per route group (least recently seen dropped)
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     """Which components run, in which order (names as registered by plugins)."""
 
@@ -105,6 +120,7 @@ class Settings:
     load_entrypoints: bool = True
     blocked_plugins: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     deadlines: Deadlines = field(default_factory=Deadlines)

@@ -156,7 +156,9 @@ def parse_batch(raw: bytes, settings: Settings, now: float | None = None) -> Par
     now = time.time() if now is None else now
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
+    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
+    except (ValueError, RecursionError):
         raise RequestError("body", "must be a JSON object or array", status=400) from None
     single = False
     if isinstance(body, dict) and set(body) == {"events"}:

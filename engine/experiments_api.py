@@ -75,7 +75,9 @@ async def put_experiment(request: Request) -> Response:
     key = check_id(request.path_params["key"], "key", rt.settings.limits)
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
+    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
+    except (ValueError, RecursionError):
         raise RequestError("body", "must be a JSON object", status=400) from None
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)

@@ -70,6 +70,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
     n = {"type": "integer", "minimum": 1, "maximum": lim.n_max, "default": lim.n_default}
     errors = {"400": _error("Malformed body"), "413": _error("Body too large"),
               "422": _error("Invalid field (named in error.field)")}
+    limited = {"429": {**_error("Rate limited (only when rate_limits are configured)"),
+                       "headers": {"Retry-After": {"schema": {"type": "integer"}}}}}
     admin = [{"bearer": []}, {"apiKey": []}]
     auth_errors = {"401": _error("No admin credentials"), "403": _error("Wrong credentials")}
     # NOTE: an experiment key is one path segment: a %2F in it would reach another route.
@@ -105,14 +107,14 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                     "maxItems": lim.max_exclude},
                          "style": "form", "explode": True},
                     ],
-                    "responses": {"200": recs_ok, **errors},
+                    "responses": {"200": recs_ok, **errors, **limited},
                 },
                 "post": {
                     "operationId": "postRecommendations",
                     "summary": "Recommendations for a user or an anonymous session",
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/RecommendationRequest"}}}},
-                    "responses": {"200": recs_ok, **errors},
+                    "responses": {"200": recs_ok, **errors, **limited},
                 },
             },
             "/items/{item_id}/similar": {
@@ -126,7 +128,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Similar items", "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/SimilarItems"}}}},
-                        "404": _error("Unknown item"), **errors,
+                        "404": _error("Unknown item"), **errors, **limited,
                     },
                 }
             },
@@ -171,7 +173,7 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "Asset"},
                               "404": _error("Unknown asset")}}},
-            **_events_paths(settings, ident, errors),
+            **_events_paths(settings, ident, {**errors, **limited}),
             "/health": {"get": {"operationId": "health", "summary": "Liveness",
                                 "responses": {"200": {"description": "Alive"}}}},
             "/ready": {"get": {"operationId": "ready", "summary": "Model loaded, store reachable",

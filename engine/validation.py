@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,9 @@ class RequestError(ValueError):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": {"field": self.field, "message": self.message}}
+
+
+_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,11}\s*", re.ASCII)
 
 
 def check_id(value: Any, field: str, limits: Limits) -> str:
@@ -52,7 +56,8 @@ def check_n(value: Any, limits: Limits, field: str = "n") -> int:
     if value is None:
         return limits.n_default
     if isinstance(value, str):
-        if len(value) > 12 or not value.strip().lstrip("+-").isdigit():
+        # NOTE: ASCII digits only: str.isdigit() also passes "²" and "+-5", which int() refuses
+        if not _INTEGER.fullmatch(value):
             raise RequestError(field, f"must be an integer in 1..{limits.n_max}")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -104,7 +109,9 @@ def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
     """Validate a ``POST /recommendations`` JSON body (size already bounded by middleware)."""
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
+    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
+    except (ValueError, RecursionError):
         raise RequestError("body", "must be a JSON object", status=400) from None
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
