@@ -65,7 +65,7 @@ class Redis:
                        else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.workdir), *persistence],
+             "--dir", str(self.workdir), "--enable-debug-command", "local", *persistence],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
