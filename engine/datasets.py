@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import math
 import sys
 import urllib.request
 import zipfile
@@ -39,6 +40,7 @@ ML100K_GENRES = (
     "Sci-Fi", "Thriller", "War", "Western",
 )
 MAX_BAD_SHARE = 0.5
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_REPORTED = 10
 
 
@@ -153,16 +155,21 @@ def _open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
 def _rows(fh: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """Yield (1-based line number, fields) for every non-blank line."""
     reader = csv.reader(fh, delimiter=delimiter)
-    for fields in reader:
-        if fields and any(f.strip() for f in fields):
-            yield reader.line_num, [f.strip() for f in fields]
+    try:
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                yield reader.line_num, [f.strip() for f in fields]
+    except (UnicodeDecodeError, csv.Error) as exc:  # not text, or a field over the csv limit
+        raise DatasetError(f"{getattr(fh, 'name', 'input')}: unreadable after line "
+                           f"{reader.line_num}: {exc}") from None
 
 
 def _int(text: str) -> int:
-    # Timestamps sometimes come as "1512205511.0"; anything non-integral is malformed.
+    # Timestamps sometimes come as "1512205511.0"; anything non-integral is malformed, and so
+    # is anything outside int64 ("1e999" is inf, which int() refuses with OverflowError).
     value = float(text) if "." in text or "e" in text.lower() else int(text)
-    if value != int(value):
-        raise ValueError(text)
+    if not math.isfinite(value) or value != int(value) or not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{text[:20]!r} is not an integer timestamp")
     return int(value)
 
 
@@ -353,6 +360,10 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
                 user, item = row.get("user_id", ""), row.get("item_id", "")
                 if not user or not item:
                     raise ValueError("empty user_id or item_id")
+                # the API refuses such ids too; and NumPy str arrays drop trailing NULs,
+                # which would merge "a" and "a\x00" into one user
+                if not (user.isprintable() and item.isprintable()):
+                    raise ValueError("control characters in user_id or item_id")
                 event, w = _weight(row.get("event_type", ""), row.get("value", ""), weights)
                 ts_text = row.get("timestamp", "")
                 ts = _int(ts_text) if ts_text else line_no
