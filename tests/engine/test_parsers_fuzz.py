@@ -208,6 +208,7 @@ def test_a_table_setting_that_is_not_json_is_a_config_error(value):
 @given(token=st.text(string.ascii_letters + string.digits + "-_.~+/=", min_size=12,
                      max_size=64))
 def test_the_admin_token_never_shows_in_repr_of_settings(token):
+    assume(token not in repr(Settings()))  # e.g. "max_events_b" is in there anyway
     s = load_settings(environ={"RANKLY_ADMIN_TOKEN": token})
     assert s.admin_token is not None and s.admin_token.reveal() == token
     assert token not in repr(s) and token not in str(s)
