@@ -49,7 +49,7 @@ class RedisTarget:
     """A parsed Redis URL: standalone (``url``) or cluster (seed ``nodes``)."""
 
     cluster: bool
-    url: str = ""
+    url: str = field(default="", repr=False)  # may carry credentials; see redact()
     nodes: tuple[tuple[str, int], ...] = ()
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
