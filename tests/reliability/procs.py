@@ -318,3 +318,70 @@ async def paced_load(url: str, rate: float, duration: float, users: int = USERS,
     finally:
         await client.close()
     return samples
+
+
+#: The event mix of benchmarks/events_load.py: 60% views, 20% clicks, 20% purchases (which
+#: invalidate the user's cached answers)
+KINDS = ("view", "click", "view", "purchase", "view", "click", "view", "purchase", "view", "view")
+
+
+async def flood_events(url: str, rate: float, batch: int, duration: float,
+                       prefix: str = "flood-") -> dict:
+    """POST ``rate`` events/s to /events in batches of ``batch`` (open loop) for ``duration`` s.
+
+    Each batch is posted on schedule in its own task, whatever the latency of earlier ones
+    (a flood does not slow down because the server does). Returns status counts, the events
+    acknowledged and the latency of the posts.
+    """
+    counts: dict[str, int] = {}
+    accepted = 0
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
+
+        async def post(body: bytes) -> None:
+            nonlocal accepted
+            t0 = time.monotonic()
+            try:
+                r = await client.post("/events", content=body,
+                                      headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            else:
+                key = str(r.status_code)
+                if r.status_code == 202:
+                    accepted += r.json()["accepted"]
+            latencies.append(time.monotonic() - t0)
+            counts[key] = counts.get(key, 0) + 1
+
+        tasks: set[asyncio.Task] = set()
+        seq = 0
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < duration:
+            events = []
+            for _ in range(batch):
+                seq += 1
+                events.append({"event_id": f"{prefix}{seq}", "type": KINDS[seq % len(KINDS)],
+                               "user_id": str(seq % USERS + 1), "item_id": str(seq % ITEMS + 1)})
+            task = asyncio.create_task(post(json.dumps(events).encode()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * batch / rate - time.monotonic()))
+        elapsed = time.monotonic() - start
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+    return {"statuses": counts, "sent": seq, "accepted": accepted,
+            "offered_per_s": round(seq / elapsed, 1), "post_latency_ms": summary_ms(latencies)}
+
+
+def run_flood(url: str, rate: float, batch: int, duration: float) -> subprocess.Popen:
+    """Start :func:`flood_events` in its own process (so it does not slow the measuring
+    client); its JSON result is on the process's stdout."""
+    code = ("import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); import procs; "
+            "print(json.dumps(asyncio.run(procs.flood_events(sys.argv[2], float(sys.argv[3]), "
+            "int(sys.argv[4]), float(sys.argv[5])))))")
+    return subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), url,
+                             str(rate), str(batch), str(duration)], stdout=subprocess.PIPE,
+                            text=True)
