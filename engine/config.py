@@ -108,7 +108,7 @@ class Settings:
     """Every setting of a rankly process; build with :func:`load_settings`."""
 
     artifacts: Path | None = None
-    store_url: str = "memory"
+    store_url: str = field(default="memory", repr=False)  # may carry a Redis password
     namespace: str = "rankly"
     data_dir: Path = Path(".rankly")
     host: str = "127.0.0.1"
@@ -170,7 +170,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return out
     if origin in (Mapping, dict) or hint is Mapping:
         if isinstance(value, str):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a JSON object") from None
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: expected a table")
         return dict(value)
@@ -195,8 +198,14 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path[:depth + 1])}: given both as a value and "
+                                  "as a table")
+            node = child
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(f"{'.'.join(path)}: given both as a value and as a table")
         node[path[-1]] = value
     if "REDIS_URL" in environ and "store_url" not in out:
         out["store_url"] = environ["REDIS_URL"]

@@ -152,8 +152,6 @@ def test_an_unreachable_redis_with_a_password_is_logged_without_it(artifacts, ca
     assert repr(open_store(settings)).count(PASSWORD) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="Settings.store_url is a plain str, so repr(settings) "
-                                       "shows a Redis password (#9); config.py is not ours")
 def test_the_store_url_password_is_not_in_the_repr_of_settings():
     settings = make_settings(None, store_url=f"redis://app:{PASSWORD}@127.0.0.1:6379/0")
     assert PASSWORD not in repr(settings)
