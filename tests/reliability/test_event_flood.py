@@ -64,3 +64,25 @@ def test_event_flood_answers_202_429_503_and_spares_recommendations(server_facto
     # goal: p99 <= 1.5x unloaded. The unloaded p99 of cache hits is a few ms, so on this shared
     # machine the ratio swings (1.2x-12x measured); asserted: still within the deadline D
     assert p99_loaded * 1000 <= DEADLINE_MS
+
+
+def test_invalidations_during_a_store_outage_log_no_traceback_per_user(caplog):
+    # Under load the Redis breaker opens; every purchase then failed to invalidate the L1/L2
+    # caches, and formatting one traceback per user took ~25% of the event loop (py-spy, 1000
+    # events/s), which made the Redis calls time out, which kept the breaker open.
+    import logging
+    from types import SimpleNamespace
+
+    from rankly.engine.events_api import EventsService
+    from rankly.engine.redis_client import CircuitOpen
+
+    class DownCache:
+        async def invalidate_user(self, user_id: str) -> None:
+            raise CircuitOpen("redis circuit open")
+
+    service = EventsService.__new__(EventsService)  # invalidate() only reads rt.caches
+    service.rt = SimpleNamespace(caches=[("l1", DownCache()), ("l2", DownCache())])
+    with caplog.at_level(logging.DEBUG, logger="rankly.events"):
+        asyncio.run(service.invalidate({str(u) for u in range(1000)}))
+    assert not any(r.exc_info for r in caplog.records)
+    assert len(caplog.records) <= 2  # one line per tier and outage, not one per user
