@@ -31,6 +31,7 @@ log = logging.getLogger("rankly.events")
 EXTRAS_KEY = "events"
 DEFAULT_INVALIDATING = ("purchase", "rating", "add_to_cart")
 RETRY_AFTER_S = 1
+OUTAGE_WARNING_S = 10.0  # at most one "cannot invalidate" warning per tier this often
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -183,10 +184,19 @@ class EventsService:
     async def invalidate(self, users: set[str]) -> None:
         """Drop the cached recommendations of ``users`` in every tier (the L1 tier also
         broadcasts to the other workers through the store)."""
+        down: set[str] = set()
         for user_id in users:
             for tier, cache in self.rt.caches:
+                if tier in down:
+                    continue
                 try:
                     await cache.invalidate_user(user_id)
+                except StoreUnavailable as exc:
+                    # NOTE: Redis down or its breaker open: skip the tier for the other users
+                    # and say so in one line, at most every 10 s. A traceback per user cost
+                    # ~25% of the event loop under load, which kept the breaker open (#9).
+                    down.add(tier)
+                    _warn_unavailable(tier, exc)
                 except Exception:
                     log.warning("cache tier %s failed to invalidate a user", tier,
                                 exc_info=True)
@@ -230,6 +240,17 @@ class EventsService:
                      probability: float | None) -> None:
         if self.log_impressions:
             self.impressions.offer(request_id, user_id, payload, probability)
+
+
+_unavailable_warned_at: dict[str, float] = {}
+
+
+def _warn_unavailable(tier: str, exc: Exception) -> None:
+    now = time.monotonic()
+    if now - _unavailable_warned_at.get(tier, -OUTAGE_WARNING_S) >= OUTAGE_WARNING_S:
+        _unavailable_warned_at[tier] = now
+        log.warning("cache tier %s cannot invalidate users while the store is unavailable "
+                    "(%s); their cached answers expire with the TTL", tier, exc)
 
 
 async def start_events(rt: Runtime) -> EventsService:
