@@ -351,8 +351,13 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
              diversity_cap: int | None = None, settings: Settings | None = None,
              pm: Any = None, exclude_seen: bool = True, min_weight: float = 0.0,
              event_types: Sequence[str] = (), progress: IO[str] | None = None,
-             max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
+             max_users: int | None = None, seed: int = 0,
+             split_validation: bool = True) -> dict[str, Any]:
     """Split ``ds``, train and score every setup in ``models``; return a JSON-ready report.
+
+    With ``split_validation`` the blend trainer validates its weights on a hold-out of the
+    train part shaped like ``split`` (``validation = split``) instead of its default (both
+    shapes): a deployment knows whether it serves "what next in time" or "what next per user".
 
     With ``diversity_cap`` every setup without the diversity reranker is also run with it at
     that cap, reported as ``<name>+cap``; ``served`` always runs with its configured cap.
@@ -375,7 +380,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     results = []
     cache: dict[str, ModelPart] = {}
     for name in models:
-        s = SETUPS[name]
+        s = _validated_on(SETUPS[name], split if split_validation else None)
         variants = [(name, s, served_cap(settings))]
         if diversity_cap is not None and "diversity" not in s.rerankers:
             variants.append((f"{name}+cap", dataclasses.replace(
@@ -397,9 +402,19 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     }
 
 
+def _validated_on(setup: Setup, split: str | None) -> Setup:
+    """``setup`` with its blend trainer validating on hold-outs shaped like ``split``."""
+    if split is None:
+        return setup
+    trainers = tuple((t, {**opts, "validation": split} if t == "blend" else opts)
+                     for t, opts in setup.trainers)
+    return dataclasses.replace(setup, trainers=trainers)
+
+
 def _blend_info(cache: Mapping[str, ModelPart]) -> dict[str, Any] | None:
     part = next((p for key, p in cache.items() if key.startswith("blend:")), None)
     return None if part is None else {"weights": part.params.get("weights"),
+                                      "half_life_days": part.params.get("half_life_days"),
                                       **dict(part.metrics)}
 
 
@@ -437,8 +452,12 @@ def _summary_lines(report: Mapping[str, Any]) -> list[str]:
     blend = report.get("blend")
     if blend:
         w = ", ".join(f"{c} {v:.1f}" for c, v in (blend.get("weights") or {}).items())
+        if blend.get("half_life_days") is not None:
+            w += f"; recent half-life {blend['half_life_days']:g} days"
         out.append(f"blend weights: {w} (validation NDCG {blend.get('validation_ndcg')}, "
-                   f"best single {blend.get('best_single')} {blend.get('best_single_ndcg')})")
+                   f"best single {blend.get('best_single')} {blend.get('best_single_ndcg')}, "
+                   f"gain {blend.get('gain_vs_single')}, one-sided p {blend.get('p_value')}, "
+                   f"users {blend.get('validation_users')})")
     bar = report.get("quality_bar")
     if bar and "best_peer" in bar:
         out.append(f"quality bar: served {bar['served_ndcg']:.4f} vs best peer "
@@ -472,6 +491,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-users", type=int, default=None,
                         help="evaluate a random sample of this many test users (run time)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-users sample")
+    parser.add_argument("--blend-validation", choices=("split", "default"), default="split",
+                        help="split: the blend validates on a hold-out shaped like --split; "
+                             "default: the trainer's own default (both shapes)")
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--html", default=None, metavar="PATH",
@@ -487,7 +509,8 @@ def run(args: argparse.Namespace) -> int:
             k=args.k, diversity_cap=args.diversity_cap, settings=settings,
             exclude_seen=not args.include_seen, min_weight=args.min_weight,
             event_types=[e for e in args.relevant_events.split(",") if e],
-            progress=sys.stderr, max_users=args.max_users, seed=args.seed)
+            progress=sys.stderr, max_users=args.max_users, seed=args.seed,
+            split_validation=args.blend_validation == "split")
         if args.html:
             from rankly.engine.report import write_html
 

@@ -1,16 +1,19 @@
 """Linear blend of model scorers: a weighted sum of per-request z-normalized scores.
 
 Weights come from ``ctx.options["weights"]`` (e.g. ``{"ease": 0.6, "itemknn": 0.4}``), else from
-the model's ``blend`` part (tuned by the ``blend`` trainer on a validation split of the training
-data only), else equal weights over the parts the model has. Components are built straight from
+the model's ``blend`` part (selected by the ``blend`` trainer on hold-outs of the training data
+only), else equal weights over the parts the model has. The "recent" component is a
+time-decayed popularity stored in the blend part with the half-life validation chose. Components are built straight from
 the model's parts with the sibling plugins' scorer classes (a plugin cannot reach the registry).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,12 +26,25 @@ from rankly.engine.types import ComponentContext, ModelPart, UserFeatures
 from rankly.plugins.models import als, ease, itemknn, popularity
 
 NAME = "blend"
+#: The time-decayed popularity component; its scores live in the blend part itself, computed
+#: with the half-life that validation chose.
+RECENT = "recent"
+DEFAULT_COMPONENTS = ("ease", "itemknn", "als", RECENT)
+
+
+def _recent_scorer(model: Model) -> popularity.PopularityScorer | None:
+    part = model.part(NAME)
+    return None if part is None or RECENT not in part else popularity.PopularityScorer(
+        part[RECENT])
+
+
 #: Component name -> (model part it needs, scorer builder).
 COMPONENTS: Mapping[str, tuple[str, Callable[[Model], Any]]] = {
     "ease": (ease.NAME, ease.EaseScorer.from_model),
     "itemknn": (itemknn.NAME, lambda m: itemknn.scorer(m)),
     "als": (als.NAME, als.ALSScorer.from_model),
     "popular": (popularity.NAME, lambda m: popularity.PopularityScorer(m.part("pop")["scores"])),
+    RECENT: (NAME, _recent_scorer),
 }
 TRAINERS: Mapping[str, Any] = {
     "ease": ease.EaseTrainer(), "itemknn": itemknn.ItemKNNTrainer(), "als": als.ALSTrainer(),
@@ -136,7 +152,7 @@ def simplex_grid(n: int, step: float) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64) / units
 
 
-def _validation_users(model: Model, val_items: Mapping[int, np.ndarray], max_users: int,
+def _validation_users(val_items: Mapping[int, np.ndarray], max_users: int,
                       seed: int) -> list[int]:
     rows = sorted(val_items)
     if len(rows) > max_users:
@@ -144,78 +160,102 @@ def _validation_users(model: Model, val_items: Mapping[int, np.ndarray], max_use
     return rows
 
 
-def grid_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
-              grid: np.ndarray, k: int = 10, candidates: int = 300, max_users: int = 2000,
-              seed: int = 0) -> tuple[np.ndarray, int]:
-    """Return (mean NDCG@k of every weight row of ``grid`` [W, C], number of users).
+def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
+              grid: np.ndarray, recent: Sequence[np.ndarray] = (), k: int = 10,
+              candidates: int = 300, max_users: int = 2000, seed: int = 0) -> np.ndarray:
+    """Return the NDCG@k of every user for every weight row: float64 [H, W, U].
 
-    Each user's candidates are the union of the top ``candidates`` of every generator the
-    served pipeline uses (ease, itemknn, als, popular), minus seen items; scores are
-    z-normalized over that set, as :class:`BlendScorer` does at request time.
+    ``grid`` is [W, C] over ``components``. The "recent" component takes each popularity
+    array of ``recent`` in turn (H = len(recent), or 1 without it), so one pass over the users
+    scores every (half-life, weights) pair. Each user's candidates are the union of the top
+    ``candidates`` of every generator the served pipeline uses (ease, itemknn, als, popular),
+    minus seen items; scores are z-normalized over that set, as :class:`BlendScorer` does at
+    request time. Users without candidates score 0.
     """
-    scorers = {c: COMPONENTS[c][1](model) for c in components}
+    fixed = [c for c in components if c != RECENT]
+    scorers = {c: COMPONENTS[c][1](model) for c in fixed}
     gens = [s for s in scorers.values() if hasattr(s, "generate")]
     pop = model.part(popularity.NAME)
     if pop is not None:
         gens.append(popularity.PopularCandidates(pop["scores"], model.catalog.categories))
-    rows = _validation_users(model, val_items, max_users, seed)
-    total = np.zeros(grid.shape[0])
-    for row in rows:
+    variants = [popularity.PopularityScorer(r) for r in recent] if RECENT in components else []
+    rows = _validation_users(val_items, max_users, seed)
+    out = np.zeros((max(len(variants), 1), grid.shape[0], len(rows)))
+    for col, row in enumerate(rows):
         hist = model.users.history(row)
         user = UserFeatures(str(model.users.user_ids[row]), row, hist, np.unique(hist))
         pool = [g.generate(user, candidates).items for g in gens]
         cand = np.unique(np.concatenate(pool)) if pool else np.empty(0, np.int64)
         if cand.size == 0:
             continue
-        s = np.stack([znorm(scorers[c].score(user, cand)) for c in components])
+        base = {c: znorm(scorers[c].score(user, cand)) for c in fixed}
         rel = np.isin(cand, val_items[row]).astype(np.float64)
-        blended = grid @ s
         kk = min(k, cand.size)
-        top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1), 1)
-        total += _ndcg_rows(top, rel, int(val_items[row].size), k)
-    return total / max(len(rows), 1), len(rows)
+        for h, variant in enumerate(variants or [None]):
+            if variant is not None:
+                base[RECENT] = znorm(variant.score(user, cand))
+            blended = grid @ np.stack([base[c] for c in components])
+            top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1),
+                                     1)
+            out[h, :, col] = _ndcg_rows(top, rel, int(val_items[row].size), k)
+    return out
 
 
-def choose_weights(grid: np.ndarray, scores: Sequence[np.ndarray], min_gain: float,
-                   incumbent: int | None = None) -> tuple[int, int]:
-    """Pick a row of ``grid`` from its validation NDCG on one or more hold-outs.
+@dataclass(frozen=True)
+class Choice:
+    """The outcome of :func:`choose_weights` (row indices into the flattened candidates)."""
 
-    The incumbent is row ``incumbent`` (the prior weights) or, when None, the best single
-    component (by the mean over hold-outs of NDCG / the best single's NDCG). A challenger
-    replaces it only when it beats it by ``min_gain`` (relative) on *every* hold-out; among
-    those, the best mean ratio wins. Returns (chosen row, best single row).
+    best: int
+    best_single: int
+    gain: float  # mean over hold-outs of the relative per-user NDCG gain of best over single
+    p_value: float  # one-sided, H0: gain <= 0 (1.0 when best is the single)
+
+
+def paired_gain(challenger: Sequence[np.ndarray], incumbent: Sequence[np.ndarray]
+                ) -> tuple[float, float]:
+    """Return (gain, one-sided p) of paired per-user NDCG differences over hold-outs.
+
+    On each hold-out the per-user differences are divided by the incumbent's mean NDCG (a
+    relative gain); the hold-outs' mean gains are averaged with equal weight and tested with
+    a normal approximation of the paired t-test (standard error from the per-user variances).
     """
-    single = np.flatnonzero(grid.max(axis=1) == 1.0)
-    ratio = np.mean([s / max(float(s[single].max()), 1e-12) for s in scores], axis=0)
-    best_single = int(single[np.argmax(ratio[single])])
-    base = best_single if incumbent is None else incumbent
-    margin = np.min([s / max(float(s[base]), 1e-12) for s in scores], axis=0)
-    ok = np.flatnonzero(margin >= 1 + min_gain)
-    if ok.size == 0:
-        return base, best_single
-    return int(ok[np.argmax(ratio[ok])]), best_single
+    gains, variances = [], []
+    for a, b in zip(challenger, incumbent, strict=True):
+        d = (np.asarray(a) - np.asarray(b)) / max(float(np.mean(b)), 1e-12)
+        gains.append(float(d.mean()) if d.size else 0.0)
+        variances.append(float(d.var(ddof=1)) / d.size if d.size > 1 else 0.0)
+    gain = float(np.mean(gains))
+    se = math.sqrt(sum(variances)) / len(variances)
+    if se <= 0:
+        return gain, 0.0 if gain > 0 else 1.0
+    return gain, 0.5 * math.erfc(gain / se / math.sqrt(2))
 
 
-def tune_weights(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
-                 k: int = 10, candidates: int = 300, step: float = 0.1,
-                 max_users: int = 2000, seed: int = 0, min_gain: float = 0.02
-                 ) -> tuple[np.ndarray, float]:
-    """Grid-search blend weights maximising mean NDCG@k on one validation hold-out.
+def choose_weights(scores: Sequence[np.ndarray], singles: np.ndarray,
+                   alpha: float = 0.05) -> Choice:
+    """Pick a candidate row from per-user validation NDCG on one or more hold-outs.
 
-    A mixture must beat the best single component by ``min_gain`` (relative), else that
-    component alone is returned: small validation sets otherwise overfit the weights.
+    ``scores`` holds one [R, U_h] array per hold-out (R candidate weightings, U_h users);
+    ``singles`` the rows that put all weight on one component. The incumbent is the best
+    single (by the mean over hold-outs of mean NDCG / the best single's mean NDCG); the
+    challenger is the best row by the same criterion, and it replaces the incumbent only when
+    its paired gain (:func:`paired_gain`) is significant at one-sided level ``alpha``.
     """
-    grid = simplex_grid(len(components), step)
-    total, _ = grid_ndcg(model, val_items, components, grid, k, candidates, max_users, seed)
-    best, _ = choose_weights(grid, [total], min_gain)
-    return grid[best], float(total[best])
+    means = [s.mean(axis=1) for s in scores]
+    ratio = np.mean([m / max(float(m[singles].max()), 1e-12) for m in means], axis=0)
+    single = int(singles[np.argmax(ratio[singles])])
+    best = int(np.argmax(ratio))
+    if best == single:
+        return Choice(single, single, 0.0, 1.0)
+    gain, p = paired_gain([s[best] for s in scores], [s[single] for s in scores])
+    return Choice(best if p < alpha and gain > 0 else single, single, gain, p)
 
 
-#: The incumbent weights validation must beat (see docs/evaluation.md: on ML-100K, weights
-#: tuned on hold-outs of the train part did not carry over to the test part, while this
-#: EASE-led mix beat EASE alone on both splits).
+#: Weights served with ``validation = "none"`` (an EASE-led mix; see docs/evaluation.md).
 PRIOR: Mapping[str, float] = {"ease": 0.7, "itemknn": 0.1, "als": 0.2, "popular": 0.0}
+#: Half-lives (days; 0 = no decay) the "recent" component is validated with.
+HALF_LIVES = (0.0, 7.0, 30.0, 90.0, 365.0)
 
 
 def prior_row(grid: np.ndarray, components: Sequence[str],
@@ -251,73 +291,92 @@ def validation_set(data: TrainingData, how: str, fraction: float
 
 
 class BlendTrainer:
-    """Validate blend weights on held-out ``validation_fraction`` (0.2) of the training events.
+    """Select blend weights on hold-outs of the training events, with a significance test.
 
-    ``validation`` picks the hold-outs: "user-last" (each user's last 20% by time: every
-    user contributes, ~900 validation users on ML-100K), "temporal" (the last 20% of all
-    events by time: only the users active at the end, ~100 on ML-100K), "both" (default) or
-    "none" (serve ``prior``). Conservative rule (:func:`choose_weights`): the ``prior``
-    weights (default :data:`PRIOR`) stay unless a grid mix beats them by ``min_gain`` (10%)
-    on every hold-out with at least ``min_users`` (200) validation users; hold-outs with fewer
-    users are reported but cannot overturn the prior. ``prior = {}`` makes the best single
-    component the incumbent instead. Options also:
-    ``components`` (default ease, itemknn, als, popular), ``step`` (grid step, 0.1), ``k``
-    (10), ``candidates`` (300 per generator, as served), and ``<component>`` option tables
-    for the sub-trainers. The sub-models are refit on each validation-train part only; the
-    served parts are trained separately on all of the data.
+    ``validation`` picks the hold-outs (each ``validation_fraction``, 0.2, of the events):
+    "user-last" (each user's last 20% by time, like the user-last evaluation split),
+    "temporal" (the last 20% of all events by time, like the temporal split), "both"
+    (default: the weights must be good on both, since training does not know how it will be
+    judged) or "none" (serve ``prior``, default :data:`PRIOR`). The sub-models are refit on
+    each validation-train part only; the served parts are trained separately on all data.
+
+    Candidates: every weight vector of the ``step`` (0.1) simplex grid over ``components``
+    (default ease, itemknn, als, recent), crossed with ``half_lives`` (default
+    :data:`HALF_LIVES`) for the "recent" component (time-decayed popularity, age measured from
+    the newest training event). Rule (:func:`choose_weights`): the best single component is
+    served unless the best candidate beats it with a one-sided paired test on the per-user
+    NDCG@``k`` at level ``alpha`` (0.05). Validation uses at most ``max_users`` (2000) users
+    per hold-out and ``candidates`` (300) per generator, as served. ``<component>`` option
+    tables go to the sub-trainers.
     """
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         started = time.perf_counter()
-        comps = [c for c in options.get("components", ("ease", "itemknn", "als", "popular"))]
+        comps = list(options.get("components", DEFAULT_COMPONENTS))
         if "ease" in comps and np.unique(data.item_idx).size > ease.MAX_ITEMS:
             comps.remove("ease")
         how = str(options.get("validation", "both"))
         fraction = float(options.get("validation_fraction", 0.2))
+        half_lives = [float(h) for h in options.get("half_lives", HALF_LIVES)]
+        if RECENT not in comps:
+            half_lives = [0.0]
         grid = simplex_grid(len(comps), float(options.get("step", 0.1)))
-        incumbent = prior_row(grid, comps, options.get("prior", PRIOR))
-        scores, users = [], {}
         holdouts = {"both": ("user-last", "temporal"), "none": ()}.get(how, (how,))
+        scores, users = [], {}
         for holdout in holdouts:
             sub, targets = validation_set(data, holdout, fraction)
             parts = {}
             for c in comps:
-                part = TRAINERS[c].fit(sub, dict(options.get(c, {})))
-                parts[part.name] = part
+                if c in TRAINERS:
+                    part = TRAINERS[c].fit(sub, dict(options.get(c, {})))
+                    parts[part.name] = part
             if popularity.NAME not in parts:
                 parts[popularity.NAME] = TRAINERS["popular"].fit(sub, {})
             model = Model("validation", {"parts": {p.name: {"params": dict(p.params)}
                                                    for p in parts.values()}},
                           data.catalog, sub.users, {n: p.arrays for n, p in parts.items()})
-            total, n_users = grid_ndcg(model, targets, comps, grid, k=int(options.get("k", 10)),
-                                       candidates=int(options.get("candidates", 300)))
-            scores.append(total)
-            users[holdout] = n_users
-        min_users = int(options.get("min_users", 200))
-        trusted = [s for s, n in zip(scores, users.values(), strict=True) if n >= min_users]
-        if trusted:
-            best, single = choose_weights(grid, trusted, float(options.get("min_gain", 0.10)),
-                                          incumbent)
-        elif incumbent is not None:
-            best = single = incumbent
+            recent = [popularity.decayed_popularity(sub, h) for h in half_lives]
+            per_user = user_ndcg(model, targets, comps, grid, recent,
+                                 k=int(options.get("k", 10)),
+                                 candidates=int(options.get("candidates", 300)),
+                                 max_users=int(options.get("max_users", 2000)))
+            scores.append(per_user.reshape(-1, per_user.shape[-1]))
+            users[holdout] = int(per_user.shape[-1])
+        # candidate r = (half-life r // W, weights r % W); singles weigh one component only
+        n_w = grid.shape[0]
+        single_rows = np.flatnonzero(grid.max(axis=1) == 1.0)
+        recent_col = comps.index(RECENT) if RECENT in comps else -1
+        singles = np.array([h * n_w + r for h in range(len(half_lives)) for r in single_rows
+                            if h == 0 or grid[r, recent_col] == 1.0], dtype=np.int64)
+        metrics: dict[str, Any] = {}
+        if scores and all(s.shape[1] for s in scores):
+            choice = choose_weights(scores, singles, float(options.get("alpha", 0.05)))
+            weights, half_life = grid[choice.best % n_w], half_lives[choice.best // n_w]
+            single = grid[choice.best_single % n_w]
+            metrics = {
+                "validation_ndcg": {h: round(float(s[choice.best].mean()), 5)
+                                    for h, s in zip(users, scores, strict=True)},
+                "best_single": comps[int(np.argmax(single))],
+                "best_single_ndcg": {h: round(float(s[choice.best_single].mean()), 5)
+                                     for h, s in zip(users, scores, strict=True)},
+                "gain_vs_single": round(choice.gain, 4), "p_value": round(choice.p_value, 4),
+                "validation_users": users}
         else:
-            raise ValueError("blend: no prior weights and no hold-out with enough users")
-        weights = grid[best]
-        holdouts = list(users)
+            row = prior_row(grid, comps, options.get("prior", PRIOR))
+            if row is None:
+                raise ValueError("blend: no prior weights and no validation users")
+            weights, half_life = grid[row], half_lives[0]
+        arrays = {"weights": weights.astype(np.float32)}
+        if RECENT in comps:
+            arrays[RECENT] = popularity.decayed_popularity(data, half_life)
         return ModelPart(
             name=NAME,
             params={"components": comps, "weights": dict(zip(comps, weights.tolist(),
                                                                 strict=True)),
-                    "validation": how, "validation_fraction": fraction},
-            arrays={"weights": weights.astype(np.float32)},
-            metrics={"validation_ndcg": {h: round(float(s[best]), 5)
-                                         for h, s in zip(holdouts, scores, strict=True)},
-                     "best_single": comps[int(np.argmax(grid[single]))],
-                     "best_single_ndcg": {h: round(float(s[single]), 5)
-                                          for h, s in zip(holdouts, scores, strict=True)},
-                     "validation_users": users,
-                     "kept_prior": bool(best == incumbent),
-                     "tune_seconds": round(time.perf_counter() - started, 2)},
+                    "half_life_days": half_life, "validation": how,
+                    "validation_fraction": fraction},
+            arrays=arrays,
+            metrics={**metrics, "tune_seconds": round(time.perf_counter() - started, 2)},
         )
 
 

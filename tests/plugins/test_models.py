@@ -160,6 +160,48 @@ def test_blend_trainer_weights_sum_to_one(model):
     assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
 
 
+def test_decayed_popularity_halves_an_events_weight_every_half_life():
+    day = 86400
+    d = build_training_data(Interactions(
+        np.array(["a", "b", "c", "a"]), np.array(["x", "x", "y", "y"]),
+        np.ones(4, np.float32), np.array([0, 10 * day, 20 * day, 20 * day])))
+    x, y = d.catalog.index["x"], d.catalog.index["y"]
+    flat = popularity.decayed_popularity(d)
+    assert flat[x] == 2 and flat[y] == 2
+    decayed = popularity.decayed_popularity(d, half_life_days=10)
+    assert decayed[x] == pytest.approx(0.25 + 0.5) and decayed[y] == pytest.approx(2.0)
+
+
+def test_blend_trainer_stores_the_recent_popularity_it_validated(model, data):
+    m, _ = model
+    params = m.params("blend")
+    assert params["components"] == list(blend.DEFAULT_COMPONENTS)
+    assert params["half_life_days"] in blend.HALF_LIVES
+    np.testing.assert_allclose(m.part("blend")["recent"], popularity.decayed_popularity(
+        data, params["half_life_days"]))
+    assert blend.build(m, {"recent": 1.0}).weights == {"recent": 1.0}
+
+
+def test_paired_gain_is_significant_only_for_a_consistent_gain():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.3, 400)
+    gain, p = blend.paired_gain([base + 0.02], [base])
+    assert gain == pytest.approx(0.02 / base.mean()) and p < 1e-6
+    _, p_noise = blend.paired_gain([base + rng.normal(0.0, 0.2, 400)], [base])
+    assert p_noise > 0.05
+
+
+def test_choose_weights_keeps_the_best_single_unless_a_mix_wins_significantly():
+    rng = np.random.default_rng(1)
+    single_a, single_b = rng.uniform(0, 0.4, 300), rng.uniform(0, 0.3, 300)
+    noisy_mix = single_a + rng.normal(0.002, 0.3, 300)
+    kept = blend.choose_weights([np.stack([single_a, single_b, noisy_mix])], np.array([0, 1]))
+    assert (kept.best, kept.best_single) == (0, 0) and kept.p_value > 0.05
+    clear_mix = single_a + 0.05
+    won = blend.choose_weights([np.stack([single_a, single_b, clear_mix])], np.array([0, 1]))
+    assert (won.best, won.best_single) == (2, 0) and won.p_value < 0.05
+
+
 def test_numpy_and_implicit_als_rank_alike(data):
     pytest.importorskip("implicit")
     a = als.ALSTrainer().fit(data, {"backend": "numpy", "iterations": 5, "factors": 4})
