@@ -3,8 +3,9 @@
 Weights come from ``ctx.options["weights"]`` (e.g. ``{"ease": 0.6, "itemknn": 0.4}``), else from
 the model's ``blend`` part (selected by the ``blend`` trainer on hold-outs of the training data
 only), else equal weights over the parts the model has. The "recent" component is a
-time-decayed popularity stored in the blend part with the half-life validation chose. Components are built straight from
-the model's parts with the sibling plugins' scorer classes (a plugin cannot reach the registry).
+time-decayed popularity stored in the blend part with the half-life validation chose.
+Components are built straight from the model's parts with the sibling plugins' scorer classes
+(a plugin cannot reach the registry).
 """
 
 from __future__ import annotations
