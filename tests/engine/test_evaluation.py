@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from starlette.testclient import TestClient
 
 from rankly.engine import cli, datasets, evaluation
@@ -74,7 +73,7 @@ def test_user_last_split_holds_out_the_last_fifth_by_time_then_item():
     rows = [("a", f"i{n}", 100 - n) for n in range(10)] + [("b", "x", 5), ("b", "y", 5)]
     rows += [("c", "only", 1)]
     train, test = evaluation.split_user_last(_events(rows))
-    held = sorted(zip(test.user_ids.tolist(), test.item_ids.tolist()))
+    held = sorted(zip(test.user_ids.tolist(), test.item_ids.tolist(), strict=True))
     # a: the two earliest-indexed items are the latest in time; b: tie on ts, later item id
     assert held == [("a", "i0"), ("a", "i1"), ("b", "y")]
     assert "c" in train.user_ids.tolist()
@@ -233,3 +232,11 @@ def test_evaluate_html_is_one_self_contained_file_with_every_models_numbers(tmp_
     for r in report["results"]:
         assert f"{r['model']} (warm)" in text
         assert f"{r['warm']['ndcg']:.4f}" in text and f"{r['warm']['hr']:.4f}" in text
+
+
+def test_blend_validates_on_a_hold_out_shaped_like_the_split():
+    served = evaluation.SETUPS["served"]
+    shaped = evaluation._validated_on(served, "temporal")
+    assert dict(shaped.trainers)["blend"] == {"validation": "temporal"}
+    assert dict(shaped.trainers)["ease"] == dict(served.trainers)["ease"]
+    assert evaluation._validated_on(served, None) is served

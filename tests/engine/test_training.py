@@ -6,7 +6,6 @@ import argparse
 import io
 
 import numpy as np
-import pytest
 
 from rankly.engine import training
 from rankly.engine.config import Settings
