@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "RANKLY_"
+#: ``RANKLY_*`` variables that are not settings: the config file path, the kernel choice (read
+#: at import by rankly._fast) and test/CI locations (datasets, screenshot artifacts).
+PROCESS_VARIABLES = frozenset({"RANKLY_CONFIG", "RANKLY_PURE_PYTHON", "RANKLY_DATASETS",
+                               "RANKLY_ARTIFACTS_DIR"})
 
 
 class ConfigError(ValueError):
@@ -194,7 +198,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``RANKLY_PORT=9000`` -> {"port": ...}; ``RANKLY_CACHE__TTL_SECONDS`` -> nested."""
     out: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in {"RANKLY_CONFIG", "RANKLY_PURE_PYTHON"}:
+        if not key.startswith(ENV_PREFIX) or key in PROCESS_VARIABLES:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         node = out

@@ -63,3 +63,8 @@ def test_admin_token_never_shows_in_repr():
     assert isinstance(s.admin_token, Secret)
     assert s.admin_token.reveal() == "hunter2-very-secret"
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.admin_token)
+
+
+def test_process_variables_are_not_settings():
+    env = {"RANKLY_DATASETS": "/data", "RANKLY_ARTIFACTS_DIR": "/tmp/a", "RANKLY_PURE_PYTHON": "1"}
+    assert load_settings(environ=env) == load_settings(environ={})
