@@ -146,6 +146,37 @@ def _ndcg_rows(top: np.ndarray, rel: np.ndarray, n_rel: int, k: int) -> np.ndarr
     return dcg / disc[: min(k, n_rel)].sum()
 
 
+def capped_top(blended: np.ndarray, categories: np.ndarray, k: int, cap: int | None,
+               depth: int = 50) -> np.ndarray:
+    """Return the top-``k`` positions [W, k] of each row of ``blended`` [W, n], best first.
+
+    With ``cap``, mimic the served diversity reranker (``_fast.diverse_topk`` on the top
+    ``depth``): walk each row's ranking keeping an item while its category (``categories``
+    [n]; < 0 = uncategorized, never capped) has fewer than ``cap`` kept; the best skipped
+    items fill the remaining slots, and the slate keeps ranking order.
+    """
+    n = blended.shape[1]
+    kk = min(k, n) if cap is None else min(max(depth, k), n)
+    top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1,
+                                             kind="stable"), 1)
+    if cap is None:
+        return top
+    c = categories[top]
+    by_cat = np.argsort(c, axis=1, kind="stable")
+    sc = np.take_along_axis(c, by_cat, 1)
+    col = np.broadcast_to(np.arange(kk), sc.shape)
+    start = np.maximum.accumulate(np.where(
+        np.concatenate([np.ones((sc.shape[0], 1), bool), sc[:, 1:] != sc[:, :-1]], 1),
+        col, 0), axis=1)
+    rank = np.empty_like(by_cat)
+    np.put_along_axis(rank, by_cat, col - start, 1)
+    skipped = (c >= 0) & (rank >= cap)
+    # kept items first, then the best skipped ones; the slate is in ranking order
+    order = np.sort(np.argsort(skipped, axis=1, kind="stable")[:, : min(k, kk)], axis=1)
+    return np.take_along_axis(top, order, 1)
+
+
 def simplex_grid(n: int, step: float) -> np.ndarray:
     """Every weight vector of ``n`` non-negative multiples of ``step`` summing to 1."""
     units = round(1 / step)
@@ -163,7 +194,8 @@ def _validation_users(val_items: Mapping[int, np.ndarray], max_users: int,
 
 def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
               grid: np.ndarray, recent: Sequence[np.ndarray] = (), k: int = 10,
-              candidates: int = 300, max_users: int = 2000, seed: int = 0) -> np.ndarray:
+              candidates: int = 300, max_users: int = 2000, seed: int = 0,
+              cap: int | None = None) -> np.ndarray:
     """Return the NDCG@k of every user for every weight row: float64 [H, W, U].
 
     ``grid`` is [W, C] over ``components``. The "recent" component takes each popularity
@@ -171,7 +203,8 @@ def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Seq
     scores every (half-life, weights) pair. Each user's candidates are the union of the top
     ``candidates`` of every generator the served pipeline uses (ease, itemknn, als, popular),
     minus seen items; scores are z-normalized over that set, as :class:`BlendScorer` does at
-    request time. Users without candidates score 0.
+    request time. ``cap`` applies the served diversity cap (:func:`capped_top`) before
+    NDCG is computed. Users without candidates score 0.
     """
     fixed = [c for c in components if c != RECENT]
     scorers = {c: COMPONENTS[c][1](model) for c in fixed}
@@ -181,6 +214,7 @@ def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Seq
         gens.append(popularity.PopularCandidates(pop["scores"], model.catalog.categories))
     variants = [popularity.PopularityScorer(r) for r in recent] if RECENT in components else []
     rows = _validation_users(val_items, max_users, seed)
+    categories = np.asarray(model.catalog.categories, dtype=np.int64)
     out = np.zeros((max(len(variants), 1), grid.shape[0], len(rows)))
     for col, row in enumerate(rows):
         hist = model.users.history(row)
@@ -191,14 +225,11 @@ def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Seq
             continue
         base = {c: znorm(scorers[c].score(user, cand)) for c in fixed}
         rel = np.isin(cand, val_items[row]).astype(np.float64)
-        kk = min(k, cand.size)
         for h, variant in enumerate(variants or [None]):
             if variant is not None:
                 base[RECENT] = znorm(variant.score(user, cand))
             blended = grid @ np.stack([base[c] for c in components])
-            top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1),
-                                     1)
+            top = capped_top(blended, categories[cand], k, cap)
             out[h, :, col] = _ndcg_rows(top, rel, int(val_items[row].size), k)
     return out
 
@@ -306,7 +337,8 @@ class BlendTrainer:
     :data:`HALF_LIVES`) for the "recent" component (time-decayed popularity, age measured from
     the newest training event). Rule (:func:`choose_weights`): the best single component is
     served unless the best candidate beats it with a one-sided paired test on the per-user
-    NDCG@``k`` at level ``alpha`` (0.05). Validation uses at most ``max_users`` (2000) users
+    NDCG@``k`` at level ``alpha`` (0.05). NDCG is measured on what is served: after the
+    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none). Validation uses at most ``max_users`` (2000) users
     per hold-out and ``candidates`` (300) per generator, as served. ``<component>`` option
     tables go to the sub-trainers.
     """
@@ -322,6 +354,8 @@ class BlendTrainer:
         if RECENT not in comps:
             half_lives = [0.0]
         grid = simplex_grid(len(comps), float(options.get("step", 0.1)))
+        cap = int(options.get("diversity_cap", 3))
+        cap = None if cap < 0 else cap
         holdouts = {"both": ("user-last", "temporal"), "none": ()}.get(how, (how,))
         scores, users = [], {}
         for holdout in holdouts:
@@ -340,7 +374,8 @@ class BlendTrainer:
             per_user = user_ndcg(model, targets, comps, grid, recent,
                                  k=int(options.get("k", 10)),
                                  candidates=int(options.get("candidates", 300)),
-                                 max_users=int(options.get("max_users", 2000)))
+                                 max_users=int(options.get("max_users", 2000)),
+                                 cap=cap)
             scores.append(per_user.reshape(-1, per_user.shape[-1]))
             users[holdout] = int(per_user.shape[-1])
         # candidate r = (half-life r // W, weights r % W); singles weigh one component only
@@ -375,7 +410,7 @@ class BlendTrainer:
             params={"components": comps, "weights": dict(zip(comps, weights.tolist(),
                                                                 strict=True)),
                     "half_life_days": half_life, "validation": how,
-                    "validation_fraction": fraction},
+                    "validation_fraction": fraction, "diversity_cap": cap},
             arrays=arrays,
             metrics={**metrics, "tune_seconds": round(time.perf_counter() - started, 2)},
         )

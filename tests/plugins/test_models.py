@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rankly._fast import reference
 from rankly.engine import datasets, evaluation
 from rankly.engine.config import Settings
 from rankly.engine.interactions import Interactions, build_training_data
@@ -200,6 +201,20 @@ def test_choose_weights_keeps_the_best_single_unless_a_mix_wins_significantly():
     clear_mix = single_a + 0.05
     won = blend.choose_weights([np.stack([single_a, single_b, clear_mix])], np.array([0, 1]))
     assert (won.best, won.best_single) == (2, 0) and won.p_value < 0.05
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2, 3])
+def test_capped_top_matches_the_diversity_kernel_reference(cap):
+    rng = np.random.default_rng(cap)
+    blended = rng.normal(size=(30, 40))
+    cats = rng.integers(-1, 4, 40)
+    got = blend.capped_top(blended, cats, 10, cap)
+    for row, positions in zip(blended, got, strict=True):
+        want, _, _ = reference.diverse_topk(row.astype(np.float32), cats.astype(np.int32), 10,
+                                            cap)
+        np.testing.assert_array_equal(positions, want)
+    np.testing.assert_array_equal(blend.capped_top(blended, cats, 10, None),
+                                  np.argsort(-blended, axis=1)[:, :10])
 
 
 def test_numpy_and_implicit_als_rank_alike(data):
