@@ -338,9 +338,9 @@ class BlendTrainer:
     the newest training event). Rule (:func:`choose_weights`): the best single component is
     served unless the best candidate beats it with a one-sided paired test on the per-user
     NDCG@``k`` at level ``alpha`` (0.05). NDCG is measured on what is served: after the
-    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none). Validation uses at most ``max_users`` (2000) users
-    per hold-out and ``candidates`` (300) per generator, as served. ``<component>`` option
-    tables go to the sub-trainers.
+    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none). Validation uses
+    at most ``max_users`` (2000) users per hold-out and ``candidates`` (300) per generator, as
+    served. ``<component>`` option tables go to the sub-trainers.
     """
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
