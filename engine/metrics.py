@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
@@ -104,6 +105,26 @@ QUALITY_SLATES = Gauge(
     "rankly_quality_window_slates", "Slates counted in the quality window",
     multiprocess_mode="liveall",
 )
+
+
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 4096
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, memoized: the hot path asks for the same few series on
+    every request, and ``labels()`` takes a lock and re-checks the names each time (#8).
+
+    Only for metrics whose series are never removed (``MODEL_INFO`` is). Bounded: the memo
+    is cleared when it grows past ``_CHILDREN_MAX`` series.
+    """
+    key = (metric, labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
 
 
 def multiprocess_dir() -> str | None:

@@ -22,6 +22,11 @@ def _json_error(status: int, field: str, message: str) -> tuple[dict, bytes]:
     return start, body
 
 
+_NO_BODY_METHODS = frozenset(("GET", "HEAD"))
+#: Distinct (method, root_path, path) seen by MetricsMiddleware before its template memo resets.
+_TEMPLATE_MEMO_MAX = 4096
+
+
 class BodyLimitMiddleware:
     """Answer 413 once a request body exceeds ``max_bytes``, without reading the rest.
 
@@ -36,8 +41,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        framed = False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
+                framed = True
                 try:
                     too_big = int(value) > self.max_bytes
                 except ValueError:
@@ -45,6 +52,13 @@ class BodyLimitMiddleware:
                 if too_big:
                     await self._reject(send)
                     return
+            elif name == b"transfer-encoding":
+                framed = True
+        if not framed and scope["method"] in _NO_BODY_METHODS:
+            # a GET without Content-Length or Transfer-Encoding has no body to count: skip
+            # the two wrappers on the hot path (#8)
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
 
@@ -84,9 +98,20 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes = None
+        self._templates: dict[tuple[str, str, str], str] = {}
 
     def _template(self, scope: Scope) -> str:
+        # NOTE: memoized per (method, root_path, path): matching every route again for the
+        # label cost more than the rest of this middleware (#8). Bounded: paths carry ids.
+        key = (scope.get("method", ""), scope.get("root_path", ""), scope.get("path", ""))
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATE_MEMO_MAX:
+                self._templates.clear()
+            template = self._templates[key] = self._match(scope)
+        return template
+
+    def _match(self, scope: Scope) -> str:
         router = scope.get("app")
         routes = getattr(getattr(router, "router", None), "routes", None) or []
         for route in routes:
@@ -112,5 +137,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = self._template(scope)
-            metrics.REQUESTS.labels(route, str(status)).inc()
-            metrics.REQUEST_LATENCY.labels(route).observe(time.perf_counter() - start)
+            metrics.child(metrics.REQUESTS, route, str(status)).inc()
+            metrics.child(metrics.REQUEST_LATENCY, route).observe(time.perf_counter() - start)
