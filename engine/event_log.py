@@ -41,6 +41,23 @@ class AppendResult:
     new: tuple[Event, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ImpressionSlate:
+    """One served slate to log as impressions: one event per position, ``imp:<request>:<pos>``,
+    type ``impression``, context ``{"position": pos, **context}``."""
+
+    timestamp: float
+    request_id: str
+    user_id: str
+    item_ids: tuple[str, ...]
+    context: dict[str, Any]
+
+    def events(self) -> list[Event]:
+        return [Event(f"imp:{self.request_id}:{pos}", self.user_id, item, "impression",
+                      self.timestamp, None, self.request_id, {"position": pos, **self.context})
+                for pos, item in enumerate(self.item_ids)]
+
+
 class EventLog(abc.ABC):
     """An append-only, replayable log of events with idempotency by ``event_id``."""
 
@@ -62,6 +79,17 @@ class EventLog(abc.ABC):
         :class:`StoreUnavailable` when nothing could be stored durably (some events of the
         batch may be stored anyway: a retry counts those as duplicates).
         """
+
+    async def append_impressions(self, slates: Sequence[ImpressionSlate]) -> int:
+        """Store the impressions of ``slates`` durably (not idempotent); return how many.
+
+        The same lines as :meth:`append` of ``slate.events()`` with ``idempotent=False``;
+        logs override it to encode slates straight into lines, without an ``Event`` per
+        position (impressions are logged for every served slate: #8). Raises
+        :class:`StoreUnavailable` like :meth:`append`.
+        """
+        events = [e for slate in slates for e in slate.events()]
+        return (await self.append(events, idempotent=False)).accepted
 
     @abc.abstractmethod
     def replay(self) -> AsyncIterator[Event]:
@@ -97,6 +125,22 @@ def _encode(event: Event, at: float, idempotent: bool) -> bytes:
     # NOTE: orjson is ~5x faster here; served slates are logged as impressions on every
     # request, so this encoder is on the serving budget (see docs/performance.md).
     return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _encode_impressions(slate: ImpressionSlate, at: float) -> list[bytes]:
+    """``[_encode(e, at, False) for e in slate.events()]``, byte for byte, without building
+    the events: the parts every position shares are encoded once per slate (~6x faster)."""
+    dumps = orjson.dumps
+    head = dumps(f"imp:{slate.request_id}:")[:-1]  # the id's JSON string, still open
+    user = b'","u":' + dumps(slate.user_id) + b',"i":'
+    rid = b',"r":' + dumps(slate.request_id) if slate.request_id else b""
+    mid = b',"t":"impression","ts":' + dumps(slate.timestamp) + rid + b',"c":{"position":'
+    ctx = dumps(slate.context)
+    tail = (b"," + ctx[1:] if len(ctx) > 2 else b"}") + b',"at":' + dumps(round(at, 3)) \
+        + b',"nd":1}\n'
+    return [b"".join((b'{"id":', head, str(pos).encode(), user, dumps(item), mid,
+                      str(pos).encode(), tail))
+            for pos, item in enumerate(slate.item_ids)]
 
 
 class FileEventLog(EventLog):
@@ -215,6 +259,18 @@ class FileEventLog(EventLog):
             self._start_writer()
             await asyncio.shield(fut)
         return AppendResult(len(new), duplicates, tuple(new))
+
+    async def append_impressions(self, slates: Sequence[ImpressionSlate]) -> int:
+        now = self.clock()
+        lines = [line for slate in slates for line in _encode_impressions(slate, now)]
+        if lines:
+            # NOTE: the same queue, group commit and fsync as append(idempotent=False):
+            # acknowledged only once durable, no dedup ids to index.
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append((b"".join(lines), [], fut))
+            self._start_writer()
+            await asyncio.shield(fut)
+        return len(lines)
 
     def _start_writer(self) -> None:
         if self._wakeup is None:
@@ -418,6 +474,14 @@ class RedisStreamLog(EventLog):
                 else:
                     duplicates += 1
         return AppendResult(len(new), duplicates, tuple(new))
+
+    async def append_impressions(self, slates: Sequence[ImpressionSlate]) -> int:
+        now = time.time()
+        payloads = [line for slate in slates for line in _encode_impressions(slate, now)]
+        for start in range(0, len(payloads), CHUNK):
+            chunk = payloads[start:start + CHUNK]
+            await self.guard.run(lambda r, p=chunk: self._add_plain(r, p))
+        return len(payloads)
 
     async def _add_plain(self, r: Any, payloads: list[bytes]) -> list[int]:
         pipe = r.pipeline(transaction=False)
