@@ -129,11 +129,11 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
         trace.fallback = "plugin_timeout"
         ranking = fallback_ranking(comps, user, req, req.n)
     for stage, component, seconds in trace.stages:
-        metrics.STAGE_LATENCY.labels(stage, component).observe(seconds)
+        metrics.child(metrics.STAGE_LATENCY, stage, component).observe(seconds)
     for component, kind in trace.failures:
         record_failure(rt, component, kind)
     if trace.fallback:
-        metrics.FALLBACKS.labels(trace.fallback).inc()
+        metrics.child(metrics.FALLBACKS, trace.fallback).inc()
     payload = respond(comps, req, plan, user, ranking, trace)
     quality.observe(rt, comps.model, ranking.items, user.is_cold)
     if trace.fallback in (None, "cold_start"):
@@ -164,13 +164,14 @@ async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dic
             value = await cache.get(key, user_id)
         except Exception:
             log.warning("cache tier %s failed on get", tier, exc_info=True)
-            metrics.CACHE_LOOKUPS.labels(tier, "error").inc()
+            metrics.child(metrics.CACHE_LOOKUPS, tier, "error").inc()
             continue
-        metrics.STAGE_LATENCY.labels("cache", tier).observe(time.perf_counter() - start)
-        metrics.CACHE_LOOKUPS.labels(tier, "hit" if value is not None else "miss").inc()
+        metrics.child(metrics.STAGE_LATENCY, "cache", tier).observe(time.perf_counter() - start)
+        metrics.child(metrics.CACHE_LOOKUPS, tier, "hit" if value is not None else "miss").inc()
         if value is not None:
-            fresh = {k: v for k, v in value.items() if k != REFRESH_FIELD}
-            await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
+            if pos:  # a hit in a slower tier fills the faster ones
+                fresh = {k: v for k, v in value.items() if k != REFRESH_FIELD}
+                await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
             return value
     return None
 
@@ -253,8 +254,7 @@ def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFe
     if not found:
         return Candidates.empty()
     items = np.concatenate([c.items for c in found])
-    _, first = np.unique(items, return_index=True)
-    first.sort()  # keep the first generator's reason for an item proposed twice
+    first = _first_occurrences(items)  # keep the first generator's reason for a repeat
     return Candidates(
         items[first],
         np.concatenate([np.asarray(c.reasons, dtype=np.int8) for c in found])[first],
@@ -327,8 +327,12 @@ def rerank(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures, ranki
         start = time.perf_counter()
         try:
             out = rr.rerank(user, current, max(n, 1))
-            if not (np.isin(out.items, current.items).all() and np.isfinite(out.scores).all()
-                    and len(np.unique(out.items)) == len(out)):
+            # NOTE: sets, not np.isin/np.unique: a slate is 10-100 ids, where NumPy's call
+            # overhead is 6x the work (#8)
+            got = out.items.tolist()
+            distinct = set(got)
+            if not (len(distinct) == len(got) and distinct.issubset(current.items.tolist())
+                    and np.isfinite(out.scores).all()):
                 raise ValueError("reranker returned items it was not given, duplicates or NaN")
             current = out
             trace.failures.append((name, "ok"))
@@ -449,5 +453,19 @@ def _session_reason(reason: int, user: UserFeatures) -> int:
 
 def _unique_in_order(idx: np.ndarray) -> np.ndarray:
     idx = idx[idx >= 0]
-    _, first = np.unique(idx, return_index=True)
-    return idx[np.sort(first)]
+    return idx[_first_occurrences(idx)]
+
+
+def _first_occurrences(items: np.ndarray) -> np.ndarray:
+    """Ascending positions of the first occurrence of each distinct value of ``items``.
+
+    ``np.unique(items, return_index=True)`` then a sort, with less call overhead (a stable
+    argsort and one comparison of neighbours): ~30% cheaper on a few hundred ids (#8).
+    """
+    order = np.argsort(items, kind="stable")
+    ordered = items[order]
+    keep = np.ones(ordered.size, dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    first = order[keep]
+    first.sort()
+    return first
