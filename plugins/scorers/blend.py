@@ -146,26 +146,26 @@ def _ndcg_rows(top: np.ndarray, rel: np.ndarray, n_rel: int, k: int) -> np.ndarr
     return dcg / disc[: min(k, n_rel)].sum()
 
 
-def capped_top(blended: np.ndarray, categories: np.ndarray, k: int, cap: int | None,
-               depth: int = 50) -> np.ndarray:
-    """Return the top-``k`` positions [W, k] of each row of ``blended`` [W, n], best first.
-
-    With ``cap``, mimic the served diversity reranker (``_fast.diverse_topk`` on the top
-    ``depth``): walk each row's ranking keeping an item while its category (``categories``
-    [n]; < 0 = uncategorized, never capped) has fewer than ``cap`` kept; the best skipped
-    items fill the remaining slots, and the slate keeps ranking order.
-    """
-    n = blended.shape[1]
-    kk = min(k, n) if cap is None else min(max(depth, k), n)
+def ranked_top(blended: np.ndarray, depth: int) -> np.ndarray:
+    """Return the best ``depth`` positions [W, depth] of each row of ``blended``, best first."""
+    kk = min(depth, blended.shape[1])
     top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1,
-                                             kind="stable"), 1)
-    if cap is None:
-        return top
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1,
+                                              kind="stable"), 1)
+
+
+def apply_cap(top: np.ndarray, categories: np.ndarray, k: int, cap: int) -> np.ndarray:
+    """Return ``k`` of the ranked positions ``top`` [W, d] per row under a per-category cap.
+
+    The served diversity reranker's rule (``_fast.diverse_topk``): walk each ranking keeping
+    an item while its category (``categories`` indexed by position; < 0 = uncategorized,
+    never capped) has fewer than ``cap`` kept; the best skipped items fill the remaining
+    slots, and the slate keeps ranking order.
+    """
     c = categories[top]
     by_cat = np.argsort(c, axis=1, kind="stable")
     sc = np.take_along_axis(c, by_cat, 1)
-    col = np.broadcast_to(np.arange(kk), sc.shape)
+    col = np.broadcast_to(np.arange(top.shape[1]), sc.shape)
     start = np.maximum.accumulate(np.where(
         np.concatenate([np.ones((sc.shape[0], 1), bool), sc[:, 1:] != sc[:, :-1]], 1),
         col, 0), axis=1)
@@ -173,8 +173,17 @@ def capped_top(blended: np.ndarray, categories: np.ndarray, k: int, cap: int | N
     np.put_along_axis(rank, by_cat, col - start, 1)
     skipped = (c >= 0) & (rank >= cap)
     # kept items first, then the best skipped ones; the slate is in ranking order
-    order = np.sort(np.argsort(skipped, axis=1, kind="stable")[:, : min(k, kk)], axis=1)
+    order = np.sort(np.argsort(skipped, axis=1, kind="stable")[:, :k], axis=1)
     return np.take_along_axis(top, order, 1)
+
+
+def capped_top(blended: np.ndarray, categories: np.ndarray, k: int, cap: int | None,
+               depth: int = 50) -> np.ndarray:
+    """The top-``k`` positions [W, k] per row, under ``cap`` (:func:`apply_cap`) on the top
+    ``depth`` (what the served reranker sees) unless ``cap`` is None."""
+    if cap is None:
+        return ranked_top(blended, k)
+    return apply_cap(ranked_top(blended, max(depth, k)), categories, k, cap)
 
 
 def simplex_grid(n: int, step: float) -> np.ndarray:
@@ -195,16 +204,17 @@ def _validation_users(val_items: Mapping[int, np.ndarray], max_users: int,
 def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
               grid: np.ndarray, recent: Sequence[np.ndarray] = (), k: int = 10,
               candidates: int = 300, max_users: int = 2000, seed: int = 0,
-              cap: int | None = None) -> np.ndarray:
-    """Return the NDCG@k of every user for every weight row: float64 [H, W, U].
+              cap: int | None = None, depth: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Return the NDCG@k of every user for every weight row: (capped, uncapped) [H, W, U].
 
     ``grid`` is [W, C] over ``components``. The "recent" component takes each popularity
     array of ``recent`` in turn (H = len(recent), or 1 without it), so one pass over the users
     scores every (half-life, weights) pair. Each user's candidates are the union of the top
     ``candidates`` of every generator the served pipeline uses (ease, itemknn, als, popular),
     minus seen items; scores are z-normalized over that set, as :class:`BlendScorer` does at
-    request time. ``cap`` applies the served diversity cap (:func:`capped_top`) before
-    NDCG is computed. Users without candidates score 0.
+    request time. "capped" applies the served diversity cap ``cap`` to the top ``depth``
+    (:func:`apply_cap`) before NDCG is computed; it equals "uncapped" when ``cap`` is None.
+    Users without candidates score 0.
     """
     fixed = [c for c in components if c != RECENT]
     scorers = {c: COMPONENTS[c][1](model) for c in fixed}
@@ -216,6 +226,7 @@ def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Seq
     rows = _validation_users(val_items, max_users, seed)
     categories = np.asarray(model.catalog.categories, dtype=np.int64)
     out = np.zeros((max(len(variants), 1), grid.shape[0], len(rows)))
+    out_capped = out if cap is None else np.zeros_like(out)
     for col, row in enumerate(rows):
         hist = model.users.history(row)
         user = UserFeatures(str(model.users.user_ids[row]), row, hist, np.unique(hist))
@@ -229,9 +240,13 @@ def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Seq
             if variant is not None:
                 base[RECENT] = znorm(variant.score(user, cand))
             blended = grid @ np.stack([base[c] for c in components])
-            top = capped_top(blended, categories[cand], k, cap)
-            out[h, :, col] = _ndcg_rows(top, rel, int(val_items[row].size), k)
-    return out
+            n_rel = int(val_items[row].size)
+            top = ranked_top(blended, k if cap is None else max(depth, k))
+            out[h, :, col] = _ndcg_rows(top[:, :k], rel, n_rel, k)
+            if cap is not None:
+                out_capped[h, :, col] = _ndcg_rows(
+                    apply_cap(top, categories[cand], k, cap), rel, n_rel, k)
+    return out_capped, out
 
 
 @dataclass(frozen=True)
@@ -265,7 +280,7 @@ def paired_gain(challenger: Sequence[np.ndarray], incumbent: Sequence[np.ndarray
 
 
 def choose_weights(scores: Sequence[np.ndarray], singles: np.ndarray,
-                   alpha: float = 0.05) -> Choice:
+                   alpha: float = 0.05, eligible: np.ndarray | None = None) -> Choice:
     """Pick a candidate row from per-user validation NDCG on one or more hold-outs.
 
     ``scores`` holds one [R, U_h] array per hold-out (R candidate weightings, U_h users);
@@ -273,11 +288,17 @@ def choose_weights(scores: Sequence[np.ndarray], singles: np.ndarray,
     single (by the mean over hold-outs of mean NDCG / the best single's mean NDCG); the
     challenger is the best row by the same criterion, and it replaces the incumbent only when
     its paired gain (:func:`paired_gain`) is significant at one-sided level ``alpha``.
+    Only rows where the boolean mask ``eligible`` [R] holds compete (all rows when None, or
+    when no single is eligible).
     """
     means = [s.mean(axis=1) for s in scores]
+    ok = np.ones(len(means[0]), bool) if eligible is None else np.asarray(eligible, bool)
+    if not ok[singles].any():
+        ok = np.ones(len(means[0]), bool)
+    singles = singles[ok[singles]]
     ratio = np.mean([m / max(float(m[singles].max()), 1e-12) for m in means], axis=0)
     single = int(singles[np.argmax(ratio[singles])])
-    best = int(np.argmax(ratio))
+    best = int(np.argmax(np.where(ok, ratio, -np.inf)))
     if best == single:
         return Choice(single, single, 0.0, 1.0)
     gain, p = paired_gain([s[best] for s in scores], [s[single] for s in scores])
@@ -338,7 +359,9 @@ class BlendTrainer:
     the newest training event). Rule (:func:`choose_weights`): the best single component is
     served unless the best candidate beats it with a one-sided paired test on the per-user
     NDCG@``k`` at level ``alpha`` (0.05). NDCG is measured on what is served: after the
-    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none). Validation uses
+    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none), and only
+    candidates whose validation cap cost (1 - capped / uncapped NDCG) is at most
+    ``max_cap_cost`` (0.05) on every hold-out compete. Validation uses
     at most ``max_users`` (2000) users per hold-out and ``candidates`` (300) per generator, as
     served. ``<component>`` option tables go to the sub-trainers.
     """
@@ -357,7 +380,7 @@ class BlendTrainer:
         cap = int(options.get("diversity_cap", 3))
         cap = None if cap < 0 else cap
         holdouts = {"both": ("user-last", "temporal"), "none": ()}.get(how, (how,))
-        scores, users = [], {}
+        scores, cap_costs, users = [], [], {}
         for holdout in holdouts:
             sub, targets = validation_set(data, holdout, fraction)
             parts = {}
@@ -371,12 +394,14 @@ class BlendTrainer:
                                                    for p in parts.values()}},
                           data.catalog, sub.users, {n: p.arrays for n, p in parts.items()})
             recent = [popularity.decayed_popularity(sub, h) for h in half_lives]
-            per_user = user_ndcg(model, targets, comps, grid, recent,
+            per_user, uncapped = user_ndcg(model, targets, comps, grid, recent,
                                  k=int(options.get("k", 10)),
                                  candidates=int(options.get("candidates", 300)),
                                  max_users=int(options.get("max_users", 2000)),
                                  cap=cap)
             scores.append(per_user.reshape(-1, per_user.shape[-1]))
+            cap_costs.append(1.0 - scores[-1].mean(axis=1) / np.maximum(
+                uncapped.reshape(-1, uncapped.shape[-1]).mean(axis=1), 1e-12))
             users[holdout] = int(per_user.shape[-1])
         # candidate r = (half-life r // W, weights r % W); singles weigh one component only
         n_w = grid.shape[0]
@@ -386,7 +411,10 @@ class BlendTrainer:
                             if h == 0 or grid[r, recent_col] == 1.0], dtype=np.int64)
         metrics: dict[str, Any] = {}
         if scores and all(s.shape[1] for s in scores):
-            choice = choose_weights(scores, singles, float(options.get("alpha", 0.05)))
+            max_cost = float(options.get("max_cap_cost", 0.05))
+            eligible = np.all([c <= max_cost for c in cap_costs], axis=0)
+            choice = choose_weights(scores, singles, float(options.get("alpha", 0.05)),
+                                    eligible)
             weights, half_life = grid[choice.best % n_w], half_lives[choice.best // n_w]
             single = grid[choice.best_single % n_w]
             metrics = {
@@ -396,6 +424,8 @@ class BlendTrainer:
                 "best_single_ndcg": {h: round(float(s[choice.best_single].mean()), 5)
                                      for h, s in zip(users, scores, strict=True)},
                 "gain_vs_single": round(choice.gain, 4), "p_value": round(choice.p_value, 4),
+                "validation_cap_cost": {h: round(float(c[choice.best]), 4)
+                                        for h, c in zip(users, cap_costs, strict=True)},
                 "validation_users": users}
         else:
             row = prior_row(grid, comps, options.get("prior", PRIOR))

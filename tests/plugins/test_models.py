@@ -203,6 +203,16 @@ def test_choose_weights_keeps_the_best_single_unless_a_mix_wins_significantly():
     assert (won.best, won.best_single) == (2, 0) and won.p_value < 0.05
 
 
+def test_choose_weights_only_lets_eligible_rows_compete():
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(0, 0.4, 300), rng.uniform(0, 0.3, 300)
+    scores = [np.stack([a, b, a + 0.05])]
+    got = blend.choose_weights(scores, np.array([0, 1]), eligible=np.array([False, True, False]))
+    assert (got.best, got.best_single) == (1, 1)
+    anyway = blend.choose_weights(scores, np.array([0, 1]), eligible=np.zeros(3, bool))
+    assert anyway.best == 2
+
+
 @pytest.mark.parametrize("cap", [0, 1, 2, 3])
 def test_capped_top_matches_the_diversity_kernel_reference(cap):
     rng = np.random.default_rng(cap)
