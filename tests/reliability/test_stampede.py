@@ -16,6 +16,7 @@ import httpx
 import pytest
 from procs import USERS, percentile, summary_ms
 
+from rankly.engine import pipeline
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
 
@@ -120,6 +121,8 @@ def test_1000_keys_expiring_together_recompute_once_each(artifacts, tmp_path, ji
                 # queue so many computations on 2 cores that some exceed the stage budget:
                 # their degraded answers are not cached, so those keys compute again.)
                 expiring += await burst(client, [p for p in paths for _ in range(2)], 40)
+                while pipeline._refreshing:  # recomputes served behind a stale answer
+                    await asyncio.sleep(0.005)
                 per_step.append(sum(recomputes.values()) - before)
             return warm, expiring, per_step, recomputes
 
@@ -137,7 +140,6 @@ def test_1000_keys_expiring_together_recompute_once_each(artifacts, tmp_path, ji
         assert max(per_step) == 1000
         return
     assert max(recomputes.values()) == 1
-    # NOTE: the p99 goal (<= 2x warm) is reported, not asserted: every request of an expired
-    # key waits for its one recomputation (L1 has no early refresh), so the p99 of a sweep
-    # where a quarter of the keys expire per step is a computation, not a hit
     assert max(per_step) < 1000  # jitter spreads the expiries over the sweep
+    # an expired key's requests do not wait for its recomputation (the p99 is a hit's)
+    assert ratio <= 2.0
