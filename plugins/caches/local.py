@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from collections import OrderedDict
 from typing import Any
+
+import orjson
 
 from rankly.engine import hookimpl
 from rankly.engine.store import Store
@@ -61,7 +62,9 @@ class LocalCache:
 
     async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
         self._ensure_following()
-        size = len(json.dumps(value, separators=(",", ":")))
+        # NOTE: orjson, the encoder that serves the entry: ~7x faster than json.dumps on a
+        # slate, and its UTF-8 length is what the entry costs to serve (#8)
+        size = len(orjson.dumps(value))
         if size > self.max_bytes:
             return
         if key in self._data:
