@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from rankly.engine import hookimpl
+from rankly.engine.pipeline import REFRESH_FIELD
 from rankly.engine.store import Store
 from rankly.engine.types import ComponentContext
 
@@ -26,16 +27,24 @@ class LocalCache:
     Eviction is least-recently-used once either ``max_entries`` or ``max_bytes`` is exceeded;
     an entry lives ``ttl * (1 +- jitter)`` seconds. ``invalidate_user`` drops every key of a
     user through a per-user key index, so it costs O(keys of that user).
+
+    Stale while revalidate: for ``stale`` seconds after its expiry an entry is still returned,
+    marked for refresh, so the pipeline serves it and recomputes the key in the background
+    (single flight: once per key). Keys that expire together then never make requests wait
+    for their recomputation. Staleness is bounded by ``ttl * (1 + jitter) + stale``; an
+    invalidated entry is gone at once.
     """
 
     tier = "l1"
 
     def __init__(self, max_entries: int, max_bytes: int, ttl: float, jitter: float = 0.1,
-                 clock=time.monotonic, rng: random.Random | None = None) -> None:
+                 stale: float = 0.0, clock=time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.jitter = jitter
+        self.stale = stale
         self.clock = clock
         self.rng = rng or random.Random()
         self._data: OrderedDict[str, tuple[float, int, str | None, dict[str, Any]]] = OrderedDict()
@@ -54,9 +63,12 @@ class LocalCache:
         if entry is None:
             return None
         expires, _, _, value = entry
-        if expires <= self.clock():
-            self._drop(key)
-            return None
+        now = self.clock()
+        if expires <= now:
+            if now >= expires + self.stale:
+                self._drop(key)
+                return None
+            return {**value, REFRESH_FIELD: True}  # the refresh's set() replaces the entry
         self._data.move_to_end(key)
         return value
 
@@ -148,6 +160,10 @@ def register_caches(register):
             max_bytes=int(opts.get("max_bytes", c.l1_max_bytes)),
             ttl=float(opts.get("ttl_seconds", c.ttl_seconds)),
             jitter=float(opts.get("jitter", c.jitter)),
+            # NOTE: 10% of the TTL by default, so entries expiring together are refreshed
+            # behind stale answers instead of making their requests wait (#9)
+            stale=float(opts.get("stale_seconds",
+                                 0.1 * float(opts.get("ttl_seconds", c.ttl_seconds)))),
         )
         if ctx.store is not None and opts.get("follow_invalidations", True):
             cache.follow(ctx.store)
