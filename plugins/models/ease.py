@@ -52,7 +52,11 @@ class EaseTrainer:
 class EaseScorer:
     """Score = sum of the weight rows of the user's history items; also a candidate generator."""
 
-    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
+    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int,
+                 history_half_life: float = 0.0) -> None:
+        # With a half-life h > 0 (in history positions) ``score`` weighs the i-th most recent
+        # history item by 2^(-i/h) (user histories are newest first); 0: every item weighs 1.
+        self.history_half_life = float(history_half_life)
         self.items = np.asarray(items, dtype=np.int64)
         self.weights = weights
         self.n_items = n_items
@@ -60,9 +64,11 @@ class EaseScorer:
         self.pos[self.items] = np.arange(self.items.size)
 
     @classmethod
-    def from_model(cls, model: Model) -> EaseScorer | None:
+    def from_model(cls, model: Model, history_half_life: float = 0.0) -> EaseScorer | None:
         part = model.part(NAME)
-        return None if part is None else cls(part["items"], part["weights"], len(model.catalog))
+        if part is None:
+            return None
+        return cls(part["items"], part["weights"], len(model.catalog), history_half_life)
 
     def _history_rows(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history item indices that have weights, their rows in ``weights``), deduplicated."""
@@ -72,9 +78,25 @@ class EaseScorer:
         return h, self.pos[h]
 
     def full_scores(self, history: np.ndarray) -> np.ndarray:
-        """Return float32 scores over the whole catalog for item indices ``history``."""
-        _, rows = self._history_rows(history)
+        """Return float32 scores over the whole catalog for item indices ``history``.
+
+        ``history`` is newest first; with :attr:`history_half_life` each item's weight row is
+        scaled by the recency weight of its newest occurrence.
+        """
         out = np.zeros(self.n_items, dtype=np.float32)
+        if self.history_half_life > 0:
+            h = np.asarray(history, dtype=np.int64)
+            w = np.exp2(-np.arange(h.size) / self.history_half_life).astype(np.float32)
+            ok = (h >= 0) & (h < self.n_items)
+            h, w = h[ok], w[ok]
+            ok = self.pos[h] >= 0
+            h, w = h[ok], w[ok]
+            _, first = np.unique(h, return_index=True)
+            if first.size:
+                out[self.items] = w[first] @ np.asarray(self.weights[self.pos[h[first]]],
+                                                        dtype=np.float32)
+            return out
+        _, rows = self._history_rows(history)
         if rows.size:
             out[self.items] = np.asarray(self.weights[rows], dtype=np.float32).sum(axis=0)
         return out

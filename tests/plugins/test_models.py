@@ -173,6 +173,18 @@ def test_decayed_popularity_halves_an_events_weight_every_half_life():
     assert decayed[x] == pytest.approx(0.25 + 0.5) and decayed[y] == pytest.approx(2.0)
 
 
+def test_ease_history_half_life_weighs_recent_history_items_more(model, data):
+    m, _ = model
+    plain, decayed = ease.EaseScorer.from_model(m), ease.EaseScorer.from_model(m, 1.0)
+    newest, older = data.catalog.index["i01"], data.catalog.index["i25"]
+    hist = np.array([newest, older, newest])
+    np.testing.assert_allclose(decayed.full_scores(hist),
+                               plain.full_scores([newest]) + 0.5 * plain.full_scores([older]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ease.EaseScorer.from_model(m, 0.0).full_scores(hist),
+                               plain.full_scores(hist))
+
+
 def test_blend_trainer_stores_the_recent_popularity_it_validated(model, data):
     m, _ = model
     params = m.params("blend")
