@@ -168,8 +168,10 @@ def _int(text: str) -> int:
     # Timestamps sometimes come as "1512205511.0"; anything non-integral is malformed, and so
     # is anything outside int64 ("1e999" is inf, which int() refuses with OverflowError).
     value = float(text) if "." in text or "e" in text.lower() else int(text)
-    if not math.isfinite(value) or value != int(value) or not _INT64_MIN <= value <= _INT64_MAX:
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
         raise ValueError(f"{text[:20]!r} is not an integer timestamp")
+    if not _INT64_MIN <= value <= _INT64_MAX:  # compared as int: a float() of it may overflow
+        raise ValueError(f"{text[:20]!r} is outside the int64 range")
     return int(value)
 
 
