@@ -40,6 +40,7 @@ def get_json(url: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_demo_serves_personalized_recommendations(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
