@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -44,14 +45,31 @@ def artifacts_dir() -> Path:
     return path
 
 
+EXPERIMENT = """
+[[experiments]]
+key = "home-ranker"
+status = "running"
+primary_metric = "ctr"
+
+[[experiments.variants]]
+name = "control"
+
+[[experiments.variants]]
+name = "popular-first"
+scorers = ["popular"]
+"""
+
+
 @pytest.fixture
-def server(artifacts: Path):
+def server(artifacts: Path, tmp_path: Path):
+    config = tmp_path / "rankly.toml"
+    config.write_text(EXPERIMENT)
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("RANKLY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts", str(artifacts),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--config", str(config)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -87,10 +105,17 @@ def browser():
 
 
 def drive_traffic(url: str, rounds: int) -> None:
+    """Requests from repeat and new users; some click (1 in 3) or buy (1 in 7) what they saw."""
     with httpx.Client(base_url=url, timeout=10.0) as c:
         for i in range(rounds):
             for user in (str(i % 50 + 1), str(i % 7 + 1), f"new-visitor-{i}"):  # some repeat
-                assert c.get("/recommendations", params={"user_id": user, "n": 8}).is_success
+                r = c.get("/recommendations", params={"user_id": user, "n": 8})
+                assert r.is_success
+                item = r.json()["items"][0]["item_id"]
+                for kind, every in (("click", 3), ("purchase", 7)):
+                    if zlib.crc32(f"{user}:{kind}".encode()) % every == 0:
+                        c.post("/events", json={"event_id": f"{user}-{kind}-{i}",
+                                                "user_id": user, "item_id": item, "type": kind})
             c.get(f"/items/{i % 40 + 1}/similar", params={"n": 5})
 
 
@@ -111,7 +136,7 @@ def test_dashboard_renders_live_charts_without_errors(server, browser):
     drive_traffic(server, 40)  # a second poll sees new traffic: rates and windows move
     wait_for(browser, "return window.rankly.points >= 3 && window.rankly.last.series"
                       ".request_rate.some(v => v > 0)")
-    for chart in ("traffic", "errors", "cache", "quality"):
+    for chart in ("traffic", "errors", "cache", "quality", "ctr", "conversion"):
         assert browser.execute_script(
             f"return document.querySelectorAll('#chart-{chart} canvas').length") == 1, chart
     stages = browser.execute_script(
@@ -122,6 +147,7 @@ def test_dashboard_renders_live_charts_without_errors(server, browser):
     assert last["model_version"] == browser.find_element("id", "model-version").text
     assert max(v for v in last["series"]["quality"]["catalog_coverage"] if v is not None) > 0
     assert any(v is not None for v in last["series"]["latency"]["request"]["p95"])
+    assert set(last["series"]["ctr"]) == {"control", "popular-first"}  # per-variant CIs
     # canvases really have pixels drawn (not just created)
     inked = browser.execute_script("""
         const c = document.querySelector('#chart-traffic canvas');
