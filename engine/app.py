@@ -32,7 +32,7 @@ from rankly.engine.openapi import openapi_schema
 from rankly.engine.publish import load_serving_model, start_model_watcher
 from rankly.engine.ratelimit import RateLimitMiddleware
 from rankly.engine.runtime import Runtime, build_runtime
-from rankly.engine.store import open_store
+from rankly.engine.store import StoreUnavailable, open_store
 from rankly.engine.types import RecommendationRequest, UserFeatures
 from rankly.engine.validation import (
     RequestError,
@@ -76,14 +76,34 @@ async def recommendations(request: Request) -> Response:
     return RankingJSON(await answer(rt, req))
 
 
+async def refresh_bandits(rt: Runtime) -> None:
+    """Move running bandits to the current decision epoch (I/O only once per epoch)."""
+    epoch_s = rt.settings.bandit_epoch_seconds
+    if rt.experiments.running and rt.tracker.bandits_due(rt.experiments, epoch_s):
+        try:
+            rt.experiments = await rt.tracker.reweight_bandits(rt.experiments, epoch_s)
+        except StoreUnavailable:
+            log.warning("bandit counts unavailable; keeping the previous epoch's weights")
+
+
+async def record_exposure(rt: Runtime, assignment: Any, user_id: str,
+                          plan: pipeline.Plan) -> None:
+    """Count the exposure once per (user, experiment, phase); a store outage loses it, only."""
+    try:
+        if await rt.tracker.expose(assignment, user_id):
+            metrics.EXPOSURES.labels(plan.variant).inc()
+    except StoreUnavailable:
+        log.warning("experiment exposure not recorded: store unavailable")
+
+
 async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     """Rank, and if anything unexpected escapes the pipeline, serve the safe fallback."""
+    await refresh_bandits(rt)
     plan, assignment = pipeline.choose_plan(rt, req)
     try:
         body = await pipeline.rank(rt, req, plan)
-        if (assignment is not None and req.user_id is not None
-                and rt.tracker.record_exposure(assignment, req.user_id)):
-            metrics.EXPOSURES.labels(plan.variant).inc()
+        if assignment is not None and req.user_id is not None:
+            await record_exposure(rt, assignment, req.user_id, plan)
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:
@@ -148,7 +168,7 @@ async def openapi(request: Request) -> Response:
 
 async def prometheus(request: Request) -> Response:
     quality.refresh(_runtime(request))  # old buckets expire even when traffic stops
-    experiments_api.refresh_srm(_runtime(request))
+    await experiments_api.refresh_srm(_runtime(request))
     return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
 

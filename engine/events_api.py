@@ -184,7 +184,7 @@ class EventsService:
         if result.new:
             for e in result.new:
                 metrics.EVENTS.labels(e.type).inc()
-                self.record_outcome(e)
+                await self.record_outcome(e)
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
@@ -192,13 +192,19 @@ class EventsService:
                 self._spawn(self._invalidate_later(users), "reinvalidate")
         return result
 
-    def record_outcome(self, e: Event) -> None:
+    async def record_outcome(self, e: Event) -> None:
         """Credit a click or purchase to the variants the user was exposed to."""
         outcome = OUTCOME_OF_EVENT.get(e.type)
         if outcome is None:
             return
         counter = metrics.CLICKS if outcome == "click" else metrics.CONVERSIONS
-        for _experiment, variant in self.rt.tracker.record_outcome(e.user_id, outcome):
+        try:
+            counted = await self.rt.tracker.outcome(e.user_id, outcome,
+                                                    self.rt.experiments.experiments)
+        except StoreUnavailable:
+            log.warning("experiment outcome not counted: store unavailable")
+            return
+        for _experiment, variant in counted:
             counter.labels(variant).inc()
 
     async def invalidate(self, users: set[str]) -> None:

@@ -23,6 +23,7 @@ from rankly.engine.experiments import (
 )
 from rankly.engine.experiments.stats import srm_test
 from rankly.engine.runtime import Runtime
+from rankly.engine.store import StoreUnavailable
 from rankly.engine.validation import RequestError, check_id
 
 
@@ -106,8 +107,13 @@ async def experiment_results(request: Request) -> Response:
     rt = _runtime(request)
     exp = _experiment(rt, request)
     try:
+        counts = await rt.tracker.counts(exp)
+    except StoreUnavailable:
+        return JSONResponse({"error": {"field": "store", "message": "counts unavailable"}},
+                            status_code=503, headers={"Retry-After": "1"})
+    try:
         result = analyze(
-            rt.tracker.counts(exp), weights=exp.weights,
+            counts, weights=exp.weights,
             primary_metric=exp.primary_metric.value,
             guardrails=[g.value for g in exp.guardrails], mde=exp.mde,
             mde_relative=exp.mde_relative, bandit=exp.bandit,
@@ -119,12 +125,15 @@ async def experiment_results(request: Request) -> Response:
                   **result})
 
 
-def refresh_srm(rt: Runtime) -> None:
+async def refresh_srm(rt: Runtime) -> None:
     """Export the SRM p-value of every running A/B experiment (bandits move their weights)."""
     for exp in rt.experiments.running:
         if exp.bandit:
             continue
-        counts = [a.exposures for a in rt.tracker.counts(exp)]
+        try:
+            counts = [a.exposures for a in await rt.tracker.counts(exp)]
+        except StoreUnavailable:
+            continue
         if sum(counts):
             p = srm_test(counts, exp.weights)["p_value"]
             if p is not None:

@@ -71,6 +71,15 @@ class Keys:
         key = f"{self.prefix}{_suffix(kind)}"
         return key if name is None else f"{key}:{escape_id(name)}"
 
+    def experiment(self, key: str, phase: int, part: str, variant: str | None = None) -> str:
+        """Key of one experiment structure; all keys of an experiment share ``{x:<key>}``.
+
+        ``part`` is a code constant (assign, exposed, click, conversion); the experiment key
+        and variant names are data and escaped.
+        """
+        tail = "" if variant is None else f":{escape_id(variant)}"
+        return (f"{self.prefix}{{x:{escape_id(key)}}}:{int(phase)}:{_suffix(part)}{tail}")
+
     def channel(self, name: str) -> str:
         """A pub/sub channel of this namespace (``invalidate``, ``model``)."""
         return f"{self.prefix}chan:{_suffix(name)}"

@@ -157,7 +157,8 @@ def openapi_schema(settings: Settings) -> dict[str, Any]:
                         "security": admin, "parameters": [key_param],
                         "responses": {"200": obj("Results"), **auth_errors,
                                       "404": _error("Unknown experiment"),
-                                      "422": _error("Invalid key or impossible counts")}},
+                                      "422": _error("Invalid key or impossible counts"),
+                                      "503": _error("Counts unavailable (store down)")}},
             },
             "/dashboard": {"get": {
                 "operationId": "dashboard", "summary": "Live monitoring page (HTML)",

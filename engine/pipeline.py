@@ -77,9 +77,6 @@ def choose_plan(rt: Runtime, req: RecommendationRequest) -> tuple[Plan, Assignme
     base = default_plan(rt)
     if not rt.experiments.running:
         return base, None
-    if any(e.bandit for e in rt.experiments.running):
-        rt.experiments = rt.tracker.reweight_bandits(rt.experiments,
-                                                     rt.settings.bandit_epoch_seconds)
     a = assign_user(rt.experiments, req.user_id)
     if a is None:
         return base, None

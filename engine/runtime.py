@@ -20,7 +20,7 @@ from rankly import _fast
 from rankly.engine.breaker import Breakers
 from rankly.engine.config import Settings
 from rankly.engine.experiments import Experiments, load_experiments
-from rankly.engine.experiments.tracking import ExperimentTracker
+from rankly.engine.experiments.tracking import ExperimentTracker, make_tracker
 from rankly.engine.model import Model
 from rankly.engine.plugins import Registry, collect_all, make_plugin_manager
 from rankly.engine.singleflight import SingleFlight
@@ -156,4 +156,5 @@ def build_runtime(settings: Settings, model: Model, pm: pluggy.PluginManager | N
     log.info("rankly kernels: %s; model %s (%d items, %d users)", _fast.IMPLEMENTATION,
              model.version, len(model.catalog), len(model.users))
     experiments = load_experiments(settings.experiments)
-    return Runtime(settings, pm, registries, store, caches, components, experiments)
+    return Runtime(settings, pm, registries, store, caches, components, experiments,
+                   make_tracker(store))

@@ -113,3 +113,30 @@ def test_bandit_moves_traffic_to_the_better_arm(client_with):
     assert shares[-1] > 0.9
     assert res["bandit"]["allocation"]["strong"] > 0.9
     assert res["bandit"]["p_best"]["strong"] > 0.99
+
+
+@pytest.mark.redis
+def test_two_servers_on_redis_share_experiment_counts(redis_url, redis_namespace, artifacts,
+                                                     settings_for, tmp_path):
+    """Workers on one Redis count into the same sets: results agree whichever one answers."""
+    rates = {"control": 0.1, "better": 0.4}
+    rng = np.random.default_rng(5)
+
+    def app(sub):
+        return TestClient(create_app(settings_for(
+            artifacts, admin_token=TOKEN, experiments=(experiment("shared", rates),),
+            store_url=redis_url, namespace=redis_namespace, data_dir=tmp_path / sub,
+            deadlines={"store_ms": 1000.0, "request_ms": 5000.0})))
+
+    with app("a") as a, app("b") as b:
+        first = simulate(a, "shared", rates, users=150, rng=rng, prefix="a-user-")
+        second = simulate(b, "shared", rates, users=150, rng=rng, prefix="b-user-")
+        # user a-user-0 is served again by the other worker: still one exposure
+        b.get("/recommendations", params={"user_id": "a-user-0", "n": 5})
+        res_a = a.get("/experiments/shared/results", headers=AUTH).json()
+        res_b = b.get("/experiments/shared/results", headers=AUTH).json()
+    assert res_a["arms"] == res_b["arms"]
+    for arm in res_a["arms"]:
+        exposed = first[arm["name"]][0] + second[arm["name"]][0]
+        clicked = first[arm["name"]][1] + second[arm["name"]][1]
+        assert (arm["exposures"], arm["clicks"]) == (exposed, clicked)
