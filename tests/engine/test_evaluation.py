@@ -174,7 +174,8 @@ def test_rankly_recommend_equals_the_http_answers(artifacts, tmp_path, capsys):
                      str(tmp_path / "users.txt"), "--n", "6"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["user_id"] for x in lines] == users
-    with TestClient(create_app(load_settings(environ={}, artifacts=artifacts))) as client:
+    settings = load_settings(environ={}, artifacts=artifacts, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:  # a fresh event log: no online history
         for line in lines:
             body = client.get("/recommendations",
                               params={"user_id": line["user_id"], "n": 6}).json()

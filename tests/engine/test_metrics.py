@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tempfile
 
 import httpx
 import numpy as np
@@ -24,7 +25,8 @@ def value(name: str, **labels: str) -> float:
 
 def _app(artifacts):
     """An app whose deadlines a slow CI machine never hits."""
-    settings = load_settings(environ={}, artifacts=artifacts)
+    settings = load_settings(environ={}, artifacts=artifacts,
+                             data_dir=tempfile.mkdtemp(prefix="rankly-metrics-"))
     settings = settings.replace(deadlines=Deadlines(request_ms=30_000, stage_ms=30_000))
     return TestClient(create_app(settings))
 
