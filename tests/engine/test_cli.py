@@ -48,6 +48,7 @@ def test_demo_serves_personalized_recommendations(tmp_path):
          str(tmp_path / "art")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "RANKLY_CONFIG": ""},
+        cwd=tmp_path,  # the demo's event log (./.rankly) stays out of the checkout
     )
     try:
         base = f"http://127.0.0.1:{port}"

@@ -69,6 +69,7 @@ def server(artifacts: Path, tmp_path: Path):
         [sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts", str(artifacts),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=tmp_path,  # its event log (./.rankly) stays out of the checkout
     )
     url = f"http://127.0.0.1:{port}"
     try:
