@@ -132,7 +132,9 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def _load(path: Path, mmap: bool) -> np.ndarray:
     arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    return arr
+    # NOTE: a plain ndarray view of the mapping (no copy, still shared between workers):
+    # slicing an np.memmap costs ~3 us per call on the request path, an ndarray ~1 us.
+    return np.asarray(arr)
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
