@@ -105,6 +105,13 @@ async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
             _refreshing.add(task)
             task.add_done_callback(_refreshed)
         return answer
+    # NOTE: a computation of this key may have finished while this request was looking the
+    # key up (its lookup missed, the flight is gone); the first tier then has the answer. An
+    # in-process tier answers without suspending, so nothing can slip between this and run().
+    if rt.caches and key not in rt.flights:
+        recent = await rt.caches[0][1].get(key, req.user_id)
+        if recent is not None and not recent.get(REFRESH_FIELD):
+            return {**recent, "cached": True, "request_id": req.request_id}
     payload, _shared = await rt.flights.run(key, lambda: compute(rt, comps, req, plan, key))
     return {**payload, "cached": False, "request_id": req.request_id}
 

@@ -19,6 +19,10 @@ class SingleFlight:
         self._inflight: dict[str, asyncio.Future] = {}
         self.computations = 0
 
+    def __contains__(self, key: str) -> bool:
+        """True while a computation of ``key`` is in flight."""
+        return key in self._inflight
+
     async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Return ``(result, shared)``; ``shared`` is True when another caller computed it."""
         fut = self._inflight.get(key)
