@@ -50,10 +50,6 @@ MODEL_INFO = Gauge(
     "rankly_model_info", "The active model version (value 1)", ["version"],
     multiprocess_mode="livemax",
 )
-RECOMMENDATIONS = Counter(
-    "rankly_recommendations_total", "Recommendation responses by variant and source",
-    ["variant", "source"],
-)
 
 # --- feedback events and experiments (CTR = clicks / exposures, one PromQL division) ----------
 

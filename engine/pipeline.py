@@ -55,15 +55,19 @@ class Plan:
 
 @dataclass
 class Trace:
-    """What happened while computing one answer (fallback reason, failing components)."""
+    """What happened while computing one answer: the fallback reason, each component call's
+    outcome ("ok", "error", "invalid", "timeout") for its breaker, and stage timings."""
 
     fallback: str | None = None
     current: str = ""
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    outcomes: list[tuple[str, str]] = field(default_factory=list)
     stages: list[tuple[str, str, float]] = field(default_factory=list)
 
+    def ok(self, component: str) -> None:
+        self.outcomes.append((component, "ok"))
+
     def fail(self, component: str, kind: str, fallback: str) -> None:
-        self.failures.append((component, kind))
+        self.outcomes.append((component, kind))
         self.fallback = self.fallback or fallback
 
 
@@ -129,13 +133,13 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
             )
     except TimeoutError:
         stuck = trace.current or "pipeline"
-        record_failure(rt, stuck, "timeout")
+        record_outcome(rt, stuck, "timeout")
         trace.fallback = "plugin_timeout"
         ranking = fallback_ranking(comps, user, req, req.n)
     for stage, component, seconds in trace.stages:
         metrics.child(metrics.STAGE_LATENCY, stage, component).observe(seconds)
-    for component, kind in trace.failures:
-        record_failure(rt, component, kind)
+    for component, kind in trace.outcomes:
+        record_outcome(rt, component, kind)
     if trace.fallback:
         metrics.child(metrics.FALLBACKS, trace.fallback).inc()
     payload = respond(comps, req, plan, user, ranking, trace)
@@ -308,7 +312,7 @@ def score_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatu
         if elapsed > stage_budget:
             trace.fail(name, "timeout", "plugin_timeout")
         else:
-            trace.failures.append((name, "ok"))
+            trace.ok(name)
         return np.ascontiguousarray(scores)
     trace.fallback = trace.fallback or "plugin_error"
     return comps.fallback_scores[cands.items]
@@ -339,7 +343,7 @@ def rerank(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures, ranki
                     and np.isfinite(out.scores).all()):
                 raise ValueError("reranker returned items it was not given, duplicates or NaN")
             current = out
-            trace.failures.append((name, "ok"))
+            trace.ok(name)
         except Exception:
             log.warning("reranker %s failed", name, exc_info=True)
             trace.fail(name, "error", "plugin_error")
@@ -385,7 +389,7 @@ def backfill(comps: Components, user: UserFeatures, req: RecommendationRequest,
     )
 
 
-def record_failure(rt: Runtime, component: str, kind: str) -> None:
+def record_outcome(rt: Runtime, component: str, kind: str) -> None:
     breaker = rt.breakers[component]
     if kind == "ok":
         breaker.success()

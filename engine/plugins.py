@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,5 +115,3 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         )
     return rows
 
-
-Factory = Callable[..., Any]

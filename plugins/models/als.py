@@ -31,10 +31,6 @@ ANCHOR_HISTORY = 50
 DEFAULTS: Mapping[str, Any] = {
     "factors": 64, "regularization": 0.05, "alpha": 2.0, "iterations": 15, "seed": 0,
 }
-#: The `implicit` library's own defaults (the evaluation's "implicit ALS" peer).
-IMPLICIT_DEFAULTS: Mapping[str, Any] = {
-    "factors": 100, "regularization": 0.01, "alpha": 1.0, "iterations": 15, "seed": 0,
-}
 
 
 def _implicit_available() -> bool:
