@@ -192,29 +192,43 @@ def load_movielens_100k(path: str | Path, items: str | Path | None = None) -> Da
     categories are its set genre flags in u.genre order, so the primary one is the first set.
     """
     path = Path(path)
-    report = LoadReport(str(path), "movielens-100k")
-    cols = _Columns()
     with _open_text(path, "latin-1") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            report.rows += 1
-            f = line.split()
-            try:
-                if len(f) != 4 or not f[0] or not f[1]:
-                    raise ValueError(f"expected 4 fields, got {len(f)}")
-                cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
-            except ValueError as exc:
-                report.bad(line_no, str(exc) or "bad value")
-                continue
-            report.loaded += 1
+        rows = ((n, line.split()) for n, line in enumerate(fh, 1) if line.strip())
+        report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-100k"),
+                                     extra_fields=False)
+    return _with_items(path, items, "u.item", load_movielens_100k_items, report, cols,
+                       "movielens-100k")
+
+
+def _load_ratings(rows: Iterable[tuple[int, list[str]]], report: LoadReport,
+                  extra_fields: bool) -> tuple[LoadReport, _Columns]:
+    """Rating rows ``user, item, rating, unix ts`` into columns (``extra_fields``: more than
+    four fields are allowed and ignored)."""
+    cols = _Columns()
+    for line_no, f in rows:
+        report.rows += 1
+        try:
+            if (len(f) < 4 or (len(f) > 4 and not extra_fields)) or not f[0] or not f[1]:
+                raise ValueError(f"expected 4 fields, got {len(f)}")
+            cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
+        except ValueError as exc:
+            report.bad(line_no, str(exc) or "bad value")
+            continue
+        report.loaded += 1
     report.check()
-    item_path = Path(items) if items else path.with_name("u.item")
+    return report, cols
+
+
+def _with_items(path: Path, items: str | Path | None, default_name: str,
+                load_items: Callable[[Path], tuple[ItemTable, LoadReport]],
+                report: LoadReport, cols: _Columns, fmt: str) -> Dataset:
+    """The dataset, with the item file ``items`` (or ``default_name`` next to ``path``)."""
+    item_path = Path(items) if items else path.with_name(default_name)
     table, reports = None, [report]
     if items or item_path.exists():
-        table, item_report = load_movielens_100k_items(item_path)
+        table, item_report = load_items(item_path)
         reports.append(item_report)
-    return Dataset(cols.build(False, False), table, tuple(reports), "movielens-100k")
+    return Dataset(cols.build(False, False), table, tuple(reports), fmt)
 
 
 def load_movielens_100k_items(path: str | Path) -> tuple[ItemTable, LoadReport]:
@@ -252,28 +266,13 @@ def load_movielens_csv(path: str | Path, items: str | Path | None = None) -> Dat
     and all of them in the catalog's category sets. "(no genres listed)" means no category.
     """
     path = Path(path)
-    report = LoadReport(str(path), "movielens-csv")
-    cols = _Columns()
     with _open_text(path) as fh:
-        for line_no, f in _rows(fh, ","):
-            if line_no == 1 and f and f[0].lower() in ("userid", "user_id"):
-                continue
-            report.rows += 1
-            try:
-                if len(f) < 4 or not f[0] or not f[1]:
-                    raise ValueError(f"expected 4 fields, got {len(f)}")
-                cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
-            except ValueError as exc:
-                report.bad(line_no, str(exc) or "bad value")
-                continue
-            report.loaded += 1
-    report.check()
-    item_path = Path(items) if items else path.with_name("movies.csv")
-    table, reports = None, [report]
-    if items or item_path.exists():
-        table, item_report = load_movielens_movies(item_path)
-        reports.append(item_report)
-    return Dataset(cols.build(False, False), table, tuple(reports), "movielens-csv")
+        rows = ((n, f) for n, f in _rows(fh, ",")
+                if not (n == 1 and f and f[0].lower() in ("userid", "user_id")))
+        report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-csv"),
+                                     extra_fields=True)
+    return _with_items(path, items, "movies.csv", load_movielens_movies, report, cols,
+                       "movielens-csv")
 
 
 def load_movielens_movies(path: str | Path) -> tuple[ItemTable, LoadReport]:
