@@ -136,6 +136,18 @@ async def flood(url: str, rate: int, batch: int, duration: float, users: int,
     return counts
 
 
+def load_while_flooding(url: str, script: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Run wrk on /recommendations and the event flood at the same time; both results."""
+
+    async def both() -> tuple[dict, dict]:
+        loop = asyncio.get_running_loop()
+        wrk = loop.run_in_executor(None, run_wrk, url, script, args.duration)
+        ingest = await flood(url, args.rate, args.batch, args.duration, args.users, args.items)
+        return await wrk, ingest
+
+    return asyncio.run(both())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=int, default=2000, help="events per second")
@@ -160,15 +172,7 @@ def main() -> int:
         script.write_text(WRK_SCRIPT % {"users": args.users})
         run_wrk(url, script, 3)  # warm-up
         baseline = run_wrk(url, script, args.duration)
-
-        async def both() -> tuple[dict, dict]:
-            loop = asyncio.get_running_loop()
-            wrk = loop.run_in_executor(None, run_wrk, url, script, args.duration)
-            ingest = await flood(url, args.rate, args.batch, args.duration, args.users,
-                                 args.items)
-            return await wrk, ingest
-
-        loaded, ingest = asyncio.run(both())
+        loaded, ingest = load_while_flooding(url, script, args)
         log_path = tmp / "data" / "events" / "events.jsonl"
         stored = sum(1 for line in log_path.open() if '"t":"impression"' not in line)
     finally:

@@ -20,7 +20,6 @@ and ``benchmarks/results/sustained.json`` (``--redis``: ``sustained-redis.json``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -31,7 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from events_load import WRK_SCRIPT, build_artifacts, flood, free_port, run_wrk, wait_ready
+from events_load import (
+    WRK_SCRIPT,
+    build_artifacts,
+    free_port,
+    load_while_flooding,
+    run_wrk,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,15 +127,7 @@ def main() -> int:
         script.write_text(WRK_SCRIPT % {"users": args.users})
         run_wrk(url, script, 3)  # warm-up
         rss_start = rss_mb(server.pid)
-
-        async def both() -> tuple[dict, dict]:
-            loop = asyncio.get_running_loop()
-            wrk = loop.run_in_executor(None, run_wrk, url, script, args.duration)
-            ingest = await flood(url, args.rate, args.batch, args.duration, args.users,
-                                 args.items)
-            return await wrk, ingest
-
-        load, ingest = asyncio.run(both())
+        load, ingest = load_while_flooding(url, script, args)
         rss_end = rss_mb(server.pid)
         stored = stored_client_events(tmp, redis_port)
     finally:
