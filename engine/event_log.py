@@ -122,14 +122,15 @@ def _encode(event: Event, at: float, idempotent: bool) -> bytes:
     doc["at"] = round(at, 3)
     if not idempotent:
         doc["nd"] = 1
-    # NOTE: orjson is ~5x faster here; served slates are logged as impressions on every
-    # request, so this encoder is on the serving budget (see docs/performance.md).
+    # NOTE: orjson, not json: ~3x less CPU per line (benchmarks/test_encoding.py); served
+    # slates are logged as impressions on every request, so this is on the serving budget.
     return orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _encode_impressions(slate: ImpressionSlate, at: float) -> list[bytes]:
     """``[_encode(e, at, False) for e in slate.events()]``, byte for byte, without building
-    the events: the parts every position shares are encoded once per slate (~6x faster)."""
+    the events: the parts every position shares are encoded once per slate (~3x faster than
+    per event, benchmarks/test_encoding.py)."""
     dumps = orjson.dumps
     head = dumps(f"imp:{slate.request_id}:")[:-1]  # the id's JSON string, still open
     user = b'","u":' + dumps(slate.user_id) + b',"i":'
