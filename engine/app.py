@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -44,6 +45,7 @@ from rankly.engine.validation import (
 )
 
 log = logging.getLogger("rankly")
+_background: set[asyncio.Task] = set()  # strong references to exposures still recording
 
 
 class JSON(JSONResponse):
@@ -98,12 +100,18 @@ async def record_exposure(rt: Runtime, assignment: Any, user_id: str,
 
 async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     """Rank, and if anything unexpected escapes the pipeline, serve the safe fallback."""
+    deadline = pipeline.request_deadline(rt)
     await refresh_bandits(rt)
     plan, assignment = pipeline.choose_plan(rt, req)
     try:
-        body = await pipeline.rank(rt, req, plan)
+        body = await pipeline.rank(rt, req, plan, deadline)
         if assignment is not None and req.user_id is not None:
-            await record_exposure(rt, assignment, req.user_id, plan)
+            # a slow store must not hold the answer: past the deadline the exposure is
+            # recorded in the background (it is idempotent per user, experiment and phase)
+            task = asyncio.create_task(record_exposure(rt, assignment, req.user_id, plan))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            await asyncio.wait({task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:
@@ -131,7 +139,7 @@ async def similar_items(request: Request) -> Response:
     req = RecommendationRequest(user_id=None, n=n, session_items=(item_id,),
                                 request_id="")
     plan = pipeline.Plan(rt.settings.pipeline.similar, rt.settings.pipeline.similar, ())
-    payload = await pipeline.rank(rt, req, plan)
+    payload = await pipeline.rank(rt, req, plan, pipeline.request_deadline(rt))
     return JSON({"item_id": item_id, "items": payload["items"],
                  "model_version": payload["model_version"], "fallback": payload["fallback"]})
 

@@ -96,8 +96,50 @@ def choose_plan(rt: Runtime, req: RecommendationRequest) -> tuple[Plan, Assignme
     ), a
 
 
-async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
-    """Answer one recommendation request (JSON-ready); never raises for plugin/store failures."""
+#: Share of the request deadline the pipeline may use; the rest is left for serializing.
+DEADLINE_SHARE = 0.95
+
+
+def request_deadline(rt: Runtime) -> float:
+    """Event-loop time by which a request started now must have its answer."""
+    budget = rt.settings.deadlines.request_ms / 1000.0 * DEADLINE_SHARE
+    return asyncio.get_running_loop().time() + budget
+
+
+async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan,
+               deadline: float | None = None) -> dict:
+    """Answer one recommendation request (JSON-ready); never raises for plugin/store failures.
+
+    Whatever is slow (a frozen store, a loaded machine), the answer is ready by ``deadline``
+    (event-loop time, default :func:`request_deadline`): past it the caller gets the fallback
+    (``"fallback": "deadline"``) while the computation carries on and fills the cache.
+    """
+    try:
+        async with asyncio.timeout_at(request_deadline(rt) if deadline is None else deadline):
+            return await _rank(rt, req, plan)
+    except TimeoutError:
+        metrics.child(metrics.FALLBACKS, "deadline").inc()
+        return deadline_answer(rt, req, plan)
+
+
+def deadline_answer(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
+    """The fallback slate without any I/O: trained history and session only, no store."""
+    comps = rt.components
+    model = comps.model
+    row = model.users.row(req.user_id)
+    parts = [model.users.history(row)]
+    if req.session_items:
+        parts.append(model.catalog.lookup(req.session_items))
+    seen = np.concatenate(parts)
+    user = UserFeatures(req.user_id, row, seen, np.unique(seen[seen >= 0]),
+                        session=bool(req.session_items))
+    trace = Trace(fallback="deadline")
+    ranking = fallback_ranking(comps, user, req, req.n)
+    return {**respond(comps, req, plan, user, ranking, trace), "cached": False,
+            "request_id": req.request_id}
+
+
+async def _rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
     comps = rt.components_for(plan.options)  # one snapshot: a hot swap does not mix models
     key = cache_key(req, plan, comps.model.version)
     hit = await lookup_cache(rt, key, req.user_id)

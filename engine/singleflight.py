@@ -16,7 +16,7 @@ class SingleFlight:
     """
 
     def __init__(self) -> None:
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
         self.computations = 0
 
     def __contains__(self, key: str) -> bool:
@@ -24,21 +24,23 @@ class SingleFlight:
         return key in self._inflight
 
     async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Return ``(result, shared)``; ``shared`` is True when another caller computed it."""
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut), True
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        """Return ``(result, shared)``; ``shared`` is True when another caller computed it.
+
+        The computation runs in its own task: a caller that gives up (its request deadline
+        passed) stops waiting but never cancels it, so the answer still lands in the cache
+        for everyone after it.
+        """
+        task = self._inflight.get(key)
+        if task is not None:
+            return await asyncio.shield(task), True
+        task = asyncio.ensure_future(fn())
+        self._inflight[key] = task
         self.computations += 1
-        try:
-            result = await fn()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        else:
-            fut.set_result(result)
-            return result, False
-        finally:
+        task.add_done_callback(lambda done: self._landed(key, done))
+        return await asyncio.shield(task), False
+
+    def _landed(self, key: str, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is task:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: waiters re-raise it; nobody may be waiting

@@ -49,6 +49,12 @@ class FaultyPlugin:
         register("hang", lambda ctx: Scorer("hang", hang))
         register("by-index", lambda ctx: Scorer("by-index", lambda i: -i.astype(np.float32)))
 
+        def slow(items):
+            time.sleep(0.08)  # under the stage budget: a valid, cacheable answer, only late
+            return -items.astype(np.float32)
+
+        register("slow", lambda ctx: Scorer("slow", slow))
+
     @hookimpl
     def register_candidate_generators(self, register):
         class Garbage:
@@ -207,3 +213,42 @@ def test_slate_is_diversity_capped_by_default(runtime, model, user):
     resp = rank(runtime, user_id=user, n=10)
     cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(resp)]
     assert max(np.bincount(cats)) <= 3
+
+
+def test_past_the_deadline_the_fallback_is_served_and_the_answer_still_lands(runtime, model):
+    plan = plan_with(runtime, scorers=("slow",))
+    req = RecommendationRequest(user_id="9", n=10, request_id="late")
+
+    async def late_then_cached():
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        late = await pipeline.rank(runtime, req, plan, deadline=start + 0.02)
+        waited = loop.time() - start
+        while len(runtime.flights._inflight):
+            await asyncio.sleep(0.01)
+        return late, waited, await pipeline.rank(runtime, req, plan)
+
+    before = runtime.flights.computations
+    late, waited, then = asyncio.run(late_then_cached())
+    assert late["fallback"] == "deadline" and late["cached"] is False
+    assert waited < 0.07  # answered at the deadline, not when the 80 ms scorer finished
+    assert len(late["items"]) == 10 and not set(ids(late)) & history_ids(model, "9")
+    assert all(it["reasons"] == ["Popular"] for it in late["items"])
+    assert then["cached"] is True and then["fallback"] is None  # the computation carried on
+    assert runtime.flights.computations - before == 1
+
+
+def test_a_hanging_cache_tier_cannot_hold_the_request(runtime):
+    class Frozen:
+        async def get(self, key, user_id):
+            await asyncio.sleep(30)
+
+        async def set(self, key, user_id, value):
+            await asyncio.sleep(30)
+
+    runtime.caches.insert(0, ("frozen", Frozen()))
+    start = time.perf_counter()
+    resp = rank(runtime, user_id="1")
+    assert time.perf_counter() - start < 1.0  # the request deadline is 300 ms here
+    assert resp["fallback"] == "deadline"
+    assert len(resp["items"]) == 10

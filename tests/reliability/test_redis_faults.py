@@ -342,7 +342,8 @@ def test_redis_frozen_keeps_every_answer_within_the_deadline(redis_factory, serv
         # goal: none later than D + 10 ms, reported above (over_d_plus_10ms, server_over_d)
         assert max(s.latency for s in samples) < HANG_S, name
         assert any(s.fallback == "store_down" for s in samples), name  # the freeze was felt
-        # Each Redis call is bounded (2 x store_ms) but a request makes up to three (L2 get,
-        # user fetch, L2 set) plus CPU stages, with no overall deadline, so on a loaded machine
-        # a few exceed D (server_over_d); none may come near the freeze's 2 s
+        # Each Redis call is bounded (2 x store_ms) and the whole request by the deadline
+        # (pipeline.rank serves the fallback at 0.95 D); what is left over D is the event
+        # loop itself running late on a loaded machine (measured: 0-1 of 700 per freeze).
+        # Asserted with room for that: none may come near the freeze's 2 s
         assert over[name] == 0, f"{name}: {over[name]} answers took over 0.5 s in the server"
