@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,6 +211,10 @@ ROUTES = [
 ]
 
 
+def _preload_statistics() -> None:
+    import scipy.stats  # noqa: F401
+
+
 def create_app(settings: Settings, model: Model | None = None, **runtime_args: Any) -> Starlette:
     """Return the rankly ASGI app; the model is loaded from ``settings.artifacts`` at startup
     unless given. ``runtime_args`` go to :func:`build_runtime` (tests pass a plugin manager)."""
@@ -234,6 +239,9 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         # batch, e.g. impression logging). Garbage made before the freeze is collected first.
         gc.collect()
         gc.freeze()
+        # scipy.stats is imported lazily (a fast start matters when Redis is down); load it
+        # now, off the event loop, before an experiment result or a bandit epoch needs it
+        threading.Thread(target=_preload_statistics, name="rankly-preload", daemon=True).start()
         try:
             yield {"runtime": rt}
         finally:
