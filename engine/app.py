@@ -112,7 +112,8 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
             task = asyncio.create_task(record_exposure(rt, assignment, req.user_id, plan))
             _background.add(task)
             task.add_done_callback(_background.discard)
-            await asyncio.wait({task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+            left = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait({task}, timeout=max(0.0, left))
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:

@@ -3,17 +3,17 @@ popularity and per-category trending counters (in process memory), rebuildable f
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from rankly.engine.config import Settings
 from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS
 from rankly.engine.events import Event
@@ -166,12 +166,13 @@ class Projections:
         """Fold ``events`` (in log order) into the projections.
 
         Counters are updated synchronously first, so concurrent batches are counted in the
-        order their appends completed; then user state goes to the store, one user's events
-        in order, users concurrently. A store failure is logged and counted, never raised: the
-        events are already durable and ``rankly replay`` can rebuild the store's state.
+        order their appends completed; then user state goes to the store in log order, in
+        one batch (one round trip per 500 events on Redis). A store failure is logged and
+        counted, never raised: the events are already durable and ``rankly replay`` can
+        rebuild the store's state.
         """
         catalog = self.catalog()
-        per_user: dict[str, list[Event]] = {}
+        rows: list[tuple[str, str, bool]] = []  # (user, item, seen) in log order
         for e in events:
             w = self.weight(e)
             idx = None if catalog is None else catalog.index.get(e.item_id)
@@ -187,18 +188,13 @@ class Projections:
                         self.trending.add(catalog.category_names[catalog.categories[idx]], w,
                                           e.timestamp)
             if users and (w > 0 or e.type in self.seen_types):
-                per_user.setdefault(e.user_id, []).append(e)
-        if per_user:
-            await asyncio.gather(*(self._record(evts) for evts in per_user.values()))
-
-    async def _record(self, events: Iterable[Event]) -> None:
-        for e in events:
+                rows.append((e.user_id, e.item_id, e.type in self.seen_types))
+        if rows:
             try:
-                await self.store.record_interaction(e.user_id, e.item_id,
-                                                    seen=e.type in self.seen_types)
+                await self.store.record_interactions(rows)
             except (StoreUnavailable, OSError, TimeoutError) as exc:
-                self.stats.store_errors += 1
-                log.warning("could not project event %s into the store: %s", e.event_id, exc)
+                self.stats.store_errors += len(rows)
+                log.warning("could not project %d events into the store: %s", len(rows), exc)
 
     async def rebuild(self, event_log: EventLog, *, users: bool = True,
                       batch: int = 1000) -> EventStats:

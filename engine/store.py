@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from rankly.engine.config import Settings
@@ -49,6 +49,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def record_interaction(self, user_id: str, item_id: str, *, seen: bool) -> None:
         """Prepend ``item_id`` to the user's online history (and to ``seen`` when asked)."""
+
+    async def record_interactions(self, rows: Sequence[tuple[str, str, bool]]) -> None:
+        """:meth:`record_interaction` for each ``(user_id, item_id, seen)``, in order (the
+        events projection's batch). Stores on a network override it with one round trip.
+
+        Raises :class:`StoreUnavailable` when the store cannot take them; re-applying rows
+        that were partly applied gives the same state (each row is idempotent in effect)."""
+        for user_id, item_id, seen in rows:
+            await self.record_interaction(user_id, item_id, seen=seen)
 
     async def close(self) -> None:  # noqa: B027 - optional hook for stores holding connections
         """Release connections; the default store holds none."""

@@ -67,6 +67,25 @@ def test_history_is_most_recent_first_deduplicated_and_bounded(redis_url, redis_
     assert user.seen == frozenset({"a", "b"})
 
 
+def test_a_batch_of_interactions_equals_them_one_by_one(redis_url, redis_namespace):
+    rows = [(f"u{n % 7}", f"i{n % 11}", n % 3 == 0) for n in range(1200)]  # 3 pipelines
+
+    async def scenario(store: RedisStore):
+        store.history_limit = 5
+        await store.record_interactions(rows)
+        batched = [await store.fetch_user(f"u{u}") for u in range(7)]
+        for u in range(7):
+            await store.guard.client.delete(store.keys.user(f"u{u}", "history"),
+                                            store.keys.user(f"u{u}", "seen"))
+        for user_id, item_id, seen in rows:
+            await store.record_interaction(user_id, item_id, seen=seen)
+        return batched, [await store.fetch_user(f"u{u}") for u in range(7)]
+
+    batched, one_by_one = run(with_store(redis_url, redis_namespace, scenario))
+    assert batched == one_by_one
+    assert all(len(u.history) == 5 and u.seen for u in batched)
+
+
 def test_fetch_user_is_one_round_trip(redis_url, redis_namespace, redis_deployment):
     async def scenario(store: RedisStore):
         await store.record_interaction("u1", "i1", seen=True)
