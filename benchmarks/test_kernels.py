@@ -11,8 +11,16 @@ then print the ratio table that benchmarks/README.md quotes:
 Every group times one problem; names say who is timed:
 `ours` (compiled kernel, one thread unless noted), `numpy` (argpartition + stable sort of the
 k, or X @ u first), `reference` (the lexsort twin in rankly._fast.reference), `floor` (np.max,
-the cost of reading the scores once), `implicit` (implicit.cpu.topk.topk, one thread; for plain
-top-k it scores N x 1 items against a 1 x 1 query), `faiss` (IndexFlatIP, if installed).
+the cost of reading the scores once; for score_topk, of reading the item factors once),
+`implicit` (implicit.cpu.topk.topk, one thread; for plain top-k it scores N x 1 items against
+a 1 x 1 query), `faiss` (faiss-cpu IndexFlatIP.search with `faiss.omp_set_num_threads` 1 or 2,
+index built outside the timing; its ids are checked against ours wherever the exact scores
+are separated).
+
+The faiss-only run quoted in benchmarks/README.md:
+
+    OPENBLAS_NUM_THREADS=1 pytest benchmarks/test_kernels.py -k score_topk \
+        --benchmark-json benchmarks/results/kernels-faiss.json
 """
 
 from __future__ import annotations
@@ -92,6 +100,35 @@ def numpy_diverse(scores, categories, k, cap, fill=True):
     return picked, scores[picked], within
 
 
+def assert_same_topk(items, queries, got_ids, want_ids, k):
+    """`got_ids` equals `want_ids` at every rank whose score is separated from its neighbours.
+
+    Scores come from one BLAS product; ranks closer than a relative 1e-4 to the rank above or
+    below (including rank k + 1) may legitimately swap, so there only the scores must agree.
+    """
+    scores = np.atleast_2d(queries @ items.T)
+    got_ids, want_ids = np.atleast_2d(got_ids), np.atleast_2d(want_ids)
+    for row, got, want in zip(scores, got_ids, want_ids, strict=True):
+        _, best = numpy_topk(row, k + 1)
+        tol = 1e-4 * max(1.0, float(np.abs(best).max()))
+        gaps = -np.diff(best)
+        above = np.concatenate([[np.inf], gaps[: k - 1]])
+        separated = (above > tol) & (gaps[:k] > tol)
+        np.testing.assert_array_equal(got[separated], want[separated])
+        np.testing.assert_allclose(row[got], best[:k], rtol=0, atol=tol)
+        np.testing.assert_allclose(row[want], best[:k], rtol=0, atol=tol)
+
+
+def faiss_index(items: np.ndarray, threads: int):
+    """A faiss IndexFlatIP over `items`, with faiss's OpenMP pool set to `threads`."""
+    if faiss is None:
+        pytest.skip("faiss not installed (pip install faiss-cpu)")
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(items)
+    return index
+
+
 def random_scores(n: int) -> np.ndarray:
     return np.random.default_rng(SEED).standard_normal(n).astype(np.float32)
 
@@ -160,7 +197,9 @@ def test_topk_batch(benchmark, who, n, k):
 @pytest.mark.parametrize(
     "n,d", [(100_000, 32), (100_000, 64), (100_000, 128), (1_000_000, 32), (1_000_000, 64)]
 )
-@pytest.mark.parametrize("who", ["ours", "numpy", "implicit", "faiss"])
+@pytest.mark.parametrize(
+    "who", ["ours", "numpy", "floor", "implicit", "faiss 1 thread", "faiss 2 threads"]
+)
 def test_score_topk(benchmark, who, n, d):
     rng = np.random.default_rng(SEED)
     items = rng.standard_normal((n, d)).astype(np.float32)
@@ -172,20 +211,23 @@ def test_score_topk(benchmark, who, n, d):
         np.testing.assert_array_equal(ids, numpy_topk(items @ user, k)[0])
     elif who == "numpy":
         run(benchmark, group, who, lambda: numpy_topk(items @ user, k))
+    elif who == "floor":
+        run(benchmark, group, who, np.max, items)  # one read of the item factors
     elif who == "implicit":
         if implicit_topk is None:
             pytest.skip("implicit not installed")
         run(benchmark, group, who, implicit_topk, items, user[None, :], k, None, None, None, 1)
     else:
-        if faiss is None:
-            pytest.skip("faiss not installed")
-        faiss.omp_set_num_threads(1)
-        index = faiss.IndexFlatIP(d)
-        index.add(items)
-        run(benchmark, group, who, index.search, user[None, :], k)
+        index = faiss_index(items, 1 if who == "faiss 1 thread" else 2)
+        query = user[None, :]
+        _, ids = run(benchmark, group, who, index.search, query, k)
+        assert_same_topk(items, query, ids, fast_topk.score_topk(items, user, k)[0], k)
 
 
-@pytest.mark.parametrize("who", ["ours 1 thread", "ours 2 threads", "numpy", "implicit"])
+@pytest.mark.parametrize(
+    "who",
+    ["ours 1 thread", "ours 2 threads", "numpy", "implicit", "faiss 1 thread", "faiss 2 threads"],
+)
 def test_score_topk_batch(benchmark, who):
     rng = np.random.default_rng(SEED)
     items = rng.standard_normal((100_000, 64)).astype(np.float32)
@@ -201,10 +243,15 @@ def test_score_topk_batch(benchmark, who):
         )
     elif who == "numpy":
         run(benchmark, group, who, lambda: numpy_topk_batch(users @ items.T, 10))
-    else:
+    elif who == "implicit":
         if implicit_topk is None:
             pytest.skip("implicit not installed")
         run(benchmark, group, who, implicit_topk, items, users, 10, None, None, None, 2)
+    else:
+        index = faiss_index(items, 1 if who == "faiss 1 thread" else 2)
+        _, ids = run(benchmark, group, who, index.search, users, 10)
+        want = fast_topk.score_topk_batch(items, users, 10, threads=1)[0]
+        assert_same_topk(items, users, ids, want, 10)
 
 
 @pytest.mark.parametrize("k", KS)
