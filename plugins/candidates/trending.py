@@ -44,12 +44,16 @@ class TrendingCandidates:
         if cats.size and cat_scores.size:
             hot = cats[np.argsort(-cat_scores[cats], kind="stable")[: self.n_categories]]
             hot = hot[cat_scores[hot] > 0]
-            mask = np.isin(cat_of, hot) & (scores > 0)
+            # a lookup table, not np.isin (a sort of the whole catalog); its extra last slot
+            # is what the -1 of uncategorized items reads: never hot
+            is_hot = np.zeros(cat_scores.size + 1, dtype=bool)
+            is_hot[hot] = True
+            mask = is_hot[cat_of] & (scores > 0)
         else:
             mask = scores > 0
         if not mask.any():
             return Candidates.empty()
-        masked = np.where(mask, scores, np.float32(np.nan)).astype(np.float32)
+        masked = np.where(mask, scores, np.float32(np.nan))
         idx, _ = _fast.topk(masked, n, exclude=user.seen)
         return Candidates.of(idx, Reason.TRENDING_IN, cat_of[idx].astype(np.int64))
 

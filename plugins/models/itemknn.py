@@ -109,12 +109,28 @@ class ItemKNNScorer:
         h = np.asarray(items, dtype=np.int64)[: self.max_history]
         return h[(h >= 0) & (h < self.n_items)]
 
+    def _gather(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The neighbour lists of history rows ``h``, concatenated: (neighbour, similarity,
+        position in ``h``). Straight from the CSR arrays: scipy's row and column indexing
+        validate and convert on every call, most of the cost for short histories (#8)."""
+        indptr = self.sim.indptr
+        starts, lens = indptr[h], indptr[h + 1] - indptr[h]
+        ends = np.cumsum(lens)
+        flat = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
+        src = np.repeat(np.arange(h.size, dtype=np.int64), lens)
+        return self.sim.indices[flat], self.sim.data[flat], src
+
+    def _sums(self, nbr: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Summed similarity per catalog item (float64 accumulation, float32 out)."""
+        return np.bincount(nbr, weights=sims, minlength=self.n_items).astype(np.float32)
+
     def session_scores(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
         """Return float32 scores over the whole catalog for a list of item indices."""
         h = self._history(items)
         if h.size == 0:
             return np.zeros(self.n_items, dtype=np.float32)
-        return np.asarray(self.sim[h].sum(axis=0), dtype=np.float32).ravel()
+        nbr, sims, _ = self._gather(h)
+        return self._sums(nbr, sims)
 
     def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
         return self.session_scores(user.history)[np.asarray(items, dtype=np.int64)]
@@ -141,13 +157,21 @@ class ItemKNNScorer:
     def _top(self, h: np.ndarray, n: int, exclude: np.ndarray, reason: Reason) -> Candidates:
         if h.size == 0 or n <= 0:
             return Candidates.empty()
-        rows = self.sim[h]
-        scores = np.asarray(rows.sum(axis=0), dtype=np.float32).ravel()
+        nbr, sims, src = self._gather(h)
+        scores = self._sums(nbr, sims)
         scores[scores <= 0] = np.nan  # items no history item points to are not candidates
         idx, _ = _fast.topk(scores, n, exclude=exclude)
         if idx.size == 0:
             return Candidates.empty()
-        contrib = rows[:, idx].toarray()
+        # anchor: the history item with the largest similarity to the candidate (ties: the
+        # earlier one in ``h``), from a dense [H, candidates] block of the entries that reach
+        # a candidate (column = 1 + rank, looked up in a catalog-sized map; 0: no candidate)
+        column = np.zeros(self.n_items, dtype=np.int32)
+        column[idx] = np.arange(1, idx.size + 1, dtype=np.int32)
+        col = column[nbr]
+        hit = col > 0
+        contrib = np.zeros((h.size, idx.size), dtype=np.float32)
+        contrib[src[hit], col[hit] - 1] = sims[hit]
         return Candidates.of(idx, reason, h[np.argmax(contrib, axis=0)])
 
 
