@@ -64,7 +64,8 @@ class RateLimits:
     """Per-client request rates (token buckets, see engine/ratelimit.py); 0 means unlimited.
 
     A client is its ``X-API-Key``/``Authorization`` value (hashed) or else its address.
-    ``*_burst`` is the bucket size (0: one second's worth, at least 1).
+    ``*_burst`` is the bucket size (0: one second's worth, at least 1). The ``events_global_*``
+    and ``events_max_inflight`` settings are not per client: they cap a worker's ingestion.
     """
 
     recommendations_per_second: float = 0.0  # GET/POST /recommendations, /items/{id}/similar
@@ -72,6 +73,13 @@ class RateLimits:
     events_per_second: float = 0.0  # POST /events, /track/click
     events_burst: int = 0
     max_clients: int = 100_000  # buckets kept per route group (least recently seen dropped)
+    # Server-wide event admission, per worker process (engine/ratelimit.py EventAdmission),
+    # on by default: over it, POST /events and /track/click answer 429 + Retry-After.
+    # 2,000 events/s is what benchmarks/events_load.py sustained with 0 errors on one worker,
+    # 2 shared cores and the fsynced file log (benchmarks/README.md, "Events under load").
+    events_global_per_second: float = 2000.0  # events (not requests); 0: unlimited
+    events_global_burst: int = 0  # 0: one second's worth, at least limits.max_events_batch
+    events_max_inflight: int = 64  # ingest requests at once; 0: no cap
 
 
 @dataclass(frozen=True)
@@ -233,6 +241,13 @@ def _validate(s: Settings) -> Settings:
     for name in ("n_max", "max_body_bytes", "max_id_length", "max_events_batch"):
         if getattr(lim, name) < 1:
             raise ConfigError(f"limits.{name} must be >= 1")
+    rl = s.rate_limits
+    for name in ("events_global_per_second", "events_global_burst", "events_max_inflight"):
+        if getattr(rl, name) < 0:
+            raise ConfigError(f"rate_limits.{name} must be >= 0")
+    if 0 < rl.events_global_burst < lim.max_events_batch:
+        raise ConfigError("rate_limits.events_global_burst must be 0 or >= "
+                          "limits.max_events_batch (a full batch could never be admitted)")
     if not 0 <= s.cache.jitter < 1:
         raise ConfigError("cache.jitter must be in [0, 1)")
     if s.cache.ttl_seconds <= 0:

@@ -22,6 +22,7 @@ from rankly.engine.event_log import AppendResult, EventLog, ImpressionSlate, ope
 from rankly.engine.events import Event, parse_batch, parse_event
 from rankly.engine.experiments.tracking import OUTCOME_OF_EVENT
 from rankly.engine.projections import Projections, attach
+from rankly.engine.ratelimit import EventAdmission, IngestSlot, Refusal
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
 from rankly.engine.validation import RequestError, reject_unknown
@@ -140,6 +141,8 @@ class EventsService:
         self.log_impressions = bool(opts.get("log_impressions", True))
         self.rebuild_on_start = bool(opts.get("rebuild_on_start", True))
         self.follow_stream = hasattr(event_log, "tail")
+        self.admission = EventAdmission.from_settings(rt.settings.rate_limits,
+                                                      rt.settings.limits.max_events_batch)
         # NOTE: a request computed before an invalidation can store its (stale) answer after
         # it; every such request ends within the request deadline, so a second invalidation
         # one deadline later removes what it stored.
@@ -316,27 +319,74 @@ def _unavailable() -> Response:
                  status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def _ingest(request: Request, events: list[Event]) -> AppendResult | None:
+def _refused(refusal: Refusal, events: int | None = None) -> Response:
+    """429 from the server-wide admission control (``events``: the batch's count, if read)."""
+    metrics.child(metrics.EVENT_REQUESTS_SHED, refusal.reason).inc()
+    if events:
+        metrics.child(metrics.EVENTS_REJECTED, "over_budget").inc(events)
+    what = ("too many event requests in flight" if refusal.reason == "inflight"
+            else "the server is over its event ingestion budget")
+    return _json({"error": {"field": "rate", "message": f"{what}; nothing of this request was "
+                                                       f"stored, retry after "
+                                                       f"{refusal.retry_after} s"}},
+                 status=429, headers={"Retry-After": str(refusal.retry_after)})
+
+
+def _admit(request: Request) -> IngestSlot | Refusal | None:
+    """Before the body is read: an in-flight slot, a refusal, or ``None`` when events are not
+    started (the ingest then answers 503)."""
+    service = request.state.runtime.extras.get(EXTRAS_KEY)
+    return None if service is None else service.admission.enter()
+
+
+async def _ingest(request: Request, events: list[Event],
+                  slot: IngestSlot | None) -> AppendResult | Response | None:
+    """Charge the events to the budget (429 when over it, nothing stored), then ingest;
+    ``None`` when the store is unavailable."""
     try:
         service = _service(request)
-        # NOTE: shielded: once the append started, a client disconnect must not stop the
-        # projection and invalidation of events that are (or are about to be) durable.
-        return await asyncio.shield(service.ingest(events))
+    except StoreUnavailable:
+        return None
+    refusal = service.admission.charge(len(events))
+    if refusal is not None:
+        return _refused(refusal, len(events))
+    # NOTE: shielded: once the append started, a client disconnect must not stop the
+    # projection and invalidation of events that are (or are about to be) durable. The
+    # in-flight slot is released when the append ends, not when the request is cancelled.
+    task = asyncio.ensure_future(service.ingest(events))
+    if slot is not None:
+        slot.hand_over(task)
+    try:
+        return await asyncio.shield(task)
     except StoreUnavailable:
         return None
 
 
-async def post_events(request: Request) -> Response:
-    settings = request.state.runtime.settings
-    batch = parse_batch(await request.body(), settings)
-    if batch.single and batch.rejected:
-        err = batch.rejected[0]["error"]
-        raise RequestError(err["field"], err["message"])
-    result = await _ingest(request, batch.events)
+def _answer(result: AppendResult | Response | None, rejected: list[Any]) -> Response:
     if result is None:
         return _unavailable()
+    if isinstance(result, Response):
+        return result
     return _json({"accepted": result.accepted, "duplicates": result.duplicates,
-                  "rejected": batch.rejected}, status=202)
+                  "rejected": rejected}, status=202)
+
+
+async def post_events(request: Request) -> Response:
+    settings = request.state.runtime.settings
+    slot = _admit(request)
+    if isinstance(slot, Refusal):
+        return _refused(slot)
+    try:
+        batch = parse_batch(await request.body(), settings)
+        if batch.rejected:
+            metrics.child(metrics.EVENTS_REJECTED, "invalid").inc(len(batch.rejected))
+        if batch.single and batch.rejected:
+            err = batch.rejected[0]["error"]
+            raise RequestError(err["field"], err["message"])
+        return _answer(await _ingest(request, batch.events, slot), batch.rejected)
+    finally:
+        if slot is not None:
+            slot.close()
 
 
 _CLICK_PARAMS = {"user_id", "item_id", "event_id", "request_id", "timestamp"}
@@ -363,11 +413,14 @@ async def track_click(request: Request) -> Response:
         except ValueError:
             obj["timestamp"] = text
     event = parse_event(obj, settings)
-    result = await _ingest(request, [event])
-    if result is None:
-        return _unavailable()
-    return _json({"accepted": result.accepted, "duplicates": result.duplicates,
-                  "rejected": []}, status=202)
+    slot = _admit(request)
+    if isinstance(slot, Refusal):
+        return _refused(slot)
+    try:
+        return _answer(await _ingest(request, [event], slot), [])
+    finally:
+        if slot is not None:
+            slot.close()
 
 
 ROUTES = [

@@ -54,6 +54,19 @@ MODEL_INFO = Gauge(
 # --- feedback events and experiments (CTR = clicks / exposures, one PromQL division) ----------
 
 EVENTS = Counter("rankly_events_total", "Feedback events received, by type", ["type"])
+# NOTE: a request refused before its body is read has no known event count: it is counted in
+# the requests counter only. Reasons are fixed strings (bounded cardinality).
+EVENTS_REJECTED = Counter(
+    "rankly_events_rejected_total",
+    "Events refused, by reason (over_budget: its batch was over the server-wide event budget, "
+    "429, nothing stored; invalid: failed validation, 422)", ["reason"],
+)
+EVENT_REQUESTS_SHED = Counter(
+    "rankly_event_requests_shed_total",
+    "Event ingest requests refused with 429 by server-wide admission control, by reason "
+    "(inflight, rate: before the body was read; over_budget: after parsing the batch)",
+    ["reason"],
+)
 EXPOSURES = Counter(
     "rankly_exposures_total", "Recommendation slates shown to users, by variant", ["variant"]
 )

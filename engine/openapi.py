@@ -41,6 +41,16 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
                           "error": {"$ref": "#/components/schemas/ErrorDetail"}}}}}}}}}
     down = {**_error("Event storage unavailable: retry with the same event_id values"),
             "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+    rl = settings.rate_limits
+    budget = (f"{rl.events_global_per_second:g} events/s per worker"
+              if rl.events_global_per_second > 0 else "no event budget")
+    inflight = (f"{rl.events_max_inflight} ingest requests in flight per worker"
+                if rl.events_max_inflight > 0 else "no in-flight cap")
+    shed = {**_error(f"Over the server's event admission ({budget}, {inflight}) or the "
+                     "client's rate_limits.events_per_second: nothing of the request was "
+                     "stored; retry the same events after Retry-After seconds. A batch is "
+                     "admitted or refused whole."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
     return {
         "/events": {"post": {
             "operationId": "postEvents",
@@ -49,7 +59,7 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
                 "oneOf": [event, batch, {"type": "object", "required": ["events"],
                                          "additionalProperties": False,
                                          "properties": {"events": batch}}]}}}},
-            "responses": {"202": counts, **errors, "503": down}}},
+            "responses": {"202": counts, **errors, "429": shed, "503": down}}},
         "/track/click": {"post": {
             "operationId": "trackClick", "summary": "Record one click (alias of /events)",
             "parameters": [
@@ -59,7 +69,7 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
                  "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_ID}},
                 {"name": "request_id", "in": "query", "required": False, "schema": ident},
             ],
-            "responses": {"202": counts, **errors, "503": down}}},
+            "responses": {"202": counts, **errors, "429": shed, "503": down}}},
     }
 
 
