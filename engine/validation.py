@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
-import uuid
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,8 +79,15 @@ def _id_list(value: Any, field: str, limit: int, limits: Limits) -> tuple[str, .
     return tuple(check_id(v, f"{field}[{i}]", limits) for i, v in enumerate(value))
 
 
+_REQUEST_IDS = itertools.count()
+_PROCESS_PREFIX = [secrets.token_hex(8)]
+os.register_at_fork(after_in_child=lambda: _PROCESS_PREFIX.__setitem__(0, secrets.token_hex(8)))
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits, unique per request: a random 64-bit prefix per process and a counter
+    (a tenth of ``uuid4().hex``'s cost, which was 2.5% of a cached answer's CPU, #8)."""
+    return f"{_PROCESS_PREFIX[0]}{next(_REQUEST_IDS):016x}"
 
 
 def _request_id(value: Any, limits: Limits) -> str:

@@ -287,3 +287,22 @@ def test_rate_limit_client_keys_hash_credentials():
 def test_rate_limits_are_settings(artifacts):
     settings = make_settings(artifacts, rate_limits={"events_per_second": "5"})
     assert settings.rate_limits == RateLimits(events_per_second=5.0)
+
+
+def test_generated_request_ids_are_unique_hex_and_differ_after_fork():
+    import os
+
+    from rankly.engine.validation import new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: its ids must not repeat the parent's prefix
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:16] != new_request_id()[:16]
