@@ -20,7 +20,7 @@ from rankly.engine.events import Event
 from rankly.engine.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from rankly.engine.event_log import EventLog
+    from rankly.engine.event_log import EventLog, ImpressionSlate
     from rankly.engine.model import Catalog
 
 log = logging.getLogger("rankly.events")
@@ -175,18 +175,8 @@ class Projections:
         rows: list[tuple[str, str, bool]] = []  # (user, item, seen) in log order
         for e in events:
             w = self.weight(e)
-            idx = None if catalog is None else catalog.index.get(e.item_id)
             if counters:
-                self.stats.events += 1
-                self.stats.by_type[e.type] += 1
-                self.stats.users.add(e.user_id)
-                if catalog is not None and idx is None:
-                    self.stats.unknown_items += 1
-                if w > 0:
-                    self.popularity.add(e.item_id, w, e.timestamp)
-                    if idx is not None and catalog.categories[idx] >= 0:
-                        self.trending.add(catalog.category_names[catalog.categories[idx]], w,
-                                          e.timestamp)
+                self._count(e, w, catalog)
             if users and (w > 0 or e.type in self.seen_types):
                 rows.append((e.user_id, e.item_id, e.type in self.seen_types))
         if rows:
@@ -195,6 +185,43 @@ class Projections:
             except (StoreUnavailable, OSError, TimeoutError) as exc:
                 self.stats.store_errors += len(rows)
                 log.warning("could not project %d events into the store: %s", len(rows), exc)
+
+    def _count(self, e: Event, w: float, catalog: Catalog | None) -> None:
+        idx = None if catalog is None else catalog.index.get(e.item_id)
+        self.stats.events += 1
+        self.stats.by_type[e.type] += 1
+        self.stats.users.add(e.user_id)
+        if catalog is not None and idx is None:
+            self.stats.unknown_items += 1
+        if w > 0:
+            self.popularity.add(e.item_id, w, e.timestamp)
+            if idx is not None and catalog.categories[idx] >= 0:
+                self.trending.add(catalog.category_names[catalog.categories[idx]], w,
+                                  e.timestamp)
+
+    def count_impressions(self, slates: Sequence[ImpressionSlate]) -> None:
+        """What :meth:`apply` with ``users=False`` does for each served slate's impressions,
+        per slate instead of per item: impressions weigh nothing by default, so only the
+        counts move (building one record per item for :meth:`apply` was ~11% of a cached
+        answer's CPU under load, #8). A config that gives impressions a weight gets the
+        per-item path, and the same counters either way."""
+        catalog = self.catalog()
+        weight = self.weights.get("impression", 0.0)
+        if weight > 0:
+            for slate in slates:
+                for item in slate.item_ids:
+                    e = Event("", slate.user_id, item, "impression", slate.timestamp)
+                    self._count(e, weight, catalog)
+            return
+        stats = self.stats
+        for slate in slates:
+            served = len(slate.item_ids)
+            stats.events += served
+            stats.by_type["impression"] += served
+            stats.users.add(slate.user_id)
+            if catalog is not None:
+                known = catalog.index
+                stats.unknown_items += sum(item not in known for item in slate.item_ids)
 
     async def rebuild(self, event_log: EventLog, *, users: bool = True,
                       batch: int = 1000) -> EventStats:
