@@ -29,7 +29,7 @@ class Streamer:
     """Posts batches of 5 uniquely numbered events from ``POSTERS`` loops.
 
     ``acked``: ids in a batch answered 202 (stored or duplicate: durable either way);
-    ``unknown``: batches without an answer (connection cut) or answered 503: retried later.
+    ``unknown``: batches without an answer (connection cut) or answered 503/429: retried later.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -60,7 +60,8 @@ class Streamer:
             self.acked.update(e["event_id"] for e in body)
             self.duplicates += r.json()["duplicates"]
             return True
-        assert r.status_code == 503, r.text
+        # 503: storage down; 429: over the server's event admission. Nothing stored: retry
+        assert r.status_code in (429, 503), r.text
         self.unknown.append(body)
         return False
 
