@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -100,24 +100,6 @@ class ImpressionBuffer:
 
     def __len__(self) -> int:
         return len(self._slates)
-
-
-class _CountedImpression(NamedTuple):
-    """The fields of an impression :meth:`Projections.apply` reads when it only counts
-    (``users=False``): a tuple costs a quarter of an :class:`Event` with its id and context."""
-
-    user_id: str
-    item_id: str
-    timestamp: float
-    type: str
-    value: None
-    event_id: str
-
-
-def _counted(slates: Sequence[ImpressionSlate]) -> Sequence[Event]:
-    records = [_CountedImpression(s.user_id, item, s.timestamp, "impression", None, "")
-               for s in slates for item in s.item_ids]
-    return records  # type: ignore[return-value]  # duck-typed: see _CountedImpression
 
 
 class EventsService:
@@ -255,7 +237,7 @@ class EventsService:
             # the file log (a stream's follower counts its own), from light records.
             self.impressions.logged += await self.log.append_impressions(slates)
             if not self.follow_stream:
-                await self.projections.apply(_counted(slates), users=False)
+                self.projections.count_impressions(slates)
         except StoreUnavailable:
             self.impressions.dropped += sum(len(s.item_ids) for s in slates)
         except Exception:
