@@ -23,6 +23,8 @@ cdef extern from "_simd.h":
     const char* rk_scan_isa
     void rk_simd_init() noexcept nogil
     Py_ssize_t rk_scan(const float* s, Py_ssize_t j, Py_ssize_t m, float thr) noexcept nogil
+    void rk_score_block(const float* items, const float* u, Py_ssize_t d, Py_ssize_t start,
+                        Py_ssize_t m, float* out) noexcept nogil
 
 rk_simd_init()
 

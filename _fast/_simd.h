@@ -1,4 +1,5 @@
-/* Threshold scan for the top-k selector (_select.pxi), with a runtime-dispatched AVX2 copy.
+/* Threshold scan for the top-k selector (_select.pxi) and the dot-product block of score_topk
+ * (topk.pyx), each with a runtime-dispatched AVX2 copy.
  *
  * rk_scan(s, j, m, thr) returns the start of the first 64-score block at or after j that holds
  * a score > thr, or the first j with fewer than 64 scores left. The loop is a branch-free count
@@ -6,9 +7,18 @@
  * baseline (SSE2), so wheels run anywhere; on GCC/Clang for x86 the same loop is also compiled
  * with target("avx2") and picked at import time when the CPU has AVX2 (no FMA is involved, so
  * results are identical). Call rk_simd_init() once before use.
+ *
+ * rk_score_block(items, u, d, start, m, out) writes out[t] = items[start + t] . u for t < m, with
+ * eight partial sums per dot product (lanes j mod 8; the tail goes to lane 0), added as
+ * ((p0 + p4) + (p1 + p5)) + ((p2 + p6) + (p3 + p7)). The order of every addition is fixed by
+ * the source, and target("avx2") allows no FMA contraction, so both copies give identical
+ * floats: one 8-wide register per dot product instead of two 4-wide ones when the factors are
+ * in cache (compute-bound), no change once memory bandwidth is the limit.
  */
 #ifndef RANKLY_SIMD_H
 #define RANKLY_SIMD_H
+
+#include <stdlib.h>
 
 #define RK_BLOCK 64
 
@@ -34,17 +44,51 @@ static Py_ssize_t rk_scan_avx2(const float *s, Py_ssize_t j, Py_ssize_t m, float
 }
 #endif
 
+#define RK_SCORE_BODY                                                                    \
+    for (Py_ssize_t t = 0; t < m; t++) {                                                  \
+        const float *a = items + (start + t) * d;                                         \
+        float p[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+        Py_ssize_t j = 0;                                                                 \
+        for (; j + 8 <= d; j += 8)                                                        \
+            for (int l = 0; l < 8; l++) p[l] += a[j + l] * u[j + l];                      \
+        for (; j < d; j++) p[0] += a[j] * u[j];                                           \
+        out[t] = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));       \
+    }
+
+typedef void (*rk_score_fn)(const float *, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            float *);
+
+static void rk_score_generic(const float *items, const float *u, Py_ssize_t d,
+                             Py_ssize_t start, Py_ssize_t m, float *out) {
+    RK_SCORE_BODY
+}
+
+#ifdef RK_HAVE_AVX2_CLONE
+__attribute__((target("avx2")))
+static void rk_score_avx2(const float *items, const float *u, Py_ssize_t d,
+                          Py_ssize_t start, Py_ssize_t m, float *out) {
+    RK_SCORE_BODY
+}
+#endif
+
 static rk_scan_fn rk_scan_impl = rk_scan_generic;
+static rk_score_fn rk_score_impl = rk_score_generic;
 static const char *rk_scan_isa = "sse2";
 
 static void rk_simd_init(void) {
 #ifdef RK_HAVE_AVX2_CLONE
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) {
+    if (__builtin_cpu_supports("avx2") && !getenv("RANKLY_NO_AVX2")) {
         rk_scan_impl = rk_scan_avx2;
+        rk_score_impl = rk_score_avx2;
         rk_scan_isa = "avx2";
     }
 #endif
+}
+
+static inline void rk_score_block(const float *items, const float *u, Py_ssize_t d,
+                                  Py_ssize_t start, Py_ssize_t m, float *out) {
+    rk_score_impl(items, u, d, start, m, out);
 }
 
 static inline Py_ssize_t rk_scan(const float *s, Py_ssize_t j, Py_ssize_t m, float thr) {

@@ -49,37 +49,14 @@ cdef void _write_row(Selector* sel, Py_ssize_t r, int64_t* out_i, float* out_v) 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline float _dot(const float* a, const float* b, Py_ssize_t d) noexcept nogil:
-    """Dot product with eight independent partial sums (vectorizable without -ffast-math)."""
-    cdef float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
-    cdef Py_ssize_t j = 0
-    while j + 8 <= d:
-        s0 += a[j] * b[j]
-        s1 += a[j + 1] * b[j + 1]
-        s2 += a[j + 2] * b[j + 2]
-        s3 += a[j + 3] * b[j + 3]
-        s4 += a[j + 4] * b[j + 4]
-        s5 += a[j + 5] * b[j + 5]
-        s6 += a[j + 6] * b[j + 6]
-        s7 += a[j + 7] * b[j + 7]
-        j += 8
-    while j < d:
-        s0 += a[j] * b[j]
-        j += 1
-    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
 cdef void _score_scan(Selector* sel, const float* items, Py_ssize_t n, Py_ssize_t d,
                       const float* u) noexcept nogil:
     """Feed the selector items @ u, a block of SCORE_BLOCK dot products at a time."""
     cdef float block[SCORE_BLOCK]
-    cdef Py_ssize_t start = 0, m, t
+    cdef Py_ssize_t start = 0, m
     while start < n:
         m = n - start if n - start < SCORE_BLOCK else SCORE_BLOCK
-        for t in range(m):
-            block[t] = _dot(items + (start + t) * d, u, d)
+        rk_score_block(items, u, d, start, m, block)  # _simd.h: AVX2 when the CPU has it
         sel_feed(sel, block, start, m)
         start += m
 

@@ -154,3 +154,33 @@ def test_score_topk_accepts_read_only_float64_input():
     user = np.frombuffer(np.ones(2, dtype=np.float32).tobytes(), dtype=np.float32)
     idx, val = _fast.score_topk(items, user, 2)
     assert idx.tolist() == [3, 2] and val.tolist() == [13.0, 9.0]
+
+
+def test_avx2_and_baseline_builds_give_identical_results():
+    """_simd.h compiles the scan and the dot-product block twice (SSE2 baseline, AVX2 picked at
+    import); RANKLY_NO_AVX2 forces the baseline. Both must return the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    if _fast.IMPLEMENTATION != "compiled":
+        pytest.skip("the reference twin has no instruction-set dispatch")
+    script = (
+        "import hashlib, importlib, numpy as np\n"
+        "from rankly import _fast\n"
+        "t = importlib.import_module('rankly._fast.topk')\n"
+        "rng = np.random.default_rng(3); h = hashlib.sha256()\n"
+        "for n, d in ((1000, 7), (5000, 32), (3000, 129), (20000, 64)):\n"
+        "    X = rng.standard_normal((n, d)).astype(np.float32)\n"
+        "    u = rng.standard_normal(d).astype(np.float32)\n"
+        "    for out in (_fast.score_topk(X, u, 100), _fast.topk(X @ u, 100)):\n"
+        "        h.update(out[0].tobytes()); h.update(out[1].tobytes())\n"
+        "print(t.SCAN_ISA, h.hexdigest())\n")
+
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True, env={**os.environ, **env}).stdout.split()
+
+    default, baseline = run(), run(RANKLY_NO_AVX2="1")
+    assert baseline[0] == "sse2" and default[0] in ("sse2", "avx2")
+    assert default[1] == baseline[1]
