@@ -268,12 +268,15 @@ def scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
                   "env": {"RANKLY_CACHE__TIERS": tiers}})
     s.append({"name": "uncached w1 c16 redis store", "group": "redis", "workers": 1,
               "connections": 16, "redis": True, "env": {"RANKLY_CACHE__TIERS": ""}})
+    # c16: throughput under queueing; c2 (one request per worker): the latency of one request
     for cands in ("als", "als-ivf"):
-        s.append({"name": f"synth1m {cands} uncached w2 c16", "group": "synth1m",
-                  "workers": 2, "connections": 16, "dataset": "synth1m", "memory": True,
-                  "env": {"RANKLY_CACHE__TIERS": "", "RANKLY_PIPELINE__CANDIDATES": cands,
-                          "RANKLY_PIPELINE__SCORERS": "als",
-                          "RANKLY_BLOCKED_PLUGINS": "blend"}})
+        for conns in (16, 2):
+            s.append({"name": f"synth1m {cands} uncached w2 c{conns}", "group": "synth1m",
+                      "workers": 2, "connections": conns, "dataset": "synth1m",
+                      "memory": conns == 16,
+                      "env": {"RANKLY_CACHE__TIERS": "", "RANKLY_PIPELINE__CANDIDATES": cands,
+                              "RANKLY_PIPELINE__SCORERS": "als",
+                              "RANKLY_BLOCKED_PLUGINS": "blend"}})
     if args.only:
         groups = set(args.only.split(","))
         s = [x for x in s if x["group"] in groups or (x["group"] == "floor")]
