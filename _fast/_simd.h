@@ -19,8 +19,10 @@
 #define RANKLY_SIMD_H
 
 #include <stdlib.h>
+#include <string.h>
 
 #define RK_BLOCK 64
+#define RK_FOUR_ROWS_MAX_D 64
 
 #define RK_SCAN_BODY                                              \
     for (; j + RK_BLOCK <= m; j += RK_BLOCK) {                    \
@@ -44,7 +46,59 @@ static Py_ssize_t rk_scan_avx2(const float *s, Py_ssize_t j, Py_ssize_t m, float
 }
 #endif
 
-#define RK_SCORE_BODY                                                                    \
+/* One dot product in the fixed order described above. */
+#define RK_DOT_REDUCE(p) (((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7])))
+
+#if defined(__GNUC__) || defined(__clang__)
+/* GCC/Clang vector extensions, for the AVX2 copy: one 8-lane value (one AVX register) per
+ * accumulator; the lanes' operations are exactly the scalar loop's. Four items
+ * at a time, so four independent accumulators keep the adders busy (one item's sums form a
+ * dependency chain); each item's additions keep the single-item order. */
+typedef float rk_v8 __attribute__((vector_size(32)));
+
+static inline rk_v8 rk_load8(const float *p) {
+    rk_v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#define RK_SCORE_V8                                                                       \
+    Py_ssize_t t = 0;                                                                     \
+    for (; t + 4 <= m; t += 4) {                                                          \
+        const float *a0 = items + (start + t) * d, *a1 = a0 + d, *a2 = a1 + d,            \
+                    *a3 = a2 + d;                                                         \
+        rk_v8 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0};                                     \
+        Py_ssize_t j = 0;                                                                 \
+        for (; j + 8 <= d; j += 8) {                                                      \
+            rk_v8 uj = rk_load8(u + j);                                                   \
+            p0 += rk_load8(a0 + j) * uj;                                                  \
+            p1 += rk_load8(a1 + j) * uj;                                                  \
+            p2 += rk_load8(a2 + j) * uj;                                                  \
+            p3 += rk_load8(a3 + j) * uj;                                                  \
+        }                                                                                 \
+        for (; j < d; j++) {                                                              \
+            p0[0] += a0[j] * u[j];                                                        \
+            p1[0] += a1[j] * u[j];                                                        \
+            p2[0] += a2[j] * u[j];                                                        \
+            p3[0] += a3[j] * u[j];                                                        \
+        }                                                                                 \
+        out[t] = RK_DOT_REDUCE(p0);                                                       \
+        out[t + 1] = RK_DOT_REDUCE(p1);                                                   \
+        out[t + 2] = RK_DOT_REDUCE(p2);                                                   \
+        out[t + 3] = RK_DOT_REDUCE(p3);                                                   \
+    }                                                                                     \
+    for (; t < m; t++) {                                                                  \
+        const float *a = items + (start + t) * d;                                         \
+        rk_v8 p = {0};                                                                    \
+        Py_ssize_t j = 0;                                                                 \
+        for (; j + 8 <= d; j += 8) p += rk_load8(a + j) * rk_load8(u + j);                \
+        for (; j < d; j++) p[0] += a[j] * u[j];                                           \
+        out[t] = RK_DOT_REDUCE(p);                                                        \
+    }
+#endif
+
+/* The baseline: GCC vectorizes the lane loop itself; with SSE2 this beats the 4-item version. */
+#define RK_SCORE_BODY                                                                     \
     for (Py_ssize_t t = 0; t < m; t++) {                                                  \
         const float *a = items + (start + t) * d;                                         \
         float p[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
@@ -52,7 +106,7 @@ static Py_ssize_t rk_scan_avx2(const float *s, Py_ssize_t j, Py_ssize_t m, float
         for (; j + 8 <= d; j += 8)                                                        \
             for (int l = 0; l < 8; l++) p[l] += a[j + l] * u[j + l];                      \
         for (; j < d; j++) p[0] += a[j] * u[j];                                           \
-        out[t] = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));       \
+        out[t] = RK_DOT_REDUCE(p);                                                        \
     }
 
 typedef void (*rk_score_fn)(const float *, const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
@@ -67,7 +121,14 @@ static void rk_score_generic(const float *items, const float *u, Py_ssize_t d,
 __attribute__((target("avx2")))
 static void rk_score_avx2(const float *items, const float *u, Py_ssize_t d,
                           Py_ssize_t start, Py_ssize_t m, float *out) {
-    RK_SCORE_BODY
+    /* Four rows at a time pays up to d = 64 (30k x 64: 0.115 vs 0.14 ms one row at a time);
+     * from d = 96 it was 1.6-2.8x slower than one row at a time (1e5 x 128: 4.4 vs 1.6 ms),
+     * so wider rows stream one at a time, the loop vectorized by the compiler. */
+    if (d <= RK_FOUR_ROWS_MAX_D) {
+        RK_SCORE_V8
+    } else {
+        RK_SCORE_BODY
+    }
 }
 #endif
 

@@ -195,16 +195,18 @@ def test_topk_batch(benchmark, who, n, k):
 
 
 @pytest.mark.parametrize(
-    "n,d", [(100_000, 32), (100_000, 64), (100_000, 128), (1_000_000, 32), (1_000_000, 64)]
+    "n,d,k",
+    [(1_000, 64, 10), (10_000, 64, 10), (10_000, 64, 100), (100_000, 32, 10),
+     (100_000, 64, 10), (100_000, 64, 100), (100_000, 128, 10), (1_000_000, 32, 10),
+     (1_000_000, 64, 10), (1_000_000, 64, 100)],
 )
 @pytest.mark.parametrize(
     "who", ["ours", "numpy", "floor", "implicit", "faiss 1 thread", "faiss 2 threads"]
 )
-def test_score_topk(benchmark, who, n, d):
+def test_score_topk(benchmark, who, n, d, k):
     rng = np.random.default_rng(SEED)
     items = rng.standard_normal((n, d)).astype(np.float32)
     user = rng.standard_normal(d).astype(np.float32)
-    k = 10
     group = f"score_topk n={n:.0e} d={d} k={k}"
     if who == "ours":
         ids, _ = run(benchmark, group, who, fast_topk.score_topk, items, user, k)

@@ -170,7 +170,7 @@ def test_avx2_and_baseline_builds_give_identical_results():
         "from rankly import _fast\n"
         "t = importlib.import_module('rankly._fast.topk')\n"
         "rng = np.random.default_rng(3); h = hashlib.sha256()\n"
-        "for n, d in ((1000, 7), (5000, 32), (3000, 129), (20000, 64)):\n"
+        "for n, d in ((1000, 7), (5003, 32), (3001, 129), (20002, 64), (4099, 96)):\n"
         "    X = rng.standard_normal((n, d)).astype(np.float32)\n"
         "    u = rng.standard_normal(d).astype(np.float32)\n"
         "    for out in (_fast.score_topk(X, u, 100), _fast.topk(X @ u, 100)):\n"
