@@ -104,6 +104,9 @@ class CacheSettings:
     jitter: float = 0.1
     l1_max_entries: int = 100_000
     l1_max_bytes: int = 64 * 1024 * 1024
+    # early/stale refreshes computing at once per worker; more wait their turn while the
+    # stale answer is served, so a mass expiry does not crowd the live misses (#9)
+    max_background_refreshes: int = 2
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("cache.jitter must be in [0, 1)")
     if s.cache.ttl_seconds <= 0:
         raise ConfigError("cache.ttl_seconds must be > 0")
+    if s.cache.max_background_refreshes < 1:
+        raise ConfigError("cache.max_background_refreshes must be >= 1")
     if s.deadlines.request_ms <= 0 or s.deadlines.stage_ms <= 0:
         raise ConfigError("deadlines must be > 0")
     if not s.pipeline.scorers:

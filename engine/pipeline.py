@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ MIN_RERANK_DEPTH = 50
 #: A cache tier marks a hit due for early refresh (XFetch) with this field set to True.
 REFRESH_FIELD = "_refresh"
 _refreshing: set[asyncio.Task] = set()  # strong references to background recomputes
+_queued: set[str] = set()  # cache keys whose background refresh waits for a slot
+_refresh_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,7 @@ async def _rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
     if hit is not None:
         answer = {**hit, "cached": True, "request_id": req.request_id}
         if answer.pop(REFRESH_FIELD, False):  # serve the stale value, recompute behind it
-            task = asyncio.create_task(
-                rt.flights.run(key, lambda: compute(rt, comps, req, plan, key)))
-            _refreshing.add(task)
-            task.add_done_callback(_refreshed)
+            refresh_behind(rt, key, lambda: compute(rt, comps, req, plan, key))
         return answer
     # NOTE: a computation of this key may have finished while this request was looking the
     # key up (its lookup missed, the flight is gone); the first tier then has the answer. An
@@ -488,6 +489,30 @@ async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,
             await cache.set(key, user_id, payload)
         except Exception:
             log.warning("cache tier %s failed on set", tier, exc_info=True)
+
+
+def refresh_behind(rt: Runtime, key: str, fn: Any) -> None:
+    """Recompute ``key`` in the background, at most ``cache.max_background_refreshes`` at a
+    time per event loop; a key already queued or in flight is not queued again."""
+    if key in _queued or key in rt.flights:
+        return
+    _queued.add(key)
+    task = asyncio.create_task(_refresh(rt, key, fn))
+    _refreshing.add(task)
+    task.add_done_callback(_refreshed)
+
+
+async def _refresh(rt: Runtime, key: str, fn: Any) -> None:
+    loop = asyncio.get_running_loop()
+    slots = _refresh_slots.get(loop)
+    if slots is None:
+        slots = _refresh_slots[loop] = asyncio.Semaphore(rt.settings.cache.max_background_refreshes)
+    try:
+        async with slots:
+            _queued.discard(key)
+            await rt.flights.run(key, fn)
+    finally:
+        _queued.discard(key)
 
 
 def _refreshed(task: asyncio.Task) -> None:

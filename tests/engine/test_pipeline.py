@@ -252,3 +252,28 @@ def test_a_hanging_cache_tier_cannot_hold_the_request(runtime):
     assert time.perf_counter() - start < 1.0  # the request deadline is 300 ms here
     assert resp["fallback"] == "deadline"
     assert len(resp["items"]) == 10
+
+
+def test_background_refreshes_run_a_bounded_number_at_once_and_each_key_once(runtime):
+    running, peak = 0, 0
+
+    async def recompute():
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return {}
+
+    async def expire_many():
+        for n in range(20):
+            pipeline.refresh_behind(runtime, f"stale-{n}", recompute)
+            pipeline.refresh_behind(runtime, f"stale-{n}", recompute)  # queued: not again
+        while pipeline._refreshing:
+            await asyncio.sleep(0.005)
+
+    before = runtime.flights.computations
+    asyncio.run(expire_many())
+    assert peak == runtime.settings.cache.max_background_refreshes == 2
+    assert runtime.flights.computations - before == 20
+    assert not pipeline._queued
