@@ -4,7 +4,8 @@ Sustainable rate: 2,000 events/s on the embedded file log is what benchmarks/eve
 holds on this machine (benchmarks/README.md, "Events under load"). The flood offers 10,000
 events/s (200 posts/s of 50 events, that benchmark's mix with 20% purchases) for ``FLOOD_S``
 seconds from a separate process, while this process measures /recommendations at a steady
-rate and samples the server's RSS from /proc.
+rate and samples the server's RSS from /proc. The flood client runs niced (a real flood
+comes from other machines; here its own CPU would count as the server's slowdown).
 
 The server runs with its default server-wide event admission (``rate_limits.
 events_global_per_second`` = ``SUSTAINABLE`` per worker): what it cannot take is refused with
@@ -70,6 +71,13 @@ def test_event_flood_answers_202_429_503_and_spares_recommendations(server_facto
         "unloaded_ms": summary_ms([s.latency for s in unloaded]),
         "loaded_ms": summary_ms([s.latency for s in loaded]),
         "p99_ratio": round(p99_loaded / p99_unloaded, 2),
+        # purchases in the flood invalidate cached answers: the loaded p99 is a miss's
+        "cached_share": [round(sum(bool(s.cached) for s in got) / len(got), 3)
+                         for got in (unloaded, loaded)],
+        "loaded_hits_ms": summary_ms([s.latency for s in loaded if s.cached]),
+        "hits_p99_ratio": round(percentile([s.latency for s in loaded if s.cached] or [0.0], 99)
+                                / p99_unloaded, 2),
+        "loaded_misses_ms": summary_ms([s.latency for s in loaded if not s.cached]),
         "rec_statuses": sorted({s.status for s in loaded}),
         "rss_mb": [round(r / 1024, 1) for r in (rss[0], max(rss), rss[-1])]}))
     assert set(statuses) <= {"202", "429", "503"}
@@ -81,8 +89,11 @@ def test_event_flood_answers_202_429_503_and_spares_recommendations(server_facto
         assert statuses.get("429", 0) > 0
     assert {s.status for s in loaded} == {200}
     assert max(rss) - rss[0] < 200 * 1024, "memory grew by more than 200 MB"
-    # goal: p99 <= 1.5x unloaded, reported: the unloaded p99 of cache hits is a few ms, so on
-    # this shared machine the ratio swings (1.2x-32x measured). Asserted: none waited ~1 s
+    # goal: p99 <= 1.5x unloaded, reported: the flood's purchases invalidate ~20% of the
+    # measured users' cached answers, so the loaded p99 is a fresh computation's (2-4 ms)
+    # against the unloaded p99 of cache hits (~1 ms); hits alone under the flood stay at
+    # ~1.0x (hits_p99_ratio). Wall-time ratios swing on this shared machine; asserted: none
+    # waited ~1 s
     assert max(s.latency for s in loaded) < 1.0
 
 
