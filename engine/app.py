@@ -230,10 +230,12 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         loaded = model if model is not None else await load_serving_model(settings, store)
         rt = build_runtime(settings, loaded, store=store, **args)
         await store.ping()  # connect (and load a cluster's slot map) before the first request
+        warmed = await pipeline.warm_up(rt)  # the first computation's one-time costs
         watcher = start_model_watcher(rt)
         events = await events_api.start_events(rt)
         metrics.MODEL_INFO.labels(loaded.version).set(1)
-        log.info("serving model %s with %s kernels", loaded.version, _fast.IMPLEMENTATION)
+        log.info("serving model %s with %s kernels (warm-up %.0f ms)", loaded.version,
+                 _fast.IMPLEMENTATION, warmed * 1000)
         # NOTE: what startup built (modules, model, plugins) lives as long as the server:
         # freezing it keeps the collector from traversing it again on every full collection
         # the request path's allocations trigger (#8: ~2x the cost of each allocation-heavy

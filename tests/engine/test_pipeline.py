@@ -277,3 +277,21 @@ def test_background_refreshes_run_a_bounded_number_at_once_and_each_key_once(run
     assert peak == runtime.settings.cache.max_background_refreshes == 2
     assert runtime.flights.computations - before == 20
     assert not pipeline._queued
+
+
+def test_warm_up_computes_off_the_record(runtime, faulty):
+    before = runtime.flights.computations
+    took = asyncio.run(pipeline.warm_up(runtime))
+    assert took > 0
+    assert runtime.flights.computations == before  # no flight, nothing cached
+    assert all(len(cache) == 0 for _, cache in runtime.caches if hasattr(cache, "__len__"))
+    assert set(runtime.breakers.states().values()) <= {"closed"}
+
+
+def test_warm_up_survives_a_broken_pipeline(model, settings_for, faulty):
+    settings = settings_for(model.path,
+                            pipeline={"scorers": ("boom",), "candidates": ("garbage",)})
+    rt = build_runtime(settings, model, pm=make_plugin_manager(extra=[faulty]))
+    assert asyncio.run(pipeline.warm_up(rt)) > 0
+    assert faulty.calls["boom"] == 1  # it really ran the plan
+    assert set(rt.breakers.states().values()) <= {"closed"}  # and failures were not counted
