@@ -11,7 +11,6 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,7 +34,7 @@ from rankly.engine.publish import load_serving_model, start_model_watcher
 from rankly.engine.ratelimit import RateLimitMiddleware
 from rankly.engine.runtime import Runtime, build_runtime
 from rankly.engine.store import StoreUnavailable, open_store
-from rankly.engine.types import RecommendationRequest, UserFeatures
+from rankly.engine.types import RecommendationRequest
 from rankly.engine.validation import (
     RequestError,
     check_id,
@@ -119,13 +118,7 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)
         metrics.FALLBACKS.labels("internal_error").inc()
-        comps = rt.components
-        empty = np.empty(0, np.int64)
-        user = UserFeatures(req.user_id, -1, empty, empty)
-        ranking = pipeline.fallback_ranking(comps, user, req, req.n)
-        trace = pipeline.Trace(fallback="internal_error")
-        return {**pipeline.respond(comps, req, plan, user, ranking, trace), "cached": False,
-                "request_id": req.request_id}
+        return pipeline.safe_answer(rt, req, plan, "internal_error")
 
 
 async def similar_items(request: Request) -> Response:

@@ -123,11 +123,12 @@ async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan,
             return await _rank(rt, req, plan)
     except TimeoutError:
         metrics.child(metrics.FALLBACKS, "deadline").inc()
-        return deadline_answer(rt, req, plan)
+        return safe_answer(rt, req, plan, "deadline")
 
 
-def deadline_answer(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
-    """The fallback slate without any I/O: trained history and session only, no store."""
+def safe_answer(rt: Runtime, req: RecommendationRequest, plan: Plan, reason: str) -> dict:
+    """The fallback slate without any I/O (trained history and session only, no store, no
+    plugins), for when the pipeline cannot answer: past the deadline, or it raised."""
     comps = rt.components
     model = comps.model
     row = model.users.row(req.user_id)
@@ -137,7 +138,7 @@ def deadline_answer(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict
     seen = np.concatenate(parts)
     user = UserFeatures(req.user_id, row, seen, np.unique(seen[seen >= 0]),
                         session=bool(req.session_items))
-    trace = Trace(fallback="deadline")
+    trace = Trace(fallback=reason)
     ranking = fallback_ranking(comps, user, req, req.n)
     return {**respond(comps, req, plan, user, ranking, trace), "cached": False,
             "request_id": req.request_id}
@@ -198,8 +199,7 @@ async def warm_up(rt: Runtime) -> float:
 
     A process's first computation pays one-time costs: anyio's backend import and worker
     thread, first touches of the memory-mapped factors, NumPy's first calls. On ML-100K it
-    took 34 ms against 2 ms for the next one, so 500 concurrent requests on the first cold key
-    waited ~70 ms; the app runs this before it serves.
+    took 25-34 ms against 2-4 ms for the next ones; the app runs this before it serves.
     """
     comps = rt.components
     model = comps.model
@@ -520,7 +520,8 @@ async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,
 
 def refresh_behind(rt: Runtime, key: str, fn: Any) -> None:
     """Recompute ``key`` in the background, at most ``cache.max_background_refreshes`` at a
-    time per event loop; a key already queued or in flight is not queued again."""
+    time per event loop (a worker serves one runtime per loop; the first runtime's setting
+    sizes the loop's slots); a key already queued or in flight is not queued again."""
     if key in _queued or key in rt.flights:
         return
     _queued.add(key)

@@ -134,3 +134,19 @@ def test_metrics_use_route_templates_not_ids(client):
     assert 'route="/items/{item_id:path}/similar"' in text
     assert 'route="/items/1/similar"' not in text
     assert "rankly_stage_duration_seconds_bucket" in text
+
+
+def test_a_pipeline_bug_is_answered_with_the_safe_fallback_not_a_500(client, monkeypatch):
+    from rankly.engine import pipeline
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the pipeline")
+
+    seen = client.get("/recommendations", params={"user_id": "1", "n": 50}).json()
+    monkeypatch.setattr(pipeline, "_rank", broken)
+    r = client.get("/recommendations", params={"user_id": "1", "n": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["fallback"] == "internal_error" and len(body["items"]) == 5
+    assert all(it["reasons"] == ["Popular"] for it in body["items"])
+    assert seen["fallback"] is None
