@@ -29,6 +29,11 @@ class Bucket:
     tokens: float
     updated: float
 
+    def refill(self, now: float, rate: float, capacity: float) -> None:
+        """Add the tokens earned since the last refill, up to ``capacity``."""
+        self.tokens = min(capacity, self.tokens + max(0.0, now - self.updated) * rate)
+        self.updated = now
+
 
 class TokenBuckets:
     """One token bucket per client, refilled at ``rate`` per second up to ``burst``.
@@ -56,8 +61,7 @@ class TokenBuckets:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(client)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-            bucket.updated = now
+            bucket.refill(now, self.rate, self.burst)
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
@@ -189,9 +193,12 @@ class EventAdmission:
         self.capacity = max(1.0, float(capacity))
         self.max_inflight = max(0, int(max_inflight))
         self.clock = clock
-        self.tokens = self.capacity
-        self.updated = clock()
+        self.bucket = Bucket(self.capacity, clock())
         self.inflight = 0
+
+    @property
+    def tokens(self) -> float:
+        return self.bucket.tokens
 
     @classmethod
     def from_settings(cls, limits: RateLimits, max_batch: int,
@@ -203,9 +210,7 @@ class EventAdmission:
         return cls(rate, capacity, limits.events_max_inflight, clock)
 
     def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
+        self.bucket.refill(self.clock(), self.rate, self.capacity)
 
     def _wait(self, needed: float) -> int:
         return max(1, math.ceil((needed - self.tokens) / self.rate))
@@ -228,5 +233,5 @@ class EventAdmission:
         self._refill()
         if events > self.tokens:
             return Refusal("over_budget", self._wait(min(float(events), self.capacity)))
-        self.tokens -= events
+        self.bucket.tokens -= events
         return None

@@ -164,7 +164,7 @@ def limited(artifacts, tmp_path):
     clock = Clock()
     with TestClient(create_app(settings)) as client:
         adm = client.app_state["runtime"].extras[EXTRAS_KEY].admission
-        adm.clock, adm.updated = clock, clock.now
+        adm.clock, adm.bucket.updated = clock, clock.now
         yield client, settings, clock
 
 
