@@ -20,6 +20,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 
 #define RK_BLOCK 64
 #define RK_FOUR_ROWS_MAX_D 64
@@ -150,6 +151,15 @@ static void rk_simd_init(void) {
 static inline void rk_score_block(const float *items, const float *u, Py_ssize_t d,
                                   Py_ssize_t start, Py_ssize_t m, float *out) {
     rk_score_impl(items, u, d, start, m, out);
+}
+
+/* An order-preserving unsigned key of a non-NaN float: a > b exactly when key(a) > key(b),
+ * and equal floats share a key (-0.0 is made +0.0 first, so both zeros tie as they compare). */
+static inline uint32_t rk_key(float x) {
+    uint32_t u;
+    x += 0.0f;
+    memcpy(&u, &x, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 static inline Py_ssize_t rk_scan(const float *s, Py_ssize_t j, Py_ssize_t m, float thr) {

@@ -55,6 +55,33 @@ def test_topk_matches_reference_on_large_inputs(seed, n, k, order, n_exclude):
 
 
 @KERNELS
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.sampled_from([5, 10, 50, 100, 300]),
+    extra=st.integers(65, 2000),
+    kind=st.sampled_from(["normal", "narrow range", "ties", "zeros and specials"]),
+    n_exclude=st.integers(0, 30),
+)
+def test_dense_selection_matches_reference(seed, k, extra, kind, n_exclude):
+    """k close to n (k * 16 > n): the buffer path, where narrow() drops candidates below the
+    histogram bucket of the k-th best before selecting. Ties across a bucket edge, both
+    zeros, infinities and NaN must keep the reference's order."""
+    rng = np.random.default_rng(seed)
+    n = min(k + extra, 16 * k - 1)
+    if kind == "normal":
+        scores = rng.standard_normal(n).astype(np.float32)
+    elif kind == "narrow range":  # every key in a handful of buckets
+        scores = (1.0 + rng.integers(0, 50, n) * np.float32(2**-20)).astype(np.float32)
+    elif kind == "ties":
+        scores = rng.integers(-2, 3, n).astype(np.float32)
+    else:
+        scores = rng.choice(np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan],
+                                     dtype=np.float32), n)
+    exclude = rng.integers(-3, n + 3, n_exclude)
+    assert_same(_fast.topk(scores, k, exclude), reference.topk(scores, k, exclude))
+
+
+@KERNELS
 @given(st.data())
 def test_topk_batch_matches_reference(data):
     rows = data.draw(st.integers(0, 5))
