@@ -82,6 +82,53 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError("server did not start")
 
 
+def load_arguments(description: str, duration: int, rate: int) -> argparse.ArgumentParser:
+    """The options both load scripts share (the synthetic model's size and the event mix)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--duration", type=int, default=duration, help="seconds of load")
+    ap.add_argument("--rate", type=int, default=rate, help="events per second")
+    ap.add_argument("--batch", type=int, default=20, help="events per POST /events")
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--items", type=int, default=1000)
+    return ap
+
+
+def start_server(tmp: Path, artifacts: Path, users: int,
+                 **env: str) -> tuple[subprocess.Popen, str, Path]:
+    """One ``rankly serve`` worker on a free 127.0.0.1 port (pipeline itemknn, trending,
+    popular; ``RANKLY_*`` of the caller's environment left out, ``env`` added), its URL and a
+    wrk script over ``users`` known users, warmed for 3 s. Stop it with :func:`stop`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("RANKLY_")},
+            "RANKLY_ARTIFACTS": str(artifacts), "RANKLY_DATA_DIR": str(tmp / "data"),
+            "RANKLY_PORT": str(port), "RANKLY_HOST": "127.0.0.1", "RANKLY_LOG_LEVEL": "warning",
+            "RANKLY_PIPELINE__CANDIDATES": "itemknn,trending,popular",
+            "RANKLY_PIPELINE__SCORERS": "itemknn,popular", **env}
+    server = subprocess.Popen([sys.executable, "-m", "rankly.engine.cli", "serve"], env=full,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url)
+        script = tmp / "recs.lua"
+        script.write_text(WRK_SCRIPT % {"users": users})
+        run_wrk(url, script, 3)  # warm-up
+    except BaseException:
+        stop(server)
+        raise
+    return server, url, script
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process this script started, by its PID: ``sig``, then SIGKILL after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_wrk(url: str, script: Path, duration: int) -> dict:
     out = subprocess.run(["wrk", "-t1", "-c8", f"-d{duration}s", "--timeout", "2s",
                           "-s", str(script), url], capture_output=True, text=True,
@@ -149,39 +196,17 @@ def load_while_flooding(url: str, script: Path, args: argparse.Namespace) -> tup
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=int, default=2000, help="events per second")
-    ap.add_argument("--batch", type=int, default=20, help="events per POST /events")
-    ap.add_argument("--duration", type=int, default=15, help="seconds per phase")
-    ap.add_argument("--users", type=int, default=2000)
-    ap.add_argument("--items", type=int, default=1000)
-    args = ap.parse_args()
+    args = load_arguments(__doc__.splitlines()[0], duration=15, rate=2000).parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rankly-events-load-"))
     artifacts = build_artifacts(tmp / "artifacts", args.users, args.items)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RANKLY_ARTIFACTS": str(artifacts), "RANKLY_DATA_DIR": str(tmp / "data"),
-           "RANKLY_PORT": str(port), "RANKLY_HOST": "127.0.0.1", "RANKLY_LOG_LEVEL": "warning",
-           "RANKLY_PIPELINE__CANDIDATES": "itemknn,trending,popular",
-           "RANKLY_PIPELINE__SCORERS": "itemknn,popular"}
-    server = subprocess.Popen([sys.executable, "-m", "rankly.engine.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url, script = start_server(tmp, artifacts, args.users)
     try:
-        wait_ready(url)
-        script = tmp / "recs.lua"
-        script.write_text(WRK_SCRIPT % {"users": args.users})
-        run_wrk(url, script, 3)  # warm-up
         baseline = run_wrk(url, script, args.duration)
         loaded, ingest = load_while_flooding(url, script, args)
         log_path = tmp / "data" / "events" / "events.jsonl"
         stored = sum(1 for line in log_path.open() if '"t":"impression"' not in line)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
     result = {"rate": args.rate, "batch": args.batch, "duration_s": args.duration,
               "cpu_count": os.cpu_count(), "baseline": baseline, "under_ingest": loaded,
               "ingest": ingest, "client_events_in_log": stored}

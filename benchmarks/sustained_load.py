@@ -19,7 +19,6 @@ and ``benchmarks/results/sustained.json`` (``--redis``: ``sustained-redis.json``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,12 +30,12 @@ import time
 from pathlib import Path
 
 from events_load import (
-    WRK_SCRIPT,
     build_artifacts,
     free_port,
+    load_arguments,
     load_while_flooding,
-    run_wrk,
-    wait_ready,
+    start_server,
+    stop,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -81,23 +80,8 @@ def stored_client_events(tmp: Path, redis_port: int | None) -> int:
     return count
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=int, default=60, help="seconds of load")
-    ap.add_argument("--rate", type=int, default=1000, help="events per second")
-    ap.add_argument("--batch", type=int, default=20, help="events per POST /events")
-    ap.add_argument("--users", type=int, default=2000)
-    ap.add_argument("--items", type=int, default=1000)
+    ap = load_arguments(__doc__.splitlines()[0], duration=60, rate=1000)
     ap.add_argument("--redis", action="store_true", help="Redis store (AOF) and l1,l2 caches")
     ap.add_argument("--appendfsync", default="always", choices=("always", "everysec", "no"),
                     help="Redis AOF fsync policy (with --redis)")
@@ -107,31 +91,21 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="rankly-sustained-"))
     artifacts = build_artifacts(tmp / "artifacts", args.users, args.items)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RANKLY_")},
-           "RANKLY_ARTIFACTS": str(artifacts), "RANKLY_DATA_DIR": str(tmp / "data"),
-           "RANKLY_PORT": str(port), "RANKLY_HOST": "127.0.0.1", "RANKLY_LOG_LEVEL": "warning",
-           "RANKLY_PIPELINE__CANDIDATES": "itemknn,trending,popular",
-           "RANKLY_PIPELINE__SCORERS": "itemknn,popular"}
-    redis_proc, redis_port = None, None
+    redis_proc, redis_port, env = None, None, {}
     if args.redis:
         redis_proc, redis_port = start_redis(tmp, args.appendfsync)
-        env.update({"RANKLY_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
-                    "RANKLY_CACHE__TIERS": "l1,l2"})
-    server = subprocess.Popen([sys.executable, "-m", "rankly.engine.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {"RANKLY_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
+               "RANKLY_CACHE__TIERS": "l1,l2"}
     try:
-        wait_ready(url)
-        script = tmp / "recs.lua"
-        script.write_text(WRK_SCRIPT % {"users": args.users})
-        run_wrk(url, script, 3)  # warm-up
-        rss_start = rss_mb(server.pid)
-        load, ingest = load_while_flooding(url, script, args)
-        rss_end = rss_mb(server.pid)
-        stored = stored_client_events(tmp, redis_port)
+        server, url, script = start_server(tmp, artifacts, args.users, **env)
+        try:
+            rss_start = rss_mb(server.pid)
+            load, ingest = load_while_flooding(url, script, args)
+            rss_end = rss_mb(server.pid)
+            stored = stored_client_events(tmp, redis_port)
+        finally:
+            stop(server)
     finally:
-        stop(server)
         if redis_proc is not None:
             stop(redis_proc, signal.SIGKILL)
     errors = []
