@@ -150,3 +150,24 @@ def test_a_pipeline_bug_is_answered_with_the_safe_fallback_not_a_500(client, mon
     assert body["fallback"] == "internal_error" and len(body["items"]) == 5
     assert all(it["reasons"] == ["Popular"] for it in body["items"])
     assert seen["fallback"] is None
+
+
+def test_past_the_request_deadline_http_answers_the_safe_fallback(artifacts, settings_for):
+    from starlette.testclient import TestClient
+
+    from rankly.engine.app import create_app
+
+    # a deadline no computation can meet: every answer is the I/O-free fallback, on time
+    settings = settings_for(artifacts, deadlines={"request_ms": 0.01})
+    with TestClient(create_app(settings)) as c:
+        for user in ("1", "2"):
+            r = c.get("/recommendations", params={"user_id": user, "n": 4})
+            assert r.status_code == 200
+            body = r.json()
+            assert body["fallback"] == "deadline" and body["cached"] is False
+            assert len(body["items"]) == 4
+            assert all(it["reasons"] == ["Popular"] for it in body["items"])
+        similar = c.get("/items/3/similar", params={"n": 3}).json()
+        assert similar["fallback"] == "deadline" and len(similar["items"]) == 3
+        metrics = c.get("/metrics").text
+        assert 'rankly_fallbacks_total{reason="deadline"}' in metrics
