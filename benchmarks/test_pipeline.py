@@ -11,7 +11,8 @@ then print the table benchmarks/README.md quotes:
 
 Groups: ``ml100k-hit`` (an L1 cache hit), ``ml100k-miss`` (caches off; each built-in model as
 the scorer), ``synth1m`` (1M items, d = 64: exact ALS candidates vs the ``als-ivf`` two-stage
-path). Each miss benchmark records the median of every stage the pipeline timed itself
+path), ``itemknn-generate history=H`` (the item-kNN generator against plain scipy indexing).
+Each miss benchmark records the median of every stage the pipeline timed itself
 (``extra_info["stages_ms"]``); the IVF benchmark records recall@10 against exact scoring.
 """
 
@@ -145,6 +146,48 @@ def test_synth1m_miss(benchmark, synth1m, synth_runtimes, loop, path):
         assert recall >= 0.95, recall
     out = benchmark(lambda: loop.run_until_complete(pipeline.rank(rt, next(reqs), plan)))
     assert out["fallback"] is None and len(out["items"]) == 10
+
+
+def _scipy_knn_generate(sim, h: np.ndarray, n: int, exclude: np.ndarray) -> np.ndarray:
+    """Item-kNN candidates the plain scipy way (row indexing, column sums, a dense column
+    block for the anchors): the peer of ``ItemKNNScorer.generate``, which gathers from the
+    CSR arrays itself. Returns the anchors, so both can be compared."""
+    from rankly import _fast
+
+    rows = sim[h]
+    scores = np.asarray(rows.sum(axis=0), dtype=np.float32).ravel()
+    scores[scores <= 0] = np.nan
+    idx, _ = _fast.topk(scores, n, exclude=exclude)
+    return h[np.argmax(rows[:, idx].toarray(), axis=0)]
+
+
+@pytest.mark.benchmark(group="itemknn-generate")
+@pytest.mark.parametrize("history", [3, 30, 100])
+@pytest.mark.parametrize("who", ["ours", "scipy"])
+def test_itemknn_generate(benchmark, ml100k, who, history):
+    """The item-kNN candidate generator against scipy indexing, 300 candidates, over 64
+    random histories of ``history`` items (cycled, so no input is timed twice in a row)."""
+    from rankly.engine.types import UserFeatures
+    from rankly.plugins.models import itemknn
+
+    knn = itemknn.scorer(ml100k)
+    rng = np.random.default_rng(3)
+    users = []
+    for _ in range(64):
+        h = rng.choice(knn.n_items, size=history, replace=False).astype(np.int64)
+        users.append(UserFeatures("b", -1, h, np.sort(h)))
+    benchmark.group = f"itemknn-generate history={history}"
+    benchmark.name = who
+    cycle = itertools.cycle(users)
+    if who == "ours":
+        benchmark(lambda: knn.generate(next(cycle), 300))
+    else:
+        benchmark(lambda: (u := next(cycle), _scipy_knn_generate(knn.sim, u.history, 300,
+                                                                  u.seen)))
+    agree = [np.array_equal(knn.generate(u, 300).anchors,
+                            _scipy_knn_generate(knn.sim, u.history, 300, u.seen))
+             for u in users]
+    benchmark.extra_info["same_anchors"] = f"{sum(agree)}/{len(agree)}"
 
 
 def summarize(path: str) -> str:

@@ -198,8 +198,9 @@ async def warm_up(rt: Runtime) -> float:
     cache, no metrics, no breakers); return the seconds it took.
 
     A process's first computation pays one-time costs: anyio's backend import and worker
-    thread, first touches of the memory-mapped factors, NumPy's first calls. On ML-100K it
-    took 25-34 ms against 2-4 ms for the next ones; the app runs this before it serves.
+    thread, first touches of the memory-mapped factors, NumPy's first calls. On ML-100K the
+    first request took 24 ms against 4 ms for the next ones, and 3 ms after this ran
+    (``python benchmarks/first_request.py``); the app runs it before it serves.
     """
     comps = rt.components
     model = comps.model
