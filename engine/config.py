@@ -107,6 +107,13 @@ class CacheSettings:
     # early/stale refreshes computing at once per worker; more wait their turn while the
     # stale answer is served, so a mass expiry does not crowd the live misses (#9)
     max_background_refreshes: int = 2
+    # What an invalidating event (a purchase, rating, add to cart) does to the user's L1
+    # entries: "revalidate" keeps them, marked; the next request is served that answer minus
+    # the items the user has now seen (topped up from its spare items) while the key
+    # recomputes in the background. "drop": the next request waits for a fresh computation.
+    invalidation: str = "revalidate"
+    # ranked items kept beyond n with each cached answer, to top up a revalidated slate
+    spare_items: int = 5
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,10 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("cache.ttl_seconds must be > 0")
     if s.cache.max_background_refreshes < 1:
         raise ConfigError("cache.max_background_refreshes must be >= 1")
+    if s.cache.invalidation not in ("revalidate", "drop"):
+        raise ConfigError("cache.invalidation must be \"revalidate\" or \"drop\"")
+    if s.cache.spare_items < 0:
+        raise ConfigError("cache.spare_items must be >= 0")
     if s.deadlines.request_ms <= 0 or s.deadlines.stage_ms <= 0:
         raise ConfigError("deadlines must be > 0")
     if not s.pipeline.scorers:

@@ -35,6 +35,11 @@ STAGE_LATENCY = Histogram(
 CACHE_LOOKUPS = Counter(
     "rankly_cache_lookups_total", "Cache lookups by tier and result", ["tier", "result"]
 )
+REVALIDATIONS = Counter(
+    "rankly_cache_revalidations_total",
+    "Cached answers invalidated by an event and then requested, by outcome: served as is, "
+    "topped_up from spare items, or recomputed (too_few_spares, store_down)", ["outcome"]
+)
 FALLBACKS = Counter("rankly_fallbacks_total", "Fallback answers by reason", ["reason"])
 PLUGIN_FAILURES = Counter(
     "rankly_plugin_failures_total", "Plugin calls that failed, by component and kind",

@@ -38,6 +38,12 @@ log = logging.getLogger("rankly.pipeline")
 MIN_RERANK_DEPTH = 50
 #: A cache tier marks a hit due for early refresh (XFetch) with this field set to True.
 REFRESH_FIELD = "_refresh"
+#: A cache tier marks a hit whose user had an invalidating event since it was computed (the
+#: L1's ``invalidation = "revalidate"``): served only through :func:`revalidate`.
+DIRTY_FIELD = "_dirty"
+#: Cached answers carry the next ranked items (``cache.spare_items``) under this field, to top
+#: up a revalidated slate; never served. Fields starting with "_" are never served.
+SPARE_FIELD = "_spare"
 _refreshing: set[asyncio.Task] = set()  # strong references to background recomputes
 _queued: set[str] = set()  # cache keys whose background refresh waits for a slot
 _refresh_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -64,6 +70,7 @@ class Trace:
 
     fallback: str | None = None
     current: str = ""
+    spares: Ranking | None = None  # the ranked items after the slate (cache.spare_items)
     outcomes: list[tuple[str, str]] = field(default_factory=list)
     stages: list[tuple[str, str, float]] = field(default_factory=list)
 
@@ -149,19 +156,65 @@ async def _rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
     key = cache_key(req, plan, comps.model.version)
     hit = await lookup_cache(rt, key, req.user_id)
     if hit is not None:
-        answer = {**hit, "cached": True, "request_id": req.request_id}
-        if answer.pop(REFRESH_FIELD, False):  # serve the stale value, recompute behind it
-            refresh_behind(rt, key, lambda: compute(rt, comps, req, plan, key))
-        return answer
+        stale = bool(hit.get(REFRESH_FIELD))
+        if hit.get(DIRTY_FIELD):
+            hit, stale = await revalidate(rt, req, hit), True
+        if hit is not None:
+            if stale:  # serve it, recompute behind it
+                refresh_behind(rt, key, lambda: compute(rt, comps, req, plan, key))
+            return served(hit, True, req.request_id)
     # NOTE: a computation of this key may have finished while this request was looking the
     # key up (its lookup missed, the flight is gone); the first tier then has the answer. An
     # in-process tier answers without suspending, so nothing can slip between this and run().
     if rt.caches and key not in rt.flights:
         recent = await rt.caches[0][1].get(key, req.user_id)
-        if recent is not None and not recent.get(REFRESH_FIELD):
-            return {**recent, "cached": True, "request_id": req.request_id}
+        if recent is not None and not recent.get(REFRESH_FIELD) and not recent.get(DIRTY_FIELD):
+            return served(recent, True, req.request_id)
     payload, _shared = await rt.flights.run(key, lambda: compute(rt, comps, req, plan, key))
     return {**payload, "cached": False, "request_id": req.request_id}
+
+
+def served(entry: dict, cached: bool, request_id: str | None) -> dict:
+    """A cache entry as the client sees it: without the fields starting with "_"."""
+    out = {k: v for k, v in entry.items() if k[0] != "_"}
+    out["cached"] = cached
+    out["request_id"] = request_id
+    return out
+
+
+async def revalidate(rt: Runtime, req: RecommendationRequest, entry: dict) -> dict | None:
+    """A dirty cache entry made safe to serve, or None when it cannot be (then the request
+    computes a fresh answer).
+
+    The user had an invalidating event (a purchase, say) after ``entry`` was computed, and the
+    store already has it. Items the user has now seen are removed and the slate is topped up
+    from the entry's spare items, the next ones of the same ranking, so it keeps its length
+    and the rerankers' order. It costs one store read (``fetch_user``) instead of a
+    computation; the caller recomputes the key in the background (#9).
+    """
+    if not rt.settings.pipeline.exclude_seen:
+        metrics.REVALIDATIONS.labels("served").inc()
+        return entry
+    try:
+        async with asyncio.timeout(rt.settings.deadlines.store_ms / 1000.0 * 2):
+            online = await rt.store.fetch_user(req.user_id)
+    except (StoreUnavailable, TimeoutError, OSError):
+        metrics.REVALIDATIONS.labels("store_down").inc()
+        return None
+    seen = set(online.seen)
+    seen.update(online.history)
+    items = entry["items"]
+    keep = [it for it in items if it["item_id"] not in seen]
+    if len(keep) == len(items):
+        metrics.REVALIDATIONS.labels("served").inc()
+        return entry
+    spare = [it for it in entry.get(SPARE_FIELD, ()) if it["item_id"] not in seen]
+    need = len(items) - len(keep)
+    if len(spare) < need:
+        metrics.REVALIDATIONS.labels("too_few_spares").inc()
+        return None
+    metrics.REVALIDATIONS.labels("topped_up").inc()
+    return {**entry, "items": keep + spare[:need], SPARE_FIELD: spare[need:]}
 
 
 async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
@@ -179,6 +232,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
         stuck = trace.current or "pipeline"
         record_outcome(rt, stuck, "timeout")
         trace.fallback = "plugin_timeout"
+        trace.spares = None
         ranking = fallback_ranking(comps, user, req, req.n)
     for stage, component, seconds in trace.stages:
         metrics.child(metrics.STAGE_LATENCY, stage, component).observe(seconds)
@@ -189,7 +243,10 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     payload = respond(comps, req, plan, user, ranking, trace)
     quality.observe(rt, comps.model, ranking.items, user.is_cold)
     if trace.fallback in (None, "cold_start"):
-        await store_cache(rt, key, req.user_id, payload)
+        entry = payload
+        if trace.spares is not None and len(trace.spares):
+            entry = {**payload, SPARE_FIELD: slate_items(comps.model, user, trace.spares)}
+        await store_cache(rt, key, req.user_id, entry)
     return payload
 
 
@@ -249,7 +306,7 @@ async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dic
         metrics.child(metrics.CACHE_LOOKUPS, tier, "hit" if value is not None else "miss").inc()
         if value is not None:
             if pos:  # a hit in a slower tier fills the faster ones
-                fresh = {k: v for k, v in value.items() if k != REFRESH_FIELD}
+                fresh = {k: v for k, v in value.items() if k not in (REFRESH_FIELD, DIRTY_FIELD)}
                 await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
             return value
     return None
@@ -289,19 +346,43 @@ def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Pla
     depth = max(req.n * rt.settings.pipeline.rerank_depth, MIN_RERANK_DEPTH)
     if user.is_cold:  # popularity, still diversity-capped like every other slate
         trace.fallback = trace.fallback or "cold_start"
-        return rerank(rt, comps, plan, user, fallback_ranking(comps, user, req, depth), req.n,
-                      trace)
+        pool = fallback_ranking(comps, user, req, depth)
+        ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
+        trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
+        return ranking
     cands = generate_candidates(rt, comps, plan, user, trace)
     cands = filter_candidates(rt, comps, req, user, cands, trace)
     if len(cands) == 0:
         trace.fallback = trace.fallback or "no_candidates"
         return fallback_ranking(comps, user, req, req.n)
     scores = score_candidates(rt, comps, plan, user, cands, trace)
-    ranking = order(cands, scores, depth)
-    ranking = rerank(rt, comps, plan, user, ranking, req.n, trace)
+    pool = order(cands, scores, depth)
+    ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
     if len(ranking) < req.n:
-        ranking = backfill(comps, user, req, ranking)
+        return backfill(comps, user, req, ranking)
+    trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
     return ranking
+
+
+def spare_ranking(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures,
+                  pool: Ranking, ranking: Ranking, n: int) -> Ranking | None:
+    """The ``cache.spare_items`` items the rerankers rank right after the slate.
+
+    The rerankers run again for ``n + spare_items`` slots (a diversity cap then holds over
+    slate and spares together); the spares are that longer slate's items not in ``ranking``,
+    in its order. Outcomes of this second pass are not counted: the slate's pass counted them.
+    """
+    m = rt.settings.cache.spare_items
+    if m <= 0 or not rt.caches or len(pool) <= len(ranking):
+        return None
+    try:
+        longer = rerank(rt, comps, plan, user, pool, n + m, Trace())
+    except Exception:  # rerank() isolates plugins; this guards the spares' bookkeeping only
+        log.warning("spare items could not be ranked", exc_info=True)
+        return None
+    taken = set(ranking.items.tolist())
+    rest = [i for i, item in enumerate(longer.items.tolist()) if item not in taken]
+    return longer.take(np.asarray(rest[:m], dtype=np.int64))
 
 
 def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures,
@@ -490,8 +571,19 @@ def reason_text(model: Model, reason: int, anchor: int) -> str:
 def respond(comps: Components, req: RecommendationRequest, plan: Plan, user: UserFeatures,
             ranking: Ranking, trace: Trace) -> dict:
     model = comps.model
+    return {
+        "user_id": req.user_id,
+        "items": slate_items(model, user, ranking),
+        "variant": plan.variant,
+        "experiment": plan.experiment,
+        "model_version": model.version,
+        "fallback": trace.fallback,
+    }
+
+
+def slate_items(model: Model, user: UserFeatures, ranking: Ranking) -> list[dict]:
     ids = model.catalog.item_ids
-    items = [
+    return [
         {
             "item_id": str(ids[i]),
             "score": round(float(s), 6),
@@ -500,14 +592,6 @@ def respond(comps: Components, req: RecommendationRequest, plan: Plan, user: Use
         for i, s, r, a in zip(ranking.items.tolist(), ranking.scores.tolist(),
                               ranking.reasons.tolist(), ranking.anchors.tolist(), strict=True)
     ]
-    return {
-        "user_id": req.user_id,
-        "items": items,
-        "variant": plan.variant,
-        "experiment": plan.experiment,
-        "model_version": model.version,
-        "fallback": trace.fallback,
-    }
 
 
 async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,

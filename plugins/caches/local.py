@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from rankly.engine import hookimpl
-from rankly.engine.pipeline import REFRESH_FIELD
+from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD
 from rankly.engine.store import Store
 from rankly.engine.types import ComponentContext
 
@@ -31,24 +31,33 @@ class LocalCache:
     Stale while revalidate: for ``stale`` seconds after its expiry an entry is still returned,
     marked for refresh, so the pipeline serves it and recomputes the key in the background
     (single flight: once per key). Keys that expire together then never make requests wait
-    for their recomputation. Staleness is bounded by ``ttl * (1 + jitter) + stale``; an
-    invalidated entry is gone at once.
+    for their recomputation. Staleness is bounded by ``ttl * (1 + jitter) + stale``.
+
+    Invalidation (``invalidation``): "drop" removes the user's entries at once. "revalidate"
+    (the default) keeps them, marked dirty: a dirty entry is returned with ``DIRTY_FIELD``
+    set, and the pipeline serves it only after removing what the user has seen since (see
+    ``pipeline.revalidate``), recomputing the key behind it. The next ``set`` of the key
+    clears the mark. A dirty entry still expires with its TTL.
     """
 
     tier = "l1"
 
     def __init__(self, max_entries: int, max_bytes: int, ttl: float, jitter: float = 0.1,
                  stale: float = 0.0, clock=time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, invalidation: str = "drop") -> None:
+        if invalidation not in ("drop", "revalidate"):
+            raise ValueError(f"invalidation must be 'drop' or 'revalidate', not {invalidation!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.jitter = jitter
         self.stale = stale
+        self.revalidate = invalidation == "revalidate"
         self.clock = clock
         self.rng = rng or random.Random()
         self._data: OrderedDict[str, tuple[float, int, str | None, dict[str, Any]]] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()  # keys whose user had an invalidating event since
         self.bytes = 0
         self.store: Store | None = None
         self._follower: asyncio.Task | None = None
@@ -70,6 +79,8 @@ class LocalCache:
                 return None
             return {**value, REFRESH_FIELD: True}  # the refresh's set() replaces the entry
         self._data.move_to_end(key)
+        if self._dirty and key in self._dirty:
+            return {**value, DIRTY_FIELD: True}
         return value
 
     async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
@@ -81,6 +92,7 @@ class LocalCache:
             return
         if key in self._data:
             self._drop(key)
+        self._dirty.discard(key)
         ttl = self.ttl * (1 + self.rng.uniform(-self.jitter, self.jitter))
         self._data[key] = (self.clock() + ttl, size, user_id, value)
         self.bytes += size
@@ -90,13 +102,18 @@ class LocalCache:
             self._drop(next(iter(self._data)))
 
     async def invalidate_user(self, user_id: str) -> None:
-        """Drop ``user_id``'s entries here, then tell every other worker's L1 to do the same."""
+        """Invalidate ``user_id``'s entries here, then tell every other worker's L1 to do the
+        same."""
         self.drop_user(user_id)
         if self.store is not None:
             await self.store.publish(INVALIDATE_CHANNEL, user_id)
 
     def drop_user(self, user_id: str) -> None:
-        """Drop ``user_id``'s entries in this process only."""
+        """Invalidate ``user_id``'s entries in this process only: drop them, or mark them
+        dirty (``invalidation="revalidate"``)."""
+        if self.revalidate:
+            self._dirty.update(self._by_user.get(user_id, ()))
+            return
         for key in self._by_user.pop(user_id, ()):
             self._drop(key)
 
@@ -124,9 +141,7 @@ class LocalCache:
         async for user_id in store.subscribe(INVALIDATE_CHANNEL):
             if user_id is None:
                 # (re)subscribed: invalidations sent meanwhile were missed
-                self._data.clear()
-                self._by_user.clear()
-                self.bytes = 0
+                await self.clear()
                 self.following.set()
             else:
                 self.drop_user(user_id)
@@ -134,6 +149,7 @@ class LocalCache:
     async def clear(self) -> None:
         self._data.clear()
         self._by_user.clear()
+        self._dirty.clear()
         self.bytes = 0
 
     def _drop(self, key: str) -> None:
@@ -142,6 +158,7 @@ class LocalCache:
             return
         _, size, user_id, _ = entry
         self.bytes -= size
+        self._dirty.discard(key)
         if user_id is not None:
             keys = self._by_user.get(user_id)
             if keys is not None:
@@ -164,6 +181,7 @@ def register_caches(register):
             # behind stale answers instead of making their requests wait (#9)
             stale=float(opts.get("stale_seconds",
                                  0.1 * float(opts.get("ttl_seconds", c.ttl_seconds)))),
+            invalidation=str(opts.get("invalidation", c.invalidation)),
         )
         if ctx.store is not None and opts.get("follow_invalidations", True):
             cache.follow(ctx.store)

@@ -33,17 +33,27 @@ def log_lines(settings) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def check_purchase_excluded_within_a_second(client: TestClient, user: str = "7") -> None:
+def check_purchase_excluded_within_a_second(client: TestClient, user: str = "7",
+                                            invalidation: str = "revalidate") -> None:
     first = client.get("/recommendations", params={"user_id": user, "n": 10})
     assert client.get("/recommendations", params={"user_id": user, "n": 10}).json()["cached"]
-    bought = ids(first)[0]
+    bought = ids(first)[3]
     start = time.perf_counter()
     r = client.post("/events", json=purchase(user, bought))
     assert r.status_code == 202 and r.json()["accepted"] == 1
     after = client.get("/recommendations", params={"user_id": user, "n": 10})
     elapsed = time.perf_counter() - start
     assert bought not in ids(after)
-    assert after.json()["cached"] is False
+    assert len(ids(after)) == 10
+    if invalidation == "revalidate":
+        # the cached slate minus the purchase, topped up with its first spare item, while
+        # the key recomputes behind it
+        assert after.json()["cached"] is True
+        assert ids(after)[:9] == [i for i in ids(first) if i != bought]
+        assert ids(after)[9] not in ids(first)
+        assert not any(k.startswith("_") for k in after.json())
+    else:
+        assert after.json()["cached"] is False
     assert elapsed < 1.0
     time.sleep(0.3)  # after the delayed second invalidation it stays excluded
     assert bought not in ids(client.get("/recommendations", params={"user_id": user, "n": 10}))
@@ -52,6 +62,13 @@ def check_purchase_excluded_within_a_second(client: TestClient, user: str = "7")
 def test_purchase_is_excluded_from_the_next_recommendation(settings):
     with TestClient(create_app(settings)) as client:
         check_purchase_excluded_within_a_second(client)
+
+
+def test_purchase_drops_the_cached_answer_with_invalidation_drop(artifacts, settings_for,
+                                                                 tmp_path):
+    s = settings_for(artifacts, data_dir=tmp_path / "data", cache={"invalidation": "drop"})
+    with TestClient(create_app(s)) as client:
+        check_purchase_excluded_within_a_second(client, invalidation="drop")
 
 
 def test_purchase_is_excluded_on_redis_with_l1_and_l2(artifacts, settings_for, tmp_path,

@@ -295,3 +295,81 @@ def test_warm_up_survives_a_broken_pipeline(model, settings_for, faulty):
     assert asyncio.run(pipeline.warm_up(rt)) > 0
     assert faulty.calls["boom"] == 1  # it really ran the plan
     assert set(rt.breakers.states().values()) <= {"closed"}  # and failures were not counted
+
+
+# --- invalidation = "revalidate": dirty entries served minus what the user has seen since ----
+
+
+def purchase(rt, user_id, item_id):
+    """What the events service does for a purchase: project it, then invalidate the user."""
+    async def go():
+        await rt.store.record_interaction(user_id, item_id, seen=True)
+        for _, cache in rt.caches:
+            await cache.invalidate_user(user_id)
+    asyncio.run(go())
+
+
+def test_cached_answers_carry_spare_items_ranked_after_the_slate(runtime, model):
+    first = rank(runtime, user_id="21")
+    entry = asyncio.run(runtime.caches[0][1].get(
+        pipeline.cache_key(RecommendationRequest(user_id="21", n=10, request_id="t"),
+                           pipeline.default_plan(runtime), model.version), "21"))
+    spare = [it["item_id"] for it in entry[pipeline.SPARE_FIELD]]
+    assert len(spare) == runtime.settings.cache.spare_items == 5
+    assert not set(spare) & set(ids(first)) and not set(spare) & history_ids(model, "21")
+    # the diversity cap (3 per category) holds over the slate and its spares together
+    cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(first) + spare]
+    assert max(np.bincount(cats)) <= 3
+    assert pipeline.SPARE_FIELD not in first
+
+
+def test_a_purchase_of_a_slate_item_is_served_topped_up_then_recomputed_behind(runtime):
+    first = rank(runtime, user_id="22")
+    bought = ids(first)[2]
+    before = runtime.flights.computations
+    purchase(runtime, "22", bought)
+
+    async def after_purchase():
+        req = RecommendationRequest(user_id="22", n=10, request_id="t")
+        got = await pipeline.rank(runtime, req, pipeline.default_plan(runtime))
+        while pipeline._refreshing:  # the key recomputes behind the served answer
+            await asyncio.sleep(0.005)
+        return got, await pipeline.rank(runtime, req, pipeline.default_plan(runtime))
+
+    served, then = asyncio.run(after_purchase())
+    assert served["cached"] is True and bought not in ids(served)
+    assert ids(served)[:9] == [i for i in ids(first) if i != bought]
+    assert runtime.flights.computations - before == 1  # the background recompute
+    assert then["cached"] is True and bought not in ids(then) and len(then["items"]) == 10
+    cache = runtime.caches[0][1]
+    assert not cache._dirty  # the recompute's set() cleared the mark
+
+
+def test_a_dirty_answer_without_enough_spares_is_recomputed_on_the_request(runtime):
+    first = rank(runtime, user_id="23")
+    for item in ids(first)[:6]:  # more than the 5 spares can replace
+        purchase(runtime, "23", item)
+    again = rank(runtime, user_id="23")
+    assert again["cached"] is False
+    assert not set(ids(again)) & set(ids(first)[:6]) and len(again["items"]) == 10
+
+
+def test_a_dirty_answer_is_recomputed_when_the_store_cannot_be_read(runtime):
+    first = rank(runtime, user_id="24")
+    purchase(runtime, "24", ids(first)[0])
+
+    async def down(user_id):
+        raise pipeline.StoreUnavailable("down")
+
+    runtime.store.fetch_user = down
+    again = rank(runtime, user_id="24")
+    assert again["cached"] is False and again["fallback"] == "store_down"
+
+
+def test_invalidation_drop_makes_the_next_request_compute(model, settings_for):
+    settings = settings_for(model.path, cache={"invalidation": "drop"})
+    rt = build_runtime(settings, model)
+    first = rank(rt, user_id="25")
+    purchase(rt, "25", ids(first)[0])
+    again = rank(rt, user_id="25")
+    assert again["cached"] is False and ids(first)[0] not in ids(again)

@@ -3,7 +3,7 @@
 Sustainable rate: 2,000 events/s on the embedded file log is what benchmarks/events_load.py
 holds on this machine (benchmarks/README.md, "Events under load"). The flood offers 10,000
 events/s (200 posts/s of 50 events, that benchmark's mix with 20% purchases) for ``FLOOD_S``
-seconds from a separate process, while this process measures /recommendations at a steady
+(30) seconds from a separate process, while this process measures /recommendations at a steady
 rate and samples the server's RSS from /proc. The flood client runs niced (a real flood
 comes from other machines; here its own CPU would count as the server's slowdown).
 
@@ -26,7 +26,7 @@ from procs import paced_load, percentile, run_flood, summary_ms
 pytestmark = pytest.mark.slow
 
 SUSTAINABLE = 2000  # events/s, also the default rate_limits.events_global_per_second
-FLOOD_S = 10.0
+FLOOD_S = 30.0
 BATCH = 50
 REC_RATE = 100  # /recommendations req/s, unloaded and under the flood
 
@@ -34,7 +34,7 @@ REC_RATE = 100  # /recommendations req/s, unloaded and under the flood
 def test_event_flood_answers_202_429_503_and_spares_recommendations(server_factory):
     server = server_factory()
     asyncio.run(paced_load(server.url, rate=REC_RATE, duration=2.0))  # warm the caches
-    unloaded = asyncio.run(paced_load(server.url, rate=REC_RATE, duration=5.0))
+    unloaded = asyncio.run(paced_load(server.url, rate=REC_RATE, duration=10.0))
     rss = [server.rss_kb()]
     flood = run_flood(server.url, rate=5 * SUSTAINABLE, batch=BATCH, duration=FLOOD_S)
     try:
@@ -71,7 +71,9 @@ def test_event_flood_answers_202_429_503_and_spares_recommendations(server_facto
         "unloaded_ms": summary_ms([s.latency for s in unloaded]),
         "loaded_ms": summary_ms([s.latency for s in loaded]),
         "p99_ratio": round(p99_loaded / p99_unloaded, 2),
-        # purchases in the flood invalidate cached answers: the loaded p99 is a miss's
+        # the flood's purchases invalidate cached answers; with cache.invalidation =
+        # "revalidate" they are served minus the purchases while recomputing behind
+        "revalidations": _counters(server.url, ("rankly_cache_revalidations_total{",)),
         "cached_share": [round(sum(bool(s.cached) for s in got) / len(got), 3)
                          for got in (unloaded, loaded)],
         "loaded_hits_ms": summary_ms([s.latency for s in loaded if s.cached]),
@@ -89,11 +91,10 @@ def test_event_flood_answers_202_429_503_and_spares_recommendations(server_facto
         assert statuses.get("429", 0) > 0
     assert {s.status for s in loaded} == {200}
     assert max(rss) - rss[0] < 200 * 1024, "memory grew by more than 200 MB"
-    # goal: p99 <= 1.5x unloaded, reported: the flood's purchases invalidate ~20% of the
-    # measured users' cached answers, so the loaded p99 is a fresh computation's (2-4 ms)
-    # against the unloaded p99 of cache hits (~1 ms); hits alone under the flood stay at
-    # ~1.0x (hits_p99_ratio). Wall-time ratios swing on this shared machine; asserted: none
-    # waited ~1 s
+    # goal: p99 <= 1.5x unloaded, reported (p99_ratio), not asserted: wall-time ratios swing
+    # on this shared machine. The flood's purchases invalidate ~20% of the measured users'
+    # answers; with cache.invalidation = "drop" those requests were fresh computations (2-4
+    # ms against ~1 ms hits: 3.3-3.8x), revalidated they are hits. Asserted: none waited ~1 s
     assert max(s.latency for s in loaded) < 1.0
 
 
@@ -110,10 +111,14 @@ def _stored_flood_events(data_dir) -> int:
 
 def _shed_counters(url: str) -> dict[str, float]:
     """The server's admission counters (requests shed and events refused, by reason)."""
+    return _counters(url, ("rankly_event_requests_shed_total{", "rankly_events_rejected_total{"))
+
+
+def _counters(url: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The server's counters whose lines start with one of ``prefixes``."""
     out: dict[str, float] = {}
     for line in httpx.get(url + "/metrics", timeout=10.0).text.splitlines():
-        if line.startswith(("rankly_event_requests_shed_total{",
-                            "rankly_events_rejected_total{")):
+        if line.startswith(prefixes):
             name, value = line.rsplit(" ", 1)
             out[name.replace("rankly_", "").replace("_total", "")] = float(value)
     return out
