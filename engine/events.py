@@ -21,6 +21,9 @@ RATING_RANGE = (0.0, 5.0)
 #: Clocks drift; a timestamp further ahead than this is a client bug, not a clock skew.
 MAX_FUTURE_SKEW_S = 3600.0
 MIN_TIMESTAMP = 946684800.0  # 2000-01-01: earlier is a unit mistake (ms vs s) or garbage
+#: The shortest event a body can carry, with the comma that separates it from the next one:
+#: a body of N bytes holds at most (N + 1) // this many events (see :func:`max_events_in`).
+MIN_EVENT_BYTES = len('{"event_id":"a","user_id":1,"item_id":1,"type":""},')
 _FIELDS = {"event_id", "user_id", "item_id", "type", "value", "timestamp", "request_id",
            "context"}
 
@@ -144,6 +147,15 @@ class ParsedBatch:
     positions: list[int]
     rejected: list[dict[str, Any]]
     single: bool  # the body was one event object, not a list
+
+
+def max_events_in(content_length: int | None, limit: int) -> int:
+    """The most events a ``POST /events`` body of ``content_length`` bytes can hold (at least
+    1, at most ``limit``; 1 when the length is unknown): what admission control asks the
+    token bucket for before reading the body."""
+    if content_length is None:
+        return 1
+    return max(1, min(limit, (content_length + 1) // MIN_EVENT_BYTES))
 
 
 def parse_batch(raw: bytes, settings: Settings, now: float | None = None) -> ParsedBatch:

@@ -179,10 +179,12 @@ class EventAdmission:
     * at most ``max_inflight`` ingest requests at once (0: no cap), checked before the body is
       read, so a flood costs O(1) per refused request and bodies held in memory are bounded;
     * a token bucket of events (not requests): ``rate`` events per second, ``capacity`` at
-      most (0 rate: unlimited). Before the body is read the bucket must hold at least one
-      token; once the batch is parsed, its number of valid events is charged at once, and a
-      batch larger than what the bucket holds is refused whole (nothing of it is stored), so
-      a batch is never half-accepted.
+      most (0 rate: unlimited). Before the body is read the bucket must hold as many tokens
+      as the body can hold events (``events_hint``: from its Content-Length, see
+      ``events.max_events_in``; at least one, at most the capacity), so a flood is refused
+      without reading or parsing its bodies. Once the batch is parsed, its number of valid
+      events is charged at once, and a batch larger than what the bucket holds is refused
+      whole (nothing of it is stored), so a batch is never half-accepted.
 
     Single-threaded (one event loop per worker), so no locks; every call is O(1).
     """
@@ -215,14 +217,16 @@ class EventAdmission:
     def _wait(self, needed: float) -> int:
         return max(1, math.ceil((needed - self.tokens) / self.rate))
 
-    def enter(self) -> IngestSlot | Refusal:
-        """Before the body is read: a slot if under the in-flight cap with a non-empty bucket."""
+    def enter(self, events_hint: int = 1) -> IngestSlot | Refusal:
+        """Before the body is read: a slot if under the in-flight cap and the bucket holds
+        ``events_hint`` tokens (the most events the body can hold; capped at the capacity)."""
         if self.max_inflight and self.inflight >= self.max_inflight:
             return Refusal("inflight", 1)
         if self.rate > 0:
             self._refill()
-            if self.tokens < 1.0:
-                return Refusal("rate", self._wait(1.0))
+            needed = min(max(1.0, float(events_hint)), self.capacity)
+            if self.tokens < needed:
+                return Refusal("rate", self._wait(needed))
         self.inflight += 1
         return IngestSlot(self)
 

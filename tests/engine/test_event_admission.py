@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from rankly.engine.app import create_app
 from rankly.engine.config import ConfigError, RateLimits
+from rankly.engine.events import MIN_EVENT_BYTES, max_events_in
 from rankly.engine.events_api import EXTRAS_KEY
 from rankly.engine.ratelimit import EventAdmission, IngestSlot, Refusal
 
@@ -66,6 +67,19 @@ def test_an_empty_bucket_refuses_before_the_body_is_read():
     assert slow.charge(10) is None
     assert slow.enter() == Refusal("rate", 4)  # Retry-After: whole seconds until a token
     assert slow.charge(10) == Refusal("over_budget", 40)
+
+
+def test_before_the_body_is_read_the_bucket_must_hold_the_events_it_can_carry():
+    adm, clock = admission(rate=10.0, capacity=20.0)
+    assert adm.charge(12) is None  # 8 left
+    assert adm.enter(9) == Refusal("rate", 1)
+    slot = adm.enter(8)
+    assert isinstance(slot, IngestSlot)
+    slot.close()
+    assert isinstance(adm.enter(10**6), Refusal)  # capped at the capacity: waits for 20
+    clock.now += 2.0
+    big = adm.enter(10**6)
+    assert isinstance(big, IngestSlot) and adm.tokens == pytest.approx(20.0)  # nothing taken
 
 
 def test_the_in_flight_cap_counts_slots_until_released():
@@ -181,7 +195,10 @@ def test_a_batch_over_the_budget_is_429_with_retry_after_and_stores_nothing(limi
     rejected_before = metric(client, "rankly_events_rejected_total", "over_budget")
     r = client.post("/events", json=batch("a", 15))
     assert r.status_code == 202 and r.json()["accepted"] == 15
-    r = client.post("/events", json=batch("b", 10))  # 5 tokens left: refused whole
+    # 5 tokens left. A chunked body has no Content-Length: it is read, parsed, then its 10
+    # events are refused whole
+    chunked = iter([json.dumps(batch("b", 10)).encode()])
+    r = client.post("/events", content=chunked, headers={"content-type": "application/json"})
     assert r.status_code == 429
     assert r.headers["retry-after"] == "1"
     assert r.headers["content-type"] == "application/json"
@@ -194,6 +211,32 @@ def test_a_batch_over_the_budget_is_429_with_retry_after_and_stores_nothing(limi
     assert r.status_code == 202 and r.json() == {"accepted": 10, "duplicates": 0,
                                                  "rejected": []}
     assert stored_ids(settings) == [f"a-{i}" for i in range(15)] + [f"b-{i}" for i in range(10)]
+
+
+def test_a_body_that_can_hold_more_events_than_the_bucket_is_refused_unread(limited):
+    client, settings, clock = limited
+    assert client.post("/events", json=batch("a", 12)).status_code == 202
+    shed_before = metric(client, "rankly_event_requests_shed_total", "rate")
+    body = json.dumps(batch("b", 8)).encode()  # 8 tokens left; this body could hold 11
+    assert max_events_in(len(body), 20) == (len(body) + 1) // MIN_EVENT_BYTES > 8
+    r = client.post("/events", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert metric(client, "rankly_event_requests_shed_total", "rate") == shed_before + 1
+    assert stored_ids(settings) == [f"a-{i}" for i in range(12)]
+    small = json.dumps(batch("c", 4)).encode()
+    assert max_events_in(len(small), 20) <= 8  # fits what the bucket holds: read and stored
+    r = client.post("/events", content=small, headers={"content-type": "application/json"})
+    assert r.status_code == 202 and r.json()["accepted"] == 4
+
+
+def test_max_events_in_bounds_the_events_a_body_can_hold():
+    shortest = b'{"event_id":"a","user_id":1,"item_id":1,"type":""}'
+    for n in (1, 2, 7, 100):
+        body = b"[" + b",".join([shortest] * n) + b"]"
+        assert max_events_in(len(body), 10**6) >= n
+    assert max_events_in(None, 1000) == 1  # chunked: unknown
+    assert max_events_in(0, 1000) == 1
+    assert max_events_in(10**9, 1000) == 1000
 
 
 def test_an_empty_bucket_refuses_events_and_clicks_before_reading(limited):
