@@ -167,9 +167,11 @@ class EventsService:
         """Append durably, then project and invalidate; raises ``StoreUnavailable``."""
         result = await self.log.append(events, idempotent=idempotent)
         if result.new:
+            for kind, count in collections.Counter(e.type for e in result.new).items():
+                metrics.child(metrics.EVENTS, kind).inc(count)
             for e in result.new:
-                metrics.EVENTS.labels(e.type).inc()
-                await self.record_outcome(e)
+                if e.type in OUTCOME_OF_EVENT:
+                    await self.record_outcome(e)
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:

@@ -7,6 +7,9 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from rankly.engine.config import load_settings
 from rankly.engine.event_log import FileEventLog
 from rankly.engine.events import Event
@@ -135,3 +138,23 @@ def test_a_newly_hot_item_rises_without_retraining(model):
     seen = np.array([hot_idx])
     user = UserFeatures("u", -1, seen, seen)
     assert hot_idx not in gen.generate(user, 10).items
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.floats(0.1, 10.0),
+                          st.floats(0.0, 400_000.0)), max_size=40),
+       st.booleans())
+def test_add_many_is_add_in_order(updates, bound):
+    # half-life 1 h: a jump of 4 days of event time passes the renormalization threshold
+    one, many = DecayedCounter(half_life_s=3600), DecayedCounter(half_life_s=3600)
+    index = {k: i for i, k in enumerate("abcd")}
+    if bound:
+        one.array(index, 4)
+        many.array(index, 4)
+    for key, w, t in updates:
+        one.add(key, w, t)
+    many.add_many(updates)
+    assert one.t0 == many.t0 and one.latest == many.latest
+    assert one.values == many.values
+    if updates:
+        np.testing.assert_array_equal(one.array(index, 4), many.array(index, 4))
