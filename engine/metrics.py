@@ -38,7 +38,8 @@ CACHE_LOOKUPS = Counter(
 REVALIDATIONS = Counter(
     "rankly_cache_revalidations_total",
     "Cached answers invalidated by an event and then requested, by outcome: served as is, "
-    "topped_up from spare items, or recomputed (too_few_spares, store_down)", ["outcome"]
+    "topped_up from spare items, recomputed (too_few_spares), or served unchecked because "
+    "the store could not be read (store_down)", ["outcome"]
 )
 FALLBACKS = Counter("rankly_fallbacks_total", "Fallback answers by reason", ["reason"])
 PLUGIN_FAILURES = Counter(

@@ -184,7 +184,7 @@ def served(entry: dict, cached: bool, request_id: str | None) -> dict:
 
 async def revalidate(rt: Runtime, req: RecommendationRequest, entry: dict) -> dict | None:
     """A dirty cache entry made safe to serve, or None when it cannot be (then the request
-    computes a fresh answer).
+    computes a fresh answer). When the store cannot be read it is served as it is.
 
     The user had an invalidating event (a purchase, say) after ``entry`` was computed, and the
     store already has it. Items the user has now seen are removed and the slate is topped up
@@ -199,8 +199,10 @@ async def revalidate(rt: Runtime, req: RecommendationRequest, entry: dict) -> di
         async with asyncio.timeout(rt.settings.deadlines.store_ms / 1000.0 * 2):
             online = await rt.store.fetch_user(req.user_id)
     except (StoreUnavailable, TimeoutError, OSError):
+        # NOTE: served as it is: what the user has seen since is in the store, so no answer
+        # can leave it out now, and the store_down fallback would not be personalized either
         metrics.REVALIDATIONS.labels("store_down").inc()
-        return None
+        return entry
     seen = set(online.seen)
     seen.update(online.history)
     items = entry["items"]
