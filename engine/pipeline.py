@@ -44,6 +44,9 @@ DIRTY_FIELD = "_dirty"
 #: Cached answers carry the next ranked items (``cache.spare_items``) under this field, to top
 #: up a revalidated slate; never served. Fields starting with "_" are never served.
 SPARE_FIELD = "_spare"
+#: When the computation of a cached answer started (``time.monotonic()``, this process): an
+#: in-process tier compares it with the user's last invalidation (see LocalCache.set).
+STARTED_FIELD = "_started"
 _refreshing: set[asyncio.Task] = set()  # strong references to background recomputes
 _queued: set[str] = set()  # cache keys whose background refresh waits for a slot
 _refresh_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -222,6 +225,7 @@ async def revalidate(rt: Runtime, req: RecommendationRequest, entry: dict) -> di
 async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
                   key: str) -> dict:
     """Compute a fresh answer (payload without request_id) and store it in every tier."""
+    started = time.monotonic()
     trace = Trace()
     user = await fetch_features(rt, comps.model, req, trace)
     deadline = rt.settings.deadlines.request_ms / 1000.0
@@ -245,9 +249,9 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     payload = respond(comps, req, plan, user, ranking, trace)
     quality.observe(rt, comps.model, ranking.items, user.is_cold)
     if trace.fallback in (None, "cold_start"):
-        entry = payload
+        entry = {**payload, STARTED_FIELD: started}
         if trace.spares is not None and len(trace.spares):
-            entry = {**payload, SPARE_FIELD: slate_items(comps.model, user, trace.spares)}
+            entry[SPARE_FIELD] = slate_items(comps.model, user, trace.spares)
         await store_cache(rt, key, req.user_id, entry)
     return payload
 
@@ -308,7 +312,9 @@ async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dic
         metrics.child(metrics.CACHE_LOOKUPS, tier, "hit" if value is not None else "miss").inc()
         if value is not None:
             if pos:  # a hit in a slower tier fills the faster ones
-                fresh = {k: v for k, v in value.items() if k not in (REFRESH_FIELD, DIRTY_FIELD)}
+                # (another process's start time means nothing here)
+                fresh = {k: v for k, v in value.items()
+                         if k not in (REFRESH_FIELD, DIRTY_FIELD, STARTED_FIELD)}
                 await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
             return value
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -12,12 +13,15 @@ from typing import Any
 import orjson
 
 from rankly.engine import hookimpl
-from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD
+from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.store import Store
 from rankly.engine.types import ComponentContext
 
 log = logging.getLogger("rankly.cache")
 INVALIDATE_CHANNEL = "invalidate"
+#: How long a user's last invalidation time is kept: a computation lasts at most the request
+#: deadline (a plugin past it is abandoned and its answer is not cached).
+INVALIDATION_MEMORY_S = 60.0
 
 
 class LocalCache:
@@ -38,6 +42,11 @@ class LocalCache:
     set, and the pipeline serves it only after removing what the user has seen since (see
     ``pipeline.revalidate``), recomputing the key behind it. The next ``set`` of the key
     clears the mark. A dirty entry still expires with its TTL.
+
+    A computation that started before its user's last invalidation (the value's
+    ``STARTED_FIELD``, ``time.monotonic()``) may hold what the event changed: its ``set``
+    stores it dirty ("revalidate") or not at all ("drop"). Invalidation times are kept for
+    ``INVALIDATION_MEMORY_S``, longer than any computation can last.
     """
 
     tier = "l1"
@@ -58,6 +67,8 @@ class LocalCache:
         self._data: OrderedDict[str, tuple[float, int, str | None, dict[str, Any]]] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
         self._dirty: set[str] = set()  # keys whose user had an invalidating event since
+        self._invalidated: dict[str, float] = {}  # user -> last invalidation (monotonic),
+        # oldest first
         self.bytes = 0
         self.store: Store | None = None
         self._follower: asyncio.Task | None = None
@@ -90,9 +101,16 @@ class LocalCache:
         size = len(orjson.dumps(value))
         if size > self.max_bytes:
             return
+        started = value.get(STARTED_FIELD)
+        late = (started is not None and user_id is not None
+                and self._invalidated.get(user_id, float("-inf")) >= started)
+        if late and not self.revalidate:
+            return  # computed before the user's last invalidation: not stored
         if key in self._data:
             self._drop(key)
         self._dirty.discard(key)
+        if late:
+            self._dirty.add(key)
         ttl = self.ttl * (1 + self.rng.uniform(-self.jitter, self.jitter))
         self._data[key] = (self.clock() + ttl, size, user_id, value)
         self.bytes += size
@@ -111,11 +129,22 @@ class LocalCache:
     def drop_user(self, user_id: str) -> None:
         """Invalidate ``user_id``'s entries in this process only: drop them, or mark them
         dirty (``invalidation="revalidate"``)."""
+        self._remember_invalidation(user_id)
         if self.revalidate:
             self._dirty.update(self._by_user.get(user_id, ()))
             return
         for key in self._by_user.pop(user_id, ()):
             self._drop(key)
+
+    def _remember_invalidation(self, user_id: str) -> None:
+        now = time.monotonic()  # the clock of STARTED_FIELD, not the TTL clock
+        seen = self._invalidated
+        seen.pop(user_id, None)
+        seen[user_id] = now
+        for oldest in list(itertools.islice(seen, 64)):  # amortized: stop at the first recent
+            if seen[oldest] >= now - INVALIDATION_MEMORY_S:
+                break
+            del seen[oldest]
 
     def follow(self, store: Store) -> None:
         """Apply invalidations broadcast through ``store`` (started now if a loop runs)."""
@@ -150,6 +179,7 @@ class LocalCache:
         self._data.clear()
         self._by_user.clear()
         self._dirty.clear()
+        self._invalidated.clear()
         self.bytes = 0
 
     def _drop(self, key: str) -> None:

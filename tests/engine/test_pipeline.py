@@ -376,3 +376,29 @@ def test_invalidation_drop_makes_the_next_request_compute(model, settings_for):
     purchase(rt, "25", ids(first)[0])
     again = rank(rt, user_id="25")
     assert again["cached"] is False and ids(first)[0] not in ids(again)
+
+
+def test_an_answer_computed_across_a_purchase_is_stored_dirty(runtime):
+    # the "slow" scorer takes 80 ms: the purchase lands while the answer is being computed
+    plan = plan_with(runtime, scorers=("slow",))
+    req = RecommendationRequest(user_id="26", n=10, request_id="race")
+    first = rank(runtime, plan, user_id="26")
+    bought = ids(first)[0]
+    cache = runtime.caches[0][1]
+    asyncio.run(cache.clear())
+
+    async def race():
+        computing = asyncio.create_task(pipeline.rank(runtime, req, plan))
+        await asyncio.sleep(0.03)
+        await runtime.store.record_interaction("26", bought, seen=True)
+        await cache.invalidate_user("26")
+        stale = await computing  # computed from the state before the purchase
+        after = await pipeline.rank(runtime, req, plan)
+        while pipeline._refreshing:
+            await asyncio.sleep(0.005)
+        return stale, after
+
+    stale, after = asyncio.run(race())
+    assert bought in ids(stale)  # answered before the purchase was known: fine
+    assert after["cached"] is True and bought not in ids(after)  # never served again
+    assert len(after["items"]) == 10

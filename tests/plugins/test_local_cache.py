@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from unittest.mock import ANY
 
 import pytest
 
-from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD
+from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.store import MemoryStore
 from rankly.plugins.caches.local import LocalCache
 
@@ -115,3 +117,33 @@ def test_another_workers_invalidation_marks_entries_here():
 def test_an_unknown_invalidation_mode_is_refused():
     with pytest.raises(ValueError, match="invalidation"):
         make("sometimes")
+
+
+@pytest.mark.parametrize("mode", ["revalidate", "drop"])
+def test_an_answer_computed_before_the_users_invalidation_is_not_stored_clean(mode):
+    async def scenario():
+        cache = make(mode)
+        before = time.monotonic()  # a computation starts ...
+        await cache.invalidate_user("u1")  # ... the user buys something meanwhile ...
+        await cache.set("a", "u1", {**PAYLOAD, STARTED_FIELD: before})  # ... and it lands
+        after = time.monotonic()
+        await cache.set("b", "u1", {**PAYLOAD, STARTED_FIELD: after})  # started after: clean
+        await cache.set("c", "u2", {**PAYLOAD, STARTED_FIELD: before})  # another user: clean
+        return [await cache.get(k, u) for k, u in (("a", "u1"), ("b", "u1"), ("c", "u2"))]
+
+    late, fresh, other = asyncio.run(scenario())
+    assert late == (None if mode == "drop" else {**PAYLOAD, STARTED_FIELD: ANY, DIRTY_FIELD: True})
+    assert DIRTY_FIELD not in fresh and DIRTY_FIELD not in other
+
+
+def test_invalidation_times_are_forgotten_after_the_memory(monkeypatch):
+    from rankly.plugins.caches import local
+
+    cache = make("revalidate")
+    now = [1000.0]
+    monkeypatch.setattr(local.time, "monotonic", lambda: now[0])
+    for user in range(100):
+        asyncio.run(cache.invalidate_user(f"u{user}"))
+        now[0] += 1.0
+    assert len(cache._invalidated) <= local.INVALIDATION_MEMORY_S + 2
+    assert "u99" in cache._invalidated and "u0" not in cache._invalidated
