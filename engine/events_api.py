@@ -126,8 +126,9 @@ class EventsService:
         self.admission = EventAdmission.from_settings(rt.settings.rate_limits,
                                                       rt.settings.limits.max_events_batch)
         # NOTE: a request computed before an invalidation can store its (stale) answer after
-        # it; every such request ends within the request deadline, so a second invalidation
-        # one deadline later removes what it stored.
+        # it. The L1 tier sees that from the answer's start time (LocalCache.set); for the
+        # other tiers (L2, third-party caches) a second invalidation one deadline later
+        # removes what it stored, since every such request ends within the request deadline.
         self.reinvalidate_s = rt.settings.deadlines.request_ms / 1000.0 + 0.05
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
