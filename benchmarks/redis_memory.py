@@ -11,10 +11,12 @@ import argparse
 import asyncio
 import io
 import json
+import time
 
 import numpy as np
 
-from rankly.engine.config import load_settings
+from rankly.engine.config import CacheSettings, load_settings
+from rankly.engine.pipeline import SPARE_FIELD, STARTED_FIELD
 from rankly.engine.redis_store import RedisStore
 from rankly.plugins.caches.redis import RedisCache
 
@@ -23,12 +25,17 @@ async def used(r) -> int:
     return int((await r.info("memory"))["used_memory"])
 
 
-def payload(n: int) -> dict:
-    return {"user_id": "u", "items": [{"item_id": str(1000 + i), "score": 1.234567,
-                                       "reasons": ["Because you liked Classic Novel #12"]}
-                                      for i in range(n)],
+def payload(n: int, spares: int = CacheSettings().spare_items) -> dict:
+    """A cached answer as the pipeline stores it: n items, plus the spare items that top up a
+    revalidated slate and the computation's start time (the L2 keeps the spares)."""
+    def item(i: int) -> dict:
+        return {"item_id": str(1000 + i), "score": 1.234567,
+                "reasons": ["Because you liked Classic Novel #12"]}
+
+    return {"user_id": "u", "items": [item(i) for i in range(n)],
             "variant": None, "experiment": None, "model_version": "20250101T000000-abcdef12",
-            "fallback": None}
+            "fallback": None, SPARE_FIELD: [item(n + i) for i in range(spares)],
+            STARTED_FIELD: time.monotonic()}
 
 
 async def main(url: str, users: int, history: int, answers: int, n: int, items: int) -> None:

@@ -126,9 +126,10 @@ class EventsService:
         self.admission = EventAdmission.from_settings(rt.settings.rate_limits,
                                                       rt.settings.limits.max_events_batch)
         # NOTE: a request computed before an invalidation can store its (stale) answer after
-        # it. The L1 tier sees that from the answer's start time (LocalCache.set); for the
-        # other tiers (L2, third-party caches) a second invalidation one deadline later
-        # removes what it stored, since every such request ends within the request deadline.
+        # it. Tiers that compare start times see that (``checks_start_times``: the L1, and the
+        # L2 when it revalidates); for the others (the L2 with invalidation=drop, third-party
+        # caches) a second invalidation one deadline later removes what it stored, since
+        # every such request ends within the request deadline.
         self.reinvalidate_s = rt.settings.deadlines.request_ms / 1000.0 + 0.05
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -177,7 +178,8 @@ class EventsService:
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
                 await self.invalidate(users)
-                self._spawn(self._invalidate_later(users), "reinvalidate")
+                if any(not getattr(c, "checks_start_times", False) for _, c in self.rt.caches):
+                    self._spawn(self._invalidate_later(users), "reinvalidate")
         return result
 
     async def record_outcome(self, e: Event) -> None:
@@ -195,12 +197,12 @@ class EventsService:
         for _experiment, variant in counted:
             counter.labels(variant).inc()
 
-    async def invalidate(self, users: set[str]) -> None:
-        """Drop the cached recommendations of ``users`` in every tier (the L1 tier also
-        broadcasts to the other workers through the store)."""
+    async def invalidate(self, users: set[str], tiers: list | None = None) -> None:
+        """Invalidate the cached recommendations of ``users`` in every tier (or ``tiers``);
+        the L1 tier also broadcasts to the other workers through the store."""
         down: set[str] = set()
         for user_id in users:
-            for tier, cache in self.rt.caches:
+            for tier, cache in self.rt.caches if tiers is None else tiers:
                 if tier in down:
                     continue
                 try:
@@ -216,8 +218,11 @@ class EventsService:
                                 exc_info=True)
 
     async def _invalidate_later(self, users: set[str]) -> None:
+        tiers = [(t, c) for t, c in self.rt.caches if not getattr(c, "checks_start_times", False)]
+        if not tiers:
+            return
         await asyncio.sleep(self.reinvalidate_s)
-        await self.invalidate(users)
+        await self.invalidate(users, tiers)
 
     async def _follow(self) -> None:
         tail = self.log.tail(stop=self._stopping)  # type: ignore[attr-defined]

@@ -311,7 +311,9 @@ async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dic
         metrics.child(metrics.STAGE_LATENCY, "cache", tier).observe(time.perf_counter() - start)
         metrics.child(metrics.CACHE_LOOKUPS, tier, "hit" if value is not None else "miss").inc()
         if value is not None:
-            if pos:  # a hit in a slower tier fills the faster ones
+            # a hit in a slower tier fills the faster ones (a dirty one does not: the
+            # refresh that follows it fills every tier)
+            if pos and not value.get(DIRTY_FIELD):
                 # (another process's start time means nothing here)
                 fresh = {k: v for k, v in value.items()
                          if k not in (REFRESH_FIELD, DIRTY_FIELD, STARTED_FIELD)}

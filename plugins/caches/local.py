@@ -50,6 +50,9 @@ class LocalCache:
     """
 
     tier = "l1"
+    #: set() compares an answer's start time with its user's last invalidation, so this tier
+    #: needs no second, delayed invalidation (events_api)
+    checks_start_times = True
 
     def __init__(self, max_entries: int, max_bytes: int, ttl: float, jitter: float = 0.1,
                  stale: float = 0.0, clock=time.monotonic,

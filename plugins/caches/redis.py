@@ -1,4 +1,4 @@
-"""Redis L2 cache: per-user hashes (invalidation is one DEL), jittered TTL, XFetch early refresh."""
+"""Redis L2 cache: per-user hashes (one call invalidates a user), jittered TTLs, XFetch."""
 
 from __future__ import annotations
 
@@ -10,18 +10,42 @@ from collections import OrderedDict
 from typing import Any
 
 from rankly.engine import hookimpl
-from rankly.engine.pipeline import REFRESH_FIELD
+from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.redis_client import AsyncRedis, CircuitOpen
 from rankly.engine.types import ComponentContext
 
-# KEYS: the user's recs hash. ARGV: field, entry, ttl ms, max fields. One slot, atomic.
+#: The hash field that holds the user's last invalidation time (wall clock, seconds); cache
+#: keys are hex digests, so it never collides with one.
+INVALIDATED = "~inv"
+#: Workers' clocks are assumed to agree within this (NTP): an entry whose computation started
+#: less than this after the user's last invalidation is treated as computed before it.
+CLOCK_SKEW_S = 0.05
+#: How long a user's invalidation time is kept when the user has no cached answer (longer
+#: than any computation can last, so a late write is still seen as late).
+INVALIDATION_MEMORY_MS = 60_000
+
+# KEYS: the user's recs hash. ARGV: field, entry, ttl ms, max fields. One slot, atomic. When
+# the hash is full it restarts with the newest entry, keeping the invalidation time.
 SET_USER_ENTRY = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  local inv = redis.call('HGET', KEYS[1], '~inv')
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if inv then redis.call('HSET', KEYS[1], '~inv', inv) end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+# KEYS: the user's recs hash. ARGV: now (wall seconds), memory ms. Marks every entry of the
+# user as computed before now, in one call; a hash made only for the mark expires.
+MARK_INVALIDATED = """
+redis.call('HSET', KEYS[1], '~inv', ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 """
 
@@ -30,11 +54,18 @@ class RedisCache:
     """The L2 tier shared by every worker.
 
     Layout: a user's entries are fields of one hash ``<ns>:{u:<id>}:recs`` (field = cache key),
-    so :meth:`invalidate_user` is one ``DEL``, never KEYS/SCAN. Entries without a user are
-    plain keys ``<ns>:rc:<cache key>``. A write sets the key's TTL to ``ttl * (1 +- jitter)``
-    (uniform), so keys written together do not expire together. Redis 7.0 hashes have no
-    per-field TTL, so each entry also stores its own expiry and is ignored once past it; a
-    hash holds at most ``max_fields`` entries (when exceeded it restarts with the newest).
+    so :meth:`invalidate_user` is one call on one key, never KEYS/SCAN: a ``DEL``
+    (``invalidation="drop"``) or, by default (``"revalidate"``), the time of the invalidation
+    written into the hash (field ``~inv``). A read returns an entry whose computation started
+    before that time marked dirty (``DIRTY_FIELD``, see ``pipeline.revalidate``), so a
+    computation that straddles the invalidation cannot write back a clean stale answer.
+    Entries without a user are plain keys ``<ns>:rc:<cache key>``. A write gives the entry a
+    TTL of ``ttl * (1 +- jitter)`` (uniform), so keys written together do not expire
+    together; a user's hash lives as long as its longest-lived entry. Redis 7.0 hashes have
+    no per-field TTL, so each entry also stores its own expiry and is ignored once past it; a
+    hash holds at most ``max_fields`` entries (when exceeded it restarts with the newest, and
+    keeps the invalidation time). The invalidation compares clocks across workers: they are
+    assumed to agree within ``CLOCK_SKEW_S`` (NTP).
 
     Early refresh (XFetch, Vattani et al. 2015): an entry stores ``d``, the seconds it took to
     compute (measured from this worker's miss to its write), and ``e``, its expiry. A read at
@@ -47,7 +78,14 @@ class RedisCache:
 
     def __init__(self, store: Any, ttl: float, jitter: float = 0.1, beta: float = 1.0,
                  max_fields: int = 64, default_compute_s: float = 0.05,
-                 clock=time.time, rng: random.Random | None = None) -> None:
+                 clock=time.time, rng: random.Random | None = None,
+                 invalidation: str = "drop") -> None:
+        if invalidation not in ("drop", "revalidate"):
+            raise ValueError("invalidation must be 'drop' or 'revalidate', "
+                             f"not {invalidation!r}")
+        self.revalidate = invalidation == "revalidate"
+        # a tier that compares start times needs no second, delayed invalidation (events_api)
+        self.checks_start_times = self.revalidate
         self.guard = store.guard
         self.keys = store.keys
         self.ttl = ttl
@@ -58,6 +96,7 @@ class RedisCache:
         self.clock = clock
         self.rng = rng or random.Random()
         self._set_user_entry = self.guard.client.register_script(SET_USER_ENTRY)
+        self._mark_invalidated = self.guard.client.register_script(MARK_INVALIDATED)
         self._miss_at: OrderedDict[str, float] = OrderedDict()  # bounded: see _note_miss
 
     def where(self, key: str, user_id: str | None) -> tuple[str, str | None]:
@@ -73,17 +112,22 @@ class RedisCache:
         rkey, field = self.where(key, user_id)
 
         def read(r: AsyncRedis):
-            return r.get(rkey) if field is None else r.hget(rkey, field)
+            if field is None:
+                return r.get(rkey)
+            return r.hmget(rkey, [field, INVALIDATED])
 
         try:
-            raw = await self.guard.run(read)
+            got = await self.guard.run(read)
         except CircuitOpen:
             return None  # Redis is known to be down: a quiet miss, not an error per request
+        raw, invalidated = (got, None) if field is None else got
         now = self.clock()
         entry = json.loads(raw) if raw is not None else None
         if entry is None or now >= entry["e"]:
             self._note_miss(key)
             return None
+        if invalidated is not None and float(invalidated) + CLOCK_SKEW_S >= entry.get("w", 0.0):
+            return {**entry["v"], DIRTY_FIELD: True}  # the pipeline revalidates, refreshes
         if entry["d"] * self.beta * -math.log(1.0 - self.rng.random()) >= entry["e"] - now:
             self._note_miss(key)  # the background recompute's write measures its duration
             return {**entry["v"], REFRESH_FIELD: True}
@@ -93,9 +137,14 @@ class RedisCache:
         started = self._miss_at.pop(key, None)
         compute_s = time.monotonic() - started if started is not None else self.default_compute_s
         ttl = self.jittered_ttl()
-        value = {k: v for k, v in value.items() if k != REFRESH_FIELD}
-        entry = json.dumps({"v": value, "d": round(compute_s, 6), "e": self.clock() + ttl},
-                           separators=(",", ":"))
+        now = self.clock()
+        # when the computation started, on the wall clock every worker shares
+        began = value.get(STARTED_FIELD)
+        began = now if began is None else now - max(0.0, time.monotonic() - began)
+        value = {k: v for k, v in value.items()
+                 if k not in (REFRESH_FIELD, DIRTY_FIELD, STARTED_FIELD)}
+        entry = json.dumps({"v": value, "d": round(compute_s, 6), "e": now + ttl,
+                            "w": round(began, 6)}, separators=(",", ":"))
         rkey, field = self.where(key, user_id)
         ttl_ms = max(1, int(ttl * 1000))
 
@@ -111,9 +160,14 @@ class RedisCache:
             return
 
     async def invalidate_user(self, user_id: str) -> None:
-        """Drop every cached answer of ``user_id`` in Redis: one ``DEL`` of one key."""
+        """Invalidate every cached answer of ``user_id`` in Redis, in one call on one key:
+        ``DEL``, or the invalidation time written into the user's hash (``revalidate``)."""
         rkey = self.keys.user(user_id, "recs")
-        await self.guard.run(lambda r: r.delete(rkey))
+        if not self.revalidate:
+            await self.guard.run(lambda r: r.delete(rkey))
+            return
+        args = [repr(self.clock()), INVALIDATION_MEMORY_MS]
+        await self.guard.run(lambda r: self._mark_invalidated(keys=[rkey], args=args))
 
     def _note_miss(self, key: str) -> None:
         self._miss_at[key] = time.monotonic()
@@ -137,6 +191,7 @@ def register_caches(register):
             jitter=float(opts.get("jitter", c.jitter)),
             beta=float(opts.get("beta", 1.0)),
             max_fields=int(opts.get("max_fields", 64)),
+            invalidation=str(opts.get("invalidation", c.invalidation)),
         )
 
     register("l2", l2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -14,13 +15,18 @@ from rankly.engine import pipeline
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
 from rankly.engine.model import load_model
-from rankly.engine.pipeline import REFRESH_FIELD
+from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.redis_store import RedisStore
 from rankly.engine.runtime import build_runtime
 from rankly.engine.store import StoreUnavailable
 from rankly.engine.types import RecommendationRequest
 from rankly.plugins.caches.local import LocalCache
-from rankly.plugins.caches.redis import RedisCache
+from rankly.plugins.caches.redis import (
+    CLOCK_SKEW_S,
+    INVALIDATED,
+    INVALIDATION_MEMORY_MS,
+    RedisCache,
+)
 
 pytestmark = pytest.mark.redis
 PAYLOAD = {"user_id": "u1", "items": [{"item_id": "1", "score": 1.0, "reasons": ["Popular"]}],
@@ -62,20 +68,71 @@ def test_user_entries_live_in_one_hash_and_anonymous_ones_in_plain_keys(redis_ur
     assert hit == PAYLOAD and other_user is None and anon == PAYLOAD
 
 
-def test_invalidation_is_one_del_without_keys_or_scan(redis_deployment, redis_namespace):
+@pytest.mark.parametrize("mode", ["drop", "revalidate"])
+def test_invalidation_is_one_call_without_keys_or_scan(redis_deployment, redis_namespace, mode):
     async def scenario(cache: RedisCache, store: RedisStore):
         for i in range(20):
             await cache.set(f"k{i}", "u1", PAYLOAD)
         await cache.set("other", "u2", PAYLOAD)
+        await cache.invalidate_user("u3")  # loads the script (NOSCRIPT once per server)
         redis_deployment.reset_stats()
         await cache.invalidate_user("u1")
-        calls = {c: redis_deployment.command_calls(c) for c in ("del", "unlink", "keys", "scan")}
+        calls = {c: redis_deployment.command_calls(c)
+                 for c in ("del", "unlink", "keys", "scan", "evalsha", "eval")}
         gets = [await cache.get(f"k{i}", "u1") for i in range(20)]
         return calls, gets, await cache.get("other", "u2")
 
-    calls, gets, other = asyncio.run(with_cache(redis_deployment.url, redis_namespace, scenario))
-    assert calls == {"del": 1, "unlink": 0, "keys": 0, "scan": 0}
-    assert gets == [None] * 20 and other == PAYLOAD
+    calls, gets, other = asyncio.run(with_cache(redis_deployment.url, redis_namespace, scenario,
+                                                invalidation=mode))
+    assert calls["keys"] == calls["scan"] == calls["unlink"] == 0
+    if mode == "drop":
+        assert calls["del"] == 1 and calls["evalsha"] + calls["eval"] == 0
+        assert gets == [None] * 20
+    else:  # the invalidation time goes into the user's hash: every entry reads dirty
+        assert calls["del"] == 0 and calls["evalsha"] + calls["eval"] == 1
+        assert gets == [{**PAYLOAD, DIRTY_FIELD: True}] * 20
+    assert other == PAYLOAD
+
+
+def test_an_answer_computed_across_an_invalidation_reads_dirty(redis_url, redis_namespace):
+    async def scenario(cache: RedisCache, store: RedisStore):
+        before = time.monotonic()  # a computation starts ...
+        await asyncio.sleep(0.1)
+        await cache.invalidate_user("u1")  # ... the user buys something ...
+        await cache.set("late", "u1", {**PAYLOAD, STARTED_FIELD: before})  # ... it lands
+        await asyncio.sleep(2 * CLOCK_SKEW_S)
+        await cache.set("fresh", "u1", {**PAYLOAD, STARTED_FIELD: time.monotonic()})
+        r = store.guard.client
+        stored = json.loads(await r.hget(store.keys.user("u1", "recs"), "fresh"))
+        return await cache.get("late", "u1"), await cache.get("fresh", "u1"), stored
+
+    late, fresh, stored = asyncio.run(with_cache(redis_url, redis_namespace, scenario,
+                                                 invalidation="revalidate"))
+    assert late == {**PAYLOAD, DIRTY_FIELD: True}
+    assert fresh == PAYLOAD
+    assert STARTED_FIELD not in stored["v"]  # a start time means nothing in other processes
+
+
+def test_the_invalidation_time_outlives_an_empty_hash_and_a_full_one(redis_url,
+                                                                     redis_namespace):
+    async def scenario(cache: RedisCache, store: RedisStore):
+        r = store.guard.client
+        rkey = store.keys.user("u1", "recs")
+        before = time.monotonic()
+        await cache.invalidate_user("u1")  # nothing cached yet: a mark that expires
+        marked_ttl = await r.pttl(rkey)
+        await cache.set("k0", "u1", {**PAYLOAD, STARTED_FIELD: before})
+        extended_ttl = await r.pttl(rkey)
+        for i in range(1, 12):  # past max_fields: the hash restarts, keeping the mark
+            await cache.set(f"k{i}", "u1", {**PAYLOAD, STARTED_FIELD: before})
+        return (marked_ttl, extended_ttl, await r.hexists(rkey, INVALIDATED),
+                await cache.get("k11", "u1"))
+
+    marked_ttl, extended_ttl, kept, late = asyncio.run(with_cache(
+        redis_url, redis_namespace, scenario, invalidation="revalidate", max_fields=8, ttl=600.0))
+    assert 0 < marked_ttl <= INVALIDATION_MEMORY_MS
+    assert extended_ttl > INVALIDATION_MEMORY_MS  # the entry's TTL (600 s +- 10%)
+    assert kept and late == {**PAYLOAD, DIRTY_FIELD: True}
 
 
 def test_ttl_jitter_is_uniform_within_ten_percent(redis_url, redis_namespace):
@@ -224,6 +281,37 @@ def test_two_servers_share_cached_answers_and_invalidations(redis_url, redis_nam
         while l1_b._dirty and time.monotonic() < deadline:  # until the recompute lands
             time.sleep(0.01)
         assert rt_b.flights.computations == computed + 1 and not l1_b._dirty
+
+
+def test_a_worker_without_the_answer_revalidates_the_l2_entry(redis_url, redis_namespace,
+                                                              redis_artifacts, tmp_path):
+    with TestClient(_app(redis_url, redis_namespace, redis_artifacts, tmp_path)) as a:
+        first = a.get("/recommendations", params={"user_id": "6", "n": 5}).json()
+        bought = first["items"][1]["item_id"]
+        rt_a = a.app_state["runtime"]
+
+        async def invalidate():
+            await rt_a.store.record_interaction("6", bought, seen=True)
+            for _, cache in reversed(rt_a.caches):
+                await cache.invalidate_user("6")
+
+        a.portal.call(invalidate)
+    # a second worker that never saw user 6: its L1 misses, the L2 entry reads dirty
+    with TestClient(_app(redis_url, redis_namespace, redis_artifacts, tmp_path)) as b:
+        rt_b = b.app_state["runtime"]
+        l1_b = rt_b.caches[0][1]
+        after = b.get("/recommendations", params={"user_id": "6", "n": 5}).json()
+        assert after["cached"] is True and len(after["items"]) == 5
+        assert bought not in [i["item_id"] for i in after["items"]]
+        assert [i["item_id"] for i in after["items"]][:4] == [
+            i["item_id"] for i in first["items"] if i["item_id"] != bought]
+        deadline = time.monotonic() + 2.0
+        while rt_b.flights.computations == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rt_b.flights.computations == 1  # recomputed behind the revalidated answer
+        while not len(l1_b) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(l1_b) == 1 and not l1_b._dirty  # the L1 got the fresh answer, clean
 
 
 def test_stale_entry_is_served_then_refreshed_in_background(redis_url, redis_namespace,
