@@ -127,7 +127,8 @@ class RedisCache:
             self._note_miss(key)
             return None
         if invalidated is not None and float(invalidated) + CLOCK_SKEW_S >= entry.get("w", 0.0):
-            return {**entry["v"], DIRTY_FIELD: True}  # the pipeline revalidates, refreshes
+            self._note_miss(key)  # the pipeline revalidates it and recomputes behind it
+            return {**entry["v"], DIRTY_FIELD: True}
         if entry["d"] * self.beta * -math.log(1.0 - self.rng.random()) >= entry["e"] - now:
             self._note_miss(key)  # the background recompute's write measures its duration
             return {**entry["v"], REFRESH_FIELD: True}
