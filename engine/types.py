@@ -163,7 +163,16 @@ class Reranker(Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
-    """One cache tier. Values are JSON-ready response payloads (dicts)."""
+    """One cache tier. Values are JSON-ready response payloads (dicts).
+
+    Fields starting with "_" in a value are the pipeline's (spare items, the computation's
+    start time, ``_refresh``/``_dirty`` marks a tier may add on ``get``); store them as given.
+    Optional: a tier may return a value with ``"_dirty": True`` when its user had an
+    invalidating event since the value was computed (the pipeline then serves it minus what
+    the user has seen and recomputes it), and may set a class attribute
+    ``checks_start_times = True`` when it does so from the ``"_started"`` time it was given,
+    which spares it the second, delayed invalidation the events service sends otherwise.
+    """
 
     def get(self, key: str, user_id: str | None = None) -> Awaitable[dict[str, Any] | None]:
         """The cached payload of ``key`` (``user_id`` lets a tier find per-user storage)."""
