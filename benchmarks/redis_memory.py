@@ -50,6 +50,9 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
         items_u = [str(100000 + (u * 7 + k) % 50000) for k in range(history)]
         pipe.lpush(store.keys.user(str(u), "history"), *items_u)
         pipe.sadd(store.keys.user(str(u), "seen"), *items_u)
+        if store.user_state_ttl_ms:  # what record_interaction sets (an entry in the expires)
+            pipe.pexpire(store.keys.user(str(u), "history"), store.user_state_ttl_ms)
+            pipe.pexpire(store.keys.user(str(u), "seen"), store.user_state_ttl_ms)
         await pipe.execute()
     state = await used(r) - base
     body = payload(n)

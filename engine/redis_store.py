@@ -1,7 +1,8 @@
 """The Redis store (online user state, pub/sub) and the model-version feature store on Redis.
 
 Per user: ``<ns>:{u:<id>}:history`` (list, most recent first, bounded) and
-``<ns>:{u:<id>}:seen`` (set); both share one hash tag, so :meth:`RedisStore.fetch_user` is one
+``<ns>:{u:<id>}:seen`` (set), both forgotten ``user_state_ttl_days`` after the user's last
+interaction; they share one hash tag, so :meth:`RedisStore.fetch_user` is one
 pipeline to one node, also on a cluster. Model versions: see :class:`ModelVersions`.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rankly.engine.config import Settings
+from rankly.engine.config import ConfigError, Settings
 from rankly.engine.keys import Keys
 from rankly.engine.model import MANIFEST, ArtifactError
 from rankly.engine.redis_client import (
@@ -37,14 +38,25 @@ from rankly.engine.store import EMPTY_USER, OnlineUser, Store, StoreUnavailable
 
 log = logging.getLogger("rankly.redis")
 
-# KEYS: history, seen. ARGV: item, history limit, "1" to add to seen. Atomic on one slot.
+# KEYS: history, seen. ARGV: item, history limit, "1" to add to seen, TTL ms (0: none). Atomic
+# on one slot. Every interaction renews the TTL of both keys: a user's online state is
+# forgotten after that long without one.
 RECORD_INTERACTION = """
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
 return 1
 """
+#: Days without an interaction after which Redis forgets a user's online history and seen set
+#: (``[plugins.redis] user_state_ttl_days``; 0 keeps them forever). The trained history still
+#: excludes what the model was trained on.
+USER_STATE_TTL_DAYS = 180.0
 PROJECTION_CHUNK = 500  # rows per pipeline of record_interactions
 PROJECTION_DEADLINE_S = 2.0  # per pipeline, like the event stream's appends
 
@@ -64,6 +76,10 @@ class RedisStore(Store):
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.history_limit = int(history_limit or opts.get("history_limit", 200))
+        ttl_days = float(opts.get("user_state_ttl_days", USER_STATE_TTL_DAYS))
+        if ttl_days < 0:
+            raise ConfigError("plugins.redis.user_state_ttl_days must be >= 0")
+        self.user_state_ttl_ms = int(ttl_days * 86_400_000)
         self.guard = GuardedRedis(make_redis(url, settings), settings)
         self.background = GuardedRedis(
             make_redis(url, settings, timeout_ms=BACKGROUND_TIMEOUT_MS), settings,
@@ -97,7 +113,7 @@ class RedisStore(Store):
 
     async def record_interaction(self, user_id: str, item_id: str, *, seen: bool) -> None:
         keys = [self.keys.user(user_id, "history"), self.keys.user(user_id, "seen")]
-        args = [item_id, self.history_limit, "1" if seen else "0"]
+        args = [item_id, self.history_limit, "1" if seen else "0", self.user_state_ttl_ms]
         await self.guard.run(lambda r: self._record(keys=keys, args=args))
 
     async def record_interactions(self, rows: Sequence[tuple[str, str, bool]]) -> None:
@@ -115,7 +131,7 @@ class RedisStore(Store):
                 for user_id, item_id, seen in chunk:
                     pipe.eval(RECORD_INTERACTION, 2, self.keys.user(user_id, "history"),
                               self.keys.user(user_id, "seen"), item_id, self.history_limit,
-                              "1" if seen else "0")
+                              "1" if seen else "0", self.user_state_ttl_ms)
                 return await pipe.execute()
 
             await self.background.run(write, deadline_s=PROJECTION_DEADLINE_S)

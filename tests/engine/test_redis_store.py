@@ -86,6 +86,35 @@ def test_a_batch_of_interactions_equals_them_one_by_one(redis_url, redis_namespa
     assert all(len(u.history) == 5 and u.seen for u in batched)
 
 
+@pytest.mark.parametrize("days", [180.0, 0.0])
+def test_online_state_expires_after_the_users_last_interaction(redis_url, redis_namespace, days):
+    async def scenario():
+        store = RedisStore(redis_url, settings_for(redis_url, redis_namespace, plugins={
+            "redis": {"user_state_ttl_days": days}}))
+        try:
+            await store.record_interaction("u1", "a", seen=True)  # one by one
+            await store.record_interactions([("u2", "b", True), ("u2", "c", False)])  # batched
+            r = store.guard.client
+            return [await r.pttl(store.keys.user(u, part))
+                    for u in ("u1", "u2") for part in ("history", "seen")]
+        finally:
+            await store.close()
+
+    ttls = run(scenario())
+    if days:
+        assert all(179 * 86_400_000 < t <= 180 * 86_400_000 for t in ttls), ttls
+    else:
+        assert ttls == [-1] * 4  # kept forever
+
+
+def test_a_negative_user_state_ttl_is_a_configuration_error(redis_url, redis_namespace):
+    from rankly.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="user_state_ttl_days"):
+        RedisStore(redis_url, settings_for(redis_url, redis_namespace, plugins={
+            "redis": {"user_state_ttl_days": -1}}))
+
+
 def test_fetch_user_is_one_round_trip(redis_url, redis_namespace, redis_deployment):
     async def scenario(store: RedisStore):
         await store.record_interaction("u1", "i1", seen=True)
