@@ -97,6 +97,18 @@ class PipelineSettings:
     fallback: str = "popular"  # scorer whose catalog-wide scores answer cold starts and failures
 
 
+#: What an invalidating event does to cached answers (``cache.invalidation``).
+INVALIDATION_MODES = ("revalidate", "drop")
+
+
+def check_invalidation(mode: str) -> str:
+    """``mode`` if it is one of :data:`INVALIDATION_MODES`, else :class:`ConfigError`."""
+    if mode not in INVALIDATION_MODES:
+        raise ConfigError(f"cache.invalidation must be one of {', '.join(INVALIDATION_MODES)}, "
+                          f"not {mode!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     tiers: tuple[str, ...] = ("l1",)
@@ -107,10 +119,11 @@ class CacheSettings:
     # early/stale refreshes computing at once per worker; more wait their turn while the
     # stale answer is served, so a mass expiry does not crowd the live misses (#9)
     max_background_refreshes: int = 2
-    # What an invalidating event (a purchase, rating, add to cart) does to the user's L1
-    # entries: "revalidate" keeps them, marked; the next request is served that answer minus
-    # the items the user has now seen (topped up from its spare items) while the key
-    # recomputes in the background. "drop": the next request waits for a fresh computation.
+    # What an invalidating event (a purchase, rating, add to cart) does to the user's
+    # cached answers (L1 and L2): "revalidate" keeps them, marked; the next request is
+    # served that answer minus the items the user has now seen (topped up from its spare
+    # items) while the key recomputes in the background. "drop": the next request waits for
+    # a fresh computation.
     invalidation: str = "revalidate"
     # ranked items kept beyond n with each cached answer, to top up a revalidated slate
     spare_items: int = 5
@@ -264,8 +277,7 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("cache.ttl_seconds must be > 0")
     if s.cache.max_background_refreshes < 1:
         raise ConfigError("cache.max_background_refreshes must be >= 1")
-    if s.cache.invalidation not in ("revalidate", "drop"):
-        raise ConfigError("cache.invalidation must be \"revalidate\" or \"drop\"")
+    check_invalidation(s.cache.invalidation)
     if s.cache.spare_items < 0:
         raise ConfigError("cache.spare_items must be >= 0")
     if s.deadlines.request_ms <= 0 or s.deadlines.stage_ms <= 0:

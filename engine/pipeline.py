@@ -385,11 +385,7 @@ def spare_ranking(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures
     m = rt.settings.cache.spare_items
     if m <= 0 or not rt.caches or len(pool) <= len(ranking):
         return None
-    try:
-        longer = rerank(rt, comps, plan, user, pool, n + m, Trace())
-    except Exception:  # rerank() isolates plugins; this guards the spares' bookkeeping only
-        log.warning("spare items could not be ranked", exc_info=True)
-        return None
+    longer = rerank(rt, comps, plan, user, pool, n + m, Trace())  # isolates the plugins
     taken = set(ranking.items.tolist())
     rest = [i for i, item in enumerate(longer.items.tolist()) if item not in taken]
     return longer.take(np.asarray(rest[:m], dtype=np.int64))

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from rankly.engine import hookimpl
+from rankly.engine.config import check_invalidation
 from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.store import Store
 from rankly.engine.types import ComponentContext
@@ -57,8 +58,7 @@ class LocalCache:
     def __init__(self, max_entries: int, max_bytes: int, ttl: float, jitter: float = 0.1,
                  stale: float = 0.0, clock=time.monotonic,
                  rng: random.Random | None = None, invalidation: str = "drop") -> None:
-        if invalidation not in ("drop", "revalidate"):
-            raise ValueError(f"invalidation must be 'drop' or 'revalidate', not {invalidation!r}")
+        check_invalidation(invalidation)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl = ttl

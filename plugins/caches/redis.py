@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Any
 
 from rankly.engine import hookimpl
+from rankly.engine.config import check_invalidation
 from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.redis_client import AsyncRedis, CircuitOpen
 from rankly.engine.types import ComponentContext
@@ -80,9 +81,7 @@ class RedisCache:
                  max_fields: int = 64, default_compute_s: float = 0.05,
                  clock=time.time, rng: random.Random | None = None,
                  invalidation: str = "drop") -> None:
-        if invalidation not in ("drop", "revalidate"):
-            raise ValueError("invalidation must be 'drop' or 'revalidate', "
-                             f"not {invalidation!r}")
+        check_invalidation(invalidation)
         self.revalidate = invalidation == "revalidate"
         # a tier that compares start times needs no second, delayed invalidation (events_api)
         self.checks_start_times = self.revalidate
