@@ -182,8 +182,7 @@ class Projections:
         catalog = self.catalog()
         rows: list[tuple[str, str, bool]] = []  # (user, item, seen) in log order
         # NOTE: the counters' updates are collected and applied once per batch (one lock
-        # each): per event, this loop was ~40% of an accepted batch's time on the event loop
-        # (#9)
+        # each, not one per event): an accepted batch holds the event loop while this runs (#9)
         popular: list[tuple[str, float, float]] = []
         trending: list[tuple[str, float, float]] = []
         for e in events:
