@@ -1,8 +1,15 @@
-"""Fixtures for engine tests: a small trained model and a Starlette app over it."""
+"""Fixtures for engine tests: a small trained model, a Starlette app over it, a terminal."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import struct
+import sys
 import tempfile
+import termios
+import threading
+from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -51,3 +58,53 @@ def settings_for():
 def client(artifacts):
     with TestClient(create_app(make_settings(artifacts))) as c:
         yield c
+
+
+class Terminal:
+    """A pseudo-terminal (80 columns) whose output is read as it comes, so a writer never
+    blocks on a full terminal buffer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+        self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.stream = open(slave, "w", encoding="utf-8", closefd=True)
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # EIO: the other end is closed
+                return
+            if not data:
+                return
+            self._chunks.append(data)
+
+    def as_stderr(self) -> None:
+        """Make it ``sys.stderr`` (from the test body: pytest's capture resets sys.stderr
+        between a fixture's set-up and the test)."""
+        self._monkeypatch.setattr(sys, "stderr", self.stream)
+
+    def output(self) -> str:
+        """Close the terminal; return all written to it (newlines as it sends them: \\r\\n)."""
+        if not self.stream.closed:
+            self.stream.close()
+            self._reader.join(10)
+        return b"".join(self._chunks).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.output()
+        os.close(self._master)
+
+
+@pytest.fixture
+def tty_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[Terminal]:
+    """A :class:`Terminal`; call its ``as_stderr()`` in the test to draw on it."""
+    term = Terminal(monkeypatch)
+    try:
+        yield term
+    finally:
+        term.close()
