@@ -308,12 +308,34 @@ _COLUMN_ALIASES = {
 }
 
 
-def _header_columns(fields: list[str]) -> list[str] | None:
-    """Return canonical column names if ``fields`` is a header row, else None."""
+#: The columns of an events CSV, for ``--help`` (and docs/datasets.md).
+EVENTS_CSV_HELP = (
+    "events-csv needs a header row naming its columns, in any order: user_id and item_id "
+    "(required), timestamp (Unix seconds; without it the row order is the time), event_type "
+    "(view, click, fav, add_to_cart, purchase, rating or a type named in --event-weights; "
+    "weighed by --event-weights), value (the weight of a rating or of an untyped row; "
+    "default 1), category_id. Aliases: user, item, ts/time, type/event, weight/rating, category"
+)
+
+
+def _header_columns(fields: list[str], path: Path) -> list[str]:
+    """The canonical column names of the header row ``fields``; DatasetError if it is none."""
     names = [_COLUMN_ALIASES.get(f.lower().replace(" ", ""), f.lower()) for f in fields]
-    if "user_id" in names and "item_id" in names:
-        return names
-    return None
+    first = ",".join(fields)
+    columns = ("columns: user_id,item_id (required), timestamp, event_type, value, category_id "
+               "(see --help for their meaning and aliases)")
+    if "user_id" not in names or "item_id" not in names:
+        raise DatasetError(f"{path}: an events CSV needs a header row naming its columns, "
+                           f"e.g. user_id,item_id,timestamp; the first row {first[:80]!r} "
+                           f"names no user_id and item_id; {columns}")
+    unknown = [f for f, n in zip(fields, names, strict=True) if n not in EVENT_COLUMNS]
+    if unknown:
+        raise DatasetError(f"{path}: unknown column {unknown[0][:40]!r} in the header "
+                           f"{first[:80]!r}; {columns}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DatasetError(f"{path}: the header {first[:80]!r} names {twice[0]} twice")
+    return names
 
 
 def _weight(event: str, value: str, weights: Mapping[str, float]) -> tuple[str, float]:
@@ -329,13 +351,16 @@ def _weight(event: str, value: str, weights: Mapping[str, float]) -> tuple[str, 
 
 def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None = None,
                     columns: Iterable[str] | None = None) -> Dataset:
-    """Load ``user_id,item_id[,category_id][,event_type][,value][,timestamp]`` rows.
+    """Load an events CSV: a header row naming its columns (:data:`EVENTS_CSV_HELP`), then rows.
 
-    A first row naming ``user_id`` and ``item_id`` is a header and fixes the column order;
-    without one, ``columns`` (default: as many of :data:`EVENT_COLUMNS` as the row has) does.
+    The header fixes the column order and must name ``user_id`` and ``item_id`` (or an alias
+    such as ``user``/``item``); any other name it holds must be a known column. A file without
+    one raises :class:`DatasetError`: a headerless ``user,item,timestamp`` row cannot be told
+    from ``user,item,value``. ``columns`` reads a headerless file whose layout is known (Taobao).
     Weight: ``event_weights[event]`` (merged over :data:`DEFAULT_EVENT_WEIGHTS`; ``value`` is
     ignored for typed events); a ``rating`` event, or a value without an event type, weighs
-    its value; otherwise 1. An unknown event type makes the row malformed. Missing timestamps become the row number, preserving file order.
+    its value; otherwise 1. An unknown event type makes the row malformed. Without a timestamp
+    column the row number is the time, preserving file order.
     """
     path = Path(path)
     weights = {**DEFAULT_EVENT_WEIGHTS, **(event_weights or {})}
@@ -344,19 +369,16 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
     cols = _Columns()
     names = list(columns) if columns else None
     seen_event = seen_cat = False
-    with _open_text(path) as fh:
+    with _open_text(path, "utf-8-sig") as fh:  # -sig: a spreadsheet's BOM is not in the header
         for line_no, f in _rows(fh, ","):
-            if line_no == 1 and names is None:
-                header = _header_columns(f)
-                if header is not None:
-                    names = header
-                    continue
-            report.rows += 1
-            use = names or list(EVENT_COLUMNS if len(f) == 6 else _guess_columns(f))
-            if len(f) != len(use):
-                report.bad(line_no, f"expected {len(use)} fields, got {len(f)}")
+            if names is None:
+                names = _header_columns(f, path)
                 continue
-            row = dict(zip(use, f, strict=True))
+            report.rows += 1
+            if len(f) != len(names):
+                report.bad(line_no, f"expected {len(names)} fields, got {len(f)}")
+                continue
+            row = dict(zip(names, f, strict=True))
             try:
                 user, item = row.get("user_id", ""), row.get("item_id", "")
                 if not user or not item:
@@ -378,20 +400,6 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
             report.loaded += 1
     report.check()
     return Dataset(cols.build(seen_event, seen_cat), None, (report,), "events-csv")
-
-
-def _guess_columns(fields: list[str]) -> tuple[str, ...]:
-    """Column names for a headerless row of 2-5 fields (ambiguous shapes pick the common one)."""
-    n = len(fields)
-    if n == 2:
-        return ("user_id", "item_id")
-    if n == 3:
-        return ("user_id", "item_id", "value")
-    if n == 4:
-        return ("user_id", "item_id", "value", "timestamp")
-    if n == 5:  # Taobao's shape: user,item,category,behavior,ts
-        return ("user_id", "item_id", "category_id", "event_type", "timestamp")
-    return EVENT_COLUMNS[:n]
 
 
 def load_taobao(path: str | Path, event_weights: Mapping[str, float] | None = None) -> Dataset:
@@ -566,7 +574,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interactions", required=True,
                         help="interactions file, or a folder with u.data / ratings.csv")
     parser.add_argument("--items", default=None, help="item metadata (u.item, movies.csv, CSV)")
-    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="auto (default) detects MovieLens 100K (u.data), MovieLens latest "
+                             "(ratings.csv), Taobao UserBehavior (headerless) and otherwise "
+                             f"reads events-csv. {EVENTS_CSV_HELP}.")
     parser.add_argument("--event-weights", default=None,
                         help="e.g. view=1,click=1,add_to_cart=3,purchase=5")
 

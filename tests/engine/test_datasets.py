@@ -56,10 +56,38 @@ def test_events_csv_with_header_uses_event_weights(tmp_path):
     assert ds.interactions.categories.tolist() == ["c1", "c2", "c1"]
 
 
-def test_events_csv_without_header_two_columns(tmp_path):
-    ds = datasets.load(write(tmp_path / "e.csv", "u1,a\nu2,b\n"))
+def test_events_csv_header_names_the_columns_in_any_order_with_aliases(tmp_path):
+    f = write(tmp_path / "e.csv", "\ufeffTime,Item,User,Rating\n10,a,u1,4\n11,b,u2,2.5\n")
+    ds = datasets.load(f, format="events-csv")
+    assert ds.interactions.user_ids.tolist() == ["u1", "u2"]
+    assert ds.interactions.item_ids.tolist() == ["a", "b"]
+    assert ds.interactions.timestamps.tolist() == [10, 11]
+    assert ds.interactions.weights.tolist() == [4.0, 2.5]
+
+
+def test_events_csv_without_timestamps_keeps_file_order(tmp_path):
+    ds = datasets.load(write(tmp_path / "e.csv", "user_id,item_id\nu1,a\nu2,b\n"))
     assert ds.interactions.item_ids.tolist() == ["a", "b"]
     assert ds.interactions.weights.tolist() == [1.0, 1.0]
+    assert ds.interactions.timestamps.tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("text", ["u1,a\nu2,b\n", "1,10,1500000000\n2,11,1500000001\n",
+                                  "u1,a,view,5\n"])
+def test_events_csv_without_a_header_is_refused(tmp_path, text):
+    with pytest.raises(datasets.DatasetError, match="needs a header row naming its columns"):
+        datasets.load(write(tmp_path / "e.csv", text), format="events-csv")
+
+
+@pytest.mark.parametrize("header, message", [
+    ("user_id,item_id,timestamps", "unknown column 'timestamps'"),
+    ("user_id,item_id,", "unknown column ''"),
+    ("user_id,user,item_id", "names user_id twice"),
+])
+def test_events_csv_header_with_an_unknown_or_repeated_column_is_refused(tmp_path, header,
+                                                                         message):
+    with pytest.raises(datasets.DatasetError, match=message):
+        datasets.load(write(tmp_path / "e.csv", header + "\nu1,a,1\n"), format="events-csv")
 
 
 def test_taobao_detected_and_behaviours_mapped(tmp_path):
@@ -153,3 +181,29 @@ def test_real_taobao_sample_loads_completely():
 def test_real_movielens_latest_loads_completely():
     ds = datasets.load(SHARED / "ml-latest-small")
     assert len(ds.interactions) == 100_836 and len(ds.items.item_ids) == 9742
+
+
+@pytest.mark.parametrize("command", [["train", "--out", "model"], ["datasets", "inspect"],
+                                     ["evaluate"]])
+def test_cli_refuses_a_headerless_events_csv_with_exit_code_2(tmp_path, capsys, monkeypatch,
+                                                              command):
+    from rankly.engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    f = write(tmp_path / "e.csv", "1,10,1500000000\n1,11,1500000100\n2,10,1500000200\n")
+    assert main([*command, "--interactions", str(f), "--format", "events-csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "needs a header row naming its columns" in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_format_help_documents_the_events_csv_columns(capsys):
+    from rankly.engine.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for column in ("user_id and item_id (required)", "timestamp (Unix seconds",
+                   "event_type", "value", "category_id"):
+        assert column in text
+
