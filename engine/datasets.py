@@ -21,6 +21,7 @@ from typing import IO
 
 import numpy as np
 
+from rankly.engine import progress as progress_bars
 from rankly.engine.interactions import Interactions, ItemTable
 
 FORMATS = ("auto", "movielens-100k", "movielens-csv", "events-csv", "taobao")
@@ -523,12 +524,14 @@ def sha256_of(path: str | Path) -> str:
 
 
 def download(name: str, directory: str | Path, *, opener: Opener | None = None,
-             url: str | None = None, sha256: str | None = None) -> Path:
+             url: str | None = None, sha256: str | None = None,
+             progress: IO[str] | None = None) -> Path:
     """Download dataset ``name``, verify its pinned sha256, unzip it; return the data folder.
 
     ``opener`` (default ``urllib.request.urlopen``) and ``url``/``sha256`` are injectable for
     tests and mirrors. A checksum mismatch deletes the download and raises DatasetError; an
-    already verified archive in ``directory`` is not downloaded again.
+    already verified archive in ``directory`` is not downloaded again. A byte counter is
+    drawn on ``progress`` when it is a terminal (:mod:`rankly.engine.progress`).
     """
     if name not in DOWNLOADS:
         raise DatasetError(f"unknown dataset {name!r}; one of {', '.join(DOWNLOADS)}")
@@ -539,9 +542,12 @@ def download(name: str, directory: str | Path, *, opener: Opener | None = None,
     archive = directory / Path(spec.url).name
     if not (archive.exists() and sha256_of(archive) == expected):
         tmp = archive.with_suffix(".part")
-        with (opener or urllib.request.urlopen)(url) as src, open(tmp, "wb") as dst:
+        with ((opener or urllib.request.urlopen)(url) as src, open(tmp, "wb") as dst,
+              progress_bars.bar(_content_length(src), f"downloading {name}", progress is None,
+                                unit="B", unit_scale=True, stream=progress) as bar):
             for block in iter(lambda: src.read(1 << 20), b""):
                 dst.write(block)
+                bar.update(len(block))
         actual = sha256_of(tmp)
         if actual != expected:
             tmp.unlink()
@@ -556,6 +562,15 @@ def download(name: str, directory: str | Path, *, opener: Opener | None = None,
     return directory / spec.member_dir
 
 
+def _content_length(response: IO[bytes]) -> int | None:
+    """The size a response announces (HTTP Content-Length; file URLs set it too), or None."""
+    headers = getattr(response, "headers", None)
+    try:
+        return int(headers.get("Content-Length")) if headers is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 # --- CLI: `rankly datasets` -----------------------------------------------------------------
 
 
@@ -565,6 +580,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dl = sub.add_parser("download", help="download and verify a public dataset")
     dl.add_argument("name", choices=sorted(DOWNLOADS))
     dl.add_argument("--dir", default="data", help="target directory (default: ./data)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
     ins = sub.add_parser("inspect", help="load a file and print the load report")
     add_input_arguments(ins)
 
@@ -594,7 +610,8 @@ def load_from_args(args: argparse.Namespace, out: IO[str] = sys.stderr) -> Datas
 def run(args: argparse.Namespace) -> int:
     try:
         if args.datasets_command == "download":
-            folder = download(args.name, args.dir)
+            folder = download(args.name, args.dir,
+                              progress=None if args.quiet else sys.stderr)
             print(f"{args.name}: verified and unpacked into {folder}")
         else:
             ds = load_from_args(args, out=sys.stdout)

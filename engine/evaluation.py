@@ -15,13 +15,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 
 from rankly.engine import datasets, pipeline
+from rankly.engine import progress as progress_bars
 from rankly.engine.config import CacheSettings, PipelineSettings, Settings, load_settings
 from rankly.engine.interactions import Interactions, TrainingData, build_training_data
 from rankly.engine.model import Model, load_model
@@ -362,6 +363,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     With ``diversity_cap`` every setup without the diversity reranker is also run with it at
     that cap, reported as ``<name>+cap``; ``served`` always runs with its configured cap.
     ``max_users`` evaluates a random sample (``seed``) of the test users, to bound run time.
+    A bar over the setups is drawn on ``progress`` when it is a terminal.
     """
     settings = settings or Settings()
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
@@ -377,19 +379,20 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     if max_users is not None and len(targets) > max_users:
         keep = np.random.default_rng(seed).choice(sorted(targets), max_users, replace=False)
         targets = {u: targets[u] for u in sorted(keep.tolist())}
-    results = []
-    cache: dict[str, ModelPart] = {}
+    variants: dict[str, tuple[Setup, int]] = {}
     for name in models:
         s = _validated_on(SETUPS[name], split if split_validation else None)
-        variants = [(name, s, served_cap(settings))]
+        variants[name] = (s, served_cap(settings))
         if diversity_cap is not None and "diversity" not in s.rerankers:
-            variants.append((f"{name}+cap", dataclasses.replace(
-                s, rerankers=(*s.rerankers, "diversity")), diversity_cap))
-        for label, setup, cap in variants:
-            if progress is not None:
-                print(f"evaluating {label} ...", file=progress, flush=True)
-            results.append(evaluate_setup(label, setup, data, targets, settings, pm, k,
-                                          cap, exclude_seen, cache))
+            variants[f"{name}+cap"] = (dataclasses.replace(
+                s, rerankers=(*s.rerankers, "diversity")), diversity_cap)
+    results = []
+    cache: dict[str, ModelPart] = {}
+    for label in progress_bars.steps(list(variants), progress is None, desc="evaluating",
+                                     stream=progress):
+        setup, cap = variants[label]
+        results.append(evaluate_setup(label, setup, data, targets, settings, pm, k,
+                                      cap, exclude_seen, cache))
     n_test_users = np.unique(test.user_ids).size
     return {
         "split": split, "k": k, "diversity_cap": diversity_cap, "exclude_seen": exclude_seen,
@@ -498,6 +501,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--html", default=None, metavar="PATH",
                         help="also write the metrics as charts to one self-contained HTML file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -509,7 +513,8 @@ def run(args: argparse.Namespace) -> int:
             k=args.k, diversity_cap=args.diversity_cap, settings=settings,
             exclude_seen=not args.include_seen, min_weight=args.min_weight,
             event_types=[e for e in args.relevant_events.split(",") if e],
-            progress=sys.stderr, max_users=args.max_users, seed=args.seed,
+            progress=None if args.quiet else sys.stderr, max_users=args.max_users,
+            seed=args.seed,
             split_validation=args.blend_validation == "split")
         if args.html:
             from rankly.engine.report import write_html
@@ -536,27 +541,29 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop items the user already has (default: the configured "
                              "pipeline.exclude_seen, true)")
     parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
               exclude_seen: bool | None = None, pm: Any = None, out: IO[str] | None = None,
-              concurrency: int = 8) -> int:
+              concurrency: int = 8, progress: IO[str] | None = None) -> int:
     """Write one JSON line per user ``{"user_id", "items", "scores"}``; return the count.
 
     Runs the server's pipeline minus HTTP: one runtime (:func:`build_runtime`, configured
     store and cache tiers) and :func:`pipeline.rank` with the default plan, ``concurrency``
     users at a time in one event loop; lines keep the order of ``user_ids``. Unknown users get
-    the cold-start answer, as over HTTP.
+    the cold-start answer, as over HTTP. A bar over the users is drawn on ``progress`` when it
+    is a terminal.
     """
     if exclude_seen is not None:
         settings = settings.replace(pipeline=dataclasses.replace(settings.pipeline,
                                                                  exclude_seen=exclude_seen))
     return asyncio.run(_recommend(model, user_ids, n, settings, pm, out or sys.stdout,
-                                  max(concurrency, 1)))
+                                  max(concurrency, 1), progress))
 
 
 async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings, pm: Any,
-                     out: IO[str], concurrency: int) -> int:
+                     out: IO[str], concurrency: int, progress: IO[str] | None = None) -> int:
     rt = build_runtime(settings, model, pm)
     plan = pipeline.default_plan(rt)
 
@@ -564,24 +571,28 @@ async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Se
         req = RecommendationRequest(user_id=uid, n=n, request_id="")
         return await pipeline.rank(rt, req, plan)
 
+    total = len(user_ids) if isinstance(user_ids, Sized) else None
     count = 0
     batch: list[str] = []
     try:
-        for uid in [*user_ids, None]:
-            if uid is not None:
-                batch.append(uid)
-                if len(batch) < concurrency:
-                    continue
-            for uid_done, answer in zip(batch, await asyncio.gather(*map(one, batch)),
-                                        strict=True):
-                items = answer["items"]
-                out.write(json.dumps({
-                    "user_id": uid_done, "items": [it["item_id"] for it in items],
-                    "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
-                               for it in items],
-                }) + "\n")
-                count += 1
-            batch = []
+        with progress_bars.bar(total, "recommending", progress is None, unit="user",
+                               stream=progress) as bar:
+            for uid in [*user_ids, None]:
+                if uid is not None:
+                    batch.append(uid)
+                    if len(batch) < concurrency:
+                        continue
+                for uid_done, answer in zip(batch, await asyncio.gather(*map(one, batch)),
+                                            strict=True):
+                    items = answer["items"]
+                    out.write(json.dumps({
+                        "user_id": uid_done, "items": [it["item_id"] for it in items],
+                        "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
+                                   for it in items],
+                    }) + "\n")
+                    count += 1
+                bar.update(len(batch))
+                batch = []
     finally:
         await rt.store.close()
     return count
@@ -592,11 +603,12 @@ def run_recommend(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         model = load_model(args.artifacts)
         if args.all:
-            users: Iterable[str] = (str(u) for u in model.users.user_ids.tolist())
+            users = [str(u) for u in model.users.user_ids.tolist()]
         else:
             with open(args.users, encoding="utf-8") as fh:
                 users = [line.strip() for line in fh if line.strip()]
-        count = recommend(model, users, args.n, settings, args.exclude_seen)
+        count = recommend(model, users, args.n, settings, args.exclude_seen,
+                          progress=None if args.quiet else sys.stderr)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

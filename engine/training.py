@@ -101,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated trainer names (default: "
                              f"{','.join(DEFAULT_TRAINERS)}; pop is always added)")
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:

@@ -207,3 +207,36 @@ def test_format_help_documents_the_events_csv_columns(capsys):
                    "event_type", "value", "category_id"):
         assert column in text
 
+
+def _zip_server(tmp_path, monkeypatch) -> None:
+    """Point the movielens-100k download at a local file URL with its checksum."""
+    src = tmp_path / "src.zip"
+    src.write_bytes(_zip_bytes())
+    spec = datasets.Download(src.as_uri(), hashlib.sha256(src.read_bytes()).hexdigest(),
+                             "ml-100k")
+    monkeypatch.setitem(datasets.DOWNLOADS, "movielens-100k", spec)
+
+
+def test_download_draws_no_progress_when_stderr_is_not_a_terminal(tmp_path, monkeypatch,
+                                                                   capsys):
+    from rankly.engine.cli import main
+
+    _zip_server(tmp_path, monkeypatch)
+    assert main(["datasets", "download", "movielens-100k", "--dir", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_download_draws_a_byte_counter_on_a_terminal_unless_quiet(tmp_path, monkeypatch,
+                                                                  tty_stderr, quiet):
+    from rankly.engine.cli import main
+
+    _zip_server(tmp_path, monkeypatch)
+    tty_stderr.as_stderr()
+    assert main(["datasets", "download", "movielens-100k", "--dir", str(tmp_path / "d"),
+                 *(["--quiet"] if quiet else [])]) == 0
+    text = tty_stderr.output()
+    size = len(_zip_bytes())
+    assert ("downloading movielens-100k: 100%" in text and f"{size}/{size}" in text) \
+        is not quiet
+    assert (text == "") is quiet

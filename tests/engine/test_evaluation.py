@@ -241,3 +241,54 @@ def test_blend_validates_on_a_hold_out_shaped_like_the_split():
     assert dict(shaped.trainers)["blend"] == {"validation": "temporal"}
     assert dict(shaped.trainers)["ease"] == dict(served.trainers)["ease"]
     assert evaluation._validated_on(served, None) is served
+
+
+def _events_csv(path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(30):
+        for t, i in enumerate(rng.choice(20, 8, replace=False) + 20 * (u % 2)):
+            lines.append(f"u{u},i{i},{t * 100 + u}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_draws_no_progress_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    assert cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
+                     "--split", "user-last", "--models", "pop,itemknn"]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating" not in err and "\r" not in err and "%|" not in err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_evaluate_draws_a_bar_on_a_terminal_unless_quiet(tmp_path, tty_stderr, quiet):
+    tty_stderr.as_stderr()
+    assert cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
+                     "--split", "user-last", "--models", "pop,itemknn",
+                     *(["--quiet"] if quiet else [])]) == 0
+    text = tty_stderr.output()
+    assert ("evaluating itemknn" in text and "2/2" in text) is not quiet
+    assert ("%|" in text) is not quiet
+
+
+def test_recommend_draws_no_progress_when_stderr_is_not_a_terminal(artifacts, capsys):
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--all"]) == 0
+    assert capsys.readouterr().err == "300 users written\n"
+
+
+@pytest.mark.parametrize("who", ["--all", "--users"])
+@pytest.mark.parametrize("quiet", [False, True])
+def test_recommend_draws_a_bar_on_a_terminal_unless_quiet(artifacts, tmp_path, tty_stderr,
+                                                          who, quiet):
+    (tmp_path / "users.txt").write_text("1\n2\n3\nghost\n")
+    users = ["--users", str(tmp_path / "users.txt")] if who == "--users" else ["--all"]
+    tty_stderr.as_stderr()
+    assert cli.main(["recommend", "--artifacts", str(artifacts), *users,
+                     *(["--quiet"] if quiet else [])]) == 0
+    text = tty_stderr.output()
+    count = 4 if who == "--users" else 300
+    if quiet:
+        assert text.replace("\r\n", "\n") == f"{count} users written\n"
+    else:
+        assert "recommending" in text and f"{count}/{count}" in text and "100%" in text
+
