@@ -544,17 +544,37 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+#: The time budget of a batch answer (24 h). The online deadlines (request, stage) exist for
+#: a caller waiting on the network; a batch job is not latency-bound, and a slow machine
+#: must not turn its lists into popularity fallbacks (#15).
+BATCH_DEADLINE_MS = 86_400_000.0
+#: The store's budget per read in a batch: long enough for a loaded Redis, short enough that
+#: a frozen one shows as ``"fallback": "store_down"`` lines instead of a hung job.
+BATCH_STORE_MS = 10_000.0
+
+
+def batch_settings(settings: Settings) -> Settings:
+    """``settings`` for a batch job: no request or stage deadline, a patient store budget."""
+    d = settings.deadlines
+    return settings.replace(deadlines=dataclasses.replace(
+        d, request_ms=BATCH_DEADLINE_MS, stage_ms=BATCH_DEADLINE_MS,
+        store_ms=max(d.store_ms, BATCH_STORE_MS)))
+
+
 def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
               exclude_seen: bool | None = None, pm: Any = None, out: IO[str] | None = None,
               concurrency: int = 8, progress: IO[str] | None = None) -> int:
-    """Write one JSON line per user ``{"user_id", "items", "scores"}``; return the count.
+    """Write one JSON line per user (user_id, items, scores, fallback); return the count.
 
     Runs the server's pipeline minus HTTP: one runtime (:func:`build_runtime`, configured
-    store and cache tiers) and :func:`pipeline.rank` with the default plan, ``concurrency``
-    users at a time in one event loop; lines keep the order of ``user_ids``. Unknown users get
-    the cold-start answer, as over HTTP. A bar over the users is drawn on ``progress`` when it
+    store and cache tiers, :func:`batch_settings` deadlines) and :func:`pipeline.rank` with
+    the default plan, ``concurrency`` users at a time in one event loop; lines keep the order
+    of ``user_ids``. ``fallback`` is null for a personalized answer, else the pipeline's
+    reason (``cold_start`` for an unknown user, who gets the cold-start answer as over HTTP;
+    ``plugin_error``, ``store_down``...). A bar over the users is drawn on ``progress`` when it
     is a terminal.
     """
+    settings = batch_settings(settings)
     if exclude_seen is not None:
         settings = settings.replace(pipeline=dataclasses.replace(settings.pipeline,
                                                                  exclude_seen=exclude_seen))
@@ -589,6 +609,7 @@ async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Se
                         "user_id": uid_done, "items": [it["item_id"] for it in items],
                         "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
                                    for it in items],
+                        "fallback": answer["fallback"],
                     }) + "\n")
                     count += 1
                 bar.update(len(batch))

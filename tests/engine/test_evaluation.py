@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,36 @@ def test_recommend_draws_a_bar_on_a_terminal_unless_quiet(artifacts, tmp_path, t
     else:
         assert "recommending" in text and f"{count}/{count}" in text and "100%" in text
 
+
+def test_recommend_writes_the_fallback_of_every_line(artifacts, tmp_path, capsys):
+    (tmp_path / "users.txt").write_text("1\n2\nghost\n")
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--users",
+                     str(tmp_path / "users.txt")]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["fallback"] for x in lines] == [None, None, "cold_start"]
+
+
+def test_recommend_has_no_online_deadline(artifacts, monkeypatch, capsys):
+    monkeypatch.setenv("RANKLY_DEADLINES__REQUEST_MS", "2")
+    monkeypatch.setenv("RANKLY_DEADLINES__STAGE_MS", "1")
+    real = evaluation.pipeline.select
+
+    def slow(*args, **kwargs):  # every answer takes 10x the online request deadline
+        time.sleep(0.02)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation.pipeline, "select", slow)
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--all", "--n", "5"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 300 and all(x["fallback"] is None for x in lines)
+    assert len({tuple(x["items"]) for x in lines}) > 100  # personalized, not one popular list
+
+
+def test_batch_settings_lift_the_online_deadlines_and_keep_a_store_budget():
+    settings = load_settings(environ={"RANKLY_DEADLINES__REQUEST_MS": "2",
+                                      "RANKLY_DEADLINES__STORE_MS": "30000"})
+    d = evaluation.batch_settings(settings).deadlines
+    assert d.request_ms == d.stage_ms == evaluation.BATCH_DEADLINE_MS
+    assert d.store_ms == 30000
+    assert evaluation.batch_settings(load_settings(environ={})).deadlines.store_ms == \
+        evaluation.BATCH_STORE_MS
