@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -101,29 +100,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
-    from rankly.engine.model import fingerprint, save_model
-    from rankly.engine.training import DEFAULT_TRAINERS, summary, train
+    from rankly.engine import demo
+    from rankly.engine import progress as progress_bars
 
-    out = Path(args.dir)
-    print(f"rankly demo: generating a synthetic shop and training models into {out} ...")
-    started = time.perf_counter()
-    interactions, items = synthesize(seed=args.seed)
-    data = build_training_data(interactions, items)
-    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}), progress=sys.stderr)
-    save_model(out, data.catalog, data.users, parts,
-               data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights),
-               info={"source": "rankly demo (synthetic)", "seed": args.seed})
-    print(summary(out, data, parts, time.perf_counter() - started))
+    out = Path(args.artifacts).expanduser() if args.artifacts else demo.default_dir(os.environ)
+    reason = "--retrain" if args.retrain else demo.stale_reason(out, args.seed)
+    try:
+        if reason is None:
+            print(f"rankly demo: reusing the models in {out}, trained {demo.trained_at(out)} "
+                  "(--retrain trains them again)")
+        else:
+            print(f"rankly demo: training models on a synthetic shop into {out} ({reason}) ...",
+                  flush=True)
+            quiet = not progress_bars.enabled(args.quiet)
+            print(demo.train_into(out, args.seed, progress=None if quiet else sys.stderr))
+    except (demo.DemoError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     env = {"RANKLY_ARTIFACTS": str(out.resolve()), "RANKLY_HOST": args.host,
            "RANKLY_PORT": str(args.port)}
     settings = load_settings(environ={**os.environ, **env})
-    url = f"http://{settings.host}:{settings.port}"
-    print(f"\nServing on {url}\nTry:\n  curl '{url}/recommendations?user_id=1&n=5'\n"
-          f"  curl '{url}/items/1/similar?n=5'\n", flush=True)
+    print(demo_urls(f"http://{settings.host}:{settings.port}"), flush=True)
     _serve(settings, env)
     return 0
+
+
+def demo_urls(url: str) -> str:
+    """What to try once the demo serves on ``url`` (users and items are numbered from 1)."""
+    session = '{"session_items": ["1", "2"], "n": 5}'
+    return "\n".join([
+        f"\nServing on {url} (Ctrl-C stops). Try:",
+        "  # recommendations for user 1, and the items similar to item 1",
+        f"  curl '{url}/recommendations?user_id=1&n=5'",
+        f"  curl '{url}/items/1/similar?n=5'",
+        "  # an anonymous session's recommendations",
+        f"  curl -X POST {url}/recommendations -H 'content-type: application/json' \\",
+        f"       -d '{session}'",
+        "  # live metrics and quality in a browser; Prometheus metrics; the API description",
+        f"  {url}/dashboard",
+        f"  curl {url}/metrics",
+        f"  curl {url}/openapi.json",
+        "",
+    ])
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -150,8 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate a synthetic shop, train, serve on 127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--dir", default=".rankly/demo-artifacts", help="where to write artifacts")
+    p.add_argument("--artifacts", "--dir", dest="artifacts", default=None, metavar="DIR",
+                   help="where the trained models are kept and reused from (default: "
+                        "$XDG_CACHE_HOME/rankly/demo, else ~/.cache/rankly/demo)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train again even when current trained models are there")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="serve trained artifacts over HTTP")
