@@ -87,8 +87,8 @@ class PipelineSettings:
     """Which components run, in which order (names as registered by plugins)."""
 
     # the setup `rankly train` produces (see docs/evaluation.md for how it was chosen)
-    candidates: tuple[str, ...] = ("ease", "itemknn", "als", "trending", "popular")
-    scorers: tuple[str, ...] = ("blend", "ease", "als", "popular")
+    candidates: tuple[str, ...] = ("blend", "popular")
+    scorers: tuple[str, ...] = ("blend", "ease", "popular")
     rerankers: tuple[str, ...] = ("diversity",)
     candidates_per_generator: int = 300
     rerank_depth: int = 5  # rerankers see n * rerank_depth items (at least 50)

@@ -214,10 +214,19 @@ def _user_features(data: TrainingData, user_id: str, exclude_seen: bool = True) 
 
 def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
                 pm: Any, settings: Settings) -> list[ModelPart]:
-    """Fit each named trainer (options: settings' plugin options, overridden by the given)."""
+    """Fit each named trainer, as `rankly train` does: options are what an earlier part tuned
+    for it (``params["tuned_options"]``), overridden by the settings' plugin options,
+    overridden by the given ones."""
     registry = collect(pm, "trainers")
-    return [registry.get(name).fit(data, {**settings.plugin_options(name), **opts})
-            for name, opts in trainers]
+    parts: list[ModelPart] = []
+    tuned: dict[str, dict[str, Any]] = {}
+    for name, opts in trainers:
+        part = registry.get(name).fit(data, {**tuned.get(name, {}),
+                                             **settings.plugin_options(name), **opts})
+        for target, chosen in dict(part.params.get("tuned_options") or {}).items():
+            tuned.setdefault(str(target), {}).update(chosen)
+        parts.append(part)
+    return parts
 
 
 def in_memory_model(data: TrainingData, parts: Sequence[ModelPart]) -> Model:
@@ -353,7 +362,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
              pm: Any = None, exclude_seen: bool = True, min_weight: float = 0.0,
              event_types: Sequence[str] = (), progress: IO[str] | None = None,
              max_users: int | None = None, seed: int = 0,
-             split_validation: bool = True) -> dict[str, Any]:
+             split_validation: bool = False) -> dict[str, Any]:
     """Split ``ds``, train and score every setup in ``models``; return a JSON-ready report.
 
     With ``split_validation`` the blend trainer validates its weights on a hold-out of the
@@ -405,19 +414,25 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     }
 
 
+#: The blend's validation shape closest to each evaluation split.
+SPLIT_SHAPES = {"temporal": "temporal", "user-last": "last"}
+
+
 def _validated_on(setup: Setup, split: str | None) -> Setup:
     """``setup`` with its blend trainer validating on hold-outs shaped like ``split``."""
     if split is None:
         return setup
-    trainers = tuple((t, {**opts, "validation": split} if t == "blend" else opts)
+    shape = SPLIT_SHAPES.get(split, "robust")
+    trainers = tuple((t, {**opts, "validation": shape} if t == "blend" else opts)
                      for t, opts in setup.trainers)
     return dataclasses.replace(setup, trainers=trainers)
 
 
 def _blend_info(cache: Mapping[str, ModelPart]) -> dict[str, Any] | None:
     part = next((p for key, p in cache.items() if key.startswith("blend:")), None)
-    return None if part is None else {"weights": part.params.get("weights"),
-                                      "half_life_days": part.params.get("half_life_days"),
+    return None if part is None else {"params": {k: v for k, v in part.params.items()
+                                                 if k != "tuned_options"},
+                                      "tuned": part.params.get("tuned_options"),
                                       **dict(part.metrics)}
 
 
@@ -494,9 +509,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-users", type=int, default=None,
                         help="evaluate a random sample of this many test users (run time)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-users sample")
-    parser.add_argument("--blend-validation", choices=("split", "default"), default="split",
-                        help="split: the blend validates on a hold-out shaped like --split; "
-                             "default: the trainer's own default (both shapes)")
+    parser.add_argument("--blend-validation", choices=("split", "default"), default="default",
+                        help="default: the blend validates as `rankly train` does (robust: "
+                             "every hold-out shape); split: only on a hold-out shaped like "
+                             "--split")
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--html", default=None, metavar="PATH",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rankly.engine import datasets
+from rankly.engine import progress as progress_bars
 from rankly.engine.config import Settings, load_settings
 from rankly.engine.interactions import TrainingData, build_training_data
 from rankly.engine.model import fingerprint, save_model
@@ -17,26 +18,15 @@ from rankly.engine.plugins import PluginError, collect, make_plugin_manager
 from rankly.engine.types import ModelPart
 
 #: What `rankly train` fits without --trainers. "pop" always runs: the server's cold-start
-#: fallback needs it. "blend" must come after the parts it weighs.
-DEFAULT_TRAINERS = ("pop", "itemknn", "ease", "als", "blend")
+#: fallback needs it. "blend" chooses the hyper-parameters of the parts after it (its
+#: ``tuned_options``), so it comes before them.
+DEFAULT_TRAINERS = ("pop", "blend", "ease", "itemknn")
 #: The pipeline settings these parts are meant for (see docs/evaluation.md).
 RECOMMENDED_PIPELINE = {
-    "candidates": ("ease", "itemknn", "als", "popular"),
-    "scorers": ("blend", "ease", "als", "popular"),
+    "candidates": ("blend", "popular"),
+    "scorers": ("blend", "ease", "popular"),
     "rerankers": ("diversity",),
 }
-
-
-def _progress(out: IO[str], step: int, total: int, label: str) -> None:
-    """A one-line progress bar on a terminal, plain lines otherwise."""
-    if out.isatty():
-        filled = int(20 * step / max(total, 1))
-        out.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {step}/{total} {label:<30}")
-        if step == total:
-            out.write("\n")
-    else:
-        out.write(f"[{step}/{total}] {label}\n")
-    out.flush()
 
 
 def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
@@ -44,33 +34,42 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
           progress: IO[str] | None = None) -> list[ModelPart]:
     """Fit each trainer on ``data`` in order; return the parts (with ``seconds`` metrics).
 
-    Options per trainer: ``settings.plugin_options(name)`` overridden by ``options[name]``.
-    "pop" is added first when missing. EASE is skipped (with a note) when the catalog is too
-    large for its dense inverse.
+    ``progress``: the stream of a progress bar (drawn only when it is a terminal), or None.
+
+    Options per trainer: what an earlier part chose for it (a part's
+    ``params["tuned_options"][name]``, e.g. the lambda the blend validated for EASE),
+    overridden by ``settings.plugin_options(name)``, overridden by ``options[name]``: an
+    explicit setting always wins. "pop" is added first when missing. A trainer that refuses
+    the data (EASE on a catalog too large for its dense inverse) is skipped with a note.
     """
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
                                                        settings.blocked_plugins)
     registry = collect(pm, "trainers")
     names = list(dict.fromkeys(["pop", *trainers]))
     parts = []
-    for step, name in enumerate(names, 1):
-        if progress is not None:
-            _progress(progress, step - 1, len(names), f"training {name}")
-        opts = {**settings.plugin_options(name), **dict((options or {}).get(name, {}))}
+    tuned: dict[str, dict[str, Any]] = {}
+    shown = progress_bars.bar(len(names), "training", quiet=progress is None, unit="part",
+                              stream=progress)
+    for name in names:
+        shown.set_description_str(f"training {name}")
+        opts = {**tuned.get(name, {}), **settings.plugin_options(name),
+                **dict((options or {}).get(name, {}))}
         started = time.perf_counter()
         try:
             part = registry.get(name).fit(data, opts)
         except ValueError as exc:
             if name not in trainers or name == "pop":
                 raise
-            if progress is not None:
-                progress.write(f"\nskipped {name}: {exc}\n")
+            shown.write(f"skipped {name}: {exc}", file=progress or sys.stderr)
+            shown.update(1)
             continue
         seconds = round(time.perf_counter() - started, 3)
+        for target, chosen in dict(part.params.get("tuned_options") or {}).items():
+            tuned.setdefault(str(target), {}).update(chosen)
         parts.append(ModelPart(part.name, part.params, part.arrays,
                                {**part.metrics, "seconds": seconds}))
-    if progress is not None:
-        _progress(progress, len(names), len(names), "done")
+        shown.update(1)
+    shown.close()
     return parts
 
 
@@ -84,9 +83,11 @@ def summary(out_dir: Path, data: TrainingData, parts: Sequence[ModelPart], secon
     ]
     for p in parts:
         size = sum(a.nbytes for a in p.arrays.values()) / 2**20
-        extra = ", ".join(f"{k}={v}" for k, v in p.metrics.items() if k != "seconds")
+        extra = ", ".join(f"{k}={v}" for k, v in p.metrics.items()
+                          if k not in ("seconds", "report") and not isinstance(v, dict))
         lines.append(f"    {p.name:<8} {p.metrics.get('seconds', 0):>7.2f}s {size:>8.1f} MiB"
                      f"  {extra}")
+        lines.extend(f"             {line}" for line in p.metrics.get("report", ()))
     lines.append("  serve with: pipeline.candidates = "
                  f"{list(RECOMMENDED_PIPELINE['candidates'])}, pipeline.scorers = "
                  f"{list(RECOMMENDED_PIPELINE['scorers'])}")
@@ -101,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated trainer names (default: "
                              f"{','.join(DEFAULT_TRAINERS)}; pop is always added)")
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
+    parser.add_argument("--validation", default=None,
+                        choices=("robust", "random", "last", "temporal"),
+                        help="hold-out shape(s) the blend chooses hyper-parameters on: robust "
+                             "(default: good on every shape), random (20%% of each user's "
+                             "events), last (each user's last event), temporal (the last "
+                             "20%% of all events)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -111,7 +118,11 @@ def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         ds = datasets.load_from_args(args)
         data = build_training_data(ds.interactions, ds.items)
         trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
-        parts = train(data, trainers, settings, progress=sys.stderr)
+        validation = getattr(args, "validation", None)
+        options = {"blend": {"validation": validation}} if validation else None
+        quiet = getattr(args, "quiet", False)
+        parts = train(data, trainers, settings, options,
+                      progress=None if quiet else sys.stderr)
         path = save_model(
             args.out, data.catalog, data.users, parts,
             data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights,

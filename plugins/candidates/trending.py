@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from rankly import _fast
 from rankly.engine import hookimpl
 from rankly.engine.projections import projections_of

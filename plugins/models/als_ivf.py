@@ -24,7 +24,7 @@ import numpy as np
 from rankly import _fast
 from rankly.engine import hookimpl
 from rankly.engine.model import Model
-from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
+from rankly.engine.types import Candidates, ModelPart, Reason, UserFeatures
 from rankly.plugins.models import als
 
 NAME = "als-ivf"

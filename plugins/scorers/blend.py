@@ -1,109 +1,283 @@
-"""Linear blend of model scorers: a weighted sum of per-request z-normalized scores.
+"""The served default: a recency-aware item-item model blended with time-decayed popularity.
 
-Weights come from ``ctx.options["weights"]`` (e.g. ``{"ease": 0.6, "itemknn": 0.4}``), else from
-the model's ``blend`` part (selected by the ``blend`` trainer on hold-outs of the training data
-only), else equal weights over the parts the model has. The "recent" component is a
-time-decayed popularity stored in the blend part with the half-life validation chose.
-Components are built straight from the model's parts with the sibling plugins' scorer classes
-(a plugin cannot reach the registry).
+``score(u) = z(w_u @ B) + pop_weight * z(log1p(recent_popularity))`` over the whole catalog,
+where ``B`` is the EASE/EDLAE item-item matrix (item-kNN similarities when the catalog is too
+large for EASE), ``w_u`` weighs the user's history items by recency position
+(``(1 - mix) + mix * 2^(-j / half_life)`` for the j-th most recent, j = 0 newest) and ``z``
+standardizes a score row over the catalog. Everything is linear in the history, so a miss is
+one weighted sum of rows, one fused top-k and the rerankers.
+
+The ``blend`` trainer chooses every hyper-parameter (EASE lambda and dropout, the history mix
+and half-life, the popularity weight and half-life) on hold-outs carved from the training data
+in several shapes (:data:`SHAPES`), vectorized over users through the compiled kernels
+(:func:`rankly._fast.topk_batch`); see :class:`BlendTrainer` and docs/evaluation.md.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
+from rankly import _fast
 from rankly.engine import hookimpl
 from rankly.engine.interactions import TrainingData
 from rankly.engine.model import Model, UserTable
-from rankly.engine.types import ComponentContext, ModelPart, UserFeatures
-from rankly.plugins.models import als, ease, itemknn, popularity
+from rankly.engine.types import Candidates, ComponentContext, ModelPart, UserFeatures
+from rankly.plugins.models import ease, itemknn
+from rankly.plugins.models.ease import anchored_reasons
+from rankly.plugins.models.popularity import decayed_popularity
 
 NAME = "blend"
-#: The time-decayed popularity component; its scores live in the blend part itself, computed
-#: with the half-life that validation chose.
-RECENT = "recent"
-#: EASE scored from a recency-weighted history (see ``ease.EaseScorer.history_half_life``).
-EASE_RECENT = "ease-recent"
-#: Its half-life in history positions (from hold-outs of the ML-100K train part only: 5
-#: beat 20 and 80 on the user-last hold-out; on the temporal hold-out it loses to plain EASE,
-#: and validation then gives it no weight).
-HISTORY_HALF_LIFE = 5.0
-DEFAULT_COMPONENTS = ("ease", "itemknn", "als", RECENT, EASE_RECENT)
+#: Hold-out shapes, each carved from the training data like a common offline protocol:
+#: "random" (a random 20% of each user's events), "last" (each user's last event) and
+#: "temporal" (the last 20% of all events by time).
+SHAPES = ("random", "last", "temporal")
+VALIDATIONS = ("robust", *SHAPES)
+
+# --- serving ------------------------------------------------------------------------------
 
 
-def _recent_scorer(model: Model) -> popularity.PopularityScorer | None:
-    part = model.part(NAME)
-    return None if part is None or RECENT not in part else popularity.PopularityScorer(
-        part[RECENT])
+def history_weights(n: int, mix: float, half_life: float) -> np.ndarray:
+    """Weights (float32 [n]) of a history's items, newest first: ``(1-mix) + mix*2^(-j/h)``."""
+    if mix <= 0 or half_life <= 0:
+        return np.ones(n, dtype=np.float32)
+    j = np.arange(n, dtype=np.float64)
+    return ((1.0 - mix) + mix * np.exp2(-j / half_life)).astype(np.float32)
 
 
-#: Component name -> (model part it needs, scorer builder).
-COMPONENTS: Mapping[str, tuple[str, Callable[[Model], Any]]] = {
-    "ease": (ease.NAME, ease.EaseScorer.from_model),
-    "itemknn": (itemknn.NAME, lambda m: itemknn.scorer(m)),
-    "als": (als.NAME, als.ALSScorer.from_model),
-    "popular": (popularity.NAME, lambda m: popularity.PopularityScorer(m.part("pop")["scores"])),
-    RECENT: (NAME, _recent_scorer),
-    EASE_RECENT: (ease.NAME, lambda m: ease.EaseScorer.from_model(m, float(
-        m.params(NAME).get("history_half_life", HISTORY_HALF_LIFE)))),
-}
-TRAINERS: Mapping[str, Any] = {
-    "ease": ease.EaseTrainer(), "itemknn": itemknn.ItemKNNTrainer(), "als": als.ALSTrainer(),
-    "popular": popularity.PopularityTrainer(),
-}
+def znorm_rows(s: np.ndarray) -> np.ndarray:
+    """Standardize each row of ``s`` (1-d or 2-d) to mean 0, std 1 in place; constant rows
+    become 0. Returns ``s`` (float32)."""
+    s = np.asarray(s, dtype=np.float32)
+    n = max(s.shape[-1], 1)
+    mean = s.sum(axis=-1, keepdims=True, dtype=np.float64) / n
+    sq = np.einsum("...i,...i->...", s, s, dtype=np.float64)[..., None] / n
+    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    s -= mean.astype(np.float32)
+    s *= np.where(std > 1e-6 * (np.abs(mean) + 1e-6), 1.0 / np.maximum(std, 1e-30), 0.0
+                  ).astype(np.float32)
+    return s
 
 
-def znorm(x: np.ndarray) -> np.ndarray:
-    """Return ``(x - mean) / std`` as float32 (zeros when ``x`` is constant or empty)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return x.astype(np.float32)
-    sd = x.std()
-    return np.zeros(x.size, np.float32) if sd < 1e-12 else ((x - x.mean()) / sd).astype(
-        np.float32)
+def popularity_z(popularity: np.ndarray) -> np.ndarray:
+    """The popularity component: ``z(log1p(popularity))`` over the catalog (float32)."""
+    return znorm_rows(np.log1p(np.maximum(np.asarray(popularity, dtype=np.float64), 0)
+                               ).astype(np.float32))
 
 
-class BlendScorer:
-    """``score = sum_c w_c * znorm(scorer_c.score(user, items))`` over the request's items."""
+class EaseBase:
+    """Weighted sums of EASE rows: ``out[items] = w @ B[rows]``."""
 
-    def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float]) -> None:
-        self.components = dict(components)
-        self.weights = {c: float(w) for c, w in weights.items() if c in components and w}
+    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
+        self.items = np.asarray(items, dtype=np.int64)
+        self.weights = weights
+        self.n_items = n_items
+        self.pos = np.full(n_items, -1, dtype=np.int64)
+        self.pos[self.items] = np.arange(self.items.size)
 
-    def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
-        out = np.zeros(np.asarray(items).size, dtype=np.float32)
-        for name, w in self.weights.items():
-            out += w * znorm(self.components[name].score(user, items))
+    def usable(self, h: np.ndarray) -> np.ndarray:
+        return self.pos[h] >= 0
+
+    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.n_items, dtype=np.float32)
+        if h.size:
+            out[self.items] = w @ np.asarray(self.weights[self.pos[h]], dtype=np.float32)
+        return out
+
+    def contributions(self, h: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """[H, len(cand)]: how much each history item adds to each candidate's score."""
+        cols = self.pos[cand]
+        block = np.asarray(self.weights[self.pos[h]], dtype=np.float32)[:, np.maximum(cols, 0)]
+        block[:, cols < 0] = 0.0
+        return block * w[:, None]
+
+    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
+        """Dense [U, n_items] scores of a users x items history-weight matrix."""
+        out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
+        h = hist[:, self.items]
+        # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
+        if h.nnz > 0.002 * h.shape[0] * h.shape[1]:
+            h = h.toarray()
+        out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
         return out
 
 
-def build(model: Model, weights: Mapping[str, float] | None = None) -> BlendScorer | None:
-    """Return the blend over ``model``'s parts (None when no weighted component is present)."""
-    if weights is None:
-        part = model.part(NAME)
-        if part is not None:
-            weights = dict(zip(model.params(NAME).get("components", []),
-                               np.asarray(part["weights"]).tolist(), strict=False))
-    present = {c: build_c(model) for c, (p, build_c) in COMPONENTS.items()
-               if model.part(p) is not None and (weights is None or weights.get(c))}
-    present = {c: s for c, s in present.items() if s is not None}
-    if not present:
+class KnnBase:
+    """Weighted sums of item-kNN neighbour rows (when the catalog is too large for EASE)."""
+
+    def __init__(self, knn: itemknn.ItemKNNScorer) -> None:
+        self.sim = knn.sim
+        self.n_items = knn.n_items
+
+    def usable(self, h: np.ndarray) -> np.ndarray:
+        return np.ones(h.size, dtype=bool)
+
+    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if not h.size:
+            return np.zeros(self.n_items, dtype=np.float32)
+        return np.asarray(self.sim[h].T @ w, dtype=np.float32).ravel()
+
+    def contributions(self, h: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        return self.sim[h][:, cand].toarray().astype(np.float32) * w[:, None]
+
+    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((hist @ self.sim).toarray(), dtype=np.float32)
+
+
+#: Transitions count an item followed by each of the next SEQ_WINDOW items of the same user,
+#: the d-th weighing 2^(1-d); a request reads its SEQ_HISTORY newest items, the j-th (j = 0
+#: newest) weighing 2^-j.
+SEQ_WINDOW = 3
+SEQ_HISTORY = 8
+SEQ_SHRINK = 5.0
+
+
+def transition_matrix(data: TrainingData, window: int = SEQ_WINDOW,
+                      shrink: float = SEQ_SHRINK) -> sp.csr_matrix:
+    """Row-normalized item-to-next-items counts (float32 CSR [n_items, n_items]).
+
+    Each user's events in time order (ties by item index); ``T[i, j]`` sums ``2^(1-d)`` over
+    every time ``j`` came ``d <= window`` events after ``i``, divided by row ``i``'s total plus
+    ``shrink`` (rare items' rows stay small). The diagonal is dropped.
+    """
+    order = np.lexsort((data.item_idx, data.timestamps, data.user_idx))
+    u, i = data.user_idx[order], data.item_idx[order]
+    rows, cols, vals = [], [], []
+    for d in range(1, window + 1):
+        same = (u[d:] == u[:-d]) & (i[d:] != i[:-d])
+        rows.append(i[:-d][same])
+        cols.append(i[d:][same])
+        vals.append(np.full(int(same.sum()), 2.0 ** (1 - d), dtype=np.float32))
+    n = data.n_items
+    t = sp.csr_matrix((np.concatenate(vals) if vals else np.empty(0, np.float32),
+                       (np.concatenate(rows) if rows else np.empty(0, np.int64),
+                        np.concatenate(cols) if cols else np.empty(0, np.int64))),
+                      shape=(n, n), dtype=np.float32)
+    t.sum_duplicates()
+    out = np.asarray(t.sum(axis=1), dtype=np.float64).ravel()
+    return sp.csr_matrix(sp.diags((1.0 / (out + shrink)).astype(np.float32)) @ t,
+                         dtype=np.float32)
+
+
+class SequenceBase:
+    """What tends to come next after the user's newest items (:func:`transition_matrix`)."""
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
+                 n_items: int) -> None:
+        self.t = sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices),
+                                np.asarray(indptr)), shape=(n_items, n_items))
+
+    def rows(self, h: np.ndarray) -> np.ndarray:
+        """Float32 [n_items] scores from distinct history items ``h``, newest first."""
+        h = h[:SEQ_HISTORY]
+        w = np.exp2(-np.arange(h.size, dtype=np.float32))
+        return np.asarray(self.t[h].T @ w, dtype=np.float32).ravel()
+
+
+@dataclass(frozen=True)
+class BlendParams:
+    """What the trainer chose (see the module docstring for the formula)."""
+
+    mix: float = 0.0
+    half_life: float = 0.0  # history positions
+    seq_weight: float = 0.0
+    pop_weight: float = 0.0
+    pop_half_life_days: float = 0.0
+
+    def label(self) -> str:
+        return (f"history mix {self.mix:g} (half-life {self.half_life:g} items), sequence "
+                f"{self.seq_weight:g}, popularity {self.pop_weight:g} (half-life "
+                f"{self.pop_half_life_days:g} days)")
+
+
+class BlendScorer:
+    """Scores the whole catalog for a user; also a candidate generator (top-n with reasons)."""
+
+    def __init__(self, base: EaseBase | KnnBase, params: BlendParams,
+                 pop_z: np.ndarray | None, seq: SequenceBase | None = None) -> None:
+        self.base = base
+        self.params = params
+        self.seq = seq if params.seq_weight else None
+        self.n_items = base.n_items
+        self.pop_z = None if pop_z is None or params.pop_weight == 0 else (
+            np.asarray(pop_z, dtype=np.float32) * np.float32(params.pop_weight))
+
+    def _history(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(distinct usable history items, their recency weights, all distinct items), newest
+        first; a repeated item counts at its newest position."""
+        h = np.asarray(history, dtype=np.int64)
+        h = h[(h >= 0) & (h < self.n_items)]
+        _, first = np.unique(h, return_index=True)
+        first.sort()
+        w = history_weights(h.size, self.params.mix, self.params.half_life)[first]
+        h = h[first]
+        ok = self.base.usable(h)
+        return h[ok], w[ok], h
+
+    def _scores(self, h: np.ndarray, w: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+        s = znorm_rows(self.base.rows(h, w))
+        if self.seq is not None:
+            s += np.float32(self.params.seq_weight) * znorm_rows(self.seq.rows(distinct))
+        if self.pop_z is not None:
+            s += self.pop_z
+        return s
+
+    def full_scores(self, history: np.ndarray) -> np.ndarray:
+        """Float32 scores over the catalog for item indices ``history`` (newest first)."""
+        return self._scores(*self._history(history))
+
+    def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
+        return self.full_scores(user.history)[np.asarray(items, dtype=np.int64)]
+
+    def generate(self, user: UserFeatures, n: int) -> Candidates:
+        """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with the history item that adds
+        most to the candidate's score (FOR_YOU when none adds a positive amount)."""
+        h, w, distinct = self._history(user.history)
+        if h.size == 0:
+            return Candidates.empty()
+        idx, _ = _fast.topk(self._scores(h, w, distinct), n, exclude=user.seen)
+        reasons, anchors = anchored_reasons(h, self.base.contributions(h, w, idx),
+                                            np.arange(idx.size))
+        return Candidates(idx, reasons, anchors)
+
+
+def build(model: Model) -> BlendScorer | None:
+    """The blend of ``model`` (None without a blend part or without its base model part)."""
+    part = model.part(NAME)
+    if part is None:
         return None
-    if weights is None:
-        weights = {c: 1.0 for c in present if c != "popular"}  # popularity alone is no blend
-    blend = BlendScorer(present, weights)
-    return blend if blend.weights else None
+    p = model.params(NAME)
+    base_name = str(p.get("base", ease.NAME))
+    base: EaseBase | KnnBase
+    if base_name == ease.NAME:
+        e = model.part(ease.NAME)
+        if e is None:
+            return None
+        base = EaseBase(e["items"], e["weights"], len(model.catalog))
+    else:
+        knn = itemknn.scorer(model)
+        if knn is None:
+            return None
+        base = KnnBase(knn)
+    params = BlendParams(float(p.get("mix", 0.0)), float(p.get("half_life", 0.0)),
+                         float(p.get("seq_weight", 0.0)), float(p.get("pop_weight", 0.0)),
+                         float(p.get("pop_half_life_days", 0.0)))
+    seq = None
+    if "seq_indptr" in part:
+        seq = SequenceBase(part["seq_indptr"], part["seq_indices"], part["seq_data"],
+                           len(model.catalog))
+    return BlendScorer(base, params, part["popularity_z"] if "popularity_z" in part else None,
+                       seq)
 
 
-# --- training: tune the weights on a validation split of the training data ----------------
+# --- validation hold-outs -----------------------------------------------------------------
 
 
 def subset(data: TrainingData, keep: np.ndarray) -> TrainingData:
@@ -123,54 +297,115 @@ def subset(data: TrainingData, keep: np.ndarray) -> TrainingData:
     return TrainingData(data.catalog, users, m, u, i, w, ts)
 
 
-def holdout_last(data: TrainingData, fraction: float, min_events: int = 5
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mask (train, validation) holding out each user's last ``fraction`` of events by time.
+def holdout_mask(data: TrainingData, shape: str, fraction: float = 0.2, seed: int = 0,
+                 min_events: int = 5) -> np.ndarray:
+    """Boolean mask of the validation events of ``shape`` (one of :data:`SHAPES`).
 
-    Events are ordered by (timestamp, item index); users with fewer than ``min_events``
-    events keep all of them in train.
+    "random": ``ceil(fraction * n)`` random events of each user with >= ``min_events``;
+    "last": each such user's latest event (ties: the higher item index, as histories order
+    them); "temporal": every event at or after the ``1 - fraction`` quantile of timestamps.
     """
+    if shape == "temporal":
+        cut = np.quantile(data.timestamps, 1.0 - fraction, method="lower")
+        return data.timestamps >= cut
+    if shape not in SHAPES:
+        raise ValueError(f"blend: unknown validation shape {shape!r}; one of {SHAPES}")
     order = np.lexsort((data.item_idx, data.timestamps, data.user_idx))
     u = data.user_idx[order]
     counts = np.bincount(u, minlength=data.n_users)
     starts = np.concatenate([[0], np.cumsum(counts)])[u]
     rank = np.arange(u.size) - starts
-    n_val = np.where(counts >= min_events, np.ceil(counts * fraction).astype(np.int64), 0)[u]
+    n = counts[u]
+    if shape == "last":
+        val_sorted = (rank == n - 1) & (n >= min_events)
+    else:
+        key = np.random.default_rng(seed).random(u.size)
+        # rank events of each user by a random key; the first ceil(fraction*n) are held out
+        by_key = np.lexsort((key, u))
+        rrank = np.empty(u.size, dtype=np.int64)
+        rrank[by_key] = np.arange(u.size) - np.concatenate([[0], np.cumsum(counts)])[u[by_key]]
+        val_sorted = (rrank < np.ceil(n * fraction)) & (n >= min_events)
     val = np.zeros(u.size, dtype=bool)
-    val[order] = rank >= counts[u] - n_val
-    return ~val, val
+    val[order] = val_sorted
+    return val
 
 
-def holdout_temporal(data: TrainingData, quantile: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mask (train, validation) cutting all events at the ``quantile`` of their timestamps."""
-    cut = np.quantile(data.timestamps, quantile, method="lower")
-    return data.timestamps < cut, data.timestamps >= cut
+@dataclass
+class Holdout:
+    """One validation hold-out: the validation-train data and what each sampled user did next.
+
+    ``rows``: validation users (rows of the user table) with history and targets;
+    ``targets``: CSR [len(rows), n_items] of held-out items unseen in validation-train.
+    """
+
+    shape: str
+    train: TrainingData
+    rows: np.ndarray
+    targets: sp.csr_matrix
+    #: flat indices (row * n_items + item) of each validation user's validation-train items
+    seen_flat: np.ndarray
+    relevant: np.ndarray  # dense bool [len(rows), n_items] of the targets
 
 
-def _ndcg_rows(top: np.ndarray, rel: np.ndarray, n_rel: int, k: int) -> np.ndarray:
-    """NDCG@k of each row of candidate positions ``top`` [W, k] given a relevance mask."""
+def make_holdout(data: TrainingData, shape: str, fraction: float, max_users: int,
+                 seed: int) -> Holdout:
+    val = holdout_mask(data, shape, fraction, seed)
+    sub = subset(data, ~val)
+    t = sp.csr_matrix((np.ones(int(val.sum()), np.float32),
+                       (data.user_idx[val], data.item_idx[val])), shape=data.matrix.shape)
+    t.sum_duplicates()
+    t = t - t.multiply(sub.matrix > 0)
+    t.eliminate_zeros()
+    has_hist = np.diff(sub.users.history_indptr) > 0
+    rows = np.flatnonzero((np.diff(t.indptr) > 0) & has_hist)
+    if rows.size > max_users:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_users, replace=False))
+    hist = history_matrix(sub.users, rows, data.n_items, 0.0, 0.0)
+    seen_flat = (np.repeat(np.arange(rows.size, dtype=np.int64), np.diff(hist.indptr))
+                 * data.n_items + hist.indices)
+    targets = t[rows]
+    return Holdout(shape, sub, rows, targets, seen_flat, targets.toarray() > 0)
+
+
+def history_matrix(users: UserTable, rows: np.ndarray, n_items: int, mix: float,
+                   half_life: float, limit: int | None = None) -> sp.csr_matrix:
+    """CSR [len(rows), n_items] of :func:`history_weights` over each row's history (its
+    ``limit`` newest items when given)."""
+    indptr = users.history_indptr
+    lens = indptr[rows + 1] - indptr[rows]
+    if limit is not None:
+        lens = np.minimum(lens, limit)
+    out_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    flat = np.arange(int(out_ptr[-1]), dtype=np.int64) + np.repeat(indptr[rows] - out_ptr[:-1],
+                                                                    lens)
+    pos = np.arange(int(out_ptr[-1]), dtype=np.int64) - np.repeat(out_ptr[:-1], lens)
+    if mix > 0 and half_life > 0:
+        w = ((1.0 - mix) + mix * np.exp2(-pos / half_life)).astype(np.float32)
+    else:
+        w = np.ones(pos.size, dtype=np.float32)
+    return sp.csr_matrix((w, users.history_items[flat], out_ptr), shape=(rows.size, n_items))
+
+
+def _ndcg(top: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, k: int
+          ) -> np.ndarray:
+    """Binary NDCG@k per row of ranked item indices ``top`` [U, >=k] (-1 = padding), given
+    the dense relevance mask ``relevant`` [U, n_items] and each row's number of targets."""
+    top = top[:, :k]
+    rel = np.take_along_axis(relevant, np.maximum(top, 0), 1) & (top >= 0)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (rel[top] * disc[: top.shape[1]]).sum(axis=1)
-    return dcg / disc[: min(k, n_rel)].sum()
-
-
-def ranked_top(blended: np.ndarray, depth: int) -> np.ndarray:
-    """Return the best ``depth`` positions [W, depth] of each row of ``blended``, best first."""
-    kk = min(depth, blended.shape[1])
-    top = np.argpartition(-blended, kk - 1, axis=1)[:, :kk]
-    return np.take_along_axis(top, np.argsort(-np.take_along_axis(blended, top, 1), 1,
-                                              kind="stable"), 1)
+    ideal = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(n_relevant, k)]
+    return (rel * disc[: top.shape[1]]).sum(axis=1) / np.maximum(ideal, 1e-12)
 
 
 def apply_cap(top: np.ndarray, categories: np.ndarray, k: int, cap: int) -> np.ndarray:
-    """Return ``k`` of the ranked positions ``top`` [W, d] per row under a per-category cap.
+    """Return ``k`` of the ranked items ``top`` [U, d] per row under a per-category cap.
 
-    The served diversity reranker's rule (``_fast.diverse_topk``): walk each ranking keeping
-    an item while its category (``categories`` indexed by position; < 0 = uncategorized,
-    never capped) has fewer than ``cap`` kept; the best skipped items fill the remaining
-    slots, and the slate keeps ranking order.
+    The served diversity reranker's rule (``_fast.diverse_topk`` with fill): walk each ranking
+    keeping an item while its category (< 0 = uncategorized, never capped) has fewer than
+    ``cap`` kept; the best skipped items fill the remaining slots; the slate keeps ranking
+    order. Padding (-1) stays last.
     """
-    c = categories[top]
+    c = np.where(top >= 0, categories[np.maximum(top, 0)], -1)
     by_cat = np.argsort(c, axis=1, kind="stable")
     sc = np.take_along_axis(c, by_cat, 1)
     col = np.broadcast_to(np.arange(top.shape[1]), sc.shape)
@@ -180,283 +415,376 @@ def apply_cap(top: np.ndarray, categories: np.ndarray, k: int, cap: int) -> np.n
     rank = np.empty_like(by_cat)
     np.put_along_axis(rank, by_cat, col - start, 1)
     skipped = (c >= 0) & (rank >= cap)
-    # kept items first, then the best skipped ones; the slate is in ranking order
     order = np.sort(np.argsort(skipped, axis=1, kind="stable")[:, :k], axis=1)
     return np.take_along_axis(top, order, 1)
 
 
-def capped_top(blended: np.ndarray, categories: np.ndarray, k: int, cap: int | None,
-               depth: int = 50) -> np.ndarray:
-    """The top-``k`` positions [W, k] per row, under ``cap`` (:func:`apply_cap`) on the top
-    ``depth`` (what the served reranker sees) unless ``cap`` is None."""
-    if cap is None:
-        return ranked_top(blended, k)
-    return apply_cap(ranked_top(blended, max(depth, k)), categories, k, cap)
-
-
-def simplex_grid(n: int, step: float) -> np.ndarray:
-    """Every weight vector of ``n`` non-negative multiples of ``step`` summing to 1."""
-    units = round(1 / step)
-    rows = [c for c in itertools.product(range(units + 1), repeat=n) if sum(c) == units]
-    return np.asarray(rows, dtype=np.float64) / units
-
-
-def _validation_users(val_items: Mapping[int, np.ndarray], max_users: int,
-                      seed: int) -> list[int]:
-    rows = sorted(val_items)
-    if len(rows) > max_users:
-        rows = sorted(np.random.default_rng(seed).choice(rows, max_users, replace=False).tolist())
-    return rows
-
-
-def user_ndcg(model: Model, val_items: Mapping[int, np.ndarray], components: Sequence[str],
-              grid: np.ndarray, recent: Sequence[np.ndarray] = (), k: int = 10,
-              candidates: int = 300, max_users: int = 2000, seed: int = 0,
-              cap: int | None = None, depth: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Return the NDCG@k of every user for every weight row: (capped, uncapped) [H, W, U].
-
-    ``grid`` is [W, C] over ``components``. The "recent" component takes each popularity
-    array of ``recent`` in turn (H = len(recent), or 1 without it), so one pass over the users
-    scores every (half-life, weights) pair. Each user's candidates are the union of the top
-    ``candidates`` of every generator the served pipeline uses (ease, itemknn, als, popular),
-    minus seen items; scores are z-normalized over that set, as :class:`BlendScorer` does at
-    request time. "capped" applies the served diversity cap ``cap`` to the top ``depth``
-    (:func:`apply_cap`) before NDCG is computed; it equals "uncapped" when ``cap`` is None.
-    Users without candidates score 0.
-    """
-    fixed = [c for c in components if c != RECENT]
-    scorers = {c: COMPONENTS[c][1](model) for c in fixed}
-    # the served pipeline's generators: ease, itemknn, als, popular (ease-recent is a scorer)
-    gens = [s for c, s in scorers.items() if hasattr(s, "generate") and c != EASE_RECENT]
-    pop = model.part(popularity.NAME)
-    if pop is not None:
-        gens.append(popularity.PopularCandidates(pop["scores"], model.catalog.categories))
-    variants = [popularity.PopularityScorer(r) for r in recent] if RECENT in components else []
-    rows = _validation_users(val_items, max_users, seed)
-    categories = np.asarray(model.catalog.categories, dtype=np.int64)
-    out = np.zeros((max(len(variants), 1), grid.shape[0], len(rows)))
-    out_capped = out if cap is None else np.zeros_like(out)
-    for col, row in enumerate(rows):
-        hist = model.users.history(row)
-        user = UserFeatures(str(model.users.user_ids[row]), row, hist, np.unique(hist))
-        pool = [g.generate(user, candidates).items for g in gens]
-        cand = np.unique(np.concatenate(pool)) if pool else np.empty(0, np.int64)
-        if cand.size == 0:
-            continue
-        base = {c: znorm(scorers[c].score(user, cand)) for c in fixed}
-        rel = np.isin(cand, val_items[row]).astype(np.float64)
-        for h, variant in enumerate(variants or [None]):
-            if variant is not None:
-                base[RECENT] = znorm(variant.score(user, cand))
-            blended = grid @ np.stack([base[c] for c in components])
-            n_rel = int(val_items[row].size)
-            top = ranked_top(blended, k if cap is None else max(depth, k))
-            out[h, :, col] = _ndcg_rows(top[:, :k], rel, n_rel, k)
-            if cap is not None:
-                out_capped[h, :, col] = _ndcg_rows(
-                    apply_cap(top, categories[cand], k, cap), rel, n_rel, k)
-    return out_capped, out
-
-
 @dataclass(frozen=True)
-class Choice:
-    """The outcome of :func:`choose_weights` (row indices into the flattened candidates)."""
+class Outcome:
+    """Validation result of one candidate on one hold-out."""
 
-    best: int
-    best_single: int
-    gain: float  # mean over hold-outs of the relative per-user NDCG gain of best over single
-    p_value: float  # one-sided, H0: gain <= 0 (1.0 when best is the single)
-
-
-def paired_gain(challenger: Sequence[np.ndarray], incumbent: Sequence[np.ndarray]
-                ) -> tuple[float, float]:
-    """Return (gain, one-sided p) of paired per-user NDCG differences over hold-outs.
-
-    On each hold-out the per-user differences are divided by the incumbent's mean NDCG (a
-    relative gain); the hold-outs' mean gains are averaged with equal weight and tested with
-    a normal approximation of the paired t-test (standard error from the per-user variances).
-    """
-    gains, variances = [], []
-    for a, b in zip(challenger, incumbent, strict=True):
-        d = (np.asarray(a) - np.asarray(b)) / max(float(np.mean(b)), 1e-12)
-        gains.append(float(d.mean()) if d.size else 0.0)
-        variances.append(float(d.var(ddof=1)) / d.size if d.size > 1 else 0.0)
-    gain = float(np.mean(gains))
-    se = math.sqrt(sum(variances)) / len(variances)
-    if se <= 0:
-        return gain, 0.0 if gain > 0 else 1.0
-    return gain, 0.5 * math.erfc(gain / se / math.sqrt(2))
+    ndcg: float
+    per_user: np.ndarray
+    coverage: float  # distinct recommended items / catalog items
+    personalization: float  # 1 - mean overlap of two users' top-k lists
 
 
-def choose_weights(scores: Sequence[np.ndarray], singles: np.ndarray,
-                   alpha: float = 0.05, eligible: np.ndarray | None = None) -> Choice:
-    """Pick a candidate row from per-user validation NDCG on one or more hold-outs.
-
-    ``scores`` holds one [R, U_h] array per hold-out (R candidate weightings, U_h users);
-    ``singles`` the rows that put all weight on one component. The incumbent is the best
-    single (by the mean over hold-outs of mean NDCG / the best single's mean NDCG); the
-    challenger is the best row by the same criterion, and it replaces the incumbent only when
-    its paired gain (:func:`paired_gain`) is significant at one-sided level ``alpha``.
-    Only rows where the boolean mask ``eligible`` [R] holds compete (all rows when None, or
-    when no single is eligible).
-    """
-    means = [s.mean(axis=1) for s in scores]
-    ok = np.ones(len(means[0]), bool) if eligible is None else np.asarray(eligible, bool)
-    if not ok[singles].any():
-        ok = np.ones(len(means[0]), bool)
-    singles = singles[ok[singles]]
-    ratio = np.mean([m / max(float(m[singles].max()), 1e-12) for m in means], axis=0)
-    single = int(singles[np.argmax(ratio[singles])])
-    best = int(np.argmax(np.where(ok, ratio, -np.inf)))
-    if best == single:
-        return Choice(single, single, 0.0, 1.0)
-    gain, p = paired_gain([s[best] for s in scores], [s[single] for s in scores])
-    return Choice(best if p < alpha and gain > 0 else single, single, gain, p)
+def combine(outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome from several folds of a shape: mean NDCG, coverage and personalization;
+    the per-user values concatenated (the same users in the same order for every candidate,
+    so differences stay paired)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    return Outcome(float(np.mean([o.ndcg for o in outcomes])),
+                   np.concatenate([o.per_user for o in outcomes]),
+                   float(np.mean([o.coverage for o in outcomes])),
+                   float(np.mean([o.personalization for o in outcomes])))
 
 
-#: Weights served with ``validation = "none"`` (an EASE-led mix; see docs/evaluation.md).
-PRIOR: Mapping[str, float] = {"ease": 0.7, "itemknn": 0.1, "als": 0.2, "popular": 0.0}
-#: Half-lives (days; 0 = no decay) the "recent" component is validated with.
-HALF_LIVES = (0.0, 7.0, 30.0, 90.0, 365.0)
+def personalization(top: np.ndarray, k: int, pairs: int = 500, seed: int = 0) -> float:
+    """1 - the mean share of items two random users' top-``k`` lists have in common."""
+    if top.shape[0] < 2:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, top.shape[0], pairs)
+    b = (a + rng.integers(1, top.shape[0], pairs)) % top.shape[0]
+    both = np.sort(np.concatenate([top[a, :k], top[b, :k]], axis=1), axis=1)
+    # each list holds distinct items, so an item in both lists is an adjacent equal pair
+    common = ((both[:, 1:] == both[:, :-1]) & (both[:, 1:] >= 0)).sum(axis=1)
+    return 1.0 - float(common.mean()) / k
 
 
-def prior_row(grid: np.ndarray, components: Sequence[str],
-              prior: Mapping[str, float]) -> int | None:
-    """The grid row nearest to ``prior`` restricted to ``components`` (renormalized)."""
-    w = np.array([float(prior.get(c, 0.0)) for c in components])
-    if w.sum() <= 0:
-        return None
-    return int(np.argmin(np.abs(grid - w / w.sum()).sum(axis=1)))
+def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None,
+          categories: np.ndarray, depth: int = 50) -> Outcome:
+    """Rank every validation user from dense ``scores`` [U, n_items] as served and score it:
+    seen items excluded (their scores become NaN, which the kernels never return), the
+    compiled batch top-k, the diversity cap on the top ``depth``. Modifies ``scores``."""
+    scores.ravel()[hold.seen_flat] = np.nan
+    top, _ = _fast.topk_batch(scores, max(depth, k) if cap is not None else k)
+    if cap is not None:
+        top = apply_cap(top, categories, k, cap)
+    per_user = _ndcg(top, hold.relevant, np.diff(hold.targets.indptr), k)
+    top = top[:, :k]
+    items = np.unique(top[top >= 0])
+    return Outcome(float(per_user.mean()) if per_user.size else 0.0, per_user,
+                   items.size / max(scores.shape[1], 1), personalization(top, k))
 
 
-def validation_set(data: TrainingData, how: str, fraction: float
-                   ) -> tuple[TrainingData, dict[int, np.ndarray]]:
-    """Split ``data`` into (validation-train data, validation targets per user row).
+# --- training: choose every hyper-parameter on hold-outs ------------------------------------
 
-    Targets are the held-out items a user had not touched in the validation-train part;
-    users without validation-train history (cold) are left out.
-    """
-    if how == "temporal":
-        keep, val = holdout_temporal(data, 1.0 - fraction)
-    elif how == "user-last":
-        keep, val = holdout_last(data, fraction)
-    else:
-        raise ValueError(f"blend: unknown validation {how!r}; one of user-last, temporal, both")
-    sub = subset(data, keep)
-    vu, vi = data.user_idx[val], data.item_idx[val]
-    seen_pairs = set(zip(sub.user_idx.tolist(), sub.item_idx.tolist(), strict=True))
-    val_items: dict[int, list[int]] = {}
-    for u, i in zip(vu.tolist(), vi.tolist(), strict=True):
-        if (u, i) not in seen_pairs and sub.users.history(u).size:
-            val_items.setdefault(u, []).append(i)
-    return sub, {u: np.unique(v) for u, v in val_items.items()}
+#: EASE lambdas tried (a walk from the middle outwards), EDLAE dropouts tried at the best one.
+LAMBDAS = (30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+DROPOUTS = (0.0, 0.25, 0.5, 0.7)
+#: History recency: the share of recency weight and its half-life in history positions.
+MIXES = (0.15, 0.3, 0.5, 1.0)
+HISTORY_HALF_LIVES = (1.0, 3.0, 10.0)
+#: Weight of the (standardized) next-item score next to the item-item one.
+SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2, 0.4)
+#: Popularity: weight next to the (standardized) item-item score, and half-lives in days.
+POP_WEIGHTS = (0.05, 0.1, 0.2, 0.4)
+POP_HALF_LIVES = (0.0, 7.0, 30.0, 365.0)
+
+
+@dataclass
+class Search:
+    """Per-shape validation results of every candidate tried, and the selection rule."""
+
+    shapes: Sequence[str]
+    max_loss: float
+    degenerate_margin: float
+    alpha: float = 0.05
+    results: dict[BlendParams, dict[str, Outcome]] = field(default_factory=dict)
+
+    def baseline(self) -> dict[str, Outcome]:
+        return self.results[BlendParams()]
+
+    def ratios(self, c: BlendParams) -> np.ndarray:
+        base = self.baseline()
+        return np.array([self.results[c][s].ndcg / max(base[s].ndcg, 1e-12)
+                         for s in self.shapes])
+
+    def degenerate(self, c: BlendParams) -> bool:
+        """(Nearly) the same list for every user, or half the plain model's coverage."""
+        base = self.baseline()
+        return any(self.results[c][s].personalization < 0.5
+                   or self.results[c][s].coverage < 0.5 * base[s].coverage
+                   for s in self.shapes)
+
+    def lower_bounds(self, c: BlendParams) -> np.ndarray:
+        """Per shape, the one-sided lower confidence bound (normal approximation at level
+        ``alpha``) of the candidate's paired per-user NDCG change relative to the plain model's
+        mean NDCG: a non-inferiority test."""
+        base = self.baseline()
+        z = _normal_quantile(1.0 - self.alpha)
+        out = []
+        for s in self.shapes:
+            b, a = base[s].per_user, self.results[c][s].per_user
+            d = (a - b) / max(float(b.mean()), 1e-12)
+            se = float(d.std(ddof=1)) / math.sqrt(d.size) if d.size > 1 else 0.0
+            out.append(float(d.mean()) - z * se)
+        return np.array(out)
+
+    def value(self, c: BlendParams) -> float:
+        """The selection objective: mean log NDCG ratio to the plain model over the shapes;
+        -inf unless the candidate is non-inferior on every shape (its change's lower bound is
+        at least ``-max_loss``), or when a degenerate candidate does not win every shape by
+        ``degenerate_margin``."""
+        r = self.ratios(c)
+        if c != BlendParams() and self.lower_bounds(c).min() < -self.max_loss:
+            return -math.inf
+        if self.degenerate(c) and r.min() < 1.0 + self.degenerate_margin:
+            return -math.inf
+        return float(np.mean(np.log(np.maximum(r, 1e-12))))
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile (scipy's ndtri)."""
+    from scipy.special import ndtri
+
+    return float(ndtri(p))
 
 
 class BlendTrainer:
-    """Select blend weights on hold-outs of the training events, with a significance test.
+    """Choose the served default's hyper-parameters on hold-outs of the training events.
 
-    ``validation`` picks the hold-outs (each ``validation_fraction``, 0.2, of the events):
-    "user-last" (each user's last 20% by time, like the user-last evaluation split),
-    "temporal" (the last 20% of all events by time, like the temporal split), "both"
-    (default: the weights must be good on both, since training does not know how it will be
-    judged) or "none" (serve ``prior``, default :data:`PRIOR`). The sub-models are refit on
-    each validation-train part only; the served parts are trained separately on all data.
+    Options:
+    ``validation``: "robust" (default: hold-outs of every shape in :data:`SHAPES`), or one
+    shape. ``validation_fraction`` (0.2), ``max_users`` (2000 per hold-out), ``seed`` (0),
+    ``k`` (10), ``diversity_cap`` (3, as the default pipeline's reranker; -1: none),
+    ``max_loss`` (0.002), ``degenerate_margin`` (0.10), ``max_validation_items`` (3000: EASE
+    during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
+    keeps items with enough users to stay below it; above ``ease.MAX_ITEMS`` the base is
+    item-kNN).
 
-    Candidates: every weight vector of the ``step`` (0.2) simplex grid over ``components``
-    (default ease, itemknn, als, recent, ease-recent), crossed with ``half_lives`` (default
-    :data:`HALF_LIVES`) for the "recent" component (time-decayed popularity, age measured from
-    the newest training event). Rule (:func:`choose_weights`): the best single component is
-    served unless the best candidate beats it with a one-sided paired test on the per-user
-    NDCG@``k`` at level ``alpha`` (0.05). NDCG is measured on what is served: after the
-    diversity cap ``diversity_cap`` (3, as the default pipeline; -1 = none), and only
-    candidates whose validation cap cost (1 - capped / uncapped NDCG) is at most
-    ``max_cap_cost`` (0.05) on every hold-out compete. Validation uses
-    at most ``max_users`` (2000) users per hold-out and ``candidates`` (300) per generator, as
-    served. ``<component>`` option tables go to the sub-trainers.
+    Procedure (each step in the training report):
+
+    1. Hold-outs: one per shape, carved from the training data only; sub-models are refit on
+       each hold-out's validation-train part.
+    2. EASE: lambda walks :data:`LAMBDAS` from 300 towards the better neighbour while NDCG@k
+       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on the first shape's
+       hold-out ("random" for robust: the protocol with no recency to exploit, so the one a
+       time-aware model can only lose on).
+    3. Blend: coordinate ascent over (history mix, half-life), then (popularity weight,
+       half-life), then the history again, scored on every hold-out. The plain model (no
+       recency, no popularity) is the baseline; a candidate is eligible only if it loses at
+       most ``max_loss`` NDCG on *every* shape, and among eligible candidates the best mean
+       log NDCG ratio to the baseline wins (the geometric-mean gain). So time-awareness is
+       bought where a shape rewards it and never paid for on a shape that does not.
+    4. No degenerate default: a candidate whose lists are nearly the same for every user
+       (personalization < 0.5) or whose coverage is below half the baseline's is refused
+       unless it beats the baseline by ``degenerate_margin`` on every shape.
     """
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
+        # NOTE: validation is many mid-sized BLAS calls; OpenBLAS threads spinning against each
+        # other (or against other processes) cost far more than they gain there.
+        with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
+            return self._fit(data, options)
+
+    def _fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         started = time.perf_counter()
-        comps = list(options.get("components", DEFAULT_COMPONENTS))
-        if np.unique(data.item_idx).size > ease.MAX_ITEMS:
-            comps = [c for c in comps if c not in ("ease", EASE_RECENT)]
-        how = str(options.get("validation", "both"))
+        how = str(options.get("validation", "robust"))
+        if how not in VALIDATIONS:
+            raise ValueError(f"blend: validation must be one of {', '.join(VALIDATIONS)}, "
+                             f"not {how!r}")
+        shapes = SHAPES if how == "robust" else (how,)
         fraction = float(options.get("validation_fraction", 0.2))
-        half_lives = [float(h) for h in options.get("half_lives", HALF_LIVES)]
-        if RECENT not in comps:
-            half_lives = [0.0]
-        # NOTE: step 0.2 (126 mixes of 5 components) rather than 0.1 (1001): 8x less
-        # validation time (the demo trains the defaults before serving) and fewer challengers
-        # to be optimistic about.
-        grid = simplex_grid(len(comps), float(options.get("step", 0.2)))
-        cap = int(options.get("diversity_cap", 3))
-        cap = None if cap < 0 else cap
-        holdouts = {"both": ("user-last", "temporal"), "none": ()}.get(how, (how,))
-        scores, cap_costs, users = [], [], {}
-        for holdout in holdouts:
-            sub, targets = validation_set(data, holdout, fraction)
-            parts = {}
-            for c in dict.fromkeys("ease" if c == EASE_RECENT else c for c in comps):
-                if c in TRAINERS:
-                    part = TRAINERS[c].fit(sub, dict(options.get(c, {})))
-                    parts[part.name] = part
-            if popularity.NAME not in parts:
-                parts[popularity.NAME] = TRAINERS["popular"].fit(sub, {})
-            model = Model("validation", {"parts": {p.name: {"params": dict(p.params)}
-                                                   for p in parts.values()}},
-                          data.catalog, sub.users, {n: p.arrays for n, p in parts.items()})
-            recent = [popularity.decayed_popularity(sub, h) for h in half_lives]
-            per_user, uncapped = user_ndcg(model, targets, comps, grid, recent,
-                                 k=int(options.get("k", 10)),
-                                 candidates=int(options.get("candidates", 300)),
-                                 max_users=int(options.get("max_users", 2000)),
-                                 cap=cap)
-            scores.append(per_user.reshape(-1, per_user.shape[-1]))
-            cap_costs.append(1.0 - scores[-1].mean(axis=1) / np.maximum(
-                uncapped.reshape(-1, uncapped.shape[-1]).mean(axis=1), 1e-12))
-            users[holdout] = int(per_user.shape[-1])
-        # candidate r = (half-life r // W, weights r % W); singles weigh one component only
-        n_w = grid.shape[0]
-        single_rows = np.flatnonzero(grid.max(axis=1) == 1.0)
-        recent_col = comps.index(RECENT) if RECENT in comps else -1
-        singles = np.array([h * n_w + r for h in range(len(half_lives)) for r in single_rows
-                            if h == 0 or grid[r, recent_col] == 1.0], dtype=np.int64)
-        metrics: dict[str, Any] = {}
-        if scores and all(s.shape[1] for s in scores):
-            max_cost = float(options.get("max_cap_cost", 0.05))
-            eligible = np.all([c <= max_cost for c in cap_costs], axis=0)
-            choice = choose_weights(scores, singles, float(options.get("alpha", 0.05)),
-                                    eligible)
-            weights, half_life = grid[choice.best % n_w], half_lives[choice.best // n_w]
-            single = grid[choice.best_single % n_w]
-            metrics = {
-                "validation_ndcg": {h: round(float(s[choice.best].mean()), 5)
-                                    for h, s in zip(users, scores, strict=True)},
-                "best_single": comps[int(np.argmax(single))],
-                "best_single_ndcg": {h: round(float(s[choice.best_single].mean()), 5)
-                                     for h, s in zip(users, scores, strict=True)},
-                "gain_vs_single": round(choice.gain, 4), "p_value": round(choice.p_value, 4),
-                "validation_cap_cost": {h: round(float(c[choice.best]), 4)
-                                        for h, c in zip(users, cap_costs, strict=True)},
-                "validation_users": users}
+        max_users = int(options.get("max_users", 2000))
+        seed = int(options.get("seed", 0))
+        k = int(options.get("k", 10))
+        cap_opt = int(options.get("diversity_cap", 3))
+        cap = None if cap_opt < 0 or data.catalog.categories.max(initial=-1) < 0 else cap_opt
+        categories = np.asarray(data.catalog.categories, dtype=np.int64)
+        max_val_items = int(options.get("max_validation_items", 3000))
+        max_ease_items = int(options.get("max_ease_items", 6000))
+        report: list[str] = []
+
+        x_all = itemknn.binary_matrix(data)
+        counts = np.diff(x_all.tocsc().indptr)
+        min_count = 1
+        while (counts >= min_count).sum() > max_ease_items:
+            min_count += 1
+        use_ease = int((counts >= min_count).sum()) <= ease.MAX_ITEMS and (counts > 0).any()
+        base_name = ease.NAME if use_ease else itemknn.NAME
+
+        folds = int(options.get("random_folds", 3))
+        holds = [make_holdout(data, s, fraction, max_users, seed + f)
+                 for s in shapes for f in range(folds if s == "random" else 1)]
+        holds = [h for h in holds if h.rows.size]
+        if not holds:
+            raise ValueError("blend: no validation users (too little data to choose "
+                             "hyper-parameters)")
+        shapes = tuple(dict.fromkeys(h.shape for h in holds))
+        report.append("hold-outs: " + ", ".join(
+            f"{s} ({sum(h.shape == s for h in holds)} x "
+            f"{max(h.rows.size for h in holds if h.shape == s)} users)" for s in shapes))
+
+        # step 2: the base model's own hyper-parameters, on the first hold-out
+        tuned: dict[str, dict[str, Any]] = {}
+        if use_ease:
+            lam, dropout, walk = self._tune_ease(holds[0], k, cap, categories, max_val_items)
+            tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
+            report.append(f"ease on {holds[0].shape}: " + ", ".join(
+                f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
+                + f" -> lambda {lam:g}, dropout {dropout:g}")
+            bases = [self._ease_base(h.train, lam, dropout, max_val_items) for h in holds]
         else:
-            row = prior_row(grid, comps, options.get("prior", PRIOR))
-            if row is None:
-                raise ValueError("blend: no prior weights and no validation users")
-            weights, half_life = grid[row], half_lives[0]
-        arrays = {"weights": weights.astype(np.float32)}
-        if RECENT in comps:
-            arrays[RECENT] = popularity.decayed_popularity(data, half_life)
+            bases = [KnnBase(itemknn.ItemKNNScorer.from_part(
+                itemknn.ItemKNNTrainer().fit(h.train, {}).arrays)) for h in holds]
+            report.append(f"base: itemknn (ease would need "
+                          f"{int((counts >= min_count).sum())} items)")
+
+        # step 3: the blend, by coordinate ascent on every hold-out at once
+        search = Search(shapes, float(options.get("max_loss", 0.002)),
+                        float(options.get("degenerate_margin", 0.10)),
+                        float(options.get("alpha", 0.05)))
+        cache: dict[tuple[int, float], np.ndarray] = {}
+
+        def base_scores(i: int, half_life: float) -> np.ndarray:
+            key = (i, half_life)
+            if key not in cache:
+                h = holds[i]
+                hist = history_matrix(h.train.users, h.rows, data.n_items,
+                                      1.0 if half_life > 0 else 0.0, half_life)
+                cache[key] = bases[i].batch(hist)
+            return cache[key]
+
+        pops: dict[tuple[int, float], np.ndarray] = {}
+
+        def pop_scores(i: int, days: float) -> np.ndarray:
+            if (i, days) not in pops:
+                pops[(i, days)] = popularity_z(_decayed(holds[i].train, days))
+            return pops[(i, days)]
+
+        seqs: dict[int, np.ndarray] = {}
+
+        def seq_scores(i: int) -> np.ndarray:
+            if i not in seqs:
+                h = holds[i]
+                hist = history_matrix(h.train.users, h.rows, data.n_items, 1.0, 1.0,
+                                      SEQ_HISTORY)
+                seqs[i] = znorm_rows(np.asarray((hist @ transition_matrix(h.train)).toarray(),
+                                                dtype=np.float32))
+            return seqs[i]
+
+        def evaluate(c: BlendParams) -> float:
+            if c not in search.results:
+                out: dict[str, list[Outcome]] = {}
+                for i, h in enumerate(holds):
+                    s = base_scores(i, 0.0)
+                    if c.mix > 0 and c.half_life > 0:
+                        s = (1.0 - c.mix) * s + c.mix * base_scores(i, c.half_life)
+                    s = znorm_rows(np.array(s, dtype=np.float32))
+                    if c.seq_weight:
+                        s += np.float32(c.seq_weight) * seq_scores(i)
+                    if c.pop_weight:
+                        s += np.float32(c.pop_weight) * pop_scores(i, c.pop_half_life_days)
+                    out.setdefault(h.shape, []).append(judge(s, h, k, cap, categories))
+                search.results[c] = {shape: combine(o) for shape, o in out.items()}
+            return search.value(c)
+
+        best = BlendParams()
+        evaluate(best)
+        span_days = float(np.ptp(data.timestamps)) / 86400.0 if data.timestamps.size else 0.0
+        mixes = [float(m) for m in options.get("mixes", MIXES)]
+        history_half_lives = [float(h) for h in options.get("history_half_lives",
+                                                            HISTORY_HALF_LIVES)]
+        pop_weights = [float(w) for w in options.get("pop_weights", POP_WEIGHTS)]
+        pop_half_lives = [float(d) for d in options.get("pop_half_lives", POP_HALF_LIVES)
+                          if d == 0 or d <= max(span_days, 1.0)]
+        seq_weights = [float(w) for w in options.get("seq_weights", SEQ_WEIGHTS)]
+        changed = {"history": True, "sequence": True, "popularity": True}
+        for step in ("history", "sequence", "popularity", "history", "sequence"):
+            if not any(v for k, v in changed.items() if k != step):
+                break  # nothing else moved since this step last ran
+            before = best
+            if step == "history":
+                grid = [replace(best, mix=0.0, half_life=0.0)] + [
+                    replace(best, mix=m, half_life=hl)
+                    for m in mixes if m > 0 for hl in history_half_lives]
+            elif step == "sequence":
+                grid = [replace(best, seq_weight=w) for w in [0.0, *seq_weights]]
+            else:
+                grid = [replace(best, pop_weight=0.0, pop_half_life_days=0.0)] + [
+                    replace(best, pop_weight=w, pop_half_life_days=d)
+                    for w in pop_weights if w > 0 for d in pop_half_lives]
+            for c in grid:
+                if evaluate(c) > evaluate(best):
+                    best = c
+            changed[step] = best != before
+        cap_note = "none" if cap is None else str(cap)
+        chosen, base = search.results[best], search.baseline()
+        report.append(f"blend ({len(search.results)} candidates, diversity cap {cap_note}): "
+                      f"{best.label()}")
+        report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
+            f"{s} {chosen[s].ndcg:.4f} vs {base[s].ndcg:.4f}" for s in shapes))
+        refused = sum(1 for c in search.results if search.degenerate(c))
+        report.append(f"coverage@{k} " + ", ".join(f"{s} {chosen[s].coverage:.3f}"
+                                                   for s in shapes)
+                      + f"; personalization {min(chosen[s].personalization for s in shapes):.3f}"
+                      + f"; {refused} degenerate candidates refused")
+
+        arrays = {"popularity_z": popularity_z(_decayed(data, best.pop_half_life_days))}
+        if best.seq_weight:
+            t = transition_matrix(data)
+            arrays.update(seq_indptr=t.indptr.astype(np.int64),
+                          seq_indices=t.indices.astype(np.int64), seq_data=t.data)
         return ModelPart(
             name=NAME,
-            params={"components": comps, "weights": dict(zip(comps, weights.tolist(),
-                                                                strict=True)),
-                    "half_life_days": half_life, "history_half_life": HISTORY_HALF_LIFE,
-                    "validation": how,
-                    "validation_fraction": fraction, "diversity_cap": cap},
+            params={"base": base_name, "mix": best.mix, "half_life": best.half_life,
+                    "seq_weight": best.seq_weight, "pop_weight": best.pop_weight,
+                    "pop_half_life_days": best.pop_half_life_days,
+                    "validation": how, "shapes": list(shapes), "diversity_cap": cap,
+                    "tuned_options": tuned},
             arrays=arrays,
-            metrics={**metrics, "tune_seconds": round(time.perf_counter() - started, 2)},
+            metrics={
+                "validation_ndcg": {s: round(chosen[s].ndcg, 5) for s in shapes},
+                "plain_ndcg": {s: round(base[s].ndcg, 5) for s in shapes},
+                "validation_coverage": {s: round(chosen[s].coverage, 4) for s in shapes},
+                "validation_personalization": {s: round(chosen[s].personalization, 4)
+                                               for s in shapes},
+                "candidates": len(search.results), "degenerate_refused": refused,
+                "report": report, "tune_seconds": round(time.perf_counter() - started, 2)},
         )
+
+    @staticmethod
+    def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int) -> EaseBase:
+        x = itemknn.binary_matrix(train)
+        items = ease.active_items(x, 1, max_items)
+        xa = x[:, items]
+        return EaseBase(items, ease.item_weights((xa.T @ xa).toarray(), lam, dropout),
+                        train.n_items)
+
+    def _tune_ease(self, hold: Holdout, k: int, cap: int | None, categories: np.ndarray,
+                   max_items: int) -> tuple[float, float, dict[tuple[float, float], float]]:
+        """Walk lambda from 300 towards the better side, then pick the dropout."""
+        x = itemknn.binary_matrix(hold.train)
+        items = ease.active_items(x, 1, max_items)
+        xa = x[:, items]
+        gram = (xa.T @ xa).toarray()
+        hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0.0, 0.0)
+        seen: dict[tuple[float, float], float] = {}
+
+        def ndcg(lam: float, dropout: float) -> float:
+            if (lam, dropout) not in seen:
+                base = EaseBase(items, ease.item_weights(gram, lam, dropout), hold.train.n_items)
+                seen[(lam, dropout)] = judge(znorm_rows(base.batch(hist)), hold, k, cap,
+                                             categories).ndcg
+            return seen[(lam, dropout)]
+
+        d0 = 0.25
+        i = LAMBDAS.index(300.0)
+        step = 1 if ndcg(LAMBDAS[i + 1], d0) > ndcg(LAMBDAS[i], d0) else -1
+        while 0 <= i + step < len(LAMBDAS) and ndcg(LAMBDAS[i + step], d0) > ndcg(LAMBDAS[i], d0):
+            i += step
+        lam = LAMBDAS[i]
+        dropout = max(DROPOUTS, key=lambda d: (ndcg(lam, d), -d))
+        return lam, dropout, seen
+
+
+def _decayed(data: TrainingData, half_life_days: float) -> np.ndarray:
+    """Binary popularity halved every ``half_life_days`` (0: none), age from the newest event."""
+    return decayed_popularity(data, half_life_days)
 
 
 @hookimpl
@@ -464,10 +792,15 @@ def register_trainers(register):
     register(NAME, BlendTrainer())
 
 
+def _factory(ctx: ComponentContext) -> BlendScorer | None:
+    return build(ctx.model)
+
+
+@hookimpl
+def register_candidate_generators(register):
+    register(NAME, _factory)
+
+
 @hookimpl
 def register_scorers(register):
-    def blend(ctx: ComponentContext) -> BlendScorer | None:
-        weights = ctx.options.get("weights")
-        return build(ctx.model, dict(weights) if weights else None)
-
-    register(NAME, blend)
+    register(NAME, _factory)

@@ -19,9 +19,10 @@ from rankly.engine.config import load_settings
 from rankly.engine.demo import synthesize
 from rankly.engine.interactions import build_training_data
 from rankly.engine.model import fingerprint, load_model, save_model
-from rankly.engine.plugins import collect, make_plugin_manager
+from rankly.engine.training import train
 
-TRAINERS = ("pop", "itemknn", "als")
+#: What `rankly train` fits by default, plus ALS (tests of factor-model serving use it).
+TRAINERS = ("pop", "blend", "ease", "itemknn", "als")
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +30,8 @@ def artifacts(tmp_path_factory):
     """A model trained on a small synthetic shop (users/items numbered from 1)."""
     interactions, items = synthesize(n_users=300, n_items=400, seed=3)
     data = build_training_data(interactions, items)
-    trainers = collect(make_plugin_manager(), "trainers")
-    parts = [trainers.get(name).fit(data, {"factors": 16, "iterations": 5}) for name in TRAINERS]
+    parts = train(data, TRAINERS, load_settings(environ={}),
+                  {"als": {"factors": 16, "iterations": 5}})
     out = tmp_path_factory.mktemp("artifacts")
     save_model(out, data.catalog, data.users, parts,
                data_fingerprint=fingerprint(data.user_idx, data.item_idx))

@@ -48,7 +48,7 @@ def test_default_trainers_write_a_loadable_artifact(tmp_path, monkeypatch):
     out = io.StringIO()
     assert training.run(args, out=out) == 0
     model = load_model(tmp_path / "model")
-    assert set(model.parts) == {"pop", "itemknn", "ease", "als", "blend"}
+    assert set(model.parts) == {"pop", "itemknn", "ease", "blend"}
     assert model.manifest["info"]["recommended_pipeline"]["scorers"][0] == "blend"
     assert "model written to" in out.getvalue() and "ease" in out.getvalue()
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rankly._fast import reference
 from rankly.engine import datasets, evaluation
 from rankly.engine.config import Settings
 from rankly.engine.interactions import Interactions, build_training_data
@@ -42,7 +41,7 @@ def model(data):
     parts = evaluation.train_parts(
         data, [("pop", {}), ("itemknn", {}), ("ease", {}),
                ("als", {"backend": "numpy", "factors": 4, "iterations": 5}),
-               ("blend", {"validation": "user-last"})], pm, Settings())
+               ("blend", {"validation": "last"})], pm, Settings())
     return evaluation.in_memory_model(data, parts), pm
 
 
@@ -145,98 +144,6 @@ def test_components_are_none_when_the_model_lacks_their_part(data):
     only_pop = (evaluation.in_memory_model(data, parts), pm)
     for name in ("itemknn", "ease", "als", "blend"):
         assert _component(only_pop, "scorers", name) is None
-
-
-def test_blend_uses_configured_weights(model, data):
-    scorer = _component(model, "scorers", "blend", {"weights": {"ease": 1.0}})
-    ease_scorer = _component(model, "scorers", "ease")
-    user, items = _user(data, ["i01"]), np.arange(data.n_items)
-    np.testing.assert_allclose(scorer.score(user, items),
-                               blend.znorm(ease_scorer.score(user, items)), rtol=1e-5)
-
-
-def test_blend_trainer_weights_sum_to_one(model):
-    m, _ = model
-    w = m.part("blend")["weights"]
-    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
-
-
-def test_decayed_popularity_halves_an_events_weight_every_half_life():
-    day = 86400
-    d = build_training_data(Interactions(
-        np.array(["a", "b", "c", "a"]), np.array(["x", "x", "y", "y"]),
-        np.ones(4, np.float32), np.array([0, 10 * day, 20 * day, 20 * day])))
-    x, y = d.catalog.index["x"], d.catalog.index["y"]
-    flat = popularity.decayed_popularity(d)
-    assert flat[x] == 2 and flat[y] == 2
-    decayed = popularity.decayed_popularity(d, half_life_days=10)
-    assert decayed[x] == pytest.approx(0.25 + 0.5) and decayed[y] == pytest.approx(2.0)
-
-
-def test_ease_history_half_life_weighs_recent_history_items_more(model, data):
-    m, _ = model
-    plain, decayed = ease.EaseScorer.from_model(m), ease.EaseScorer.from_model(m, 1.0)
-    newest, older = data.catalog.index["i01"], data.catalog.index["i25"]
-    hist = np.array([newest, older, newest])
-    np.testing.assert_allclose(decayed.full_scores(hist),
-                               plain.full_scores([newest]) + 0.5 * plain.full_scores([older]),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ease.EaseScorer.from_model(m, 0.0).full_scores(hist),
-                               plain.full_scores(hist))
-
-
-def test_blend_trainer_stores_the_recent_popularity_it_validated(model, data):
-    m, _ = model
-    params = m.params("blend")
-    assert params["components"] == list(blend.DEFAULT_COMPONENTS)
-    assert params["half_life_days"] in blend.HALF_LIVES
-    np.testing.assert_allclose(m.part("blend")["recent"], popularity.decayed_popularity(
-        data, params["half_life_days"]))
-    assert blend.build(m, {"recent": 1.0}).weights == {"recent": 1.0}
-
-
-def test_paired_gain_is_significant_only_for_a_consistent_gain():
-    rng = np.random.default_rng(0)
-    base = rng.uniform(0.1, 0.3, 400)
-    gain, p = blend.paired_gain([base + 0.02], [base])
-    assert gain == pytest.approx(0.02 / base.mean()) and p < 1e-6
-    _, p_noise = blend.paired_gain([base + rng.normal(0.0, 0.2, 400)], [base])
-    assert p_noise > 0.05
-
-
-def test_choose_weights_keeps_the_best_single_unless_a_mix_wins_significantly():
-    rng = np.random.default_rng(1)
-    single_a, single_b = rng.uniform(0, 0.4, 300), rng.uniform(0, 0.3, 300)
-    noisy_mix = single_a + rng.normal(0.002, 0.3, 300)
-    kept = blend.choose_weights([np.stack([single_a, single_b, noisy_mix])], np.array([0, 1]))
-    assert (kept.best, kept.best_single) == (0, 0) and kept.p_value > 0.05
-    clear_mix = single_a + 0.05
-    won = blend.choose_weights([np.stack([single_a, single_b, clear_mix])], np.array([0, 1]))
-    assert (won.best, won.best_single) == (2, 0) and won.p_value < 0.05
-
-
-def test_choose_weights_only_lets_eligible_rows_compete():
-    rng = np.random.default_rng(2)
-    a, b = rng.uniform(0, 0.4, 300), rng.uniform(0, 0.3, 300)
-    scores = [np.stack([a, b, a + 0.05])]
-    got = blend.choose_weights(scores, np.array([0, 1]), eligible=np.array([False, True, False]))
-    assert (got.best, got.best_single) == (1, 1)
-    anyway = blend.choose_weights(scores, np.array([0, 1]), eligible=np.zeros(3, bool))
-    assert anyway.best == 2
-
-
-@pytest.mark.parametrize("cap", [0, 1, 2, 3])
-def test_capped_top_matches_the_diversity_kernel_reference(cap):
-    rng = np.random.default_rng(cap)
-    blended = rng.normal(size=(30, 40))
-    cats = rng.integers(-1, 4, 40)
-    got = blend.capped_top(blended, cats, 10, cap)
-    for row, positions in zip(blended, got, strict=True):
-        want, _, _ = reference.diverse_topk(row.astype(np.float32), cats.astype(np.int32), 10,
-                                            cap)
-        np.testing.assert_array_equal(positions, want)
-    np.testing.assert_array_equal(blend.capped_top(blended, cats, 10, None),
-                                  np.argsort(-blended, axis=1)[:, :10])
 
 
 def test_numpy_and_implicit_als_rank_alike(data):

@@ -1,0 +1,215 @@
+"""The served default model: its formula, hold-outs, selection rule and trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankly._fast import reference
+from rankly.engine.config import load_settings
+from rankly.engine.demo import synthesize
+from rankly.engine.evaluation import in_memory_model
+from rankly.engine.interactions import Interactions, build_training_data
+from rankly.engine.training import train
+from rankly.engine.types import Reason, UserFeatures
+from rankly.plugins.models import ease
+from rankly.plugins.scorers import blend
+
+
+@pytest.fixture(scope="module")
+def data():
+    interactions, items = synthesize(n_users=200, n_items=150, seed=5)
+    return build_training_data(interactions, items)
+
+
+@pytest.fixture(scope="module")
+def parts(data):
+    return train(data, ("pop", "blend", "ease", "itemknn"), load_settings(environ={}))
+
+
+@pytest.fixture(scope="module")
+def model(data, parts):
+    return in_memory_model(data, parts)
+
+
+def test_history_weights_decay_from_the_newest_item():
+    w = blend.history_weights(4, 0.5, 1.0)
+    np.testing.assert_allclose(w, [1.0, 0.75, 0.625, 0.5625])
+    np.testing.assert_array_equal(blend.history_weights(3, 0.0, 5.0), np.ones(3))
+
+
+@given(st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=50))
+@settings(max_examples=60, deadline=None)
+def test_znorm_rows_standardizes_or_zeroes_a_constant_row(values):
+    x = np.array(values, dtype=np.float32)
+    z = blend.znorm_rows(x.copy())
+    if np.ptp(x.astype(np.float64)) < 1e-3:
+        assert np.all(np.abs(z) < 1e-3) or np.isclose(z.std(), 1.0, atol=1e-2)
+    else:
+        assert abs(float(z.mean())) < 1e-3 and abs(float(z.std()) - 1.0) < 1e-2
+        order = np.argsort(x, kind="stable")
+        assert np.all(np.diff(z[order]) >= -1e-5)  # the order of the scores is kept
+
+
+def _events(rows):
+    us, its, ts = zip(*rows, strict=True)
+    return build_training_data(Interactions(np.array(us), np.array(its),
+                                            np.ones(len(rows), np.float32), np.array(ts)))
+
+
+def test_holdout_shapes_take_what_their_protocol_holds_out():
+    rows = [(f"u{u}", f"i{i}", 100 * u + i) for u in range(4) for i in range(10)]
+    rows += [("short", "i1", 5), ("short", "i2", 6)]  # too few events to hold any out
+    d = _events(rows)
+    last = blend.holdout_mask(d, "last")
+    assert last.sum() == 4
+    assert set(d.item_idx[last].tolist()) == {d.catalog.index["i9"]}
+    rnd = blend.holdout_mask(d, "random", 0.2, seed=1)
+    counts = np.bincount(d.user_idx[rnd], minlength=d.n_users)
+    assert [counts[d.users.row(f"u{u}")] for u in range(4)] == [2, 2, 2, 2]
+    assert not rnd[d.user_idx == d.users.row("short")].any()
+    temporal = blend.holdout_mask(d, "temporal", 0.25)
+    assert d.timestamps[temporal].min() >= d.timestamps[~temporal].max()
+    with pytest.raises(ValueError, match="shape"):
+        blend.holdout_mask(d, "user-last")
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2, 3])
+def test_apply_cap_matches_the_diversity_kernel_reference(cap):
+    rng = np.random.default_rng(cap)
+    scores = rng.normal(size=(30, 40)).astype(np.float32)
+    cats = rng.integers(-1, 4, 40)
+    top = np.argsort(-scores, axis=1, kind="stable")
+    got = blend.apply_cap(top, cats, 10, cap)
+    for row, picked in zip(scores, got, strict=True):
+        want, _, _ = reference.diverse_topk(row, cats.astype(np.int32), 10, cap)
+        np.testing.assert_array_equal(picked, want)
+
+
+def test_judge_scores_ndcg_as_defined_and_never_ranks_seen_items(data):
+    hold = blend.make_holdout(data, "random", 0.2, 50, 0)
+    rng = np.random.default_rng(0)
+    scores = rng.random((hold.rows.size, data.n_items)).astype(np.float32)
+    expected_top = []
+    for r in range(hold.rows.size):
+        s = scores[r].copy()
+        s[hold.train.users.history(hold.rows[r])] = -np.inf
+        expected_top.append(np.argsort(-s, kind="stable")[:10])
+    out = blend.judge(scores.copy(), hold, 10, None, data.catalog.categories)
+    disc = 1 / np.log2(np.arange(2, 12))
+    for r, top in enumerate(expected_top):
+        targets = hold.targets[r].indices
+        dcg = (np.isin(top, targets) * disc).sum()
+        assert out.per_user[r] == pytest.approx(dcg / disc[:min(10, targets.size)].sum())
+    assert 0 < out.coverage <= 1 and 0 <= out.personalization <= 1
+
+
+def _outcome(ndcg, per_user=None, coverage=0.2, personalization=0.9):
+    per_user = np.full(400, ndcg) if per_user is None else per_user
+    return blend.Outcome(float(np.mean(per_user)), per_user, coverage, personalization)
+
+
+def test_selection_refuses_a_candidate_that_is_worse_on_one_shape():
+    rng = np.random.default_rng(0)
+    base_r = rng.random(400)
+    search = blend.Search(("random", "last"), max_loss=0.002, degenerate_margin=0.1)
+    plain, timely = blend.BlendParams(), blend.BlendParams(mix=1.0, half_life=1.0)
+    search.results[plain] = {"random": _outcome(0, base_r), "last": _outcome(0.05)}
+    # a big gain on "last" does not buy a clear loss on "random"
+    search.results[timely] = {"random": _outcome(0, base_r * 0.95), "last": _outcome(0.08)}
+    assert search.value(timely) == -np.inf
+    small = blend.BlendParams(mix=0.15, half_life=3.0)
+    search.results[small] = {"random": _outcome(0, base_r), "last": _outcome(0.055)}
+    assert search.value(small) > search.value(plain) == 0.0
+
+
+def test_selection_refuses_a_degenerate_candidate_unless_it_wins_every_shape_clearly():
+    search = blend.Search(("random", "last"), max_loss=0.002, degenerate_margin=0.1)
+    plain, pop = blend.BlendParams(), blend.BlendParams(pop_weight=5.0)
+    search.results[plain] = {"random": _outcome(0.3), "last": _outcome(0.05)}
+    search.results[pop] = {"random": _outcome(0.31, personalization=0.1),
+                           "last": _outcome(0.06, personalization=0.1)}
+    assert search.degenerate(pop) and search.value(pop) == -np.inf
+    search.results[pop] = {"random": _outcome(0.4, personalization=0.1),
+                           "last": _outcome(0.06, personalization=0.1)}
+    assert search.value(pop) > 0
+
+
+def test_transition_matrix_counts_what_came_next_within_the_window():
+    d = _events([("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("v", "a", 1), ("v", "b", 2)])
+    t = blend.transition_matrix(d, window=2, shrink=0.0).toarray()
+    a, b, c = (d.catalog.index[x] for x in "abc")
+    # a -> b twice (weight 1 each), a -> c once two steps later (weight 0.5)
+    assert t[a, b] == pytest.approx(2 / 2.5) and t[a, c] == pytest.approx(0.5 / 2.5)
+    assert t[b, c] == pytest.approx(1.0) and t[c].sum() == 0
+
+
+def test_scorer_scores_follow_the_formula(model):
+    scorer = blend.build(model)
+    p = model.params("blend")
+    hist = model.users.history(3)
+    e = model.part("ease")
+    pos = np.full(len(model.catalog), -1)
+    pos[e["items"]] = np.arange(e["items"].size)
+    h = hist[pos[hist] >= 0]
+    w = blend.history_weights(hist.size, p["mix"], p["half_life"])[pos[hist] >= 0]
+    rows = np.zeros(len(model.catalog), np.float32)
+    rows[e["items"]] = w @ e["weights"][pos[h]]
+    want = blend.znorm_rows(rows) + p["pop_weight"] * model.part("blend")["popularity_z"]
+    if p["seq_weight"]:
+        want += p["seq_weight"] * blend.znorm_rows(scorer.seq.rows(hist))
+    np.testing.assert_allclose(scorer.full_scores(hist), want, rtol=1e-4, atol=1e-5)
+
+
+def test_generator_returns_the_top_unseen_items_with_history_anchors(model):
+    scorer = blend.build(model)
+    hist = model.users.history(7)
+    user = UserFeatures("u", 7, hist, np.unique(hist))
+    cands = scorer.generate(user, 20)
+    want, _ = reference.topk(scorer.full_scores(hist), 20, exclude=user.seen)
+    np.testing.assert_array_equal(cands.items, want)
+    because = cands.reasons == int(Reason.BECAUSE_YOU_LIKED)
+    assert because.any() and np.isin(cands.anchors[because], hist).all()
+
+
+def test_training_applies_the_tuned_ease_options_and_explicit_settings_win(data, parts):
+    chosen = next(p for p in parts if p.name == "blend").params["tuned_options"]["ease"]
+    served = next(p for p in parts if p.name == "ease").params
+    assert served["lambda"] == chosen["lambda"] and served["dropout"] == chosen["dropout"]
+    assert chosen["lambda"] in blend.LAMBDAS and chosen["dropout"] in blend.DROPOUTS
+    mine = train(data, ("blend", "ease"), load_settings(environ={}),
+                 {"ease": {"lambda": 77.0}})
+    assert next(p for p in mine if p.name == "ease").params["lambda"] == 77.0
+
+
+def test_training_report_says_what_was_chosen_and_why(parts):
+    part = next(p for p in parts if p.name == "blend")
+    text = "\n".join(part.metrics["report"])
+    assert "hold-outs: random (3 x" in text and "last" in text and "temporal" in text
+    assert "lambda" in text and "validation NDCG@10 chosen vs plain" in text
+    assert "personalization" in text and "coverage" in text
+    assert set(part.metrics["validation_ndcg"]) == {"random", "last", "temporal"}
+
+
+def test_single_shape_validation_and_bad_names(data):
+    part = blend.BlendTrainer().fit(data, {"validation": "last"})
+    assert part.params["shapes"] == ["last"]
+    with pytest.raises(ValueError, match="validation must be one of"):
+        blend.BlendTrainer().fit(data, {"validation": "user-last"})
+
+
+def test_ease_dropout_regularizes_popular_items_harder():
+    rng = np.random.default_rng(0)
+    x = (rng.random((300, 30)) < np.linspace(0.05, 0.6, 30)).astype(np.float32)
+    g = x.T @ x
+    plain = ease.item_weights(g, 10.0, 0.0)
+    p = np.linalg.inv(g.astype(np.float64) + 10 * np.eye(30))
+    want = p / -np.diag(p)
+    np.fill_diagonal(want, 0)
+    np.testing.assert_allclose(plain, want, rtol=1e-3, atol=1e-6)
+    dropped = ease.item_weights(g, 10.0, 0.5)
+    assert np.abs(dropped[-1]).sum() < np.abs(plain[-1]).sum()
+    with pytest.raises(ValueError, match="dropout"):
+        ease.item_weights(g, 10.0, 1.0)
