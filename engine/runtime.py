@@ -98,11 +98,24 @@ class Runtime:
         return comps
 
 
+def serving_defaults(model: Model) -> dict[str, dict[str, Any]]:
+    """Component options that training chose for serving (a part's
+    ``params["serving_options"]``, e.g. the diversity cap the blend validated), by component."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in model.manifest.get("parts", {}).values():
+        for name, opts in dict(part.get("params", {}).get("serving_options") or {}).items():
+            out.setdefault(str(name), {}).update(opts)
+    return out
+
+
 def _build(kind: str, registry: Registry, settings: Settings, model: Model,
            store: Store | None) -> dict[str, Any]:
     built: dict[str, Any] = {}
+    defaults = serving_defaults(model)
     for name, factory in registry.entries.items():
-        ctx = ComponentContext(name, model, settings.plugin_options(name), settings, store)
+        # NOTE: explicit settings win over what training chose
+        options = {**defaults.get(name, {}), **settings.plugin_options(name)}
+        ctx = ComponentContext(name, model, options, settings, store)
         try:
             component = factory(ctx) if callable(factory) else factory
         except Exception:

@@ -1,14 +1,17 @@
 """The served default: a recency-aware item-item model blended with time-decayed popularity.
 
-``score(u) = z(w_u @ B) + pop_weight * z(log1p(recent_popularity))`` over the whole catalog,
-where ``B`` is the EASE/EDLAE item-item matrix (item-kNN similarities when the catalog is too
-large for EASE), ``w_u`` weighs the user's history items by recency position
-(``(1 - mix) + mix * 2^(-j / half_life)`` for the j-th most recent, j = 0 newest) and ``z``
-standardizes a score row over the catalog. Everything is linear in the history, so a miss is
-one weighted sum of rows, one fused top-k and the rerankers.
+``score(u) = z(w_u @ B) + seq_weight * z(r_u @ T) + g_u * pop_weight * z(log1p(recent pop))``
+over the whole catalog, where ``B`` is the EASE/EDLAE item-item matrix (item-kNN similarities
+when the catalog is too large for EASE), ``w_u`` weighs the user's history items by recency
+position (``(1 - mix) + mix * 2^(-j / half_life)`` for the j-th most recent, j = 0 newest),
+``T`` holds what followed each item (:func:`transition_matrix`) read from the newest items
+``r_u``, ``g_u`` fades the time-decayed popularity for users long inactive at training time
+(:func:`user_gate`), and ``z`` standardizes a score row over the catalog. A miss is a few
+weighted sums of rows, one fused top-k and the rerankers.
 
 The ``blend`` trainer chooses every hyper-parameter (EASE lambda and dropout, the history mix
-and half-life, the popularity weight and half-life) on hold-outs carved from the training data
+and half-life, the sequence weight, the popularity weight, half-life and gate, the diversity
+cap) on hold-outs carved from the training data
 in several shapes (:data:`SHAPES`), vectorized over users through the compiled kernels
 (:func:`rankly._fast.topk_batch`); see :class:`BlendTrainer` and docs/evaluation.md.
 """
@@ -190,24 +193,41 @@ class BlendParams:
     seq_weight: float = 0.0
     pop_weight: float = 0.0
     pop_half_life_days: float = 0.0
+    pop_gate_days: float = 0.0  # 0: every user gets the popularity term in full
 
     def label(self) -> str:
         return (f"history mix {self.mix:g} (half-life {self.half_life:g} items), sequence "
                 f"{self.seq_weight:g}, popularity {self.pop_weight:g} (half-life "
-                f"{self.pop_half_life_days:g} days)")
+                f"{self.pop_half_life_days:g} days, user gate {self.pop_gate_days:g} days)")
 
 
 class BlendScorer:
     """Scores the whole catalog for a user; also a candidate generator (top-n with reasons)."""
 
     def __init__(self, base: EaseBase | KnnBase, params: BlendParams,
-                 pop_z: np.ndarray | None, seq: SequenceBase | None = None) -> None:
+                 pop_z: np.ndarray | None, seq: SequenceBase | None = None,
+                 user_gate: np.ndarray | None = None,
+                 trained_lengths: np.ndarray | None = None) -> None:
         self.base = base
         self.params = params
         self.seq = seq if params.seq_weight else None
         self.n_items = base.n_items
         self.pop_z = None if pop_z is None or params.pop_weight == 0 else (
             np.asarray(pop_z, dtype=np.float32) * np.float32(params.pop_weight))
+        # the popularity term's weight per trained user (2^(-days since their last event at
+        # training / pop_gate_days)); users active since (longer history) or unknown get 1
+        self.user_gate = None if user_gate is None or params.pop_gate_days <= 0 else (
+            np.asarray(user_gate, dtype=np.float32))
+        self.trained_lengths = trained_lengths
+
+    def gate(self, user: UserFeatures) -> float:
+        """How much of the popularity term ``user`` gets: 1 for users active since training
+        (or never seen), else what their inactivity at training time left of it."""
+        if self.user_gate is None or not 0 <= user.row < self.user_gate.size:
+            return 1.0
+        if self.trained_lengths is not None and user.history.size > self.trained_lengths[user.row]:
+            return 1.0
+        return float(self.user_gate[user.row])
 
     def _history(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distinct usable history items, their recency weights, all distinct items), newest
@@ -221,20 +241,23 @@ class BlendScorer:
         ok = self.base.usable(h)
         return h[ok], w[ok], h
 
-    def _scores(self, h: np.ndarray, w: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    def _scores(self, h: np.ndarray, w: np.ndarray, distinct: np.ndarray,
+                gate: float) -> np.ndarray:
         s = znorm_rows(self.base.rows(h, w))
         if self.seq is not None:
             s += np.float32(self.params.seq_weight) * znorm_rows(self.seq.rows(distinct))
-        if self.pop_z is not None:
-            s += self.pop_z
+        if self.pop_z is not None and gate > 0:
+            s += self.pop_z if gate == 1.0 else np.float32(gate) * self.pop_z
         return s
 
-    def full_scores(self, history: np.ndarray) -> np.ndarray:
-        """Float32 scores over the catalog for item indices ``history`` (newest first)."""
-        return self._scores(*self._history(history))
+    def full_scores(self, history: np.ndarray, gate: float = 1.0) -> np.ndarray:
+        """Float32 scores over the catalog for item indices ``history`` (newest first);
+        ``gate`` scales the popularity term (:meth:`gate`)."""
+        return self._scores(*self._history(history), gate)
 
     def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
-        return self.full_scores(user.history)[np.asarray(items, dtype=np.int64)]
+        return self.full_scores(user.history, self.gate(user))[np.asarray(items,
+                                                                          dtype=np.int64)]
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
         """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with the history item that adds
@@ -242,7 +265,8 @@ class BlendScorer:
         h, w, distinct = self._history(user.history)
         if h.size == 0:
             return Candidates.empty()
-        idx, _ = _fast.topk(self._scores(h, w, distinct), n, exclude=user.seen)
+        idx, _ = _fast.topk(self._scores(h, w, distinct, self.gate(user)), n,
+                            exclude=user.seen)
         reasons, anchors = anchored_reasons(h, self.base.contributions(h, w, idx),
                                             np.arange(idx.size))
         return Candidates(idx, reasons, anchors)
@@ -268,13 +292,15 @@ def build(model: Model) -> BlendScorer | None:
         base = KnnBase(knn)
     params = BlendParams(float(p.get("mix", 0.0)), float(p.get("half_life", 0.0)),
                          float(p.get("seq_weight", 0.0)), float(p.get("pop_weight", 0.0)),
-                         float(p.get("pop_half_life_days", 0.0)))
+                         float(p.get("pop_half_life_days", 0.0)),
+                         float(p.get("pop_gate_days", 0.0)))
     seq = None
     if "seq_indptr" in part:
         seq = SequenceBase(part["seq_indptr"], part["seq_indices"], part["seq_data"],
                            len(model.catalog))
     return BlendScorer(base, params, part["popularity_z"] if "popularity_z" in part else None,
-                       seq)
+                       seq, part["user_gate"] if "user_gate" in part else None,
+                       np.diff(model.users.history_indptr))
 
 
 # --- validation hold-outs -----------------------------------------------------------------
@@ -473,16 +499,23 @@ def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None,
 # --- training: choose every hyper-parameter on hold-outs ------------------------------------
 
 #: EASE lambdas tried (a walk from the middle outwards), EDLAE dropouts tried at the best one.
-LAMBDAS = (30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+LAMBDAS = (15.0, 30.0, 60.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+LAMBDA_START = 250.0
 DROPOUTS = (0.0, 0.25, 0.5, 0.7)
+DROPOUT_START = 0.25
 #: History recency: the share of recency weight and its half-life in history positions.
 MIXES = (0.15, 0.3, 0.5, 1.0)
 HISTORY_HALF_LIVES = (1.0, 3.0, 10.0)
+#: Diversity caps (items per primary category in the top k) validated, tightest first.
+DIVERSITY_CAPS = (2, 3, 4, 5)
 #: Weight of the (standardized) next-item score next to the item-item one.
 SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2, 0.4)
 #: Popularity: weight next to the (standardized) item-item score, and half-lives in days.
-POP_WEIGHTS = (0.05, 0.1, 0.2, 0.4)
+POP_WEIGHTS = (0.05, 0.1, 0.2, 0.4, 0.8)
 POP_HALF_LIVES = (0.0, 7.0, 30.0, 365.0)
+#: A user's popularity weight halves with every this many days they had been inactive when
+#: the model was trained (0: no gate). Users active since training always get all of it.
+POP_GATES = (0.0, 30.0)
 
 
 @dataclass
@@ -514,11 +547,14 @@ class Search:
         """Per shape, the one-sided lower confidence bound (normal approximation at level
         ``alpha``) of the candidate's paired per-user NDCG change relative to the plain model's
         mean NDCG: a non-inferiority test."""
-        base = self.baseline()
+        return self.bound(self.baseline(), self.results[c])
+
+    def bound(self, base: Mapping[str, Outcome], other: Mapping[str, Outcome]) -> np.ndarray:
+        """:meth:`lower_bounds` of ``other`` against ``base`` (per-shape outcomes)."""
         z = _normal_quantile(1.0 - self.alpha)
         out = []
         for s in self.shapes:
-            b, a = base[s].per_user, self.results[c][s].per_user
+            b, a = base[s].per_user, other[s].per_user
             d = (a - b) / max(float(b.mean()), 1e-12)
             se = float(d.std(ddof=1)) / math.sqrt(d.size) if d.size > 1 else 0.0
             out.append(float(d.mean()) - z * se)
@@ -549,8 +585,9 @@ class BlendTrainer:
 
     Options:
     ``validation``: "robust" (default: hold-outs of every shape in :data:`SHAPES`), or one
-    shape. ``validation_fraction`` (0.2), ``max_users`` (2000 per hold-out), ``seed`` (0),
-    ``k`` (10), ``diversity_cap`` (3, as the default pipeline's reranker; -1: none),
+    shape. ``random_folds`` (3), ``validation_fraction`` (0.2), ``max_users`` (2000 per
+    hold-out), ``seed`` (0), ``alpha`` (0.05),
+    ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (0.002), ``degenerate_margin`` (0.10), ``max_validation_items`` (3000: EASE
     during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
     keeps items with enough users to stay below it; above ``ease.MAX_ITEMS`` the base is
@@ -560,10 +597,10 @@ class BlendTrainer:
 
     1. Hold-outs: one per shape, carved from the training data only; sub-models are refit on
        each hold-out's validation-train part.
-    2. EASE: lambda walks :data:`LAMBDAS` from 300 towards the better neighbour while NDCG@k
-       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on the first shape's
-       hold-out ("random" for robust: the protocol with no recency to exploit, so the one a
-       time-aware model can only lose on).
+    2. EASE: lambda walks :data:`LAMBDAS` from 250 towards the better neighbour while NDCG@k
+       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on (up to two of) the
+       first shape's hold-outs ("random" for robust: the protocol with no recency to exploit,
+       so the one a time-aware model can only lose on).
     3. Blend: coordinate ascent over (history mix, half-life), then (popularity weight,
        half-life), then the history again, scored on every hold-out. The plain model (no
        recency, no popularity) is the baseline; a candidate is eligible only if it loses at
@@ -573,6 +610,10 @@ class BlendTrainer:
     4. No degenerate default: a candidate whose lists are nearly the same for every user
        (personalization < 0.5) or whose coverage is below half the baseline's is refused
        unless it beats the baseline by ``degenerate_margin`` on every shape.
+    5. Diversity: the tightest cap of :data:`DIVERSITY_CAPS` that is non-inferior to the
+       uncapped blend on every shape (same test, ``diversity_max_loss``) is served as the
+       diversity reranker's default (``serving_options``; an explicit
+       ``[plugins.diversity] cap`` wins); none qualifies: no cap.
     """
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
@@ -592,8 +633,11 @@ class BlendTrainer:
         max_users = int(options.get("max_users", 2000))
         seed = int(options.get("seed", 0))
         k = int(options.get("k", 10))
-        cap_opt = int(options.get("diversity_cap", 3))
-        cap = None if cap_opt < 0 or data.catalog.categories.max(initial=-1) < 0 else cap_opt
+        # the blend is chosen uncapped; the diversity cap is validated for it afterwards
+        cap = None
+        caps = [int(c) for c in options.get("diversity_caps", DIVERSITY_CAPS)]
+        if data.catalog.categories.max(initial=-1) < 0:
+            caps = []
         categories = np.asarray(data.catalog.categories, dtype=np.int64)
         max_val_items = int(options.get("max_validation_items", 3000))
         max_ease_items = int(options.get("max_ease_items", 6000))
@@ -622,9 +666,10 @@ class BlendTrainer:
         # step 2: the base model's own hyper-parameters, on the first hold-out
         tuned: dict[str, dict[str, Any]] = {}
         if use_ease:
-            lam, dropout, walk = self._tune_ease(holds[0], k, cap, categories, max_val_items)
+            tune_on = [h for h in holds if h.shape == holds[0].shape][:2]
+            lam, dropout, walk = self._tune_ease(tune_on, k, categories, max_val_items)
             tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
-            report.append(f"ease on {holds[0].shape}: " + ", ".join(
+            report.append(f"ease on {len(tune_on)} {holds[0].shape} hold-outs: " + ", ".join(
                 f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
                 + f" -> lambda {lam:g}, dropout {dropout:g}")
             bases = [self._ease_base(h.train, lam, dropout, max_val_items) for h in holds]
@@ -667,20 +712,31 @@ class BlendTrainer:
                                                 dtype=np.float32))
             return seqs[i]
 
+        def scores(c: BlendParams, i: int) -> np.ndarray:
+            s = base_scores(i, 0.0)
+            if c.mix > 0 and c.half_life > 0:
+                s = (1.0 - c.mix) * s + c.mix * base_scores(i, c.half_life)
+            s = znorm_rows(np.array(s, dtype=np.float32))
+            if c.seq_weight:
+                s += np.float32(c.seq_weight) * seq_scores(i)
+            if c.pop_weight:
+                pop = np.float32(c.pop_weight) * pop_scores(i, c.pop_half_life_days)
+                if c.pop_gate_days > 0:
+                    gate = user_gate(holds[i].train, c.pop_gate_days)[holds[i].rows]
+                    s += gate[:, None] * pop[None, :]
+                else:
+                    s += pop
+            return s
+
+        def outcomes(c: BlendParams, cap: int | None) -> dict[str, Outcome]:
+            out: dict[str, list[Outcome]] = {}
+            for i, h in enumerate(holds):
+                out.setdefault(h.shape, []).append(judge(scores(c, i), h, k, cap, categories))
+            return {shape: combine(o) for shape, o in out.items()}
+
         def evaluate(c: BlendParams) -> float:
             if c not in search.results:
-                out: dict[str, list[Outcome]] = {}
-                for i, h in enumerate(holds):
-                    s = base_scores(i, 0.0)
-                    if c.mix > 0 and c.half_life > 0:
-                        s = (1.0 - c.mix) * s + c.mix * base_scores(i, c.half_life)
-                    s = znorm_rows(np.array(s, dtype=np.float32))
-                    if c.seq_weight:
-                        s += np.float32(c.seq_weight) * seq_scores(i)
-                    if c.pop_weight:
-                        s += np.float32(c.pop_weight) * pop_scores(i, c.pop_half_life_days)
-                    out.setdefault(h.shape, []).append(judge(s, h, k, cap, categories))
-                search.results[c] = {shape: combine(o) for shape, o in out.items()}
+                search.results[c] = outcomes(c, None)
             return search.value(c)
 
         best = BlendParams()
@@ -693,6 +749,7 @@ class BlendTrainer:
         pop_half_lives = [float(d) for d in options.get("pop_half_lives", POP_HALF_LIVES)
                           if d == 0 or d <= max(span_days, 1.0)]
         seq_weights = [float(w) for w in options.get("seq_weights", SEQ_WEIGHTS)]
+        pop_gates = [float(g) for g in options.get("pop_gates", POP_GATES)]
         changed = {"history": True, "sequence": True, "popularity": True}
         for step in ("history", "sequence", "popularity", "history", "sequence"):
             if not any(v for k, v in changed.items() if k != step):
@@ -705,17 +762,17 @@ class BlendTrainer:
             elif step == "sequence":
                 grid = [replace(best, seq_weight=w) for w in [0.0, *seq_weights]]
             else:
-                grid = [replace(best, pop_weight=0.0, pop_half_life_days=0.0)] + [
-                    replace(best, pop_weight=w, pop_half_life_days=d)
-                    for w in pop_weights if w > 0 for d in pop_half_lives]
+                grid = [replace(best, pop_weight=0.0, pop_half_life_days=0.0,
+                                pop_gate_days=0.0)] + [
+                    replace(best, pop_weight=w, pop_half_life_days=d, pop_gate_days=g)
+                    for w in pop_weights if w > 0 for d in pop_half_lives
+                    for g in pop_gates]
             for c in grid:
                 if evaluate(c) > evaluate(best):
                     best = c
             changed[step] = best != before
-        cap_note = "none" if cap is None else str(cap)
         chosen, base = search.results[best], search.baseline()
-        report.append(f"blend ({len(search.results)} candidates, diversity cap {cap_note}): "
-                      f"{best.label()}")
+        report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
             f"{s} {chosen[s].ndcg:.4f} vs {base[s].ndcg:.4f}" for s in shapes))
         refused = sum(1 for c in search.results if search.degenerate(c))
@@ -724,7 +781,25 @@ class BlendTrainer:
                       + f"; personalization {min(chosen[s].personalization for s in shapes):.3f}"
                       + f"; {refused} degenerate candidates refused")
 
+        # step 5: the tightest diversity cap that costs the chosen blend nothing measurable
+        cap_cost: dict[str, dict[str, float]] = {}
+        max_cap_loss = float(options.get("diversity_max_loss", search.max_loss))
+        for c in sorted(caps):
+            capped = outcomes(best, c)
+            bound = search.bound(chosen, capped)
+            cap_cost[str(c)] = {s: round(1.0 - capped[s].ndcg / max(chosen[s].ndcg, 1e-12), 4)
+                                for s in shapes}
+            if bound.min() >= -max_cap_loss:
+                cap = c
+                break
+        if caps:
+            report.append("diversity cap: " + ("none" if cap is None else str(cap))
+                          + f" (NDCG cost by cap {cap_cost}; a cap must not cost more than "
+                            f"{max_cap_loss:.1%} at the {1 - search.alpha:.0%} level)")
+
         arrays = {"popularity_z": popularity_z(_decayed(data, best.pop_half_life_days))}
+        if best.pop_weight and best.pop_gate_days > 0:
+            arrays["user_gate"] = user_gate(data, best.pop_gate_days)
         if best.seq_weight:
             t = transition_matrix(data)
             arrays.update(seq_indptr=t.indptr.astype(np.int64),
@@ -734,8 +809,10 @@ class BlendTrainer:
             params={"base": base_name, "mix": best.mix, "half_life": best.half_life,
                     "seq_weight": best.seq_weight, "pop_weight": best.pop_weight,
                     "pop_half_life_days": best.pop_half_life_days,
-                    "validation": how, "shapes": list(shapes), "diversity_cap": cap,
-                    "tuned_options": tuned},
+                    "pop_gate_days": best.pop_gate_days,
+                    "validation": how, "shapes": list(shapes),
+                    "tuned_options": tuned,
+                    "serving_options": {"diversity": {"cap": cap}} if caps else {}},
             arrays=arrays,
             metrics={
                 "validation_ndcg": {s: round(chosen[s].ndcg, 5) for s in shapes},
@@ -744,6 +821,7 @@ class BlendTrainer:
                 "validation_personalization": {s: round(chosen[s].personalization, 4)
                                                for s in shapes},
                 "candidates": len(search.results), "degenerate_refused": refused,
+                "diversity_cap_cost": cap_cost,
                 "report": report, "tune_seconds": round(time.perf_counter() - started, 2)},
         )
 
@@ -755,31 +833,49 @@ class BlendTrainer:
         return EaseBase(items, ease.item_weights((xa.T @ xa).toarray(), lam, dropout),
                         train.n_items)
 
-    def _tune_ease(self, hold: Holdout, k: int, cap: int | None, categories: np.ndarray,
+    def _tune_ease(self, holds: Sequence[Holdout], k: int, categories: np.ndarray,
                    max_items: int) -> tuple[float, float, dict[tuple[float, float], float]]:
-        """Walk lambda from 300 towards the better side, then pick the dropout."""
-        x = itemknn.binary_matrix(hold.train)
-        items = ease.active_items(x, 1, max_items)
-        xa = x[:, items]
-        gram = (xa.T @ xa).toarray()
-        hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0.0, 0.0)
+        """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while the mean
+        NDCG@k over ``holds`` improves (dropout :data:`DROPOUT_START`), then pick the dropout
+        at that lambda; ties go to the smaller dropout."""
+        grams, hists = [], []
+        for hold in holds:
+            x = itemknn.binary_matrix(hold.train)
+            items = ease.active_items(x, 1, max_items)
+            xa = x[:, items]
+            grams.append((items, (xa.T @ xa).toarray()))
+            hists.append(history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0))
         seen: dict[tuple[float, float], float] = {}
 
         def ndcg(lam: float, dropout: float) -> float:
             if (lam, dropout) not in seen:
-                base = EaseBase(items, ease.item_weights(gram, lam, dropout), hold.train.n_items)
-                seen[(lam, dropout)] = judge(znorm_rows(base.batch(hist)), hold, k, cap,
-                                             categories).ndcg
+                values = []
+                for hold, (items, gram), hist in zip(holds, grams, hists, strict=True):
+                    base = EaseBase(items, ease.item_weights(gram, lam, dropout),
+                                    hold.train.n_items)
+                    values.append(judge(znorm_rows(base.batch(hist)), hold, k, None,
+                                        categories).ndcg)
+                seen[(lam, dropout)] = float(np.mean(values))
             return seen[(lam, dropout)]
 
-        d0 = 0.25
-        i = LAMBDAS.index(300.0)
-        step = 1 if ndcg(LAMBDAS[i + 1], d0) > ndcg(LAMBDAS[i], d0) else -1
-        while 0 <= i + step < len(LAMBDAS) and ndcg(LAMBDAS[i + step], d0) > ndcg(LAMBDAS[i], d0):
+        i = LAMBDAS.index(LAMBDA_START)
+        step = 1 if ndcg(LAMBDAS[i + 1], DROPOUT_START) > ndcg(LAMBDAS[i], DROPOUT_START) else -1
+        while 0 <= i + step < len(LAMBDAS) and (ndcg(LAMBDAS[i + step], DROPOUT_START)
+                                                > ndcg(LAMBDAS[i], DROPOUT_START)):
             i += step
         lam = LAMBDAS[i]
         dropout = max(DROPOUTS, key=lambda d: (ndcg(lam, d), -d))
         return lam, dropout, seen
+
+
+def user_gate(data: TrainingData, gate_days: float) -> np.ndarray:
+    """``2^(-days from each user's last event to the newest event / gate_days)`` (float32
+    [n_users]; users without events get 1)."""
+    last = np.full(data.n_users, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, data.user_idx, data.timestamps)
+    now = data.timestamps.max(initial=0)
+    days = np.where(last > np.iinfo(np.int64).min, (now - last) / 86400.0, 0.0)
+    return np.exp2(-days / gate_days).astype(np.float32)
 
 
 def _decayed(data: TrainingData, half_life_days: float) -> np.ndarray:

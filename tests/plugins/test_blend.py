@@ -213,3 +213,35 @@ def test_ease_dropout_regularizes_popular_items_harder():
     assert np.abs(dropped[-1]).sum() < np.abs(plain[-1]).sum()
     with pytest.raises(ValueError, match="dropout"):
         ease.item_weights(g, 10.0, 1.0)
+
+
+def test_the_validated_diversity_cap_is_the_served_default_and_settings_win(data, parts):
+    from rankly.engine.runtime import build_runtime
+
+    model = in_memory_model(data, parts)
+    chosen = model.params("blend")["serving_options"]["diversity"]["cap"]
+    assert chosen is None or chosen in blend.DIVERSITY_CAPS
+    rt = build_runtime(load_settings(environ={}, artifacts="unused"), model)
+    assert rt.components.rerankers["diversity"].cap == chosen
+    pinned = load_settings(environ={}, artifacts="unused", plugins={"diversity": {"cap": 2}})
+    assert build_runtime(pinned, model).components.rerankers["diversity"].cap == 2
+
+
+def test_popularity_gate_fades_for_users_inactive_at_training_and_not_for_active_ones():
+    rows = [("old", "a", 0), ("old", "b", 86400), ("new", "a", 100 * 86400),
+            ("new", "c", 101 * 86400)]
+    d = _events(rows)
+    g = blend.user_gate(d, 30.0)
+    assert g[d.users.row("new")] == pytest.approx(1.0)
+    assert g[d.users.row("old")] == pytest.approx(2 ** (-100 / 30), rel=1e-4)
+    params = blend.BlendParams(pop_weight=1.0, pop_gate_days=30.0)
+    base = blend.EaseBase(np.arange(3), np.zeros((3, 3), np.float32), 3)
+    scorer = blend.BlendScorer(base, params, np.ones(3, np.float32), None, g,
+                               np.diff(d.users.history_indptr))
+    old = d.users.row("old")
+    hist = d.users.history(old)
+    assert scorer.gate(UserFeatures("old", old, hist, np.unique(hist))) == pytest.approx(g[old])
+    # an event since training: the user is active now and gets the whole term
+    more = np.concatenate([[d.catalog.index["c"]], hist])
+    assert scorer.gate(UserFeatures("old", old, more, np.unique(more))) == 1.0
+    assert scorer.gate(UserFeatures(None, -1, hist, np.unique(hist))) == 1.0
