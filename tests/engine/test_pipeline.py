@@ -209,10 +209,17 @@ def test_concurrent_misses_on_one_key_compute_once(runtime):
 
 
 @pytest.mark.parametrize("user", ["9", "cold-user"])
-def test_slate_is_diversity_capped_by_default(runtime, model, user):
-    resp = rank(runtime, user_id=user, n=10)
+def test_slate_honours_the_configured_diversity_cap(model, faulty, settings_for, user):
+    settings = settings_for(model.path, plugins={"diversity": {"cap": 3}})
+    rt = build_runtime(settings, model, pm=make_plugin_manager(extra=[faulty]))
+    resp = rank(rt, user_id=user, n=10)
     cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(resp)]
     assert max(np.bincount(cats)) <= 3
+
+
+def test_the_default_diversity_cap_is_the_one_training_validated(runtime, model):
+    chosen = model.params("blend")["serving_options"]["diversity"]["cap"]
+    assert runtime.components.rerankers["diversity"].cap == chosen
 
 
 def test_past_the_deadline_the_fallback_is_served_and_the_answer_still_lands(runtime, model):
@@ -309,7 +316,9 @@ def purchase(rt, user_id, item_id):
     asyncio.run(go())
 
 
-def test_cached_answers_carry_spare_items_ranked_after_the_slate(runtime, model):
+def test_cached_answers_carry_spare_items_ranked_after_the_slate(model, faulty, settings_for):
+    runtime = build_runtime(settings_for(model.path, plugins={"diversity": {"cap": 3}}), model,
+                            pm=make_plugin_manager(extra=[faulty]))
     first = rank(runtime, user_id="21")
     entry = asyncio.run(runtime.caches[0][1].get(
         pipeline.cache_key(RecommendationRequest(user_id="21", n=10, request_id="t"),
