@@ -106,7 +106,7 @@ class EaseBase:
         out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
         h = hist[:, self.items]
         # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
-        if h.nnz > 0.002 * h.shape[0] * h.shape[1]:
+        if h.nnz > 0.01 * h.shape[0] * h.shape[1]:
             h = h.toarray()
         out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
         return out
@@ -504,15 +504,15 @@ LAMBDA_START = 250.0
 DROPOUTS = (0.0, 0.25, 0.5, 0.7)
 DROPOUT_START = 0.25
 #: History recency: the share of recency weight and its half-life in history positions.
-MIXES = (0.15, 0.3, 0.5, 1.0)
-HISTORY_HALF_LIVES = (1.0, 3.0, 10.0)
+MIXES = (0.15, 0.3, 0.6)
+HISTORY_HALF_LIVES = (2.0, 8.0)
 #: Diversity caps (items per primary category in the top k) validated, tightest first.
 DIVERSITY_CAPS = (2, 3, 4, 5)
 #: Weight of the (standardized) next-item score next to the item-item one.
-SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2, 0.4)
+SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2)
 #: Popularity: weight next to the (standardized) item-item score, and half-lives in days.
-POP_WEIGHTS = (0.05, 0.1, 0.2, 0.4, 0.8)
-POP_HALF_LIVES = (0.0, 7.0, 30.0, 365.0)
+POP_WEIGHTS = (0.1, 0.3, 0.8)
+POP_HALF_LIVES = (0.0, 30.0, 365.0)
 #: A user's popularity weight halves with every this many days they had been inactive when
 #: the model was trained (0: no gate). Users active since training always get all of it.
 POP_GATES = (0.0, 30.0)
@@ -585,8 +585,8 @@ class BlendTrainer:
 
     Options:
     ``validation``: "robust" (default: hold-outs of every shape in :data:`SHAPES`), or one
-    shape. ``random_folds`` (3), ``validation_fraction`` (0.2), ``max_users`` (2000 per
-    hold-out), ``seed`` (0), ``alpha`` (0.05),
+    shape. ``random_folds`` (2), ``validation_fraction`` (0.2), ``max_users`` (2000 per
+    hold-out), ``seed`` (0), ``alpha`` (0.25),
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (0.002), ``degenerate_margin`` (0.10), ``max_validation_items`` (3000: EASE
     during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
@@ -598,9 +598,9 @@ class BlendTrainer:
     1. Hold-outs: one per shape, carved from the training data only; sub-models are refit on
        each hold-out's validation-train part.
     2. EASE: lambda walks :data:`LAMBDAS` from 250 towards the better neighbour while NDCG@k
-       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on (up to two of) the
-       first shape's hold-outs ("random" for robust: the protocol with no recency to exploit,
-       so the one a time-aware model can only lose on).
+       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on the first
+       hold-out ("random" for robust: the protocol with no recency to exploit, so the one a
+       time-aware model can only lose on).
     3. Blend: coordinate ascent over (history mix, half-life), then (popularity weight,
        half-life), then the history again, scored on every hold-out. The plain model (no
        recency, no popularity) is the baseline; a candidate is eligible only if it loses at
@@ -651,7 +651,7 @@ class BlendTrainer:
         use_ease = int((counts >= min_count).sum()) <= ease.MAX_ITEMS and (counts > 0).any()
         base_name = ease.NAME if use_ease else itemknn.NAME
 
-        folds = int(options.get("random_folds", 3))
+        folds = int(options.get("random_folds", 2))
         holds = [make_holdout(data, s, fraction, max_users, seed + f)
                  for s in shapes for f in range(folds if s == "random" else 1)]
         holds = [h for h in holds if h.rows.size]
@@ -666,13 +666,15 @@ class BlendTrainer:
         # step 2: the base model's own hyper-parameters, on the first hold-out
         tuned: dict[str, dict[str, Any]] = {}
         if use_ease:
-            tune_on = [h for h in holds if h.shape == holds[0].shape][:2]
+            tune_on = holds[:1]
             lam, dropout, walk = self._tune_ease(tune_on, k, categories, max_val_items)
             tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
             report.append(f"ease on {len(tune_on)} {holds[0].shape} hold-outs: " + ", ".join(
                 f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
                 + f" -> lambda {lam:g}, dropout {dropout:g}")
-            bases = [self._ease_base(h.train, lam, dropout, max_val_items) for h in holds]
+            reuse = dict(zip((id(h) for h in tune_on), self.reusable))
+            bases = [reuse[id(h)][0] if id(h) in reuse else
+                     self._ease_base(h.train, lam, dropout, max_val_items) for h in holds]
         else:
             bases = [KnnBase(itemknn.ItemKNNScorer.from_part(
                 itemknn.ItemKNNTrainer().fit(h.train, {}).arrays)) for h in holds]
@@ -682,17 +684,36 @@ class BlendTrainer:
         # step 3: the blend, by coordinate ascent on every hold-out at once
         search = Search(shapes, float(options.get("max_loss", 0.002)),
                         float(options.get("degenerate_margin", 0.10)),
-                        float(options.get("alpha", 0.05)))
+                        float(options.get("alpha", 0.25)))
         cache: dict[tuple[int, float], np.ndarray] = {}
+        if use_ease:
+            for i, h in enumerate(holds):
+                if id(h) in reuse:
+                    cache[(i, 0.0)] = reuse[id(h)][1]
 
         def base_scores(i: int, half_life: float) -> np.ndarray:
             key = (i, half_life)
             if key not in cache:
                 h = holds[i]
+                # a recency-weighted history is a handful of items: past 16 half-lives the
+                # weights are below 2^-16, so the product stays sparse and cheap
+                limit = None if half_life <= 0 else int(np.ceil(16 * half_life))
                 hist = history_matrix(h.train.users, h.rows, data.n_items,
-                                      1.0 if half_life > 0 else 0.0, half_life)
+                                      1.0 if half_life > 0 else 0.0, half_life, limit)
                 cache[key] = bases[i].batch(hist)
             return cache[key]
+
+        normed: dict[tuple[int, float, float], np.ndarray] = {}
+
+        def history_scores(i: int, mix: float, half_life: float) -> np.ndarray:
+            """z of the item-item scores of hold-out ``i`` (read-only, cached)."""
+            key = (i, mix, half_life)
+            if key not in normed:
+                s = base_scores(i, 0.0)
+                if mix > 0 and half_life > 0:
+                    s = (1.0 - mix) * s + mix * base_scores(i, half_life)
+                normed[key] = znorm_rows(np.array(s, dtype=np.float32))
+            return normed[key]
 
         pops: dict[tuple[int, float], np.ndarray] = {}
 
@@ -713,10 +734,7 @@ class BlendTrainer:
             return seqs[i]
 
         def scores(c: BlendParams, i: int) -> np.ndarray:
-            s = base_scores(i, 0.0)
-            if c.mix > 0 and c.half_life > 0:
-                s = (1.0 - c.mix) * s + c.mix * base_scores(i, c.half_life)
-            s = znorm_rows(np.array(s, dtype=np.float32))
+            s = history_scores(i, c.mix, c.half_life).copy()
             if c.seq_weight:
                 s += np.float32(c.seq_weight) * seq_scores(i)
             if c.pop_weight:
@@ -846,16 +864,23 @@ class BlendTrainer:
             grams.append((items, (xa.T @ xa).toarray()))
             hists.append(history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0))
         seen: dict[tuple[float, float], float] = {}
+        # the fitted bases and plain scores of the best configuration so far, for reuse
+        kept: dict[tuple[float, float], list[tuple[EaseBase, np.ndarray]]] = {}
 
         def ndcg(lam: float, dropout: float) -> float:
             if (lam, dropout) not in seen:
-                values = []
+                values, fitted = [], []
                 for hold, (items, gram), hist in zip(holds, grams, hists, strict=True):
                     base = EaseBase(items, ease.item_weights(gram, lam, dropout),
                                     hold.train.n_items)
-                    values.append(judge(znorm_rows(base.batch(hist)), hold, k, None,
+                    plain = base.batch(hist)
+                    values.append(judge(znorm_rows(plain.copy()), hold, k, None,
                                         categories).ndcg)
+                    fitted.append((base, plain))
                 seen[(lam, dropout)] = float(np.mean(values))
+                if seen[(lam, dropout)] >= max(seen.values()):
+                    kept.clear()
+                    kept[(lam, dropout)] = fitted
             return seen[(lam, dropout)]
 
         i = LAMBDAS.index(LAMBDA_START)
@@ -865,6 +890,7 @@ class BlendTrainer:
             i += step
         lam = LAMBDAS[i]
         dropout = max(DROPOUTS, key=lambda d: (ndcg(lam, d), -d))
+        self.reusable = kept.get((lam, dropout), [])
         return lam, dropout, seen
 
 

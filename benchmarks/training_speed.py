@@ -1,0 +1,107 @@
+"""`rankly train` against the model fits it is made of, measured in the same run.
+
+Run (datasets from $RANKLY_DATASETS or ../shared/datasets; about a minute on 2 cores):
+
+    python benchmarks/training_speed.py [--datasets ml-100k,ml-latest-small] [--rounds 3]
+
+For each dataset and round, in this order: one fit of implicit's ALS (64 factors, 15
+iterations, one BLAS thread, as `rankly evaluate`'s peer) and one fit of a plain EASE
+(lambda 500, a float64 ``numpy.linalg.inv`` of the Gram matrix, one BLAS thread), both in this
+process on the data `rankly train` reads; then `rankly train --quiet` as a user runs it (a
+fresh process: data loading, the blend's validation, every default part, writing the
+artifacts), with its wall time and peak RSS. The reported ratio is the median train time over
+the median (ALS + EASE) time, so machine speed and load cancel out. Results go to
+benchmarks/results/training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("RANKLY_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+
+
+def peer_fits(path: Path) -> tuple[float, float]:
+    """Seconds of one implicit ALS fit and one plain EASE fit on the dataset's matrix."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from rankly.engine import datasets
+    from rankly.engine.interactions import build_training_data
+
+    data = build_training_data(datasets.load(path).interactions)
+    x = data.matrix.tocsr(copy=True)
+    x.data[:] = 1.0
+    with threadpool_limits(1, "blas"):
+        started = time.perf_counter()
+        AlternatingLeastSquares(factors=64, iterations=15, random_state=0,
+                                calculate_training_loss=False).fit(x, show_progress=False)
+        als = time.perf_counter() - started
+        started = time.perf_counter()
+        g = (x.T @ x).toarray().astype(np.float64)
+        g[np.diag_indices_from(g)] += 500.0
+        p = np.linalg.inv(g)
+        b = p / -np.diag(p)
+        b[np.diag_indices_from(b)] = 0.0
+        ease = time.perf_counter() - started
+    return als, ease
+
+
+def rankly_train(path: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of `rankly train --quiet` in a fresh process."""
+    with tempfile.TemporaryDirectory() as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "rankly.engine.cli", "train", "--quiet",
+                        "--interactions", str(path), "--out", out], check=True,
+                       stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the largest child so far (KiB on Linux)
+    return seconds, max(peak, before) / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="ml-100k,ml-latest-small")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(HERE / "results" / "training.json"))
+    args = ap.parse_args()
+    report = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "datasets": {}}
+    for name in [d for d in args.datasets.split(",") if d]:
+        path = SHARED / name
+        if not path.exists():
+            print(f"skip {name}: not under {SHARED}", file=sys.stderr)
+            continue
+        rounds = []
+        for r in range(args.rounds):
+            als, ease = peer_fits(path)
+            train, rss = rankly_train(path)
+            rounds.append({"als": als, "ease": ease, "train": train, "peak_rss_mib": rss})
+            print(f"{name} round {r}: ALS {als:.2f}s, EASE {ease:.2f}s, rankly train "
+                  f"{train:.2f}s ({train / (als + ease):.1f}x), peak RSS {rss:.0f} MiB",
+                  file=sys.stderr)
+        med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+        med["ratio"] = med["train"] / (med["als"] + med["ease"])
+        report["datasets"][name] = {"rounds": rounds, "median": med}
+        print(f"{name}: rankly train {med['train']:.2f}s = {med['ratio']:.2f}x "
+              f"(ALS {med['als']:.2f}s + EASE {med['ease']:.2f}s), peak RSS "
+              f"{med['peak_rss_mib']:.0f} MiB")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
