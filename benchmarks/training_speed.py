@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -60,17 +59,20 @@ def peer_fits(path: Path) -> tuple[float, float]:
 
 
 def rankly_train(path: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of `rankly train --quiet` in a fresh process."""
+    """(wall seconds, peak RSS MiB) of `rankly train --quiet` in a fresh process.
+
+    The peak is measured from inside the child at exit (``RUSAGE_SELF``).
+    """
+    code = ("import resource, sys; from rankly.engine.cli import main; rc = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+            "sys.exit(rc)")
     with tempfile.TemporaryDirectory() as out:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rankly.engine.cli", "train", "--quiet",
-                        "--interactions", str(path), "--out", out], check=True,
-                       stdout=subprocess.DEVNULL)
+        proc = subprocess.run([sys.executable, "-c", code, "train", "--quiet",
+                               "--interactions", str(path), "--out", out], check=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest child so far (KiB on Linux)
-    return seconds, max(peak, before) / 1024
+    return seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024  # KiB on Linux
 
 
 def main() -> int:
@@ -87,7 +89,13 @@ def main() -> int:
             continue
         rounds = []
         for r in range(args.rounds):
-            als, ease = peer_fits(path)
+            # the peers run in their own process too, so this one stays small and a child's
+            # peak RSS is its own
+            peers = subprocess.run(
+                [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
+                 "import training_speed as t; print(json.dumps(t.peer_fits(t.Path(sys.argv[2]))))",
+                 str(HERE), str(path)], check=True, capture_output=True, text=True)
+            als, ease = json.loads(peers.stdout.strip().splitlines()[-1])
             train, rss = rankly_train(path)
             rounds.append({"als": als, "ease": ease, "train": train, "peak_rss_mib": rss})
             print(f"{name} round {r}: ALS {als:.2f}s, EASE {ease:.2f}s, rankly train "
