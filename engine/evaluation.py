@@ -469,13 +469,7 @@ def _summary_lines(report: Mapping[str, Any]) -> list[str]:
     out = []
     blend = report.get("blend")
     if blend:
-        w = ", ".join(f"{c} {v:.1f}" for c, v in (blend.get("weights") or {}).items())
-        if blend.get("half_life_days") is not None:
-            w += f"; recent half-life {blend['half_life_days']:g} days"
-        out.append(f"blend weights: {w} (validation NDCG {blend.get('validation_ndcg')}, "
-                   f"best single {blend.get('best_single')} {blend.get('best_single_ndcg')}, "
-                   f"gain {blend.get('gain_vs_single')}, one-sided p {blend.get('p_value')}, "
-                   f"users {blend.get('validation_users')})")
+        out.extend(f"blend: {line.strip()}" for line in blend.get("report") or ())
     bar = report.get("quality_bar")
     if bar and "best_peer" in bar:
         out.append(f"quality bar: served {bar['served_ndcg']:.4f} vs best peer "
