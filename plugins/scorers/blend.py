@@ -592,7 +592,8 @@ class BlendTrainer:
     Options:
     ``validation``: "robust" (default: hold-outs of every shape in :data:`SHAPES`), or one
     shape. ``random_folds`` (2), ``validation_fraction`` (0.2), ``max_users`` (2000 per
-    hold-out), ``seed`` (0), ``alpha`` (0.25),
+    hold-out, fewer when users x catalog would exceed ``max_cells``, 8e6), ``seed`` (0),
+    ``alpha`` (0.25),
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (0.002), ``degenerate_margin`` (0.10), ``max_validation_items`` (3000: EASE
     during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
@@ -658,6 +659,10 @@ class BlendTrainer:
         base_name = ease.NAME if use_ease else itemknn.NAME
 
         folds = int(options.get("random_folds", 2))
+        # NOTE: validation holds a few dense [users x catalog] float32 matrices per hold-out;
+        # on a large catalog fewer users keep them within ``max_cells`` each
+        max_users = min(max_users, max(200, int(float(options.get("max_cells", 8e6))
+                                                // max(data.n_items, 1))))
         holds = [make_holdout(data, s, fraction, max_users, seed + f)
                  for s in shapes for f in range(folds if s == "random" else 1)]
         holds = [h for h in holds if h.rows.size]
