@@ -178,7 +178,8 @@ def test_training_applies_the_tuned_ease_options_and_explicit_settings_win(data,
     chosen = next(p for p in parts if p.name == "blend").params["tuned_options"]["ease"]
     served = next(p for p in parts if p.name == "ease").params
     assert served["lambda"] == chosen["lambda"] and served["dropout"] == chosen["dropout"]
-    assert chosen["lambda"] in blend.LAMBDAS and chosen["dropout"] in blend.DROPOUTS
+    assert any(chosen["lambda"] == lam * x for lam in blend.LAMBDAS for x in blend.LAMBDA_SCALES)
+    assert chosen["dropout"] in blend.DROPOUTS
     mine = train(data, ("blend", "ease"), load_settings(environ={}),
                  {"ease": {"lambda": 77.0}})
     assert next(p for p in mine if p.name == "ease").params["lambda"] == 77.0
