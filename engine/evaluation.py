@@ -274,9 +274,11 @@ def _with_cap(settings: Settings, cap: int | None) -> Settings:
                                                    "cap": int(cap)}})
 
 
-def served_cap(settings: Settings) -> int:
-    """The diversity cap the configured pipeline serves with (the reranker's default: 3)."""
-    return int(settings.plugin_options("diversity").get("cap", 3))
+def served_cap(settings: Settings) -> int | None:
+    """The diversity cap configured for the pipeline, or None: the model's own (the cap
+    `rankly train` validated, see plugins/scorers/blend.py)."""
+    cap = settings.plugin_options("diversity").get("cap")
+    return None if cap is None else int(cap)
 
 
 def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping[str, np.ndarray],
@@ -388,7 +390,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     if max_users is not None and len(targets) > max_users:
         keep = np.random.default_rng(seed).choice(sorted(targets), max_users, replace=False)
         targets = {u: targets[u] for u in sorted(keep.tolist())}
-    variants: dict[str, tuple[Setup, int]] = {}
+    variants: dict[str, tuple[Setup, int | None]] = {}
     for name in models:
         s = _validated_on(SETUPS[name], split if split_validation else None)
         variants[name] = (s, served_cap(settings))
