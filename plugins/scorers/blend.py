@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -667,8 +667,16 @@ class BlendTrainer:
                  for s in shapes for f in range(folds if s == "random" else 1)]
         holds = [h for h in holds if h.rows.size]
         if not holds:
-            raise ValueError("blend: no validation users (too little data to choose "
-                             "hyper-parameters)")
+            # too little data to validate anything: serve the plain model with the trainers'
+            # own defaults rather than no blend at all
+            return ModelPart(
+                name=NAME, params={"base": base_name, **asdict(BlendParams()),
+                                   "validation": how, "shapes": [], "tuned_options": {},
+                                   "serving_options": {}},
+                arrays={"popularity_z": popularity_z(_decayed(data, 0.0))},
+                metrics={"report": ["no validation users (too little data): the plain model "
+                                    "with default hyper-parameters"],
+                         "tune_seconds": round(time.perf_counter() - started, 2)})
         shapes = tuple(dict.fromkeys(h.shape for h in holds))
         report.append("hold-outs: " + ", ".join(
             f"{s} ({sum(h.shape == s for h in holds)} x "

@@ -246,3 +246,14 @@ def test_popularity_gate_fades_for_users_inactive_at_training_and_not_for_active
     more = np.concatenate([[d.catalog.index["c"]], hist])
     assert scorer.gate(UserFeatures("old", old, more, np.unique(more))) == 1.0
     assert scorer.gate(UserFeatures(None, -1, hist, np.unique(hist))) == 1.0
+
+
+def test_too_little_data_to_validate_serves_the_plain_model(tmp_path):
+    d = _events([("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3), ("u2", "c", 4)])
+    parts = train(d, ("pop", "blend", "ease"), load_settings(environ={}))
+    part = next(p for p in parts if p.name == "blend")
+    assert part.params["mix"] == 0 and part.params["pop_weight"] == 0
+    assert "no validation users" in part.metrics["report"][0]
+    scorer = blend.build(in_memory_model(d, parts))
+    hist = np.array([d.catalog.index["a"]])
+    assert scorer.generate(UserFeatures("u", -1, hist, hist), 2).items.size == 2
