@@ -197,7 +197,8 @@ class BlendParams:
     lambda_scale: float = 1.0  # of the EASE lambda tuned on the first hold-out
 
     def label(self) -> str:
-        return (f"lambda x{self.lambda_scale:g}, "f"history mix {self.mix:g} (half-life {self.half_life:g} items), sequence "
+        return (f"lambda x{self.lambda_scale:g}, history mix {self.mix:g} (half-life "
+                f"{self.half_life:g} items), sequence "
                 f"{self.seq_weight:g}, popularity {self.pop_weight:g} (half-life "
                 f"{self.pop_half_life_days:g} days, user gate {self.pop_gate_days:g} days)")
 
@@ -691,7 +692,7 @@ class BlendTrainer:
             report.append(f"ease on {len(tune_on)} {holds[0].shape} hold-outs: " + ", ".join(
                 f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
                 + f" -> lambda {lam:g}, dropout {dropout:g}")
-            reuse = dict(zip((id(h) for h in tune_on), self.reusable))
+            reuse = dict(zip((id(h) for h in tune_on), self.reusable, strict=False))
             bases: dict[tuple[int, float], EaseBase | KnnBase] = {
                 (i, 1.0): reuse[id(h)][0] for i, h in enumerate(holds) if id(h) in reuse}
         else:
@@ -819,10 +820,10 @@ class BlendTrainer:
                 if evaluate(c) > evaluate(best):
                     best = c
             changed[step] = best != before
-        chosen, base = search.results[best], search.baseline()
+        chosen, plain = search.results[best], search.baseline()
         report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
-            f"{s} {chosen[s].ndcg:.4f} vs {base[s].ndcg:.4f}" for s in shapes))
+            f"{s} {chosen[s].ndcg:.4f} vs {plain[s].ndcg:.4f}" for s in shapes))
         refused = sum(1 for c in search.results if search.degenerate(c))
         report.append(f"coverage@{k} " + ", ".join(f"{s} {chosen[s].coverage:.3f}"
                                                    for s in shapes)
@@ -867,7 +868,7 @@ class BlendTrainer:
             arrays=arrays,
             metrics={
                 "validation_ndcg": {s: round(chosen[s].ndcg, 5) for s in shapes},
-                "plain_ndcg": {s: round(base[s].ndcg, 5) for s in shapes},
+                "plain_ndcg": {s: round(plain[s].ndcg, 5) for s in shapes},
                 "validation_coverage": {s: round(chosen[s].coverage, 4) for s in shapes},
                 "validation_personalization": {s: round(chosen[s].personalization, 4)
                                                for s in shapes},

@@ -11,7 +11,7 @@ import pytest
 from rankly.engine import hookimpl, pipeline
 from rankly.engine.plugins import make_plugin_manager
 from rankly.engine.runtime import build_runtime
-from rankly.engine.types import Candidates, Reason, RecommendationRequest
+from rankly.engine.types import Candidates, Reason, RecommendationRequest, UserFeatures
 
 
 class FaultyPlugin:
@@ -411,3 +411,22 @@ def test_an_answer_computed_across_a_purchase_is_stored_dirty(runtime):
     assert bought in ids(stale)  # answered before the purchase was known: fine
     assert after["cached"] is True and bought not in ids(after)  # never served again
     assert len(after["items"]) == 10
+
+
+def test_the_default_pipeline_serves_the_blend_top_k_over_the_whole_catalog(model, faulty,
+                                                                          settings_for):
+    """The blend's own generator plus the blend scorer give exactly the top-k of the blend's
+    catalog-wide scores minus the seen items (no cap configured, none validated)."""
+    from rankly._fast import reference
+    from rankly.plugins.scorers import blend
+
+    settings = settings_for(model.path, plugins={"diversity": {"cap": None}},
+                            cache={"tiers": []})
+    rt = build_runtime(settings, model, pm=make_plugin_manager(extra=[faulty]))
+    scorer = blend.build(model)
+    for user in ("3", "17", "120"):
+        row = model.users.row(user)
+        hist = model.users.history(row)
+        gate = scorer.gate(UserFeatures(user, row, hist, np.unique(hist)))
+        want, _ = reference.topk(scorer.full_scores(hist, gate), 10, exclude=np.unique(hist))
+        assert ids(rank(rt, user_id=user, n=10)) == model.catalog.item_ids[want].tolist()
