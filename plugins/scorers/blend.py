@@ -618,7 +618,8 @@ class BlendTrainer:
     4. No degenerate default: a candidate whose lists are nearly the same for every user
        (personalization < 0.5) or whose coverage is below half the baseline's is refused
        unless it beats the baseline by ``degenerate_margin`` on every shape.
-    5. Diversity: the tightest cap of :data:`DIVERSITY_CAPS` that is non-inferior to the
+    5. Diversity: the tightest cap of :data:`DIVERSITY_CAPS` (walked from the loosest, stopping
+       at the first that fails) that is non-inferior to the
        uncapped blend on every shape (same test, ``diversity_max_loss``) is served as the
        diversity reranker's default (``serving_options``; an explicit
        ``[plugins.diversity] cap`` wins); none qualifies: no cap.
@@ -833,14 +834,16 @@ class BlendTrainer:
         # step 5: the tightest diversity cap that costs the chosen blend nothing measurable
         cap_cost: dict[str, dict[str, float]] = {}
         max_cap_loss = float(options.get("diversity_max_loss", search.max_loss))
-        for c in sorted(caps):
+        # loosest first: a tighter cap costs at least as much, so the walk stops at the first
+        # cap that fails and keeps the last one that passed
+        for c in sorted(caps, reverse=True):
             capped = outcomes(best, c)
             bound = search.bound(chosen, capped)
             cap_cost[str(c)] = {s: round(1.0 - capped[s].ndcg / max(chosen[s].ndcg, 1e-12), 4)
                                 for s in shapes}
-            if bound.min() >= -max_cap_loss:
-                cap = c
+            if bound.min() < -max_cap_loss:
                 break
+            cap = c
         if caps:
             report.append("diversity cap: " + ("none" if cap is None else str(cap))
                           + f" (NDCG cost by cap {cap_cost}; a cap must not cost more than "
@@ -888,8 +891,8 @@ class BlendTrainer:
     def _tune_ease(self, holds: Sequence[Holdout], k: int, categories: np.ndarray,
                    max_items: int) -> tuple[float, float, dict[tuple[float, float], float]]:
         """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while the mean
-        NDCG@k over ``holds`` improves (dropout :data:`DROPOUT_START`), then pick the dropout
-        at that lambda; ties go to the smaller dropout."""
+        NDCG@k over ``holds`` improves (dropout :data:`DROPOUT_START`), then walk the dropout
+        the same way at that lambda (smaller first; ties keep the current one)."""
         grams, hists = [], []
         for hold in holds:
             x = itemknn.binary_matrix(hold.train)
@@ -923,7 +926,13 @@ class BlendTrainer:
                                                 > ndcg(LAMBDAS[i], DROPOUT_START)):
             i += step
         lam = LAMBDAS[i]
-        dropout = max(DROPOUTS, key=lambda d: (ndcg(lam, d), -d))
+        # dropout walks the same way from DROPOUT_START: NDCG is unimodal in it in practice
+        j = DROPOUTS.index(DROPOUT_START)
+        for step in (-1, 1):
+            while 0 <= j + step < len(DROPOUTS) and (ndcg(lam, DROPOUTS[j + step])
+                                                     > ndcg(lam, DROPOUTS[j])):
+                j += step
+        dropout = DROPOUTS[j]
         self.reusable = kept.get((lam, dropout), [])
         return lam, dropout, seen
 
