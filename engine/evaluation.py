@@ -29,7 +29,7 @@ from rankly.engine.model import Model, load_model
 from rankly.engine.plugins import collect, make_plugin_manager
 from rankly.engine.runtime import Runtime, build_runtime
 from rankly.engine.store import MemoryStore
-from rankly.engine.training import DEFAULT_TRAINERS
+from rankly.engine.training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 from rankly.engine.types import ModelPart, Ranking, RecommendationRequest, UserFeatures
 
 # --- splits --------------------------------------------------------------------------------
@@ -213,18 +213,17 @@ def _user_features(data: TrainingData, user_id: str, exclude_seen: bool = True) 
 
 
 def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
-                pm: Any, settings: Settings) -> list[ModelPart]:
-    """Fit each named trainer, as `rankly train` does: options are what an earlier part tuned
-    for it (``params["tuned_options"]``), overridden by the settings' plugin options,
-    overridden by the given ones."""
+                pm: Any, settings: Settings,
+                tuned: dict[str, dict[str, Any]] | None = None) -> list[ModelPart]:
+    """Fit each named trainer with its options as `rankly train` builds them
+    (:func:`training.trainer_options`); ``tuned`` carries what earlier parts chose for later
+    trainers across calls (updated in place)."""
     registry = collect(pm, "trainers")
+    tuned = {} if tuned is None else tuned
     parts: list[ModelPart] = []
-    tuned: dict[str, dict[str, Any]] = {}
     for name, opts in trainers:
-        part = registry.get(name).fit(data, {**tuned.get(name, {}),
-                                             **settings.plugin_options(name), **opts})
-        for target, chosen in dict(part.params.get("tuned_options") or {}).items():
-            tuned.setdefault(str(target), {}).update(chosen)
+        part = registry.get(name).fit(data, trainer_options(name, tuned, settings, opts))
+        absorb_tuned(tuned, part)
         parts.append(part)
     return parts
 
@@ -292,15 +291,18 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
     started = time.perf_counter()
     parts_cache = {} if parts_cache is None else parts_cache
     parts = []
+    tuned: dict[str, dict[str, Any]] = {}
     for trainer, opts in setup.trainers:
-        key = f"{trainer}:{json.dumps(opts, sort_keys=True)}"
+        # what an earlier part of this setup tuned for the trainer is part of its identity
+        key = f"{trainer}:{json.dumps([tuned.get(trainer, {}), opts], sort_keys=True)}"
         if key not in parts_cache:
             try:
-                parts_cache[key] = train_parts(data, [(trainer, opts)], pm, settings)[0]
+                parts_cache[key] = train_parts(data, [(trainer, opts)], pm, settings, tuned)[0]
             except ValueError:
                 if trainer == "pop" or len(setup.trainers) <= 2:
                     raise
                 continue  # e.g. EASE on a catalog too large for it: the blend goes without
+        absorb_tuned(tuned, parts_cache[key])
         parts.append(parts_cache[key])
     train_seconds = time.perf_counter() - started
     model = in_memory_model(data, parts)

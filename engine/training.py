@@ -29,6 +29,19 @@ RECOMMENDED_PIPELINE = {
 }
 
 
+def trainer_options(name: str, tuned: Mapping[str, Mapping[str, Any]], settings: Settings,
+                    given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A trainer's options: what an earlier part tuned for it, overridden by
+    ``settings.plugin_options(name)``, overridden by ``given``: an explicit setting wins."""
+    return {**tuned.get(name, {}), **settings.plugin_options(name), **dict(given or {})}
+
+
+def absorb_tuned(tuned: dict[str, dict[str, Any]], part: ModelPart) -> None:
+    """Add the options ``part`` chose for later trainers (``params["tuned_options"]``)."""
+    for target, chosen in dict(part.params.get("tuned_options") or {}).items():
+        tuned.setdefault(str(target), {}).update(chosen)
+
+
 def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
           options: Mapping[str, Mapping[str, Any]] | None = None, pm: Any = None,
           progress: IO[str] | None = None) -> list[ModelPart]:
@@ -52,8 +65,7 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
                               stream=progress)
     for name in names:
         shown.set_description_str(f"training {name}")
-        opts = {**tuned.get(name, {}), **settings.plugin_options(name),
-                **dict((options or {}).get(name, {}))}
+        opts = trainer_options(name, tuned, settings, (options or {}).get(name, {}))
         started = time.perf_counter()
         try:
             part = registry.get(name).fit(data, opts)
@@ -64,8 +76,7 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
             shown.update(1)
             continue
         seconds = round(time.perf_counter() - started, 3)
-        for target, chosen in dict(part.params.get("tuned_options") or {}).items():
-            tuned.setdefault(str(target), {}).update(chosen)
+        absorb_tuned(tuned, part)
         parts.append(ModelPart(part.name, part.params, part.arrays,
                                {**part.metrics, "seconds": seconds}))
         shown.update(1)

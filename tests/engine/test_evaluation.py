@@ -326,3 +326,17 @@ def test_batch_settings_lift_the_online_deadlines_and_keep_a_store_budget():
     assert d.store_ms == 30000
     assert evaluation.batch_settings(load_settings(environ={})).deadlines.store_ms == \
         evaluation.BATCH_STORE_MS
+
+
+def test_the_served_setup_trains_ease_with_the_lambda_the_blend_tuned():
+    """As in `rankly train`: the blend's tuned options reach the EASE trained after it."""
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    data = build_training_data(_synthetic().interactions)
+    test = {data.users.user_ids[0]: data.users.history(0)[:1]}
+    cache = {}
+    evaluation.evaluate_setup("served", evaluation.SETUPS["served"], data, test,
+                              load_settings(environ={}), pm, 5, None, True, parts_cache=cache)
+    parts = {key.split(":")[0]: part for key, part in cache.items()}
+    chosen = parts["blend"].params["tuned_options"]["ease"]
+    assert parts["ease"].params["lambda"] == chosen["lambda"]
+    assert parts["ease"].params["dropout"] == chosen["dropout"]
