@@ -102,13 +102,13 @@ class EaseTrainer:
 
 
 class EaseScorer:
-    """Score = sum of the weight rows of the user's history items; also a candidate generator."""
+    """Score = sum of the weight rows of the user's history items; also a candidate generator.
 
-    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int,
-                 history_half_life: float = 0.0) -> None:
-        # With a half-life h > 0 (in history positions) ``score`` weighs the i-th most recent
-        # history item by 2^(-i/h) (user histories are newest first); 0: every item weighs 1.
-        self.history_half_life = float(history_half_life)
+    The weighted forms (:meth:`rows`, :meth:`batch`) serve the blend, which weighs history
+    items by recency.
+    """
+
+    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
         self.items = np.asarray(items, dtype=np.int64)
         self.weights = weights
         self.n_items = n_items
@@ -116,42 +116,44 @@ class EaseScorer:
         self.pos[self.items] = np.arange(self.items.size)
 
     @classmethod
-    def from_model(cls, model: Model, history_half_life: float = 0.0) -> EaseScorer | None:
+    def from_model(cls, model: Model) -> EaseScorer | None:
         part = model.part(NAME)
         if part is None:
             return None
-        return cls(part["items"], part["weights"], len(model.catalog), history_half_life)
+        return cls(part["items"], part["weights"], len(model.catalog))
+
+    def usable(self, h: np.ndarray) -> np.ndarray:
+        """Which of the (in-range) item indices ``h`` have weight rows."""
+        return self.pos[h] >= 0
+
+    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Float32 scores over the catalog: ``w @ B[h]`` for usable, distinct items ``h``."""
+        out = np.zeros(self.n_items, dtype=np.float32)
+        if h.size:
+            out[self.items] = w @ np.asarray(self.weights[self.pos[h]], dtype=np.float32)
+        return out
+
+    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
+        """Dense float32 [U, n_items] scores of a users x items history-weight matrix."""
+        out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
+        h = hist[:, self.items]
+        # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
+        if h.nnz > 0.01 * h.shape[0] * h.shape[1]:
+            h = h.toarray()
+        out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
+        return out
 
     def _history_rows(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(history item indices that have weights, their rows in ``weights``), deduplicated."""
         h = np.asarray(history, dtype=np.int64)
         h = h[(h >= 0) & (h < self.n_items)]
-        h = np.unique(h[self.pos[h] >= 0])
+        h = np.unique(h[self.usable(h)])
         return h, self.pos[h]
 
     def full_scores(self, history: np.ndarray) -> np.ndarray:
-        """Return float32 scores over the whole catalog for item indices ``history``.
-
-        ``history`` is newest first; with :attr:`history_half_life` each item's weight row is
-        scaled by the recency weight of its newest occurrence.
-        """
-        out = np.zeros(self.n_items, dtype=np.float32)
-        if self.history_half_life > 0:
-            h = np.asarray(history, dtype=np.int64)
-            w = np.exp2(-np.arange(h.size) / self.history_half_life).astype(np.float32)
-            ok = (h >= 0) & (h < self.n_items)
-            h, w = h[ok], w[ok]
-            ok = self.pos[h] >= 0
-            h, w = h[ok], w[ok]
-            _, first = np.unique(h, return_index=True)
-            if first.size:
-                out[self.items] = w[first] @ np.asarray(self.weights[self.pos[h[first]]],
-                                                        dtype=np.float32)
-            return out
-        _, rows = self._history_rows(history)
-        if rows.size:
-            out[self.items] = np.asarray(self.weights[rows], dtype=np.float32).sum(axis=0)
-        return out
+        """Return float32 scores over the whole catalog for item indices ``history``."""
+        h, _ = self._history_rows(history)
+        return self.rows(h, np.ones(h.size, dtype=np.float32))
 
     def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
         return self.full_scores(user.history)[np.asarray(items, dtype=np.int64)]

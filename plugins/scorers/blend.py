@@ -1,8 +1,8 @@
 """The served default: a recency-aware item-item model blended with time-decayed popularity.
 
 ``score(u) = z(w_u @ B) + seq_weight * z(r_u @ T) + g_u * pop_weight * z(log1p(recent pop))``
-over the whole catalog, where ``B`` is the EASE/EDLAE item-item matrix (item-kNN similarities
-when the catalog is too large for EASE), ``w_u`` weighs the user's history items by recency
+over the whole catalog, where ``B`` is the EASE/EDLAE item-item matrix (over the items most
+users touched, at most ``max_ease_items``), ``w_u`` weighs the user's history items by recency
 position (``(1 - mix) + mix * 2^(-j / half_life)`` for the j-th most recent, j = 0 newest),
 ``T`` holds what followed each item (:func:`transition_matrix`) read from the newest items
 ``r_u``, ``g_u`` fades the time-decayed popularity for users long inactive at training time
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import ndtri
 from threadpoolctl import threadpool_limits
 
 from rankly import _fast
@@ -34,7 +35,7 @@ from rankly.engine.interactions import TrainingData
 from rankly.engine.model import Model, UserTable
 from rankly.engine.types import Candidates, ComponentContext, ModelPart, UserFeatures
 from rankly.plugins.models import ease, itemknn
-from rankly.plugins.models.ease import anchored_reasons
+from rankly.plugins.models.ease import EaseScorer, anchored_reasons
 from rankly.plugins.models.popularity import decayed_popularity
 
 NAME = "blend"
@@ -47,12 +48,17 @@ VALIDATIONS = ("robust", *SHAPES)
 # --- serving ------------------------------------------------------------------------------
 
 
-def history_weights(n: int, mix: float, half_life: float) -> np.ndarray:
-    """Weights (float32 [n]) of a history's items, newest first: ``(1-mix) + mix*2^(-j/h)``."""
+def recency(positions: np.ndarray, mix: float, half_life: float) -> np.ndarray:
+    """Float32 weight of history positions (0 = newest): ``(1-mix) + mix*2^(-j/h)``; all 1
+    when ``mix`` or ``half_life`` is 0."""
     if mix <= 0 or half_life <= 0:
-        return np.ones(n, dtype=np.float32)
-    j = np.arange(n, dtype=np.float64)
-    return ((1.0 - mix) + mix * np.exp2(-j / half_life)).astype(np.float32)
+        return np.ones(np.shape(positions), dtype=np.float32)
+    return ((1.0 - mix) + mix * np.exp2(-np.asarray(positions) / half_life)).astype(np.float32)
+
+
+def history_weights(n: int, mix: float, half_life: float) -> np.ndarray:
+    """Weights (float32 [n]) of a history's items, newest first (:func:`recency`)."""
+    return recency(np.arange(n, dtype=np.float64), mix, half_life)
 
 
 def znorm_rows(s: np.ndarray) -> np.ndarray:
@@ -73,65 +79,6 @@ def popularity_z(popularity: np.ndarray) -> np.ndarray:
     """The popularity component: ``z(log1p(popularity))`` over the catalog (float32)."""
     return znorm_rows(np.log1p(np.maximum(np.asarray(popularity, dtype=np.float64), 0)
                                ).astype(np.float32))
-
-
-class EaseBase:
-    """Weighted sums of EASE rows: ``out[items] = w @ B[rows]``."""
-
-    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
-        self.items = np.asarray(items, dtype=np.int64)
-        self.weights = weights
-        self.n_items = n_items
-        self.pos = np.full(n_items, -1, dtype=np.int64)
-        self.pos[self.items] = np.arange(self.items.size)
-
-    def usable(self, h: np.ndarray) -> np.ndarray:
-        return self.pos[h] >= 0
-
-    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.n_items, dtype=np.float32)
-        if h.size:
-            out[self.items] = w @ np.asarray(self.weights[self.pos[h]], dtype=np.float32)
-        return out
-
-    def contributions(self, h: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """[H, len(cand)]: how much each history item adds to each candidate's score."""
-        cols = self.pos[cand]
-        block = np.asarray(self.weights[self.pos[h]], dtype=np.float32)[:, np.maximum(cols, 0)]
-        block[:, cols < 0] = 0.0
-        return block * w[:, None]
-
-    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
-        """Dense [U, n_items] scores of a users x items history-weight matrix."""
-        out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
-        h = hist[:, self.items]
-        # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
-        if h.nnz > 0.01 * h.shape[0] * h.shape[1]:
-            h = h.toarray()
-        out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
-        return out
-
-
-class KnnBase:
-    """Weighted sums of item-kNN neighbour rows (when the catalog is too large for EASE)."""
-
-    def __init__(self, knn: itemknn.ItemKNNScorer) -> None:
-        self.sim = knn.sim
-        self.n_items = knn.n_items
-
-    def usable(self, h: np.ndarray) -> np.ndarray:
-        return np.ones(h.size, dtype=bool)
-
-    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-        if not h.size:
-            return np.zeros(self.n_items, dtype=np.float32)
-        return np.asarray(self.sim[h].T @ w, dtype=np.float32).ravel()
-
-    def contributions(self, h: np.ndarray, w: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        return self.sim[h][:, cand].toarray().astype(np.float32) * w[:, None]
-
-    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
-        return np.asarray((hist @ self.sim).toarray(), dtype=np.float32)
 
 
 #: Transitions count an item followed by each of the next SEQ_WINDOW items of the same user,
@@ -206,7 +153,7 @@ class BlendParams:
 class BlendScorer:
     """Scores the whole catalog for a user; also a candidate generator (top-n with reasons)."""
 
-    def __init__(self, base: EaseBase | KnnBase, params: BlendParams,
+    def __init__(self, base: EaseScorer, params: BlendParams,
                  pop_z: np.ndarray | None, seq: SequenceBase | None = None,
                  user_gate: np.ndarray | None = None,
                  trained_lengths: np.ndarray | None = None) -> None:
@@ -269,29 +216,17 @@ class BlendScorer:
             return Candidates.empty()
         idx, _ = _fast.topk(self._scores(h, w, distinct, self.gate(user)), n,
                             exclude=user.seen)
-        reasons, anchors = anchored_reasons(h, self.base.contributions(h, w, idx),
-                                            np.arange(idx.size))
-        return Candidates(idx, reasons, anchors)
+        contrib = np.asarray(self.base.weights[self.base.pos[h]], dtype=np.float32) * w[:, None]
+        return Candidates(idx, *anchored_reasons(h, contrib, self.base.pos[idx]))
 
 
 def build(model: Model) -> BlendScorer | None:
-    """The blend of ``model`` (None without a blend part or without its base model part)."""
+    """The blend of ``model`` (None without a blend part or without its EASE part)."""
     part = model.part(NAME)
-    if part is None:
+    base = EaseScorer.from_model(model)
+    if part is None or base is None:
         return None
     p = model.params(NAME)
-    base_name = str(p.get("base", ease.NAME))
-    base: EaseBase | KnnBase
-    if base_name == ease.NAME:
-        e = model.part(ease.NAME)
-        if e is None:
-            return None
-        base = EaseBase(e["items"], e["weights"], len(model.catalog))
-    else:
-        knn = itemknn.scorer(model)
-        if knn is None:
-            return None
-        base = KnnBase(knn)
     params = BlendParams(float(p.get("mix", 0.0)), float(p.get("half_life", 0.0)),
                          float(p.get("seq_weight", 0.0)), float(p.get("pop_weight", 0.0)),
                          float(p.get("pop_half_life_days", 0.0)),
@@ -407,11 +342,8 @@ def history_matrix(users: UserTable, rows: np.ndarray, n_items: int, mix: float,
     flat = np.arange(int(out_ptr[-1]), dtype=np.int64) + np.repeat(indptr[rows] - out_ptr[:-1],
                                                                     lens)
     pos = np.arange(int(out_ptr[-1]), dtype=np.int64) - np.repeat(out_ptr[:-1], lens)
-    if mix > 0 and half_life > 0:
-        w = ((1.0 - mix) + mix * np.exp2(-pos / half_life)).astype(np.float32)
-    else:
-        w = np.ones(pos.size, dtype=np.float32)
-    return sp.csr_matrix((w, users.history_items[flat], out_ptr), shape=(rows.size, n_items))
+    return sp.csr_matrix((recency(pos, mix, half_life), users.history_items[flat], out_ptr),
+                         shape=(rows.size, n_items))
 
 
 def _ndcg(top: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray, k: int
@@ -558,7 +490,7 @@ class Search:
 
     def bound(self, base: Mapping[str, Outcome], other: Mapping[str, Outcome]) -> np.ndarray:
         """:meth:`lower_bounds` of ``other`` against ``base`` (per-shape outcomes)."""
-        z = _normal_quantile(1.0 - self.alpha)
+        z = float(ndtri(1.0 - self.alpha))
         out = []
         for s in self.shapes:
             b, a = base[s].per_user, other[s].per_user
@@ -580,13 +512,6 @@ class Search:
         return float(np.mean(np.log(np.maximum(r, 1e-12))))
 
 
-def _normal_quantile(p: float) -> float:
-    """The standard normal quantile (scipy's ndtri)."""
-    from scipy.special import ndtri
-
-    return float(ndtri(p))
-
-
 class BlendTrainer:
     """Choose the served default's hyper-parameters on hold-outs of the training events.
 
@@ -598,21 +523,23 @@ class BlendTrainer:
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (0.002), ``degenerate_margin`` (0.10), ``max_validation_items`` (3000: EASE
     during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
-    keeps items with enough users to stay below it; above ``ease.MAX_ITEMS`` the base is
-    item-kNN).
+    keeps the items with the fewest users out until at most this many are left), the grids
+    (``mixes``, ``history_half_lives``, ``seq_weights``, ``pop_weights``, ``pop_half_lives``,
+    ``pop_gates``, ``lambda_scales``) and ``blas_threads`` (1).
 
     Procedure (each step in the training report):
 
-    1. Hold-outs: one per shape, carved from the training data only; sub-models are refit on
-       each hold-out's validation-train part.
+    1. Hold-outs: one per shape (``random_folds`` for "random"), carved from the training data
+       only; sub-models are refit on each hold-out's validation-train part.
     2. EASE: lambda walks :data:`LAMBDAS` from 250 towards the better neighbour while NDCG@k
-       improves, then the EDLAE dropout is picked from :data:`DROPOUTS`, on the first
-       hold-out ("random" for robust: the protocol with no recency to exploit, so the one a
+       improves, then the EDLAE dropout walks :data:`DROPOUTS`, on the first hold-out
+       ("random" for robust: the protocol with no recency to exploit, so the one a
        time-aware model can only lose on).
-    3. Blend: coordinate ascent over (history mix, half-life), then (popularity weight,
-       half-life), then the history again, scored on every hold-out. The plain model (no
-       recency, no popularity) is the baseline; a candidate is eligible only if it loses at
-       most ``max_loss`` NDCG on *every* shape, and among eligible candidates the best mean
+    3. Blend: coordinate ascent over the lambda scale, the history (mix, half-life), the
+       sequence weight, the popularity (weight, half-life, gate), then the history and the
+       sequence again, scored on every hold-out. The plain model (no recency, sequence or
+       popularity) is the baseline; a candidate is eligible only if it is non-inferior to it
+       on *every* shape (:meth:`Search.value`), and among eligible candidates the best mean
        log NDCG ratio to the baseline wins (the geometric-mean gain). So time-awareness is
        bought where a shape rewards it and never paid for on a shape that does not.
     4. No degenerate default: a candidate whose lists are nearly the same for every user
@@ -652,13 +579,11 @@ class BlendTrainer:
         max_ease_items = int(options.get("max_ease_items", 6000))
         report: list[str] = []
 
-        x_all = itemknn.binary_matrix(data)
-        counts = np.diff(x_all.tocsc().indptr)
-        min_count = 1
-        while (counts >= min_count).sum() > max_ease_items:
-            min_count += 1
-        use_ease = int((counts >= min_count).sum()) <= ease.MAX_ITEMS and (counts > 0).any()
-        base_name = ease.NAME if use_ease else itemknn.NAME
+        # the served EASE keeps the items with at least min_count users: the smallest count
+        # that leaves at most max_ease_items of them
+        users_per_item = np.sort(np.diff(data.matrix.tocsc().indptr))[::-1]
+        min_count = 1 if (users_per_item > 0).sum() <= max_ease_items else int(
+            users_per_item[max_ease_items]) + 1
 
         folds = int(options.get("random_folds", 2))
         # NOTE: validation holds a few dense [users x catalog] float32 matrices per hold-out;
@@ -672,10 +597,10 @@ class BlendTrainer:
             # too little data to validate anything: serve the plain model with the trainers'
             # own defaults rather than no blend at all
             return ModelPart(
-                name=NAME, params={"base": base_name, **asdict(BlendParams()),
+                name=NAME, params={**asdict(BlendParams()),
                                    "validation": how, "shapes": [], "tuned_options": {},
                                    "serving_options": {}},
-                arrays={"popularity_z": popularity_z(_decayed(data, 0.0))},
+                arrays={"popularity_z": popularity_z(decayed_popularity(data, 0.0))},
                 metrics={"report": ["no validation users (too little data): the plain model "
                                     "with default hyper-parameters"],
                          "tune_seconds": round(time.perf_counter() - started, 2)})
@@ -686,33 +611,21 @@ class BlendTrainer:
 
         # step 2: the base model's own hyper-parameters, on the first hold-out
         tuned: dict[str, dict[str, Any]] = {}
-        if use_ease:
-            tune_on = holds[:1]
-            lam, dropout, walk = self._tune_ease(tune_on, k, categories, max_val_items)
-            tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
-            report.append(f"ease on {len(tune_on)} {holds[0].shape} hold-outs: " + ", ".join(
-                f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
-                + f" -> lambda {lam:g}, dropout {dropout:g}")
-            reuse = dict(zip((id(h) for h in tune_on), self.reusable, strict=False))
-            bases: dict[tuple[int, float], EaseBase | KnnBase] = {
-                (i, 1.0): reuse[id(h)][0] for i, h in enumerate(holds) if id(h) in reuse}
-        else:
-            bases = {(i, 1.0): KnnBase(itemknn.ItemKNNScorer.from_part(
-                itemknn.ItemKNNTrainer().fit(h.train, {}).arrays)) for i, h in enumerate(holds)}
-            report.append(f"base: itemknn (ease would need "
-                          f"{int((counts >= min_count).sum())} items)")
+        lam, dropout, walk, fitted, plain_scores = self._tune_ease(holds[0], k, categories,
+                                                                   max_val_items)
+        tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
+        report.append(f"ease on the first {holds[0].shape} hold-out: " + ", ".join(
+            f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
+            + f" -> lambda {lam:g}, dropout {dropout:g}")
+        bases: dict[tuple[int, float], EaseScorer] = {(0, 1.0): fitted}
 
         # step 3: the blend, by coordinate ascent on every hold-out at once
         search = Search(shapes, float(options.get("max_loss", 0.002)),
                         float(options.get("degenerate_margin", 0.10)),
                         float(options.get("alpha", 0.25)))
-        cache: dict[tuple[int, float, float], np.ndarray] = {}
-        if use_ease:
-            for i, h in enumerate(holds):
-                if id(h) in reuse:
-                    cache[(i, 0.0, 1.0)] = reuse[id(h)][1]
+        cache: dict[tuple[int, float, float], np.ndarray] = {(0, 0.0, 1.0): plain_scores}
 
-        def base(i: int, scale: float) -> EaseBase | KnnBase:
+        def base(i: int, scale: float) -> EaseScorer:
             """Hold-out ``i``'s item-item model, its EASE lambda times ``scale``."""
             if (i, scale) not in bases:
                 bases[(i, scale)] = self._ease_base(holds[i].train, lam * scale, dropout,
@@ -747,7 +660,7 @@ class BlendTrainer:
 
         def pop_scores(i: int, days: float) -> np.ndarray:
             if (i, days) not in pops:
-                pops[(i, days)] = popularity_z(_decayed(holds[i].train, days))
+                pops[(i, days)] = popularity_z(decayed_popularity(holds[i].train, days))
             return pops[(i, days)]
 
         seqs: dict[int, np.ndarray] = {}
@@ -796,8 +709,7 @@ class BlendTrainer:
                           if d == 0 or d <= max(span_days, 1.0)]
         seq_weights = [float(w) for w in options.get("seq_weights", SEQ_WEIGHTS)]
         pop_gates = [float(g) for g in options.get("pop_gates", POP_GATES)]
-        scales = [float(x) for x in options.get("lambda_scales", LAMBDA_SCALES)] if use_ease \
-            else [1.0]
+        scales = [float(x) for x in options.get("lambda_scales", LAMBDA_SCALES)]
         changed = {"lambda": True, "history": True, "sequence": True, "popularity": True}
         for step in ("lambda", "history", "sequence", "popularity", "history", "sequence"):
             if not any(v for k, v in changed.items() if k != step):
@@ -849,9 +761,8 @@ class BlendTrainer:
                           + f" (NDCG cost by cap {cap_cost}; a cap must not cost more than "
                             f"{max_cap_loss:.1%} at the {1 - search.alpha:.0%} level)")
 
-        if use_ease:
-            tuned[ease.NAME]["lambda"] = lam * best.lambda_scale
-        arrays = {"popularity_z": popularity_z(_decayed(data, best.pop_half_life_days))}
+        tuned[ease.NAME]["lambda"] = lam * best.lambda_scale
+        arrays = {"popularity_z": popularity_z(decayed_popularity(data, best.pop_half_life_days))}
         if best.pop_weight and best.pop_gate_days > 0:
             arrays["user_gate"] = user_gate(data, best.pop_gate_days)
         if best.seq_weight:
@@ -860,7 +771,7 @@ class BlendTrainer:
                           seq_indices=t.indices.astype(np.int64), seq_data=t.data)
         return ModelPart(
             name=NAME,
-            params={"base": base_name, "mix": best.mix, "half_life": best.half_life,
+            params={"mix": best.mix, "half_life": best.half_life,
                     "seq_weight": best.seq_weight, "pop_weight": best.pop_weight,
                     "lambda_scale": best.lambda_scale,
                     "pop_half_life_days": best.pop_half_life_days,
@@ -881,43 +792,44 @@ class BlendTrainer:
         )
 
     @staticmethod
-    def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int) -> EaseBase:
+    def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int
+                   ) -> EaseScorer:
         x = itemknn.binary_matrix(train)
         items = ease.active_items(x, 1, max_items)
         xa = x[:, items]
-        return EaseBase(items, ease.item_weights((xa.T @ xa).toarray(), lam, dropout),
-                        train.n_items)
+        return EaseScorer(items, ease.item_weights((xa.T @ xa).toarray(), lam, dropout),
+                          train.n_items)
 
-    def _tune_ease(self, holds: Sequence[Holdout], k: int, categories: np.ndarray,
-                   max_items: int) -> tuple[float, float, dict[tuple[float, float], float]]:
-        """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while the mean
-        NDCG@k over ``holds`` improves (dropout :data:`DROPOUT_START`), then walk the dropout
-        the same way at that lambda (smaller first; ties keep the current one)."""
-        grams, hists = [], []
-        for hold in holds:
-            x = itemknn.binary_matrix(hold.train)
-            items = ease.active_items(x, 1, max_items)
-            xa = x[:, items]
-            grams.append((items, (xa.T @ xa).toarray()))
-            hists.append(history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0))
+    @staticmethod
+    def _tune_ease(hold: Holdout, k: int, categories: np.ndarray, max_items: int
+                   ) -> tuple[float, float, dict[tuple[float, float], float], EaseScorer,
+                              np.ndarray]:
+        """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while NDCG@k on
+        ``hold`` improves (dropout :data:`DROPOUT_START`), then walk the dropout the same way
+        at that lambda (smaller first; ties keep the current one).
+
+        Returns (lambda, dropout, NDCG of every pair tried, the chosen model and its plain
+        scores for ``hold``, for reuse).
+        """
+        x = itemknn.binary_matrix(hold.train)
+        items = ease.active_items(x, 1, max_items)
+        xa = x[:, items]
+        gram = (xa.T @ xa).toarray()
+        hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0)
         seen: dict[tuple[float, float], float] = {}
-        # the fitted bases and plain scores of the best configuration so far, for reuse
-        kept: dict[tuple[float, float], list[tuple[EaseBase, np.ndarray]]] = {}
+        # the model and plain scores of the best pair so far (the walk ends on the best)
+        kept: dict[tuple[float, float], tuple[EaseScorer, np.ndarray]] = {}
 
         def ndcg(lam: float, dropout: float) -> float:
             if (lam, dropout) not in seen:
-                values, fitted = [], []
-                for hold, (items, gram), hist in zip(holds, grams, hists, strict=True):
-                    base = EaseBase(items, ease.item_weights(gram, lam, dropout),
-                                    hold.train.n_items)
-                    plain = base.batch(hist)
-                    values.append(judge(znorm_rows(plain.copy()), hold, k, None,
-                                        categories).ndcg)
-                    fitted.append((base, plain))
-                seen[(lam, dropout)] = float(np.mean(values))
+                model = EaseScorer(items, ease.item_weights(gram, lam, dropout),
+                                   hold.train.n_items)
+                plain = model.batch(hist)
+                seen[(lam, dropout)] = judge(znorm_rows(plain.copy()), hold, k, None,
+                                             categories).ndcg
                 if seen[(lam, dropout)] >= max(seen.values()):
                     kept.clear()
-                    kept[(lam, dropout)] = fitted
+                    kept[(lam, dropout)] = (model, plain)
             return seen[(lam, dropout)]
 
         i = LAMBDAS.index(LAMBDA_START)
@@ -933,8 +845,11 @@ class BlendTrainer:
                                                      > ndcg(lam, DROPOUTS[j])):
                 j += step
         dropout = DROPOUTS[j]
-        self.reusable = kept.get((lam, dropout), [])
-        return lam, dropout, seen
+        model, plain = kept.get((lam, dropout)) or (None, None)
+        if model is None:  # an exact tie left another pair kept: refit the chosen one
+            model = EaseScorer(items, ease.item_weights(gram, lam, dropout), hold.train.n_items)
+            plain = model.batch(hist)
+        return lam, dropout, seen, model, plain
 
 
 def user_gate(data: TrainingData, gate_days: float) -> np.ndarray:
@@ -945,11 +860,6 @@ def user_gate(data: TrainingData, gate_days: float) -> np.ndarray:
     now = data.timestamps.max(initial=0)
     days = np.where(last > np.iinfo(np.int64).min, (now - last) / 86400.0, 0.0)
     return np.exp2(-days / gate_days).astype(np.float32)
-
-
-def _decayed(data: TrainingData, half_life_days: float) -> np.ndarray:
-    """Binary popularity halved every ``half_life_days`` (0: none), age from the newest event."""
-    return decayed_popularity(data, half_life_days)
 
 
 @hookimpl

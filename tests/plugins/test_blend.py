@@ -236,7 +236,7 @@ def test_popularity_gate_fades_for_users_inactive_at_training_and_not_for_active
     assert g[d.users.row("new")] == pytest.approx(1.0)
     assert g[d.users.row("old")] == pytest.approx(2 ** (-100 / 30), rel=1e-4)
     params = blend.BlendParams(pop_weight=1.0, pop_gate_days=30.0)
-    base = blend.EaseBase(np.arange(3), np.zeros((3, 3), np.float32), 3)
+    base = ease.EaseScorer(np.arange(3), np.zeros((3, 3), np.float32), 3)
     scorer = blend.BlendScorer(base, params, np.ones(3, np.float32), None, g,
                                np.diff(d.users.history_indptr))
     old = d.users.row("old")
