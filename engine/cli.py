@@ -101,7 +101,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rankly.engine import demo
-    from rankly.engine import progress as progress_bars
 
     out = Path(args.artifacts).expanduser() if args.artifacts else demo.default_dir(os.environ)
     reason = "--retrain" if args.retrain else demo.stale_reason(out, args.seed)
@@ -112,8 +111,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             print(f"rankly demo: training models on a synthetic shop into {out} ({reason}) ...",
                   flush=True)
-            quiet = not progress_bars.enabled(args.quiet)
-            print(demo.train_into(out, args.seed, progress=None if quiet else sys.stderr))
+            # train()'s bar draws only on a terminal; --quiet turns it off there too
+            print(demo.train_into(out, args.seed, progress=None if args.quiet else sys.stderr))
     except (demo.DemoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -109,9 +109,8 @@ def serving_defaults(model: Model) -> dict[str, dict[str, Any]]:
 
 
 def _build(kind: str, registry: Registry, settings: Settings, model: Model,
-           store: Store | None) -> dict[str, Any]:
+           store: Store | None, defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     built: dict[str, Any] = {}
-    defaults = serving_defaults(model)
     for name, factory in registry.entries.items():
         # NOTE: explicit settings win over what training chose
         options = {**defaults.get(name, {}), **settings.plugin_options(name)}
@@ -131,10 +130,11 @@ def _build(kind: str, registry: Registry, settings: Settings, model: Model,
 def build_components(settings: Settings, model: Model, registries: dict[str, Registry],
                      store: Store | None = None) -> Components:
     """Build every registered generator, scorer and reranker for ``model``."""
+    defaults = serving_defaults(model)
     generators = _build("candidate generator", registries["candidate_generators"], settings,
-                        model, store)
-    scorers = _build("scorer", registries["scorers"], settings, model, store)
-    rerankers = _build("reranker", registries["rerankers"], settings, model, store)
+                        model, store, defaults)
+    scorers = _build("scorer", registries["scorers"], settings, model, store, defaults)
+    rerankers = _build("reranker", registries["rerankers"], settings, model, store, defaults)
     n = len(model.catalog)
     fallback_scores = np.zeros(n, dtype=np.float32)
     fb = scorers.get(settings.pipeline.fallback)

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from rankly.engine import datasets
 from rankly.engine import progress as progress_bars
-from rankly.engine.config import Settings, load_settings
+from rankly.engine.config import PipelineSettings, Settings, load_settings
 from rankly.engine.interactions import TrainingData, build_training_data
 from rankly.engine.model import fingerprint, save_model
 from rankly.engine.plugins import PluginError, collect, make_plugin_manager
@@ -21,12 +21,10 @@ from rankly.engine.types import ModelPart
 #: fallback needs it. "blend" chooses the hyper-parameters of the parts after it (its
 #: ``tuned_options``), so it comes before them.
 DEFAULT_TRAINERS = ("pop", "blend", "ease", "itemknn")
-#: The pipeline settings these parts are meant for (see docs/evaluation.md).
-RECOMMENDED_PIPELINE = {
-    "candidates": ("blend", "popular"),
-    "scorers": ("blend", "ease", "popular"),
-    "rerankers": ("diversity",),
-}
+#: The pipeline settings these parts are meant for: the default ones (docs/evaluation.md).
+RECOMMENDED_PIPELINE = {"candidates": PipelineSettings().candidates,
+                        "scorers": PipelineSettings().scorers,
+                        "rerankers": PipelineSettings().rerankers}
 
 
 def trainer_options(name: str, tuned: Mapping[str, Mapping[str, Any]], settings: Settings,

@@ -16,21 +16,23 @@ def test_a_bar_is_drawn_on_a_terminal(tty_stderr):
     assert "loading" in text and "100%" in text and "10/10" in text
 
 
+def _run_every_helper(**kwargs):
+    """Draw a bar, track an iterable and step through labels; check what they yield."""
+    with progress.bar(10, "loading", **kwargs) as bar:
+        bar.update(10)
+    assert list(progress.track(range(3), "users", **kwargs)) == [0, 1, 2]
+    assert list(progress.steps(["a", "b"], **kwargs)) == ["a", "b"]
+
+
 def test_nothing_is_written_when_the_stream_is_not_a_terminal():
     stream = io.StringIO()
-    with progress.bar(10, "loading", stream=stream) as bar:
-        bar.update(10)
-    assert list(progress.track(range(3), "users", stream=stream)) == [0, 1, 2]
-    assert list(progress.steps(["a", "b"], stream=stream)) == ["a", "b"]
+    _run_every_helper(stream=stream)
     assert stream.getvalue() == ""
 
 
 def test_nothing_is_written_with_quiet_even_on_a_terminal(tty_stderr):
     tty_stderr.as_stderr()
-    with progress.bar(10, "loading", quiet=True) as bar:
-        bar.update(10)
-    assert list(progress.track(range(3), "users", quiet=True)) == [0, 1, 2]
-    assert list(progress.steps(["a", "b"], quiet=True)) == ["a", "b"]
+    _run_every_helper(quiet=True)
     assert tty_stderr.output() == ""
 
 

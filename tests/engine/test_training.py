@@ -6,8 +6,9 @@ import argparse
 import io
 
 import numpy as np
+import pytest
 
-from rankly.engine import training
+from rankly.engine import cli, training
 from rankly.engine.config import Settings
 from rankly.engine.interactions import Interactions, build_training_data
 from rankly.engine.model import load_model
@@ -61,3 +62,20 @@ def test_train_fails_clearly_on_a_mostly_malformed_file(tmp_path, capsys):
     args = parser.parse_args(["--interactions", str(bad), "--out", str(tmp_path / "m")])
     assert training.run(args) == 2
     assert "malformed" in capsys.readouterr().err
+
+
+def test_the_cli_validates_on_the_shape_asked_for_and_reports_why(tmp_path, tty_stderr):
+    tty_stderr.as_stderr()
+    out = tmp_path / "model"
+    assert cli.main(["train", "--quiet", "--validation", "last", "--interactions",
+                     str(_csv(tmp_path)), "--out", str(out)]) == 0
+    assert "training" not in tty_stderr.output()  # --quiet: no bar even on a terminal
+    params = load_model(out).params("blend")
+    assert params["validation"] == "last" and params["shapes"] == ["last"]
+
+
+def test_the_cli_refuses_an_unknown_validation_shape(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--validation", "sideways", "--interactions",
+                  str(_csv(tmp_path)), "--out", str(tmp_path / "model")])
+    assert exc.value.code == 2 and "--validation" in capsys.readouterr().err
