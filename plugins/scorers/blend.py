@@ -19,6 +19,7 @@ in several shapes (:data:`SHAPES`), vectorized over users through the compiled k
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -168,6 +169,10 @@ class BlendScorer:
         self.user_gate = None if user_gate is None or params.pop_gate_days <= 0 else (
             np.asarray(user_gate, dtype=np.float32))
         self.trained_lengths = trained_lengths
+        # NOTE: the pipeline asks the generator, then the scorer, about the same user (the
+        # same history array, on one worker thread); the row the generator computed is kept
+        # per thread so the scorer does not compute it again
+        self._last = threading.local()
 
     def gate(self, user: UserFeatures) -> float:
         """How much of the popularity term ``user`` gets: 1 for users active since training
@@ -204,18 +209,27 @@ class BlendScorer:
         ``gate`` scales the popularity term (:meth:`gate`)."""
         return self._scores(*self._history(history), gate)
 
+    def _user_row(self, user: UserFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(read-only scores over the catalog, usable history, its weights) for ``user``."""
+        last = getattr(self._last, "row", None)
+        if last is not None and last[0] is user.history:
+            return last[1:]
+        h, w, distinct = self._history(user.history)
+        s = self._scores(h, w, distinct, self.gate(user))
+        s.flags.writeable = False
+        self._last.row = (user.history, s, h, w)
+        return s, h, w
+
     def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
-        return self.full_scores(user.history, self.gate(user))[np.asarray(items,
-                                                                          dtype=np.int64)]
+        return self._user_row(user)[0][np.asarray(items, dtype=np.int64)]
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
         """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with the history item that adds
         most to the candidate's score (FOR_YOU when none adds a positive amount)."""
-        h, w, distinct = self._history(user.history)
+        s, h, w = self._user_row(user)
         if h.size == 0:
             return Candidates.empty()
-        idx, _ = _fast.topk(self._scores(h, w, distinct, self.gate(user)), n,
-                            exclude=user.seen)
+        idx, _ = _fast.topk(s, n, exclude=user.seen)
         contrib = np.asarray(self.base.weights[self.base.pos[h]], dtype=np.float32) * w[:, None]
         return Candidates(idx, *anchored_reasons(h, contrib, self.base.pos[idx]))
 

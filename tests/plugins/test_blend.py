@@ -257,3 +257,19 @@ def test_too_little_data_to_validate_serves_the_plain_model(tmp_path):
     scorer = blend.build(in_memory_model(d, parts))
     hist = np.array([d.catalog.index["a"]])
     assert scorer.generate(UserFeatures("u", -1, hist, hist), 2).items.size == 2
+
+
+def test_a_request_computes_the_users_row_once_for_generator_and_scorer(model, monkeypatch):
+    scorer = blend.build(model)
+    calls = []
+    compute = scorer._scores
+    monkeypatch.setattr(scorer, "_scores", lambda *a: calls.append(1) or compute(*a))
+    hist = model.users.history(5)
+    user = UserFeatures("u", 5, hist, np.unique(hist))
+    cands = scorer.generate(user, 20)
+    np.testing.assert_array_equal(scorer.score(user, cands.items),
+                                  scorer.full_scores(hist, scorer.gate(user))[cands.items])
+    assert len(calls) == 2  # generate + score share one row; full_scores is the second
+    other = UserFeatures("u", 5, hist.copy(), np.unique(hist))
+    scorer.score(other, cands.items)
+    assert len(calls) == 3  # another request's history is computed afresh
