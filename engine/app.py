@@ -251,12 +251,14 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
             await rt.store.close()
 
     # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the
-    # 413s and 429s), the rate limit refuses a flood before its body is read, then the body
-    # limit stops oversized uploads before any route reads them.
+    # 413s and 429s, and counts a client gone mid-body as 499), the rate limit refuses a flood
+    # before its body is read, then the body limit stops oversized uploads and bodies that
+    # do not arrive within deadlines.body_read_ms (408) before any route reads them.
     middleware = [
         Middleware(MetricsMiddleware),
         Middleware(RateLimitMiddleware, limits=settings.rate_limits),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
+                   read_timeout_s=settings.deadlines.body_read_ms / 1000.0),
     ]
     return Starlette(
         routes=ROUTES,

@@ -136,6 +136,7 @@ class Deadlines:
     request_ms: float = 200.0
     stage_ms: float = 100.0
     store_ms: float = 30.0
+    body_read_ms: float = 10_000.0  # a request body not all received by then: 408 (0: none)
 
 
 @dataclass(frozen=True)

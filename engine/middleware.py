@@ -1,24 +1,35 @@
-"""Pure ASGI middleware: request metrics and a hard request-body size limit."""
+"""Pure ASGI middleware: request metrics, a hard request-body size limit and a body read
+timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rankly.engine import metrics
 
 
-def _json_error(status: int, field: str, message: str) -> tuple[dict, bytes]:
+log = logging.getLogger("rankly")
+
+#: The status counted for a request whose client went away before it was answered (nginx's
+#: convention; nothing is sent, the client is gone).
+CLIENT_CLOSED = 499
+
+
+def _json_error(status: int, field: str, message: str,
+                close: bool = False) -> tuple[dict, bytes]:
     body = json.dumps({"error": {"field": field, "message": message}}).encode()
-    start = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    }
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if close:  # uvicorn closes the connection after a response that says so
+        headers.append((b"connection", b"close"))
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, body
 
 
@@ -28,14 +39,18 @@ _TEMPLATE_MEMO_MAX = 4096
 
 
 class BodyLimitMiddleware:
-    """Answer 413 once a request body exceeds ``max_bytes``, without reading the rest.
+    """Answer 413 once a request body exceeds ``max_bytes``, without reading the rest, and
+    408 (then close the connection) when the body is not all received within
+    ``read_timeout_s`` of the request's start (``None`` or <= 0: no timeout).
 
     Checks ``Content-Length`` up front, and counts streamed chunks for chunked uploads.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 read_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s if read_timeout_s and read_timeout_s > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,14 +76,27 @@ class BodyLimitMiddleware:
             return
         seen = 0
         started = False
+        complete = False
+        timeout = self.read_timeout_s
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete or deadline is None:
+                message = await receive()
+            else:
+                # NOTE: only while the body is incomplete: once it is all here, receive()
+                # waits for a disconnect, which may rightly take as long as the response.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise _BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise _BodyTooLarge
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -82,6 +110,12 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._reject(send)
+        except _BodyTimeout:
+            if not started:
+                start, body = _json_error(
+                    408, "body", f"request body not received within {timeout:g} s", close=True)
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
 
     async def _reject(self, send: Send) -> None:
         start, body = _json_error(413, "body", f"request body over {self.max_bytes} bytes")
@@ -91,6 +125,10 @@ class BodyLimitMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _BodyTimeout(Exception):
+    """The body did not arrive in time (not a ``TimeoutError``: routes may catch those)."""
 
 
 class MetricsMiddleware:
@@ -126,15 +164,24 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # NOTE: the client went away while its body was read: nothing to answer and
+            # nothing broken here, so no traceback and no 5xx (it would page someone) (#18)
+            if not started:
+                status = CLIENT_CLOSED
+            log.debug("client disconnected during %s %s", scope.get("method"),
+                      scope.get("path"))
         finally:
             route = self._template(scope)
             metrics.child(metrics.REQUESTS, route, str(status)).inc()

@@ -1,0 +1,132 @@
+"""Hostile and broken HTTP clients against a real ``rankly serve`` on 127.0.0.1 (raw sockets).
+
+A client that disconnects mid-body is counted as 499, never 5xx, and leaves no traceback; a
+body that does not arrive within ``deadlines.body_read_ms`` gets a JSON 408 and the
+connection is closed. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.engine.test_multiworker_metrics import free_port, sample, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+
+BODY_READ_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One worker, body read timeout 1.5 s; its stderr goes to a file the tests read."""
+    tmp = tmp_path_factory.mktemp("hardening-http")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RANKLY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["RANKLY_DEADLINES__BODY_READ_MS"] = str(BODY_READ_MS)
+    log = (tmp / "stderr.log").open("w+b")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts", str(artifacts),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=tmp,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url, port, tmp / "stderr.log"
+    finally:
+        stop(proc)
+        log.close()
+
+
+def raw(port: int, head: str, body: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return s
+
+
+def read_all(s: socket.socket, limit_s: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (bounded)."""
+    s.settimeout(limit_s)
+    chunks = []
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        data = s.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def requests_by_status(url: str, route: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return {labels["status"]: v for labels, v in
+            sample(text, "rankly_http_requests_total", route=route)}
+
+
+@pytest.mark.parametrize("route", ["/recommendations", "/events"])
+def test_a_client_gone_mid_body_is_counted_499_not_500_and_logs_no_traceback(server, route):
+    url, port, stderr = server
+    before = requests_by_status(url, route).get("499", 0.0)
+    for _ in range(3):
+        s = raw(port, f"POST {route} HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                      "Content-Length: 100\n", b'{"user_id": "1"')  # 15 of 100 bytes
+        s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counts = requests_by_status(url, route)
+        if counts.get("499", 0.0) >= before + 3:
+            break
+        time.sleep(0.1)
+    assert counts.get("499", 0.0) == before + 3, counts
+    assert not any(status.startswith("5") for status in counts), counts
+    log = stderr.read_text(errors="replace")
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
+    # the server still answers normally
+    assert httpx.get(url + "/recommendations", params={"user_id": "1"}).status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/recommendations", "/events"])
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(server, route):
+    url, port, _ = server
+    s = raw(port, f"POST {route} HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                  "Content-Length: 100\n", b'{"user_id": ')
+    try:
+        t0 = time.monotonic()
+        reply = read_all(s, limit_s=BODY_READ_MS / 1000 + 8)  # ends only when the server closes
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b"content-type: application/json" in head.lower()
+    assert b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["field"] == "body"
+    assert waited >= BODY_READ_MS / 1000 * 0.9  # not before the configured timeout
+    assert requests_by_status(url, route).get("408", 0.0) >= 1
+
+
+def test_a_body_sent_slowly_but_within_the_timeout_is_answered(server):
+    url, port, _ = server
+    body = json.dumps({"user_id": "1", "n": 3}).encode()
+    s = raw(port, "POST /recommendations HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                  f"Content-Length: {len(body)}\nConnection: close\n")
+    try:
+        for i in range(0, len(body), 8):
+            s.sendall(body[i:i + 8])
+            time.sleep(0.05)
+        reply = read_all(s)
+    finally:
+        s.close()
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), reply[:300]
+    assert len(json.loads(payload)["items"]) == 3
