@@ -5,8 +5,10 @@ All hooks here are *contribution* hooks: a plugin hands named components to the 
 in which order and with which options. Hooks are called once per model load (at startup and on
 every hot swap), never per request; the components they register do the per-request work.
 
-Component protocols (what a factory must build) are defined in :mod:`rankly.engine.types`:
-``CandidateGenerator``, ``Scorer``, ``Reranker``, ``Cache`` and ``Trainer``.
+Component protocols (what a factory must build), the value types and the model read API are
+in :mod:`rankly.engine.api`, the only engine module a plugin imports: ``CandidateGenerator``,
+``Scorer``, ``Reranker``, ``Cache`` and ``Trainer``. ``register(name, factory, options=...)``
+may declare the option keys a component accepts (see ``rankly.engine.api.Register``).
 """
 
 from __future__ import annotations

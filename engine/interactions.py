@@ -73,6 +73,12 @@ class TrainingData:
     def n_items(self) -> int:
         return len(self.catalog)
 
+    def binary_matrix(self) -> sp.csr_matrix:
+        """Return the users x items matrix with every interacted pair set to 1 (float32 CSR)."""
+        m = self.matrix.tocsr(copy=True)
+        m.data = np.ones_like(m.data, dtype=np.float32)
+        return m
+
 
 def build_catalog(item_ids: np.ndarray, items: ItemTable | None,
                   event_categories: dict[str, str] | None = None) -> Catalog:

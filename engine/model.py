@@ -61,6 +61,10 @@ class Catalog:
         get = self.index.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
 
+    def ids(self, indices: np.ndarray) -> list[str]:
+        """Return the external ids of item ``indices`` (the inverse of :meth:`lookup`)."""
+        return [str(v) for v in self.item_ids[np.asarray(indices, dtype=np.int64)].tolist()]
+
     def title(self, idx: int) -> str:
         t = str(self.titles[idx])
         return t or str(self.item_ids[idx])
@@ -106,8 +110,38 @@ class UserTable:
 
 
 @dataclass(frozen=True)
+class Factors:
+    """Latent factors of a factor model: ``users[row]`` and ``items[index]``, float32, one
+    row per user of the model's user table and per item of its catalog."""
+
+    users: np.ndarray
+    items: np.ndarray
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Item-to-item neighbours in CSR form: the neighbours of item ``i`` are
+    ``indices[indptr[i]:indptr[i + 1]]`` with similarities ``weights[...]`` (same slice)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+
+    def of(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(neighbour indices, similarities)`` of item index ``item``."""
+        lo, hi = int(self.indptr[item]), int(self.indptr[item + 1])
+        return self.indices[lo:hi], self.weights[lo:hi]
+
+
+@dataclass(frozen=True)
 class Model:
-    """One loaded model version: catalog, users and each trained part's arrays."""
+    """One loaded model version: catalog, users and each trained part's arrays.
+
+    The read API for plugins: ``catalog`` (items by dense index; ``catalog.lookup(ids)`` and
+    ``catalog.ids(indices)`` map external ids to indices and back), ``users`` (the user table:
+    ``users.row(user_id)``, ``users.history(row)``), ``part(name)`` (a trained part's arrays),
+    ``params(name)``, and the typed views :meth:`factors` and :meth:`neighbours`.
+    """
 
     version: str
     manifest: Mapping[str, Any]
@@ -121,6 +155,22 @@ class Model:
 
     def params(self, name: str) -> Mapping[str, Any]:
         return self.manifest.get("parts", {}).get(name, {}).get("params", {})
+
+    def factors(self, name: str = "als") -> Factors | None:
+        """The user and item factors of part ``name`` (arrays ``user_factors`` and
+        ``item_factors``), or None when the model has no such part."""
+        part = self.part(name)
+        if part is None or "user_factors" not in part or "item_factors" not in part:
+            return None
+        return Factors(part["user_factors"], part["item_factors"])
+
+    def neighbours(self, name: str = "itemknn") -> Neighbours | None:
+        """The item neighbours of part ``name`` (arrays ``indptr``, ``indices``, ``sims``),
+        or None when the model has no such part."""
+        part = self.part(name)
+        if part is None or not {"indptr", "indices", "sims"} <= set(part):
+            return None
+        return Neighbours(part["indptr"], part["indices"], part["sims"])
 
 
 def _save(path: Path, arr: np.ndarray) -> None:

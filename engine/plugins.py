@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Iterable
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
 from typing import Any
 
 import pluggy
+from pluggy import HookImpl
 
 from rankly.engine import PROJECT_NAME, hookspecs
 
@@ -42,11 +45,17 @@ def make_plugin_manager(
 
 @dataclass(frozen=True)
 class Registry:
-    """Named components of one kind, as contributed through one ``register_*`` hook."""
+    """Named components of one kind, as contributed through one ``register_*`` hook.
+
+    ``options`` holds what each component declared it accepts (``register(name, factory,
+    options=...)``): a mapping of option key to default (``None``: no default), or ``None``
+    for a component that declared nothing (its options are not checked).
+    """
 
     kind: str
     entries: dict[str, Any]
     owners: dict[str, str]
+    options: dict[str, Mapping[str, Any] | None] = field(default_factory=dict)
 
     def get(self, name: str) -> Any:
         try:
@@ -59,26 +68,67 @@ class Registry:
         return name in self.entries
 
 
+def _declared(owner: str, kind: str, name: str, options: Any) -> Mapping[str, Any] | None:
+    """Normalise what ``register(..., options=)`` declared: keys -> defaults, or None."""
+    if options is None:
+        return None
+    if isinstance(options, Mapping):
+        declared = dict(options)
+    elif isinstance(options, str) or not isinstance(options, Iterable):
+        raise PluginError(f"plugin {owner}: {kind} {name!r}: options= must be a mapping of "
+                          "option key to default, or an iterable of option keys")
+    else:
+        declared = dict.fromkeys(options)
+    if not all(isinstance(k, str) and k for k in declared):
+        raise PluginError(f"plugin {owner}: {kind} {name!r}: option keys must be non-empty "
+                          "strings")
+    return declared
+
+
+def _owner_of(frame: FrameType | None, impls: Mapping[CodeType, list[HookImpl]]) -> str:
+    """The plugin whose hook implementation is on the stack above ``frame``."""
+    while frame is not None:
+        candidates = impls.get(frame.f_code)
+        if candidates:
+            if len(candidates) == 1:
+                return candidates[0].plugin_name
+            this = frame.f_locals.get("self")  # several instances of one plugin class
+            for impl in candidates:
+                if impl.plugin is this:
+                    return impl.plugin_name
+            return candidates[0].plugin_name
+        frame = frame.f_back
+    return "?"
+
+
 def collect(pm: pluggy.PluginManager, kind: str) -> Registry:
-    """Call ``register_<kind>`` on every plugin and return what they registered by name."""
+    """Call ``register_<kind>`` through the hook caller; return what was registered by name.
+
+    The hook is called as ``pm.hook.register_<kind>(register=...)`` so hook wrappers and
+    tracing see it; each ``register`` call is attributed to the implementation it came from.
+    """
     entries: dict[str, Any] = {}
     owners: dict[str, str] = {}
+    declared: dict[str, Mapping[str, Any] | None] = {}
     hook = getattr(pm.hook, f"register_{kind}")
+    impls: dict[CodeType, list[HookImpl]] = {}
     for impl in hook.get_hookimpls():
-        owner = impl.plugin_name
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            impls.setdefault(code, []).append(impl)
 
-        def register(name: str, component: Any, _owner: str = owner) -> None:
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {_owner}: {kind} names must be non-empty strings")
-            if name in entries:
-                raise PluginError(
-                    f"{kind} {name!r} registered twice (by {owners[name]} and {_owner})"
-                )
-            entries[name] = component
-            owners[name] = _owner
+    def register(name: str, component: Any, options: Any = None) -> None:
+        owner = _owner_of(sys._getframe(1), impls)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {owner}: {kind} names must be non-empty strings")
+        if name in entries:
+            raise PluginError(f"{kind} {name!r} registered twice (by {owners[name]} and {owner})")
+        entries[name] = component
+        owners[name] = owner
+        declared[name] = _declared(owner, kind, name, options)
 
-        impl.function(register=register)
-    return Registry(kind=kind, entries=entries, owners=owners)
+    hook(register=register)
+    return Registry(kind=kind, entries=entries, owners=owners, options=declared)
 
 
 def collect_all(pm: pluggy.PluginManager) -> dict[str, Registry]:

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from rankly.engine.config import Settings
-    from rankly.engine.model import Model
+    from rankly.engine.config import CacheSettings, Settings
+    from rankly.engine.model import Catalog, Model
     from rankly.engine.store import Store
 
-#: ``register(name, component_or_factory)``: the callback every contribution hook receives.
-Register = Callable[[str, Any], None]
+#: ``register(name, component_or_factory, options=None)``: the callback every contribution
+#: hook receives. ``options`` declares the option keys the component accepts (an iterable of
+#: keys, or a mapping of key to default); unknown keys in its ``[plugins.<name>]`` table then
+#: stop the server at start. Without it the component's options are not checked.
+Register = Callable[..., None]
 
 IntArray = np.ndarray  # int64, 1-D, item indices into the model's catalog
 FloatArray = np.ndarray  # float32, 1-D
@@ -89,6 +92,28 @@ class Candidates:
         return Candidates(self.items[positions], self.reasons[positions], self.anchors[positions])
 
 
+def anchored_reasons(history: IntArray, contrib_rows: np.ndarray, cols: np.ndarray
+                     ) -> tuple[np.ndarray, IntArray]:
+    """Return (reasons, anchors) for candidates from per-history-item contributions.
+
+    ``contrib_rows`` is [H, M] (row h: history item ``history[h]``); ``cols`` picks each
+    candidate's column (negative: no column, so no anchor). Reason ``BECAUSE_YOU_LIKED`` with
+    the history item of the largest positive contribution as anchor, else ``FOR_YOU`` with
+    anchor -1. The result is ready for ``Candidates(items, reasons, anchors)``.
+    """
+    n = cols.size
+    reasons = np.full(n, int(Reason.FOR_YOU), dtype=np.int8)
+    anchors = np.full(n, -1, dtype=np.int64)
+    ok = np.flatnonzero(cols >= 0)
+    if ok.size and history.size:
+        c = contrib_rows[:, cols[ok]]
+        best = np.argmax(c, axis=0)
+        positive = c[best, np.arange(ok.size)] > 0
+        reasons[ok[positive]] = int(Reason.BECAUSE_YOU_LIKED)
+        anchors[ok[positive]] = history[best[positive]]
+    return reasons, anchors
+
+
 @dataclass(frozen=True, slots=True)
 class Ranking:
     """A slate in descending score order: candidates plus their scores."""
@@ -108,15 +133,44 @@ class Ranking:
         )
 
 
+class LiveCounters(Protocol):
+    """Event counters kept live while serving (decayed popularity, trending categories)."""
+
+    def item_scores(self, catalog: Catalog) -> FloatArray:
+        """Live decayed popularity per item index of ``catalog`` (0 for items without events)."""
+
+    def category_scores(self, catalog: Catalog) -> FloatArray:
+        """Live trending score per category index of ``catalog``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentContext:
-    """What a component factory receives: the loaded model, its options and the store."""
+    """What a component factory receives: its name, the loaded model, its options, the store.
+
+    Read ``options`` (this component's ``[plugins.<name>]`` table, with what training chose
+    for serving underneath) and ``cache`` (the cache defaults a tier falls back on);
+    ``settings`` is the host's and is kept for older plugins only: new ones must not read it.
+    """
 
     name: str
     model: Model
     options: Mapping[str, Any]
     settings: Settings
     store: Store | None = None
+
+    @property
+    def cache(self) -> CacheSettings:
+        """The ``cache.*`` settings (TTL, jitter, invalidation mode) a cache tier defaults to."""
+        return self.settings.cache
+
+    def live_counters(self) -> LiveCounters | None:
+        """The live event counters of this process, or None before events start (or none).
+
+        Call it when serving, not once in the factory: the counters attach after start-up.
+        """
+        from rankly.engine.projections import projections_of
+
+        return projections_of(self.store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,17 +215,78 @@ class Reranker(Protocol):
         """Return at most ``n`` items of ``ranking`` (a subset, reordered or re-scored)."""
 
 
+#: The pipeline's marks on a cached value (see :class:`CacheEntry`); the same strings as
+#: ``pipeline.REFRESH_FIELD``/``DIRTY_FIELD``/``STARTED_FIELD`` (a test keeps them equal).
+_REFRESH = "_refresh"
+_DIRTY = "_dirty"
+_STARTED = "_started"
+_MARKS = (_REFRESH, _DIRTY, _STARTED)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A cached answer as a cache tier sees it: the payload and the pipeline's marks.
+
+    ``payload`` is the JSON-ready answer to store as given (it may carry the pipeline's own
+    fields, such as spare items: keep them). ``started``: when its computation started,
+    ``time.monotonic()`` of the computing process, or None. ``dirty``: its user had an
+    invalidating event since it was computed (the pipeline serves it minus what the user has
+    seen and recomputes it). ``refresh``: serve it, and recompute it in the background.
+
+    Tiers receive and return plain dicts (``Cache.set``/``Cache.get``): read one with
+    :meth:`of` and hand one back with :meth:`value`, never by the mark names.
+    """
+
+    payload: Mapping[str, Any]
+    started: float | None = None
+    dirty: bool = False
+    refresh: bool = False
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any]) -> CacheEntry:
+        """Split a value given to ``Cache.set`` (or a stored one) into payload and marks."""
+        started = value.get(_STARTED)
+        return cls(
+            payload={k: v for k, v in value.items() if k not in _MARKS},
+            started=None if started is None else float(started),
+            dirty=bool(value.get(_DIRTY)),
+            refresh=bool(value.get(_REFRESH)),
+        )
+
+    def value(self) -> dict[str, Any]:
+        """The dict ``Cache.get`` returns for this entry."""
+        out = dict(self.payload)
+        if self.started is not None:
+            out[_STARTED] = self.started
+        if self.dirty:
+            out[_DIRTY] = True
+        if self.refresh:
+            out[_REFRESH] = True
+        return out
+
+    @staticmethod
+    def marked(value: Mapping[str, Any], *, dirty: bool = False,
+               refresh: bool = False) -> dict[str, Any]:
+        """``value`` (a stored payload) marked dirty and/or for refresh, without copying its
+        fields one by one through :meth:`of` (the cheap form for a tier's ``get``)."""
+        out = dict(value)
+        if dirty:
+            out[_DIRTY] = True
+        if refresh:
+            out[_REFRESH] = True
+        return out
+
+
 @runtime_checkable
 class Cache(Protocol):
-    """One cache tier. Values are JSON-ready response payloads (dicts).
+    """One cache tier. Values are JSON-ready response payloads (dicts); read and mark them
+    through :class:`CacheEntry`, never by field name.
 
-    Fields starting with "_" in a value are the pipeline's (spare items, the computation's
-    start time, ``_refresh``/``_dirty`` marks a tier may add on ``get``); store them as given.
-    Optional: a tier may return a value with ``"_dirty": True`` when its user had an
-    invalidating event since the value was computed (the pipeline then serves it minus what
-    the user has seen and recomputes it), and may set a class attribute
-    ``checks_start_times = True`` when it does so from the ``"_started"`` time it was given,
-    which spares it the second, delayed invalidation the events service sends otherwise.
+    Optional: a tier may return an entry marked ``dirty`` when its user had an invalidating
+    event since the value was computed (the pipeline then serves it minus what the user has
+    seen and recomputes it), and may set a class attribute ``checks_start_times = True`` when
+    it does so from the entry's ``started`` time, which spares it the second, delayed
+    invalidation the events service sends otherwise.
     """
 
     def get(self, key: str, user_id: str | None = None) -> Awaitable[dict[str, Any] | None]:
@@ -185,4 +300,4 @@ class Cache(Protocol):
 @runtime_checkable
 class Trainer(Protocol):
     def fit(self, data: Any, options: Mapping[str, Any]) -> ModelPart:
-        """Fit on ``rankly.engine.interactions.TrainingData`` and return arrays to save."""
+        """Fit on ``TrainingData`` (``rankly.engine.api``) and return arrays to save."""

@@ -12,11 +12,7 @@ from typing import Any
 
 import orjson
 
-from rankly.engine import hookimpl
-from rankly.engine.config import check_invalidation
-from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
-from rankly.engine.store import Store
-from rankly.engine.types import ComponentContext
+from rankly.engine.api import CacheEntry, ComponentContext, Store, check_invalidation, hookimpl
 
 log = logging.getLogger("rankly.cache")
 INVALIDATE_CHANNEL = "invalidate"
@@ -39,13 +35,13 @@ class LocalCache:
     for their recomputation. Staleness is bounded by ``ttl * (1 + jitter) + stale``.
 
     Invalidation (``invalidation``): "drop" removes the user's entries at once. "revalidate"
-    (the default) keeps them, marked dirty: a dirty entry is returned with ``DIRTY_FIELD``
-    set, and the pipeline serves it only after removing what the user has seen since (see
-    ``pipeline.revalidate``), recomputing the key behind it. The next ``set`` of the key
-    clears the mark. A dirty entry still expires with its TTL.
+    (the default) keeps them, marked dirty: a dirty entry is returned marked
+    (``CacheEntry.dirty``), and the pipeline serves it only after removing what the user has
+    seen since (see ``pipeline.revalidate``), recomputing the key behind it. The next ``set``
+    of the key clears the mark. A dirty entry still expires with its TTL.
 
-    A computation that started before its user's last invalidation (the value's
-    ``STARTED_FIELD``, ``time.monotonic()``) may hold what the event changed: its ``set``
+    A computation that started before its user's last invalidation (the entry's
+    ``started``, ``time.monotonic()``) may hold what the event changed: its ``set``
     stores it dirty ("revalidate") or not at all ("drop"). Invalidation times are kept for
     ``INVALIDATION_MEMORY_S``, longer than any computation can last.
     """
@@ -91,10 +87,11 @@ class LocalCache:
             if now >= expires + self.stale:
                 self._drop(key)
                 return None
-            return {**value, REFRESH_FIELD: True}  # the refresh's set() replaces the entry
+            # the refresh's set() replaces the entry
+            return CacheEntry.marked(value, refresh=True)
         self._data.move_to_end(key)
         if self._dirty and key in self._dirty:
-            return {**value, DIRTY_FIELD: True}
+            return CacheEntry.marked(value, dirty=True)
         return value
 
     async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
@@ -104,7 +101,7 @@ class LocalCache:
         size = len(orjson.dumps(value))
         if size > self.max_bytes:
             return
-        started = value.get(STARTED_FIELD)
+        started = CacheEntry.of(value).started
         late = (started is not None and user_id is not None
                 and self._invalidated.get(user_id, float("-inf")) >= started)
         if late and not self.revalidate:
@@ -140,7 +137,7 @@ class LocalCache:
             self._drop(key)
 
     def _remember_invalidation(self, user_id: str) -> None:
-        now = time.monotonic()  # the clock of STARTED_FIELD, not the TTL clock
+        now = time.monotonic()  # the clock of CacheEntry.started, not the TTL clock
         seen = self._invalidated
         seen.pop(user_id, None)
         seen[user_id] = now
@@ -200,10 +197,15 @@ class LocalCache:
                     del self._by_user[user_id]
 
 
+#: The option keys of the ``l1`` tier (``[plugins.l1]``); unset ones follow ``cache.*``.
+L1_OPTIONS = ("max_entries", "max_bytes", "ttl_seconds", "jitter", "stale_seconds",
+              "invalidation", "follow_invalidations")
+
+
 @hookimpl
 def register_caches(register):
     def l1(ctx: ComponentContext) -> LocalCache:
-        c = ctx.settings.cache
+        c = ctx.cache
         opts = ctx.options
         cache = LocalCache(
             max_entries=int(opts.get("max_entries", c.l1_max_entries)),
@@ -220,4 +222,4 @@ def register_caches(register):
             cache.follow(ctx.store)
         return cache
 
-    register("l1", l1)
+    register("l1", l1, options=L1_OPTIONS)

@@ -9,11 +9,14 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from rankly.engine import hookimpl
-from rankly.engine.config import check_invalidation
-from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
-from rankly.engine.redis_client import AsyncRedis, CircuitOpen
-from rankly.engine.types import ComponentContext
+from rankly.engine.api import (
+    AsyncRedis,
+    CacheEntry,
+    CircuitOpen,
+    ComponentContext,
+    check_invalidation,
+    hookimpl,
+)
 
 #: The hash field that holds the user's last invalidation time (wall clock, seconds); cache
 #: keys are hex digests, so it never collides with one.
@@ -58,7 +61,7 @@ class RedisCache:
     so :meth:`invalidate_user` is one call on one key, never KEYS/SCAN: a ``DEL``
     (``invalidation="drop"``) or, by default (``"revalidate"``), the time of the invalidation
     written into the hash (field ``~inv``). A read returns an entry whose computation started
-    before that time marked dirty (``DIRTY_FIELD``, see ``pipeline.revalidate``), so a
+    before that time marked dirty (``CacheEntry.dirty``, see ``pipeline.revalidate``), so a
     computation that straddles the invalidation cannot write back a clean stale answer.
     Entries without a user are plain keys ``<ns>:rc:<cache key>``. A write gives the entry a
     TTL of ``ttl * (1 +- jitter)`` (uniform), so keys written together do not expire
@@ -127,10 +130,10 @@ class RedisCache:
             return None
         if invalidated is not None and float(invalidated) + CLOCK_SKEW_S >= entry.get("w", 0.0):
             self._note_miss(key)  # the pipeline revalidates it and recomputes behind it
-            return {**entry["v"], DIRTY_FIELD: True}
+            return CacheEntry.marked(entry["v"], dirty=True)
         if entry["d"] * self.beta * -math.log(1.0 - self.rng.random()) >= entry["e"] - now:
             self._note_miss(key)  # the background recompute's write measures its duration
-            return {**entry["v"], REFRESH_FIELD: True}
+            return CacheEntry.marked(entry["v"], refresh=True)
         return entry["v"]
 
     async def set(self, key: str, user_id: str | None, value: dict[str, Any]) -> None:
@@ -139,11 +142,10 @@ class RedisCache:
         ttl = self.jittered_ttl()
         now = self.clock()
         # when the computation started, on the wall clock every worker shares
-        began = value.get(STARTED_FIELD)
+        given = CacheEntry.of(value)
+        began = given.started
         began = now if began is None else now - max(0.0, time.monotonic() - began)
-        value = {k: v for k, v in value.items()
-                 if k not in (REFRESH_FIELD, DIRTY_FIELD, STARTED_FIELD)}
-        entry = json.dumps({"v": value, "d": round(compute_s, 6), "e": now + ttl,
+        entry = json.dumps({"v": given.payload, "d": round(compute_s, 6), "e": now + ttl,
                             "w": round(began, 6)}, separators=(",", ":"))
         rkey, field = self.where(key, user_id)
         ttl_ms = max(1, int(ttl * 1000))
@@ -183,7 +185,7 @@ def register_caches(register):
         if store is None or not hasattr(store, "guard"):
             raise ValueError("cache tier 'l2' needs a Redis store: set store_url (or REDIS_URL) "
                              "to a redis:// URL, or remove 'l2' from cache.tiers")
-        c = ctx.settings.cache
+        c = ctx.cache
         opts = ctx.options
         return RedisCache(
             store,
@@ -194,4 +196,4 @@ def register_caches(register):
             invalidation=str(opts.get("invalidation", c.invalidation)),
         )
 
-    register("l2", l2)
+    register("l2", l2, options=("ttl_seconds", "jitter", "beta", "max_fields", "invalidation"))

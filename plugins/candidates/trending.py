@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.projections import projections_of
-from rankly.engine.store import Store
-from rankly.engine.types import Candidates, ComponentContext, Reason, UserFeatures
+from rankly.engine.api import Candidates, ComponentContext, Reason, UserFeatures, hookimpl
 
 
 class TrendingCandidates:
@@ -18,19 +15,19 @@ class TrendingCandidates:
     items; for a cold user, every category. Of those, the ``categories`` with the highest
     trending score are kept, and their items ranked by live (decayed) popularity; items
     without any event are never proposed. Anchor: the item's category (``TRENDING_IN``).
-    Counters are read through the store's live projections at every call, so they follow
-    events without a retrain; before events start (or with none) it proposes nothing.
+    Counters are read through ``ctx.live_counters()`` at every call, so they follow events
+    without a retrain; before events start (or with none) it proposes nothing.
     """
 
     def __init__(self, ctx: ComponentContext, categories: int = 3,
                  history_depth: int = 20) -> None:
-        self.store: Store | None = ctx.store
+        self.live_counters = ctx.live_counters
         self.catalog = ctx.model.catalog
         self.n_categories = categories
         self.history_depth = history_depth
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
-        proj = projections_of(self.store)
+        proj = self.live_counters()
         if proj is None:
             return Candidates.empty()
         catalog = self.catalog
@@ -66,4 +63,4 @@ def register_candidate_generators(register):
         return TrendingCandidates(ctx, categories=int(opts.get("categories", 3)),
                                   history_depth=int(opts.get("history_depth", 20)))
 
-    register("trending", trending)
+    register("trending", trending, options={"categories": 3, "history_depth": 20})

@@ -6,9 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rankly.engine import hookimpl
-from rankly.engine.model import Catalog
-from rankly.engine.types import ComponentContext, Ranking, Reason, UserFeatures
+from rankly.engine.api import Catalog, ComponentContext, Ranking, Reason, UserFeatures, hookimpl
 
 
 class BoostReranker:
@@ -51,4 +49,4 @@ def register_rerankers(register):
             return None
         return BoostReranker(ctx.model.catalog, opts.get("items"), opts.get("categories"))
 
-    register("boost", boost)
+    register("boost", boost, options=("items", "categories"))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.types import ComponentContext, Ranking, UserFeatures
+from rankly.engine.api import ComponentContext, Ranking, UserFeatures, hookimpl
 
 
 class DiversityReranker:
@@ -42,4 +41,4 @@ def register_rerankers(register):
             fill=bool(opts.get("fill", True)),
         )
 
-    register("diversity", diversity)
+    register("diversity", diversity, options={"cap": 3, "fill": True})

@@ -1,0 +1,77 @@
+"""The one face for plugins: hookimpl, component protocols, value types, model read API.
+
+A plugin, built-in or third-party, imports from here (or from ``rankly.engine``, which
+re-exports these names), from ``rankly._fast`` and from third-party libraries; never from
+another module of the engine. ``tests/plugins/test_plugin_imports.py`` enforces it for the
+built-ins. What is named here is the contract: it changes only backwards compatibly.
+"""
+
+from __future__ import annotations
+
+from rankly.engine import hookimpl
+from rankly.engine.config import INVALIDATION_MODES, check_invalidation
+from rankly.engine.interactions import TrainingData
+from rankly.engine.model import Catalog, Factors, Model, Neighbours, UserTable
+from rankly.engine.redis_client import AsyncRedis, CircuitOpen
+from rankly.engine.store import Store, StoreUnavailable
+from rankly.engine.types import (
+    EMPTY_INDEX,
+    Cache,
+    CacheEntry,
+    CandidateGenerator,
+    Candidates,
+    ComponentContext,
+    FloatArray,
+    IntArray,
+    LiveCounters,
+    ModelPart,
+    Ranking,
+    Reason,
+    Register,
+    Reranker,
+    Scorer,
+    Trainer,
+    UserFeatures,
+    anchored_reasons,
+)
+
+__all__ = [
+    # the hook marker (hooks themselves: rankly.engine.hookspecs)
+    "hookimpl",
+    "Register",
+    # component protocols
+    "CandidateGenerator",
+    "Scorer",
+    "Reranker",
+    "Cache",
+    "Trainer",
+    "LiveCounters",
+    # what a factory receives
+    "ComponentContext",
+    # value types
+    "IntArray",
+    "FloatArray",
+    "EMPTY_INDEX",
+    "Reason",
+    "UserFeatures",
+    "Candidates",
+    "Ranking",
+    "anchored_reasons",
+    "ModelPart",
+    "CacheEntry",
+    # the trained model, read-only
+    "Model",
+    "Catalog",
+    "UserTable",
+    "Factors",
+    "Neighbours",
+    # training input
+    "TrainingData",
+    # for cache tiers: the store, the Redis client type, invalidation modes
+    "Store",
+    "StoreUnavailable",
+    "AsyncRedis",
+    "CircuitOpen",
+    "INVALIDATION_MODES",
+    "check_invalidation",
+]
