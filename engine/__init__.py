@@ -17,13 +17,23 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
+#: The names of :mod:`rankly.engine.api`, re-exported here (a test keeps the lists equal).
+API_NAMES = frozenset({
+    "hookimpl", "Register", "CandidateGenerator", "Scorer", "Reranker", "Cache", "Trainer",
+    "LiveCounters", "ComponentContext", "IntArray", "FloatArray", "EMPTY_INDEX", "Reason",
+    "UserFeatures", "Candidates", "Ranking", "anchored_reasons", "ModelPart", "CacheEntry",
+    "Model", "Catalog", "UserTable", "Factors", "Neighbours", "TrainingData", "Store",
+    "StoreUnavailable", "AsyncRedis", "CircuitOpen", "INVALIDATION_MODES",
+    "check_invalidation",
+})
+
+
 def __getattr__(name: str) -> Any:
     # NOTE: lazy, because api imports model, store and the Redis client, and every module of
-    # the engine imports this package first
-    if name != "api" and not name.startswith("_"):
-        api = importlib.import_module("rankly.engine.api")
-        if name in api.__all__:
-            return getattr(api, name)
+    # the engine imports this package first; the static name list matters: `from
+    # rankly.engine import submodule` asks this function first, and must not load api.
+    if name in API_NAMES:
+        return getattr(importlib.import_module("rankly.engine.api"), name)
     raise AttributeError(f"module 'rankly.engine' has no attribute {name!r}")
 
 

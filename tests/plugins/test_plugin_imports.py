@@ -84,6 +84,7 @@ def test_the_checker_catches_internal_and_cross_plugin_imports(tmp_path: Path):
 def test_every_api_name_is_reexported_by_the_engine_package():
     import rankly.engine as engine
 
+    assert engine.API_NAMES == set(api.__all__)
     assert all(getattr(engine, name) is getattr(api, name) for name in api.__all__)
 
 
