@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rankly.engine.config import ConfigError, Settings, load_settings
+from rankly.engine.plugins import PluginError
 
 log = logging.getLogger("rankly")
 
@@ -89,12 +90,17 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from rankly.engine.plugins import check_configuration
+
     env = _settings_env(args)
     settings = load_settings(environ={**os.environ, **env})
     if settings.artifacts is None:
         print("rankly serve: --artifacts DIR is required (train one with `rankly train`)",
               file=sys.stderr)
         return 2
+    # every component name and option key, before uvicorn starts (a factory that raises
+    # stops the server from its lifespan, naming the component)
+    check_configuration(settings)
     _serve(settings, env)
     return 0
 
@@ -221,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"rankly: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PluginError as exc:
+        print(f"rankly: plugin error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -95,6 +95,9 @@ class PipelineSettings:
     exclude_seen: bool = True
     similar: tuple[str, ...] = ("itemknn", "popular")  # serves /items/{id}/similar
     fallback: str = "popular"  # scorer whose catalog-wide scores answer cold starts and failures
+    # components that may fail to build at start: served without (and /ready names them);
+    # any other configured component whose factory raises stops the server
+    optional: tuple[str, ...] = ()
 
 
 #: What an invalidating event does to cached answers (``cache.invalidation``).

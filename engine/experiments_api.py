@@ -86,6 +86,7 @@ async def put_experiment(request: Request) -> Response:
         raise RequestError("key", "must match the key in the path")
     try:
         exp = parse_experiment({**body, "key": key})
+        rt.check_experiment(exp)
         old = rt.experiments.get(key)
         if old is not None and old.weights != exp.weights and "phase" not in body:
             exp = old.with_weights(exp.weights) if not exp.bandit else exp

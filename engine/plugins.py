@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import sys
 from collections.abc import Iterable, Mapping
@@ -13,6 +14,7 @@ import pluggy
 from pluggy import HookImpl
 
 from rankly.engine import PROJECT_NAME, hookspecs
+from rankly.engine.config import ConfigError, Settings
 
 KINDS = ("trainers", "caches", "candidate_generators", "scorers", "rerankers")
 
@@ -165,3 +167,170 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
         )
     return rows
 
+
+
+# --- strict configuration: every name and option key the settings give must exist ----------
+
+#: ``[plugins.<name>]`` sections the host reads itself (not components).
+HOST_SECTIONS = frozenset({"redis", "events"})
+#: What each kind of component is called in messages.
+KIND_NOUNS = {"trainers": "trainer", "caches": "cache tier",
+              "candidate_generators": "candidate generator", "scorers": "scorer",
+              "rerankers": "reranker"}
+
+
+def _normal(name: str) -> str:
+    """A name as bash can spell it in a variable (``seeded-random`` -> ``seeded_random``)."""
+    return name.lower().replace("-", "_")
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> ConfigError:
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{what}: no such name {name!r}{hint} (available: "
+                       f"{', '.join(known) or 'none'})")
+
+
+def check_names(where: str, names: Iterable[str], registries: Mapping[str, Registry],
+                *kinds: str) -> None:
+    """Raise :class:`ConfigError` for the first of ``names`` no plugin registered as one of
+    ``kinds``; the message names it, ``where`` it was given and the available names."""
+    known = {n for kind in kinds for n in registries[kind].entries}
+    for name in names:
+        if name not in known:
+            nouns = " or ".join(KIND_NOUNS[k] for k in kinds)
+            raise _unknown(f"{where} ({nouns})", name, known)
+
+
+def declared_options(name: str, registries: Mapping[str, Registry]) -> Mapping[str, Any] | None:
+    """The option keys (with defaults) every component called ``name`` declared, merged over
+    its kinds; None when one of them declared nothing (then nothing is checked)."""
+    merged: dict[str, Any] = {}
+    for reg in registries.values():
+        if name in reg.entries:
+            declared = reg.options.get(name)
+            if declared is None:
+                return None
+            merged.update({k: v for k, v in declared.items() if k not in merged
+                           or merged[k] is None})
+    return merged
+
+
+def _coerce_option(where: str, value: Any, default: Any) -> Any:
+    """An option given as a string (from the environment) parsed as its default's type."""
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(value)
+            return low in {"1", "true", "yes"}
+        if isinstance(default, int | float):
+            return type(default)(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
+    return value
+
+
+def component_options(name: str, given: Mapping[str, Any], registries: Mapping[str, Registry],
+                      where: str | None = None) -> dict[str, Any]:
+    """``given`` checked against what ``name`` declared: an unknown key raises
+    :class:`ConfigError` naming it and the accepted keys; string values (the environment's)
+    are parsed as their default's type. Declared defaults are not filled in."""
+    where = where or f"plugins.{name}"
+    declared = declared_options(name, registries)
+    if declared is None:
+        return dict(given)
+    out = {}
+    for key, value in given.items():
+        if key not in declared:
+            raise _unknown(f"{where}: option key", key, declared)
+        out[key] = _coerce_option(f"{where}.{key}", value, declared[key])
+    return out
+
+
+def option_defaults(name: str, registries: Mapping[str, Registry]) -> dict[str, Any]:
+    """The declared defaults of ``name``'s options (keys declared without one left out)."""
+    declared = declared_options(name, registries) or {}
+    return {k: v for k, v in declared.items() if v is not None}
+
+
+def _canonical_section(section: str, names: set[str]) -> str | None:
+    if section in names or section in HOST_SECTIONS:
+        return section
+    matches = [n for n in names | HOST_SECTIONS if _normal(n) == _normal(section)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def check_plugin_sections(where: str, sections: Mapping[str, Mapping[str, Any]],
+                          registries: Mapping[str, Registry]) -> dict[str, dict[str, Any]]:
+    """Options by component, each section checked: its name must be a registered component
+    (or a host section), spelt exactly or as bash exports it (``SEEDED_RANDOM`` for
+    ``seeded-random``), and its keys must be ones the component declared."""
+    names = {n for reg in registries.values() for n in reg.entries}
+    out: dict[str, dict[str, Any]] = {}
+    for section, options in sections.items():
+        name = _canonical_section(section, names)
+        if name is None:
+            raise _unknown(f"{where}: section", section, names | HOST_SECTIONS)
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{where}.{section}: expected a table of options")
+        opts = dict(options) if name in HOST_SECTIONS else component_options(
+            name, options, registries, f"{where}.{section}")
+        out.setdefault(name, {}).update(opts)
+    return out
+
+
+def check_overrides(where: str, overrides: Any, registries: Mapping[str, Registry]) -> None:
+    """Check an experiment variant's overrides (component lists and plugin options)."""
+    for stage, kind in (("candidates", "candidate_generators"), ("scorers", "scorers"),
+                        ("rerankers", "rerankers")):
+        names = getattr(overrides, stage)
+        if names is not None:
+            check_names(f"{where}.{stage}", names, registries, kind)
+    check_plugin_sections(f"{where}.options", overrides.options, registries)
+
+
+def check_experiment(experiment: Any, registries: Mapping[str, Registry]) -> None:
+    """Raise :class:`ConfigError` when a variant of ``experiment`` names a component or an
+    option key no plugin registered (``PUT /experiments/{key}`` answers it with a 422)."""
+    for i, variant in enumerate(experiment.variants):
+        check_overrides(f"experiment {experiment.key!r}: variants[{i}]", variant.overrides,
+                        registries)
+
+
+def check_settings(settings: Settings, registries: Mapping[str, Registry]) -> Settings:
+    """Return ``settings`` with every component name and option key checked against what the
+    plugins registered, and plugin sections under their components' names.
+
+    Raises :class:`ConfigError` naming the first bad name, where it was given and the
+    available names: ``pipeline.*``, ``cache.tiers``, ``[plugins.*]`` and their keys.
+    """
+    p = settings.pipeline
+    check_names("pipeline.candidates", p.candidates, registries, "candidate_generators")
+    check_names("pipeline.scorers", p.scorers, registries, "scorers")
+    check_names("pipeline.rerankers", p.rerankers, registries, "rerankers")
+    check_names("pipeline.similar", p.similar, registries, "candidate_generators", "scorers")
+    check_names("pipeline.fallback", (p.fallback,), registries, "scorers")
+    check_names("pipeline.optional", p.optional, registries, *KINDS)
+    check_names("cache.tiers", settings.cache.tiers, registries, "caches")
+    plugins = check_plugin_sections("plugins", settings.plugins, registries)
+    return settings.replace(plugins=plugins)
+
+
+def check_configuration(settings: Settings, pm: pluggy.PluginManager | None = None) -> Settings:
+    """:func:`check_settings` and every configured experiment against the installed plugins
+    (what ``rankly serve`` runs before it starts the server); ``ConfigError`` names the fault."""
+    from rankly.engine.experiments import ExperimentError, load_experiments
+
+    pm = pm or make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
+    registries = collect_all(pm)
+    checked = check_settings(settings, registries)
+    try:
+        for exp in load_experiments(settings.experiments):
+            check_experiment(exp, registries)
+    except ExperimentError as exc:
+        raise ConfigError(str(exc)) from None
+    return checked

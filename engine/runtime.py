@@ -18,11 +18,21 @@ import pluggy
 
 from rankly import _fast
 from rankly.engine.breaker import Breakers
-from rankly.engine.config import Settings
-from rankly.engine.experiments import Experiments, load_experiments
+from rankly.engine.config import ConfigError, Settings
+from rankly.engine.experiments import Experiment, ExperimentError, Experiments, load_experiments
 from rankly.engine.experiments.tracking import ExperimentTracker, make_tracker
 from rankly.engine.model import Model
-from rankly.engine.plugins import Registry, collect_all, make_plugin_manager
+from rankly.engine.plugins import (
+    KIND_NOUNS,
+    PluginError,
+    Registry,
+    check_experiment,
+    check_settings,
+    collect_all,
+    component_options,
+    make_plugin_manager,
+    option_defaults,
+)
 from rankly.engine.singleflight import SingleFlight
 from rankly.engine.store import Store, open_store
 from rankly.engine.types import (
@@ -46,6 +56,8 @@ class Components:
     scorers: dict[str, Scorer]
     rerankers: dict[str, Reranker]
     fallback_scores: np.ndarray  # float32 over the catalog, from the fallback scorer
+    #: components whose factory raised, by name: "<kind> from <plugin>: <error>" (/ready)
+    missing: dict[str, str] = field(default_factory=dict)
     _category_masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
 
     def category_mask(self, names: tuple[str, ...]) -> np.ndarray:
@@ -82,6 +94,14 @@ class Runtime:
         self.components = build_components(self.settings, model, self.registries, self.store)
         self._variant_components = {}
 
+    def check_experiment(self, experiment: Experiment) -> None:
+        """Raise ``ExperimentError`` when a variant names a component or an option key no
+        plugin registered (``PUT /experiments/{key}`` answers it with a 422)."""
+        try:
+            check_experiment(experiment, self.registries)
+        except ConfigError as exc:
+            raise ExperimentError(str(exc)) from None
+
     def components_for(self, options: Mapping[str, Mapping[str, Any]] | None) -> Components:
         """Components built with an experiment variant's plugin ``options`` merged in (cached)."""
         if not options:
@@ -108,19 +128,46 @@ def serving_defaults(model: Model) -> dict[str, dict[str, Any]]:
     return out
 
 
+class ComponentError(PluginError):
+    """A configured, non-optional component's factory raised at start."""
+
+
+def configured_names(settings: Settings, experiments: Experiments | None = None) -> set[str]:
+    """Every component name the settings (and the experiments' variants) select."""
+    p = settings.pipeline
+    names = {*p.candidates, *p.scorers, *p.rerankers, *p.similar, p.fallback,
+             *settings.cache.tiers}
+    for exp in experiments or ():
+        for v in exp.variants:
+            o = v.overrides
+            names.update(o.candidates or (), o.scorers or (), o.rerankers or ())
+    return names
+
+
 def _build(kind: str, registry: Registry, settings: Settings, model: Model,
-           store: Store | None, defaults: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+           store: Store | None, defaults: Mapping[str, Mapping[str, Any]],
+           registries: Mapping[str, Registry], missing: dict[str, str],
+           required: set[str]) -> dict[str, Any]:
     built: dict[str, Any] = {}
     for name, factory in registry.entries.items():
-        # NOTE: explicit settings win over what training chose
-        options = {**defaults.get(name, {}), **settings.plugin_options(name)}
+        # NOTE: declared defaults < what training chose < explicit settings
+        options = {**option_defaults(name, registries), **defaults.get(name, {}),
+                   **component_options(name, settings.plugin_options(name), registries)}
         ctx = ComponentContext(name, model, options, settings, store)
         try:
             component = factory(ctx) if callable(factory) else factory
-        except Exception:
-            # NOTE: a broken third-party factory must not take serving down; it is reported
-            # and its name is simply unavailable (the fallback chain covers it).
-            log.exception("could not build %s %r (from %s)", kind, name, registry.owners[name])
+        except Exception as exc:
+            owner = registry.owners[name]
+            error = f"{type(exc).__name__}: {exc}"
+            if name in required:
+                raise ComponentError(
+                    f"{KIND_NOUNS[registry.kind]} {name!r} (plugin {owner}) failed to build: "
+                    f"{error}; list it in pipeline.optional to serve without it") from exc
+            # NOTE: an optional or unused component must not take serving down; it is
+            # reported (/ready) and its name is simply unavailable (the fallback chain
+            # covers it).
+            log.exception("could not build %s %r (from %s)", kind, name, owner)
+            missing[name] = f"{KIND_NOUNS[registry.kind]} from {owner}: {error}"
             continue
         if component is not None:
             built[name] = component
@@ -128,13 +175,18 @@ def _build(kind: str, registry: Registry, settings: Settings, model: Model,
 
 
 def build_components(settings: Settings, model: Model, registries: dict[str, Registry],
-                     store: Store | None = None) -> Components:
-    """Build every registered generator, scorer and reranker for ``model``."""
+                     store: Store | None = None, required: set[str] = frozenset()) -> Components:
+    """Build every registered generator, scorer and reranker for ``model``.
+
+    A factory that raises leaves its component out (``Components.missing``), unless its name
+    is in ``required``: then :class:`ComponentError` names it.
+    """
     defaults = serving_defaults(model)
-    generators = _build("candidate generator", registries["candidate_generators"], settings,
-                        model, store, defaults)
-    scorers = _build("scorer", registries["scorers"], settings, model, store, defaults)
-    rerankers = _build("reranker", registries["rerankers"], settings, model, store, defaults)
+    missing: dict[str, str] = {}
+    args = (settings, model, store, defaults, registries, missing, required)
+    generators = _build("candidate generator", registries["candidate_generators"], *args)
+    scorers = _build("scorer", registries["scorers"], *args)
+    rerankers = _build("reranker", registries["rerankers"], *args)
     n = len(model.catalog)
     fallback_scores = np.zeros(n, dtype=np.float32)
     fb = scorers.get(settings.pipeline.fallback)
@@ -151,23 +203,42 @@ def build_components(settings: Settings, model: Model, registries: dict[str, Reg
         if name not in generators and name not in scorers and name not in rerankers:
             log.warning("configured component %r is not available for model %s", name,
                         model.version)
-    return Components(model, generators, scorers, rerankers, fallback_scores)
+    return Components(model, generators, scorers, rerankers, fallback_scores, missing)
 
 
 def build_runtime(settings: Settings, model: Model, pm: pluggy.PluginManager | None = None,
                   store: Store | None = None) -> Runtime:
-    """Assemble a runtime: plugin manager, registries, store, cache tiers, components."""
+    """Assemble a runtime: plugin manager, registries, store, cache tiers, components.
+
+    Strict: a component name or option key the plugins do not know raises ``ConfigError``
+    (:func:`check_settings`), and so does a configured component whose factory raises,
+    unless it is listed in ``pipeline.optional`` (``ComponentError``).
+    """
     pm = pm or make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
     registries = collect_all(pm)
+    settings = check_settings(settings, registries)
+    experiments = load_experiments(settings.experiments)
+    for exp in experiments:
+        check_experiment(exp, registries)
+    required = configured_names(settings, experiments) - set(settings.pipeline.optional)
     store = store or open_store(settings)
-    components = build_components(settings, model, registries, store)
+    components = build_components(settings, model, registries, store, required)
     caches: list[tuple[str, Cache]] = []
     for tier in settings.cache.tiers:
         factory = registries["caches"].get(tier)
-        ctx = ComponentContext(tier, model, settings.plugin_options(tier), settings, store)
-        caches.append((tier, factory(ctx)))
+        options = {**option_defaults(tier, registries), **settings.plugin_options(tier)}
+        ctx = ComponentContext(tier, model, options, settings, store)
+        try:
+            caches.append((tier, factory(ctx)))
+        except Exception as exc:
+            if tier in required:
+                raise ComponentError(
+                    f"cache tier {tier!r} (plugin {registries['caches'].owners[tier]}) failed "
+                    f"to build: {type(exc).__name__}: {exc}; list it in pipeline.optional to "
+                    "serve without it") from exc
+            log.exception("could not build cache tier %r", tier)
+            components.missing[tier] = f"cache tier: {type(exc).__name__}: {exc}"
     log.info("rankly kernels: %s; model %s (%d items, %d users)", _fast.IMPLEMENTATION,
              model.version, len(model.catalog), len(model.users))
-    experiments = load_experiments(settings.experiments)
     return Runtime(settings, pm, registries, store, caches, components, experiments,
                    make_tracker(store))

@@ -1,0 +1,186 @@
+"""Strict configuration: unknown component names and option keys, and factories that raise,
+stop the server at start (or the PUT of an experiment) with a message naming them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from rankly.engine import cli, hookimpl
+from rankly.engine.app import create_app
+from rankly.engine.config import ConfigError
+from rankly.engine.plugins import check_configuration, make_plugin_manager
+from rankly.engine.runtime import ComponentError, build_runtime
+
+TOKEN = "s3cret-admin-token"
+
+
+class SeededRandomScorer:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def score(self, user, items):
+        return np.random.default_rng(self.seed).random(items.size).astype(np.float32)
+
+
+class SeededRandom:
+    """A scorer with a hyphenated name and one declared option."""
+
+    def __init__(self) -> None:
+        self.seen_options: list[dict] = []
+
+    @hookimpl
+    def register_scorers(self, register):
+        def factory(ctx):
+            self.seen_options.append(dict(ctx.options))
+            return SeededRandomScorer(ctx.options["seed"])
+
+        register("seeded-random", factory, options={"seed": 0})
+
+
+class Broken:
+    """A scorer whose factory raises."""
+
+    @hookimpl
+    def register_scorers(self, register):
+        def factory(ctx):
+            raise ValueError("no weights for this model")
+
+        register("broken", factory)
+
+
+def runtime(settings, model, *plugins):
+    return build_runtime(settings, model, pm=make_plugin_manager(extra=plugins))
+
+
+@pytest.mark.parametrize(("env", "bad", "where"), [
+    ({"RANKLY_PIPELINE__SCORERS": "seeded-randm,popular"}, "'seeded-randm'", "pipeline.scorers"),
+    ({"RANKLY_PIPELINE__CANDIDATES": "popular,trendy"}, "'trendy'", "pipeline.candidates"),
+    ({"RANKLY_PIPELINE__RERANKERS": "diversty"}, "'diversty'", "pipeline.rerankers"),
+    ({"RANKLY_PIPELINE__SIMILAR": "itemknn,nearest"}, "'nearest'", "pipeline.similar"),
+    ({"RANKLY_PIPELINE__FALLBACK": "populer"}, "'populer'", "pipeline.fallback"),
+    ({"RANKLY_CACHE__TIERS": "l1,l3"}, "'l3'", "cache.tiers"),
+    ({"RANKLY_PLUGINS__DIVERSTY__CAP": "2"}, "'diversty'", "plugins: section"),
+    ({"RANKLY_PLUGINS__DIVERSITY__CAPP": "2"}, "'capp'", "plugins.diversity: option key"),
+])
+def test_an_unknown_name_stops_the_start_naming_it_and_the_available_names(
+        model, settings_for, artifacts, env, bad, where):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ=env, artifacts=artifacts)
+    with pytest.raises(ConfigError) as err:
+        runtime(settings, model, SeededRandom())
+    message = str(err.value)
+    assert where in message and bad in message
+    assert "available: " in message
+
+
+def test_the_message_lists_the_available_names_and_a_close_match(model, settings_for,
+                                                                  artifacts):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ={"RANKLY_PIPELINE__SCORERS": "seeded-randm,popular"},
+                             artifacts=artifacts)
+    with pytest.raises(ConfigError, match="did you mean 'seeded-random'") as err:
+        runtime(settings, model, SeededRandom())
+    assert "seeded-random" in str(err.value).split("available: ")[1]
+    assert "popular" in str(err.value).split("available: ")[1]
+
+
+def test_plugin_options_come_from_variables_bash_can_export(model, artifacts):
+    from rankly.engine.config import load_settings
+
+    plugin = SeededRandom()
+    settings = load_settings(environ={"RANKLY_PIPELINE__SCORERS": "seeded-random,popular",
+                                      "RANKLY_PLUGINS__SEEDED_RANDOM__SEED": "5"},
+                             artifacts=artifacts)
+    rt = runtime(settings, model, plugin)
+    assert rt.components.scorers["seeded-random"].seed == 5  # parsed as the default's type
+    assert plugin.seen_options[-1] == {"seed": 5}
+    assert rt.settings.plugin_options("seeded-random") == {"seed": 5}
+
+
+def test_declared_defaults_reach_the_factory(model, settings_for, artifacts):
+    plugin = SeededRandom()
+    runtime(settings_for(artifacts), model, plugin)
+    assert plugin.seen_options[-1] == {"seed": 0}
+
+
+def test_a_configured_factory_that_raises_stops_the_start_naming_it(model, settings_for,
+                                                                     artifacts):
+    settings = settings_for(artifacts)
+    settings = settings.replace(pipeline=settings.pipeline.__class__(
+        scorers=("broken", "popular")))
+    with pytest.raises(ComponentError, match=r"scorer 'broken' \(plugin .*\) failed to build: "
+                                             r"ValueError: no weights for this model"):
+        runtime(settings, model, Broken())
+
+
+def test_an_optional_component_that_raises_is_served_without_and_ready_names_it(
+        model, artifacts):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ={"RANKLY_PIPELINE__SCORERS": "broken,popular",
+                                      "RANKLY_PIPELINE__OPTIONAL": "broken"},
+                             artifacts=artifacts, data_dir=str(artifacts / "run"))
+    rt = runtime(settings, model, Broken())
+    assert "broken" not in rt.components.scorers
+    assert "ValueError: no weights" in rt.components.missing["broken"]
+    with TestClient(create_app(settings, model, pm=make_plugin_manager(extra=[Broken()]))) as c:
+        body = c.get("/ready").json()
+        assert body["status"] == "ready"
+        assert "broken" in body["missing_components"]
+        r = c.get("/recommendations", params={"user_id": "1", "n": 5})
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+
+
+def test_an_unused_factory_that_raises_does_not_stop_the_start(model, settings_for,
+                                                                artifacts):
+    rt = runtime(settings_for(artifacts), model, Broken())
+    assert "broken" in rt.components.missing
+
+
+def test_the_app_does_not_start_when_a_configured_factory_raises(model, settings_for,
+                                                                  artifacts):
+    settings = settings_for(artifacts)
+    settings = settings.replace(pipeline=settings.pipeline.__class__(
+        scorers=("broken", "popular")))
+    app = create_app(settings, model, pm=make_plugin_manager(extra=[Broken()]))
+    with pytest.raises(ComponentError, match="'broken'"), TestClient(app):
+        pass
+
+
+def test_rankly_serve_exits_naming_an_unknown_component(monkeypatch, capsys, artifacts):
+    monkeypatch.setenv("RANKLY_PIPELINE__SCORERS", "seeded-randm,popular")
+    assert cli.main(["serve", "--artifacts", str(artifacts)]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline.scorers" in err and "'seeded-randm'" in err and "available: " in err
+
+
+def test_check_configuration_checks_the_configured_experiments(settings_for, artifacts):
+    settings = settings_for(artifacts, experiments=({
+        "key": "exp", "status": "running",
+        "variants": [{"name": "a"}, {"name": "b", "scorers": ["seeded-randm"]}]},))
+    with pytest.raises(ConfigError, match=r"experiment 'exp': variants\[1\]\.scorers.*"
+                                          r"'seeded-randm'"):
+        check_configuration(settings, make_plugin_manager(extra=[SeededRandom()]))
+
+
+@pytest.mark.parametrize(("variant", "bad"), [
+    ({"name": "b", "scorers": ["seeded-randm"]}, "'seeded-randm'"),
+    ({"name": "b", "rerankers": ["diversty"]}, "'diversty'"),
+    ({"name": "b", "options": {"diversty": {"cap": 1}}}, "'diversty'"),
+    ({"name": "b", "options": {"diversity": {"capp": 1}}}, "'capp'"),
+])
+def test_put_experiment_naming_an_unknown_component_or_option_is_a_422(
+        artifacts, settings_for, variant, bad):
+    settings = settings_for(artifacts, admin_token=TOKEN)
+    body = {"status": "running", "variants": [{"name": "a"}, variant]}
+    with TestClient(create_app(settings)) as c:
+        r = c.put("/experiments/exp", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 422
+        message = r.json()["error"]["message"]
+        assert bad in message and "available: " in message
+        assert c.get("/experiments/exp", headers={"Authorization": f"Bearer {TOKEN}"}
+                     ).status_code == 404
