@@ -71,11 +71,16 @@ def stored_client_events(tmp: Path, redis_port: int | None) -> int:
         return sum(1 for line in path.open() if '"id":"load-' in line)
     import redis
 
+    from rankly.engine.config import EventSettings
+    from rankly.engine.event_log import stream_keys
+
     client = redis.Redis(port=redis_port, socket_timeout=30)
-    count, start = 0, "-"
-    while rows := client.xrange("rankly:{ev}:stream", min=start, max="+", count=10000):
-        count += sum(1 for _, f in rows if b'"id":"load-' in f[b"e"])
-        start = "(" + rows[-1][0].decode()
+    count = 0
+    for key in stream_keys("rankly:", EventSettings().partitions):
+        start = "-"
+        while rows := client.xrange(key, min=start, max="+", count=10000):
+            count += sum(1 for _, f in rows if b'"id":"load-' in f[b"e"])
+            start = "(" + rows[-1][0].decode()
     client.close()
     return count
 

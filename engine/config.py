@@ -143,6 +143,14 @@ class Deadlines:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """The event log's layout on Redis (the embedded file log ignores it)."""
+
+    # streams the log is split into, by a stable hash of the user id (docs/scaling.md)
+    partitions: int = 16
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a rankly process; build with :func:`load_settings`."""
 
@@ -163,6 +171,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     deadlines: Deadlines = field(default_factory=Deadlines)
+    events: EventSettings = field(default_factory=EventSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     experiments: tuple[Mapping[str, Any], ...] = ()
     quality_window_minutes: float = 15.0  # rolling window of the quality gauges
@@ -290,6 +299,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("pipeline.scorers must name at least one scorer")
     if s.workers < 1:
         raise ConfigError("workers must be >= 1")
+    if not 1 <= s.events.partitions <= 1024:
+        raise ConfigError("events.partitions must be in 1..1024")
     return s
 
 

@@ -1,4 +1,5 @@
-"""Durable, idempotent event logs: an fsynced JSON-lines file (embedded) and a Redis Stream.
+"""Durable, idempotent event logs: an fsynced JSON-lines file (embedded) and Redis Streams,
+one per partition of the users.
 
 An append returns only after its events are durably stored, so an acknowledged event is never
 lost; an ``event_id`` seen within the idempotency window (default 24 h) is counted as a
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
+import heapq
 import json
 import logging
 import os
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +109,8 @@ def window_seconds(settings: Settings) -> float:
 
 
 def open_event_log(settings: Settings, store: Store) -> EventLog:
-    """The log that matches ``store``: a Redis Stream next to a Redis store, else a file."""
+    """The log that matches ``store``: partitioned Redis Streams next to a Redis store, else a
+    file."""
     if store.kind == "redis":
         return RedisStreamLog(store, settings)
     opts = _options(settings)
@@ -387,16 +392,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# --- the Redis log: one stream ---------------------------------------------------------------
+# --- the Redis log: one stream per partition of the users -----------------------------------
 
-# KEYS[1]: the stream; KEYS[2..]: one idempotency key per event (same slot: one hash tag).
-# ARGV[1]: window in ms; ARGV[2]: this call's token; ARGV[3]: MAXLEN (0 = none);
-# ARGV[4..]: one payload per event. A key already holding this call's token means a retry of
-# this very call stored it already (the reply was lost): accepted, not a duplicate.
+# KEYS[1]: the partition's stream; KEYS[2..]: one idempotency key per event (same slot: the
+# partition's hash tag). ARGV[1]: window in ms; ARGV[2]: this call's token; ARGV[3]: MAXLEN
+# (0 = none); ARGV[4]: '1' when the caller waits for replicas; ARGV[5..]: one payload per event.
+# A key already holding this call's token means a retry of this very call stored it already
+# (the reply was lost): accepted, not a duplicate. When the caller then WAITs for replicas, a
+# key that was already there is re-written (same TTL): WAIT only covers this connection's own
+# writes, and the rewrite comes after the original write in the replication stream, so a
+# duplicate is never acknowledged before the event it duplicates has reached the replicas.
 APPEND_IDEMPOTENT = """
 local out = {}
 for i = 2, #KEYS do
-  local payload = ARGV[i + 2]
+  local payload = ARGV[i + 3]
   if redis.call('SET', KEYS[i], ARGV[2], 'NX', 'PX', ARGV[1]) then
     if ARGV[3] ~= '0' then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', payload)
@@ -404,25 +413,115 @@ for i = 2, #KEYS do
       redis.call('XADD', KEYS[1], '*', 'e', payload)
     end
     out[#out + 1] = 1
-  elseif redis.call('GET', KEYS[i]) == ARGV[2] then
-    out[#out + 1] = 1
   else
-    out[#out + 1] = 0
+    if ARGV[4] == '1' then
+      local ttl = redis.call('PTTL', KEYS[i])
+      if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+    end
+    if redis.call('GET', KEYS[i]) == ARGV[2] then
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
   end
 end
 return out
 """
 
 CHUNK = 200  # events per script call: keeps each call well under a millisecond of Redis time
+SLOTS = 16384  # Redis Cluster hash slots
+LEGACY_TAG = "ev"  # the single stream of rankly before partitions (read alongside, see below)
+LEGACY_RECHECK_S = 60.0
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition of ``user_id``'s events: CRC-32 of its UTF-8 bytes mod ``partitions``.
+
+    Stable across processes, machines and Python versions (``hash()`` of a str is salted per
+    process), so every worker sends one user's events to the same stream.
+    """
+    return zlib.crc32(user_id.encode("utf-8")) % partitions
+
+
+@functools.lru_cache(maxsize=16)
+def partition_tags(partitions: int) -> tuple[str, ...]:
+    """The hash tag of each partition: ``ev:P``, or ``ev:P.K`` with the smallest ``K >= 1``
+    that puts the tag's slot into the P-th ``1/partitions`` of the slot space.
+
+    Plain ``ev:0..15`` land 8/4/4 on the three even slot ranges of a 3-master cluster; tags
+    spread over the slot space land within one of ``partitions / masters`` on every master of
+    any contiguous, even slot split (16 on 3 masters: 6/5/5), so no master carries a
+    disproportionate share of the log.
+    """
+    from redis.crc import key_slot
+
+    tags = []
+    for p in range(partitions):
+        lo, hi = p * SLOTS // partitions, (p + 1) * SLOTS // partitions
+        tag, k = f"ev:{p}", 0
+        while not lo <= key_slot(tag.encode()) < hi:
+            k += 1
+            tag = f"ev:{p}.{k}"
+        tags.append(tag)
+    return tuple(tags)
+
+
+def stream_keys(prefix: str, partitions: int) -> list[str]:
+    """Every partition's stream key under the key ``prefix`` (``"<namespace>:"``)."""
+    return [f"{prefix}{{{tag}}}:stream" for tag in partition_tags(partitions)]
+
+
+def legacy_stream_key(prefix: str) -> str:
+    """The single stream of a log written before partitions (``<ns>:{ev}:stream``)."""
+    return f"{prefix}{{{LEGACY_TAG}}}:stream"
+
+
+def _entry_id(raw: Any) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _decode(fields: Any) -> Event | None:
+    raw = fields.get(b"e") or fields.get("e")
+    try:
+        return Event.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _cluster_outage(exc: BaseException) -> bool:
+    """A Redis reply that means "this slot has no writable master right now" (failover,
+    resharding, a loading or read-only node), not a bug in the command."""
+    import redis
+
+    errors = redis.exceptions
+    return isinstance(exc, errors.ClusterError | errors.AskError | errors.TryAgainError
+                      | errors.ReadOnlyError | errors.BusyLoadingError) or str(exc).startswith(
+        ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "LOADING", "READONLY", "MASTERDOWN"))
 
 
 class RedisStreamLog(EventLog):
-    """``<ns>:{ev}:stream`` (XADD) plus ``<ns>:{ev}:evt:<event id>`` idempotency keys.
+    """``events.partitions`` Redis Streams ``<ns>:{ev:P}:stream`` (XADD), each with its
+    idempotency keys ``<ns>:{ev:P}:evt:<event id>``; the events of a user all go to the
+    partition :func:`partition_of` their user id.
 
-    Both are written by one Lua script, so an acknowledged event has both its stream entry and
-    its idempotency key (and a duplicate neither). They share the hash tag ``{ev}`` so the
-    script touches one slot of a Redis Cluster. Durability is Redis's: run it with
-    ``appendonly yes`` (``appendfsync always`` for no loss on a power cut).
+    A partition's stream and idempotency keys are written by one Lua script, so an acknowledged
+    event has both its stream entry and its idempotency key (and a duplicate neither); they
+    share the partition's hash tag, so the script touches one slot of a Redis Cluster, and the
+    partitions spread over the masters (:func:`partition_tags`). One user's events keep their
+    order (one stream, appended in order); events of different users in different partitions
+    have no defined order between them. An ``event_id`` is deduplicated within its user's
+    partition: a retry must carry the same user id (it always does: it is the same event).
+
+    Durability is Redis's: run it with ``appendonly yes`` (``appendfsync always`` for no loss
+    on a power cut). With replicas, ``[plugins.events] wait_replicas = R`` acknowledges a batch
+    only once R replicas of each partition's master hold it (``WAIT``), so a failover that
+    promotes one of them loses no acknowledged event; fewer in ``wait_timeout_ms`` (1000)
+    answers 503 and the client's retry is counted as a duplicate once it is replicated.
+
+    A log written before partitions (``<ns>:{ev}:stream``) is read alongside while that
+    stream exists: replay and followers include it, and its idempotency keys still count, so
+    nothing is lost or stored twice across the upgrade (docs/scaling.md, "Upgrading").
     """
 
     kind = "redis"
@@ -433,19 +532,67 @@ class RedisStreamLog(EventLog):
 
         opts = _options(settings)
         self.store = store
+        self.settings = settings
         self.window_ms = int(window_seconds(settings) * 1000)
         self.maxlen = int(opts.get("stream_maxlen", 0))
+        self.wait_replicas = int(opts.get("wait_replicas", 0))
+        self.wait_timeout_ms = int(opts.get("wait_timeout_ms", 1000))
+        self.partitions = settings.events.partitions
         prefix = store.keys.prefix
-        self.stream_key = f"{prefix}{{ev}}:stream"
-        self._evt_prefix = f"{prefix}{{ev}}:evt:"
+        self.tags = partition_tags(self.partitions)
+        self.stream_keys = stream_keys(prefix, self.partitions)
+        self._evt_prefixes = [f"{prefix}{{{tag}}}:evt:" for tag in self.tags]
+        self.legacy_stream_key = legacy_stream_key(prefix)
+        self._legacy_evt_prefix = f"{prefix}{{{LEGACY_TAG}}}:evt:"
+        self._legacy: bool | None = None
+        self._legacy_checked = 0.0
         self._escape = escape_id
         # the store's background client: 5 s socket timeouts (a batch script may take longer
         # than the 30 ms request-path budget), our own breaker and a 2 s deadline per call
         self.guard = GuardedRedis(store.background.client, settings, deadline_s=deadline_s)
+        self.cluster = hasattr(self.guard.client, "get_node_from_key")
         self._script = self.guard.client.register_script(APPEND_IDEMPOTENT)
+        self._nodes: dict[tuple[str, int], Any] = {}
 
-    def evt_key(self, event_id: str) -> str:
-        return self._evt_prefix + self._escape(event_id)
+    def partition(self, user_id: str) -> int:
+        return partition_of(user_id, self.partitions)
+
+    def evt_key(self, event_id: str, user_id: str) -> str:
+        """The idempotency key of ``event_id`` (in the partition of ``user_id``)."""
+        return self._evt_prefixes[self.partition(user_id)] + self._escape(event_id)
+
+    async def open(self) -> None:
+        try:
+            await self._has_legacy()
+        except StoreUnavailable as exc:
+            log.error("event log: Redis unavailable at start (%s); appends answer 503", exc)
+
+    async def close(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for client in nodes:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+    async def _has_legacy(self) -> bool:
+        """Whether the pre-partition stream exists (checked again every minute while not:
+        a worker of the old version may still create it during a rolling upgrade)."""
+        now = time.monotonic()
+        if self._legacy or (self._legacy is not None
+                            and now - self._legacy_checked < LEGACY_RECHECK_S):
+            return bool(self._legacy)
+        found = await self.guard.run(lambda r: r.exists(self.legacy_stream_key))
+        self._legacy, self._legacy_checked = bool(found), now
+        if found:
+            log.info("event log: reading the unpartitioned stream %s alongside the %d "
+                     "partitions", self.legacy_stream_key, self.partitions)
+        return self._legacy
+
+    def _read_keys(self, legacy: bool) -> list[str]:
+        return ([self.legacy_stream_key] if legacy else []) + self.stream_keys
+
+    # --- appending ----------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Event], *, idempotent: bool = True) -> AppendResult:
         unique: list[Event] = []
@@ -457,84 +604,251 @@ class RedisStreamLog(EventLog):
                 continue
             seen.add(e.event_id)
             unique.append(e)
+        if idempotent and unique and await self._has_legacy():
+            stored = await self._in_legacy(unique)
+            duplicates += len(stored)
+            unique = [e for e in unique if e.event_id not in stored]
         now = time.time()
-        new: list[Event] = []
-        for start in range(0, len(unique), CHUNK):
-            chunk = unique[start:start + CHUNK]
-            payloads = [_encode(e, now, idempotent) for e in chunk]
+        groups: dict[int, list[tuple[int, Event]]] = {}
+        for pos, e in enumerate(unique):
+            groups.setdefault(self.partition(e.user_id), []).append((pos, e))
+        outcomes = await asyncio.gather(
+            *(self._append_partition(p, rows, idempotent, now) for p, rows in groups.items()),
+            return_exceptions=True)
+        new: list[tuple[int, Event]] = []
+        failure: BaseException | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            new.extend(outcome[0])
+            duplicates += outcome[1]
+        if failure is not None:
+            # NOTE: the other partitions' events are stored: the client's retry of the whole
+            # batch counts them as duplicates.
+            raise failure
+        new.sort(key=lambda row: row[0])
+        return AppendResult(len(new), duplicates, tuple(e for _, e in new))
+
+    async def _in_legacy(self, events: list[Event]) -> set[str]:
+        """Event ids of ``events`` whose idempotency key is in the pre-partition log."""
+        stored: set[str] = set()
+        for start in range(0, len(events), CHUNK):
+            ids = [e.event_id for e in events[start:start + CHUNK]]
+            keys = [self._legacy_evt_prefix + self._escape(i) for i in ids]
+            values = await self.guard.run(lambda r, k=keys: r.mget(k))
+            stored.update(i for i, v in zip(ids, values, strict=True) if v is not None)
+        return stored
+
+    async def _append_partition(self, p: int, rows: list[tuple[int, Event]], idempotent: bool,
+                                now: float) -> tuple[list[tuple[int, Event]], int]:
+        """Append one partition's events, in order, chunk after chunk."""
+        new: list[tuple[int, Event]] = []
+        duplicates = 0
+        stream = self.stream_keys[p]
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            payloads = [_encode(e, now, idempotent) for _, e in chunk]
             if idempotent:
-                keys = [self.stream_key, *(self.evt_key(e.event_id) for e in chunk)]
-                args = [self.window_ms, uuid.uuid4().hex, self.maxlen, *payloads]
-                flags = await self.guard.run(lambda r, k=keys, a=args: self._script(keys=k,
-                                                                                      args=a))
+                prefix = self._evt_prefixes[p]
+                keys = [stream, *(prefix + self._escape(e.event_id) for _, e in chunk)]
+                args = [self.window_ms, uuid.uuid4().hex, self.maxlen,
+                        1 if self.wait_replicas else 0, *payloads]
+                flags = await self.guard.run(lambda r, k=keys, a=args: self._run_script(k, a))
             else:
-                flags = await self.guard.run(lambda r, p=payloads: self._add_plain(r, p))
-            for e, flag in zip(chunk, flags, strict=True):
+                flags = await self.guard.run(lambda r, p=payloads, s=stream:
+                                             self._add_plain(r, s, p))
+            for row, flag in zip(chunk, flags, strict=True):
                 if int(flag):
-                    new.append(e)
+                    new.append(row)
                 else:
                     duplicates += 1
-        return AppendResult(len(new), duplicates, tuple(new))
+        return new, duplicates
+
+    async def _run_script(self, keys: list[str], args: list[Any]) -> list[int]:
+        """The append script on the partition's master, then ``WAIT`` for its replicas when
+        configured; a slot without a writable master is an outage (``StoreUnavailable``)."""
+        import redis
+
+        try:
+            if not self.wait_replicas:
+                return await self._script(keys=keys, args=args)
+            client = await self._master_of(keys[0])
+            # NOTE: one pipeline is one connection: WAIT counts the replicas that acknowledged
+            # this connection's writes, so it must follow the script on the same connection.
+            pipe = client.pipeline(transaction=False)
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            flags, acked = await pipe.execute()
+        except redis.ResponseError as exc:
+            if not _cluster_outage(exc):
+                raise
+            await self._refresh_topology()
+            raise redis.ConnectionError(f"partition unavailable: {exc}") from exc
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            await self._refresh_topology()
+            raise
+        if int(acked) < self.wait_replicas:
+            raise redis.ConnectionError(f"only {acked} of {self.wait_replicas} replicas "
+                                        f"acknowledged within {self.wait_timeout_ms} ms")
+        return flags
+
+    async def _master_of(self, key: str) -> Any:
+        """A standalone client of the master that holds ``key`` (the store's client when
+        Redis is not a cluster)."""
+        client = self.guard.client
+        if not self.cluster:
+            return client
+        if getattr(client, "_initialize", False):
+            await client.initialize()
+        node = client.get_node_from_key(key)
+        found = self._nodes.get((node.host, node.port))
+        if found is None:
+            import redis.asyncio
+
+            allowed = {"username", "password", "socket_timeout", "socket_connect_timeout",
+                       "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                       "client_name", "health_check_interval"}
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k in allowed}
+            found = redis.asyncio.Redis(host=node.host, port=node.port, **kwargs)
+            self._nodes[(node.host, node.port)] = found
+        return found
+
+    async def _refresh_topology(self) -> None:
+        """Reload the cluster's slot map after a failover (the next call finds the new
+        master); nothing on a standalone Redis."""
+        if not self.cluster:
+            return
+        try:
+            await self.guard.client.nodes_manager.initialize()
+        except Exception:  # noqa: BLE001 - the cluster is still failing over: next call
+            pass
 
     async def append_impressions(self, slates: Sequence[ImpressionSlate]) -> int:
         now = time.time()
-        payloads = [line for slate in slates for line in _encode_impressions(slate, now)]
+        groups: dict[int, list[bytes]] = {}
+        for slate in slates:
+            groups.setdefault(self.partition(slate.user_id), []).extend(
+                _encode_impressions(slate, now))
+        outcomes = await asyncio.gather(
+            *(self._add_chunks(self.stream_keys[p], lines) for p, lines in groups.items()),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return sum(len(lines) for lines in groups.values())
+
+    async def _add_chunks(self, stream: str, payloads: list[bytes]) -> None:
         for start in range(0, len(payloads), CHUNK):
             chunk = payloads[start:start + CHUNK]
-            await self.guard.run(lambda r, p=chunk: self._add_plain(r, p))
-        return len(payloads)
+            await self.guard.run(lambda r, p=chunk: self._add_plain(r, stream, p))
 
-    async def _add_plain(self, r: Any, payloads: list[bytes]) -> list[int]:
+    async def _add_plain(self, r: Any, stream: str, payloads: list[bytes]) -> list[int]:
         pipe = r.pipeline(transaction=False)
         for p in payloads:
             if self.maxlen:
-                pipe.xadd(self.stream_key, {"e": p}, maxlen=self.maxlen, approximate=True)
+                pipe.xadd(stream, {"e": p}, maxlen=self.maxlen, approximate=True)
             else:
-                pipe.xadd(self.stream_key, {"e": p})
+                pipe.xadd(stream, {"e": p})
         await pipe.execute()
         return [1] * len(payloads)
 
+    # --- reading ------------------------------------------------------------------------------
+
     async def tail(self, after: str = "0-0", block_ms: int = 500, count: int = 1000,
                    stop: asyncio.Event | None = None) -> AsyncIterator[list[Event]]:
-        """Yield batches of events stored after stream id ``after`` until ``stop`` is set
-        (every worker's counters follow the one stream, in stream order). Outages are waited
-        out."""
-        last = after
+        """Yield batches of events stored after stream id ``after`` in every partition (and
+        the pre-partition stream, when there is one) until ``stop`` is set. Each batch comes
+        from one partition, in its order; partitions interleave. Outages are waited out.
+
+        A standalone Redis is read with one blocking ``XREAD`` over every stream; a cluster
+        with one per stream (a multi-key ``XREAD`` cannot span slots), each on its own task.
+        """
+        while True:
+            try:
+                legacy = await self._has_legacy()
+                break
+            except StoreUnavailable:
+                if stop is not None and stop.is_set():
+                    return
+                await asyncio.sleep(0.5)
+        keys = self._read_keys(legacy)
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=4 * len(keys))
+        groups = [[k] for k in keys] if self.cluster else [keys]
+        readers = [asyncio.get_running_loop().create_task(
+            self._read_streams(group, after, block_ms, count, stop, queue),
+            name="event-log-tail") for group in groups]
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    async with asyncio.timeout(block_ms / 1000.0):
+                        batch = await queue.get()
+                except TimeoutError:
+                    continue
+                yield batch
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _read_streams(self, keys: list[str], after: str, block_ms: int, count: int,
+                            stop: asyncio.Event | None,
+                            queue: asyncio.Queue[list[Event]]) -> None:
+        last = dict.fromkeys(keys, after)
         while stop is None or not stop.is_set():
             try:
                 reply = await self.guard.run(
-                    lambda r, a=last: r.xread({self.stream_key: a}, count=count,
-                                              block=block_ms),
+                    lambda r, s=dict(last): r.xread(s, count=count, block=block_ms),
                     deadline_s=block_ms / 1000.0 + 2.0)
             except StoreUnavailable:
                 await asyncio.sleep(0.5)
                 continue
             if not reply:
                 continue
-            rows = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-            events = []
-            for entry_id, fields in rows:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                raw = fields.get(b"e") or fields.get("e")
-                try:
-                    events.append(Event.from_json(json.loads(raw)))
-                except (ValueError, KeyError, TypeError):
-                    continue
-            yield events
+            streams = reply.items() if isinstance(reply, dict) else reply
+            for key, rows in streams:
+                if isinstance(reply, dict):
+                    rows = rows[0]  # RESP3: {key: [rows]}
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                events = []
+                for entry_id, fields in rows:
+                    last[name] = entry_id.decode() if isinstance(entry_id, bytes) \
+                        else str(entry_id)
+                    event = _decode(fields)
+                    if event is not None:
+                        events.append(event)
+                await queue.put(events)
 
-    async def replay(self) -> AsyncIterator[Event]:
+    async def _rows(self, key: str, page: int = 1000) -> AsyncIterator[tuple[tuple[int, int],
+                                                                           Any]]:
         start = "-"
         while True:
             rows = await self.guard.run(
-                lambda r, s=start: r.xrange(self.stream_key, min=s, max="+", count=1000),
-                deadline_s=10.0)
+                lambda r, s=start: r.xrange(key, min=s, max="+", count=page), deadline_s=10.0)
             if not rows:
                 return
-            for _entry_id, fields in rows:
-                raw = fields.get(b"e") or fields.get("e")
-                try:
-                    yield Event.from_json(json.loads(raw))
-                except (ValueError, KeyError, TypeError):
-                    continue
+            for entry_id, fields in rows:
+                yield _entry_id(entry_id), fields
             last = rows[-1][0]
             start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+    async def replay(self) -> AsyncIterator[Event]:
+        """Every stored event: the streams merged by entry id (time order up to the clocks of
+        the masters; a user's events, all in one stream, in exactly their stored order)."""
+        streams = [self._rows(k) for k in self._read_keys(await self._has_legacy())]
+        heap: list[tuple[tuple[int, int], int, Any]] = []
+        for i, rows in enumerate(streams):
+            first = await anext(rows, None)
+            if first is not None:
+                heap.append((first[0], i, first[1]))
+        heapq.heapify(heap)
+        while heap:
+            _, i, fields = heap[0]
+            event = _decode(fields)
+            if event is not None:
+                yield event
+            following = await anext(streams[i], None)
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (following[0], i, following[1]))

@@ -7,6 +7,7 @@ import errno
 import shutil
 
 import pytest
+
 from rankly.engine.config import load_settings
 from rankly.engine.event_log import FileEventLog, RedisStreamLog
 from rankly.engine.events import Event
@@ -230,11 +231,11 @@ def test_redis_retry_of_the_same_call_is_not_a_duplicate(redis_server, redis_nam
     async def go():
         store, log = _redis_log(redis_server.url, redis_namespace)
         try:
-            keys = [log.stream_key, log.evt_key("e1")]
-            args = [60_000, "token-1", 0, b"{}"]
+            keys = [log.stream_keys[log.partition("u1")], log.evt_key("e1", "u1")]
+            args = [60_000, "token-1", 0, 0, b"{}"]
             first = await log._script(keys=keys, args=args)
             resent = await log._script(keys=keys, args=args)
-            other = await log._script(keys=keys, args=[60_000, "token-2", 0, b"{}"])
+            other = await log._script(keys=keys, args=[60_000, "token-2", 0, 0, b"{}"])
             return first, resent, other
         finally:
             await store.close()

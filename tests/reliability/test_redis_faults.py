@@ -142,19 +142,21 @@ def stream_events(redis: Redis, prefix: str, namespace: str = "rankly") -> Count
     """How many times each client event id starting with ``prefix`` is in the event stream."""
     import redis as redis_py
 
+    from rankly.engine.config import EventSettings
+    from rankly.engine.event_log import stream_keys
+
     client = redis_py.Redis(port=redis.port, socket_timeout=10)
     counts: Counter = Counter()
-    start = "-"
     try:
-        while True:
-            rows = client.xrange(f"{namespace}:{{ev}}:stream", min=start, max="+", count=5000)
-            if not rows:
-                return counts
-            for _, fields in rows:
-                eid = json.loads(fields[b"e"])["id"]
-                if eid.startswith(prefix):
-                    counts[eid] += 1
-            start = "(" + rows[-1][0].decode()
+        for key in stream_keys(f"{namespace}:", EventSettings().partitions):
+            start = "-"
+            while rows := client.xrange(key, min=start, max="+", count=5000):
+                for _, fields in rows:
+                    eid = json.loads(fields[b"e"])["id"]
+                    if eid.startswith(prefix):
+                        counts[eid] += 1
+                start = "(" + rows[-1][0].decode()
+        return counts
     finally:
         client.close()
 

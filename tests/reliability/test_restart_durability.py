@@ -113,16 +113,20 @@ def file_log_ids(data_dir: Path) -> Counter:
 def stream_ids(redis: Redis) -> Counter:
     import redis as redis_py
 
+    from rankly.engine.config import EventSettings
+    from rankly.engine.event_log import stream_keys
+
     client = redis_py.Redis(port=redis.port, socket_timeout=10)
     counts: Counter = Counter()
-    start = "-"
     try:
-        while rows := client.xrange("rankly:{ev}:stream", min=start, max="+", count=5000):
-            for _, fields in rows:
-                doc = json.loads(fields[b"e"])
-                if not doc.get("nd"):
-                    counts[doc["id"]] += 1
-            start = "(" + rows[-1][0].decode()
+        for key in stream_keys("rankly:", EventSettings().partitions):
+            start = "-"
+            while rows := client.xrange(key, min=start, max="+", count=5000):
+                for _, fields in rows:
+                    doc = json.loads(fields[b"e"])
+                    if not doc.get("nd"):
+                        counts[doc["id"]] += 1
+                start = "(" + rows[-1][0].decode()
     finally:
         client.close()
     return counts
