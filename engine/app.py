@@ -39,9 +39,13 @@ from rankly.engine.validation import (
     RequestError,
     check_id,
     check_n,
+    check_path_encoding,
+    check_query_encoding,
     parse_body,
     parse_query,
+    query_value,
     reject_unknown,
+    require_json,
 )
 
 log = logging.getLogger("rankly")
@@ -72,8 +76,10 @@ async def recommendations(request: Request) -> Response:
     rt = _runtime(request)
     limits = rt.settings.limits
     if request.method == "GET":
+        check_query_encoding(request.scope["query_string"])
         req = parse_query(request.query_params, limits)
     else:
+        require_json(request.headers)
         req = parse_body(await request.body(), limits)
     return RankingJSON(await answer(rt, req))
 
@@ -141,9 +147,11 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
 async def similar_items(request: Request) -> Response:
     rt = _runtime(request)
     limits = rt.settings.limits
-    item_id = check_id(request.path_params["item_id"], "item_id", limits)
+    item_id = check_id(check_path_encoding(request.scope, "item_id",
+                                           request.path_params["item_id"]), "item_id", limits)
+    check_query_encoding(request.scope["query_string"])
     reject_unknown(request.query_params, {"n"})
-    n = check_n(request.query_params.get("n"), limits)
+    n = check_n(query_value(request.query_params, "n"), limits, text=True)
     comps = rt.components
     idx = comps.model.catalog.index.get(item_id)
     if idx is None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rankly.engine.config import Settings
-from rankly.engine.validation import RequestError, check_id, reject_unknown
+from rankly.engine.validation import RequestError, check_id, check_text, reject_unknown
 
 #: Built-in event types; ``settings.event_types`` adds custom ones (name -> weight).
 BUILTIN_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "impression")
@@ -101,12 +101,10 @@ def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event
     for name in ("event_id", "user_id", "item_id", "type"):
         if obj.get(name) is None:
             raise RequestError(name, "is required")
-    event_id = obj["event_id"]
-    if not isinstance(event_id, str):
-        raise RequestError("event_id", "must be a string")
-    if not event_id or len(event_id) > MAX_EVENT_ID or not event_id.isprintable():
-        raise RequestError("event_id",
-                           f"must be 1-{MAX_EVENT_ID} characters without control characters")
+    event_id = check_text(obj["event_id"], "event_id", MAX_EVENT_ID)
+    for name in ("value", "timestamp", "request_id", "context"):
+        if name in obj and obj[name] is None:  # the schema has no null (#18)
+            raise RequestError(name, "must not be null (leave it out)")
     user_id = check_id(obj["user_id"], "user_id", limits)
     item_id = check_id(obj["item_id"], "item_id", limits)
     kind = obj["type"]

@@ -25,7 +25,13 @@ from rankly.engine.projections import Projections, attach
 from rankly.engine.ratelimit import EventAdmission, IngestSlot, Refusal
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
-from rankly.engine.validation import RequestError, reject_unknown
+from rankly.engine.validation import (
+    RequestError,
+    check_query_encoding,
+    query_value,
+    reject_unknown,
+    require_json,
+)
 
 log = logging.getLogger("rankly.events")
 
@@ -378,6 +384,7 @@ async def post_events(request: Request) -> Response:
     if isinstance(slot, Refusal):
         return _refused(slot)
     try:
+        require_json(request.headers)
         batch = parse_batch(await request.body(), settings)
         if batch.rejected:
             metrics.child(metrics.EVENTS_REJECTED, "invalid").inc(len(batch.rejected))
@@ -400,15 +407,18 @@ async def track_click(request: Request) -> Response:
     safe.
     """
     settings = request.state.runtime.settings
+    check_query_encoding(request.scope["query_string"])
     params = request.query_params
     reject_unknown(params, _CLICK_PARAMS)
-    obj: dict[str, Any] = {"type": "click", "user_id": params.get("user_id"),
-                           "item_id": params.get("item_id"),
-                           "event_id": params.get("event_id") or f"click:{uuid.uuid4().hex}"}
-    if "request_id" in params:
-        obj["request_id"] = params["request_id"]
-    if "timestamp" in params:
-        text = params["timestamp"]
+    given = {name: query_value(params, name) for name in _CLICK_PARAMS}
+    obj: dict[str, Any] = {"type": "click", "user_id": given["user_id"],
+                           "item_id": given["item_id"],
+                           "event_id": (f"click:{uuid.uuid4().hex}" if given["event_id"] is None
+                                        else given["event_id"])}
+    if given["request_id"] is not None:
+        obj["request_id"] = given["request_id"]
+    if given["timestamp"] is not None:
+        text = given["timestamp"]
         try:
             obj["timestamp"] = float(text)
         except ValueError:

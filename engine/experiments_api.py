@@ -24,7 +24,7 @@ from rankly.engine.experiments import (
 from rankly.engine.experiments.stats import srm_test
 from rankly.engine.runtime import Runtime
 from rankly.engine.store import StoreUnavailable
-from rankly.engine.validation import RequestError, check_id
+from rankly.engine.validation import RequestError, check_id, check_path_encoding, require_json
 
 
 def _runtime(request: Request) -> Runtime:
@@ -33,8 +33,13 @@ def _runtime(request: Request) -> Runtime:
     return rt
 
 
+def _key(rt: Runtime, request: Request) -> str:
+    raw = check_path_encoding(request.scope, "key", request.path_params["key"])
+    return check_id(raw, "key", rt.settings.limits)
+
+
 def _experiment(rt: Runtime, request: Request) -> Experiment:
-    key = check_id(request.path_params["key"], "key", rt.settings.limits)
+    key = _key(rt, request)
     exp = rt.experiments.get(key)
     if exp is None:
         raise RequestError("key", f"no experiment {key!r}", status=404)
@@ -73,7 +78,8 @@ async def get_experiment(request: Request) -> Response:
 
 async def put_experiment(request: Request) -> Response:
     rt = _runtime(request)
-    key = check_id(request.path_params["key"], "key", rt.settings.limits)
+    key = _key(rt, request)
+    require_json(request.headers)
     try:
         body = json.loads(await request.body())
     # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from rankly.engine.config import Limits
 from rankly.engine.types import RecommendationRequest
@@ -27,22 +28,90 @@ class RequestError(ValueError):
         return {"error": {"field": self.field, "message": self.message}}
 
 
-_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,11}\s*", re.ASCII)
+_INTEGER = re.compile(r"[0-9]{1,11}", re.ASCII)
+#: What an id may not contain: C0 and C1 control characters, DEL, and lone surrogates (only a
+#: JSON ``\ud800`` escape can carry one; percent-encoded ones are refused as invalid UTF-8).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: :data:`_FORBIDDEN` as the OpenAPI ``pattern`` of every id (lone surrogates cannot be
+#: written in an ECMA-262 pattern without refusing every astral character: the schema's
+#: descriptions say it).
+ID_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+ID_RULE = "1-{} characters: no control characters (U+0000-U+001F, U+007F-U+009F) or lone " \
+          "surrogates"
+
+
+def check_text(value: Any, field: str, max_length: int) -> str:
+    """Return ``value`` if it is a non-empty string of at most ``max_length`` characters
+    without a control character or a lone surrogate (the OpenAPI :data:`ID_PATTERN`)."""
+    if not isinstance(value, str):
+        raise RequestError(field, "must be a string")
+    if not value:
+        raise RequestError(field, "must not be empty")
+    if len(value) > max_length:
+        raise RequestError(field, f"must be at most {max_length} characters")
+    if _FORBIDDEN.search(value):
+        raise RequestError(field, "must not contain control characters or lone surrogates")
+    return value
 
 
 def check_id(value: Any, field: str, limits: Limits) -> str:
-    """Return ``value`` as an id: a non-empty string of at most ``max_id_length`` characters
-    without control characters (numbers are accepted and turned into their decimal text)."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise RequestError(field, "must be a string")
-    text = str(value)
-    if not text:
-        raise RequestError(field, "must not be empty")
-    if len(text) > limits.max_id_length:
-        raise RequestError(field, f"must be at most {limits.max_id_length} characters")
-    if not text.isprintable():
-        raise RequestError(field, "must not contain control characters")
-    return text
+    """Return ``value`` as an id: a JSON string (numbers are refused, as the schema says) of
+    1..``max_id_length`` characters (see :func:`check_text`)."""
+    return check_text(value, field, limits.max_id_length)
+
+
+def require_json(headers: Mapping[str, str]) -> None:
+    """Raise a 415 unless the request says its body is ``application/json``."""
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise RequestError("content-type", "must be application/json", status=415)
+
+
+def check_query_encoding(raw: bytes) -> None:
+    """Raise a 422 naming the parameter whose percent-encoded bytes are not UTF-8 text.
+
+    Starlette decodes them with replacement characters, so ``%FF%FE`` and ``%FE%FF`` would
+    both become "\ufffd\ufffd", one user (#18); lone surrogates (``%ED%A0%80``) likewise.
+    """
+    if b"%" not in raw:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    for part in raw.split(b"&"):
+        name, _, value = part.partition(b"=")
+        try:
+            field = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8") or "query"
+        except UnicodeDecodeError:
+            raise RequestError("query", "parameter names must be UTF-8 text") from None
+        try:
+            unquote_to_bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(field, "must be UTF-8 text (percent-encoded bytes that are "
+                                      "not UTF-8, or a surrogate)") from None
+
+
+def check_path_encoding(scope: Mapping[str, Any], field: str, value: str) -> str:
+    """Return the path parameter ``value``, or raise a 422 naming ``field`` when the raw path
+    was not UTF-8 text (uvicorn decodes it with replacement characters)."""
+    if "\ufffd" in value:
+        try:
+            unquote_to_bytes(scope.get("raw_path") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(field, "must be UTF-8 text (percent-encoded bytes that are "
+                                      "not UTF-8, or a surrogate)") from None
+    return value
+
+
+def query_value(params: Any, name: str) -> str | None:
+    """The one value of the scalar query parameter ``name`` (``None`` when absent); a 422 when
+    it is given more than once (``?n=5&n=7`` must not silently mean 7)."""
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise RequestError(name, "must be given once")
+    return values[0] if values else None
 
 
 def reject_unknown(names: Any, allowed: set[str] | frozenset[str], where: str = "query") -> None:
@@ -54,24 +123,26 @@ def reject_unknown(names: Any, allowed: set[str] | frozenset[str], where: str = 
         raise RequestError(sorted(unknown)[0] or where, f"unknown {what}")
 
 
-def check_n(value: Any, limits: Limits, field: str = "n") -> int:
+def check_n(value: Any, limits: Limits, field: str = "n", text: bool = False) -> int:
+    """``n`` from a JSON integer, or with ``text`` from a query string's ASCII digits; a
+    missing value (``None``) is the default. ``5.0``, ``"5"`` in JSON and ``true`` are
+    refused: the schema says integer."""
+    message = f"must be an integer in 1..{limits.n_max}"
     if value is None:
         return limits.n_default
-    if isinstance(value, str):
+    if text:
         # NOTE: ASCII digits only: str.isdigit() also passes "²" and "+-5", which int() refuses
-        if not _INTEGER.fullmatch(value):
-            raise RequestError(field, f"must be an integer in 1..{limits.n_max}")
+        if not isinstance(value, str) or not _INTEGER.fullmatch(value):
+            raise RequestError(field, message)
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(field, f"must be an integer in 1..{limits.n_max}")
+        raise RequestError(field, message)
     if not 1 <= value <= limits.n_max:
-        raise RequestError(field, f"must be an integer in 1..{limits.n_max}")
+        raise RequestError(field, message)
     return value
 
 
 def _id_list(value: Any, field: str, limit: int, limits: Limits) -> tuple[str, ...]:
-    if value is None:
-        return ()
     if not isinstance(value, list):
         raise RequestError(field, "must be a list of strings")
     if len(value) > limit:
@@ -90,23 +161,25 @@ def new_request_id() -> str:
     return f"{_PROCESS_PREFIX[0]}{next(_REQUEST_IDS):016x}"
 
 
-def _request_id(value: Any, limits: Limits) -> str:
-    return new_request_id() if value is None else check_id(value, "request_id", limits)
-
-
-def parse_query(params: Mapping[str, str], limits: Limits) -> RecommendationRequest:
-    """Validate ``GET /recommendations?user_id=&n=&category=&exclude=``."""
+def parse_query(params: Any, limits: Limits) -> RecommendationRequest:
+    """Validate ``GET /recommendations?user_id=&n=&category=&exclude=&request_id=``
+    (``params``: Starlette's ``QueryParams``, a multi-dict; the raw query string was checked
+    by :func:`check_query_encoding`)."""
     reject_unknown(params, {"user_id", "n", "category", "exclude", "request_id"})
-    if "user_id" not in params:
+    user_id = query_value(params, "user_id")
+    if user_id is None:
         raise RequestError("user_id", "is required")
-    get_list = getattr(params, "getlist", lambda k: [params[k]] if k in params else [])
+    request_id = query_value(params, "request_id")
+    exclude = params.getlist("exclude")
+    categories = params.getlist("category")
     return RecommendationRequest(
-        user_id=check_id(params["user_id"], "user_id", limits),
-        n=check_n(params.get("n"), limits),
-        exclude=_id_list(get_list("exclude") or None, "exclude", limits.max_exclude, limits),
-        categories=_id_list(get_list("category") or None, "category", limits.max_categories,
-                            limits),
-        request_id=_request_id(params.get("request_id"), limits),
+        user_id=check_id(user_id, "user_id", limits),
+        n=check_n(query_value(params, "n"), limits, text=True),
+        exclude=_id_list(exclude, "exclude", limits.max_exclude, limits) if exclude else (),
+        categories=(_id_list(categories, "category", limits.max_categories, limits)
+                    if categories else ()),
+        request_id=(new_request_id() if request_id is None
+                    else check_id(request_id, "request_id", limits)),
     )
 
 
@@ -115,7 +188,11 @@ _BODY_FIELDS = {"user_id", "n", "exclude", "categories", "context", "session_ite
 
 
 def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
-    """Validate a ``POST /recommendations`` JSON body (size already bounded by middleware)."""
+    """Validate a ``POST /recommendations`` JSON body (size already bounded by middleware).
+
+    A field that is given is checked against its type: ``null`` is not a value of any of
+    them (leave the field out instead).
+    """
     try:
         body = json.loads(raw)
     # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
@@ -125,20 +202,24 @@ def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
     reject_unknown(body, _BODY_FIELDS, where="body")
-    session = _id_list(body.get("session_items"), "session_items", limits.max_session_items,
-                       limits)
-    user_id = body.get("user_id")
-    if user_id is None and not session:
+    session = (_id_list(body["session_items"], "session_items", limits.max_session_items,
+                        limits) if "session_items" in body else ())
+    if "user_id" not in body and not session:
         raise RequestError("user_id", "is required (or give session_items)")
     context = body.get("context", {})
     if not isinstance(context, dict):
         raise RequestError("context", "must be an object")
+    if "n" in body and body["n"] is None:
+        raise RequestError("n", f"must be an integer in 1..{limits.n_max}")
     return RecommendationRequest(
-        user_id=None if user_id is None else check_id(user_id, "user_id", limits),
+        user_id=check_id(body["user_id"], "user_id", limits) if "user_id" in body else None,
         n=check_n(body.get("n"), limits),
-        exclude=_id_list(body.get("exclude"), "exclude", limits.max_exclude, limits),
-        categories=_id_list(body.get("categories"), "categories", limits.max_categories, limits),
+        exclude=(_id_list(body["exclude"], "exclude", limits.max_exclude, limits)
+                 if "exclude" in body else ()),
+        categories=(_id_list(body["categories"], "categories", limits.max_categories, limits)
+                    if "categories" in body else ()),
         session_items=session,
         context=context,
-        request_id=_request_id(body.get("request_id"), limits),
+        request_id=(check_id(body["request_id"], "request_id", limits)
+                    if "request_id" in body else new_request_id()),
     )

@@ -122,7 +122,8 @@ def test_single_bad_event_is_422_naming_the_field(settings):
                                           "type": "rating", "value": 9})
         assert r.status_code == 422
         assert r.json()["error"]["field"] == "value"
-        assert client.post("/events", content=b"{not json").status_code == 400
+        assert client.post("/events", content=b"{not json",
+                           headers={"content-type": "application/json"}).status_code == 400
 
 
 def test_limits_batch_size_and_body_size(artifacts, settings_for, tmp_path):

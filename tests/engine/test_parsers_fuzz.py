@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from rankly.engine.config import ConfigError, Limits, Settings, load_settings
 from rankly.engine.datasets import DatasetError, load_events_csv
 from rankly.engine.keys import MAX_ESCAPED, Keys, escape_id
-from rankly.engine.validation import RequestError, check_id
+from rankly.engine.validation import ID_PATTERN, RequestError, check_id
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -208,15 +208,16 @@ LIMITS = Limits()
 @FUZZ
 @given(value=st.one_of(nasty_text, st.integers(), st.floats(), st.booleans(), st.none(),
                        st.lists(st.text(max_size=3), max_size=2)))
-def test_check_id_accepts_only_short_printable_text(value):
+def test_check_id_accepts_only_short_text_without_controls(value):
     try:
         out = check_id(value, "user_id", LIMITS)
     except RequestError as exc:
         assert exc.status == 422 and exc.field == "user_id" and exc.message
         return
-    assert isinstance(out, str) and 1 <= len(out) <= LIMITS.max_id_length
-    assert out.isprintable()
-    assert out == (value if isinstance(value, str) else str(value))
+    assert isinstance(value, str) and out == value  # numbers are refused, as the schema says
+    assert 1 <= len(out) <= LIMITS.max_id_length
+    assert re.fullmatch(ID_PATTERN, out)  # the OpenAPI pattern
+    assert not any("\ud800" <= c <= "\udfff" for c in out)  # no lone surrogate
 
 
 # --- Redis keys ----------------------------------------------------------------------------
