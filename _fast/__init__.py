@@ -1,4 +1,5 @@
-"""Compiled ranking kernels: top-k selection, fused scoring and per-category diversity.
+"""Compiled ranking kernels: top-k selection, fused scoring, row gathers and per-category
+diversity.
 
 `IMPLEMENTATION` is "compiled" or "reference"; the app logs it at startup.
 """
@@ -17,12 +18,14 @@ if os.environ.get("RANKLY_PURE_PYTHON") == "1":
         score_topk_batch,
         topk,
         topk_batch,
+        weighted_rows,
     )
 
     IMPLEMENTATION = "reference"
 else:
     try:
         from rankly._fast.diversity import diverse_topk
+        from rankly._fast.gather import weighted_rows
         from rankly._fast.topk import score_topk, score_topk_batch, topk, topk_batch
     except ImportError as error:
         raise ImportError(
@@ -40,4 +43,5 @@ __all__ = [
     "score_topk_batch",
     "topk",
     "topk_batch",
+    "weighted_rows",
 ]

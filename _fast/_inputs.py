@@ -132,3 +132,27 @@ def check_cap(cap: Any) -> int:
     if value < 0:
         raise ValueError(f"cap must be >= 0, got {value}")
     return value
+
+
+def as_rows_inputs(matrix: Any, rows: Any, weights: Any
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return `(matrix float32 [m, n] C-contiguous, rows int64 [h], weights float32 [h])` for
+    `weighted_rows`, or raise ValueError (shapes, dtypes) / IndexError (a row out of range).
+
+    A memory-mapped matrix is viewed as a plain ndarray (no copy when it is already float32
+    and C-contiguous)."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be a 2-D array, got shape {m.shape}")
+    r = np.asarray(rows)
+    if r.ndim != 1:
+        raise ValueError(f"rows must be a 1-D array, got shape {r.shape}")
+    if r.size and r.dtype.kind not in "iu":
+        raise ValueError(f"rows must hold integer row indices, got dtype {r.dtype}")
+    r = np.ascontiguousarray(r, dtype=np.int64)
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if w.shape != r.shape:
+        raise ValueError(f"weights must have the shape of rows {r.shape}, got {w.shape}")
+    if r.size and (int(r.min()) < 0 or int(r.max()) >= m.shape[0]):
+        raise IndexError(f"rows must lie in [0, {m.shape[0]})")
+    return m, r, w

@@ -135,3 +135,14 @@ def diverse_topk(
         kept = np.sort(np.concatenate([kept, fillers]))
     picked = order[kept]
     return picked.astype(np.int64), s[picked], within[kept]
+
+
+def weighted_rows(matrix: Any, rows: Any, weights: Any) -> np.ndarray:
+    """Return float32 `sum_i weights[i] * matrix[rows[i]]` (zeros when `rows` is empty).
+
+    A row index outside the matrix raises IndexError; see `_inputs.as_rows_inputs`.
+    """
+    m, r, w = _inputs.as_rows_inputs(matrix, rows, weights)
+    if r.size == 0:
+        return np.zeros(m.shape[1], dtype=np.float32)
+    return np.asarray(w @ m[r], dtype=np.float32)
