@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -206,12 +207,6 @@ class Result:
     cap: int | None = None
 
 
-def _user_features(data: TrainingData, user_id: str, exclude_seen: bool = True) -> UserFeatures:
-    row = data.users.row(user_id)
-    hist = data.users.history(row)
-    return UserFeatures(user_id, row, hist, np.unique(hist) if exclude_seen else hist[:0])
-
-
 def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
                 pm: Any, settings: Settings,
                 tuned: dict[str, dict[str, Any]] | None = None) -> list[ModelPart]:
@@ -280,13 +275,53 @@ def served_cap(settings: Settings) -> int | None:
     return None if cap is None else int(cap)
 
 
+@dataclass(frozen=True)
+class MetricsJob:
+    """What ranking and scoring one user needs besides the model: the plan, the cut-off,
+    the cap checked by ``cap_ok``, and the train popularity (``novelty``)."""
+
+    plan: pipeline.Plan
+    k: int
+    cap: int
+    exclude_seen: bool
+    popularity: np.ndarray
+    n_users: int
+
+
+def user_metrics(rt: Runtime, job: MetricsJob, targets: Mapping[str, np.ndarray]
+                 ) -> list[tuple[str, dict[str, float], np.ndarray]]:
+    """Rank every user of ``targets`` (in order) with ``rt``'s model; return per user its
+    group (``warm``/``cold``), its metrics at ``job.k`` and its ranked item indices."""
+    categories = np.asarray(rt.components.model.catalog.categories, np.int64)
+    users = rt.components.model.users
+    k = job.k
+    rows = []
+    for uid, rel in targets.items():
+        row = users.row(uid)
+        hist = users.history(row)
+        user = UserFeatures(uid, row, hist, np.unique(hist) if job.exclude_seen else hist[:0])
+        items = rank_user(rt, job.plan, user, k).items
+        cats = categories[items]
+        rows.append(("cold" if user.is_cold else "warm", {
+            "ndcg": ndcg_at_k(items, rel, k), "recall": recall_at_k(items, rel, k),
+            "hr": hit_rate_at_k(items, rel, k), "map": average_precision_at_k(items, rel, k),
+            "ild": intra_list_diversity(cats.tolist()),
+            "categories": float(np.unique(cats[cats >= 0]).size),
+            "novelty": novelty(items, job.popularity, job.n_users),
+            "cap_ok": float(cap_compliance(cats.tolist(), job.cap)),
+        }, items))
+    return rows
+
+
 def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping[str, np.ndarray],
                    settings: Settings, pm: Any, k: int, cap: int | None, exclude_seen: bool,
-                   parts_cache: dict[str, ModelPart] | None = None) -> Result:
+                   parts_cache: dict[str, ModelPart] | None = None, engine: Any = None) -> Result:
     """Train ``setup`` on ``data`` and compute every metric over the users of ``targets``.
 
     Each user is ranked by the serving pipeline (:func:`rank_user`) with ``setup``'s plan;
-    ``cap`` is the diversity reranker's cap when the plan has that reranker.
+    ``cap`` is the diversity reranker's cap when the plan has that reranker. ``engine``
+    (e.g. :class:`rankly.engine.batch_ray.RayEngine`) ranks the users elsewhere, block by
+    block, and gives back the same rows in the same order.
     """
     started = time.perf_counter()
     parts_cache = {} if parts_cache is None else parts_cache
@@ -311,25 +346,17 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
     run_settings = run_settings.replace(pipeline=dataclasses.replace(
         run_settings.pipeline, candidates=setup.candidates, scorers=setup.scorers,
         rerankers=setup.rerankers, exclude_seen=exclude_seen))
-    rt = serving_runtime(model, run_settings, pm)
     plan = pipeline.Plan(setup.candidates, setup.scorers, setup.rerankers)
-    categories = np.asarray(model.catalog.categories, np.int64)
     pop = np.diff(data.matrix.tocsc().indptr)
+    job = MetricsJob(plan, k, cap if capped and cap else 3, exclude_seen, pop, data.n_users)
+    if engine is None:
+        rows = user_metrics(serving_runtime(model, run_settings, pm), job, targets)
+    else:
+        rows = engine.user_metrics(data, parts, run_settings, job, targets)
     groups: dict[str, list[dict[str, float]]] = {"warm": [], "cold": []}
     lists: dict[str, list[np.ndarray]] = {"warm": [], "cold": []}
-    for uid, rel in targets.items():
-        user = _user_features(data, uid, exclude_seen)
-        items = rank_user(rt, plan, user, k).items
-        group = "cold" if user.is_cold else "warm"
-        cats = categories[items]
-        groups[group].append({
-            "ndcg": ndcg_at_k(items, rel, k), "recall": recall_at_k(items, rel, k),
-            "hr": hit_rate_at_k(items, rel, k), "map": average_precision_at_k(items, rel, k),
-            "ild": intra_list_diversity(cats.tolist()),
-            "categories": float(np.unique(cats[cats >= 0]).size),
-            "novelty": novelty(items, pop, data.n_users),
-            "cap_ok": float(cap_compliance(cats.tolist(), cap if capped and cap else 3)),
-        })
+    for group, metrics, items in rows:
+        groups[group].append(metrics)
         lists[group].append(items)
     result = Result(name, round(train_seconds, 2), label=setup.label,
                     cap=cap if capped else None)
@@ -366,7 +393,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
              pm: Any = None, exclude_seen: bool = True, min_weight: float = 0.0,
              event_types: Sequence[str] = (), progress: IO[str] | None = None,
              max_users: int | None = None, seed: int = 0,
-             split_validation: bool = False) -> dict[str, Any]:
+             split_validation: bool = False, engine: Any = None) -> dict[str, Any]:
     """Split ``ds``, train and score every setup in ``models``; return a JSON-ready report.
 
     With ``split_validation`` the blend trainer validates its weights on a hold-out of the
@@ -376,7 +403,8 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     With ``diversity_cap`` every setup without the diversity reranker is also run with it at
     that cap, reported as ``<name>+cap``; ``served`` always runs with its configured cap.
     ``max_users`` evaluates a random sample (``seed``) of the test users, to bound run time.
-    A bar over the setups is drawn on ``progress`` when it is a terminal.
+    A bar over the setups is drawn on ``progress`` when it is a terminal. ``engine`` ranks
+    the users elsewhere (:func:`evaluate_setup`); training stays in this process.
     """
     settings = settings or Settings()
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
@@ -405,7 +433,7 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
                                      stream=progress):
         setup, cap = variants[label]
         results.append(evaluate_setup(label, setup, data, targets, settings, pm, k,
-                                      cap, exclude_seen, cache))
+                                      cap, exclude_seen, cache, engine))
     n_test_users = np.unique(test.user_ids).size
     return {
         "split": split, "k": k, "diversity_cap": diversity_cap, "exclude_seen": exclude_seen,
@@ -516,25 +544,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, metavar="PATH",
                         help="also write the metrics as charts to one self-contained HTML file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|ray`` and ``--address`` (rankly evaluate, rankly recommend)."""
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: blocks of users over Ray workers "
+                             "(pip install 'rankly[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
+    parser.add_argument("--ray-workers", type=int, default=None,
+                        help="Ray workers (default: the CPUs Ray has)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         ds = datasets.load_from_args(args)
-        report = evaluate(
-            ds, args.split, [m.strip() for m in args.models.split(",") if m.strip()],
-            k=args.k, diversity_cap=args.diversity_cap, settings=settings,
-            exclude_seen=not args.include_seen, min_weight=args.min_weight,
-            event_types=[e for e in args.relevant_events.split(",") if e],
-            progress=None if args.quiet else sys.stderr, max_users=args.max_users,
-            seed=args.seed,
-            split_validation=args.blend_validation == "split")
+        with _engine(args) as engine:
+            report = evaluate(
+                ds, args.split, [m.strip() for m in args.models.split(",") if m.strip()],
+                k=args.k, diversity_cap=args.diversity_cap, settings=settings,
+                exclude_seen=not args.include_seen, min_weight=args.min_weight,
+                event_types=[e for e in args.relevant_events.split(",") if e],
+                progress=None if args.quiet else sys.stderr, max_users=args.max_users,
+                seed=args.seed, split_validation=args.blend_validation == "split",
+                engine=engine)
         if args.html:
             from rankly.engine.report import write_html
 
             write_html(args.html, [report], title=f"rankly evaluate: {args.interactions}")
-    except (datasets.DatasetError, ValueError, OSError) as exc:
+    except (datasets.DatasetError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_table(report))
@@ -556,6 +597,19 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
                              "pipeline.exclude_seen, true)")
     parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(parser)
+
+
+@contextlib.contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[Any]:
+    """The engine ``--engine`` names: None for this process, else a started Ray engine."""
+    if getattr(args, "engine", "local") == "local":
+        yield None
+        return
+    from rankly.engine.batch_ray import RayEngine
+
+    with RayEngine.start(args.address, workers=args.ray_workers) as engine:
+        yield engine
 
 
 #: The time budget of a batch answer (24 h). The online deadlines (request, stage) exist for
@@ -642,8 +696,14 @@ def run_recommend(args: argparse.Namespace) -> int:
         else:
             with open(args.users, encoding="utf-8") as fh:
                 users = [line.strip() for line in fh if line.strip()]
-        count = recommend(model, users, args.n, settings, args.exclude_seen,
-                          progress=None if args.quiet else sys.stderr)
+        with _engine(args) as engine:
+            if engine is None:
+                count = recommend(model, users, args.n, settings, args.exclude_seen,
+                                  progress=None if args.quiet else sys.stderr)
+            else:
+                count = engine.recommend(args.artifacts, users, args.n, settings,
+                                         args.exclude_seen, sys.stdout,
+                                         progress=None if args.quiet else sys.stderr)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
