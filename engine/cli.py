@@ -152,6 +152,8 @@ def demo_urls(url: str) -> str:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from rankly.engine.plugins import describe_plugins, make_plugin_manager
 
+    if args.action == "check":
+        return cmd_plugins_check(args)
     settings = load_settings()
     rows = describe_plugins(make_plugin_manager(settings.load_entrypoints,
                                                 settings.blocked_plugins))
@@ -163,6 +165,41 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']:<14} {row['distribution']:<22} {comps}")
         print(f"{'':<14} hooks: {', '.join(row['hooks'])}")
     return 0
+
+
+def cmd_plugins_check(args: argparse.Namespace) -> int:
+    """Run the conformance and latency suite (rankly.engine.testing) on one component."""
+    from rankly.engine.plugins import make_plugin_manager
+    from rankly.engine.testing import check_component, make_workload
+
+    if not args.name:
+        print("rankly plugins check: name a component or a plugin", file=sys.stderr)
+        return 2
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except ValueError as exc:
+        print(f"rankly plugins check: --options is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(options, dict):
+        print("rankly plugins check: --options must be a JSON object", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
+    workload = make_workload(pm=pm)
+    try:
+        reports = check_component(args.name, args.kind, workload=workload,
+                                  options={**settings.plugin_options(args.name), **options},
+                                  budget_ms=args.budget_ms)
+    except LookupError as exc:
+        print(f"rankly plugins check: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        for report in reports:
+            for line in report.failures() or [report.summary()]:
+                print(line)
+    return 0 if all(r.passed for r in reports) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("plugins", help="list discovered plugins, their hooks and components")
+    p = sub.add_parser(
+        "plugins", help="list discovered plugins, their hooks and components; "
+                        "`plugins check NAME` runs the conformance and latency suite",
+        description="List plugins, or `rankly plugins check NAME`: check a component (or "
+                    "each of a plugin's) on a small trained model: output shape and dtype, "
+                    "determinism, NaN/inf, unknown ids, input mutation, thread safety, the "
+                    "pipeline's fallbacks, P95 latency. Exit 0 when it passes, 1 with one "
+                    "line per failed check.")
+    p.add_argument("action", nargs="?", choices=["check"], help="check a component")
+    p.add_argument("name", nargs="?", help="component or plugin name (with check)")
+    p.add_argument("--kind", choices=["candidate_generator", "scorer", "reranker", "cache",
+                                      "trainer"],
+                   help="check only this kind (a name may be registered as several)")
+    p.add_argument("--budget-ms", type=float, default=5.0,
+                   help="P95 budget per call on the standard workload (default 5)")
+    p.add_argument("--options", help="the component's options as a JSON object "
+                                     "(over its [plugins.NAME] settings)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 

@@ -76,3 +76,13 @@ def test_example_scorer_selected_by_config_decides_the_ranking(installed_example
     popular_plan = pipeline.Plan(rt.settings.pipeline.candidates, ("popular",), ())
     popular = asyncio.run(pipeline.rank(rt, req, popular_plan))
     assert [i["item_id"] for i in popular["items"]] != [i["item_id"] for i in resp["items"]]
+
+
+def test_the_example_tests_itself_with_the_kit(installed_example):
+    # -p no:rankly: the kit may also be installed as the `rankly` pytest11 entry point
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", "no:rankly", "-p", "rankly.engine.testing.pytest_plugin"],
+                         cwd=EXAMPLE, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 passed" in out.stdout
+    assert "category-affinity" in out.stdout and "built-in popular" in out.stdout

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from rankly.engine import hookimpl
+from rankly.engine.api import hookimpl
 
 
 class CategoryAffinityScorer:
@@ -21,4 +21,6 @@ class CategoryAffinityScorer:
 
 @hookimpl
 def register_scorers(register):
-    register("category-affinity", lambda ctx: CategoryAffinityScorer(ctx.model.catalog.categories))
+    # options=(): it takes none, so a [plugins.category-affinity] key stops `rankly serve`
+    register("category-affinity", lambda ctx: CategoryAffinityScorer(ctx.model.catalog.categories),
+             options=())
