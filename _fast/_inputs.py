@@ -65,6 +65,9 @@ def exclude_indices(exclude: Any, n: int) -> np.ndarray:
     if array.dtype.kind not in "iu":
         raise ValueError(f"exclude must hold integer item indices, got dtype {array.dtype}")
     array = array.ravel()
+    if (array.dtype == np.int64 and array[0] >= 0 and array[-1] < n
+            and (array.size == 1 or bool((array[1:] > array[:-1]).all()))):
+        return array  # already sorted, distinct and in range (a user's seen items)
     if array.dtype.kind == "u":
         array = array[array < n]
     else:

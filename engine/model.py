@@ -46,6 +46,8 @@ class Catalog:
     cat_indices: np.ndarray
     index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
     category_index: dict[str, int] = field(repr=False, compare=False, default_factory=dict)
+    #: strings the serving path derives from the catalog, computed once (see :meth:`id_list`)
+    memo: dict[Any, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -64,6 +66,13 @@ class Catalog:
     def ids(self, indices: np.ndarray) -> list[str]:
         """Return the external ids of item ``indices`` (the inverse of :meth:`lookup`)."""
         return [str(v) for v in self.item_ids[np.asarray(indices, dtype=np.int64)].tolist()]
+
+    def id_list(self) -> list[str]:
+        """Every external id as a Python string, by index (built once)."""
+        ids = self.memo.get("ids")
+        if ids is None:
+            ids = self.memo["ids"] = [str(v) for v in self.item_ids.tolist()]
+        return ids
 
     def title(self, idx: int) -> str:
         t = str(self.titles[idx])

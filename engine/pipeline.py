@@ -12,11 +12,11 @@ import hashlib
 import logging
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import numpy as np
 
 from rankly import _fast
@@ -34,6 +34,9 @@ from rankly.engine.types import (
 )
 
 log = logging.getLogger("rankly.pipeline")
+#: Worker threads of the selection stage, shared by the process's event loops. Enough of them
+#: that plugins hanging past their deadline (abandoned, still running) do not starve it.
+SELECT_THREADS = ThreadPoolExecutor(max_workers=40, thread_name_prefix="rankly-select")
 
 MIN_RERANK_DEPTH = 50
 #: A cache tier marks a hit due for early refresh (XFetch) with this field set to True.
@@ -76,6 +79,9 @@ class Trace:
     spares: Ranking | None = None  # the ranked items after the slate (cache.spare_items)
     outcomes: list[tuple[str, str]] = field(default_factory=list)
     stages: list[tuple[str, str, float]] = field(default_factory=list)
+
+    #: a component the general path leaves out (its fused call just failed)
+    skip: str = ""
 
     def ok(self, component: str) -> None:
         self.outcomes.append((component, "ok"))
@@ -230,10 +236,11 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     user = await fetch_features(rt, comps.model, req, trace)
     deadline = rt.settings.deadlines.request_ms / 1000.0
     try:
-        with anyio.fail_after(deadline * 0.8):
-            ranking = await anyio.to_thread.run_sync(
-                select, rt, comps, req, plan, user, trace, abandon_on_cancel=True
-            )
+        # a worker thread: a plugin that hangs is abandoned at the deadline (the thread
+        # finishes or hangs on its own) and the request gets the fallback
+        async with asyncio.timeout(deadline * 0.8):
+            ranking = await asyncio.get_running_loop().run_in_executor(
+                SELECT_THREADS, select, rt, comps, req, plan, user, trace)
     except TimeoutError:
         stuck = trace.current or "pipeline"
         record_outcome(rt, stuck, "timeout")
@@ -260,7 +267,7 @@ async def warm_up(rt: Runtime) -> float:
     """Run the default plan once for the first trained user, off the record (no store, no
     cache, no metrics, no breakers); return the seconds it took.
 
-    A process's first computation pays one-time costs: anyio's backend import and worker
+    A process's first computation pays one-time costs: the selection worker
     thread, first touches of the memory-mapped factors, NumPy's first calls. On ML-100K the
     first request took 24 ms against 4 ms for the next ones, and 3 ms after this ran
     (``python benchmarks/first_request.py``); the app runs it before it serves.
@@ -275,9 +282,9 @@ async def warm_up(rt: Runtime) -> float:
     req = RecommendationRequest(user_id=user.user_id, n=rt.settings.limits.n_default,
                                 request_id="warm-up")
     try:
-        with anyio.fail_after(5 * rt.settings.deadlines.request_ms / 1000.0):
-            await anyio.to_thread.run_sync(select, rt, comps, req, default_plan(rt), user,
-                                           Trace(), abandon_on_cancel=True)
+        async with asyncio.timeout(5 * rt.settings.deadlines.request_ms / 1000.0):
+            await asyncio.get_running_loop().run_in_executor(
+                SELECT_THREADS, select, rt, comps, req, default_plan(rt), user, Trace())
     except Exception:  # a broken plugin shows on real requests, with its breaker
         log.warning("warm-up computation failed", exc_info=True)
     return time.perf_counter() - start
@@ -329,12 +336,17 @@ async def fetch_features(rt: Runtime, model: Model, req: RecommendationRequest,
     online: OnlineUser = EMPTY_USER
     if req.user_id is not None:
         try:
-            with anyio.fail_after(rt.settings.deadlines.store_ms / 1000.0 * 2):
+            async with asyncio.timeout(rt.settings.deadlines.store_ms / 1000.0 * 2):
                 online = await rt.store.fetch_user(req.user_id)
         except (StoreUnavailable, TimeoutError, OSError):
             trace.fallback = "store_down"
     row = model.users.row(req.user_id)
     catalog = model.catalog
+    if not req.session_items and not online.history and not online.seen:
+        # the trained history alone: already distinct item indices, newest first
+        history = model.users.history(row)
+        trace.stages.append(("features", rt.store.kind, time.perf_counter() - start))
+        return UserFeatures(req.user_id, row, history, np.sort(history))
     parts = []
     if req.session_items:
         parts.append(catalog.lookup(req.session_items))
@@ -360,18 +372,97 @@ def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Pla
         ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
         trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
         return ranking
-    cands = generate_candidates(rt, comps, plan, user, trace)
-    cands = filter_candidates(rt, comps, req, user, cands, trace)
-    if len(cands) == 0:
-        trace.fallback = trace.fallback or "no_candidates"
-        return fallback_ranking(comps, user, req, req.n)
-    scores = score_candidates(rt, comps, plan, user, cands, trace)
-    pool = order(cands, scores, depth)
+    pool = fused_pool(rt, comps, req, plan, user, depth, trace)
+    if pool is None:
+        pool = chain_pool(rt, comps, req, plan, user, depth, trace)
+        if pool is None:
+            trace.fallback = trace.fallback or "no_candidates"
+            return fallback_ranking(comps, user, req, req.n)
     ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
     if len(ranking) < req.n:
         return backfill(comps, user, req, ranking)
     trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
     return ranking
+
+
+def chain_pool(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
+               user: UserFeatures, depth: int, trace: Trace) -> Ranking | None:
+    """The general path: every generator's candidates, merged and filtered, scored by the
+    first scorer that answers, the ``depth`` best in order (None: no candidates)."""
+    cands = generate_candidates(rt, comps, plan, user, trace)
+    cands = filter_candidates(rt, comps, req, user, cands, trace)
+    if len(cands) == 0:
+        return None
+    scores = score_candidates(rt, comps, plan, user, cands, trace)
+    return order(cands, scores, depth)
+
+
+def fused_component(comps: Components, plan: Plan) -> tuple[str, CatalogScorer] | None:
+    """The plan's first generator when it is also its first scorer and scores the whole
+    catalog (:class:`CatalogScorer`); else None."""
+    if not plan.candidates or not plan.scorers or plan.candidates[0] != plan.scorers[0]:
+        return None
+    name = plan.candidates[0]
+    comp = comps.generators.get(name)
+    # NOTE: attribute checks, not isinstance on the runtime-checkable protocol: this runs on
+    # every miss, and the protocol check costs several microseconds
+    if (comp is None or comp is not comps.scorers.get(name)
+            or not hasattr(comp, "catalog_scores") or not hasattr(comp, "explain")):
+        return None
+    return name, comp
+
+
+def fused_pool(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
+               user: UserFeatures, depth: int, trace: Trace) -> Ranking | None:
+    """The ``depth`` best items of the fused path, or None to take the general path.
+
+    When the plan's first generator is also its first scorer and scores the whole catalog,
+    the general path would generate its top items, add the other generators' candidates,
+    drop seen, excluded and off-category ones, and score them all with that same component:
+    its best allowed items, whenever its own top items outnumber the dropped ones. Here they
+    come from one compiled top-k over its catalog scores with every exclusion at once (exact
+    even when many are dropped). A failure or invalid output counts against the component's
+    breaker and the request takes the general path, with its fallbacks.
+    """
+    found = fused_component(comps, plan)
+    if found is None or not rt.settings.pipeline.exclude_seen:
+        return None
+    name, comp = found
+    if not rt.breakers[name].allow():
+        return None
+    trace.current = name
+    start = time.perf_counter()
+    try:
+        scores = np.asarray(comp.catalog_scores(user), dtype=np.float32)
+        if scores.shape != (len(comps.model.catalog),):
+            raise ValueError(f"catalog_scores returned shape {scores.shape}")
+        if req.categories:
+            scores = np.where(comps.category_mask(req.categories), scores, np.float32(np.nan))
+        exclude = user.seen
+        if req.exclude:
+            exclude = np.concatenate([exclude, comps.model.catalog.lookup(req.exclude)])
+        idx, vals = _fast.topk(scores, depth, exclude=exclude)
+        if not np.isfinite(vals).all():
+            raise ValueError("catalog_scores returned infinite scores")
+        reasons, anchors = comp.explain(user, idx)
+        pool = Ranking(idx, vals, np.asarray(reasons, dtype=np.int8),
+                       np.asarray(anchors, dtype=np.int64))
+        if pool.reasons.shape != idx.shape or pool.anchors.shape != idx.shape:
+            raise ValueError("explain returned arrays of another length")
+    except Exception:
+        log.warning("fused ranking by %s failed; taking the general path", name, exc_info=True)
+        trace.fail(name, "error", "plugin_error")
+        trace.skip = name  # the general path does not ask it again
+        return None
+    finally:
+        trace.current = ""
+        elapsed = time.perf_counter() - start
+        trace.stages.append(("fused", name, elapsed))
+    if elapsed > rt.settings.deadlines.stage_ms / 1000.0:
+        trace.fail(name, "timeout", "plugin_timeout")
+    else:
+        trace.ok(name)
+    return pool if len(pool) else None
 
 
 def spare_ranking(rt: Runtime, comps: Components, plan: Plan, user: UserFeatures,
@@ -398,7 +489,7 @@ def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFe
     found: list[Candidates] = []
     for name in plan.candidates:
         gen = comps.generators.get(name)
-        if gen is None or not rt.breakers[name].allow():
+        if gen is None or name == trace.skip or not rt.breakers[name].allow():
             continue
         trace.current = name
         start = time.perf_counter()
@@ -449,7 +540,7 @@ def score_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatu
     stage_budget = rt.settings.deadlines.stage_ms / 1000.0
     for name in plan.scorers:
         scorer = comps.scorers.get(name)
-        if scorer is None or not rt.breakers[name].allow():
+        if scorer is None or name == trace.skip or not rt.breakers[name].allow():
             continue
         trace.current = name
         start = time.perf_counter()
@@ -587,17 +678,24 @@ def respond(comps: Components, req: RecommendationRequest, plan: Plan, user: Use
     }
 
 
+#: (reason, anchor) texts kept per catalog at most; past it they are built per request
+MAX_REASON_TEXTS = 1 << 18
+
+
 def slate_items(model: Model, user: UserFeatures, ranking: Ranking) -> list[dict]:
-    ids = model.catalog.item_ids
-    return [
-        {
-            "item_id": str(ids[i]),
-            "score": round(float(s), 6),
-            "reasons": [reason_text(model, _session_reason(int(r), user), int(a))],
-        }
-        for i, s, r, a in zip(ranking.items.tolist(), ranking.scores.tolist(),
-                              ranking.reasons.tolist(), ranking.anchors.tolist(), strict=True)
-    ]
+    ids = model.catalog.id_list()
+    texts = model.catalog.memo.setdefault("reasons", {})
+    out = []
+    for i, s, r, a in zip(ranking.items.tolist(), ranking.scores.tolist(),
+                          ranking.reasons.tolist(), ranking.anchors.tolist(), strict=True):
+        key = (_session_reason(r, user), a)
+        text = texts.get(key)
+        if text is None:
+            text = reason_text(model, *key)
+            if len(texts) < MAX_REASON_TEXTS:
+                texts[key] = text
+        out.append({"item_id": ids[i], "score": round(s, 6), "reasons": [text]})
+    return out
 
 
 async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,

@@ -1,7 +1,9 @@
 """Recommendation quality over a rolling window, kept incrementally in a ring of time buckets.
 
-Each served slate updates the current bucket in O(slate size); a bucket leaving the window is
-subtracted in O(items it saw). Nothing ever rescans the window's slates. The window is a ring of
+A served slate is queued on the request path (one append); it is folded into the current
+bucket in O(slate size) off that path, by the window's exporter thread (every
+``EXPORT_SECONDS``) or by any read. A bucket leaving the window is subtracted in O(items it
+saw). Nothing ever rescans the window's slates. The window is a ring of
 ``window_seconds / bucket_seconds`` buckets (default 15 one-minute buckets).
 
 Definitions (all over the slates of the window):
@@ -17,9 +19,12 @@ Definitions (all over the slates of the window):
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,9 +37,15 @@ if TYPE_CHECKING:
     from rankly.engine.model import Model
     from rankly.engine.runtime import Runtime
 
+log = logging.getLogger("rankly.quality")
+
 DEFAULT_WINDOW_SECONDS = 15 * 60.0
 DEFAULT_BUCKET_SECONDS = 60.0
 EXTRAS_KEY = "quality"
+#: How often a serving process folds queued slates in and refreshes its gauges.
+EXPORT_SECONDS = 1.0
+#: Slates queued at most between two folds; older ones are dropped (and counted) beyond it.
+MAX_PENDING = 1 << 16
 
 
 @dataclass
@@ -99,6 +110,26 @@ class QualityWindow:
         self._covered = 0
         self._totals = Bucket(-1, np.zeros(0, dtype=bool))
         self._lock = threading.Lock()
+        self._pending: deque[tuple[np.ndarray, bool, float]] = deque(maxlen=MAX_PENDING)
+        self.dropped = 0  # slates dropped because MAX_PENDING were already queued
+
+    # --- the request path ---
+
+    def record(self, items: np.ndarray, cold: bool = False, now: float | None = None) -> None:
+        """Queue one served slate (O(1)); it counts from the next :meth:`drain` on. ``items``
+        must not be modified afterwards."""
+        if len(self._pending) == MAX_PENDING:
+            self.dropped += 1
+        self._pending.append((items, cold, self.clock() if now is None else now))
+
+    def drain(self) -> None:
+        """Fold every queued slate into the window (reads call it first)."""
+        while True:
+            try:
+                items, cold, at = self._pending.popleft()
+            except IndexError:
+                return
+            self.observe(items, cold, at)
 
     # --- updates ---
 
@@ -119,6 +150,7 @@ class QualityWindow:
 
     def expire(self, now: float | None = None) -> None:
         """Drop the buckets that left the window (observe() also does this)."""
+        self.drain()
         with self._lock:
             self._advance(self.clock() if now is None else now)
 
@@ -142,6 +174,7 @@ class QualityWindow:
 
     def snapshot(self) -> dict[str, float]:
         """The window's current values (ratios are 0 while the window is empty)."""
+        self.drain()
         t = self._totals
         with self._lock:
             return {
@@ -155,6 +188,7 @@ class QualityWindow:
 
     def history(self) -> list[dict[str, float]]:
         """Per-bucket values, oldest first (``t`` is the bucket's start, Unix seconds)."""
+        self.drain()
         with self._lock:
             return [b.summary(self.bucket_seconds) for b in self.buckets]
 
@@ -219,12 +253,47 @@ def current(rt: Runtime) -> QualityWindow:
 
 
 def observe(rt: Runtime, model: Model, items: np.ndarray, cold: bool) -> None:
-    """Count one served slate of ``model`` (catalog indices) and refresh the gauges."""
+    """Queue one served slate of ``model`` (catalog indices); the runtime's exporter thread
+    counts it and refreshes the gauges within ``EXPORT_SECONDS`` (a scrape at once)."""
     win = current(rt)
     if win.version != model.version:  # computed on a model that was swapped out meanwhile
         return
-    win.observe(items, cold)
-    win.export()
+    win.record(items, cold)
+    _ensure_exporter(rt)
+
+
+_exporters_lock = threading.Lock()
+EXPORTER_KEY = "quality_exporter"
+
+
+def _ensure_exporter(rt: Runtime) -> None:
+    """Start the runtime's exporter thread once: it folds queued slates and refreshes the
+    gauges every ``EXPORT_SECONDS``, and ends with the runtime."""
+    if EXPORTER_KEY in rt.extras:
+        return
+    with _exporters_lock:
+        if EXPORTER_KEY in rt.extras:
+            return
+        rt.extras[EXPORTER_KEY] = True
+        ref = weakref.ref(rt)
+
+        def run() -> None:
+            while True:
+                time.sleep(EXPORT_SECONDS)
+                runtime = ref()
+                if runtime is None:
+                    return
+                win = runtime.extras.get(EXTRAS_KEY)
+                del runtime  # hold the runtime only while looking its window up
+                if win is None:
+                    continue
+                try:
+                    win.drain()
+                    win.export()
+                except Exception:  # never let the exporter die on one bad slate
+                    log.warning("quality exporter failed", exc_info=True)
+
+        threading.Thread(target=run, name="rankly-quality", daemon=True).start()
 
 
 def refresh(rt: Runtime) -> QualityWindow:

@@ -210,6 +210,22 @@ class Scorer(Protocol):
 
 
 @runtime_checkable
+class CatalogScorer(Protocol):
+    """A scorer that is also the first candidate generator and scores the whole catalog at
+    once. When one component is both the plan's first generator and its first scorer, the
+    pipeline asks it for ``catalog_scores`` and takes the exact top items itself (one fused
+    top-k with the request's exclusions) instead of generating, merging, filtering and
+    scoring candidates: the same list, without the intermediate steps."""
+
+    def catalog_scores(self, user: UserFeatures) -> FloatArray:
+        """Return float32 scores of every catalog item (index order) for ``user``; NaN
+        marks an item that must not be recommended. Not modified by the caller."""
+
+    def explain(self, user: UserFeatures, items: IntArray) -> tuple[np.ndarray, IntArray]:
+        """Return (reasons int8, anchors int64) for ``items``, as ``generate`` would."""
+
+
+@runtime_checkable
 class Reranker(Protocol):
     def rerank(self, user: UserFeatures, ranking: Ranking, n: int) -> Ranking:
         """Return at most ``n`` items of ``ranking`` (a subset, reordered or re-scored)."""

@@ -130,7 +130,7 @@ class EaseScorer:
         """Float32 scores over the catalog: ``w @ B[h]`` for usable, distinct items ``h``."""
         out = np.zeros(self.n_items, dtype=np.float32)
         if h.size:
-            out[self.items] = w @ np.asarray(self.weights[self.pos[h]], dtype=np.float32)
+            out[self.items] = _fast.weighted_rows(self.weights, self.pos[h], w)
         return out
 
     def batch(self, hist: sp.csr_matrix) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -45,6 +46,7 @@ NAME = "blend"
 #: "temporal" (the last 20% of all events by time).
 SHAPES = ("random", "last", "temporal")
 VALIDATIONS = ("robust", *SHAPES)
+CRITERIA = ("minimax", "noninferior")
 
 # --- serving ------------------------------------------------------------------------------
 
@@ -88,6 +90,7 @@ def popularity_z(popularity: np.ndarray) -> np.ndarray:
 SEQ_WINDOW = 3
 SEQ_HISTORY = 8
 SEQ_SHRINK = 5.0
+_SEQ_WEIGHTS = np.exp2(-np.arange(SEQ_HISTORY, dtype=np.float64))
 
 
 def transition_matrix(data: TrainingData, window: int = SEQ_WINDOW,
@@ -125,11 +128,23 @@ class SequenceBase:
         self.t = sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices),
                                 np.asarray(indptr)), shape=(n_items, n_items))
 
+        self.indptr = self.t.indptr
+        self.indices = self.t.indices
+        self.data = self.t.data
+        self.n_items = n_items
+
     def rows(self, h: np.ndarray) -> np.ndarray:
         """Float32 [n_items] scores from distinct history items ``h``, newest first."""
         h = h[:SEQ_HISTORY]
-        w = np.exp2(-np.arange(h.size, dtype=np.float32))
-        return np.asarray(self.t[h].T @ w, dtype=np.float32).ravel()
+        if h.size == 0:
+            return np.zeros(self.n_items, dtype=np.float32)
+        # NOTE: the CSR rows gathered by hand: scipy's row indexing builds a new matrix, a
+        # cost the request path does not need for a handful of rows
+        starts, ends = self.indptr[h], self.indptr[h + 1]
+        take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())])
+        w = np.repeat(_SEQ_WEIGHTS[:h.size], ends - starts)
+        return np.bincount(self.indices[take], weights=self.data[take] * w,
+                           minlength=self.n_items).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,8 @@ class BlendScorer:
         self.user_gate = None if user_gate is None or params.pop_gate_days <= 0 else (
             np.asarray(user_gate, dtype=np.float32))
         self.trained_lengths = trained_lengths
+        # recency weights by history position, computed once (grown for longer histories)
+        self._weights = history_weights(1024, params.mix, params.half_life)
         # NOTE: the pipeline asks the generator, then the scorer, about the same user (the
         # same history array, on one worker thread); the row the generator computed is kept
         # per thread so the scorer does not compute it again
@@ -190,7 +207,9 @@ class BlendScorer:
         h = h[(h >= 0) & (h < self.n_items)]
         _, first = np.unique(h, return_index=True)
         first.sort()
-        w = history_weights(h.size, self.params.mix, self.params.half_life)[first]
+        if h.size > self._weights.size:
+            self._weights = history_weights(2 * h.size, self.params.mix, self.params.half_life)
+        w = self._weights[first]
         h = h[first]
         ok = self.base.usable(h)
         return h[ok], w[ok], h
@@ -223,15 +242,30 @@ class BlendScorer:
     def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
         return self._user_row(user)[0][np.asarray(items, dtype=np.int64)]
 
+    def catalog_scores(self, user: UserFeatures) -> np.ndarray:
+        """Read-only float32 scores of every catalog item for ``user`` (the fused path)."""
+        return self._user_row(user)[0]
+
+    def explain(self, user: UserFeatures, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reasons, anchors) of ``items``: BECAUSE_YOU_LIKED with the history item that adds
+        most to the item's score, FOR_YOU when none adds a positive amount."""
+        _, h, w = self._user_row(user)
+        items = np.asarray(items, dtype=np.int64)
+        cols = self.base.pos[items]
+        # only the asked columns of the history rows: an [H, len(items)] gather
+        contrib = np.asarray(self.base.weights[np.ix_(self.base.pos[h], np.maximum(cols, 0))],
+                             dtype=np.float32) * w[:, None]
+        reasons, anchors = anchored_reasons(h, contrib, np.where(cols >= 0, np.arange(
+            items.size), -1))
+        return reasons, anchors
+
     def generate(self, user: UserFeatures, n: int) -> Candidates:
-        """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with the history item that adds
-        most to the candidate's score (FOR_YOU when none adds a positive amount)."""
-        s, h, w = self._user_row(user)
+        """Top ``n`` unseen items with their reasons (:meth:`explain`)."""
+        s, h, _ = self._user_row(user)
         if h.size == 0:
             return Candidates.empty()
         idx, _ = _fast.topk(s, n, exclude=user.seen)
-        contrib = np.asarray(self.base.weights[self.base.pos[h]], dtype=np.float32) * w[:, None]
-        return Candidates(idx, *anchored_reasons(h, contrib, self.base.pos[idx]))
+        return Candidates(idx, *self.explain(user, idx))
 
 
 def build(model: Model) -> BlendScorer | None:
@@ -479,6 +513,9 @@ class Search:
     max_loss: float
     degenerate_margin: float
     alpha: float = 0.05
+    #: "minimax": the best worst-case NDCG ratio to the best candidate of each shape;
+    #: "noninferior": non-inferior to the plain model on every shape, then the best mean gain
+    criterion: str = "noninferior"
     results: dict[BlendParams, dict[str, Outcome]] = field(default_factory=dict)
 
     def baseline(self) -> dict[str, Outcome]:
@@ -513,17 +550,30 @@ class Search:
             out.append(float(d.mean()) - z * se)
         return np.array(out)
 
+    def regrets(self, c: BlendParams) -> np.ndarray:
+        """Per shape, the candidate's NDCG over the best NDCG any candidate reached."""
+        return np.array([self.results[c][s].ndcg
+                         / max(max(o[s].ndcg for o in self.results.values()), 1e-12)
+                         for s in self.shapes])
+
     def value(self, c: BlendParams) -> float:
-        """The selection objective: mean log NDCG ratio to the plain model over the shapes;
-        -inf unless the candidate is non-inferior on every shape (its change's lower bound is
-        at least ``-max_loss``), or when a degenerate candidate does not win every shape by
-        ``degenerate_margin``."""
+        """The selection objective (higher is better; -inf: not eligible).
+
+        "minimax": the worst shape's NDCG ratio to the best candidate on that shape, plus a
+        hundredth of the mean log ratio to the plain model to break near-ties; "noninferior":
+        the mean log NDCG ratio to the plain model, -inf unless the candidate is non-inferior
+        on every shape (its change's lower bound is at least ``-max_loss``). Either way a
+        degenerate candidate that does not win every shape by ``degenerate_margin`` is -inf.
+        """
         r = self.ratios(c)
-        if c != BlendParams() and self.lower_bounds(c).min() < -self.max_loss:
-            return -math.inf
         if self.degenerate(c) and r.min() < 1.0 + self.degenerate_margin:
             return -math.inf
-        return float(np.mean(np.log(np.maximum(r, 1e-12))))
+        gain = float(np.mean(np.log(np.maximum(r, 1e-12))))
+        if self.criterion == "minimax":
+            return float(self.regrets(c).min()) + 0.01 * gain
+        if c != BlendParams() and self.lower_bounds(c).min() < -self.max_loss:
+            return -math.inf
+        return gain
 
 
 class BlendTrainer:
@@ -634,9 +684,13 @@ class BlendTrainer:
         bases: dict[tuple[int, float], EaseScorer] = {(0, 1.0): fitted}
 
         # step 3: the blend, by coordinate ascent on every hold-out at once
+        criterion = str(options.get("criterion", "noninferior"))
+        if criterion not in CRITERIA:
+            raise ValueError(f"blend: criterion must be one of {', '.join(CRITERIA)}, "
+                             f"not {criterion!r}")
         search = Search(shapes, float(options.get("max_loss", 0.002)),
                         float(options.get("degenerate_margin", 0.10)),
-                        float(options.get("alpha", 0.25)))
+                        float(options.get("alpha", 0.25)), criterion)
         cache: dict[tuple[int, float, float], np.ndarray] = {(0, 0.0, 1.0): plain_scores}
 
         def base(i: int, scale: float) -> EaseScorer:
@@ -747,6 +801,8 @@ class BlendTrainer:
                 if evaluate(c) > evaluate(best):
                     best = c
             changed[step] = best != before
+        # the best shape scores grew during the walk: judge every candidate tried again
+        best = max(search.results, key=search.value)
         chosen, plain = search.results[best], search.baseline()
         report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
@@ -881,8 +937,20 @@ def register_trainers(register):
     register(NAME, BlendTrainer())
 
 
+#: (weak reference to the model, its scorer) of the last build: the generator and the scorer
+#: registrations share one object, so the pipeline can take its fused path (one call per miss)
+_built: tuple[Any, BlendScorer | None] = (lambda: None, None)
+_built_lock = threading.Lock()
+
+
 def _factory(ctx: ComponentContext) -> BlendScorer | None:
-    return build(ctx.model)
+    global _built
+    with _built_lock:
+        ref, scorer = _built
+        if ref() is not ctx.model:
+            scorer = build(ctx.model)
+            _built = (weakref.ref(ctx.model), scorer)
+        return scorer
 
 
 @hookimpl

@@ -60,4 +60,5 @@ def test_public_names_are_exported():
         "score_topk_batch",
         "topk",
         "topk_batch",
+        "weighted_rows",
     }
