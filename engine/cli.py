@@ -29,6 +29,8 @@ def _serve(settings: Settings, env: dict[str, str]) -> None:
 
     import uvicorn
 
+    from rankly.engine.asgi import HTTP_PROTOCOLS
+
     # NOTE: each request is served single-threaded (#8): on 2 cores a multi-threaded BLAS call
     # next to an OpenMP region stalled ~10 ms. Set before workers import NumPy (an explicit
     # value in the environment wins); threadpoolctl covers libraries this process already
@@ -53,7 +55,7 @@ def _serve(settings: Settings, env: dict[str, str]) -> None:
             workers=settings.workers,
             access_log=settings.access_log,
             log_level=settings.log_level,
-            http=http,
+            http=HTTP_PROTOCOLS[http],  # uvicorn's, answering unparseable requests in JSON
             loop=loop,
         )
 
@@ -101,8 +103,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # every component name and option key, before uvicorn starts (a factory that raises
     # stops the server from its lifespan, naming the component)
     check_configuration(settings)
-    _serve(settings, env)
+    _serve(settings.replace(workers=serving_workers(settings)), env)
     return 0
+
+
+def serving_workers(settings: Settings) -> int:
+    """``settings.workers``, or when it is 0 (the default) one worker per core this process
+    may use with a shared (Redis) store, and 1 with the embedded store, whose online state
+    and event log belong to one process."""
+    if settings.workers:
+        return settings.workers
+    if settings.store_url == "memory":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -171,6 +185,7 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
     """Run the conformance and latency suite (rankly.engine.testing) on one component."""
     from rankly.engine.plugins import make_plugin_manager
     from rankly.engine.testing import check_component, make_workload
+    from rankly.engine.testing.workload import TRAINERS
 
     if not args.name:
         print("rankly plugins check: name a component or a plugin", file=sys.stderr)
@@ -185,7 +200,12 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
         return 2
     settings = load_settings()
     pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
-    workload = make_workload(pm=pm)
+    extra = tuple(t for t in (args.train or "").split(",") if t)
+    try:
+        workload = make_workload(pm=pm, trainers=(*TRAINERS, *extra))
+    except PluginError as exc:  # an unknown trainer in --train
+        print(f"rankly plugins check: --train: {exc}", file=sys.stderr)
+        return 2
     try:
         reports = check_component(args.name, args.kind, workload=workload,
                                   options={**settings.plugin_options(args.name), **options},
@@ -224,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int)
+    p.add_argument("--workers", type=int,
+                   help="worker processes (default: one per core with a Redis store, 1 with "
+                        "the embedded store)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -244,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="P95 budget per call on the standard workload (default 5)")
     p.add_argument("--options", help="the component's options as a JSON object "
                                      "(over its [plugins.NAME] settings)")
+    p.add_argument("--train", metavar="TRAINERS",
+                   help="comma-separated trainers to fit besides pop, itemknn and ease, for "
+                        "a component that needs their part (e.g. als)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 

@@ -160,7 +160,7 @@ class Settings:
     data_dir: Path = Path(".rankly")
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = 0  # 0: one per core with a shared (Redis) store, 1 with the embedded one
     log_level: str = "info"
     access_log: bool = False
     admin_token: Secret | None = None
@@ -297,8 +297,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("deadlines must be > 0")
     if not s.pipeline.scorers:
         raise ConfigError("pipeline.scorers must name at least one scorer")
-    if s.workers < 1:
-        raise ConfigError("workers must be >= 1")
+    if s.workers < 0:
+        raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
     if not 1 <= s.events.partitions <= 1024:
         raise ConfigError("events.partitions must be in 1..1024")
     return s

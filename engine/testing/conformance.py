@@ -610,9 +610,10 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
         return report
     if built is None:
         trained = ", ".join(workload.model.parts)
-        report.checks.append(Check("builds", False, "factory returns None for the kit's model "
-                                                    f"(trained: {trained}) and options "
-                                                    f"{dict(options or {})}: nothing to check"))
+        report.checks.append(Check(
+            "builds", False, f"factory returns None for the kit's model (trained: {trained}) "
+                             f"and options {dict(options or {})}: nothing to check (train its "
+                             "part: rankly plugins check --train)"))
         return report
     report.checks.append(Check("builds", True))
     if kind == "cache":

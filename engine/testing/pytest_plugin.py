@@ -69,7 +69,8 @@ def rankly_check(rankly_workload: Any) -> Any:
     def check(target: Any, kind: str | None = None, options: dict[str, Any] | None = None,
               budget_ms: float | None = None) -> list[Any]:
         reports = check_component(target, kind, workload=rankly_workload, options=options,
-                                  budget_ms=budget_ms, baseline=False)
+                                  budget_ms=budget_ms, latency=budget_ms is not None,
+                                  baseline=False)
         failures = [line for r in reports for line in r.failures()]
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)

@@ -217,3 +217,13 @@ def test_the_kit_is_declared_as_the_rankly_pytest_plugin():
     module = importlib.import_module(target)
     assert {"rankly_check", "rankly_latency", "rankly_runtime", "rankly_model"} <= set(
         vars(module))
+
+
+def test_a_component_with_nothing_to_serve_says_so_and_its_options_make_it_serve(workload):
+    (idle,) = check_component("boost", workload=workload, latency=False)
+    assert idle.failures() == [
+        "boost (reranker): factory returns None for the kit's model (trained: pop, itemknn, "
+        "ease) and options {}: nothing to check (train its part: rankly plugins check --train)"]
+    (boosted,) = check_component("boost", workload=workload, latency=False,
+                                 options={"items": {"1": 2.0}})
+    assert boosted.passed, boosted.failures()
