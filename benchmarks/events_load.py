@@ -5,6 +5,19 @@ Run (about 40 s; needs wrk):
     python benchmarks/events_load.py                   # 2,000 events/s, 15 s per phase
     python benchmarks/events_load.py --rate 4000 --duration 10 --batch 50
 
+The partitioned Redis log alone, no HTTP (needs redis-server; results in
+``benchmarks/results/events_log_<standalone|cluster>_b<batch>.json``):
+
+    python benchmarks/events_load.py --log-only --partitions 1,16 --duration 10
+    python benchmarks/events_load.py --log-only --cluster 3 --partitions 16 --duration 10
+    python benchmarks/events_load.py --log-only --cluster 3 --partitions 16 --duration 10 \
+        --batch 500 --clients 4
+
+appends batches of ``--batch`` new events from ``--clients`` concurrent appenders through
+``RedisStreamLog`` (AOF on, ``--appendfsync everysec``) and reports the acknowledged events/s
+and the Redis CPU spent per event (``INFO cpu`` before and after, all nodes), whose inverse is
+what one Redis core can ingest: the ceiling of one partition, which lives on one master.
+
 Starts one ``rankly serve`` worker on a free 127.0.0.1 port over a small synthetic model (embedded
 store, so every acknowledged event is fsynced to the JSON-lines log), then:
 
@@ -195,8 +208,141 @@ def load_while_flooding(url: str, script: Path, args: argparse.Namespace) -> tup
     return asyncio.run(both())
 
 
+# --- the partitioned Redis log alone (no HTTP): events/s and Redis CPU per event ---------------
+
+
+def start_redis(root: Path, cluster: int, appendfsync: str) -> tuple[list[subprocess.Popen], str,
+                                                                     list[int]]:
+    """A standalone redis-server (``cluster`` 0) or a ``cluster``-master Redis Cluster on free
+    loopback ports, AOF on with ``appendfsync``; the processes, the URL and the ports."""
+    procs, ports = [], []
+    for n in range(max(cluster, 1)):
+        while (port := free_port()) > 55535:  # a cluster bus port is port + 10000
+            pass
+        workdir = root / f"redis-{n}"
+        workdir.mkdir(parents=True)
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] \
+            if cluster else []
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", appendfsync, "--dir", str(workdir),
+             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ports.append(port)
+    for port in ports:
+        deadline = time.monotonic() + 10
+        while _cli(port, "PING") != "PONG":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not start")
+            time.sleep(0.05)
+    if not cluster:
+        return procs, f"redis://127.0.0.1:{ports[0]}/0", ports
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                   capture_output=True, timeout=30)
+    while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports):
+        time.sleep(0.1)
+    return procs, "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), ports
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                          text=True, timeout=10).stdout.strip()
+
+
+def redis_cpu_s(ports: list[int]) -> list[float]:
+    """Each server's CPU seconds so far (user + sys, main thread and children)."""
+    out = []
+    for port in ports:
+        info = dict(line.split(":", 1) for line in _cli(port, "INFO", "cpu").splitlines()
+                    if ":" in line)
+        out.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+    return out
+
+
+async def append_load(url: str, partitions: int, seconds: float, clients: int, batch: int,
+                      users: int) -> dict:
+    """``clients`` coroutines appending batches of ``batch`` new click events from random
+    users through :class:`RedisStreamLog` for ``seconds``; what was acknowledged."""
+    from rankly.engine.config import load_settings
+    from rankly.engine.event_log import RedisStreamLog
+    from rankly.engine.events import Event
+    from rankly.engine.redis_store import RedisStore
+
+    settings = load_settings(environ={}, store_url=url, namespace=f"bench{partitions}",
+                             events={"partitions": partitions})
+    store = RedisStore(url, settings)
+    log = RedisStreamLog(store, settings)
+    await log.open()
+    acked = 0
+    errors = 0
+    rng = random.Random(partitions)
+
+    async def client(c: int) -> None:
+        nonlocal acked, errors
+        seq = 0
+        while time.perf_counter() < stop_at:
+            events = [Event(f"b{c}-{seq + i}", str(rng.randrange(users)), str(rng.randrange(5000)),
+                            "click", time.time()) for i in range(batch)]
+            seq += batch
+            try:
+                result = await log.append(events)  # NOTE: not `acked += await ...` (the
+                acked += result.accepted           # load of acked would precede the await)
+            except Exception:  # noqa: BLE001 - counted: the benchmark reports errors
+                errors += 1
+
+    started = time.perf_counter()
+    stop_at = started + seconds
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.perf_counter() - started
+    lengths = [await log.guard.run(lambda r, k=k: r.xlen(k)) for k in log.stream_keys]
+    await log.close()
+    await store.close()
+    return {"acked": acked, "errors": errors, "seconds": round(elapsed, 2),
+            "events_per_s": round(acked / elapsed), "stream_lengths": lengths}
+
+
+def log_only(args: argparse.Namespace) -> int:
+    """Ingest straight into the partitioned Redis log for each ``--partitions`` value."""
+    root = Path(tempfile.mkdtemp(prefix="rankly-log-load-"))
+    procs, url, ports = start_redis(root, args.cluster, args.appendfsync)
+    runs = []
+    try:
+        for partitions in (int(p) for p in args.partitions.split(",")):
+            before = redis_cpu_s(ports)
+            load = asyncio.run(append_load(url, partitions, args.duration, args.clients,
+                                           args.batch, args.users))
+            cpu = [b - a for a, b in zip(before, redis_cpu_s(ports), strict=True)]
+            us_per_event = sum(cpu) / max(load["acked"], 1) * 1e6
+            runs.append({"partitions": partitions, **load,
+                         "redis_cpu_s_per_node": [round(c, 2) for c in cpu],
+                         "redis_cpu_us_per_event": round(us_per_event, 2),
+                         "events_per_s_per_redis_core": round(1e6 / us_per_event)})
+    finally:
+        for proc in procs:
+            stop(proc, signal.SIGKILL)
+    result = {"mode": "log-only", "redis": "cluster" if args.cluster else "standalone",
+              "masters": max(args.cluster, 1), "appendfsync": args.appendfsync,
+              "clients": args.clients, "batch": args.batch, "users": args.users,
+              "cpu_count": os.cpu_count(), "runs": runs}
+    print(json.dumps(result, indent=2))
+    name = f"events_log_{'cluster' if args.cluster else 'standalone'}_b{args.batch}.json"
+    (RESULTS.parent / name).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
-    args = load_arguments(__doc__.splitlines()[0], duration=15, rate=2000).parse_args()
+    ap = load_arguments(__doc__.splitlines()[0], duration=15, rate=2000)
+    ap.add_argument("--log-only", action="store_true",
+                    help="no server: append straight into the partitioned Redis log")
+    ap.add_argument("--partitions", default="1,16", help="--log-only: partition counts to run")
+    ap.add_argument("--cluster", type=int, default=0,
+                    help="--log-only: masters of a Redis Cluster (0: a standalone Redis)")
+    ap.add_argument("--clients", type=int, default=8, help="--log-only: concurrent appenders")
+    ap.add_argument("--appendfsync", default="everysec", choices=("always", "everysec", "no"),
+                    help="--log-only: Redis AOF fsync policy")
+    args = ap.parse_args()
+    if args.log_only:
+        return log_only(args)
     tmp = Path(tempfile.mkdtemp(prefix="rankly-events-load-"))
     artifacts = build_artifacts(tmp / "artifacts", args.users, args.items)
     server, url, script = start_server(tmp, artifacts, args.users)

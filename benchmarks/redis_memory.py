@@ -1,8 +1,13 @@
-"""Measure Redis memory per user (online state + cached answers) and per item (model version).
+"""Measure Redis memory per user (online state + cached answers), per item (model version) and
+per event in the partitioned event log.
 
 Usage: python benchmarks/redis_memory.py --redis redis://127.0.0.1:6379/0 [--users 20000]
-Writes through the real RedisStore / RedisCache code paths into a scratch namespace, reads
-INFO memory before and after, extrapolates to one million, then deletes what it wrote.
+       [--events 200000 --partitions 16]
+Writes through the real RedisStore / RedisCache / RedisStreamLog code paths into a scratch
+namespace, reads INFO memory before and after, extrapolates to one million, then deletes what
+it wrote (FLUSHDB: give it a scratch Redis). The event log is measured twice: stream entries
+plus their idempotency keys (an event within the idempotency window, 24 h by default), then
+the stream entries alone (the keys deleted: an event older than the window).
 """
 
 from __future__ import annotations
@@ -80,6 +85,41 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
     }, indent=2))
 
 
+async def event_log(url: str, events: int, users: int, partitions: int) -> None:
+    """Memory of ``events`` click events from ``users`` users in ``partitions`` streams."""
+    from rankly.engine.event_log import RedisStreamLog
+    from rankly.engine.events import Event
+
+    s = load_settings(environ={}, store_url=url, namespace="memtest",
+                      events={"partitions": partitions})
+    store = RedisStore(url, s)
+    log = RedisStreamLog(store, s)
+    r = store.background.client
+    await r.flushdb()
+    base = await used(r)
+    rng = np.random.default_rng(1)
+    user_of = rng.integers(0, users, events)
+    item_of = rng.integers(0, 50_000, events)
+    now = time.time()
+    for start in range(0, events, 1000):
+        await log.append([Event(f"{i:016x}", str(user_of[i]), str(item_of[i]), "click",
+                                now + i / 1000) for i in range(start, min(start + 1000, events))])
+    total = await used(r) - base
+    async for key in r.scan_iter(match="memtest:{ev:*}:evt:*", count=10_000):
+        await r.unlink(key)
+    streams = await used(r) - base
+    await r.flushdb()
+    await store.close()
+    m = 1_000_000
+    print(json.dumps({
+        "events_measured": events, "users": users, "partitions": partitions,
+        "event_log_MiB_per_million_events_within_window": round(total / events * m / 2**20, 1),
+        "event_log_MiB_per_million_events_streams_only": round(streams / events * m / 2**20, 1),
+        "idempotency_keys_MiB_per_million_events": round((total - streams) / events * m / 2**20,
+                                                         1),
+    }, indent=2))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--redis", required=True)
@@ -88,5 +128,11 @@ if __name__ == "__main__":
     p.add_argument("--answers", type=int, default=2)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--items", type=int, default=100000)
+    p.add_argument("--events", type=int, default=0, help="also measure the event log")
+    p.add_argument("--partitions", type=int, default=16)
+    p.add_argument("--skip-users", action="store_true", help="only the event log")
     a = p.parse_args()
-    asyncio.run(main(a.redis, a.users, a.history, a.answers, a.n, a.items))
+    if not a.skip_users:
+        asyncio.run(main(a.redis, a.users, a.history, a.answers, a.n, a.items))
+    if a.events:
+        asyncio.run(event_log(a.redis, a.events, a.users, a.partitions))

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -612,21 +612,22 @@ class RedisStreamLog(EventLog):
         groups: dict[int, list[tuple[int, Event]]] = {}
         for pos, e in enumerate(unique):
             groups.setdefault(self.partition(e.user_id), []).append((pos, e))
-        outcomes = await asyncio.gather(
-            *(self._append_partition(p, rows, idempotent, now) for p, rows in groups.items()),
-            return_exceptions=True)
         new: list[tuple[int, Event]] = []
-        failure: BaseException | None = None
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
-                continue
-            new.extend(outcome[0])
-            duplicates += outcome[1]
-        if failure is not None:
-            # NOTE: the other partitions' events are stored: the client's retry of the whole
-            # batch counts them as duplicates.
-            raise failure
+        # NOTE: round k writes the k-th chunk of every partition in one pipeline (a cluster
+        # pipeline sends one per master): one round trip per batch of up to CHUNK events per
+        # partition, whatever the partition count. A partition's next chunk waits for the
+        # round before it, so a failed chunk never lets a user's later events in first.
+        # A failure raises after its round: what was stored counts as duplicates on retry.
+        for start in range(0, max((len(rows) for rows in groups.values()), default=0), CHUNK):
+            calls = [(p, rows[start:start + CHUNK]) for p, rows in groups.items()
+                     if len(rows) > start]
+            for (_, chunk), flags in zip(calls, await self._append_round(calls, idempotent, now),
+                                         strict=True):
+                for row, flag in zip(chunk, flags, strict=True):
+                    if int(flag):
+                        new.append(row)
+                    else:
+                        duplicates += 1
         new.sort(key=lambda row: row[0])
         return AppendResult(len(new), duplicates, tuple(e for _, e in new))
 
@@ -640,39 +641,80 @@ class RedisStreamLog(EventLog):
             stored.update(i for i, v in zip(ids, values, strict=True) if v is not None)
         return stored
 
-    async def _append_partition(self, p: int, rows: list[tuple[int, Event]], idempotent: bool,
-                                now: float) -> tuple[list[tuple[int, Event]], int]:
-        """Append one partition's events, in order, chunk after chunk."""
-        new: list[tuple[int, Event]] = []
-        duplicates = 0
-        stream = self.stream_keys[p]
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start:start + CHUNK]
+    async def _append_round(self, calls: list[tuple[int, list[tuple[int, Event]]]],
+                            idempotent: bool, now: float) -> list[list[int]]:
+        """Store each ``(partition, chunk)`` of ``calls``; the stored flags per chunk."""
+        specs: list[tuple[list[str], list[Any]]] = []
+        for p, chunk in calls:
             payloads = [_encode(e, now, idempotent) for _, e in chunk]
             if idempotent:
                 prefix = self._evt_prefixes[p]
-                keys = [stream, *(prefix + self._escape(e.event_id) for _, e in chunk)]
-                args = [self.window_ms, uuid.uuid4().hex, self.maxlen,
-                        1 if self.wait_replicas else 0, *payloads]
-                flags = await self.guard.run(lambda r, k=keys, a=args: self._run_script(k, a))
+                keys = [self.stream_keys[p], *(prefix + self._escape(e.event_id)
+                                               for _, e in chunk)]
+                specs.append((keys, [self.window_ms, uuid.uuid4().hex, self.maxlen,
+                                     1 if self.wait_replicas else 0, *payloads]))
             else:
-                flags = await self.guard.run(lambda r, p=payloads, s=stream:
-                                             self._add_plain(r, s, p))
-            for row, flag in zip(chunk, flags, strict=True):
-                if int(flag):
-                    new.append(row)
-                else:
-                    duplicates += 1
-        return new, duplicates
+                specs.append(([self.stream_keys[p]], payloads))
+        if not (idempotent and self.wait_replicas):
+            return await self.guard.run(lambda r: self._pipelined(r, specs, idempotent))
+        outcomes = await asyncio.gather(
+            *(self.guard.run(lambda r, k=keys, a=args: self._replicated(k, a))
+              for keys, args in specs), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(outcomes)  # type: ignore[arg-type]
 
-    async def _run_script(self, keys: list[str], args: list[Any]) -> list[int]:
-        """The append script on the partition's master, then ``WAIT`` for its replicas when
-        configured; a slot without a writable master is an outage (``StoreUnavailable``)."""
+    async def _pipelined(self, r: Any, specs: list[tuple[list[str], list[Any]]],
+                         idempotent: bool) -> list[list[int]]:
+        """One pipeline of the append script (or plain XADDs) per spec; flags per spec."""
+        import redis
+
+        for attempt in range(2):
+            pipe = r.pipeline(transaction=False)
+            for keys, args in specs:
+                if idempotent:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                else:
+                    for payload in args:
+                        if self.maxlen:
+                            pipe.xadd(keys[0], {"e": payload}, maxlen=self.maxlen,
+                                      approximate=True)
+                        else:
+                            pipe.xadd(keys[0], {"e": payload})
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except redis.ResponseError as exc:
+                await self._raise_outage(exc)
+            errors = [x for x in results if isinstance(x, Exception)]
+            if not errors:
+                break
+            if attempt == 0 and all(isinstance(x, redis.exceptions.NoScriptError)
+                                    for x in errors):
+                # a node that never ran the script (new, restarted or failed over): load it
+                # and re-send the round (same tokens: what ran already answers "stored")
+                await r.script_load(APPEND_IDEMPOTENT)
+                continue
+            await self._raise_outage(errors[0])
+        if idempotent:
+            return [list(flags) for flags in results]
+        return [[1] * len(args) for _, args in specs]
+
+    async def _raise_outage(self, exc: BaseException) -> NoReturn:
+        """Raise ``exc`` as an outage (after reloading the slot map) when it is one."""
+        import redis
+
+        if isinstance(exc, redis.ResponseError) and not _cluster_outage(exc):
+            raise exc
+        await self._refresh_topology()
+        raise redis.ConnectionError(f"partition unavailable: {exc}") from exc
+
+    async def _replicated(self, keys: list[str], args: list[Any]) -> list[int]:
+        """The append script on the partition's master, then ``WAIT`` for its replicas; a
+        slot without a writable master is an outage (``StoreUnavailable``)."""
         import redis
 
         try:
-            if not self.wait_replicas:
-                return await self._script(keys=keys, args=args)
             client = await self._master_of(keys[0])
             # NOTE: one pipeline is one connection: WAIT counts the replicas that acknowledged
             # this connection's writes, so it must follow the script on the same connection.
@@ -681,10 +723,7 @@ class RedisStreamLog(EventLog):
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             flags, acked = await pipe.execute()
         except redis.ResponseError as exc:
-            if not _cluster_outage(exc):
-                raise
-            await self._refresh_topology()
-            raise redis.ConnectionError(f"partition unavailable: {exc}") from exc
+            await self._raise_outage(exc)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             await self._refresh_topology()
             raise
@@ -730,28 +769,12 @@ class RedisStreamLog(EventLog):
         for slate in slates:
             groups.setdefault(self.partition(slate.user_id), []).extend(
                 _encode_impressions(slate, now))
-        outcomes = await asyncio.gather(
-            *(self._add_chunks(self.stream_keys[p], lines) for p, lines in groups.items()),
-            return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        for start in range(0, max((len(lines) for lines in groups.values()), default=0),
+                           CHUNK):
+            specs = [([self.stream_keys[p]], lines[start:start + CHUNK])
+                     for p, lines in groups.items() if len(lines) > start]
+            await self.guard.run(lambda r, s=specs: self._pipelined(r, s, False))
         return sum(len(lines) for lines in groups.values())
-
-    async def _add_chunks(self, stream: str, payloads: list[bytes]) -> None:
-        for start in range(0, len(payloads), CHUNK):
-            chunk = payloads[start:start + CHUNK]
-            await self.guard.run(lambda r, p=chunk: self._add_plain(r, stream, p))
-
-    async def _add_plain(self, r: Any, stream: str, payloads: list[bytes]) -> list[int]:
-        pipe = r.pipeline(transaction=False)
-        for p in payloads:
-            if self.maxlen:
-                pipe.xadd(stream, {"e": p}, maxlen=self.maxlen, approximate=True)
-            else:
-                pipe.xadd(stream, {"e": p})
-        await pipe.execute()
-        return [1] * len(payloads)
 
     # --- reading ------------------------------------------------------------------------------
 
