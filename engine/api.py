@@ -20,6 +20,7 @@ from rankly.engine.types import (
     CacheEntry,
     CandidateGenerator,
     Candidates,
+    CatalogScorer,
     ComponentContext,
     FloatArray,
     IntArray,
@@ -42,6 +43,7 @@ __all__ = [
     # component protocols
     "CandidateGenerator",
     "Scorer",
+    "CatalogScorer",
     "Reranker",
     "Cache",
     "Trainer",
