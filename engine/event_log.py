@@ -449,9 +449,9 @@ def partition_tags(partitions: int) -> tuple[str, ...]:
     that puts the tag's slot into the P-th ``1/partitions`` of the slot space.
 
     Plain ``ev:0..15`` land 8/4/4 on the three even slot ranges of a 3-master cluster; tags
-    spread over the slot space land within one of ``partitions / masters`` on every master of
-    any contiguous, even slot split (16 on 3 masters: 6/5/5), so no master carries a
-    disproportionate share of the log.
+    spread over the slot space land close to ``partitions / masters`` on every master of a
+    contiguous, even slot split (16 on 3 masters: 6/5/5; 64 on 12: 5 or 6), so no master
+    carries a disproportionate share of the log.
     """
     from redis.crc import key_slot
 
