@@ -526,12 +526,17 @@ def check_trainer(trainer: Any, workload: Workload) -> list[Check]:
 
 def check_in_pipeline(name: str, kind: str, workload: Workload,
                       options: Mapping[str, Any] | None = None, cases: int = 6) -> Check:
-    """Serve known users and a session through the pipeline with the component selected
-    (popular behind it); any ``plugin_error``/``plugin_timeout`` answer is a defect."""
+    """Serve known users, a session and a cold user through the pipeline with the component
+    selected (popular behind it), then the known users again with the store down (the
+    pipeline's ``store_down`` path); a ``plugin_error``/``plugin_timeout`` answer is a defect."""
     from rankly.engine import pipeline
     from rankly.engine.runtime import build_runtime
-    from rankly.engine.store import MemoryStore
+    from rankly.engine.store import MemoryStore, StoreUnavailable
     from rankly.engine.types import RecommendationRequest
+
+    class DownStore(MemoryStore):
+        async def fetch_user(self, user_id: str) -> Any:
+            raise StoreUnavailable("the kit's store is down")
 
     stage = {"candidate_generator": "candidates", "scorer": "scorers",
              "reranker": "rerankers"}[kind]
@@ -540,33 +545,39 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
     settings = settings.replace(
         pipeline=replace(settings.pipeline, **{stage: chain}),
         plugins={**settings.plugins, **({name: dict(options)} if options else {})})
-    try:
-        rt = build_runtime(settings, workload.model, workload.pm, store=MemoryStore())
-    except Exception as exc:
-        return Check("pipeline", False, f"the runtime does not start: {raised(exc)}")
-    plan = pipeline.default_plan(rt)
     catalog = workload.model.catalog
     requests = []
     for case in workload.known_cases[:cases]:
         if case.user.session:
             ids = tuple(catalog.ids(case.user.history))
-            requests.append((case, RecommendationRequest(None, 10, session_items=ids,
-                                                         request_id="kit")))
+            requests.append((case.label, RecommendationRequest(None, 10, session_items=ids,
+                                                               request_id="kit")))
         else:
-            requests.append((case, RecommendationRequest(case.user.user_id, 10,
-                                                         request_id="kit")))
-    requests.append((workload.known_cases[-1], RecommendationRequest(
-        workload.known_cases[-1].user.user_id, 10, request_id="kit")))
+            requests.append((case.label, RecommendationRequest(case.user.user_id, 10,
+                                                               request_id="kit")))
+    requests.append(("a cold user", RecommendationRequest("kit-cold-user", 10,
+                                                          request_id="kit")))
+    known = [(label, req) for label, req in requests if req.user_id and label != "a cold user"]
 
-    async def serve() -> str | None:
-        for case, req in requests:
-            resp = await pipeline.rank(rt, req, plan, deadline=asyncio.get_running_loop().time()
-                                       + 30.0)
+    async def serve(rt: Any, asked: list, suffix: str) -> str | None:
+        plan = pipeline.default_plan(rt)
+        for label, req in asked:
+            deadline = asyncio.get_running_loop().time() + 30.0  # the kit is not timed here
+            resp = await pipeline.rank(rt, req, plan, deadline=deadline)
             if resp.get("fallback") in PLUGIN_FALLBACKS:
-                return f"the pipeline fell back ({resp['fallback']}) for {case.label}"
+                return f"the pipeline fell back ({resp['fallback']}) for {label}{suffix}"
         return None
 
-    problem = asyncio.run(serve())
+    problem = None
+    for store, asked, suffix in ((MemoryStore(), requests, ""),
+                                 (DownStore(), known, " with the store down")):
+        try:
+            rt = build_runtime(settings, workload.model, workload.pm, store=store)
+        except Exception as exc:
+            return Check("pipeline", False, f"the runtime does not start: {raised(exc)}")
+        problem = asyncio.run(serve(rt, asked, suffix))
+        if problem:
+            break
     return Check("pipeline", problem is None, problem or "")
 
 

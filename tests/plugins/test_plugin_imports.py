@@ -70,6 +70,12 @@ def test_plugin_imports_only_the_public_api(path: Path):
         assert not bad, f"{rel} imports engine internals or other plugins: {bad}"
 
 
+@pytest.mark.parametrize("path", sorted((PLUGINS.parent / "examples").glob("*/*/__init__.py")),
+                         ids=lambda p: p.parent.name)
+def test_the_example_plugins_import_only_the_public_api(path: Path):
+    assert not forbidden_imports(path)
+
+
 def test_the_checker_catches_internal_and_cross_plugin_imports(tmp_path: Path):
     mod = tmp_path / "m.py"
     mod.write_text("import numpy\nfrom rankly import _fast\nfrom rankly.engine import hookimpl\n"
