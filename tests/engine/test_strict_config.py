@@ -3,6 +3,11 @@ stop the server at start (or the PUT of an experiment) with a message naming the
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
@@ -14,6 +19,12 @@ from rankly.engine.plugins import check_configuration, make_plugin_manager
 from rankly.engine.runtime import ComponentError, build_runtime
 
 TOKEN = "s3cret-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class SeededRandomScorer:
@@ -184,3 +195,33 @@ def test_put_experiment_naming_an_unknown_component_or_option_is_a_422(
         assert bad in message and "available: " in message
         assert c.get("/experiments/exp", headers={"Authorization": f"Bearer {TOKEN}"}
                      ).status_code == 404
+
+
+BROKEN_PLUGIN = '''
+from rankly.engine.api import hookimpl
+
+
+@hookimpl
+def register_scorers(register):
+    def factory(ctx):
+        raise ValueError("no weights for this model")
+
+    register("broken", factory)
+'''
+
+
+def test_rankly_serve_exits_naming_a_configured_factory_that_raises(tmp_path, artifacts):
+    (tmp_path / "broken_plugin.py").write_text(BROKEN_PLUGIN)
+    info = tmp_path / "broken_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[rankly]\nbroken = broken_plugin\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "RANKLY_PIPELINE__SCORERS": "broken,popular", "RANKLY_PORT": str(free_port()),
+           "RANKLY_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run([sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts",
+                          str(artifacts)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "scorer 'broken' (plugin broken) failed to build: ValueError: no weights for this " \
+           "model; list it in pipeline.optional to serve without it" in out.stderr
