@@ -8,6 +8,7 @@ import json
 from importlib.util import find_spec
 
 import pytest
+
 from rankly.engine import datasets, evaluation
 from rankly.engine.cli import main
 from rankly.engine.config import load_settings

@@ -178,6 +178,32 @@ def test_the_unpartitioned_stream_is_read_alongside(redis_url, redis_namespace):
     assert sorted(e.event_id for e in events) == ["a-0", "a-1", "a-2", "b-0", "c-0"]
 
 
+def test_an_append_no_replica_confirms_is_not_acknowledged(redis_server, redis_namespace):
+    """``wait_replicas = 1`` on a master without replicas: the event is written but never
+    acknowledged (503 for the client); the retry finds it stored and still waits."""
+
+    async def go():
+        store, log = make_log(redis_server.url, redis_namespace, wait_replicas=1,
+                              wait_timeout_ms=50)
+        try:
+            outcomes = []
+            for _ in range(2):
+                try:
+                    outcomes.append(await log.append([ev("w", 0)]))
+                except StoreUnavailable as exc:
+                    outcomes.append(exc)
+                await asyncio.sleep(1.1)  # past the breaker's cooldown
+            return outcomes, await collect(log)
+        finally:
+            await log.close()
+            await store.close()
+
+    outcomes, events = run(go())
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert "replicas acknowledged" in str(outcomes[0])
+    assert [e.event_id for e in events] == ["w-0"]
+
+
 def test_event_keys_spread_over_every_master(redis_cluster, redis_namespace):
     users = [f"spread-{i}" for i in range(300)]
 
