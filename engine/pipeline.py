@@ -82,6 +82,8 @@ class Trace:
 
     #: a component the general path leaves out (its fused call just failed)
     skip: str = ""
+    #: (name, component) that explains a fused pool's items (see :func:`explained`)
+    explainer: tuple[str, Any] | None = None
 
     def ok(self, component: str) -> None:
         self.outcomes.append((component, "ok"))
@@ -380,9 +382,42 @@ def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Pla
             return fallback_ranking(comps, user, req, req.n)
     ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
     if len(ranking) < req.n:
-        return backfill(comps, user, req, ranking)
+        return backfill(comps, user, req, explained(ranking, user, trace))
     trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
-    return ranking
+    if trace.spares is not None:
+        trace.spares = explained(trace.spares, user, trace)
+    return explained(ranking, user, trace)
+
+
+#: The reason of a fused pool's items until :func:`explained` asks for them (after the
+#: rerankers, so only the served items and spares are explained).
+UNEXPLAINED = -1
+
+
+def explained(ranking: Ranking, user: UserFeatures, trace: Trace) -> Ranking:
+    """``ranking`` with the reasons of its unexplained items (a fused pool's) filled in by
+    the fused component's ``explain``; a failure leaves them FOR_YOU without an anchor."""
+    if trace.explainer is None:
+        return ranking
+    todo = np.flatnonzero(ranking.reasons == UNEXPLAINED)
+    if todo.size == 0:
+        return ranking
+    reasons = ranking.reasons.copy()
+    anchors = ranking.anchors.copy()
+    name, comp = trace.explainer
+    try:
+        r, a = comp.explain(user, ranking.items[todo])
+        r, a = np.asarray(r, dtype=np.int8), np.asarray(a, dtype=np.int64)
+        if r.shape != todo.shape or a.shape != todo.shape:
+            raise ValueError("explain returned arrays of another length")
+    except Exception:
+        log.warning("%s could not explain its items", name, exc_info=True)
+        trace.fail(name, "error", "plugin_error")
+        r = np.full(todo.size, int(Reason.FOR_YOU), dtype=np.int8)
+        a = np.full(todo.size, -1, dtype=np.int64)
+    reasons[todo] = r
+    anchors[todo] = a
+    return Ranking(ranking.items, ranking.scores, reasons, anchors)
 
 
 def chain_pool(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Plan,
@@ -444,11 +479,10 @@ def fused_pool(rt: Runtime, comps: Components, req: RecommendationRequest, plan:
         idx, vals = _fast.topk(scores, depth, exclude=exclude)
         if not np.isfinite(vals).all():
             raise ValueError("catalog_scores returned infinite scores")
-        reasons, anchors = comp.explain(user, idx)
-        pool = Ranking(idx, vals, np.asarray(reasons, dtype=np.int8),
-                       np.asarray(anchors, dtype=np.int64))
-        if pool.reasons.shape != idx.shape or pool.anchors.shape != idx.shape:
-            raise ValueError("explain returned arrays of another length")
+        # reasons come after the rerankers, for the items they keep (:func:`explained`)
+        pool = Ranking(idx, vals, np.full(idx.size, UNEXPLAINED, dtype=np.int8),
+                       np.full(idx.size, -1, dtype=np.int64))
+        trace.explainer = (name, comp)
     except Exception:
         log.warning("fused ranking by %s failed; taking the general path", name, exc_info=True)
         trace.fail(name, "error", "plugin_error")

@@ -72,16 +72,38 @@ def active_items(x: sp.csr_matrix, min_count: int, limit: int) -> np.ndarray:
     return items
 
 
+def decayed_matrix(data: TrainingData, half_life_days: float) -> tuple[sp.csr_matrix, float]:
+    """(users x items matrix, lambda factor): every interacted pair weighs ``2^(-age /
+    half_life_days)`` by the age of its newest event (from the newest event of the data),
+    capped at 1; a half-life of 0 is the binary matrix and factor 1.
+
+    A decayed Gram shrinks by about the mean squared weight; the factor (that mean, at most
+    1) scales lambda alike, so the regularization keeps its strength relative to the data.
+    """
+    if half_life_days <= 0 or data.timestamps.size == 0:
+        return binary_matrix(data), 1.0
+    age = (float(data.timestamps.max()) - data.timestamps.astype(np.float64)) / 86400.0
+    w = np.exp2(-age / half_life_days).astype(np.float32)
+    m = sp.csr_matrix((w, (data.user_idx, data.item_idx)), shape=data.matrix.shape,
+                      dtype=np.float32)
+    m.sum_duplicates()
+    np.minimum(m.data, 1.0, out=m.data)
+    factor = float(np.mean(m.data.astype(np.float64) ** 2)) if m.nnz else 1.0
+    return m, min(max(factor, 1e-6), 1.0)
+
+
 class EaseTrainer:
     """Options: ``lambda`` (L2 strength, default 500), ``dropout`` (EDLAE emphasis in [0, 1),
-    default 0 = plain EASE), ``min_count`` (items with fewer users get no weights, default 1),
-    ``max_items`` (refuse above; 25k), ``blas_threads`` (1)."""
+    default 0 = plain EASE), ``age_half_life_days`` (weigh training pairs by their age,
+    :func:`decayed_matrix`; default 0 = no decay), ``min_count`` (items with fewer users get
+    no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1)."""
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         lam = float(options.get("lambda", 500.0))
         dropout = float(options.get("dropout", 0.0))
         min_count = int(options.get("min_count", 1))
         limit = int(options.get("max_items", MAX_ITEMS))
+        age_half_life = float(options.get("age_half_life_days", 0.0))
         x = binary_matrix(data)
         active = active_items(x, min_count, x.shape[1])
         if active.size > limit:
@@ -89,13 +111,15 @@ class EaseTrainer:
                 f"ease: {active.size} items exceed max_items={limit} (a dense "
                 f"{active.size}x{active.size} inverse); use itemknn/als or raise the limit"
             )
-        xa = x[:, active]
+        xd, factor = decayed_matrix(data, age_half_life)
+        xa = xd[:, active]
         # NOTE: one BLAS thread by default: OpenBLAS threads that find the other core busy
         # spin, and the inverse then takes several times longer than on one thread.
         with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
-            b = item_weights((xa.T @ xa).toarray(), lam, dropout)
+            b = item_weights((xa.T @ xa).toarray(), lam * factor, dropout)
         return ModelPart(
-            name=NAME, params={"lambda": lam, "dropout": dropout, "min_count": min_count},
+            name=NAME, params={"lambda": lam, "dropout": dropout, "min_count": min_count,
+                               "age_half_life_days": age_half_life},
             arrays={"items": active, "weights": b},
             metrics={"n_active_items": int(active.size)},
         )
