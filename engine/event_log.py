@@ -817,13 +817,20 @@ class RedisStreamLog(EventLog):
     async def _read_streams(self, keys: list[str], after: str, block_ms: int, count: int,
                             stop: asyncio.Event | None,
                             queue: asyncio.Queue[list[Event]]) -> None:
+        import redis
+
         last = dict.fromkeys(keys, after)
         while stop is None or not stop.is_set():
             try:
                 reply = await self.guard.run(
                     lambda r, s=dict(last): r.xread(s, count=count, block=block_ms),
                     deadline_s=block_ms / 1000.0 + 2.0)
-            except StoreUnavailable:
+            except (StoreUnavailable, redis.RedisError) as exc:
+                # NOTE: a cluster failing over answers CLUSTERDOWN/MOVED errors, not only
+                # timeouts; a reader that died on one would stop following its partition.
+                if isinstance(exc, redis.RedisError):
+                    log.warning("event log: following %s: %s", keys[0], exc)
+                    await self._refresh_topology()
                 await asyncio.sleep(0.5)
                 continue
             if not reply:

@@ -374,16 +374,34 @@ def test_no_acknowledged_event_is_lost_or_stored_twice_through_a_failover(
 
     async def go():
         store_log = make_log(url, redis_namespace, wait_replicas=1, wait_timeout_ms=500)
+        stop = asyncio.Event()
+        followed: set[str] = set()
+
+        async def follow() -> None:  # what every serving worker's counters do
+            async for batch in store_log[1].tail(stop=stop, block_ms=200):
+                followed.update(e.event_id for e in batch)
+
         try:
             await store_log[1].open()
+            follower = asyncio.create_task(follow())
             groups = [users[w::4] for w in range(4)]
             await asyncio.gather(chaos(), *(writer(store_log, g) for g in groups))
-            return await collect(store_log[1])
+            stored = await collect(store_log[1])
+            for _ in range(100):
+                if followed >= {e.event_id for e in stored}:
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(follower, 10)
+            return stored, followed
         finally:
             await store_log[1].close()
             await store_log[0].close()
 
-    events = run(go())
+    events, followed = run(go())
+    # the follower read through the failover (at least once: it may also have read an
+    # unacknowledged write of the old master that its retry stored again)
+    assert followed >= {e.event_id for e in events}
     counts = Counter(e.event_id for e in events)
     assert stats["unavailable"] > 0, "the failover was not under load"
     assert sum(counts.values()) == stats["acked"]  # 0 lost, 0 stored twice
