@@ -178,6 +178,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["components"].items())
         print(f"{row['name']:<14} {row['distribution']:<22} {comps}")
         print(f"{'':<14} hooks: {', '.join(row['hooks'])}")
+        opts = "; ".join(f"{n}: {', '.join(keys) or '-'}" for n, keys in row["options"].items()
+                         if keys is not None)
+        if opts:
+            print(f"{'':<14} options: {opts}")
     return 0
 
 

@@ -146,7 +146,8 @@ def _distribution_of(plugin_name: str) -> str:
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
-    """One row per registered plugin: name, hooks it implements, distribution, components."""
+    """One row per registered plugin: name, hooks it implements, distribution, components,
+    and the option keys each component declared (None: not declared, so not checked)."""
     registries = collect_all(pm)
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda kv: kv[0]):
@@ -163,10 +164,12 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
                 "hooks": hooks,
                 "distribution": _distribution_of(name),
                 "components": {k: v for k, v in components.items() if v},
+                "options": {n: None if (d := declared_options(n, registries)) is None
+                            else sorted(d)
+                            for names in components.values() for n in names},
             }
         )
     return rows
-
 
 
 # --- strict configuration: every name and option key the settings give must exist ----------

@@ -225,3 +225,13 @@ def test_rankly_serve_exits_naming_a_configured_factory_that_raises(tmp_path, ar
     assert out.returncode != 0
     assert "scorer 'broken' (plugin broken) failed to build: ValueError: no weights for this " \
            "model; list it in pipeline.optional to serve without it" in out.stderr
+
+
+def test_rankly_plugins_lists_the_declared_option_keys():
+    from rankly.engine.plugins import describe_plugins
+
+    rows = {r["name"]: r for r in describe_plugins(make_plugin_manager(extra=[SeededRandom()]))}
+    assert rows["diversity"]["options"] == {"diversity": ["cap", "fill"]}
+    assert rows["local_cache"]["options"]["l1"][:2] == ["follow_invalidations", "invalidation"]
+    (mine,) = [r for r in rows.values() if "seeded-random" in r["options"]]
+    assert mine["options"] == {"seeded-random": ["seed"]}
