@@ -34,6 +34,14 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # blocks of JSON lines and metric 
 BLOCK_USERS = 1000  # users per task: ~1 s of work, amortizes the ~1 ms per-task overhead
 
 
+def _one_blas_thread() -> Any:
+    """Pin BLAS to one thread for this actor's life: an actor is one CPU, and threads that
+    find the other cores busy spin (the reason `rankly serve` pins it too)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -55,6 +63,7 @@ class Recommender:
         from rankly.engine.model import load_model
         from rankly.engine.plugins import make_plugin_manager
 
+        self._blas = _one_blas_thread()
         self.model = load_model(artifacts)
         self.settings = settings
         self.n = n
@@ -79,6 +88,7 @@ class Evaluator:
         from rankly.engine.model import load_model
         from rankly.engine.plugins import make_plugin_manager
 
+        self._blas = _one_blas_thread()
         pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
         self.rt = serving_runtime(load_model(model_dir), settings, pm)
         self.job = job
@@ -109,11 +119,14 @@ class RayEngine:
         ray = _import_ray()
         started = False
         if not ray.is_initialized():
+            # NOTE: log_to_driver=False: Ray would copy the workers' stdout into this
+            # process's stdout, where the JSON lines go; a worker's failure still raises here.
             if address:
-                ray.init(address=address, logging_level=logging.WARNING)
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             else:
                 ray.init(num_cpus=num_cpus, object_store_memory=object_store_bytes,
-                         include_dashboard=False, logging_level=logging.WARNING)
+                         include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
             started = True
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
