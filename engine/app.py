@@ -25,7 +25,15 @@ except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
 from rankly import _fast
-from rankly.engine import dashboard, events_api, experiments_api, metrics, pipeline, quality
+from rankly.engine import (
+    api_docs,
+    dashboard,
+    events_api,
+    experiments_api,
+    metrics,
+    pipeline,
+    quality,
+)
 from rankly.engine.config import Settings
 from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
 from rankly.engine.model import Model
@@ -202,7 +210,8 @@ def _event_log_breaker(rt: Runtime) -> dict[str, dict[str, str]]:
 
 
 async def openapi(request: Request) -> Response:
-    return JSON(openapi_schema(_runtime(request).settings))
+    rt = _runtime(request)
+    return JSON(openapi_schema(rt.settings, rt.registries))
 
 
 async def prometheus(request: Request) -> Response:
@@ -237,6 +246,7 @@ ROUTES = [
     Route("/metrics", prometheus, methods=["GET"]),
     *experiments_api.ROUTES,
     *dashboard.ROUTES,
+    *api_docs.ROUTES,
     *events_api.ROUTES,
 ]
 

@@ -34,6 +34,8 @@ ASSETS = {
     "uPlot.LICENSE": "text/plain; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
+    "docs.css": "text/css; charset=utf-8",
 }
 EXTRAS_KEY = "dashboard"
 _ROUTE = "/recommendations"  # end-to-end latency is shown for the main route
@@ -248,7 +250,7 @@ def data(request: Request) -> Response:
 
 def page(request: Request) -> Response:
     """GET /dashboard: the HTML shell; charts are drawn by static/dashboard.js."""
-    return HTMLResponse(_asset("dashboard.html").decode("utf-8"),
+    return HTMLResponse(asset("dashboard.html").decode("utf-8"),
                         headers={"cache-control": "no-store"})
 
 
@@ -258,14 +260,15 @@ def static(request: Request) -> Response:
     if name not in ASSETS:
         return Response(b'{"error":{"field":"path","message":"not found"}}', status_code=404,
                         media_type="application/json")
-    return Response(_asset(name), media_type=ASSETS[name],
+    return Response(asset(name), media_type=ASSETS[name],
                     headers={"cache-control": "public, max-age=3600"})
 
 
 _cache: dict[str, bytes] = {}
 
 
-def _asset(name: str) -> bytes:
+def asset(name: str) -> bytes:
+    """The bytes of ``static/<name>`` (read once, then kept)."""
     if name not in _cache:
         _cache[name] = (resources.files("rankly.engine") / "static" / name).read_bytes()
     return _cache[name]

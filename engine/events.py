@@ -11,12 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rankly.engine.config import Settings
-from rankly.engine.validation import RequestError, check_id, check_text, reject_unknown
+from rankly.engine.validation import (
+    RequestError,
+    check_context,
+    check_id,
+    check_text,
+    reject_unknown,
+)
 
 #: Built-in event types; ``settings.event_types`` adds custom ones (name -> weight).
 BUILTIN_TYPES = ("view", "click", "add_to_cart", "purchase", "rating", "impression")
 MAX_EVENT_ID = 256
-MAX_CONTEXT_BYTES = 4096
+MAX_VALUE = 1e300  # an event's value (every one converts to a finite float)
 RATING_RANGE = (0.0, 5.0)
 #: Clocks drift; a timestamp further ahead than this is a client bug, not a clock skew.
 MAX_FUTURE_SKEW_S = 3600.0
@@ -66,6 +72,13 @@ def event_types(settings: Settings) -> frozenset[str]:
     return frozenset(BUILTIN_TYPES) | frozenset(settings.event_types)
 
 
+def latest_timestamp(now: float) -> float:
+    """The latest timestamp accepted at ``now``: the end of the next clock hour, so an hour
+    to two ahead. A step, not ``now + 1 h``, so the bound the OpenAPI document states holds
+    until the hour turns (#18)."""
+    return (now // MAX_FUTURE_SKEW_S + 2) * MAX_FUTURE_SKEW_S
+
+
 def parse_timestamp(value: Any, now: float) -> float:
     """Unix seconds (int/float) or ISO 8601 text (``Z`` or an offset; naive means UTC)."""
     if value is None:
@@ -73,6 +86,9 @@ def parse_timestamp(value: Any, now: float) -> float:
     if isinstance(value, bool):
         raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string")
     if isinstance(value, int | float):
+        if not MIN_TIMESTAMP <= value <= latest_timestamp(now):  # before float(): 10**400
+            raise RequestError("timestamp", "must be unix seconds after 2000-01-01, at most "
+                                            "an hour ahead")
         ts = float(value)
     elif isinstance(value, str) and 0 < len(value) <= 64:
         try:
@@ -86,7 +102,7 @@ def parse_timestamp(value: Any, now: float) -> float:
         raise RequestError("timestamp", "must be unix seconds or an ISO 8601 string")
     if not math.isfinite(ts) or ts < MIN_TIMESTAMP:
         raise RequestError("timestamp", "must be unix seconds after 2000-01-01")
-    if ts > now + MAX_FUTURE_SKEW_S:
+    if ts > latest_timestamp(now):
         raise RequestError("timestamp", "is more than an hour in the future")
     return ts
 
@@ -115,9 +131,9 @@ def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError("value", "must be a number")
+        if not -MAX_VALUE <= value <= MAX_VALUE:  # also NaN, inf and 10**400 (float() raises)
+            raise RequestError("value", f"must be a number in -{MAX_VALUE:g}..{MAX_VALUE:g}")
         value = float(value)
-        if not math.isfinite(value):
-            raise RequestError("value", "must be finite")
         if kind == "rating" and not RATING_RANGE[0] <= value <= RATING_RANGE[1]:
             raise RequestError("value", f"a rating must be in {RATING_RANGE[0]:g}.."
                                         f"{RATING_RANGE[1]:g}")
@@ -127,13 +143,7 @@ def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event
     request_id = obj.get("request_id")
     if request_id is not None:
         request_id = check_id(request_id, "request_id", limits)
-    context = obj.get("context")
-    if context is None:
-        context = {}
-    if not isinstance(context, dict):
-        raise RequestError("context", "must be an object")
-    if context and len(json.dumps(context, separators=(",", ":"))) > MAX_CONTEXT_BYTES:
-        raise RequestError("context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON")
+    context = check_context(obj["context"]) if "context" in obj else {}
     return Event(event_id, user_id, item_id, kind, ts, value, request_id, context)
 
 

@@ -71,9 +71,29 @@ def _json(body: Any, status: int = 200) -> Response:
     return JSONResponse(json_safe(body), status_code=status)
 
 
+async def list_experiments(request: Request) -> Response:
+    """``GET /experiments``: every experiment, in configuration order."""
+    rt = _runtime(request)
+    return _json({"experiments": [describe(e) for e in rt.experiments.experiments]})
+
+
+async def experiment(request: Request) -> Response:
+    """``GET`` or ``PUT /experiments/{key}``: one route, so 405 and OPTIONS name both
+    methods in ``Allow`` (two routes answered ``Allow: GET, HEAD`` to a PUT's path, #18)."""
+    if request.method == "PUT":
+        return await put_experiment(request)
+    return await get_experiment(request)
+
+
 async def get_experiment(request: Request) -> Response:
     rt = _runtime(request)
     return _json(describe(_experiment(rt, request)))
+
+
+#: ExperimentError messages of rules that relate fields to each other or to other
+#: experiments, which a JSON schema cannot state: 409, not 422.
+_CONFLICTS = ("duplicated variant", "weights must not all be 0", "layer.range",
+              "overlaps")
 
 
 async def put_experiment(request: Request) -> Response:
@@ -89,18 +109,62 @@ async def put_experiment(request: Request) -> Response:
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
     if body.get("key", key) != key:
-        raise RequestError("key", "must match the key in the path")
+        raise RequestError("key", "must match the key in the path", status=409)
     try:
         exp = parse_experiment({**body, "key": key})
         rt.check_experiment(exp)
+        _check_option_types(exp, rt.registries)
         old = rt.experiments.get(key)
-        if old is not None and old.weights != exp.weights and "phase" not in body:
+        same_arms = old is not None and ([v.name for v in old.variants]
+                                         == [v.name for v in exp.variants])
+        if same_arms and old.weights != exp.weights and "phase" not in body:
             exp = old.with_weights(exp.weights) if not exp.bandit else exp
             exp = dataclasses.replace(exp, status=Status(body.get("status", old.status)))
+        elif old is not None and not same_arms and "phase" not in body:
+            # other variants: a new phase, so their exposures never mix with the old arms'
+            # (reweighting the old arms failed with "weights: expected N values", #18)
+            exp = dataclasses.replace(exp, phase=old.phase + 1)
         rt.experiments = rt.experiments.replace_experiment(exp)
     except ExperimentError as exc:
-        raise RequestError("body", str(exc)) from None
+        message = str(exc)
+        status = 409 if any(c in message for c in _CONFLICTS) else 422
+        raise RequestError("body", message, status=status) from None
+    except OverflowError:  # an integer literal too large for a float (math.isfinite)
+        raise RequestError("body", "a number is out of range") from None
     return _json(describe(exp), status=200 if old is not None else 201)
+
+
+#: JSON types of declared option defaults, and the OpenAPI type that says them.
+OPTION_TYPES: tuple[tuple[type, str, tuple[type, ...]], ...] = (
+    (bool, "boolean", (bool,)), (int, "integer", (int,)), (float, "number", (int, float)))
+
+
+def option_type(default: Any) -> tuple[str, tuple[type, ...]] | None:
+    """The OpenAPI type and the accepted JSON types of an option whose default is
+    ``default``; ``None`` when any value goes (no default, or a string default)."""
+    for kind, name, accepted in OPTION_TYPES:
+        if type(default) is kind:
+            return name, accepted
+    return None
+
+
+def _check_option_types(exp: Experiment, registries: Any) -> None:
+    """In a JSON body an option's value must have its default's JSON type: the settings'
+    parsing of strings (``"3"`` for an int) is for environment variables (#18)."""
+    from rankly.engine.plugins import declared_options
+
+    for i, variant in enumerate(exp.variants):
+        for section, options in variant.overrides.options.items():
+            declared = declared_options(section, registries) or {}
+            for key, value in options.items():
+                typed = option_type(declared.get(key))
+                if typed is None:
+                    continue
+                name, accepted = typed
+                if isinstance(value, bool) is not (accepted == (bool,)) or not isinstance(
+                        value, accepted):
+                    raise RequestError("body", f"variants[{i}].options.{section}.{key}: "
+                                               f"must be a JSON {name}")
 
 
 async def stop_experiment(request: Request) -> Response:
@@ -148,8 +212,8 @@ async def refresh_srm(rt: Runtime) -> None:
 
 
 ROUTES = [
-    Route("/experiments/{key}", get_experiment, methods=["GET"]),
-    Route("/experiments/{key}", put_experiment, methods=["PUT"]),
+    Route("/experiments", list_experiments, methods=["GET"]),
+    Route("/experiments/{key}", experiment, methods=["GET", "PUT"]),
     Route("/experiments/{key}/stop", stop_experiment, methods=["POST"]),
     Route("/experiments/{key}/results", experiment_results, methods=["GET"]),
 ]

@@ -14,7 +14,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rankly.engine import metrics
 
-
 log = logging.getLogger("rankly")
 
 #: The status counted for a request whose client went away before it was answered (nginx's

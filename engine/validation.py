@@ -32,6 +32,7 @@ _INTEGER = re.compile(r"[0-9]{1,11}", re.ASCII)
 #: What an id may not contain: C0 and C1 control characters, DEL, and lone surrogates (only a
 #: JSON ``\ud800`` escape can carry one; percent-encoded ones are refused as invalid UTF-8).
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: :data:`_FORBIDDEN` as the OpenAPI ``pattern`` of every id (lone surrogates cannot be
 #: written in an ECMA-262 pattern without refusing every astral character: the schema's
 #: descriptions say it).
@@ -58,6 +59,38 @@ def check_id(value: Any, field: str, limits: Limits) -> str:
     """Return ``value`` as an id: a JSON string (numbers are refused, as the schema says) of
     1..``max_id_length`` characters (see :func:`check_text`)."""
     return check_text(value, field, limits.max_id_length)
+
+
+#: An event's ``context``: a flat object of at most this many keys, and string values of at
+#: most this many characters (a bound the OpenAPI schema can state, unlike a byte count).
+CONTEXT_MAX_KEYS = 16
+CONTEXT_MAX_TEXT = 256
+INT64_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what the event log's encoder (orjson) can write
+
+
+def check_context(value: Any, field: str = "context") -> dict[str, Any]:
+    """Return an event's ``context`` if it is a flat JSON object of at most
+    :data:`CONTEXT_MAX_KEYS` keys whose values are strings (at most :data:`CONTEXT_MAX_TEXT`
+    characters), numbers in :data:`INT64_RANGE` (what the log's encoder writes as integers)
+    or booleans; no lone surrogates."""
+    if not isinstance(value, dict):
+        raise RequestError(field, "must be an object")
+    if len(value) > CONTEXT_MAX_KEYS:
+        raise RequestError(field, f"must have at most {CONTEXT_MAX_KEYS} keys")
+    for key, v in value.items():
+        if _SURROGATE.search(key):
+            raise RequestError(field, "keys must not contain lone surrogates")
+        if isinstance(v, str):
+            if len(v) > CONTEXT_MAX_TEXT or _SURROGATE.search(v):
+                raise RequestError(field, f"{key!r}: must be at most {CONTEXT_MAX_TEXT} "
+                                          "characters without lone surrogates")
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            if not INT64_RANGE[0] <= v <= INT64_RANGE[1]:  # also NaN and inf
+                raise RequestError(field, f"{key!r}: numbers must be in "
+                                          f"{INT64_RANGE[0]}..{INT64_RANGE[1]}")
+        elif not isinstance(v, bool):
+            raise RequestError(field, f"{key!r}: must be a string, a number or a boolean")
+    return value
 
 
 def require_json(headers: Mapping[str, str]) -> None:

@@ -70,9 +70,13 @@ def test_admin_routes_accept_the_bearer_token_or_api_key(admin_client, headers):
 
 
 def test_admin_routes_are_off_when_no_token_is_configured(client):
-    r = _call(client, "put", "/experiments/e1", {"authorization": "Bearer anything"})
-    assert r.status_code == 403
-    assert client.get("/experiments/e1").status_code == 401
+    # one status and one message, with or without credentials (#18)
+    answers = [_call(client, "put", "/experiments/e1", {"authorization": "Bearer anything"}),
+               client.get("/experiments/e1"), client.get("/experiments"),
+               client.post("/experiments/e1/stop", headers={"x-api-key": "x"})]
+    assert {r.status_code for r in answers} == {403}
+    assert len({r.json()["error"]["message"] for r in answers}) == 1
+    assert "disabled" in answers[0].json()["error"]["message"]
 
 
 def test_auth_runs_before_the_body_or_key_is_looked_at(admin_client):
