@@ -130,3 +130,20 @@ def test_a_body_sent_slowly_but_within_the_timeout_is_answered(server):
     head, _, payload = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), reply[:300]
     assert len(json.loads(payload)["items"]) == 3
+
+
+def test_a_request_the_http_parser_refuses_gets_a_json_400(server):
+    url, port, _ = server
+    for head in ("GET /recommendations?user_id=" + "0" * 100_000 + " HTTP/1.1\nHost: x\n",
+                 "GET /health HTTP/1.1\nHost: x\nBad Header\n",
+                 "NOT-HTTP\n"):
+        s = raw(port, head)
+        try:
+            reply = read_all(s)
+        finally:
+            s.close()
+        head_bytes, _, body = reply.partition(b"\r\n\r\n")
+        assert head_bytes.startswith(b"HTTP/1.1 400 "), reply[:200]
+        assert b"content-type: application/json" in head_bytes.lower()
+        assert json.loads(body)["error"]["field"] == "request"
+    assert requests_by_status(url, "malformed").get("400", 0.0) >= 3
