@@ -17,12 +17,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.interactions import TrainingData
-from rankly.engine.model import Model
-from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
-from rankly.plugins.models.ease import anchored_reasons
-from rankly.plugins.models.itemknn import binary_matrix
+from rankly.engine.api import (
+    Candidates,
+    ComponentContext,
+    Model,
+    ModelPart,
+    Reason,
+    TrainingData,
+    UserFeatures,
+    anchored_reasons,
+    hookimpl,
+)
 
 NAME = "als"
 #: Only this many of the most recent history items are considered as a candidate's anchor.
@@ -112,7 +117,7 @@ class ALSTrainer:
         if backend == "auto":
             backend = "implicit" if _implicit_available() else "numpy"
         fit = fit_implicit if backend == "implicit" else fit_numpy
-        users, items = fit(binary_matrix(data), **p)
+        users, items = fit(data.binary_matrix(), **p)
         return ModelPart(name=NAME, params={**p, "backend": backend},
                          arrays={"user_factors": users, "item_factors": items})
 

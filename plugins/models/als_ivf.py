@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.model import Model
-from rankly.engine.types import Candidates, ModelPart, Reason, UserFeatures
+from rankly.engine.api import Candidates, Model, ModelPart, Reason, UserFeatures, hookimpl
 from rankly.plugins.models import als
 
 NAME = "als-ivf"

@@ -16,11 +16,16 @@ from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.interactions import TrainingData
-from rankly.engine.model import Model
-from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
-from rankly.plugins.models.itemknn import binary_matrix
+from rankly.engine.api import (
+    Candidates,
+    ComponentContext,
+    Model,
+    ModelPart,
+    TrainingData,
+    UserFeatures,
+    anchored_reasons,
+    hookimpl,
+)
 
 NAME = "ease"
 MAX_ITEMS = 25_000
@@ -81,7 +86,7 @@ def decayed_matrix(data: TrainingData, half_life_days: float) -> tuple[sp.csr_ma
     1) scales lambda alike, so the regularization keeps its strength relative to the data.
     """
     if half_life_days <= 0 or data.timestamps.size == 0:
-        return binary_matrix(data), 1.0
+        return data.binary_matrix(), 1.0
     age = (float(data.timestamps.max()) - data.timestamps.astype(np.float64)) / 86400.0
     w = np.exp2(-age / half_life_days).astype(np.float32)
     m = sp.csr_matrix((w, (data.user_idx, data.item_idx)), shape=data.matrix.shape,
@@ -104,7 +109,7 @@ class EaseTrainer:
         min_count = int(options.get("min_count", 1))
         limit = int(options.get("max_items", MAX_ITEMS))
         age_half_life = float(options.get("age_half_life_days", 0.0))
-        x = binary_matrix(data)
+        x = data.binary_matrix()
         active = active_items(x, min_count, x.shape[1])
         if active.size > limit:
             raise ValueError(
@@ -197,27 +202,6 @@ class EaseScorer:
         s[self.items] = block.sum(axis=0)
         idx, _ = _fast.topk(s, n, exclude=user.seen)
         return Candidates(idx, *anchored_reasons(h, block, self.pos[idx]))
-
-
-def anchored_reasons(history: np.ndarray, contrib_rows: np.ndarray, cols: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (reasons, anchors) for candidates from per-history-item contributions.
-
-    ``contrib_rows`` is [H, M] (row h: history item ``history[h]``); ``cols`` picks each
-    candidate's column (negative: no column, so no anchor). Reason BECAUSE_YOU_LIKED with the
-    history item of the largest positive contribution, else FOR_YOU with anchor -1.
-    """
-    n = cols.size
-    reasons = np.full(n, int(Reason.FOR_YOU), dtype=np.int8)
-    anchors = np.full(n, -1, dtype=np.int64)
-    ok = np.flatnonzero(cols >= 0)
-    if ok.size and history.size:
-        c = contrib_rows[:, cols[ok]]
-        best = np.argmax(c, axis=0)
-        positive = c[best, np.arange(ok.size)] > 0
-        reasons[ok[positive]] = int(Reason.BECAUSE_YOU_LIKED)
-        anchors[ok[positive]] = history[best[positive]]
-    return reasons, anchors
 
 
 def _factory(ctx: ComponentContext) -> EaseScorer | None:

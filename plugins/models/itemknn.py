@@ -15,21 +15,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.interactions import TrainingData
-from rankly.engine.model import Model
-from rankly.engine.types import Candidates, ComponentContext, ModelPart, Reason, UserFeatures
+from rankly.engine.api import (
+    Candidates,
+    ComponentContext,
+    Model,
+    ModelPart,
+    Reason,
+    TrainingData,
+    UserFeatures,
+    hookimpl,
+)
 
 NAME = "itemknn"
 #: Only the most recent items of a long history vote, keeping a request O(MAX_HISTORY * M).
 MAX_HISTORY = 200
-
-
-def binary_matrix(data: TrainingData) -> sp.csr_matrix:
-    """Return the users x items matrix with every interacted pair set to 1 (float32 CSR)."""
-    m = data.matrix.tocsr(copy=True)
-    m.data = np.ones_like(m.data, dtype=np.float32)
-    return m
 
 
 def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> sp.csr_matrix:
@@ -70,7 +69,7 @@ class ItemKNNTrainer:
         m = int(options.get("neighbours", 100))
         shrink = float(options.get("shrink", 10.0))
         alpha = float(options.get("alpha", 0.5))
-        s = neighbours(binary_matrix(data), m, shrink, alpha)
+        s = neighbours(data.binary_matrix(), m, shrink, alpha)
         return ModelPart(
             name=NAME,
             params={"neighbours": m, "shrink": shrink, "alpha": alpha},

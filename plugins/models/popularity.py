@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.interactions import TrainingData
-from rankly.engine.types import (
+from rankly.engine.api import (
     Candidates,
     ComponentContext,
     ModelPart,
     Reason,
+    TrainingData,
     UserFeatures,
+    hookimpl,
 )
 
 NAME = "pop"

@@ -32,12 +32,19 @@ from scipy.special import ndtri
 from threadpoolctl import threadpool_limits
 
 from rankly import _fast
-from rankly.engine import hookimpl
-from rankly.engine.interactions import TrainingData
-from rankly.engine.model import Model, UserTable
-from rankly.engine.types import Candidates, ComponentContext, ModelPart, UserFeatures
-from rankly.plugins.models import ease, itemknn
-from rankly.plugins.models.ease import EaseScorer, anchored_reasons
+from rankly.engine.api import (
+    Candidates,
+    ComponentContext,
+    Model,
+    ModelPart,
+    TrainingData,
+    UserFeatures,
+    UserTable,
+    anchored_reasons,
+    hookimpl,
+)
+from rankly.plugins.models import ease
+from rankly.plugins.models.ease import EaseScorer
 from rankly.plugins.models.popularity import decayed_popularity
 
 NAME = "blend"
@@ -141,7 +148,8 @@ class SequenceBase:
         # NOTE: the CSR rows gathered by hand: scipy's row indexing builds a new matrix, a
         # cost the request path does not need for a handful of rows
         starts, ends = self.indptr[h], self.indptr[h + 1]
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())])
+        take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist(),
+                                                                 strict=True)])
         w = np.repeat(_SEQ_WEIGHTS[:h.size], ends - starts)
         return np.bincount(self.indices[take], weights=self.data[take] * w,
                            minlength=self.n_items).astype(np.float32)
@@ -598,8 +606,9 @@ class BlendTrainer:
     ``alpha`` (0.25),
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (:data:`MAX_LOSS`), ``degenerate_margin`` (0.10), ``max_validation_items``
-    (3000: EASE during validation keeps the most popular items), ``max_ease_items`` (6000: the served EASE
-    keeps the items with the fewest users out until at most this many are left), the grids
+    (3000: EASE during validation keeps the most popular items), ``max_ease_items`` (6000:
+    the served EASE keeps the items with the fewest users out until at most this many are
+    left), the grids
     (``mixes``, ``history_half_lives``, ``seq_weights``, ``pop_weights``, ``pop_half_lives``,
     ``pop_gates``, ``lambda_scales``, ``age_half_lives``), ``criterion`` ("noninferior" or
     "minimax", :class:`Search`) and ``blas_threads`` (1).
@@ -890,7 +899,7 @@ class BlendTrainer:
     @staticmethod
     def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int,
                    age_half_life_days: float = 0.0) -> EaseScorer:
-        x = itemknn.binary_matrix(train)
+        x = train.binary_matrix()
         items = ease.active_items(x, 1, max_items)
         xd, factor = ease.decayed_matrix(train, age_half_life_days)
         xa = xd[:, items]
@@ -908,7 +917,7 @@ class BlendTrainer:
         Returns (lambda, dropout, NDCG of every pair tried, the chosen model and its plain
         scores for ``hold``, for reuse).
         """
-        x = itemknn.binary_matrix(hold.train)
+        x = hold.train.binary_matrix()
         items = ease.active_items(x, 1, max_items)
         xa = x[:, items]
         gram = (xa.T @ xa).toarray()

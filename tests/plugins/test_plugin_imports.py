@@ -21,11 +21,7 @@ ENGINE_NAMES = frozenset(api.__all__)
 # test fails as soon as one of them is clean, so the list can only shrink.
 KNOWN_EXCEPTIONS = frozenset({
     "scorers/blend.py",
-    "models/als.py",
     "models/als_ivf.py",
-    "models/ease.py",
-    "models/itemknn.py",
-    "models/popularity.py",
 })
 
 
