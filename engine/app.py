@@ -107,7 +107,7 @@ async def record_exposure(rt: Runtime, assignment: Any, user_id: str,
     """Count the exposure once per (user, experiment, phase); a store outage loses it, only."""
     try:
         if await rt.tracker.expose(assignment, user_id):
-            metrics.EXPOSURES.labels(plan.variant).inc()
+            metrics.EXPOSURES.labels(plan.experiment, plan.variant).inc()
     except StoreUnavailable:
         log.warning("experiment exposure not recorded: store unavailable")
 
@@ -144,6 +144,8 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
             left = deadline - asyncio.get_running_loop().time()
             await asyncio.wait({task}, timeout=max(0.0, left))
         record_pipeline_outcome(rt, body)
+        if body["items"]:
+            metrics.SLATES_SERVED.inc()
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
         return body
     except Exception:
@@ -285,7 +287,8 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         # now, off the event loop, before an experiment result or a bandit epoch needs it
         threading.Thread(target=_preload_statistics, name="rankly-preload", daemon=True).start()
         try:
-            yield {"runtime": rt}
+            async with dashboard.sampling(rt):
+                yield {"runtime": rt}
         finally:
             gc.unfreeze()  # collectable again once this app is gone (tests start many)
             await events.stop()

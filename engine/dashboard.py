@@ -1,14 +1,18 @@
 """The live dashboard: GET /dashboard (an HTML page of charts) and the JSON it polls.
 
 The page draws with uPlot (MIT, vendored in ``engine/static``; nothing is fetched from a CDN).
-``/dashboard/data`` reads the same registry as ``/metrics`` (every worker's values in
-multiprocess mode), keeps a short history of samples in the answering process, and computes
-rates, latency percentiles and hit rates from the differences between samples, server-side.
+Each worker samples the same registry as ``/metrics`` (every worker's values in multiprocess
+mode) every :data:`SAMPLE_SECONDS` in a background task, whether or not anyone watches, into
+a bounded ring buffer; ``/dashboard/data`` computes rates, latency percentiles and hit rates
+from the differences between samples, server-side.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
 from collections import deque
@@ -26,7 +30,10 @@ from rankly.engine import metrics, quality
 RATE_WINDOW_SECONDS = 30.0
 #: Samples closer together than this are not stored (polls from several open pages).
 MIN_SAMPLE_GAP_SECONDS = 1.0
-HISTORY_SAMPLES = 600  # at a 2 s poll, 20 minutes
+SAMPLE_SECONDS = 2.0  # the background sampler's period
+HISTORY_SAMPLES = 600  # at one sample per 2 s, 20 minutes
+#: The key of the recommendations' own CTR and conversion (with or without an experiment).
+ALL_RECOMMENDATIONS = "all recommendations"
 Z_95 = 1.959963984540054
 ASSETS = {
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
@@ -40,6 +47,7 @@ ASSETS = {
 EXTRAS_KEY = "dashboard"
 _ROUTE = "/recommendations"  # end-to-end latency is shown for the main route
 _OWN_ROUTES = ("/metrics", "/dashboard")
+log = logging.getLogger("rankly.dashboard")
 
 
 @dataclass
@@ -51,6 +59,8 @@ class Sample:
     latency: dict[str, dict[float, float]] = field(default_factory=dict)  # stage -> le -> count
     cache: dict[str, dict[str, float]] = field(default_factory=dict)  # tier -> result -> count
     fallbacks: float = 0.0
+    # "experiment/variant" -> count, and ALL_RECOMMENDATIONS -> served answers and answers
+    # with a click / purchase carrying their request_id
     exposures: dict[str, float] = field(default_factory=dict)
     clicks: dict[str, float] = field(default_factory=dict)
     conversions: dict[str, float] = field(default_factory=dict)
@@ -76,11 +86,16 @@ def read_sample(t: float) -> Sample:
             elif name == "rankly_fallbacks_total":
                 s.fallbacks += value
             elif name == "rankly_exposures_total":
-                _bump(s.exposures, labels["variant"], value)
+                _bump(s.exposures, _arm(labels), value)
             elif name == "rankly_clicks_total":
-                _bump(s.clicks, labels["variant"], value)
+                _bump(s.clicks, _arm(labels), value)
             elif name == "rankly_conversions_total":
-                _bump(s.conversions, labels["variant"], value)
+                _bump(s.conversions, _arm(labels), value)
+            elif name == "rankly_recommendation_slates_total":
+                _bump(s.exposures, ALL_RECOMMENDATIONS, value)
+            elif name == "rankly_recommendation_slates_with_outcome_total":
+                _bump(s.clicks if labels["type"] == "click" else s.conversions,
+                      ALL_RECOMMENDATIONS, value)
             elif name.startswith("rankly_quality_"):
                 quality_values.setdefault(name, []).append(value)
     for name, values in quality_values.items():
@@ -89,6 +104,11 @@ def read_sample(t: float) -> Sample:
         key = name.removeprefix("rankly_quality_")
         s.quality[key] = max(values) if "coverage" in name else sum(values) / len(values)
     return s
+
+
+def _arm(labels: dict[str, str]) -> str:
+    """An experiment's variant as one series name, ``experiment/variant``."""
+    return f"{labels['experiment']}/{labels['variant']}"
 
 
 def _bump(d: dict, key: Any, value: float) -> None:
@@ -188,14 +208,16 @@ class History:
         return out
 
 
-def _series(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """Turn points into column arrays (``None`` where a series has no value yet)."""
+def _series(points: list[dict[str, Any]], live: set[str] | None = None) -> dict[str, Any]:
+    """Turn points into column arrays (``None`` where a series has no value yet); CTR and
+    conversion only for the arms whose experiment is in ``live`` (and all recommendations)."""
     def col(get) -> list:
         return [_finite(get(p)) for p in points]
 
     stages = sorted({s for p in points for s in p["latency"]})
     tiers = sorted({t for p in points for t in p["cache_hit_rate"]})
-    variants = sorted({v for p in points for v in p["ctr"]})
+    variants = sorted({v for p in points for v in p["ctr"]
+                       if live is None or _is_live(v, live)})
     quality_keys = sorted({k for p in points for k in p["quality"]})
     return {
         "t": [p["t"] for p in points],
@@ -209,6 +231,10 @@ def _series(points: list[dict[str, Any]]) -> dict[str, Any]:
         "conversion": {v: _interval(points, "conversion", v) for v in variants},
         "quality": {k: col(lambda p, k=k: p["quality"].get(k)) for k in quality_keys},
     }
+
+
+def _is_live(arm: str, live: set[str]) -> bool:
+    return arm == ALL_RECOMMENDATIONS or arm.partition("/")[0] in live
 
 
 def _interval(points: list[dict[str, Any]], key: str, variant: str) -> dict[str, list]:
@@ -226,26 +252,60 @@ def data(request: Request) -> Response:
     error and fallback rates as shares of requests, CTR as (rate, low, high))."""
     rt = request.state.runtime
     win = quality.refresh(rt)
-    history: History = rt.extras.setdefault(EXTRAS_KEY, History())
-    history.add(read_sample(time.time()))
+    history = history_of(rt)
+    history.add(read_sample(time.time()))  # the latest values, next to the sampler's
     points = history.points()
     latest = history.samples[-1]
+    # NOTE: a stopped experiment's arms leave the live charts (their results stay at
+    # /experiments/{key}/results): one exposure at 100% CTR stretched the axis (#18)
+    live = {e.key for e in rt.experiments.running}
     body = {
         "now": latest.t,
         "model_version": rt.model.version,
         "window_seconds": win.window_seconds,
         "rate_window_seconds": RATE_WINDOW_SECONDS,
-        "series": _series(points),
+        "sample_seconds": SAMPLE_SECONDS,
+        "series": _series(points, live),
         "quality_buckets": win.history(),
         "variants": [
             {"variant": v, "exposures": n, "clicks": latest.clicks.get(v, 0.0),
              "conversions": latest.conversions.get(v, 0.0)}
-            for v, n in sorted(latest.exposures.items())
+            for v, n in sorted(latest.exposures.items()) if _is_live(v, live)
         ],
     }
     payload = json.dumps(body, allow_nan=False, separators=(",", ":"))
     return Response(payload, media_type="application/json",
                     headers={"cache-control": "no-store"})
+
+
+def history_of(rt: Any) -> History:
+    """The worker's dashboard history (made on first use)."""
+    return rt.extras.setdefault(EXTRAS_KEY, History())
+
+
+async def _sample_forever(rt: Any, every_s: float) -> None:
+    history = history_of(rt)
+    while True:
+        try:
+            quality.refresh(rt)  # old buckets expire even when traffic stops
+            history.add(read_sample(time.time()))
+        except Exception:  # a bad sample must not end the sampling
+            log.warning("dashboard sample failed", exc_info=True)
+        await asyncio.sleep(every_s)
+
+
+@contextlib.asynccontextmanager
+async def sampling(rt: Any, every_s: float = SAMPLE_SECONDS) -> Any:
+    """Sample the dashboard history every ``every_s`` seconds while the context is open
+    (the app's lifespan), whether or not anyone polls /dashboard/data."""
+    task = asyncio.get_running_loop().create_task(_sample_forever(rt, every_s),
+                                                  name="dashboard-sampler")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def page(request: Request) -> Response:

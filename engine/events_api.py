@@ -108,6 +108,28 @@ class ImpressionBuffer:
         return len(self._slates)
 
 
+class SlateOutcomes:
+    """Counts served answers that got a click (or purchase) carrying their request_id, once
+    per answer and type: ``rankly_recommendation_slates_with_outcome_total``, over
+    ``rankly_recommendation_slates_total``, is the recommendations' CTR (or conversion rate)
+    with or without an experiment. The (request_id, type) pairs already counted are kept for
+    the last ``max_entries`` outcomes (per worker)."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def record(self, request_id: str, outcome: str) -> bool:
+        key = (request_id, outcome)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        metrics.child(metrics.SLATES_WITH_OUTCOME, outcome).inc()
+        return True
+
+
 class EventsService:
     """What the event routes use: the durable log, the projections and the impression buffer.
 
@@ -141,6 +163,7 @@ class EventsService:
                               if not getattr(cache, "checks_start_times", False)]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+        self.slate_outcomes = SlateOutcomes()
 
     async def start(self) -> None:
         await self.log.open()
@@ -182,6 +205,8 @@ class EventsService:
             for e in result.new:
                 if e.type in OUTCOME_OF_EVENT:
                     await self.record_outcome(e)
+                    if e.request_id:
+                        self.slate_outcomes.record(e.request_id, OUTCOME_OF_EVENT[e.type])
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
@@ -202,8 +227,8 @@ class EventsService:
         except StoreUnavailable:
             log.warning("experiment outcome not counted: store unavailable")
             return
-        for _experiment, variant in counted:
-            counter.labels(variant).inc()
+        for experiment, variant in counted:
+            counter.labels(experiment, variant).inc()
 
     async def invalidate(self, users: set[str], tiers: list | None = None) -> None:
         """Invalidate the cached recommendations of ``users`` in every tier (or ``tiers``);

@@ -73,13 +73,27 @@ EVENT_REQUESTS_SHED = Counter(
     "(inflight, rate: before the body was read; over_budget: after parsing the batch)",
     ["reason"],
 )
+# NOTE: by experiment and variant: two experiments' "control" arms are different arms (#18)
 EXPOSURES = Counter(
-    "rankly_exposures_total", "Recommendation slates shown to users, by variant", ["variant"]
+    "rankly_exposures_total", "Users exposed to an experiment's variant (once per phase)",
+    ["experiment", "variant"],
 )
-CLICKS = Counter("rankly_clicks_total", "Clicks on recommended items, by variant", ["variant"])
+CLICKS = Counter("rankly_clicks_total", "Clicks of users exposed to an experiment's variant",
+                 ["experiment", "variant"])
 CONVERSIONS = Counter(
-    "rankly_conversions_total", "Conversions (purchases) after a recommendation, by variant",
-    ["variant"],
+    "rankly_conversions_total", "Conversions (purchases) of users exposed to an experiment's "
+    "variant", ["experiment", "variant"],
+)
+# Recommendation CTR and conversion without any experiment: answers served, and answers that
+# got a click or purchase carrying their request_id (each answer counted once per type).
+SLATES_SERVED = Counter(
+    "rankly_recommendation_slates_total",
+    "GET/POST /recommendations answers served with at least one item",
+)
+SLATES_WITH_OUTCOME = Counter(
+    "rankly_recommendation_slates_with_outcome_total",
+    "Served answers that got at least one click (type=click) or purchase (type=conversion) "
+    "carrying their request_id", ["type"],
 )
 SRM_P_VALUE = Gauge(
     "rankly_experiment_srm_p_value",

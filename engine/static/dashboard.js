@@ -48,9 +48,12 @@
     state.renders += 1;
   }
 
+  // One line and a shaded 95% band per series: "all recommendations" first, then each running
+  // experiment's arms as "experiment/variant" (the server leaves stopped experiments out).
   function intervalLines(byVariant) {
     const lines = [], bands = [];
-    Object.keys(byVariant).forEach((v, i) => {
+    const keys = Object.keys(byVariant).sort((a, b) => (b === "all recommendations") - (a === "all recommendations") || a.localeCompare(b));
+    keys.forEach((v, i) => {
       const c = COLORS[i % COLORS.length], s = byVariant[v];
       const base = lines.length + 1;
       lines.push({ label: v, values: s.rate, color: c });
@@ -112,7 +115,7 @@
       const iv = intervalLines(s[kind]);
       draw(kind, el("chart-" + kind), t, iv.lines, {
         bands: iv.bands, fmt: pct, axis: v => (v * 100).toFixed(1) + "%",
-        empty: "no exposures recorded yet (POST feedback events)",
+        empty: "no recommendations served yet",
       });
     }
     latency(t, s.latency);

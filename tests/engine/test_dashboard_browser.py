@@ -116,7 +116,8 @@ def drive_traffic(url: str, rounds: int) -> None:
                 for kind, every in (("click", 3), ("purchase", 7)):
                     if zlib.crc32(f"{user}:{kind}".encode()) % every == 0:
                         c.post("/events", json={"event_id": f"{user}-{kind}-{i}",
-                                                "user_id": user, "item_id": item, "type": kind})
+                                                "user_id": user, "item_id": item, "type": kind,
+                                                "request_id": r.json()["request_id"]})
             c.get(f"/items/{i % 40 + 1}/similar", params={"n": 5})
 
 
@@ -148,7 +149,18 @@ def test_dashboard_renders_live_charts_without_errors(server, browser):
     assert last["model_version"] == browser.find_element("id", "model-version").text
     assert max(v for v in last["series"]["quality"]["catalog_coverage"] if v is not None) > 0
     assert any(v is not None for v in last["series"]["latency"]["request"]["p95"])
-    assert set(last["series"]["ctr"]) == {"control", "popular-first"}  # per-variant CIs
+    # one CI per running experiment's arm, and the recommendations' own without experiment
+    arms = {"home-ranker/control", "home-ranker/popular-first", "all recommendations"}
+    assert set(last["series"]["ctr"]) == arms
+    for kind in ("ctr", "conversion"):
+        for arm in arms:  # every series has data, not only a name
+            assert any(v is not None for v in last["series"][kind][arm]["rate"]), (kind, arm)
+        legend = browser.execute_script(
+            f"return Array.from(document.querySelectorAll('#chart-{kind} .u-legend .u-label'))"
+            ".map(e => e.textContent)")
+        assert arms <= set(legend), (kind, legend)
+    assert any(v is not None and v > 0 for v in last["series"]["ctr"]["all recommendations"]
+               ["rate"])  # clicks carrying the served request_id
     # canvases really have pixels drawn (not just created)
     inked = browser.execute_script("""
         const c = document.querySelector('#chart-traffic canvas');
@@ -161,3 +173,16 @@ def test_dashboard_renders_live_charts_without_errors(server, browser):
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == [], severe
     assert browser.execute_script("return window.rankly.errors") == 0
+
+
+def test_docs_page_lists_every_operation_from_the_schema(server, browser):
+    browser.get(server + "/docs")
+    wait_for(browser, "return window.rankly_docs && window.rankly_docs.operations > 0")
+    spec = httpx.get(server + "/openapi.json").json()
+    operations = sum(len(item) for item in spec["paths"].values())
+    assert browser.execute_script("return window.rankly_docs.operations") == operations
+    assert browser.execute_script("return window.rankly_docs.error") is None
+    text = browser.find_element("id", "api").text
+    assert "/recommendations" in text and "user_id" in text and "415" in text
+    browser.save_screenshot(str(artifacts_dir() / "docs.png"))
+    assert browser.execute_script("return window.__errors") == []

@@ -1,0 +1,88 @@
+"""Dashboard and metrics that tell the truth (#18): arms labelled by experiment and variant,
+stopped experiments off the live charts, a history the server samples itself, and the CTR of
+recommendations without any experiment."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from rankly.engine import dashboard
+from rankly.engine.app import create_app
+
+from .conftest import make_settings
+from .test_multiworker_metrics import sample
+
+TOKEN = "dashboard-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def api(artifacts):
+    with TestClient(create_app(make_settings(artifacts, admin_token=TOKEN))) as c:
+        yield c
+
+
+def two_arms(**extra):
+    return {"status": "running", "variants": [{"name": "control"},
+                                              {"name": "pop", "scorers": ["popular"]}], **extra}
+
+
+def test_two_experiments_control_arms_are_separate_series(api):
+    assert api.put("/experiments/half", json=two_arms(coverage=0.5),
+                   headers=ADMIN).status_code == 201
+    assert api.put("/experiments/rest", json=two_arms(), headers=ADMIN).status_code == 201
+    for user in range(1, 80):
+        assert api.get("/recommendations", params={"user_id": str(user)}).status_code == 200
+    text = api.get("/metrics").text
+    for exp in ("half", "rest"):
+        found = sample(text, "rankly_exposures_total", experiment=exp, variant="control")
+        assert found and found[0][1] > 0, exp
+    series = api.get("/dashboard/data").json()["series"]["ctr"]
+    assert {"half/control", "half/pop", "rest/control", "rest/pop",
+            "all recommendations"} <= set(series)
+
+
+def test_a_stopped_experiment_leaves_the_live_charts_but_keeps_its_results(api):
+    api.put("/experiments/short", json=two_arms(), headers=ADMIN)
+    for user in range(1, 20):
+        api.get("/recommendations", params={"user_id": str(user)})
+    data = api.get("/dashboard/data").json()
+    assert {"short/control", "short/pop"} <= set(data["series"]["ctr"])
+    assert api.post("/experiments/short/stop", headers=ADMIN).status_code == 200
+    data = api.get("/dashboard/data").json()
+    assert not any(k.startswith("short/") for k in data["series"]["ctr"])
+    assert not any(v["variant"].startswith("short/") for v in data["variants"])
+    assert "all recommendations" in data["series"]["ctr"]
+    assert api.get("/experiments/short/results", headers=ADMIN).status_code == 200
+
+
+def test_the_server_samples_its_history_without_anyone_polling(api):
+    history = dashboard.history_of(api.app_state["runtime"])
+    for user in range(1, 10):
+        api.get("/recommendations", params={"user_id": str(user)})
+    deadline = time.monotonic() + 3 * dashboard.SAMPLE_SECONDS + 10
+    while len(history.samples) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(history.samples) >= 3  # no GET /dashboard/data was made
+    assert history.samples[-1].requests  # the samples carry the requests made
+    assert history.samples.maxlen == dashboard.HISTORY_SAMPLES  # a bounded ring buffer
+
+
+def test_recommendation_ctr_counts_each_clicked_answer_once(api):
+    served = api.get("/recommendations", params={"user_id": "3", "n": 4}).json()
+    before = sample(api.get("/metrics").text, "rankly_recommendation_slates_with_outcome_total",
+                    type="click")
+    before = before[0][1] if before else 0.0
+    for i, item in enumerate(served["items"][:3]):  # three clicks on one answer
+        r = api.post("/events", json={"event_id": f"c{i}", "user_id": "3", "type": "click",
+                                      "item_id": item["item_id"],
+                                      "request_id": served["request_id"]})
+        assert r.status_code == 202
+    api.post("/events", json={"event_id": "no-rid", "user_id": "3", "type": "click",
+                              "item_id": served["items"][0]["item_id"]})  # not attributed
+    after = sample(api.get("/metrics").text, "rankly_recommendation_slates_with_outcome_total",
+                   type="click")
+    assert after[0][1] == before + 1
