@@ -232,22 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="generate a synthetic shop, train, serve on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1)")
     p.add_argument("--artifacts", "--dir", dest="artifacts", default=None, metavar="DIR",
                    help="where the trained models are kept and reused from (default: "
                         "$XDG_CACHE_HOME/rankly/demo, else ~/.cache/rankly/demo)")
     p.add_argument("--retrain", action="store_true",
                    help="train again even when current trained models are there")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7,
+                   help="seed of the synthetic shop (default 7)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="serve trained artifacts over HTTP")
-    p.add_argument("--artifacts")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="trained model directory (from rankly train), or RANKLY_ARTIFACTS")
     p.add_argument("--config", help="TOML settings file")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help="address to serve on (default 127.0.0.1, or RANKLY_HOST)")
+    p.add_argument("--port", type=int, help="port (default 8000, or RANKLY_PORT)")
     p.add_argument("--workers", type=int,
                    help="worker processes (default: one per core with a Redis store, 1 with "
                         "the embedded store)")
@@ -273,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", metavar="TRAINERS",
                    help="comma-separated trainers to fit besides pop, itemknn and ease, for "
                         "a component that needs their part (e.g. als)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_plugins)
 
     from rankly.engine import datasets, evaluation, events_cli, publish, training
@@ -306,13 +309,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here
+        return code
     except ConfigError as exc:
         print(f"rankly: configuration error: {exc}", file=sys.stderr)
         return 2
     except PluginError as exc:
         print(f"rankly: plugin error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``rankly plugins --json | head -1``): stop quietly,
+    as other Unix tools do, with 128 + SIGPIPE and no traceback.
+
+    Standard output is pointed at /dev/null so that the interpreter's own flush at exit
+    does not raise again (the Python docs' recipe for SIGPIPE).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

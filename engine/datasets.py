@@ -578,7 +578,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``rankly datasets download NAME [--dir DIR]`` / ``rankly datasets inspect``."""
     sub = parser.add_subparsers(dest="datasets_command", required=True)
     dl = sub.add_parser("download", help="download and verify a public dataset")
-    dl.add_argument("name", choices=sorted(DOWNLOADS))
+    dl.add_argument("name", choices=sorted(DOWNLOADS), help="the dataset to download")
     dl.add_argument("--dir", default="data", help="target directory (default: ./data)")
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     ins = sub.add_parser("inspect", help="load a file and print the load report")

@@ -36,9 +36,12 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
         help="one per arm, control first; NAME:EXPOSURES:CONVERSIONS[:CLICKS]",
     )
     p.add_argument("--weights", type=_floats, help="configured shares, e.g. 50,50 (default equal)")
-    p.add_argument("--metric", choices=("conversion", "ctr"), default="conversion")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--correction", choices=("holm", "bh"), default="holm")
+    p.add_argument("--metric", choices=("conversion", "ctr"), default="conversion",
+                   help="primary metric (default conversion)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--correction", choices=("holm", "bh"), default="holm",
+                   help="multiple-comparison correction: Holm or Benjamini-Hochberg "
+                        "(default holm)")
     p.add_argument("--mde", type=float, help="planned minimum detectable effect")
     p.add_argument("--absolute", action="store_true", help="--mde is absolute, not relative")
     p.add_argument("--json", action="store_true", help="print the full JSON document")
@@ -48,12 +51,12 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.05")
     p.add_argument("--mde", type=float, required=True, help="effect to detect")
     p.add_argument("--relative", action="store_true", help="--mde is relative to the baseline")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--power", type=float, default=0.8)
-    p.add_argument("--arms", type=int, default=2)
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--power", type=float, default=0.8, help="statistical power (default 0.8)")
+    p.add_argument("--arms", type=int, default=2, help="variants, control included (default 2)")
     p.add_argument("--daily-traffic", type=float, help="users entering the experiment per day")
     p.add_argument("--unpooled", action="store_true", help="unpooled variance under H0")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
     p = sub.add_parser("assign", help="print the variant a user gets (debugging)")
@@ -62,9 +65,10 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", type=_floats, help="variant weights (default 50,50)")
     p.add_argument("--variants", help="comma-separated names (default control,treatment...)")
     p.add_argument("--seed", help="hash seed (default: the key)")
-    p.add_argument("--phase", type=int, default=0)
-    p.add_argument("--coverage", type=float, default=1.0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--phase", type=int, default=0, help="experiment phase (default 0)")
+    p.add_argument("--coverage", type=float, default=1.0,
+                   help="share of users in the experiment (default 1.0)")
+    p.add_argument("--json", action="store_true", help="print the assignment as JSON")
     p.set_defaults(func=run)
     return parser
 
