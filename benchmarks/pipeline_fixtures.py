@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rankly.engine.config import Settings, load_settings
+from rankly.engine.config import PipelineSettings, Settings, load_settings
 from rankly.engine.model import Catalog, Model, UserTable, fingerprint, load_model, save_model
 from rankly.engine.runtime import Runtime, build_runtime
 from rankly.engine.types import ModelPart
@@ -32,7 +32,13 @@ SCORER_PLANS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "itemknn": (("itemknn", "popular"), ("itemknn", "popular")),
     "ease": (("ease", "popular"), ("ease", "popular")),
     "als": (("als", "popular"), ("als", "popular")),
-    "blend": (("ease", "itemknn", "als", "popular"), ("blend", "ease", "als", "popular")),
+    # the served default (engine/config.py PipelineSettings): the blend scores the catalog
+    # in one fused step
+    "default": (PipelineSettings().candidates, PipelineSettings().scorers),
+    # the same components through the general chain (the blend is not the first generator,
+    # so the pipeline generates, merges, filters and scores): what the fused path replaces
+    "default-chain": (tuple(reversed(PipelineSettings().candidates)),
+                      PipelineSettings().scorers),
 }
 SYNTH_ITEMS = 1_000_000
 SYNTH_USERS = 20_000
@@ -40,8 +46,9 @@ SYNTH_DIM = 64
 
 
 def ml100k_artifacts(root: Path = BENCH_DIR) -> Path:
-    """Train the default models on MovieLens 100K (synthetic stand-in if absent), once."""
-    out = root / ("ml100k" if ML100K.exists() else "ml100k-synthetic")
+    """Train the default models and ALS on MovieLens 100K (synthetic stand-in if absent),
+    once."""
+    out = root / ("ml100k-v2" if ML100K.exists() else "ml100k-synthetic-v2")
     if (out / "manifest.json").exists():
         return out
     from rankly.engine import datasets
@@ -55,7 +62,8 @@ def ml100k_artifacts(root: Path = BENCH_DIR) -> Path:
     else:  # same shape as ML-100K: 943 users, 1682 items, ~100 events per user
         interactions, items = synthesize(n_users=943, n_items=1682, mean_events=106, seed=1)
     data = build_training_data(interactions, items)
-    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}), progress=sys.stderr)
+    parts = train(data, (*DEFAULT_TRAINERS, "als"), load_settings(environ={}),
+                  progress=sys.stderr)
     save_model(out, data.catalog, data.users, parts,
                data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights),
                info={"source": str(ML100K) if ML100K.exists() else "synthetic ml-100k size"})

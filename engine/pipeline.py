@@ -12,8 +12,8 @@ import hashlib
 import logging
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from rankly.engine.runtime import Components, Runtime
 from rankly.engine.store import EMPTY_USER, OnlineUser, StoreUnavailable
 from rankly.engine.types import (
     Candidates,
+    CatalogScorer,
     Ranking,
     Reason,
     RecommendationRequest,
