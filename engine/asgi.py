@@ -1,10 +1,14 @@
 """ASGI entry point for uvicorn workers (settings from the environment, read once), and the
-uvicorn protocol classes that answer an unparseable request with rankly's JSON error."""
+uvicorn protocol classes that answer an unparseable request with rankly's JSON error and
+bound the time a request's head may take."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+from typing import Any
 
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -16,6 +20,8 @@ from rankly.engine.config import load_settings
 
 #: The route label of requests the HTTP parser refused before any route could see them.
 MALFORMED_ROUTE = "malformed"
+#: The route label of connections closed because a request's head did not arrive in time.
+INCOMPLETE_ROUTE = "incomplete"
 
 
 def create_app_from_env() -> Starlette:
@@ -30,22 +36,80 @@ def _malformed(msg: str) -> bytes:
     return json.dumps({"error": {"field": "request", "message": msg}}).encode()
 
 
-class JSONHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; a request httptools cannot parse gets the JSON error.
+@functools.cache
+def head_timeout_s() -> float | None:
+    """``deadlines.body_read_ms`` of this worker's settings, in seconds (None: no timeout)."""
+    ms = load_settings().deadlines.body_read_ms
+    return ms / 1000.0 if ms > 0 else None
 
-    NOTE: uvicorn answers those itself with text/plain, before the app exists for the
-    request (#18). Only the answer's body and type change here; what is refused, and that
-    the connection is closed after it, stay uvicorn's.
+
+def _response(status: bytes, body: bytes, default_headers: Any) -> bytes:
+    return b"".join([
+        b"HTTP/1.1 " + status + b"\r\n",
+        *(name + b": " + value + b"\r\n" for name, value in default_headers),
+        b"content-type: application/json\r\n",
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+        b"connection: close\r\n\r\n", body])
+
+
+class JSONHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol; a request httptools cannot parse gets the JSON error,
+    and a request head (request line and headers) that is not complete within
+    ``deadlines.body_read_ms`` of the connection or of its first byte gets a JSON 408 and
+    the connection is closed.
+
+    NOTE: uvicorn answers unparseable requests itself with text/plain, before the app exists
+    for the request, and has no timeout for a request's head: a client that sends a header
+    byte every few seconds held its connection for ever (#18). What is refused as
+    unparseable, and that the connection is closed after it, stay uvicorn's.
     """
 
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        timeout = head_timeout_s()
+        if timeout is not None:
+            self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered (its body has the app's own timeout)
+        metrics.child(metrics.REQUESTS, INCOMPLETE_ROUTE, "408").inc()
+        body = json.dumps({"error": {"field": "request", "message": (
+            f"request head not received within {head_timeout_s():g} s")}}).encode()
+        self.transport.write(_response(b"408 Request Timeout", body,
+                                       self.server_state.default_headers))
+        self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
-        body = _malformed(msg)
-        self.transport.write(b"".join([
-            b"HTTP/1.1 400 Bad Request\r\n",
-            *(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers),
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-            b"connection: close\r\n\r\n", body]))
+        self._cancel_head_timer()
+        self.transport.write(_response(b"400 Bad Request", _malformed(msg),
+                                       self.server_state.default_headers))
         self.transport.close()
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
@@ -57,7 +121,9 @@ class JSONHttpToolsProtocol(HttpToolsProtocol):
 
 
 class JSONH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the JSON answer to an unparseable request."""
+    """uvicorn's h11 protocol with the JSON answer to an unparseable request (no head
+    timeout: h11 is the fallback when httptools is not installed; it bounds a head's size,
+    ``h11_max_incomplete_event_size``, not its time)."""
 
     def send_400_response(self, msg: str) -> None:
         import h11

@@ -147,3 +147,42 @@ def test_a_request_the_http_parser_refuses_gets_a_json_400(server):
         assert b"content-type: application/json" in head_bytes.lower()
         assert json.loads(body)["error"]["field"] == "request"
     assert requests_by_status(url, "malformed").get("400", 0.0) >= 3
+
+
+@pytest.mark.parametrize("partial", [b"", b"GET /recommendations?user_id=1 HTTP/1.1\r\nHo"])
+def test_a_request_head_that_does_not_arrive_in_time_gets_408_and_is_closed(server, partial):
+    url, port, _ = server
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(partial)
+        t0 = time.monotonic()
+        for _ in range(2):  # a byte of a header name now and then does not keep it open
+            time.sleep(BODY_READ_MS / 1000 / 3)
+            if partial:
+                s.sendall(b"s")
+        reply = read_all(s, limit_s=BODY_READ_MS / 1000 + 8)
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert json.loads(body)["error"]["field"] == "request"
+    assert waited >= BODY_READ_MS / 1000 * 0.9
+    assert requests_by_status(url, "incomplete").get("408", 0.0) >= 1
+
+
+def test_keep_alive_requests_are_not_cut_by_the_head_timeout(server):
+    url, port, _ = server
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        for _ in range(3):  # idle less than the keep-alive timeout between requests
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while not data.endswith(b'{"status":"ok"}'):
+                chunk = s.recv(65536)
+                assert chunk, data  # the server closed the connection
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 "), data
+            time.sleep(BODY_READ_MS / 1000 * 0.8)
+    finally:
+        s.close()
