@@ -185,14 +185,14 @@ def _factory(ctx: ComponentContext) -> ALSScorer | None:
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, ALSTrainer())
+    register(NAME, ALSTrainer(), options={**DEFAULTS, "backend": "auto"})
 
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options={**DEFAULTS, "backend": "auto"})
 
 
 @hookimpl
 def register_scorers(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options={**DEFAULTS, "backend": "auto"})

@@ -151,4 +151,4 @@ def from_model(model: Model, options: Mapping[str, Any]) -> IVFCandidates | None
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, lambda ctx: from_model(ctx.model, ctx.options))
+    register(NAME, lambda ctx: from_model(ctx.model, ctx.options), options=DEFAULTS)

@@ -29,6 +29,9 @@ from rankly.engine.api import (
 
 NAME = "ease"
 MAX_ITEMS = 25_000
+#: The keys of ``[plugins.ease]`` (training and serving share the section) and defaults.
+OPTIONS = {"lambda": 500.0, "dropout": 0.0, "age_half_life_days": 0.0, "min_count": 1,
+           "max_items": MAX_ITEMS, "blas_threads": 1}
 
 
 def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
@@ -210,14 +213,14 @@ def _factory(ctx: ComponentContext) -> EaseScorer | None:
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, EaseTrainer())
+    register(NAME, EaseTrainer(), options=OPTIONS)
 
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)
 
 
 @hookimpl
 def register_scorers(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)

@@ -29,6 +29,8 @@ from rankly.engine.api import (
 NAME = "itemknn"
 #: Only the most recent items of a long history vote, keeping a request O(MAX_HISTORY * M).
 MAX_HISTORY = 200
+#: The keys of ``[plugins.itemknn]`` (training and serving share the section) and defaults.
+OPTIONS = {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "max_history": MAX_HISTORY}
 
 
 def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> sp.csr_matrix:
@@ -195,7 +197,7 @@ def session_recommendations(model: Model, items: Sequence[int], n: int) -> Candi
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, ItemKNNTrainer())
+    register(NAME, ItemKNNTrainer(), options=OPTIONS)
 
 
 def _factory(ctx: ComponentContext) -> ItemKNNScorer | None:
@@ -204,9 +206,9 @@ def _factory(ctx: ComponentContext) -> ItemKNNScorer | None:
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)
 
 
 @hookimpl
 def register_scorers(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)

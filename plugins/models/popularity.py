@@ -92,7 +92,7 @@ def _scores(ctx: ComponentContext) -> np.ndarray | None:
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, PopularityTrainer())
+    register(NAME, PopularityTrainer(), options={"half_life_days": 0.0, "binary": True})
 
 
 @hookimpl
@@ -101,7 +101,7 @@ def register_candidate_generators(register):
         s = _scores(ctx)
         return None if s is None else PopularCandidates(s, ctx.model.catalog.categories)
 
-    register("popular", popular)
+    register("popular", popular, options=())
 
 
 @hookimpl
@@ -110,4 +110,4 @@ def register_scorers(register):
         s = _scores(ctx)
         return None if s is None else PopularityScorer(s)
 
-    register("popular", popular)
+    register("popular", popular, options=())

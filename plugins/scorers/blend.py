@@ -525,6 +525,18 @@ POP_HALF_LIVES = (0.0, 30.0, 365.0)
 POP_GATES = (0.0, 30.0)
 
 
+#: The keys of ``[plugins.blend]`` (the trainer reads them; serving reads none) and defaults.
+OPTIONS: dict[str, Any] = {
+    "validation": "robust", "criterion": "noninferior", "random_folds": 2,
+    "validation_fraction": 0.2, "max_users": 2000, "max_cells": 8e6, "seed": 0, "alpha": 0.25,
+    "k": 10, "max_loss": MAX_LOSS, "degenerate_margin": 0.10, "diversity_caps": DIVERSITY_CAPS,
+    "diversity_max_loss": None, "max_validation_items": 3000, "max_ease_items": 6000,
+    "mixes": MIXES, "history_half_lives": HISTORY_HALF_LIVES, "seq_weights": SEQ_WEIGHTS,
+    "pop_weights": POP_WEIGHTS, "pop_half_lives": POP_HALF_LIVES, "pop_gates": POP_GATES,
+    "lambda_scales": LAMBDA_SCALES, "age_half_lives": AGE_HALF_LIVES, "blas_threads": 1,
+}
+
+
 @dataclass
 class Search:
     """Per-shape validation results of every candidate tried, and the selection rule."""
@@ -970,7 +982,7 @@ def user_gate(data: TrainingData, gate_days: float) -> np.ndarray:
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, BlendTrainer())
+    register(NAME, BlendTrainer(), options=OPTIONS)
 
 
 #: (weak reference to the model, its scorer) of the last build: the generator and the scorer
@@ -991,9 +1003,9 @@ def _factory(ctx: ComponentContext) -> BlendScorer | None:
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)
 
 
 @hookimpl
 def register_scorers(register):
-    register(NAME, _factory)
+    register(NAME, _factory, options=OPTIONS)
