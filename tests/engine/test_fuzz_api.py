@@ -15,7 +15,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
     content_type_conformance,
     ignored_auth,
+    missing_required_header,
     not_a_server_error,
+    positive_data_acceptance,
+    response_headers_conformance,
 )
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
@@ -61,8 +64,13 @@ def check_error_names_a_field(response) -> None:
 @schema.parametrize()
 @HYPOTHESIS
 def test_api_conforms_to_its_schema_with_the_admin_token(case):
-    response = case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"},
-                                      checks=[*CHECKS, ignored_auth])
+    # with the token every schema-valid request must be accepted (#18: the schema states
+    # every constraint the server enforces); tests/engine/test_schemathesis_cli.py adds the
+    # negative data, the stateful links and every other check through the CLI
+    response = case.call_and_validate(
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        checks=[*CHECKS, ignored_auth, positive_data_acceptance, response_headers_conformance,
+                missing_required_header])
     check_error_names_a_field(response)
 
 
