@@ -158,7 +158,7 @@ def demo_urls(url: str) -> str:
         "  # live metrics and quality in a browser; Prometheus metrics; the API description",
         f"  {url}/dashboard",
         f"  curl {url}/metrics",
-        f"  curl {url}/openapi.json",
+        f"  curl {url}/openapi.json   (readable: {url}/docs)",
         "",
     ])
 
