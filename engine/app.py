@@ -30,6 +30,7 @@ from rankly.engine import (
     dashboard,
     events_api,
     experiments_api,
+    exploration,
     metrics,
     pipeline,
     quality,
@@ -146,7 +147,9 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
         record_pipeline_outcome(rt, body)
         if body["items"]:
             metrics.SLATES_SERVED.inc()
-        events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability)
+        body, positions = exploration.explore_answer(rt.settings.exploration, body)
+        events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability,
+                                      positions)
         return body
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)

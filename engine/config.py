@@ -151,6 +151,16 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class ExplorationSettings:
+    """Randomized slates for off-policy evaluation (engine/exploration.py; off by default)."""
+
+    # share of served slates whose first ``top_m`` items are shuffled uniformly at random;
+    # every impression logs the exact probability of its item at its position
+    rate: float = 0.0
+    top_m: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a rankly process; build with :func:`load_settings`."""
 
@@ -172,6 +182,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     deadlines: Deadlines = field(default_factory=Deadlines)
     events: EventSettings = field(default_factory=EventSettings)
+    exploration: ExplorationSettings = field(default_factory=ExplorationSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     experiments: tuple[Mapping[str, Any], ...] = ()
     quality_window_minutes: float = 15.0  # rolling window of the quality gauges
@@ -301,6 +312,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
     if not 1 <= s.events.partitions <= 1024:
         raise ConfigError("events.partitions must be in 1..1024")
+    if not 0 <= s.exploration.rate <= 1 or s.exploration.top_m < 2:
+        raise ConfigError("exploration.rate must be in [0, 1] and exploration.top_m >= 2")
     return s
 
 

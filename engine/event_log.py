@@ -48,17 +48,21 @@ class AppendResult:
 @dataclass(frozen=True, slots=True)
 class ImpressionSlate:
     """One served slate to log as impressions: one event per position, ``imp:<request>:<pos>``,
-    type ``impression``, context ``{"position": pos, **context}``."""
+    type ``impression``, context ``{"position": pos, **positions[pos], **context}``
+    (``positions``: per-position fields such as an explored slate's propensities, or empty)."""
 
     timestamp: float
     request_id: str
     user_id: str
     item_ids: tuple[str, ...]
     context: dict[str, Any]
+    positions: tuple[dict[str, Any], ...] = ()
 
     def events(self) -> list[Event]:
+        per = self.positions or ({},) * len(self.item_ids)
         return [Event(f"imp:{self.request_id}:{pos}", self.user_id, item, "impression",
-                      self.timestamp, None, self.request_id, {"position": pos, **self.context})
+                      self.timestamp, None, self.request_id,
+                      {"position": pos, **per[pos], **self.context})
                 for pos, item in enumerate(self.item_ids)]
 
 
@@ -144,8 +148,10 @@ def _encode_impressions(slate: ImpressionSlate, at: float) -> list[bytes]:
     ctx = dumps(slate.context)
     tail = (b"," + ctx[1:] if len(ctx) > 2 else b"}") + b',"at":' + dumps(round(at, 3)) \
         + b',"nd":1}\n'
+    per = ([b"," + dumps(p)[1:-1] if p else b"" for p in slate.positions] if slate.positions
+           else [b""] * len(slate.item_ids))
     return [b"".join((b'{"id":', head, str(pos).encode(), user, dumps(item), mid,
-                      str(pos).encode(), tail))
+                      str(pos).encode(), per[pos], tail))
             for pos, item in enumerate(slate.item_ids)]
 
 

@@ -67,14 +67,15 @@ class ImpressionBuffer:
         self._wakeup = asyncio.Event()
 
     def offer(self, request_id: str, user_id: str | None, payload: dict[str, Any],
-              probability: float | None) -> None:
+              probability: float | None, positions: list[dict[str, Any]] | None = None) -> None:
         items = payload.get("items") or ()
         if not items:
             return
         if len(self._slates) >= self.max_slates:
             self.dropped += len(items)
             return
-        self._slates.append((time.time(), request_id, user_id or "", payload, probability))
+        self._slates.append((time.time(), request_id, user_id or "", payload, probability,
+                             positions))
         if len(self._slates) >= self.batch_slates:
             self._wakeup.set()
 
@@ -86,7 +87,7 @@ class ImpressionBuffer:
         """Up to ``batch_slates`` slates, oldest first (what :meth:`take` turns into events)."""
         slates: list[ImpressionSlate] = []
         for _ in range(min(self.batch_slates, len(self._slates))):
-            ts, request_id, user_id, payload, probability = self._slates.popleft()
+            ts, request_id, user_id, payload, probability, positions = self._slates.popleft()
             common = {k: v for k, v in (("variant", payload.get("variant")),
                                         ("experiment", payload.get("experiment")),
                                         ("probability", probability),
@@ -94,8 +95,11 @@ class ImpressionBuffer:
                                         ("cached", payload.get("cached")),
                                         ("fallback", payload.get("fallback")))
                       if v is not None}
+            if positions is None:  # a deterministic ranking: P(this slate) = 1 (#19)
+                common["propensity"] = 1.0
             items = tuple(item["item_id"] for item in payload["items"])
-            slates.append(ImpressionSlate(ts, request_id, user_id, items, common))
+            slates.append(ImpressionSlate(ts, request_id, user_id, items, common,
+                                          tuple(positions or ())))
         return slates
 
     async def wait(self) -> None:
@@ -287,9 +291,10 @@ class EventsService:
             await self._write_impressions()
 
     def record_slate(self, request_id: str, user_id: str | None, payload: dict[str, Any],
-                     probability: float | None) -> None:
+                     probability: float | None,
+                     positions: list[dict[str, Any]] | None = None) -> None:
         if self.log_impressions:
-            self.impressions.offer(request_id, user_id, payload, probability)
+            self.impressions.offer(request_id, user_id, payload, probability, positions)
 
 
 _unavailable_warned_at: dict[str, float] = {}
@@ -315,11 +320,15 @@ async def start_events(rt: Runtime) -> EventsService:
 
 
 def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
-                       payload: dict[str, Any], probability: float | None = None) -> None:
-    """Queue a served slate for impression logging (no I/O; safe on the hot path)."""
+                       payload: dict[str, Any], probability: float | None = None,
+                       positions: list[dict[str, Any]] | None = None) -> None:
+    """Queue a served slate for impression logging (no I/O; safe on the hot path).
+
+    ``positions``: per-position fields of an explored slate (engine/exploration.py); without
+    them every impression logs ``propensity`` 1.0."""
     service = rt.extras.get(EXTRAS_KEY)
     if service is not None:
-        service.record_slate(request_id, user_id, payload, probability)
+        service.record_slate(request_id, user_id, payload, probability, positions)
 
 
 # --- routes ---------------------------------------------------------------------------------
