@@ -98,6 +98,9 @@ class PipelineSettings:
     # components that may fail to build at start: served without (and /ready names them);
     # any other configured component whose factory raises stops the server
     optional: tuple[str, ...] = ()
+    # run the selection (candidates to rerankers) on the event loop instead of a worker
+    # thread: no thread hop, but no deadline can abandon a plugin that hangs
+    inline_selection: bool = False
 
 
 #: What an invalidating event does to cached answers (``cache.invalidation``).

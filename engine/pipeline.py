@@ -239,11 +239,14 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     user = await fetch_features(rt, comps.model, req, trace)
     deadline = rt.settings.deadlines.request_ms / 1000.0
     try:
-        # a worker thread: a plugin that hangs is abandoned at the deadline (the thread
-        # finishes or hangs on its own) and the request gets the fallback
-        async with asyncio.timeout(deadline * 0.8):
-            ranking = await asyncio.get_running_loop().run_in_executor(
-                SELECT_THREADS, select, rt, comps, req, plan, user, trace)
+        if rt.settings.pipeline.inline_selection:
+            ranking = select(rt, comps, req, plan, user, trace)
+        else:
+            # a worker thread: a plugin that hangs is abandoned at the deadline (the thread
+            # finishes or hangs on its own) and the request gets the fallback
+            async with asyncio.timeout(deadline * 0.8):
+                ranking = await asyncio.get_running_loop().run_in_executor(
+                    SELECT_THREADS, select, rt, comps, req, plan, user, trace)
     except TimeoutError:
         stuck = trace.current or "pipeline"
         record_outcome(rt, stuck, "timeout")

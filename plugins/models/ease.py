@@ -146,6 +146,8 @@ class EaseScorer:
         self.n_items = n_items
         self.pos = np.full(n_items, -1, dtype=np.int64)
         self.pos[self.items] = np.arange(self.items.size)
+        # every catalog item has a row, in catalog order (items is ascending)
+        self.every_item = self.items.size == n_items
 
     @classmethod
     def from_model(cls, model: Model) -> EaseScorer | None:
@@ -160,6 +162,8 @@ class EaseScorer:
 
     def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Float32 scores over the catalog: ``w @ B[h]`` for usable, distinct items ``h``."""
+        if self.every_item:  # rows already in catalog order: no scatter
+            return _fast.weighted_rows(self.weights, self.pos[h], w)
         out = np.zeros(self.n_items, dtype=np.float32)
         if h.size:
             out[self.items] = _fast.weighted_rows(self.weights, self.pos[h], w)
