@@ -30,8 +30,10 @@ from rankly.engine import metrics, quality
 RATE_WINDOW_SECONDS = 30.0
 #: Samples closer together than this are not stored (polls from several open pages).
 MIN_SAMPLE_GAP_SECONDS = 1.0
-SAMPLE_SECONDS = 2.0  # the background sampler's period
-HISTORY_SAMPLES = 600  # at one sample per 2 s, 20 minutes
+# NOTE: a sample is ~19 KB of dicts (24 latency buckets x 7 stages, ...): 240 samples keep
+# 20 minutes in ~4.5 MB per worker; a poll's fresh sample is drawn, not stored
+SAMPLE_SECONDS = 5.0  # the background sampler's period
+HISTORY_SAMPLES = 240  # at one sample per 5 s, 20 minutes
 #: The key of the recommendations' own CTR and conversion (with or without an experiment).
 ALL_RECOMMENDATIONS = "all recommendations"
 Z_95 = 1.959963984540054
@@ -196,9 +198,15 @@ class History:
         else:
             self.samples.append(sample)
 
-    def points(self) -> list[dict[str, Any]]:
+    def points(self, latest: Sample | None = None) -> list[dict[str, Any]]:
+        """Derived values at every sample, and at ``latest`` (not stored) when given."""
         out = []
         samples = list(self.samples)
+        if latest is not None:
+            if samples and latest.t - samples[-1].t < MIN_SAMPLE_GAP_SECONDS:
+                samples[-1] = latest
+            else:
+                samples.append(latest)
         j = 0
         for i, cur in enumerate(samples):
             while j + 1 < i and cur.t - samples[j + 1].t >= RATE_WINDOW_SECONDS:
@@ -253,9 +261,8 @@ def data(request: Request) -> Response:
     rt = request.state.runtime
     win = quality.refresh(rt)
     history = history_of(rt)
-    history.add(read_sample(time.time()))  # the latest values, next to the sampler's
-    points = history.points()
-    latest = history.samples[-1]
+    latest = read_sample(time.time())  # drawn with the sampler's history, not stored
+    points = history.points(latest)
     # NOTE: a stopped experiment's arms leave the live charts (their results stay at
     # /experiments/{key}/results): one exposure at 100% CTR stretched the axis (#18)
     live = {e.key for e in rt.experiments.running}
@@ -295,9 +302,11 @@ async def _sample_forever(rt: Any, every_s: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def sampling(rt: Any, every_s: float = SAMPLE_SECONDS) -> Any:
-    """Sample the dashboard history every ``every_s`` seconds while the context is open
-    (the app's lifespan), whether or not anyone polls /dashboard/data."""
+async def sampling(rt: Any, every_s: float | None = None) -> Any:
+    """Sample the dashboard history every ``every_s`` seconds (default
+    :data:`SAMPLE_SECONDS`) while the context is open (the app's lifespan), whether or not
+    anyone polls /dashboard/data."""
+    every_s = SAMPLE_SECONDS if every_s is None else every_s
     task = asyncio.get_running_loop().create_task(_sample_forever(rt, every_s),
                                                   name="dashboard-sampler")
     try:

@@ -59,16 +59,22 @@ def test_a_stopped_experiment_leaves_the_live_charts_but_keeps_its_results(api):
     assert api.get("/experiments/short/results", headers=ADMIN).status_code == 200
 
 
-def test_the_server_samples_its_history_without_anyone_polling(api):
-    history = dashboard.history_of(api.app_state["runtime"])
-    for user in range(1, 10):
-        api.get("/recommendations", params={"user_id": str(user)})
-    deadline = time.monotonic() + 3 * dashboard.SAMPLE_SECONDS + 10
-    while len(history.samples) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(history.samples) >= 3  # no GET /dashboard/data was made
-    assert history.samples[-1].requests  # the samples carry the requests made
-    assert history.samples.maxlen == dashboard.HISTORY_SAMPLES  # a bounded ring buffer
+def test_the_server_samples_its_history_without_anyone_polling(artifacts, monkeypatch):
+    monkeypatch.setattr(dashboard, "SAMPLE_SECONDS", 1.1)  # over MIN_SAMPLE_GAP_SECONDS
+    monkeypatch.setattr(dashboard, "HISTORY_SAMPLES", 3)
+    with TestClient(create_app(make_settings(artifacts))) as api:
+        history = dashboard.history_of(api.app_state["runtime"])
+        for user in range(1, 10):
+            api.get("/recommendations", params={"user_id": str(user)})
+        deadline = time.monotonic() + 20
+        while len(history.samples) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(history.samples) == 3  # no GET /dashboard/data was made
+        assert history.samples[-1].requests  # the samples carry the requests made
+        first = history.samples[0].t
+        while history.samples[0].t == first and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(history.samples) == 3  # a ring buffer: the oldest sample went
 
 
 def test_recommendation_ctr_counts_each_clicked_answer_once(api):
