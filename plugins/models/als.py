@@ -9,8 +9,10 @@ by one least-squares solve against the item factors.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,43 @@ class ALSTrainer:
                          arrays={"user_factors": users, "item_factors": items})
 
 
+#: Catalogs of at least this many factor floats are scanned in parallel chunks (one per core
+#: this process may use): a scan that size is bound by memory bandwidth, which one core
+#: does not exhaust.
+PARALLEL_SCAN_FLOATS = 1 << 24
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+    os.cpu_count() or 1)
+_SCAN_THREADS = ThreadPoolExecutor(max_workers=max(_CORES - 1, 1),
+                                   thread_name_prefix="rankly-als-scan")
+
+
+def split_score_topk(items: np.ndarray, user: np.ndarray, k: int, exclude: np.ndarray,
+                     chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_fast.score_topk(items, user, k, exclude)`` over ``chunks`` contiguous slices of
+    ``items`` at once (the kernel releases the GIL), merged: the same indices and values.
+
+    Each slice's top-k comes back best first, ties by the lower index; the slices are
+    concatenated in index order, so one more top-k over them (ties: the lower position, i.e.
+    the lower index) gives the global order exactly.
+    """
+    n = items.shape[0]
+    bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
+    ex = np.asarray(exclude, dtype=np.int64)
+
+    def part(c: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        mine = ex[(ex >= lo) & (ex < hi)] - lo
+        idx, vals = _fast.score_topk(items[lo:hi], user, k, exclude=mine)
+        return idx + lo, vals
+
+    futures = [_SCAN_THREADS.submit(part, c) for c in range(1, chunks)]
+    parts = [part(0)] + [f.result() for f in futures]
+    idx = np.concatenate([p[0] for p in parts])
+    vals = np.concatenate([p[1] for p in parts])
+    pos, top = _fast.topk(vals, k)
+    return idx[pos], top
+
+
 class ALSScorer:
     """Dot product of user and item factors; also a candidate generator."""
 
@@ -169,8 +208,12 @@ class ALSScorer:
         """
         if user.row < 0 and user.history.size == 0:
             return Candidates.empty()
-        idx, _ = _fast.score_topk(self.item_factors, self.user_vector(user), n,
-                                  exclude=user.seen)
+        if self.item_factors.size >= PARALLEL_SCAN_FLOATS and _CORES > 1:
+            idx, _ = split_score_topk(self.item_factors, self.user_vector(user), n, user.seen,
+                                      _CORES)
+        else:
+            idx, _ = _fast.score_topk(self.item_factors, self.user_vector(user), n,
+                                      exclude=user.seen)
         h = np.asarray(user.history[:ANCHOR_HISTORY], dtype=np.int64)
         h = h[(h >= 0) & (h < self.item_factors.shape[0])]
         if h.size == 0:
