@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import datasets, evaluation, events_cli, publish, training
+    from rankly.engine import datasets, evaluation, events_cli, offpolicy, publish, training
     from rankly.engine.experiments import cli as experiments_cli
 
     for name, help_text, add, run in (
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
          events_cli.add_replay_arguments, events_cli.run_replay),
         ("export-events", "write the event log as events CSV (input of rankly train)",
          events_cli.add_export_arguments, events_cli.run_export),
+        ("off-policy", "estimate a model's CTR and conversion rate on logged traffic (IPS, "
+                       "SNIPS, DR)", offpolicy.add_arguments, offpolicy.run),
     ):
         p = sub.add_parser(name, help=help_text)
         add(p)

@@ -38,6 +38,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="CSV file to write ('-' for stdout)")
     parser.add_argument("--include-impressions", action="store_true",
                         help="also export impression events (not training signal)")
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                        help="csv: the events CSV of rankly train (default); jsonl: the log's "
+                             "own lines with request_id and context (positions, propensities), "
+                             "for rankly off-policy and rankly train-ranker")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -81,8 +85,10 @@ def export_row(event: Event, catalog: Catalog | None) -> list[str]:
             str(int(event.timestamp))]
 
 
-async def export(settings: Settings, out: IO[str], include_impressions: bool = False) -> dict:
-    """Write the log as events CSV (header + one row per event, log order); return counts."""
+async def export(settings: Settings, out: IO[str], include_impressions: bool = False,
+                 fmt: str = "csv") -> dict:
+    """Write the log as events CSV (header + one row per event, log order), or with
+    ``fmt="jsonl"`` as the log's own JSON lines (every field kept); return counts."""
     store = open_store(settings)
     event_log: EventLog = open_event_log(settings, store)
     counts: dict[str, int] = {}
@@ -90,11 +96,15 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
         await event_log.open()
         catalog = _catalog(settings)
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(EVENT_COLUMNS)
+        if fmt == "csv":
+            writer.writerow(EVENT_COLUMNS)
         async for event in event_log.replay():
             if event.type == "impression" and not include_impressions:
                 continue
-            writer.writerow(export_row(event, catalog))
+            if fmt == "jsonl":
+                out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+            else:
+                writer.writerow(export_row(event, catalog))
             counts[event.type] = counts.get(event.type, 0) + 1
     finally:
         await event_log.close()
@@ -120,10 +130,10 @@ def run_export(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     settings = _settings(args)
     if args.out == "-":
-        counts = asyncio.run(export(settings, out, args.include_impressions))
+        counts = asyncio.run(export(settings, out, args.include_impressions, args.format))
     else:
         with open(args.out, "w", encoding="utf-8", newline="") as fh:
-            counts = asyncio.run(export(settings, fh, args.include_impressions))
+            counts = asyncio.run(export(settings, fh, args.include_impressions, args.format))
     total = sum(counts.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"exported {total} events ({detail or 'none'}) to {args.out}", file=sys.stderr)

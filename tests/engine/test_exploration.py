@@ -7,11 +7,12 @@ import random
 from collections import Counter
 
 import pytest
+from starlette.testclient import TestClient
+
 from rankly.engine.app import create_app
 from rankly.engine.config import ConfigError, ExplorationSettings, load_settings
 from rankly.engine.event_log import ImpressionSlate, _encode, _encode_impressions
 from rankly.engine.exploration import explore
-from starlette.testclient import TestClient
 
 
 def test_exploration_off_keeps_the_slate_and_logs_no_positions():
