@@ -37,10 +37,10 @@ from rankly.engine.api import (
     ComponentContext,
     Model,
     ModelPart,
+    Reason,
     TrainingData,
     UserFeatures,
     UserTable,
-    anchored_reasons,
     hookimpl,
 )
 from rankly.plugins.models import ease
@@ -258,15 +258,22 @@ class BlendScorer:
 
     def explain(self, user: UserFeatures, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reasons, anchors) of ``items``: BECAUSE_YOU_LIKED with the history item that adds
-        most to the item's score, FOR_YOU when none adds a positive amount."""
+        most to the item's score (the first such item of the history on a tie), FOR_YOU when
+        none adds a positive amount or the item has no weights."""
         _, h, w = self._user_row(user)
         items = np.asarray(items, dtype=np.int64)
+        reasons = np.full(items.size, int(Reason.FOR_YOU), dtype=np.int8)
+        anchors = np.full(items.size, -1, dtype=np.int64)
         cols = self.base.pos[items]
+        if h.size == 0 or items.size == 0:
+            return reasons, anchors
         # only the asked columns of the history rows: an [H, len(items)] gather
-        contrib = np.asarray(self.base.weights[np.ix_(self.base.pos[h], np.maximum(cols, 0))],
-                             dtype=np.float32) * w[:, None]
-        reasons, anchors = anchored_reasons(h, contrib, np.where(cols >= 0, np.arange(
-            items.size), -1))
+        contrib = self.base.weights[np.ix_(self.base.pos[h], np.maximum(cols, 0))]
+        contrib *= w[:, None]
+        best = contrib.argmax(axis=0)
+        liked = (contrib[best, np.arange(items.size)] > 0) & (cols >= 0)
+        reasons[liked] = int(Reason.BECAUSE_YOU_LIKED)
+        anchors[liked] = h[best[liked]]
         return reasons, anchors
 
     def generate(self, user: UserFeatures, n: int) -> Candidates:
