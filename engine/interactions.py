@@ -79,6 +79,29 @@ class TrainingData:
         m.data = np.ones_like(m.data, dtype=np.float32)
         return m
 
+    def item_mass(self, half_life_days: float = 0.0, binary: bool = True) -> np.ndarray:
+        """Return each item's interaction mass (float32 [n_items]), halved every
+        ``half_life_days``.
+
+        Age is measured from the newest event of the data (the training "now"); a half-life <= 0
+        means no decay. ``binary`` counts each (user, item) pair once, with its newest event.
+        """
+        w = np.ones_like(self.weights, dtype=np.float64) if binary else self.weights.astype(
+            np.float64)
+        if half_life_days > 0 and self.timestamps.size:
+            age_days = (self.timestamps.max() - self.timestamps) / 86400.0
+            w = w * np.exp2(-age_days / half_life_days)
+        if binary:
+            # one unit per distinct (user, item), keeping the most recent (largest) decay weight
+            key = self.user_idx.astype(np.int64) * max(self.n_items, 1) + self.item_idx
+            order = np.lexsort((-w, key))
+            _, first = np.unique(key[order], return_index=True)
+            pick = order[first]
+            scores = np.bincount(self.item_idx[pick], weights=w[pick], minlength=self.n_items)
+        else:
+            scores = np.bincount(self.item_idx, weights=w, minlength=self.n_items)
+        return scores.astype(np.float32)
+
 
 def build_catalog(item_ids: np.ndarray, items: ItemTable | None,
                   event_categories: dict[str, str] | None = None) -> Catalog:

@@ -23,7 +23,7 @@ import numpy as np
 
 from rankly import _fast
 from rankly.engine.api import Candidates, Model, ModelPart, Reason, UserFeatures, hookimpl
-from rankly.plugins.models import als
+from rankly.plugins.models.factors import ALSScorer
 
 NAME = "als-ivf"
 log = logging.getLogger("rankly.als_ivf")
@@ -97,7 +97,7 @@ def build_index(item_factors: np.ndarray, n_clusters: int = 0, iterations: int =
 class IVFCandidates:
     """FOR_YOU candidates from the ``nprobe`` cells whose centroids best match the user."""
 
-    def __init__(self, scorer: als.ALSScorer, centroids: np.ndarray, order: np.ndarray,
+    def __init__(self, scorer: ALSScorer, centroids: np.ndarray, order: np.ndarray,
                  offsets: np.ndarray, nprobe: int) -> None:
         self.scorer = scorer
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -129,7 +129,7 @@ class IVFCandidates:
 
 def from_model(model: Model, options: Mapping[str, Any]) -> IVFCandidates | None:
     """Build the generator from the model's ``als`` part and its ``als-ivf`` index (or None)."""
-    scorer = als.ALSScorer.from_model(model)
+    scorer = ALSScorer.from_model(model, "als")
     if scorer is None:
         return None
     opts = {k: options.get(k, v) for k, v in DEFAULTS.items()}

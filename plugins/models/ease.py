@@ -10,21 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
-from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from rankly import _fast
-from rankly.engine.api import (
-    Candidates,
-    ComponentContext,
-    Model,
-    ModelPart,
-    TrainingData,
-    UserFeatures,
-    anchored_reasons,
-    hookimpl,
+from rankly.engine.api import ComponentContext, ModelPart, TrainingData, hookimpl
+from rankly.plugins.models.linear import (  # noqa: F401 (the EASE math, re-exported)
+    EaseScorer,
+    active_items,
+    decayed_matrix,
+    item_weights,
 )
 
 NAME = "ease"
@@ -32,72 +25,6 @@ MAX_ITEMS = 25_000
 #: The keys of ``[plugins.ease]`` (training and serving share the section) and defaults.
 OPTIONS = {"lambda": 500.0, "dropout": 0.0, "age_half_life_days": 0.0, "min_count": 1,
            "max_items": MAX_ITEMS, "blas_threads": 1}
-
-
-def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
-    """Return the EASE / EDLAE weight matrix (float32 [n, n], zero diagonal) of a Gram matrix.
-
-    ``B = I - P diag(1/diag(P))`` with ``P = (G + lam*I + dropout/(1-dropout)*diag(G))^-1``:
-    EASE (Steck, WWW 2019) when ``dropout`` is 0, its emphasized-denoising form EDLAE
-    (Steck, NeurIPS 2020), which regularizes popular items harder, otherwise. Inverts with a
-    float32 Cholesky factorization (LAPACK potrf + potri, a third of a general inverse's
-    flops); falls back to float64 when float32 loses positive definiteness. ``gram`` is not
-    modified.
-    """
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"ease: dropout must be in [0, 1), got {dropout}")
-    n = gram.shape[0]
-    if n == 0:
-        return np.zeros((0, 0), np.float32)
-    diag = np.diag(gram).astype(np.float64) * (dropout / (1.0 - dropout)) + lam
-    for dtype, potrf, potri in ((np.float32, lapack.spotrf, lapack.spotri),
-                                (np.float64, lapack.dpotrf, lapack.dpotri)):
-        a = np.array(gram, dtype=dtype, order="F")
-        a[np.diag_indices(n)] += diag.astype(dtype)
-        c, info = potrf(a, lower=0, overwrite_a=1, clean=0)
-        if info == 0:
-            p, info = potri(c, lower=0, overwrite_c=1)
-        if info == 0:
-            break
-    else:
-        raise ValueError("ease: the regularized Gram matrix is not positive definite")
-    # potri fills the upper triangle only
-    p = np.triu(p)
-    p += np.triu(p, 1).T
-    b = p / (-np.diag(p))
-    b[np.diag_indices(n)] = 0.0
-    return b.astype(np.float32, copy=False)
-
-
-def active_items(x: sp.csr_matrix, min_count: int, limit: int) -> np.ndarray:
-    """Items (int64, ascending) with at least ``min_count`` users in ``x``; the ``limit`` most
-    popular of them (ties: lower index) when there are more."""
-    counts = np.diff(x.tocsc().indptr)
-    items = np.flatnonzero(counts >= max(min_count, 1)).astype(np.int64)
-    if items.size > limit:
-        order = np.lexsort((items, -counts[items]))[:limit]
-        items = np.sort(items[order])
-    return items
-
-
-def decayed_matrix(data: TrainingData, half_life_days: float) -> tuple[sp.csr_matrix, float]:
-    """(users x items matrix, lambda factor): every interacted pair weighs ``2^(-age /
-    half_life_days)`` by the age of its newest event (from the newest event of the data),
-    capped at 1; a half-life of 0 is the binary matrix and factor 1.
-
-    A decayed Gram shrinks by about the mean squared weight; the factor (that mean, at most
-    1) scales lambda alike, so the regularization keeps its strength relative to the data.
-    """
-    if half_life_days <= 0 or data.timestamps.size == 0:
-        return data.binary_matrix(), 1.0
-    age = (float(data.timestamps.max()) - data.timestamps.astype(np.float64)) / 86400.0
-    w = np.exp2(-age / half_life_days).astype(np.float32)
-    m = sp.csr_matrix((w, (data.user_idx, data.item_idx)), shape=data.matrix.shape,
-                      dtype=np.float32)
-    m.sum_duplicates()
-    np.minimum(m.data, 1.0, out=m.data)
-    factor = float(np.mean(m.data.astype(np.float64) ** 2)) if m.nnz else 1.0
-    return m, min(max(factor, 1e-6), 1.0)
 
 
 class EaseTrainer:
@@ -131,84 +58,6 @@ class EaseTrainer:
             arrays={"items": active, "weights": b},
             metrics={"n_active_items": int(active.size)},
         )
-
-
-class EaseScorer:
-    """Score = sum of the weight rows of the user's history items; also a candidate generator.
-
-    The weighted forms (:meth:`rows`, :meth:`batch`) serve the blend, which weighs history
-    items by recency.
-    """
-
-    def __init__(self, items: np.ndarray, weights: np.ndarray, n_items: int) -> None:
-        self.items = np.asarray(items, dtype=np.int64)
-        self.weights = weights
-        self.n_items = n_items
-        self.pos = np.full(n_items, -1, dtype=np.int64)
-        self.pos[self.items] = np.arange(self.items.size)
-        # every catalog item has a row, in catalog order (items is ascending)
-        self.every_item = self.items.size == n_items
-
-    @classmethod
-    def from_model(cls, model: Model) -> EaseScorer | None:
-        part = model.part(NAME)
-        if part is None:
-            return None
-        return cls(part["items"], part["weights"], len(model.catalog))
-
-    def usable(self, h: np.ndarray) -> np.ndarray:
-        """Which of the (in-range) item indices ``h`` have weight rows."""
-        return self.pos[h] >= 0
-
-    def rows(self, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """Float32 scores over the catalog: ``w @ B[h]`` for usable, distinct items ``h``."""
-        if self.every_item:  # rows already in catalog order: no scatter
-            return _fast.weighted_rows(self.weights, self.pos[h], w)
-        out = np.zeros(self.n_items, dtype=np.float32)
-        if h.size:
-            out[self.items] = _fast.weighted_rows(self.weights, self.pos[h], w)
-        return out
-
-    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
-        """Dense float32 [U, n_items] scores of a users x items history-weight matrix."""
-        out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
-        h = hist[:, self.items]
-        # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
-        if h.nnz > 0.01 * h.shape[0] * h.shape[1]:
-            h = h.toarray()
-        out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
-        return out
-
-    def _history_rows(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(history item indices that have weights, their rows in ``weights``), deduplicated."""
-        h = np.asarray(history, dtype=np.int64)
-        h = h[(h >= 0) & (h < self.n_items)]
-        h = np.unique(h[self.usable(h)])
-        return h, self.pos[h]
-
-    def full_scores(self, history: np.ndarray) -> np.ndarray:
-        """Return float32 scores over the whole catalog for item indices ``history``."""
-        h, _ = self._history_rows(history)
-        return self.rows(h, np.ones(h.size, dtype=np.float32))
-
-    def score(self, user: UserFeatures, items: np.ndarray) -> np.ndarray:
-        return self.full_scores(user.history)[np.asarray(items, dtype=np.int64)]
-
-    def generate(self, user: UserFeatures, n: int) -> Candidates:
-        """Top ``n`` unseen items; reason BECAUSE_YOU_LIKED with anchor ``argmax_h B[h, i]``.
-
-        The anchor is the history item contributing most to the candidate's score (ties: the
-        lower item index); a candidate no history item pushes up (max contribution <= 0)
-        keeps FOR_YOU. Cost: one [H, n] gather of the weight rows already read for scoring.
-        """
-        h, rows = self._history_rows(user.history)
-        if h.size == 0:
-            return Candidates.empty()
-        block = np.asarray(self.weights[rows], dtype=np.float32)
-        s = np.zeros(self.n_items, dtype=np.float32)
-        s[self.items] = block.sum(axis=0)
-        idx, _ = _fast.topk(s, n, exclude=user.seen)
-        return Candidates(idx, *anchored_reasons(h, block, self.pos[idx]))
 
 
 def _factory(ctx: ComponentContext) -> EaseScorer | None:

@@ -41,26 +41,8 @@ class PopularityTrainer:
 
 def decayed_popularity(data: TrainingData, half_life_days: float = 0.0,
                        binary: bool = True) -> np.ndarray:
-    """Return each item's interaction mass (float32 [n_items]), halved every ``half_life_days``.
-
-    Age is measured from the newest event of ``data`` (the training "now"); a half-life <= 0
-    means no decay. ``binary`` counts each (user, item) pair once, with its newest event.
-    """
-    w = np.ones_like(data.weights, dtype=np.float64) if binary else data.weights.astype(
-        np.float64)
-    if half_life_days > 0 and data.timestamps.size:
-        age_days = (data.timestamps.max() - data.timestamps) / 86400.0
-        w = w * np.exp2(-age_days / half_life_days)
-    if binary:
-        # one unit per distinct (user, item), keeping the most recent (largest) decay weight
-        key = data.user_idx.astype(np.int64) * max(data.n_items, 1) + data.item_idx
-        order = np.lexsort((-w, key))
-        _, first = np.unique(key[order], return_index=True)
-        pick = order[first]
-        scores = np.bincount(data.item_idx[pick], weights=w[pick], minlength=data.n_items)
-    else:
-        scores = np.bincount(data.item_idx, weights=w, minlength=data.n_items)
-    return scores.astype(np.float32)
+    """Each item's interaction mass (``TrainingData.item_mass``, kept here by its old name)."""
+    return data.item_mass(half_life_days, binary)
 
 
 class PopularCandidates:

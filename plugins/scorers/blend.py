@@ -43,11 +43,12 @@ from rankly.engine.api import (
     UserTable,
     hookimpl,
 )
-from rankly.plugins.models import ease
-from rankly.plugins.models.ease import EaseScorer
-from rankly.plugins.models.popularity import decayed_popularity
+from rankly.plugins.models import linear
+from rankly.plugins.models.linear import EaseScorer
 
 NAME = "blend"
+#: The part (and trainer) whose hyper-parameters the blend tunes and whose weights it serves.
+EASE = "ease"
 #: Hold-out shapes, each carved from the training data like a common offline protocol:
 #: "random" (a random 20% of each user's events), "last" (each user's last event) and
 #: "temporal" (the last 20% of all events by time).
@@ -288,7 +289,7 @@ class BlendScorer:
 def build(model: Model) -> BlendScorer | None:
     """The blend of ``model`` (None without a blend part or without its EASE part)."""
     part = model.part(NAME)
-    base = EaseScorer.from_model(model)
+    base = EaseScorer.from_model(model, EASE)
     if part is None or base is None:
         return None
     p = model.params(NAME)
@@ -706,7 +707,7 @@ class BlendTrainer:
                 name=NAME, params={**asdict(BlendParams()),
                                    "validation": how, "shapes": [], "tuned_options": {},
                                    "serving_options": {}},
-                arrays={"popularity_z": popularity_z(decayed_popularity(data, 0.0))},
+                arrays={"popularity_z": popularity_z(data.item_mass(0.0))},
                 metrics={"report": ["no validation users (too little data): the plain model "
                                     "with default hyper-parameters"],
                          "tune_seconds": round(time.perf_counter() - started, 2)})
@@ -719,7 +720,7 @@ class BlendTrainer:
         tuned: dict[str, dict[str, Any]] = {}
         lam, dropout, walk, fitted, plain_scores = self._tune_ease(holds[0], k, categories,
                                                                    max_val_items)
-        tuned[ease.NAME] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
+        tuned[EASE] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
         report.append(f"ease on the first {holds[0].shape} hold-out: " + ", ".join(
             f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
             + f" -> lambda {lam:g}, dropout {dropout:g}")
@@ -773,7 +774,7 @@ class BlendTrainer:
 
         def pop_scores(i: int, days: float) -> np.ndarray:
             if (i, days) not in pops:
-                pops[(i, days)] = popularity_z(decayed_popularity(holds[i].train, days))
+                pops[(i, days)] = popularity_z(holds[i].train.item_mass(days))
             return pops[(i, days)]
 
         seqs: dict[int, np.ndarray] = {}
@@ -883,9 +884,9 @@ class BlendTrainer:
                           + f" (NDCG cost by cap {cap_cost}; a cap must not cost more than "
                             f"{max_cap_loss:.1%} at the {1 - search.alpha:.0%} level)")
 
-        tuned[ease.NAME]["lambda"] = lam * best.lambda_scale
-        tuned[ease.NAME]["age_half_life_days"] = best.age_half_life_days
-        arrays = {"popularity_z": popularity_z(decayed_popularity(data, best.pop_half_life_days))}
+        tuned[EASE]["lambda"] = lam * best.lambda_scale
+        tuned[EASE]["age_half_life_days"] = best.age_half_life_days
+        arrays = {"popularity_z": popularity_z(data.item_mass(best.pop_half_life_days))}
         if best.pop_weight and best.pop_gate_days > 0:
             arrays["user_gate"] = user_gate(data, best.pop_gate_days)
         if best.seq_weight:
@@ -919,10 +920,10 @@ class BlendTrainer:
     def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int,
                    age_half_life_days: float = 0.0) -> EaseScorer:
         x = train.binary_matrix()
-        items = ease.active_items(x, 1, max_items)
-        xd, factor = ease.decayed_matrix(train, age_half_life_days)
+        items = linear.active_items(x, 1, max_items)
+        xd, factor = linear.decayed_matrix(train, age_half_life_days)
         xa = xd[:, items]
-        return EaseScorer(items, ease.item_weights((xa.T @ xa).toarray(), lam * factor,
+        return EaseScorer(items, linear.item_weights((xa.T @ xa).toarray(), lam * factor,
                                                    dropout), train.n_items)
 
     @staticmethod
@@ -937,7 +938,7 @@ class BlendTrainer:
         scores for ``hold``, for reuse).
         """
         x = hold.train.binary_matrix()
-        items = ease.active_items(x, 1, max_items)
+        items = linear.active_items(x, 1, max_items)
         xa = x[:, items]
         gram = (xa.T @ xa).toarray()
         hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0)
@@ -947,7 +948,7 @@ class BlendTrainer:
 
         def ndcg(lam: float, dropout: float) -> float:
             if (lam, dropout) not in seen:
-                model = EaseScorer(items, ease.item_weights(gram, lam, dropout),
+                model = EaseScorer(items, linear.item_weights(gram, lam, dropout),
                                    hold.train.n_items)
                 plain = model.batch(hist)
                 seen[(lam, dropout)] = judge(znorm_rows(plain.copy()), hold, k, None,
@@ -972,7 +973,7 @@ class BlendTrainer:
         dropout = DROPOUTS[j]
         model, plain = kept.get((lam, dropout)) or (None, None)
         if model is None:  # an exact tie left another pair kept: refit the chosen one
-            model = EaseScorer(items, ease.item_weights(gram, lam, dropout), hold.train.n_items)
+            model = EaseScorer(items, linear.item_weights(gram, lam, dropout), hold.train.n_items)
             plain = model.batch(hist)
         return lam, dropout, seen, model, plain
 
