@@ -92,3 +92,19 @@ def test_recommendation_ctr_counts_each_clicked_answer_once(api):
     after = sample(api.get("/metrics").text, "rankly_recommendation_slates_with_outcome_total",
                    type="click")
     assert after[0][1] == before + 1
+
+
+def test_memoized_points_equal_points_computed_afresh():
+    def sample(t: float, n: float) -> dashboard.Sample:
+        return dashboard.Sample(t, requests={"200": n}, latency={"request": {0.001: n, 1.0: n}},
+                                exposures={"all recommendations": n},
+                                clicks={"all recommendations": n / 10})
+
+    history = dashboard.History()
+    for i in range(50):
+        history.add(sample(5.0 * i, 10.0 * i))
+        for extra in (1.0, 2.0):  # polls between samples: a fresh, unstored sample each
+            latest = sample(5.0 * i + extra, 10.0 * i + extra)
+            fresh = dashboard.History()
+            fresh.samples.extend(history.samples)
+            assert history.points(latest) == fresh.points(latest)
