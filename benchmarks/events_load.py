@@ -12,6 +12,8 @@ The partitioned Redis log alone, no HTTP (needs redis-server; results in
     python benchmarks/events_load.py --log-only --cluster 3 --partitions 16 --duration 10
     python benchmarks/events_load.py --log-only --cluster 3 --partitions 16 --duration 10 \
         --batch 500 --clients 4
+    python benchmarks/events_load.py --log-only --cluster 3 --replicas 1 --partitions 16 \
+        --duration 10 --batch 50     # wait_replicas = 1: every ack waits for a replica
 
 appends batches of ``--batch`` new events from ``--clients`` concurrent appenders through
 ``RedisStreamLog`` (AOF on, ``--appendfsync everysec``) and reports the acknowledged events/s
@@ -211,18 +213,19 @@ def load_while_flooding(url: str, script: Path, args: argparse.Namespace) -> tup
 # --- the partitioned Redis log alone (no HTTP): events/s and Redis CPU per event ---------------
 
 
-def start_redis(root: Path, cluster: int, appendfsync: str) -> tuple[list[subprocess.Popen], str,
-                                                                     list[int]]:
-    """A standalone redis-server (``cluster`` 0) or a ``cluster``-master Redis Cluster on free
-    loopback ports, AOF on with ``appendfsync``; the processes, the URL and the ports."""
+def start_redis(root: Path, cluster: int, appendfsync: str, replicas: int = 0
+                ) -> tuple[list[subprocess.Popen], str, list[int]]:
+    """A standalone redis-server (``cluster`` 0) or a ``cluster``-master Redis Cluster with
+    ``replicas`` replicas per master on free loopback ports, AOF on with ``appendfsync``; the
+    processes, the URL and the ports."""
     procs, ports = [], []
-    for n in range(max(cluster, 1)):
+    for n in range(max(cluster, 1) * (1 + replicas if cluster else 1)):
         while (port := free_port()) > 55535:  # a cluster bus port is port + 10000
             pass
         workdir = root / f"redis-{n}"
         workdir.mkdir(parents=True)
-        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] \
-            if cluster else []
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--repl-diskless-sync-delay", "0"] if cluster else []
         procs.append(subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", appendfsync, "--dir", str(workdir),
@@ -237,9 +240,11 @@ def start_redis(root: Path, cluster: int, appendfsync: str) -> tuple[list[subpro
     if not cluster:
         return procs, f"redis://127.0.0.1:{ports[0]}/0", ports
     subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                    "--cluster-replicas", str(replicas), "--cluster-yes"], check=True,
                    capture_output=True, timeout=30)
-    while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports):
+    while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports) or (
+            replicas and sum("master_link_status:up" in _cli(p, "INFO", "replication")
+                             for p in ports) < cluster * replicas):
         time.sleep(0.1)
     return procs, "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports), ports
 
@@ -260,7 +265,7 @@ def redis_cpu_s(ports: list[int]) -> list[float]:
 
 
 async def append_load(url: str, partitions: int, seconds: float, clients: int, batch: int,
-                      users: int) -> dict:
+                      users: int, wait_replicas: int = 0) -> dict:
     """``clients`` coroutines appending batches of ``batch`` new click events from random
     users through :class:`RedisStreamLog` for ``seconds``; what was acknowledged."""
     from rankly.engine.config import load_settings
@@ -269,7 +274,8 @@ async def append_load(url: str, partitions: int, seconds: float, clients: int, b
     from rankly.engine.redis_store import RedisStore
 
     settings = load_settings(environ={}, store_url=url, namespace=f"bench{partitions}",
-                             events={"partitions": partitions})
+                             events={"partitions": partitions},
+                             plugins={"events": {"wait_replicas": wait_replicas}})
     store = RedisStore(url, settings)
     log = RedisStreamLog(store, settings)
     await log.open()
@@ -304,13 +310,13 @@ async def append_load(url: str, partitions: int, seconds: float, clients: int, b
 def log_only(args: argparse.Namespace) -> int:
     """Ingest straight into the partitioned Redis log for each ``--partitions`` value."""
     root = Path(tempfile.mkdtemp(prefix="rankly-log-load-"))
-    procs, url, ports = start_redis(root, args.cluster, args.appendfsync)
+    procs, url, ports = start_redis(root, args.cluster, args.appendfsync, args.replicas)
     runs = []
     try:
         for partitions in (int(p) for p in args.partitions.split(",")):
             before = redis_cpu_s(ports)
             load = asyncio.run(append_load(url, partitions, args.duration, args.clients,
-                                           args.batch, args.users))
+                                           args.batch, args.users, args.replicas))
             cpu = [b - a for a, b in zip(before, redis_cpu_s(ports), strict=True)]
             us_per_event = sum(cpu) / max(load["acked"], 1) * 1e6
             runs.append({"partitions": partitions, **load,
@@ -321,11 +327,13 @@ def log_only(args: argparse.Namespace) -> int:
         for proc in procs:
             stop(proc, signal.SIGKILL)
     result = {"mode": "log-only", "redis": "cluster" if args.cluster else "standalone",
-              "masters": max(args.cluster, 1), "appendfsync": args.appendfsync,
+              "masters": max(args.cluster, 1), "replicas_per_master": args.replicas,
+              "wait_replicas": args.replicas, "appendfsync": args.appendfsync,
               "clients": args.clients, "batch": args.batch, "users": args.users,
               "cpu_count": os.cpu_count(), "runs": runs}
     print(json.dumps(result, indent=2))
-    name = f"events_log_{'cluster' if args.cluster else 'standalone'}_b{args.batch}.json"
+    name = (f"events_log_{'cluster' if args.cluster else 'standalone'}_b{args.batch}"
+            f"{f'_r{args.replicas}' if args.replicas else ''}.json")
     (RESULTS.parent / name).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
@@ -338,6 +346,9 @@ def main() -> int:
     ap.add_argument("--cluster", type=int, default=0,
                     help="--log-only: masters of a Redis Cluster (0: a standalone Redis)")
     ap.add_argument("--clients", type=int, default=8, help="--log-only: concurrent appenders")
+    ap.add_argument("--replicas", type=int, default=0,
+                    help="--log-only with --cluster: replicas per master, and "
+                         "[plugins.events] wait_replicas set to it (each ack waits for them)")
     ap.add_argument("--appendfsync", default="everysec", choices=("always", "everysec", "no"),
                     help="--log-only: Redis AOF fsync policy")
     args = ap.parse_args()

@@ -663,13 +663,27 @@ class RedisStreamLog(EventLog):
                 specs.append(([self.stream_keys[p]], payloads))
         if not (idempotent and self.wait_replicas):
             return await self.guard.run(lambda r: self._pipelined(r, specs, idempotent))
+        groups = await self.guard.run(lambda r: self._by_master(specs))
         outcomes = await asyncio.gather(
-            *(self.guard.run(lambda r, k=keys, a=args: self._replicated(k, a))
-              for keys, args in specs), return_exceptions=True)
-        for outcome in outcomes:
+            *(self.guard.run(lambda r, c=client, i=idx: self._replicated(
+                c, [specs[n] for n in i])) for client, idx in groups),
+            return_exceptions=True)
+        flags: list[list[int]] = [[] for _ in specs]
+        for (_, idx), outcome in zip(groups, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-        return list(outcomes)  # type: ignore[arg-type]
+            for n, spec_flags in zip(idx, outcome, strict=True):
+                flags[n] = spec_flags
+        return flags
+
+    async def _by_master(self, specs: list[tuple[list[str], list[Any]]]
+                         ) -> list[tuple[Any, list[int]]]:
+        """``specs``' indices grouped by the client of the master that holds their stream."""
+        groups: dict[int, tuple[Any, list[int]]] = {}
+        for n, (keys, _) in enumerate(specs):
+            client = await self._master_of(keys[0])
+            groups.setdefault(id(client), (client, []))[1].append(n)
+        return list(groups.values())
 
     async def _pipelined(self, r: Any, specs: list[tuple[list[str], list[Any]]],
                          idempotent: bool) -> list[list[int]]:
@@ -715,19 +729,30 @@ class RedisStreamLog(EventLog):
         await self._refresh_topology()
         raise redis.ConnectionError(f"partition unavailable: {exc}") from exc
 
-    async def _replicated(self, keys: list[str], args: list[Any]) -> list[int]:
-        """The append script on the partition's master, then ``WAIT`` for its replicas; a
-        slot without a writable master is an outage (``StoreUnavailable``)."""
+    async def _replicated(self, client: Any, specs: list[tuple[list[str], list[Any]]]
+                          ) -> list[list[int]]:
+        """The append script of each spec on one master, then one ``WAIT`` for its replicas;
+        a slot without a writable master is an outage (``StoreUnavailable``)."""
         import redis
 
         try:
-            client = await self._master_of(keys[0])
-            # NOTE: one pipeline is one connection: WAIT counts the replicas that acknowledged
-            # this connection's writes, so it must follow the script on the same connection.
-            pipe = client.pipeline(transaction=False)
-            await self._script(keys=keys, args=args, client=pipe)
-            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
-            flags, acked = await pipe.execute()
+            for attempt in range(2):
+                # NOTE: one pipeline is one connection: WAIT counts the replicas that
+                # acknowledged this connection's writes, so it must follow the scripts on
+                # the same connection.
+                pipe = client.pipeline(transaction=False)
+                for keys, args in specs:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+                *flags, acked = await pipe.execute(raise_on_error=False)
+                errors = [x for x in (*flags, acked) if isinstance(x, Exception)]
+                if not errors:
+                    break
+                if attempt == 0 and all(isinstance(x, redis.exceptions.NoScriptError)
+                                        for x in errors):
+                    await client.script_load(APPEND_IDEMPOTENT)  # then the same tokens again
+                    continue
+                await self._raise_outage(errors[0])
         except redis.ResponseError as exc:
             await self._raise_outage(exc)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -736,7 +761,7 @@ class RedisStreamLog(EventLog):
         if int(acked) < self.wait_replicas:
             raise redis.ConnectionError(f"only {acked} of {self.wait_replicas} replicas "
                                         f"acknowledged within {self.wait_timeout_ms} ms")
-        return flags
+        return [list(f) for f in flags]
 
     async def _master_of(self, key: str) -> Any:
         """A standalone client of the master that holds ``key`` (the store's client when
