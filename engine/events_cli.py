@@ -129,11 +129,12 @@ def run_replay(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 def run_export(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     settings = _settings(args)
+    fmt = getattr(args, "format", "csv")  # callers that build the Namespace predate --format
     if args.out == "-":
-        counts = asyncio.run(export(settings, out, args.include_impressions, args.format))
+        counts = asyncio.run(export(settings, out, args.include_impressions, fmt))
     else:
         with open(args.out, "w", encoding="utf-8", newline="") as fh:
-            counts = asyncio.run(export(settings, fh, args.include_impressions, args.format))
+            counts = asyncio.run(export(settings, fh, args.include_impressions, fmt))
     total = sum(counts.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"exported {total} events ({detail or 'none'}) to {args.out}", file=sys.stderr)
