@@ -527,7 +527,8 @@ class RedisStreamLog(EventLog):
 
     A log written before partitions (``<ns>:{ev}:stream``) is read alongside while that
     stream exists: replay and followers include it, and its idempotency keys still count, so
-    nothing is lost or stored twice across the upgrade (docs/scaling.md, "Upgrading").
+    nothing is lost, and once the old workers are gone nothing is stored twice across the
+    upgrade (docs/scaling.md, "Upgrading from the single stream").
     """
 
     kind = "redis"
