@@ -24,7 +24,7 @@ API_NAMES = frozenset({
     "EMPTY_INDEX", "Reason", "UserFeatures", "Candidates", "Ranking", "anchored_reasons",
     "ModelPart", "CacheEntry", "Model", "Catalog", "UserTable", "Factors", "Neighbours",
     "TrainingData", "Store", "StoreUnavailable", "AsyncRedis", "CircuitOpen",
-    "INVALIDATION_MODES", "check_invalidation",
+    "INVALIDATION_MODES", "check_invalidation", "RANKER_FEATURES", "ranker_features",
 })
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from rankly.engine import hookimpl
 from rankly.engine.config import INVALIDATION_MODES, check_invalidation
 from rankly.engine.interactions import TrainingData
+from rankly.engine.ltr_features import FEATURES as RANKER_FEATURES
+from rankly.engine.ltr_features import ranker_features
 from rankly.engine.model import Catalog, Factors, Model, Neighbours, UserTable
 from rankly.engine.redis_client import AsyncRedis, CircuitOpen
 from rankly.engine.store import Store, StoreUnavailable
@@ -69,6 +71,9 @@ __all__ = [
     "Neighbours",
     # training input
     "TrainingData",
+    # the learned ranker's features (shared by `rankly train-ranker` and the `ltr` reranker)
+    "RANKER_FEATURES",
+    "ranker_features",
     # for cache tiers: the store, the Redis client type, invalidation modes
     "Store",
     "StoreUnavailable",

@@ -279,7 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import datasets, evaluation, events_cli, offpolicy, publish, training
+    from rankly.engine import (
+        datasets,
+        evaluation,
+        events_cli,
+        ltr_training,
+        offpolicy,
+        publish,
+        training,
+    )
     from rankly.engine.experiments import cli as experiments_cli
 
     for name, help_text, add, run in (
@@ -296,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
          events_cli.add_export_arguments, events_cli.run_export),
         ("off-policy", "estimate a model's CTR and conversion rate on logged traffic (IPS, "
                        "SNIPS, DR)", offpolicy.add_arguments, offpolicy.run),
+        ("train-ranker", "train the learned reranker `ltr` (LightGBM lambdarank) on the "
+                         "event log", ltr_training.add_arguments, ltr_training.run),
     ):
         p = sub.add_parser(name, help=help_text)
         add(p)

@@ -209,6 +209,25 @@ def base_rankings(feedback: Feedback, logged: Logged) -> np.ndarray:
     return out
 
 
+def user_at(model: Any, feedback: Feedback, slate: Slate) -> Any:
+    """The user's features as the server saw them when it served ``slate``: the trained
+    history plus their logged history events before it, newest first (as the store
+    projects them; purchases and ratings also in ``seen``)."""
+    from rankly.engine.types import UserFeatures
+
+    catalog = model.catalog
+    row = model.users.row(slate.user_id)
+    before = feedback.history_before(slate.user_id, slate.timestamp)
+    online = catalog.lookup([item for _, item, _ in reversed(before)])
+    seen_online = catalog.lookup([item for _, item, t in before if t in SEEN_TYPES])
+    history = np.concatenate([online, model.users.history(row)])
+    history = history[history >= 0]
+    _, first = np.unique(history, return_index=True)
+    history = history[np.sort(first)]
+    seen = np.unique(np.concatenate([history, seen_online[seen_online >= 0]]))
+    return UserFeatures(slate.user_id, row, history, seen)
+
+
 def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
                    settings: Any, plan: Any = None) -> np.ndarray:
     """The slates the pipeline of ``settings`` over the model in ``artifacts`` would serve
@@ -217,26 +236,14 @@ def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
     from rankly.engine import pipeline
     from rankly.engine.evaluation import rank_user, serving_runtime
     from rankly.engine.model import load_model
-    from rankly.engine.types import UserFeatures
 
     model = load_model(artifacts)
     rt = serving_runtime(model, settings)
     plan = plan or pipeline.default_plan(rt)
-    catalog = model.catalog
-    ids = catalog.id_list()
+    ids = model.catalog.id_list()
     out = np.full(logged.items.shape, "", dtype=object)
     for i, s in enumerate(feedback.slates):
-        row = model.users.row(s.user_id)
-        before = feedback.history_before(s.user_id, s.timestamp)
-        online = catalog.lookup([item for _, item, _ in reversed(before)])
-        seen_online = catalog.lookup([item for _, item, t in before if t in SEEN_TYPES])
-        history = np.concatenate([online, model.users.history(row)])
-        history = history[history >= 0]
-        _, first = np.unique(history, return_index=True)
-        history = history[np.sort(first)]
-        seen = np.unique(np.concatenate([history, seen_online[seen_online >= 0]]))
-        user = UserFeatures(s.user_id, row, history, seen)
-        ranking = rank_user(rt, plan, user, len(s.items))
+        ranking = rank_user(rt, plan, user_at(model, feedback, s), len(s.items))
         got = [ids[j] for j in ranking.items.tolist()][: len(s.items)]
         out[i, : len(got)] = got
     return out

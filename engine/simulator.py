@@ -43,6 +43,32 @@ class Simulator:
         return cls(tuple(map(str, user_ids)), tuple(map(str, item_ids)),
                    1.0 / (1.0 + np.exp(-logits)), eta, purchase)
 
+    @classmethod
+    def for_model(cls, model: Any, *, dim: int = 8, scale: float = 2.5, offset: float = -2.5,
+                  taste: float = 0.7, eta: float = 1.0, purchase: float = 0.3,
+                  seed: int = 0) -> Simulator:
+        """Users and items of a trained ``model``, with tastes it can partly see: items of
+        one category share a random center, and a user's vector leans (``taste``) towards
+        the items of their trained history; the rest is noise the model never saw."""
+        rng = np.random.default_rng(seed)
+        cats = np.asarray(model.catalog.categories)
+        centers = rng.normal(size=(int(max(cats.max(), 0)) + 1, dim))
+        y = np.where(cats[:, None] >= 0, centers[np.maximum(cats, 0)], 0.0) * 0.8 \
+            + rng.normal(size=(cats.size, dim)) * 0.8
+        users = model.users
+        x = rng.normal(size=(len(users), dim))
+        for row in range(len(users)):
+            h = users.history(row)
+            if h.size:
+                lean = y[h].mean(axis=0)
+                x[row] = taste * lean / max(np.linalg.norm(lean), 1e-9) * np.sqrt(dim) \
+                    + (1 - taste) * x[row]
+        b = rng.normal(size=cats.size) * 0.5
+        logits = scale * (x @ y.T) / dim + b[None, :] + offset
+        return cls(tuple(str(u) for u in users.user_ids.tolist()),
+                   tuple(model.catalog.id_list()), 1.0 / (1.0 + np.exp(-logits)), eta,
+                   purchase)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_users", {u: i for i, u in enumerate(self.user_ids)})
         object.__setattr__(self, "_items", {a: i for i, a in enumerate(self.item_ids)})

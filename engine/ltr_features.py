@@ -1,0 +1,76 @@
+"""The learned ranker's features of a user's candidates, the same at training and serving.
+
+One function computes them (:func:`ranker_features`), called by ``rankly train-ranker`` on
+logged requests and by the ``ltr`` reranker on live ones, so the two cannot drift apart.
+Where each comes from, at training time:
+
+- from the log, as served: ``position`` (where the item was shown; held at 0 when serving,
+  so the learned position effect is the same for every candidate and only corrects the
+  labels: the position-bias correction, see ``rankly train-ranker``)
+- recomputed from the model at the logged version, for the user's history at the request's
+  time (their trained history plus the log's events before it): ``rank``, ``score``,
+  ``score_gap``, ``score_z`` (the scorer's own ranking of its candidate pool),
+  ``log_popularity`` (the ``pop`` part), ``log_history``, ``category_affinity``,
+  ``category_recency``, ``same_category_as_last``
+- from the training slice of the log, stored in the ``ltr`` part: ``item_ctr`` (the item's
+  clicks over the clicks its positions predict) and ``log_item_impressions``
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FEATURES = (
+    "position", "rank", "score", "score_gap", "score_z", "log_popularity", "item_ctr",
+    "log_item_impressions", "log_history", "category_affinity", "category_recency",
+    "same_category_as_last",
+)
+#: History items (newest first) the category features look at.
+HISTORY_WINDOW = 200
+
+
+def ranker_features(history: np.ndarray, items: np.ndarray, ranks: np.ndarray,
+                    scores: np.ndarray, categories: np.ndarray, popularity: np.ndarray | None,
+                    item_ctr: np.ndarray | None, item_impressions: np.ndarray | None,
+                    positions: np.ndarray | float = 0.0) -> np.ndarray:
+    """Return float32 features [len(items), len(FEATURES)] in :data:`FEATURES` order.
+
+    ``history``: the user's item indices, newest first; ``items``: candidate item indices;
+    ``ranks``/``scores``: each candidate's rank and score in the scorer's pool (the pool's
+    scores set ``score_z``; a candidate outside the pool has rank = pool size and a score
+    below the pool's); ``categories``: primary category per catalog item (-1: none);
+    ``popularity``, ``item_ctr``, ``item_impressions``: per catalog item, or None.
+    """
+    n = items.size
+    out = np.empty((n, len(FEATURES)), dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float64)
+    out[:, 0] = positions
+    out[:, 1] = ranks
+    out[:, 2] = scores
+    top = scores.max() if n else 0.0
+    out[:, 3] = top - scores
+    sd = scores.std() if n > 1 else 0.0
+    out[:, 4] = (scores - scores.mean()) / sd if sd > 0 else 0.0
+    out[:, 5] = np.log1p(np.maximum(popularity[items], 0)) if popularity is not None else 0.0
+    out[:, 6] = item_ctr[items] if item_ctr is not None else 1.0
+    out[:, 7] = np.log1p(item_impressions[items]) if item_impressions is not None else 0.0
+    h = history[:HISTORY_WINDOW]
+    out[:, 8] = np.log1p(history.size)
+    cats = categories[items]
+    hc = categories[h]
+    known = hc >= 0
+    if known.any():
+        n_cat = int(max(categories.max(), 0)) + 1
+        hk = hc[known]
+        share = np.bincount(hk, minlength=n_cat) / hk.size
+        # newest occurrence of each category in the history (index from the newest item)
+        first = np.full(n_cat, np.inf)
+        np.minimum.at(first, hk, np.flatnonzero(known).astype(np.float64))
+        ok = cats >= 0
+        safe = np.where(ok, cats, 0)
+        out[:, 9] = np.where(ok, share[safe], 0.0)
+        out[:, 10] = np.where(ok, 1.0 / (1.0 + first[safe]), 0.0)
+        out[:, 11] = (cats == hc[known][0]) & ok
+    else:
+        out[:, 9:12] = 0.0
+    return out

@@ -1,0 +1,341 @@
+"""``rankly train-ranker``: a LightGBM lambdarank model learned from rankly's own log.
+
+Rows are logged impressions, one query per served slate, labelled 0 (no click), 1 (click or
+add-to-cart) or 2 (purchase), credited by ``request_id`` or within an attribution window
+(engine/feedback.py). Features are those of engine/ltr_features.py, computed for the user
+as they were at the request (offpolicy.user_at) and the scorer's pool of the model in DIR.
+
+Position bias: clicks at the top of a slate are partly clicks *because* of the top. The
+shown position is a feature during training and is held at 0 for every candidate when
+serving, so the model explains the position's share of the clicks with that feature and
+ranks by the rest (the "position as a feature" correction; inverse propensity weighting
+of the labels needs per-position examination estimates and, with LightGBM's lambdarank,
+per-query rather than per-item weights). ``--no-position`` trains without it for comparison.
+
+Validation: the last ``--valid-share`` of the slates in time, never trained on, scored two
+ways: NDCG@K of the shown items reordered by the model against their order in the current
+ranking (clicks as labels), and the off-policy estimates (engine/offpolicy.py) of the
+click-through rate of the pipeline with the ranker (``rerankers = ["ltr", ...]``) against
+the pipeline without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from rankly.engine.feedback import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
+from rankly.engine.ltr_features import FEATURES, ranker_features
+from rankly.engine.model import MANIFEST, Model, load_model
+from rankly.engine.offpolicy import ITEM_PRIOR, user_at
+
+PART = "ltr"
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "lambdarank", "num_leaves": 15, "learning_rate": 0.05,
+    "min_data_in_leaf": 50, "feature_fraction": 0.9, "lambdarank_truncation_level": 20,
+    "verbose": -1, "num_threads": 2, "deterministic": True, "seed": 0,
+}
+
+
+def item_stats(slates: Sequence[Slate], n_items: int, index: dict[str, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ctr, impressions) per catalog item from ``slates``: clicks over the clicks the
+    positions it was shown at predict (shrunk to 1 by :data:`ITEM_PRIOR`), and shows."""
+    kmax = max((len(s.items) for s in slates), default=1)
+    shown = np.zeros(kmax)
+    clicked = np.zeros(kmax)
+    for s in slates:
+        m = len(s.items)
+        shown[:m] += 1
+        clicked[:m] += s.clicks
+    theta = clicked / np.maximum(shown, 1)
+    expected = np.zeros(n_items)
+    got = np.zeros(n_items)
+    imps = np.zeros(n_items, dtype=np.float32)
+    for s in slates:
+        idx = np.array([index.get(a, -1) for a in s.items])
+        ok = idx >= 0
+        np.add.at(expected, idx[ok], theta[: len(s.items)][ok])
+        np.add.at(got, idx[ok], s.clicks[ok])
+        np.add.at(imps, idx[ok], 1)
+    return ((got + ITEM_PRIOR) / (expected + ITEM_PRIOR)).astype(np.float32), imps
+
+
+def pool_plan(rt: Any) -> Any:
+    """The serving plan without its rerankers: its scorer's pool, in score order."""
+    from rankly.engine import pipeline
+
+    base = pipeline.default_plan(rt)
+    return pipeline.Plan(base.candidates, base.scorers, ())
+
+
+def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slate,
+               depth: int, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, Any]:
+    """Features of the slate's shown items (positions as shown) and the user it was for."""
+    from rankly.engine.evaluation import rank_user
+
+    user = user_at(model, feedback, slate)
+    pool = rank_user(rt, plan, user, depth)
+    where = {int(i): r for r, i in enumerate(pool.items.tolist())}
+    items = model.catalog.lookup(slate.items)
+    floor = float(pool.scores.min()) - 1.0 if len(pool) else 0.0
+    ranks = np.array([where.get(int(i), len(pool)) for i in items], dtype=np.float32)
+    scores = np.array([pool.scores[where[int(i)]] if int(i) in where else floor
+                       for i in items], dtype=np.float32)
+    pop = model.part("pop")
+    x = ranker_features(user.history, np.maximum(items, 0), ranks, scores,
+                        np.asarray(model.catalog.categories),
+                        None if pop is None else np.asarray(pop["scores"]), stats[0], stats[1],
+                        np.arange(len(items), dtype=np.float32))
+    return x, user
+
+
+def labels(slate: Slate) -> np.ndarray:
+    return slate.clicks.astype(np.int32) + slate.conversions.astype(np.int32)
+
+
+def ndcg(gains: np.ndarray, k: int) -> float:
+    """NDCG@k of ``gains`` in the given order (0 when there is no gain)."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    g = (2.0 ** gains[:k] - 1) @ disc[: min(k, gains.size)]
+    ideal = (2.0 ** np.sort(gains)[::-1][:k] - 1) @ disc[: min(k, gains.size)]
+    return float(g / ideal) if ideal > 0 else 0.0
+
+
+def write_part(artifacts: str | Path, arrays: dict[str, np.ndarray], params: dict[str, Any],
+               metrics: dict[str, Any]) -> str:
+    """Put the ``ltr`` part into the artifact directory; return the new model version.
+
+    The part's files go to a fresh directory renamed into place (a server memory-mapping an
+    older part keeps its files), then the manifest is replaced atomically with the part and
+    a new version (the old one plus ``+ltr-<hash>``), so caches keyed by version and
+    ``rankly publish`` see a new model.
+    """
+    root = Path(artifacts)
+    manifest = json.loads((root / MANIFEST).read_text())
+    parts_dir = root / "parts"
+    parts_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parts_dir, prefix=f".{PART}-new-"))
+    digest = hashlib.sha256()
+    for name, arr in arrays.items():
+        np.save(tmp / f"{name}.npy", np.asarray(arr), allow_pickle=False)
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    final = parts_dir / PART
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=parts_dir, prefix=f".{PART}-old-"))
+        os.replace(final, old / PART)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    base = str(manifest["version"]).split("+ltr-")[0]
+    manifest["version"] = f"{base}+ltr-{digest.hexdigest()[:8]}"
+    manifest.setdefault("parts", {})[PART] = {"params": params, "metrics": metrics,
+                                             "arrays": sorted(arrays)}
+    fd, path = tempfile.mkstemp(dir=root, prefix=".manifest-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+    os.replace(path, root / MANIFEST)
+    return manifest["version"]
+
+
+def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
+                 window_s: float = DEFAULT_WINDOW_S, depth: int = 100,
+                 valid_share: float = 0.2, rounds: int = 100, position: bool = True,
+                 params: dict[str, Any] | None = None, write: bool = True,
+                 progress: IO[str] | None = None) -> dict[str, Any]:
+    """Train on the log ``events`` for the model in ``artifacts``; return the report."""
+    import lightgbm
+
+    from rankly.engine.evaluation import serving_runtime
+
+    started = time.perf_counter()
+    feedback = load_feedback(events, window_s)
+    slates = feedback.slates
+    if len(slates) < 10:
+        raise ValueError(f"{events}: {len(slates)} logged slates; need at least 10")
+    model = load_model(artifacts, mmap=False)
+    rt = serving_runtime(model, settings)
+    plan = pool_plan(rt)
+    cut = int(round(len(slates) * (1.0 - valid_share)))
+    train, valid = slates[:cut], slates[cut:]
+    catalog = model.catalog
+    n_items = len(catalog)
+    # cross-fitted item statistics for the training rows: a slate's own clicks never feed
+    # its item_ctr feature; the validation rows and serving use all the training slates
+    fold = np.array([zlib.crc32(s.request_id.encode()) & 1 for s in train])
+    by_fold = [item_stats([s for s, f in zip(train, fold, strict=True) if f != g], n_items,
+                          catalog.index) for g in (0, 1)]
+    full = item_stats(train, n_items, catalog.index)
+    xs, ys, groups = [], [], []
+    for s, f in zip(train, fold, strict=True):
+        x, _ = slate_rows(model, rt, plan, feedback, s, depth, by_fold[f])
+        xs.append(x)
+        ys.append(labels(s))
+        groups.append(len(s.items))
+    x_train = np.concatenate(xs)
+    if not position:
+        x_train[:, 0] = 0.0
+    y_train = np.concatenate(ys)
+    features_done = time.perf_counter()
+    p = {**DEFAULT_PARAMS, **(params or {}),
+         "eval_at": [max(groups) if groups else 10]}
+    booster = lightgbm.train(p, lightgbm.Dataset(x_train, y_train, group=groups,
+                                                 feature_name=list(FEATURES)),
+                             num_boost_round=rounds)
+    trained = time.perf_counter()
+    # validation on the later slice: NDCG of the shown items, model order vs current order
+    nd_model, nd_current, nd_shown = [], [], []
+    # shuffled slates only when there are any: their shown order is independent of both
+    # orders compared, so the position bias in the clicks favours neither
+    shuffled = [s for s in valid if (s.base_positions != np.arange(len(s.items))).any()]
+    for s in shuffled or valid:
+        y = labels(s)
+        if not y.any():
+            continue
+        x, _ = slate_rows(model, rt, plan, feedback, s, depth, full)
+        x[:, 0] = 0.0
+        k = len(s.items)
+        score = booster.predict(x, num_threads=1)
+        nd_model.append(ndcg(y[np.argsort(-score, kind="stable")].astype(float), k))
+        nd_current.append(ndcg(y[np.argsort(s.base_positions, kind="stable")].astype(float), k))
+        nd_shown.append(ndcg(y.astype(float), k))
+    importance = dict(zip(FEATURES, booster.feature_importance("gain").round(3).tolist(),
+                          strict=True))
+    report: dict[str, Any] = {
+        "slates": len(slates), "train_slates": len(train), "valid_slates": len(valid),
+        "train_rows": int(x_train.shape[0]), "train_clicks": int((y_train > 0).sum()),
+        "position_feature": position, "depth": depth, "rounds": rounds,
+        "seconds": {"features": round(features_done - started, 2),
+                    "fit": round(trained - features_done, 2)},
+        "valid_ndcg": {"ranker": _mean(nd_model), "current": _mean(nd_current),
+                       "as_shown": _mean(nd_shown), "slates_with_clicks": len(nd_model),
+                       "shuffled_slates_only": bool(shuffled)},
+        "feature_gain": importance,
+    }
+    if write:
+        text = booster.model_to_string().encode("utf-8")
+        arrays = {"model": np.frombuffer(text, dtype=np.uint8),
+                  "item_ctr": full[0], "item_impressions": full[1]}
+        params_out = {"features": list(FEATURES), "depth": depth, "rounds": rounds,
+                      "position_feature": position, "lightgbm": lightgbm.__version__,
+                      "trained_on_model": model.version.split("+ltr-")[0]}
+        report["model_version"] = write_part(artifacts, arrays, params_out,
+                                             {"valid_ndcg": report["valid_ndcg"]})
+        if valid:
+            report["valid_offpolicy"] = validate_offpolicy(feedback, valid, artifacts,
+                                                           settings)
+    return report
+
+
+def validate_offpolicy(feedback: Feedback, valid: list[Slate], artifacts: str | Path,
+                       settings: Any) -> dict[str, Any]:
+    """Off-policy CTR of the pipeline with the ranker first among the rerankers, against the
+    configured pipeline, on the validation slates."""
+    from rankly.engine import offpolicy
+
+    sub = Feedback(valid, feedback.history, 0)
+    logged = offpolicy.Logged.of(valid)
+    rerankers = settings.pipeline.rerankers
+    with_ltr = ("ltr", *[r for r in rerankers if r != "ltr"])
+    current = tuple(r for r in rerankers if r != "ltr")
+    rankings = {
+        "current": offpolicy.model_rankings(
+            sub, logged, artifacts, settings.replace(
+                pipeline=_replace_rerankers(settings.pipeline, current))),
+        "ranker": offpolicy.model_rankings(
+            sub, logged, artifacts, settings.replace(
+                pipeline=_replace_rerankers(settings.pipeline, with_ltr))),
+    }
+    report = offpolicy.evaluate(sub, rankings)
+    out: dict[str, Any] = {"explored_slates": report["explored_requests"]}
+    for name in ("current", "ranker"):
+        pol = report["policies"][name]
+        out[name] = {"ctr": {k: pol["ctr"][k]["estimate"] for k in ("ips", "snips", "dr")},
+                     "ctr_ci95_dr": pol["ctr"]["dr"]["ci95"], "support": pol["support"]}
+    out["logging_ctr"] = report["policies"]["logging"]["ctr"]["ips"]["estimate"]
+    return out
+
+
+def _replace_rerankers(pipeline_settings: Any, rerankers: tuple[str, ...]) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(pipeline_settings, rerankers=rerankers)
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", required=True,
+                        help="event log as JSON lines (events.jsonl, or rankly export-events "
+                             "--format jsonl --include-impressions)")
+    parser.add_argument("--artifacts", required=True,
+                        help="model directory: its scorer's pool is what the ranker reorders, "
+                             "and the `ltr` part is written into it")
+    parser.add_argument("--config", default=None, help="settings file (the serving pipeline)")
+    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
+                        help="attribution window in seconds for outcomes without request_id")
+    parser.add_argument("--depth", type=int, default=100,
+                        help="candidates the ranker reorders (default 100)")
+    parser.add_argument("--valid-share", type=float, default=0.2,
+                        help="latest share of the slates held out for validation (default 0.2)")
+    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds (default 100)")
+    parser.add_argument("--no-position", action="store_true",
+                        help="train without the position feature (no position-bias correction)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="train and validate, write nothing")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    from rankly.engine.config import load_settings
+
+    out = out or sys.stdout
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError:
+        print("rankly train-ranker needs LightGBM: pip install 'rankly[ltr]'", file=sys.stderr)
+        return 2
+    try:
+        report = train_ranker(args.events, args.artifacts, load_settings(args.config),
+                              window_s=args.window, depth=args.depth,
+                              valid_share=args.valid_share, rounds=args.rounds,
+                              position=not args.no_position, write=not args.dry_run)
+    except ValueError as exc:
+        print(f"rankly train-ranker: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=1), file=out)
+        return 0
+    v = report["valid_ndcg"]
+    print(f"trained on {report['train_slates']} slates ({report['train_rows']} impressions, "
+          f"{report['train_clicks']} clicked) in {sum(report['seconds'].values()):.1f} s; "
+          f"validated on the latest {report['valid_slates']}", file=out)
+    print(f"validation NDCG of the shown items: ranker {v['ranker']}, current ranking "
+          f"{v['current']} ({v['slates_with_clicks']} slates with clicks)", file=out)
+    op = report.get("valid_offpolicy")
+    if op:
+        for name in ("current", "ranker"):
+            c = op[name]["ctr"]
+            print(f"off-policy CTR, {name:<8} ips {c['ips']:.4f} snips {c['snips']:.4f} "
+                  f"dr {c['dr']:.4f} (support {op[name]['support']:.0%})", file=out)
+    if "model_version" in report:
+        print(f"wrote part {PART!r} into {args.artifacts}: model version "
+              f"{report['model_version']}; serve with pipeline.rerankers = "
+              f'["ltr", "diversity"]', file=out)
+    return 0
