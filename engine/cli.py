@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         ltr_training,
         offpolicy,
         publish,
+        simulator,
         training,
     )
     from rankly.engine.experiments import cli as experiments_cli
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "SNIPS, DR)", offpolicy.add_arguments, offpolicy.run),
         ("train-ranker", "train the learned reranker `ltr` (LightGBM lambdarank) on the "
                          "event log", ltr_training.add_arguments, ltr_training.run),
+        ("simulate", "drive a running server with simulated users (hidden tastes, "
+                     "position-biased clicks)", simulator.add_arguments, simulator.run),
     ):
         p = sub.add_parser(name, help=help_text)
         add(p)

@@ -12,11 +12,17 @@ API (:func:`drive`: the real pipeline, impression logging and event ingestion).
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -137,20 +143,37 @@ class DriveResult:
     clicks: int = 0
     purchases: int = 0
     expected_clicks: float = 0.0  # of the slates as served (the simulator's ground truth)
+    #: per served variant ("" outside experiments): [requests, impressions, clicks,
+    #: purchases, expected clicks]
+    variants: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ctr(self) -> float:
         return self.clicks / self.impressions if self.impressions else 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "impressions": self.impressions,
+                "clicks": self.clicks, "purchases": self.purchases, "ctr": self.ctr,
+                "expected_ctr": self.expected_clicks / max(self.impressions, 1),
+                "variants": {k: {"requests": int(v[0]), "impressions": int(v[1]),
+                                 "clicks": int(v[2]), "purchases": int(v[3]),
+                                 "ctr": v[2] / max(v[1], 1),
+                                 "expected_ctr": v[4] / max(v[1], 1)}
+                             for k, v in sorted(self.variants.items())}}
+
 
 def drive(client: HttpClient, sim: Simulator, requests: int, n: int = 10, seed: int = 0,
-          users: Sequence[str] | None = None) -> DriveResult:
-    """Ask for ``requests`` slates for random users, click and buy by the simulator's model,
-    post the outcomes with their ``request_id``; return the totals."""
+          users: Sequence[str] | None = None, seconds: float | None = None) -> DriveResult:
+    """Ask for ``requests`` slates (at most, and for at most ``seconds``) for random users,
+    click and buy by the simulator's model, post the outcomes with their ``request_id``;
+    return the totals."""
     rng = np.random.default_rng(seed)
     pool = list(users or sim.user_ids)
     out = DriveResult()
+    stop = None if seconds is None else time.monotonic() + seconds
     for _ in range(requests):
+        if stop is not None and time.monotonic() > stop:
+            break
         user = pool[int(rng.integers(len(pool)))]
         rid = uuid.uuid4().hex
         body = client.get("/recommendations", params={"user_id": user, "n": n,
@@ -161,7 +184,11 @@ def drive(client: HttpClient, sim: Simulator, requests: int, n: int = 10, seed: 
         out.impressions += len(shown)
         out.clicks += int(clicks.sum())
         out.purchases += int(buys.sum())
-        out.expected_clicks += float(sim.click_probabilities(user, shown).sum())
+        expected = float(sim.click_probabilities(user, shown).sum())
+        out.expected_clicks += expected
+        tally = out.variants.setdefault(body.get("variant") or "", [0.0] * 5)
+        for j, v in enumerate((1, len(shown), int(clicks.sum()), int(buys.sum()), expected)):
+            tally[j] += v
         events = []
         for k in np.flatnonzero(clicks).tolist():
             for kind in ("click", "purchase") if buys[k] else ("click",):
@@ -172,3 +199,78 @@ def drive(client: HttpClient, sim: Simulator, requests: int, n: int = 10, seed: 
             if r.status_code != 202:
                 raise RuntimeError(f"POST /events answered {r.status_code}: {r.text[:200]}")
     return out
+
+
+# --- rankly simulate --------------------------------------------------------------------------
+
+
+_dumps = json.dumps  # `json` is an argument name below (httpx's and TestClient's API)
+
+
+@dataclass
+class _Reply:
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class UrlClient:
+    """The two calls :func:`drive` makes, over HTTP with the standard library."""
+
+    def __init__(self, base: str, timeout: float = 10.0) -> None:
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+
+    def _send(self, req: urllib.request.Request) -> _Reply:
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return _Reply(r.status, r.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            return _Reply(exc.code, exc.read().decode("utf-8", "replace"))
+
+    def get(self, url: str, params: dict[str, Any] | None = None, **_: Any) -> _Reply:
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        return self._send(urllib.request.Request(self.base + url + query))
+
+    def post(self, url: str, json: Any = None, **_: Any) -> _Reply:  # noqa: A002
+        body = _dumps(json).encode("utf-8")
+        return self._send(urllib.request.Request(
+            self.base + url, data=body, method="POST",
+            headers={"content-type": "application/json"}))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="a running rankly server")
+    parser.add_argument("--artifacts", required=True,
+                        help="the served model's directory (its users and items)")
+    parser.add_argument("--requests", type=int, default=1000, help="at most (default 1000)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="at most (default 60)")
+    parser.add_argument("--users", type=int, default=0,
+                        help="draw from the first N users only (default: all)")
+    parser.add_argument("--n", type=int, default=10, help="slate size (default 10)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the hidden tastes and of the clicks")
+    parser.add_argument("--json", action="store_true", help="print the totals as JSON")
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    from rankly.engine.model import load_model
+
+    out = out or sys.stdout
+    sim = Simulator.for_model(load_model(args.artifacts), seed=args.seed)
+    users = sim.user_ids[: args.users] if args.users > 0 else None
+    result = drive(UrlClient(args.url), sim, args.requests, n=args.n, seed=args.seed,
+                   users=users, seconds=args.seconds)
+    doc = result.as_dict()
+    if args.json:
+        print(json.dumps(doc, indent=1), file=out)
+        return 0
+    print(f"{doc['requests']} requests, {doc['impressions']} impressions, {doc['clicks']} "
+          f"clicks (CTR {doc['ctr']:.4f}, expected {doc['expected_ctr']:.4f}), "
+          f"{doc['purchases']} purchases", file=out)
+    for name, v in doc["variants"].items():
+        print(f"  {name or '(no experiment)':<20} {v['requests']:>6} requests  CTR "
+              f"{v['ctr']:.4f}  expected {v['expected_ctr']:.4f}", file=out)
+    return 0
