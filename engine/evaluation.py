@@ -519,8 +519,11 @@ def _summary_lines(report: Mapping[str, Any]) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``rankly evaluate``."""
     datasets.add_input_arguments(parser)
-    parser.add_argument("--split", choices=sorted(SPLITS), default="temporal")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="temporal",
+                        help="how test events are held out: the last 20%% of all events by "
+                             "time (temporal) or each user's last event (user-last)")
+    parser.add_argument("--k", type=int, default=10,
+                        help="list length the metrics are computed at (NDCG@k, recall@k, ...)")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from: {', '.join(SETUPS)} (served = the "
                              "default pipeline with its diversity reranker)")
@@ -591,7 +594,7 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--users", help="file with one user id per line")
     who.add_argument("--all", action="store_true", help="every user of the model")
-    parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
     parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                         help="drop items the user already has (default: the configured "
                              "pipeline.exclude_seen, true)")
@@ -704,6 +707,8 @@ def run_recommend(args: argparse.Namespace) -> int:
                 count = engine.recommend(args.artifacts, users, args.n, settings,
                                          args.exclude_seen, sys.stdout,
                                          progress=None if args.quiet else sys.stderr)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the CLI ends quietly, as for other commands
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

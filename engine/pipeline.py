@@ -247,6 +247,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
             async with asyncio.timeout(deadline * 0.8):
                 ranking = await asyncio.get_running_loop().run_in_executor(
                     SELECT_THREADS, select, rt, comps, req, plan, user, trace)
+        rt.breakers.success("pipeline")  # computed in time: an open pipeline breaker closes
     except TimeoutError:
         stuck = trace.current or "pipeline"
         record_outcome(rt, stuck, "timeout")

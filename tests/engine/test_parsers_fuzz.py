@@ -170,7 +170,7 @@ def test_settings_from_any_environment_load_or_raise_config_error(env):
     s = _load(env)
     if s is not None:
         assert 1 <= s.limits.n_default <= s.limits.n_max
-        assert s.workers >= 1
+        assert s.workers >= 0  # 0: one per core with a Redis store (engine/cli.py)
 
 
 @FUZZ
