@@ -1,6 +1,7 @@
 """Benchmarks of the learned ranker (issue 19): reranking 300 candidates in process.
 
-    OPENBLAS_NUM_THREADS=1 pytest benchmarks/test_ltr.py --benchmark-json benchmarks/results/ltr.json
+    OPENBLAS_NUM_THREADS=1 pytest benchmarks/test_ltr.py \
+        --benchmark-json benchmarks/results/ltr.json
 
 ``rerank-300`` is the ``ltr`` reranker's whole call (the 12 features of
 engine/ltr_features.py for 300 candidates, one LightGBM prediction on one thread, the

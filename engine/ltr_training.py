@@ -250,7 +250,7 @@ def validate_offpolicy(feedback: Feedback, valid: list[Slate], artifacts: str | 
     with_ltr = ("ltr", *[r for r in rerankers if r != "ltr"])
     current = tuple(r for r in rerankers if r != "ltr")
     rankings = {
-        "current": offpolicy.model_rankings(
+        "base": offpolicy.model_rankings(
             sub, logged, artifacts, settings.replace(
                 pipeline=_replace_rerankers(settings.pipeline, current))),
         "ranker": offpolicy.model_rankings(
@@ -259,10 +259,13 @@ def validate_offpolicy(feedback: Feedback, valid: list[Slate], artifacts: str | 
     }
     report = offpolicy.evaluate(sub, rankings)
     out: dict[str, Any] = {"explored_slates": report["explored_requests"]}
-    for name in ("current", "ranker"):
-        pol = report["policies"][name]
+    for name, key in (("current", "base"), ("ranker", "ranker")):
+        pol = report["policies"][key]
         out[name] = {"ctr": {k: pol["ctr"][k]["estimate"] for k in ("ips", "snips", "dr")},
                      "ctr_ci95_dr": pol["ctr"]["dr"]["ci95"], "support": pol["support"]}
+    lift = report["policies"]["ranker"]["ctr"]["lift_vs_base"]
+    out["ranker"]["ctr_lift"] = {k: {"estimate": v["estimate"], "ci95": v["ci95"]}
+                                 for k, v in lift.items()}
     out["logging_ctr"] = report["policies"]["logging"]["ctr"]["ips"]["estimate"]
     return out
 
@@ -334,6 +337,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             c = op[name]["ctr"]
             print(f"off-policy CTR, {name:<8} ips {c['ips']:.4f} snips {c['snips']:.4f} "
                   f"dr {c['dr']:.4f} (support {op[name]['support']:.0%})", file=out)
+        dr = op["ranker"]["ctr_lift"]["dr"]
+        print(f"off-policy CTR lift of the ranker (DR): {dr['estimate']:+.1%} "
+              f"[{dr['ci95'][0]:+.1%}, {dr['ci95'][1]:+.1%}]", file=out)
     if "model_version" in report:
         print(f"wrote part {PART!r} into {args.artifacts}: model version "
               f"{report['model_version']}; serve with pipeline.rerankers = "

@@ -250,7 +250,9 @@ def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
 
 
 def evaluate(feedback: Feedback, rankings: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Estimates for the logging policy and each named ranking (item ids per logged slot)."""
+    """Estimates for the logging policy and each named ranking (item ids per logged slot),
+    with each ranking's lift over the logging policy and, when a ranking is named "base",
+    over it (paired by request)."""
     logged = Logged.of(feedback.slates)
     report: dict[str, Any] = {
         "requests": len(feedback.slates), "impressions": int(logged.mask.sum()),
@@ -278,6 +280,12 @@ def evaluate(feedback: Feedback, rankings: Mapping[str, np.ndarray]) -> dict[str
                 k: relative_lift(terms[name][metric][k], terms["logging"][metric][k])
                 for k in ("ips", "dr")}
             report["policies"].setdefault(name, {})[metric] = est
+        if "base" in rankings:  # the serving ranking without exploration: an A/B's control
+            for name in rankings:
+                if name != "base":
+                    report["policies"][name][metric]["lift_vs_base"] = {
+                        k: relative_lift(terms[name][metric][k], terms["base"][metric][k])
+                        for k in ("ips", "dr")}
     for name, ranked in rankings.items():
         report["policies"][name]["support"] = float(
             logged.support(ranked).sum() / max(logged.mask.sum(), 1))
@@ -330,7 +338,7 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("warning: no explored slates (exploration.rate = 0): only rankings that "
                      "agree with the logged one can be estimated")
     lines.append(f"{'policy':<10} {'metric':<11} {'est.':<6} {'value':>9} {'95% CI':>21} "
-                 f"{'lift vs logging (95% CI)':>34} {'ESS':>9}")
+                 f"{'lift vs base, else logging (95% CI)':>36} {'ESS':>9}")
     for name, pol in report["policies"].items():
         for metric in ("ctr", "conversion"):
             est = pol[metric]
@@ -338,12 +346,12 @@ def render(report: Mapping[str, Any]) -> str:
                 if kind not in est:
                     continue
                 v = est[kind]
-                lift = est.get("lift_vs_logging", {}).get(kind)
+                lift = est.get("lift_vs_base", est.get("lift_vs_logging", {})).get(kind)
                 lift_txt = ("" if lift is None else
                             f"{lift['estimate']:+.1%} [{lift['ci95'][0]:+.1%}, "
                             f"{lift['ci95'][1]:+.1%}]")
                 lines.append(f"{name:<10} {metric:<11} {kind:<6} {v['estimate']:>9.5f} "
-                             f"[{v['ci95'][0]:.5f}, {v['ci95'][1]:.5f}] {lift_txt:>34} "
+                             f"[{v['ci95'][0]:.5f}, {v['ci95'][1]:.5f}] {lift_txt:>36} "
                              f"{est['ess']:>9.0f}")
         if "support" in pol:
             lines.append(f"{name:<10} support {pol['support']:.1%} of its positions, "

@@ -24,12 +24,13 @@ class LtrReranker:
     with their items. Scores become the model's (descending), so a diversity reranker after
     this one selects by them.
 
-    Options: ``top`` (int, default 30). On simulated traffic (docs/feedback-loop.md) the
-    true CTR lift over the default pipeline was +13.2%, +13.7% and +10.5% with the first
-    10, 30 and 100 items reordered: deeper pools bring items the logs never showed.
+    Options: ``top`` (int, default 10: the items exploration's default ``top_m`` shuffles,
+    so ``rankly off-policy`` can estimate this ranking from logs; a deeper ``top`` brings
+    items the logs never showed there, whose estimates rest on DR's reward model alone;
+    docs/feedback-loop.md has the numbers).
     """
 
-    def __init__(self, model: Model, booster: Any, top: int = 30) -> None:
+    def __init__(self, model: Model, booster: Any, top: int = 10) -> None:
         part = model.part(PART) or {}
         self.booster = booster
         self.top = int(top)
@@ -81,6 +82,6 @@ def register_rerankers(register):
         booster = load_booster(ctx.model)
         if booster is None:
             return None
-        return LtrReranker(ctx.model, booster, int(ctx.options.get("top", 30)))
+        return LtrReranker(ctx.model, booster, int(ctx.options.get("top", 10)))
 
-    register("ltr", ltr, options={"top": 30})
+    register("ltr", ltr, options={"top": 10})

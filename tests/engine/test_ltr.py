@@ -71,8 +71,7 @@ def test_the_ranker_lifts_the_true_ctr_of_the_default(shop, trained):
     art, sim, _, root = shop
     default, _ = true_ctr(art, sim, root, ("diversity",))
     ranked, result = true_ctr(art, sim, root, ("ltr", "diversity"))
-    # +13.7% in the run that set the default `top` (docs/feedback-loop.md); the same users
-    # in the same order in both arms, so the difference is the rankings'
+    # the same users in the same order in both arms, so the difference is the rankings'
     assert ranked > default * 1.03, (default, ranked)
     assert result.requests == 1500
 
