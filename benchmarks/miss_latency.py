@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     fallbacks: dict[str, list[str]] = {name: [] for name in rts}
     for name, (rt, plan) in rts.items():  # warm-up: first touches, worker thread
         measure(loop, rt, plan, (hit_req if name == "hit" else reqs)[:200], [])
+    # as the app does after startup (engine/app.py): the model and plugin heap leave the
+    # collector's generations, so a full collection does not traverse them mid-request
+    gc.collect()
+    gc.freeze()
     per = max(1, args.requests // args.rounds)
     for r in range(args.rounds):
         chunk = reqs[r * per:(r + 1) * per]
