@@ -76,3 +76,76 @@ def test_predict_300x30(benchmark):
     x = np.random.default_rng(3).normal(size=(N_CANDIDATES, 30)).astype(np.float32)
     benchmark(b.predict, x, num_threads=1)
     benchmark.extra_info["p95_ms"] = p95_ms(lambda: b.predict(x, num_threads=1))
+
+
+@pytest.fixture(scope="module")
+def ranked_shop(tmp_path_factory):
+    """The demo shop's default model with an `ltr` part trained on 1,000 simulated requests."""
+    from starlette.testclient import TestClient
+
+    from rankly.engine import ltr_training
+    from rankly.engine.app import create_app
+    from rankly.engine.config import load_settings
+    from rankly.engine.demo import synthesize
+    from rankly.engine.interactions import build_training_data
+    from rankly.engine.model import fingerprint, load_model, save_model
+    from rankly.engine.simulator import Simulator, drive
+    from rankly.engine.training import DEFAULT_TRAINERS, train
+
+    root = tmp_path_factory.mktemp("ltr-shop")
+    interactions, items = synthesize(n_users=1000, n_items=1200, seed=7)
+    data = build_training_data(interactions, items)
+    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}))
+    art = save_model(root / "model", data.catalog, data.users, parts,
+                     data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+    settings = load_settings(environ={}, artifacts=art, data_dir=root / "log",
+                             exploration={"rate": 0.5}, cache={"tiers": []})
+    with TestClient(create_app(settings)) as client:
+        drive(client, Simulator.for_model(load_model(art), seed=11), 1000, n=10, seed=1)
+    ltr_training.train_ranker(root / "log" / "events" / "events.jsonl", art,
+                              load_settings(environ={}))
+    return load_model(art)
+
+
+def test_uncached_selection_with_and_without_ltr(benchmark, ranked_shop):
+    """The miss path's CPU stage (`pipeline.select`, n = 10) for every user, default
+    pipeline vs `rerankers = ["ltr", "diversity"]`; extra_info has both P50/P99 and the
+    P99 difference (issue 19: at most 1 ms)."""
+    from rankly.engine import pipeline
+    from rankly.engine.config import load_settings
+    from rankly.engine.evaluation import serving_runtime
+    from rankly.engine.types import RecommendationRequest
+
+    model = ranked_shop
+    users = []
+    for row in range(len(model.users)):
+        h = model.users.history(row)
+        users.append(UserFeatures(str(model.users.user_ids[row]), row, h, np.sort(h)))
+    times = {}
+    for name, rerankers in (("default", ("diversity",)), ("ltr", ("ltr", "diversity"))):
+        rt = serving_runtime(model, load_settings(environ={},
+                                                  pipeline={"rerankers": list(rerankers)}))
+        plan = pipeline.default_plan(rt)
+        assert "ltr" in rt.components.rerankers and plan.rerankers == rerankers
+
+        def one(user, rt=rt, plan=plan):
+            req = RecommendationRequest(user_id=user.user_id, n=10)
+            return pipeline.select(rt, rt.components, req, plan, user, pipeline.Trace())
+
+        for user in users[:50]:  # warm up
+            one(user)
+        samples = []
+        for _ in range(3):
+            for user in users:
+                t = time.perf_counter()
+                one(user)
+                samples.append(time.perf_counter() - t)
+        times[name] = samples
+        if name == "ltr":
+            it = iter(users * 100)
+            benchmark(lambda: one(next(it)))
+    for name, samples in times.items():
+        benchmark.extra_info[f"{name}_p50_ms"] = float(np.percentile(samples, 50) * 1e3)
+        benchmark.extra_info[f"{name}_p99_ms"] = float(np.percentile(samples, 99) * 1e3)
+    benchmark.extra_info["p99_delta_ms"] = (benchmark.extra_info["ltr_p99_ms"]
+                                            - benchmark.extra_info["default_p99_ms"])

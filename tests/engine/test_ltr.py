@@ -118,3 +118,32 @@ def test_train_ranker_refuses_a_log_without_slates(tmp_path, shop, capsys):
                      + "\n")
     assert cli.main(["train-ranker", "--events", str(empty), "--artifacts", str(shop[0])]) == 1
     assert "need at least 10" in capsys.readouterr().err
+
+
+@pytest.mark.redis
+def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_server,
+                                                        redis_namespace, tmp_path):
+    import asyncio
+
+    from rankly.engine.publish import publish_version
+
+    art = shop[0]
+    settings = load_settings(environ={}, store_url=redis_server.url, namespace=redis_namespace,
+                             data_dir=tmp_path, pipeline={"rerankers": ["ltr", "diversity"]},
+                             deadlines={"store_ms": 250.0, "request_ms": 2000.0})
+    version = asyncio.run(publish_version(settings, art))
+    assert version == load_model(art).version and "+ltr-" in version
+    with TestClient(create_app(settings)) as client:  # no artifacts: Redis's active version
+        body = client.get("/recommendations", params={"user_id": "5", "n": 10}).json()
+        ready = client.get("/ready").json()
+    assert body["model_version"] == version and body["fallback"] is None
+    assert ready["model_version"] == version and "missing_components" not in ready
+    local = load_settings(environ={}, artifacts=art, data_dir=tmp_path / "local",
+                          pipeline={"rerankers": ["ltr", "diversity"]})
+    plain = load_settings(environ={}, artifacts=art, data_dir=tmp_path / "plain")
+    with TestClient(create_app(local)) as client:
+        ranked = client.get("/recommendations", params={"user_id": "5", "n": 10}).json()
+    with TestClient(create_app(plain)) as client:
+        default = client.get("/recommendations", params={"user_id": "5", "n": 10}).json()
+    ids = [[it["item_id"] for it in b["items"]] for b in (body, ranked, default)]
+    assert ids[0] == ids[1] != ids[2]  # the ltr part came through Redis and reranks
