@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rankly.engine import quality
+
 pytestmark = pytest.mark.slow
 
 
@@ -104,8 +106,17 @@ def test_metrics_count_the_requests_of_every_worker(server):
     [(_, timed)] = sample(text, "rankly_http_request_duration_seconds_count",
                           route="/recommendations")
     assert timed == sent
-    slates = sum(v for _, v in sample(text, "rankly_quality_window_slates"))
-    assert slates == sent  # distinct users: every answer was computed, none cached
+    # distinct users: every answer was computed, none cached. Each worker folds its served
+    # slates into its quality gauges every quality.EXPORT_SECONDS, so the last ones can show
+    # a moment later
+    deadline = time.monotonic() + 10 * quality.EXPORT_SECONDS
+    while True:
+        text = httpx.get(f"{url}/metrics", timeout=10.0).text
+        slates = sum(v for _, v in sample(text, "rankly_quality_window_slates"))
+        if slates == sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert slates == sent
     [(_, cold)] = sample(text, "rankly_fallbacks_total", reason="cold_start")
     assert cold == sent
     stop(proc)
