@@ -149,7 +149,7 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
             metrics.SLATES_SERVED.inc()
         body, positions = exploration.explore_answer(rt.settings.exploration, body)
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability,
-                                      positions)
+                                      positions, dict(req.context) or None)
         return body
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)

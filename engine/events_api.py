@@ -67,7 +67,8 @@ class ImpressionBuffer:
         self._wakeup = asyncio.Event()
 
     def offer(self, request_id: str, user_id: str | None, payload: dict[str, Any],
-              probability: float | None, positions: list[dict[str, Any]] | None = None) -> None:
+              probability: float | None, positions: list[dict[str, Any]] | None = None,
+              context: dict[str, Any] | None = None) -> None:
         items = payload.get("items") or ()
         if not items:
             return
@@ -75,7 +76,7 @@ class ImpressionBuffer:
             self.dropped += len(items)
             return
         self._slates.append((time.time(), request_id, user_id or "", payload, probability,
-                             positions))
+                             positions, context))
         if len(self._slates) >= self.batch_slates:
             self._wakeup.set()
 
@@ -87,7 +88,8 @@ class ImpressionBuffer:
         """Up to ``batch_slates`` slates, oldest first (what :meth:`take` turns into events)."""
         slates: list[ImpressionSlate] = []
         for _ in range(min(self.batch_slates, len(self._slates))):
-            ts, request_id, user_id, payload, probability, positions = self._slates.popleft()
+            (ts, request_id, user_id, payload, probability, positions,
+             context) = self._slates.popleft()
             common = {k: v for k, v in (("variant", payload.get("variant")),
                                         ("experiment", payload.get("experiment")),
                                         ("probability", probability),
@@ -97,6 +99,8 @@ class ImpressionBuffer:
                       if v is not None}
             if positions is None:  # a deterministic ranking: P(this slate) = 1 (#19)
                 common["propensity"] = 1.0
+            if context:  # the request's own context fields, for the learned ranker (#19)
+                common["request_context"] = context
             items = tuple(item["item_id"] for item in payload["items"])
             slates.append(ImpressionSlate(ts, request_id, user_id, items, common,
                                           tuple(positions or ())))
@@ -292,9 +296,11 @@ class EventsService:
 
     def record_slate(self, request_id: str, user_id: str | None, payload: dict[str, Any],
                      probability: float | None,
-                     positions: list[dict[str, Any]] | None = None) -> None:
+                     positions: list[dict[str, Any]] | None = None,
+                     context: dict[str, Any] | None = None) -> None:
         if self.log_impressions:
-            self.impressions.offer(request_id, user_id, payload, probability, positions)
+            self.impressions.offer(request_id, user_id, payload, probability, positions,
+                                   context)
 
 
 _unavailable_warned_at: dict[str, float] = {}
@@ -321,14 +327,16 @@ async def start_events(rt: Runtime) -> EventsService:
 
 def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
                        payload: dict[str, Any], probability: float | None = None,
-                       positions: list[dict[str, Any]] | None = None) -> None:
+                       positions: list[dict[str, Any]] | None = None,
+                       context: dict[str, Any] | None = None) -> None:
     """Queue a served slate for impression logging (no I/O; safe on the hot path).
 
     ``positions``: per-position fields of an explored slate (engine/exploration.py); without
-    them every impression logs ``propensity`` 1.0."""
+    them every impression logs ``propensity`` 1.0. ``context``: the request's context fields,
+    logged as ``request_context``."""
     service = rt.extras.get(EXTRAS_KEY)
     if service is not None:
-        service.record_slate(request_id, user_id, payload, probability, positions)
+        service.record_slate(request_id, user_id, payload, probability, positions, context)
 
 
 # --- routes ---------------------------------------------------------------------------------

@@ -76,3 +76,14 @@ def test_served_slates_log_their_exploration(artifacts, settings_for, tmp_path):
     assert [d["i"] for d in imps] == served
     assert [d["c"]["propensity"] for d in imps] == pytest.approx([1 / 3] * 3 + [1.0, 1.0])
     assert sorted(d["c"]["base_position"] for d in imps) == [0, 1, 2, 3, 4]
+
+
+def test_impressions_log_the_requests_context(artifacts, settings_for, tmp_path):
+    settings = settings_for(artifacts, data_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        client.post("/recommendations", json={"user_id": "8", "n": 3,
+                                               "context": {"device": "ios", "page": 2}})
+        client.get("/recommendations", params={"user_id": "9", "n": 2})
+    imps = _impressions(settings)
+    assert [d["c"].get("request_context") for d in imps] == [
+        {"device": "ios", "page": 2}] * 3 + [None] * 2
