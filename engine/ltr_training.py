@@ -8,9 +8,11 @@ as they were at the request (offpolicy.user_at) and the scorer's pool of the mod
 Position bias: clicks at the top of a slate are partly clicks *because* of the top. The
 shown position is a feature during training and is held at 0 for every candidate when
 serving, so the model explains the position's share of the clicks with that feature and
-ranks by the rest (the "position as a feature" correction; inverse propensity weighting
-of the labels needs per-position examination estimates and, with LightGBM's lambdarank,
-per-query rather than per-item weights). ``--no-position`` trains without it for comparison.
+ranks by the rest (``--bias position``, the default). ``--bias ipw`` weighs each clicked
+impression by 1 / the examination probability of its position instead, estimated from the
+slates exploration shuffled (there the item at a position is independent of the position,
+so the click rates by position are proportional to the examination probabilities);
+``--bias none`` corrects nothing. docs/feedback-loop.md compares the three.
 
 Validation: the last ``--valid-share`` of the slates in time, never trained on, scored two
 ways: NDCG@K of the shown items reordered by the model against their order in the current
@@ -47,6 +49,29 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_data_in_leaf": 50, "feature_fraction": 0.9, "lambdarank_truncation_level": 20,
     "verbose": -1, "num_threads": 2, "deterministic": True, "seed": 0,
 }
+
+
+BIAS_CORRECTIONS = ("position", "ipw", "none")
+#: Floor of an estimated examination probability (relative to the first position).
+MIN_EXAMINATION = 0.05
+
+
+def examination(slates: Sequence[Slate]) -> np.ndarray:
+    """Relative examination probability per position (1 at the first): click rates by shown
+    position over the shuffled slates (all slates when none was shuffled), monotone
+    non-increasing, floored at :data:`MIN_EXAMINATION`."""
+    shuffled = [s for s in slates if (s.base_positions != np.arange(len(s.items))).any()]
+    use = shuffled or list(slates)
+    kmax = max((len(s.items) for s in use), default=1)
+    shown = np.zeros(kmax)
+    clicked = np.zeros(kmax)
+    for s in use:
+        shown[: len(s.items)] += 1
+        clicked[: len(s.items)] += s.clicks
+    rate = clicked / np.maximum(shown, 1)
+    if rate[0] <= 0:
+        return np.ones(kmax)
+    return np.clip(np.minimum.accumulate(rate / rate[0]), MIN_EXAMINATION, 1.0)
 
 
 def item_stats(slates: Sequence[Slate], n_items: int, index: dict[str, int]
@@ -151,7 +176,7 @@ def write_part(artifacts: str | Path, arrays: dict[str, np.ndarray], params: dic
 
 def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
                  window_s: float = DEFAULT_WINDOW_S, depth: int = 100,
-                 valid_share: float = 0.2, rounds: int = 100, position: bool = True,
+                 valid_share: float = 0.2, rounds: int = 100, bias: str = "position",
                  params: dict[str, Any] | None = None, write: bool = True,
                  progress: IO[str] | None = None) -> dict[str, Any]:
     """Train on the log ``events`` for the model in ``artifacts``; return the report."""
@@ -183,15 +208,22 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
         xs.append(x)
         ys.append(labels(s))
         groups.append(len(s.items))
+    if bias not in BIAS_CORRECTIONS:
+        raise ValueError(f"bias must be one of {', '.join(BIAS_CORRECTIONS)}, got {bias!r}")
     x_train = np.concatenate(xs)
-    if not position:
-        x_train[:, 0] = 0.0
     y_train = np.concatenate(ys)
+    weights = None
+    theta = examination(train)
+    if bias != "position":
+        if bias == "ipw":
+            pos = x_train[:, 0].astype(np.int64)
+            weights = np.where(y_train > 0, 1.0 / theta[np.minimum(pos, theta.size - 1)], 1.0)
+        x_train[:, 0] = 0.0
     features_done = time.perf_counter()
     p = {**DEFAULT_PARAMS, **(params or {}),
          "eval_at": [max(groups) if groups else 10]}
-    booster = lightgbm.train(p, lightgbm.Dataset(x_train, y_train, group=groups,
-                                                 feature_name=list(FEATURES)),
+    booster = lightgbm.train(p, lightgbm.Dataset(x_train, y_train, weight=weights,
+                                                 group=groups, feature_name=list(FEATURES)),
                              num_boost_round=rounds)
     trained = time.perf_counter()
     # validation on the later slice: NDCG of the shown items, model order vs current order
@@ -215,7 +247,8 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     report: dict[str, Any] = {
         "slates": len(slates), "train_slates": len(train), "valid_slates": len(valid),
         "train_rows": int(x_train.shape[0]), "train_clicks": int((y_train > 0).sum()),
-        "position_feature": position, "depth": depth, "rounds": rounds,
+        "bias": bias, "examination": [round(float(t), 4) for t in theta],
+        "depth": depth, "rounds": rounds,
         "seconds": {"features": round(features_done - started, 2),
                     "fit": round(trained - features_done, 2)},
         "valid_ndcg": {"ranker": _mean(nd_model), "current": _mean(nd_current),
@@ -228,7 +261,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
         arrays = {"model": np.frombuffer(text, dtype=np.uint8),
                   "item_ctr": full[0], "item_impressions": full[1]}
         params_out = {"features": list(FEATURES), "depth": depth, "rounds": rounds,
-                      "position_feature": position, "lightgbm": lightgbm.__version__,
+                      "bias": bias, "lightgbm": lightgbm.__version__,
                       "trained_on_model": model.version.split("+ltr-")[0]}
         report["model_version"] = write_part(artifacts, arrays, params_out,
                                              {"valid_ndcg": report["valid_ndcg"]})
@@ -298,8 +331,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--valid-share", type=float, default=0.2,
                         help="latest share of the slates held out for validation (default 0.2)")
     parser.add_argument("--rounds", type=int, default=100, help="boosting rounds (default 100)")
-    parser.add_argument("--no-position", action="store_true",
-                        help="train without the position feature (no position-bias correction)")
+    parser.add_argument("--bias", choices=BIAS_CORRECTIONS, default="position",
+                        help="position-bias correction: the shown position as a feature held "
+                             "at 0 when serving (default), inverse examination weights of "
+                             "the clicks, or none")
     parser.add_argument("--dry-run", action="store_true",
                         help="train and validate, write nothing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -318,7 +353,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         report = train_ranker(args.events, args.artifacts, load_settings(args.config),
                               window_s=args.window, depth=args.depth,
                               valid_share=args.valid_share, rounds=args.rounds,
-                              position=not args.no_position, write=not args.dry_run)
+                              bias=args.bias, write=not args.dry_run)
     except ValueError as exc:
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
         return 1

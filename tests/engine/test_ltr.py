@@ -12,6 +12,7 @@ from rankly.engine import cli
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
 from rankly.engine.demo import synthesize
+from rankly.engine.feedback import load_feedback
 from rankly.engine.interactions import build_training_data
 from rankly.engine.ltr_features import FEATURES
 from rankly.engine.ltr_training import ndcg
@@ -64,7 +65,7 @@ def test_train_ranker_writes_a_part_and_a_new_version(shop, trained):
     assert model.version.startswith(trained + "+ltr-")
     assert set(model.part("ltr")) == {"model", "item_ctr", "item_impressions"}
     params = model.params("ltr")
-    assert params["features"] == list(FEATURES) and params["position_feature"] is True
+    assert params["features"] == list(FEATURES) and params["bias"] == "position"
 
 
 def test_the_ranker_lifts_the_true_ctr_of_the_default(shop, trained):
@@ -147,3 +148,13 @@ def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_ser
         default = client.get("/recommendations", params={"user_id": "5", "n": 10}).json()
     ids = [[it["item_id"] for it in b["items"]] for b in (body, ranked, default)]
     assert ids[0] == ids[1] != ids[2]  # the ltr part came through Redis and reranks
+
+
+def test_examination_is_recovered_from_shuffled_slates(shop):
+    from rankly.engine.ltr_training import examination
+
+    feedback = load_feedback(shop[2])
+    theta = examination(feedback.slates)
+    # the simulator examines position k with probability 1 / (k + 1)
+    assert theta[0] == 1.0 and (np.diff(theta) <= 0).all()
+    assert theta[1] == pytest.approx(0.5, abs=0.15) and theta[4] == pytest.approx(0.2, abs=0.1)
