@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--ab-requests", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--top", type=int, default=10, help="the ltr reranker's `top` option")
+    ap.add_argument("--out", default=str(OUT), help="where to write the results")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rankly-loop-"))
     result: dict = {"args": vars(args)}
@@ -135,7 +136,7 @@ def main() -> None:
     }
     lo, hi = ltr["ctr"]["lift_vs_base"]["dr"]["ci95"]
     result["dr_ci_contains_ab_lift"] = lo <= result["ab"]["ctr_lift"] <= hi
-    OUT.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("logged", "offpolicy", "dr_ci_contains_ab_lift")},
                      indent=1, default=float))
     print("A/B:", json.dumps({k: result["ab"][k] for k in ("ctr_lift", "z", "p", "true_lift")}))
