@@ -258,6 +258,7 @@ def evaluate(feedback: Feedback, rankings: Mapping[str, np.ndarray]) -> dict[str
         "requests": len(feedback.slates), "impressions": int(logged.mask.sum()),
         "clicks": int(logged.clicks.sum()), "conversions": int(logged.conversions.sum()),
         "explored_requests": int((logged.head >= 2).sum()),
+        "cached_requests": sum(bool(s.context.get("cached")) for s in feedback.slates),
         "unattributed_outcomes": feedback.unattributed, "policies": {},
     }
     everything = logged.mask
@@ -334,6 +335,10 @@ def render(report: Mapping[str, Any]) -> str:
     lines = [f"{report['requests']} requests, {report['impressions']} impressions, "
              f"{report['clicks']} clicks, {report['conversions']} conversions; "
              f"{report['explored_requests']} explored slates"]
+    if report.get("cached_requests"):
+        lines.append(f"note: {report['cached_requests']} slates were served from a cache: "
+                     "rankings recomputed for them use the user's history at the request, "
+                     "the cached slate an earlier one")
     if report["explored_requests"] == 0:
         lines.append("warning: no explored slates (exploration.rate = 0): only rankings that "
                      "agree with the logged one can be estimated")

@@ -160,3 +160,15 @@ def test_a_deterministic_log_supports_only_its_own_ranking(tmp_path):
     assert report["policies"]["oracle"]["support"] == pytest.approx(
         report["policies"]["oracle"]["ctr"]["matched"])
     assert json.loads(json.dumps(report))  # JSON-ready
+    assert report["cached_requests"] == 0
+
+
+def test_the_report_counts_and_notes_cached_slates(tmp_path):
+    from rankly.engine.offpolicy import render
+
+    _, lines, _, _ = synthetic_log(4, requests=50)
+    cached = [line.replace('"propensity"', '"cached": true, "propensity"', 1)
+              if '"r4-1"' in line and '"impression"' in line else line for line in lines]
+    report = evaluate(load_feedback(write(tmp_path, cached)), {})
+    assert report["cached_requests"] == 1
+    assert "1 slates were served from a cache" in render(report)
