@@ -158,3 +158,25 @@ def test_examination_is_recovered_from_shuffled_slates(shop):
     # the simulator examines position k with probability 1 / (k + 1)
     assert theta[0] == 1.0 and (np.diff(theta) <= 0).all()
     assert theta[1] == pytest.approx(0.5, abs=0.15) and theta[4] == pytest.approx(0.2, abs=0.1)
+
+
+def test_ltr_reranks_the_same_from_many_threads(shop, trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rankly.engine.api import Ranking, UserFeatures
+    from rankly.plugins.rerankers.ltr import LtrReranker, load_booster
+
+    model = load_model(shop[0])
+    rr = LtrReranker(model, load_booster(model), top=30)
+    rng = np.random.default_rng(0)
+    cases = []
+    for row in range(40):
+        items = rng.choice(len(model.catalog), 50, replace=False).astype(np.int64)
+        ranking = Ranking(items, np.sort(rng.random(50).astype(np.float32))[::-1].copy(),
+                          np.zeros(50, np.int8), np.full(50, -1, np.int64))
+        h = model.users.history(row)
+        cases.append((UserFeatures(str(row), row, h, np.sort(h)), ranking))
+    want = [rr.rerank(u, r, 10).items.tolist() for u, r in cases]
+    with ThreadPoolExecutor(8) as pool:  # the pipeline's selection runs in worker threads
+        got = list(pool.map(lambda c: rr.rerank(c[0], c[1], 10).items.tolist(), cases * 5))
+    assert got == want * 5
