@@ -18,6 +18,8 @@ if os.environ.get("RANKLY_PURE_PYTHON") == "1":
         score_topk_batch,
         topk,
         topk_batch,
+        add_standardized,
+        csr_weighted_rows,
         weighted_rows,
     )
 
@@ -25,7 +27,7 @@ if os.environ.get("RANKLY_PURE_PYTHON") == "1":
 else:
     try:
         from rankly._fast.diversity import diverse_topk
-        from rankly._fast.gather import weighted_rows
+        from rankly._fast.gather import add_standardized, csr_weighted_rows, weighted_rows
         from rankly._fast.topk import score_topk, score_topk_batch, topk, topk_batch
     except ImportError as error:
         raise ImportError(
@@ -38,6 +40,8 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "add_standardized",
+    "csr_weighted_rows",
     "diverse_topk",
     "score_topk",
     "score_topk_batch",

@@ -159,3 +159,42 @@ def as_rows_inputs(matrix: Any, rows: Any, weights: Any
     if r.size and (int(r.min()) < 0 or int(r.max()) >= m.shape[0]):
         raise IndexError(f"rows must lie in [0, {m.shape[0]})")
     return m, r, w
+
+
+def as_csr_rows_inputs(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any,
+                       n_cols: Any) -> tuple[np.ndarray, ...]:
+    """Checked inputs of `csr_weighted_rows`: (indptr, indices int64, data float32, rows
+    int64, weights float32, n_cols int); ValueError / IndexError naming what is wrong."""
+    p = np.ascontiguousarray(indptr, dtype=np.int64)
+    ix = np.ascontiguousarray(indices, dtype=np.int64)
+    d = np.ascontiguousarray(data, dtype=np.float32)
+    n = operator.index(n_cols)
+    if p.ndim != 1 or p.size < 1 or ix.ndim != 1 or d.shape != ix.shape:
+        raise ValueError("indptr, indices and data must be a CSR matrix's 1-D arrays")
+    r = np.asarray(rows)
+    if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+        raise ValueError("rows must be a 1-D array of integer row indices")
+    r = np.ascontiguousarray(r, dtype=np.int64)
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if w.shape != r.shape:
+        raise ValueError(f"weights must have the shape of rows {r.shape}, got {w.shape}")
+    if r.size and (int(r.min()) < 0 or int(r.max()) >= p.size - 1):
+        raise IndexError(f"rows must lie in [0, {p.size - 1})")
+    return p, ix, d, r, w, n
+
+
+def column_error(n: int) -> ValueError:
+    """What `csr_weighted_rows` raises when a row it reads has a column outside [0, n)."""
+    return ValueError(f"column indices must lie in [0, {n})")
+
+
+def as_standardize_inputs(out: Any, x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked inputs of `add_standardized`: `out` a writable C-contiguous float32 vector,
+    `x` a float32 vector of its length."""
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 1
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a writable, C-contiguous float32 vector")
+    v = np.ascontiguousarray(x, dtype=np.float32)
+    if v.shape != out.shape:
+        raise ValueError(f"x must have out's shape {out.shape}, got {v.shape}")
+    return out, v

@@ -64,3 +64,84 @@ def weighted_rows(matrix, rows, weights):
     with nogil:
         _accumulate(&mv[0, 0], n, &rv[0], &wv[0], h, &ov[0])
     return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int _csr_accumulate(const int64_t* indptr, const int64_t* indices, const float* data,
+                         const int64_t* rows, const float* w, Py_ssize_t h, int64_t n,
+                         float* out) noexcept nogil:
+    """Add the rows; 1 (and stop) at a column outside [0, n)."""
+    cdef Py_ssize_t i, j
+    cdef int64_t c
+    cdef float wi
+    for i in range(h):
+        wi = w[i]
+        for j in range(indptr[rows[i]], indptr[rows[i] + 1]):
+            c = indices[j]
+            if c < 0 or c >= n:
+                return 1
+            out[c] += wi * data[j]
+    return 0
+
+
+def csr_weighted_rows(indptr, indices, data, rows, weights, n_cols):
+    """Return float32 `sum_i weights[i] * M[rows[i]]` (dense, `n_cols` long) of the CSR
+    matrix `M = (data, indices, indptr)`; zeros when `rows` is empty.
+
+    Rows are added in the given order in float32; a row index outside the matrix raises
+    IndexError, a column index outside `n_cols` in a row read ValueError. The sum runs with
+    the GIL released. Same as `reference.csr_weighted_rows`.
+    """
+    p, ix, d, r, w, n = _inputs.as_csr_rows_inputs(indptr, indices, data, rows, weights,
+                                                   n_cols)
+    out = np.zeros(n, dtype=np.float32)
+    if r.shape[0] == 0 or ix.shape[0] == 0:
+        return out
+    cdef const int64_t[::1] pv = p
+    cdef const int64_t[::1] iv = ix
+    cdef const float[::1] dv = d
+    cdef const int64_t[::1] rv = r
+    cdef const float[::1] wv = w
+    cdef float[::1] ov = out
+    cdef Py_ssize_t h = r.shape[0]
+    cdef int64_t nn = n
+    cdef int bad
+    with nogil:
+        bad = _csr_accumulate(&pv[0], &iv[0], &dv[0], &rv[0], &wv[0], h, nn, &ov[0])
+    if bad:
+        raise _inputs.column_error(n)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def add_standardized(out, x, weight=1.0):
+    """``out += weight * (x - mean(x)) / std(x)`` in place (float32 vectors of one length);
+    a constant `x` (std at most 1e-6 of its mean's size) adds nothing. Mean and variance are
+    float64 sums. Returns `out`. Same as `reference.add_standardized`.
+    """
+    o, v = _inputs.as_standardize_inputs(out, x)
+    cdef float[::1] ov = o
+    cdef const float[::1] xv = v
+    cdef Py_ssize_t i, n = v.shape[0]
+    cdef double s = 0.0, sq = 0.0, mean, std, scale
+    cdef float m32, k32
+    if n == 0:
+        return out
+    with nogil:
+        for i in range(n):
+            s += xv[i]
+            sq += <double>xv[i] * xv[i]
+    mean = s / n
+    std = sq / n - mean * mean
+    std = std ** 0.5 if std > 0 else 0.0
+    if not std > 1e-6 * (abs(mean) + 1e-6):
+        return out
+    scale = float(weight) / std
+    m32 = <float>mean
+    k32 = <float>scale
+    with nogil:
+        for i in range(n):
+            ov[i] += (xv[i] - m32) * k32
+    return out

@@ -146,3 +146,33 @@ def weighted_rows(matrix: Any, rows: Any, weights: Any) -> np.ndarray:
     if r.size == 0:
         return np.zeros(m.shape[1], dtype=np.float32)
     return np.asarray(w @ m[r], dtype=np.float32)
+
+
+def csr_weighted_rows(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any,
+                      n_cols: Any) -> np.ndarray:
+    """Return float32 `sum_i weights[i] * M[rows[i]]` (dense, `n_cols` long) of the CSR matrix
+    `M = (data, indices, indptr)`; see `_inputs.as_csr_rows_inputs`."""
+    p, ix, d, r, w, n = _inputs.as_csr_rows_inputs(indptr, indices, data, rows, weights, n_cols)
+    out = np.zeros(n, dtype=np.float32)
+    for row, wi in zip(r.tolist(), w.tolist(), strict=True):
+        lo, hi = p[row], p[row + 1]
+        cols = ix[lo:hi]
+        if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n):
+            raise _inputs.column_error(n)
+        np.add.at(out, cols, np.float32(wi) * d[lo:hi])
+    return out
+
+
+def add_standardized(out: Any, x: Any, weight: float = 1.0) -> np.ndarray:
+    """``out += weight * (x - mean(x)) / std(x)`` in place; a constant `x` (std at most 1e-6
+    of its mean's size) adds nothing. Mean and variance are float64. Returns `out`."""
+    o, v = _inputs.as_standardize_inputs(out, x)
+    if v.size == 0:
+        return o
+    mean = float(v.sum(dtype=np.float64)) / v.size
+    var = float(np.dot(v.astype(np.float64), v.astype(np.float64))) / v.size - mean * mean
+    std = var ** 0.5 if var > 0 else 0.0
+    if not std > 1e-6 * (abs(mean) + 1e-6):
+        return o
+    o += (v - np.float32(mean)) * np.float32(float(weight) / std)
+    return o

@@ -255,10 +255,10 @@ def scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
                   "connections": 64, "env": {"RANKLY_CACHE__TIERS": ""}})
     s.append({"name": "uncached w1 c16", "group": "uncached", "workers": 1, "connections": 16,
               "env": {"RANKLY_CACHE__TIERS": ""}})
-    for conns in (64, 16):  # the selection on the event loop instead of a worker thread
-        s.append({"name": f"uncached w1 c{conns} inline", "group": "inline", "workers": 1,
+    for conns in (64, 16):  # the selection on a worker thread (the default plan is inline)
+        s.append({"name": f"uncached w1 c{conns} thread", "group": "inline", "workers": 1,
                   "connections": conns, "env": {"RANKLY_CACHE__TIERS": "",
-                                                "RANKLY_PIPELINE__INLINE_SELECTION": "1"}})
+                                                "RANKLY_PIPELINE__INLINE_SELECTION": "never"}})
     off = {"RANKLY_PLUGINS": '{"events": {"log_impressions": false}}'}
     s.append({"name": "cached w1 c64 no-impressions", "group": "impressions", "workers": 1,
               "connections": 64, "warm": True, "env": off})

@@ -98,10 +98,14 @@ class PipelineSettings:
     # components that may fail to build at start: served without (and /ready names them);
     # any other configured component whose factory raises stops the server
     optional: tuple[str, ...] = ()
-    # run the selection (candidates to rerankers) on the event loop instead of a worker
-    # thread: no thread hop, but no deadline can abandon a plugin that hangs
-    inline_selection: bool = False
+    # where the selection (candidates to rerankers) runs: "auto" on the event loop when every
+    # component of the plan is one of rankly's own (bounded, compiled), else on a worker
+    # thread whose deadline abandons a plugin that hangs; "always" / "never" force one
+    inline_selection: str = "auto"
 
+
+#: Where the selection runs (``pipeline.inline_selection``).
+INLINE_MODES = ("auto", "always", "never")
 
 #: What an invalidating event does to cached answers (``cache.invalidation``).
 INVALIDATION_MODES = ("revalidate", "drop")
@@ -311,6 +315,9 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("deadlines must be > 0")
     if not s.pipeline.scorers:
         raise ConfigError("pipeline.scorers must name at least one scorer")
+    if s.pipeline.inline_selection not in INLINE_MODES:
+        raise ConfigError(f"pipeline.inline_selection must be one of {', '.join(INLINE_MODES)}, "
+                          f"not {s.pipeline.inline_selection!r}")
     if s.workers < 0:
         raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
     if not 1 <= s.events.partitions <= 1024:

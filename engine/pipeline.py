@@ -239,7 +239,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
     user = await fetch_features(rt, comps.model, req, trace)
     deadline = rt.settings.deadlines.request_ms / 1000.0
     try:
-        if rt.settings.pipeline.inline_selection:
+        if inline(rt, comps, plan):
             ranking = select(rt, comps, req, plan, user, trace)
         else:
             # a worker thread: a plugin that hangs is abandoned at the deadline (the thread
@@ -268,6 +268,17 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest, pl
             entry[SPARE_FIELD] = slate_items(comps.model, user, trace.spares)
         await store_cache(rt, key, req.user_id, entry)
     return payload
+
+
+def inline(rt: Runtime, comps: Components, plan: Plan) -> bool:
+    """Whether to select on the event loop (``pipeline.inline_selection``): by default when
+    every component of the plan is one of rankly's own, whose cost is bounded. A thread hop
+    and the caches of another core cost a miss of the default about as much as the selection
+    itself; a third-party plugin keeps the worker thread, whose deadline can abandon it."""
+    mode = rt.settings.pipeline.inline_selection
+    if mode != "auto":
+        return mode == "always"
+    return comps.builtin_only(plan.candidates, plan.scorers, plan.rerankers)
 
 
 async def warm_up(rt: Runtime) -> float:

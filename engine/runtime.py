@@ -59,6 +59,21 @@ class Components:
     #: components whose factory raised, by name: "<kind> from <plugin>: <error>" (/ready)
     missing: dict[str, str] = field(default_factory=dict)
     _category_masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    _builtin_plans: dict[tuple[tuple[str, ...], ...], bool] = field(default_factory=dict)
+
+    def builtin_only(self, *names: tuple[str, ...]) -> bool:
+        """Whether every component named (and built) is one of rankly's own: its class is
+        defined under ``rankly.plugins`` (cached per distinct name lists)."""
+        found = self._builtin_plans.get(names)
+        if found is None:
+            comps = [c for group in names for n in group
+                     for c in (self.generators.get(n), self.scorers.get(n),
+                               self.rerankers.get(n)) if c is not None]
+            found = all(type(c).__module__.startswith("rankly.plugins.") for c in comps)
+            if len(self._builtin_plans) > 1024:
+                self._builtin_plans.clear()
+            self._builtin_plans[names] = found
+        return found
 
     def category_mask(self, names: tuple[str, ...]) -> np.ndarray:
         """Boolean mask of items in any of ``names`` (cached per distinct tuple, bounded)."""

@@ -98,7 +98,7 @@ def popularity_z(popularity: np.ndarray) -> np.ndarray:
 SEQ_WINDOW = 3
 SEQ_HISTORY = 8
 SEQ_SHRINK = 5.0
-_SEQ_WEIGHTS = np.exp2(-np.arange(SEQ_HISTORY, dtype=np.float64))
+_SEQ_WEIGHTS = np.exp2(-np.arange(SEQ_HISTORY, dtype=np.float32))
 
 
 def transition_matrix(data: TrainingData, window: int = SEQ_WINDOW,
@@ -136,24 +136,17 @@ class SequenceBase:
         self.t = sp.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices),
                                 np.asarray(indptr)), shape=(n_items, n_items))
 
-        self.indptr = self.t.indptr
-        self.indices = self.t.indices
-        self.data = self.t.data
+        # the arrays the compiled row sum reads, converted once
+        self.indptr = np.ascontiguousarray(self.t.indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(self.t.indices, dtype=np.int64)
+        self.data = np.ascontiguousarray(self.t.data, dtype=np.float32)
         self.n_items = n_items
 
     def rows(self, h: np.ndarray) -> np.ndarray:
         """Float32 [n_items] scores from distinct history items ``h``, newest first."""
         h = h[:SEQ_HISTORY]
-        if h.size == 0:
-            return np.zeros(self.n_items, dtype=np.float32)
-        # NOTE: the CSR rows gathered by hand: scipy's row indexing builds a new matrix, a
-        # cost the request path does not need for a handful of rows
-        starts, ends = self.indptr[h], self.indptr[h + 1]
-        take = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist(),
-                                                                 strict=True)])
-        w = np.repeat(_SEQ_WEIGHTS[:h.size], ends - starts)
-        return np.bincount(self.indices[take], weights=self.data[take] * w,
-                           minlength=self.n_items).astype(np.float32)
+        return _fast.csr_weighted_rows(self.indptr, self.indices, self.data, h,
+                                       _SEQ_WEIGHTS[:h.size], self.n_items)
 
 
 @dataclass(frozen=True)
@@ -227,9 +220,12 @@ class BlendScorer:
 
     def _scores(self, h: np.ndarray, w: np.ndarray, distinct: np.ndarray,
                 gate: float) -> np.ndarray:
-        s = znorm_rows(self.base.rows(h, w))
+        # z(item-item row) + seq_weight * z(next-item row), standardized by the compiled
+        # kernel (the same arithmetic as :func:`znorm_rows`, without its temporaries)
+        s = _fast.add_standardized(np.zeros(self.n_items, dtype=np.float32),
+                                   self.base.rows(h, w))
         if self.seq is not None:
-            s += np.float32(self.params.seq_weight) * znorm_rows(self.seq.rows(distinct))
+            _fast.add_standardized(s, self.seq.rows(distinct), self.params.seq_weight)
         if self.pop_z is not None and gate > 0:
             s += self.pop_z if gate == 1.0 else np.float32(gate) * self.pop_z
         return s

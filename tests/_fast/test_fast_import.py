@@ -55,6 +55,8 @@ def test_implementation_matches_the_environment():
 def test_public_names_are_exported():
     assert set(_fast.__all__) == {
         "IMPLEMENTATION",
+        "add_standardized",
+        "csr_weighted_rows",
         "diverse_topk",
         "score_topk",
         "score_topk_batch",

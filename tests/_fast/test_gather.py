@@ -59,3 +59,62 @@ def test_weighted_rows_rejects_bad_inputs(impl):
         impl(np.ones(4, np.float32), np.array([0]), np.ones(1, np.float32))
     with pytest.raises(ValueError, match="rows must hold integer row indices"):
         impl(matrix, np.array([0.5]), np.ones(1, np.float32))
+
+
+@KERNELS
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 200), n=st.integers(1, 400),
+       h=st.integers(0, 12), density=st.sampled_from([0.0, 0.01, 0.1, 0.5]))
+def test_csr_weighted_rows_matches_reference(seed, m, n, h, density):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    mat = sp.random(m, n, density=density, format="csr", random_state=rng, dtype=np.float32)
+    rows = rng.integers(0, m, h)
+    weights = rng.standard_normal(h).astype(np.float32)
+    args = (mat.indptr, mat.indices, mat.data, rows, weights, n)
+    got = _fast.csr_weighted_rows(*args)
+    want = reference.csr_weighted_rows(*args)
+    dense = weights @ mat[rows].toarray() if h else np.zeros(n, np.float32)
+    assert got.dtype == np.float32 and got.shape == (n,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, dense, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", [_fast.csr_weighted_rows, reference.csr_weighted_rows])
+def test_csr_weighted_rows_rejects_bad_inputs(impl):
+    indptr, indices, data = np.array([0, 1, 2]), np.array([0, 3]), np.ones(2, np.float32)
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 2\)"):
+        impl(indptr, indices, data, np.array([2]), np.ones(1, np.float32), 4)
+    with pytest.raises(ValueError, match=r"column indices must lie in \[0, 3\)"):
+        impl(indptr, indices, data, np.array([1]), np.ones(1, np.float32), 3)
+    with pytest.raises(ValueError, match="weights must have the shape of rows"):
+        impl(indptr, indices, data, np.array([0]), np.ones(2, np.float32), 4)
+
+
+@KERNELS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 3000),
+       kind=st.sampled_from(["normal", "constant", "offset", "tiny"]),
+       weight=st.floats(-3, 3, allow_nan=False))
+def test_add_standardized_matches_reference(seed, n, kind, weight):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32)
+    if kind == "constant":
+        x[:] = 2.5
+    elif kind == "offset":
+        x += np.float32(1000.0)
+    elif kind == "tiny":
+        x *= np.float32(1e-12)
+    base = rng.standard_normal(n).astype(np.float32)
+    got = _fast.add_standardized(base.copy(), x, weight)
+    want = reference.add_standardized(base.copy(), x, weight)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    if kind == "constant":
+        np.testing.assert_array_equal(got, base)
+
+
+def test_add_standardized_gives_mean_0_std_1():
+    x = np.arange(10, dtype=np.float32)
+    out = _fast.add_standardized(np.zeros(10, np.float32), x)
+    assert abs(float(out.mean())) < 1e-6 and abs(float(out.std()) - 1.0) < 1e-5
+    with pytest.raises(ValueError, match="out must be a writable"):
+        _fast.add_standardized(np.zeros(10, np.float64), x)

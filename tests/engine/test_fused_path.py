@@ -128,3 +128,26 @@ def test_a_failing_catalog_scorer_degrades_to_the_chain(model, settings_for):
     assert plugin.component.calls == 1
     seen = set(model.catalog.item_ids[model.users.history(model.users.row(user))].tolist())
     assert not seen & {it["item_id"] for it in out["items"]}
+
+
+def test_built_in_plans_select_on_the_loop_and_third_party_ones_on_a_thread(model,
+                                                                           settings_for):
+    plugin = BrokenPlugin()
+    rt = build_runtime(settings_for(model.path), model,
+                       pm=make_plugin_manager(extra=[plugin]))
+    comps, plan = rt.components, pipeline.default_plan(rt)
+    assert pipeline.inline(rt, comps, plan)  # blend, popular, ease, diversity: all built in
+    custom = pipeline.Plan(("broken-catalog", "popular"), ("broken-catalog",), plan.rerankers)
+    assert not pipeline.inline(rt, comps, custom)
+    for mode, expected in (("always", True), ("never", False)):
+        forced = build_runtime(settings_for(model.path, pipeline={"inline_selection": mode}),
+                               model, pm=make_plugin_manager(extra=[BrokenPlugin()]))
+        assert pipeline.inline(forced, forced.components, custom) is expected
+        assert pipeline.inline(forced, forced.components, plan) is expected
+
+
+def test_an_unknown_inline_mode_is_refused(model, settings_for):
+    from rankly.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pipeline.inline_selection must be one of"):
+        settings_for(model.path, pipeline={"inline_selection": "sometimes"})
