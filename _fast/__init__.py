@@ -13,13 +13,13 @@ import os
 # and must not depend on import order. It is the only other reader of that variable.
 if os.environ.get("RANKLY_PURE_PYTHON") == "1":
     from rankly._fast.reference import (
+        add_standardized,
+        csr_weighted_rows,
         diverse_topk,
         score_topk,
         score_topk_batch,
         topk,
         topk_batch,
-        add_standardized,
-        csr_weighted_rows,
         weighted_rows,
     )
 
