@@ -184,18 +184,7 @@ class QualityWindow:
 
     def observe(self, items: np.ndarray, cold: bool = False, now: float | None = None) -> None:
         """Count one served slate (catalog indices, any order; out-of-range ids are ignored)."""
-        items = np.asarray(items, dtype=np.int64)
-        items = items[(items >= 0) & (items < self.categories.size)]
-        with self._lock:
-            bucket = self._advance(self.clock() if now is None else now)
-            fresh = items[~bucket.seen[items]]
-            fresh = np.unique(fresh)
-            bucket.seen[fresh] = True
-            self._bucket_hits[fresh] += 1
-            self._covered += int(np.count_nonzero(self._bucket_hits[fresh] == 1))
-            delta = _slate_stats(items, cold, self.categories, self._rel_pop, self._novelty)
-            _add(bucket, delta, 1)
-            _add(self._totals, delta, 1)
+        self.observe_batch([items], [cold], self.clock() if now is None else now)
 
     def expire(self, now: float | None = None) -> None:
         """Drop the buckets that left the window (observe() also does this)."""
@@ -254,23 +243,6 @@ class QualityWindow:
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / den if den else 0.0
-
-
-def _slate_stats(items: np.ndarray, cold: bool, categories: np.ndarray, rel_pop: np.ndarray,
-                 novelty: np.ndarray) -> Bucket:
-    """One slate's contribution to a bucket (a Bucket used as a bag of sums)."""
-    delta = Bucket(-1, np.zeros(0, dtype=bool), slates=1, cold=int(cold), items=int(items.size))
-    if items.size:
-        delta.popularity_sum = float(rel_pop[items].sum())
-        delta.novelty_sum = float(novelty[items].sum())
-    if items.size >= 2:
-        cats = categories[items]
-        _, counts = np.unique(cats[cats >= 0], return_counts=True)
-        same = float((counts * (counts - 1)).sum()) / 2
-        pairs = items.size * (items.size - 1) / 2
-        delta.diverse_slates = 1
-        delta.diversity_sum = 1.0 - same / pairs
-    return delta
 
 
 def _add(into: Bucket, delta: Bucket, sign: int) -> None:
