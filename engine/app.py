@@ -113,22 +113,6 @@ async def record_exposure(rt: Runtime, assignment: Any, user_id: str,
         log.warning("experiment exposure not recorded: store unavailable")
 
 
-#: Fallbacks that mean the computation did not finish in time (or at all).
-_NOT_COMPUTED = frozenset(("plugin_timeout", "deadline", "internal_error"))
-
-
-def record_pipeline_outcome(rt: Runtime, body: dict) -> None:
-    """Close the ``pipeline`` breaker once a computation finishes in time again.
-
-    The pipeline records a failure for ``pipeline`` when a computation times out before any
-    component ran (a saturated thread pool), but nothing recorded its successes, so five
-    timeouts under load left it open for good (#18). A fresh answer (not from a cache) that
-    is not a timeout or deadline fallback is a success.
-    """
-    if not body.get("cached") and body.get("fallback") not in _NOT_COMPUTED:
-        rt.breakers.success("pipeline")
-
-
 async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     """Rank, and if anything unexpected escapes the pipeline, serve the safe fallback."""
     deadline = pipeline.request_deadline(rt)
@@ -144,7 +128,6 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
             task.add_done_callback(_background.discard)
             left = deadline - asyncio.get_running_loop().time()
             await asyncio.wait({task}, timeout=max(0.0, left))
-        record_pipeline_outcome(rt, body)
         if body["items"]:
             metrics.SLATES_SERVED.inc()
         body, positions = exploration.explore_answer(rt.settings.exploration, body)
@@ -173,7 +156,6 @@ async def similar_items(request: Request) -> Response:
                                 request_id="")
     plan = pipeline.Plan(rt.settings.pipeline.similar, rt.settings.pipeline.similar, ())
     payload = await pipeline.rank(rt, req, plan, pipeline.request_deadline(rt))
-    record_pipeline_outcome(rt, payload)
     return JSON({"item_id": item_id, "items": payload["items"],
                  "model_version": payload["model_version"], "fallback": payload["fallback"]})
 
