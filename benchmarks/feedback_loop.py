@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -30,22 +29,13 @@ from starlette.testclient import TestClient
 from rankly.engine import ltr_training, offpolicy
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
+from rankly.engine.demo import train_shop
+from rankly.engine.experiments.stats import z_test_pooled
 from rankly.engine.feedback import load_feedback
-from rankly.engine.interactions import build_training_data
-from rankly.engine.model import fingerprint, load_model, save_model
+from rankly.engine.model import load_model
 from rankly.engine.simulator import Simulator, drive
-from rankly.engine.training import DEFAULT_TRAINERS, train
 
 OUT = Path(__file__).resolve().parent / "results" / "feedback_loop.json"
-
-
-def two_proportion(c1: float, n1: float, c2: float, n2: float) -> tuple[float, float]:
-    """(z, two-sided p) of clicks/impressions c2/n2 against c1/n1 (pooled variance)."""
-    p = (c1 + c2) / (n1 + n2)
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    z = (c2 / n2 - c1 / n1) / se
-    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 def main() -> None:
@@ -61,11 +51,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="rankly-loop-"))
     result: dict = {"args": vars(args)}
     t = time.perf_counter()
-    interactions, items = synthesize(n_users=args.users, n_items=args.items, seed=7)
-    data = build_training_data(interactions, items)
-    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}))
-    art = save_model(root / "model", data.catalog, data.users, parts,
-                     data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+    art = root / "model"
+    train_shop(art, 7, n_users=args.users, n_items=args.items)
     result["train_seconds"] = round(time.perf_counter() - t, 1)
     sim = Simulator.for_model(load_model(art), seed=args.seed)
 
@@ -127,7 +114,8 @@ def main() -> None:
                              headers={"Authorization": "Bearer loop-token"}).json()
     v = ab.as_dict()["variants"]
     c, x = v["control"], v["ltr"]
-    z, p = two_proportion(c["clicks"], c["impressions"], x["clicks"], x["impressions"])
+    test = z_test_pooled(c["clicks"], c["impressions"], x["clicks"], x["impressions"])
+    z, p = test["z"], test["p_value"]
     result["ab"] = {
         "seconds": round(time.perf_counter() - t, 1), "variants": v,
         "ctr_lift": x["ctr"] / c["ctr"] - 1, "z": z, "p": p,

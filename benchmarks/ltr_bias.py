@@ -21,11 +21,9 @@ from starlette.testclient import TestClient
 from rankly.engine import ltr_training
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
-from rankly.engine.interactions import build_training_data
-from rankly.engine.model import fingerprint, load_model, save_model
+from rankly.engine.demo import train_shop
+from rankly.engine.model import load_model
 from rankly.engine.simulator import Simulator, drive
-from rankly.engine.training import DEFAULT_TRAINERS, train
 
 
 def main() -> None:
@@ -37,12 +35,8 @@ def main() -> None:
     ap.add_argument("--ab-requests", type=int, default=1500)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rankly-ltr-bias-"))
-    interactions, items = synthesize(n_users=args.users, n_items=args.items,
-                                     seed=args.shop_seed)
-    data = build_training_data(interactions, items)
-    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}))
-    art = save_model(root / "model", data.catalog, data.users, parts,
-                     data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+    art = root / "model"
+    train_shop(art, args.shop_seed, n_users=args.users, n_items=args.items)
     sim = Simulator.for_model(load_model(art), seed=11)
     logging = load_settings(environ={}, artifacts=art, data_dir=root / "log",
                             exploration={"rate": 0.5, "top_m": 10}, cache={"tiers": []})

@@ -24,13 +24,11 @@ import numpy as np
 
 from rankly.engine import ltr_training, pipeline
 from rankly.engine.config import ExplorationSettings, load_settings
-from rankly.engine.demo import synthesize
+from rankly.engine.demo import train_shop
 from rankly.engine.evaluation import rank_user, serving_runtime
 from rankly.engine.exploration import explore
-from rankly.engine.interactions import build_training_data
-from rankly.engine.model import fingerprint, load_model, save_model
+from rankly.engine.model import load_model
 from rankly.engine.simulator import Simulator
-from rankly.engine.training import DEFAULT_TRAINERS, train
 from rankly.engine.types import UserFeatures
 
 OUT = Path(__file__).resolve().parent / "results" / "ltr_training.json"
@@ -41,11 +39,8 @@ def main() -> None:
     ap.add_argument("--slates", type=int, default=100_000)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rankly-ltr-speed-"))
-    interactions, items = synthesize(n_users=1000, n_items=1200, seed=7)
-    data = build_training_data(interactions, items)
-    parts = train(data, DEFAULT_TRAINERS, load_settings(environ={}))
-    art = save_model(root / "model", data.catalog, data.users, parts,
-                     data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+    art = root / "model"
+    train_shop(art, 7, n_users=1000, n_items=1200)
     model = load_model(art)
     sim = Simulator.for_model(model, seed=11)
     rt = serving_runtime(model, load_settings(environ={}))

@@ -144,6 +144,22 @@ def trained_at(directory: Path) -> str:
     return created[:19].replace("T", " ") + " UTC"
 
 
+def train_shop(out: str | Path, seed: int, progress: IO[str] | None = None,
+               info: Mapping[str, Any] | None = None, **shop: Any) -> tuple[Any, list[Any]]:
+    """Train the default trainers on a synthetic shop (:func:`synthesize` of ``seed`` and
+    ``shop``) and write the artifacts to ``out``; return (the training data, the parts).
+
+    The demo trains with it, and so do the tests and benchmarks that need a trained shop."""
+    interactions, items = synthesize(seed=seed, **shop)
+    data = build_training_data(interactions, items)
+    parts = training.train(data, training.DEFAULT_TRAINERS, load_settings(environ={}),
+                           progress=progress)
+    save_model(out, data.catalog, data.users, parts,
+               data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights),
+               info=dict(info or {}))
+    return data, parts
+
+
 def train_into(directory: str | Path, seed: int, progress: IO[str] | None = None) -> str:
     """Train the default trainers on the shop of ``seed`` into ``directory``; return the
     training summary.
@@ -159,13 +175,7 @@ def train_into(directory: str | Path, seed: int, progress: IO[str] | None = None
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-new-"))
     try:
         started = time.perf_counter()
-        interactions, items = synthesize(seed=seed, **SHOP)
-        data = build_training_data(interactions, items)
-        parts = training.train(data, training.DEFAULT_TRAINERS, load_settings(environ={}),
-                               progress=progress)
-        save_model(tmp, data.catalog, data.users, parts,
-                   data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights),
-                   info={"source": SOURCE, "seed": seed})
+        data, parts = train_shop(tmp, seed, progress, {"source": SOURCE, "seed": seed}, **SHOP)
         model = load_model(tmp)
         (tmp / FINGERPRINT).write_text(json.dumps({
             "trained_from": wanted(seed), "model_version": model.version,

@@ -11,14 +11,12 @@ from starlette.testclient import TestClient
 from rankly.engine import cli
 from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
+from rankly.engine.demo import train_shop
 from rankly.engine.feedback import load_feedback
-from rankly.engine.interactions import build_training_data
 from rankly.engine.ltr_features import FEATURES
 from rankly.engine.ltr_training import ndcg
-from rankly.engine.model import fingerprint, load_model, save_model
+from rankly.engine.model import load_model
 from rankly.engine.simulator import Simulator, drive
-from rankly.engine.training import train
 
 pytest.importorskip("lightgbm")
 
@@ -28,11 +26,8 @@ def shop(tmp_path_factory):
     """Artifacts of its own (train-ranker writes into them), a simulator and a served log:
     1,500 requests with exploration (rate 0.5 over the top 10)."""
     root = tmp_path_factory.mktemp("ltr")
-    interactions, items = synthesize(n_users=300, n_items=400, seed=3)
-    data = build_training_data(interactions, items)
-    parts = train(data, ("pop", "blend", "ease", "itemknn"), load_settings(environ={}))
-    art = save_model(root / "art", data.catalog, data.users, parts,
-                     data_fingerprint=fingerprint(data.user_idx, data.item_idx))
+    art = root / "art"
+    train_shop(art, 3, n_users=300, n_items=400)
     sim = Simulator.for_model(load_model(art), seed=11)
     settings = load_settings(environ={}, artifacts=art, data_dir=root / "log",
                              exploration={"rate": 0.5, "top_m": 10}, cache={"tiers": []})
