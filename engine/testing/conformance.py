@@ -166,6 +166,42 @@ def _where(case: Case) -> str:
     return "" if case.known else f" for {case.label}"
 
 
+def _call(f: _Findings, case: Case, call: Callable[[], Any],
+          inputs: Mapping[str, np.ndarray]) -> tuple[bool, Any]:
+    """``(True, call())``, with a "mutation" finding when the call changed any of ``inputs``
+    (the arrays it was given, by name); ``(False, None)`` and a "raises" finding ("unknown
+    ids" for an unknown user) when it raised."""
+    before = {name: a.copy() for name, a in inputs.items()}
+    try:
+        out = call()
+    except Exception as exc:
+        f.fail("raises" if case.known else "unknown ids", raised(exc) + _where(case))
+        return False, None
+    problem = _mutated(before, inputs)
+    if problem:
+        f.fail("mutation", problem)
+    return True, out
+
+
+def _report(f: _Findings, case: Case, defects: list[tuple[str, str]]) -> None:
+    for check, message in defects:
+        f.fail(check if case.known else "unknown ids", message + _where(case))
+
+
+def _repeats(f: _Findings, out: Any, again: Callable[[], Any], what: str) -> bool:
+    """Whether ``again()`` (the same call on fresh copies) gives ``out`` once more; else a
+    "determinism" finding."""
+    try:
+        second = again()
+    except Exception as exc:
+        f.fail("determinism", f"{raised(exc)} when called again")
+        return False
+    if not _same(out, second):
+        f.fail("determinism", f"returns {what} for the same input")
+        return False
+    return True
+
+
 # --- scorer ---------------------------------------------------------------------------------
 
 SCORER_CHECKS = ("raises", "length", "dtype", "finite", "unknown ids", "determinism",
@@ -208,29 +244,17 @@ def check_scorer(scorer: Any, workload: Workload) -> list[Check]:
     for case in workload.cases:
         for k, items in enumerate(workload.item_sets):
             user, given = _fresh_user(case.user), items.copy()
-            before = {"items": given.copy(), "user.history": user.history.copy(),
-                      "user.seen": user.seen.copy()}
-            try:
-                out = scorer.score(user, given)
-            except Exception as exc:
-                f.fail("raises" if case.known else "unknown ids", raised(exc) + _where(case))
+            ok, out = _call(f, case, lambda u=user, g=given: scorer.score(u, g),
+                            {"items": given, "user.history": user.history,
+                             "user.seen": user.seen})
+            if not ok:
                 continue
-            problem = _mutated(before, {"items": given, "user.history": user.history,
-                                        "user.seen": user.seen})
-            if problem:
-                f.fail("mutation", problem)
-            for check, message in _score_defects(out, items.size):
-                f.fail(check if case.known else "unknown ids", message + _where(case))
+            _report(f, case, _score_defects(out, items.size))
             if k == 0 and isinstance(out, np.ndarray):
                 out = out.copy()
-                try:
-                    again = scorer.score(_fresh_user(case.user), items.copy())
-                except Exception as exc:
-                    f.fail("determinism", f"{raised(exc)} when called again")
-                    continue
-                if not _same(out, again):
-                    f.fail("determinism", "returns different scores for the same input")
-                else:
+                if _repeats(f, out, lambda c=case, i=items: scorer.score(_fresh_user(c.user),
+                                                                         i.copy()),
+                            "different scores"):
                     first.append((lambda u=case.user, i=items: scorer.score(u, i), out))
     if first:
         _in_threads(first, f)
@@ -282,28 +306,16 @@ def check_candidate_generator(generator: Any, workload: Workload) -> list[Check]
     for case in workload.cases:
         for n in (300, 10, 1, 0):
             user = _fresh_user(case.user)
-            before = {"user.history": user.history.copy(), "user.seen": user.seen.copy()}
-            try:
-                out = generator.generate(user, n)
-            except Exception as exc:
-                f.fail("raises" if case.known else "unknown ids", raised(exc) + _where(case))
+            ok, out = _call(f, case, lambda u=user, k=n: generator.generate(u, k),
+                            {"user.history": user.history, "user.seen": user.seen})
+            if not ok:
                 continue
-            problem = _mutated(before, {"user.history": user.history, "user.seen": user.seen})
-            if problem:
-                f.fail("mutation", problem)
             defects = _candidate_defects(out, n, n_items)
-            for check, message in defects:
-                f.fail(check if case.known else "unknown ids", message + _where(case))
-            if n == 300 and not defects:
-                try:
-                    again = generator.generate(_fresh_user(case.user), n)
-                except Exception as exc:
-                    f.fail("determinism", f"{raised(exc)} when called again")
-                    continue
-                if not _same(out, again):
-                    f.fail("determinism", "returns different candidates for the same input")
-                else:
-                    first.append((lambda u=case.user: generator.generate(u, 300), out))
+            _report(f, case, defects)
+            if n == 300 and not defects and _repeats(
+                    f, out, lambda c=case: generator.generate(_fresh_user(c.user), 300),
+                    "different candidates"):
+                first.append((lambda u=case.user: generator.generate(u, 300), out))
     if first:
         _in_threads(first, f)
     return f.checks()
@@ -354,34 +366,18 @@ def check_reranker(reranker: Any, workload: Workload) -> list[Check]:
         for ranking, n in ((slate, 10), (slate, 50), (slate, 100), (slate, 0),
                            (slate.take(np.empty(0, np.int64)), 10)):
             user, given = _fresh_user(case.user), _copy_ranking(ranking)
-            before = {"ranking.items": given.items.copy(), "ranking.scores": given.scores.copy(),
-                      "ranking.reasons": given.reasons.copy(),
-                      "ranking.anchors": given.anchors.copy(),
-                      "user.history": user.history.copy(), "user.seen": user.seen.copy()}
-            try:
-                out = reranker.rerank(user, given, n)
-            except Exception as exc:
-                f.fail("raises" if case.known else "unknown ids", raised(exc) + _where(case))
-                continue
-            problem = _mutated(before, {
+            ok, out = _call(f, case, lambda u=user, g=given, k=n: reranker.rerank(u, g, k), {
                 "ranking.items": given.items, "ranking.scores": given.scores,
                 "ranking.reasons": given.reasons, "ranking.anchors": given.anchors,
                 "user.history": user.history, "user.seen": user.seen})
-            if problem:
-                f.fail("mutation", problem)
+            if not ok:
+                continue
             defects = _ranking_defects(out, ranking, n)
-            for check, message in defects:
-                f.fail(check if case.known else "unknown ids", message + _where(case))
+            _report(f, case, defects)
             if n == 10 and len(ranking) and not defects:
                 out = _copy_ranking(out)
-                try:
-                    again = reranker.rerank(_fresh_user(case.user), _copy_ranking(ranking), n)
-                except Exception as exc:
-                    f.fail("determinism", f"{raised(exc)} when called again")
-                    continue
-                if not _same(out, again):
-                    f.fail("determinism", "returns a different slate for the same input")
-                else:
+                if _repeats(f, out, lambda c=case, r=ranking: reranker.rerank(
+                        _fresh_user(c.user), _copy_ranking(r), 10), "a different slate"):
                     first.append((lambda u=case.user, r=ranking:
                                   reranker.rerank(u, _copy_ranking(r), 10), out))
     if first:
