@@ -273,3 +273,37 @@ def test_a_request_computes_the_users_row_once_for_generator_and_scorer(model, m
     other = UserFeatures("u", 5, hist.copy(), np.unique(hist))
     scorer.score(other, cands.items)
     assert len(calls) == 3  # another request's history is computed afresh
+
+
+def test_minimax_picks_the_best_worst_shape_ratio():
+    search = blend.Search(("random", "last"), max_loss=0.002, degenerate_margin=0.1,
+                          criterion="minimax")
+    plain = blend.BlendParams()
+    mild, heavy = blend.BlendParams(mix=0.15, half_life=2.0), blend.BlendParams(mix=0.6,
+                                                                                  half_life=2.0)
+    search.results[plain] = {"random": _outcome(0.40), "last": _outcome(0.040)}
+    search.results[mild] = {"random": _outcome(0.39), "last": _outcome(0.048)}
+    search.results[heavy] = {"random": _outcome(0.30), "last": _outcome(0.050)}
+    # worst-shape ratios to each shape's best: plain 0.80 (last), mild 0.96, heavy 0.75
+    assert max(search.results, key=search.value) == mild
+    # the non-inferiority rule refuses both time-aware candidates (each loses on random)
+    strict = blend.Search(("random", "last"), 0.002, 0.1, criterion="noninferior",
+                          results=search.results)
+    assert max(strict.results, key=strict.value) == plain
+
+
+def test_ease_training_pairs_decay_with_age():
+    # user u saw a long ago and b recently, v saw a and c recently: with decay, a weighs less
+    day = 86_400
+    d = _events([("u", "a", 0), ("u", "b", 400 * day), ("v", "a", 400 * day - 1),
+                 ("v", "c", 400 * day), ("w", "b", 399 * day), ("w", "c", 400 * day)])
+    plain, factor0 = ease.decayed_matrix(d, 0.0)
+    decayed, factor = ease.decayed_matrix(d, 100.0)
+    assert factor0 == 1.0 and 0 < factor < 1
+    u, a = d.users.index["u"], d.catalog.index["a"]
+    assert plain[u, a] == 1.0 and decayed[u, a] == pytest.approx(2.0 ** -4, rel=1e-4)
+    assert decayed.max() == pytest.approx(1.0)
+    parts = {h: ease.EaseTrainer().fit(d, {"lambda": 1.0, "age_half_life_days": h})
+             for h in (0.0, 100.0)}
+    assert parts[100.0].params["age_half_life_days"] == 100.0
+    assert not np.allclose(parts[0.0].arrays["weights"], parts[100.0].arrays["weights"])
