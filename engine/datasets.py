@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import math
 import sys
 import urllib.request
@@ -193,12 +194,77 @@ def load_movielens_100k(path: str | Path, items: str | Path | None = None) -> Da
     categories are its set genre flags in u.genre order, so the primary one is the first set.
     """
     path = Path(path)
-    with _open_text(path, "latin-1") as fh:
-        rows = ((n, line.split()) for n, line in enumerate(fh, 1) if line.strip())
-        report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-100k"),
-                                     extra_fields=False)
+    bulk = _bulk_ratings(path, "movielens-100k", "latin-1", None, extra_fields=False,
+                         header=False)
+    if bulk is not None:
+        report, cols = bulk
+    else:
+        with _open_text(path, "latin-1") as fh:
+            rows = ((n, line.split()) for n, line in enumerate(fh, 1) if line.strip())
+            report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-100k"),
+                                         extra_fields=False)
     return _with_items(path, items, "u.item", load_movielens_100k_items, report, cols,
                        "movielens-100k")
+
+
+#: the longest id the bulk reader takes (longer ones go row by row)
+_BULK_ID_CHARS = 64
+
+
+class _BulkColumns:
+    """Columns parsed in bulk: what :class:`_Columns` builds, already as arrays."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                 ts: np.ndarray) -> None:
+        self.arrays = (users, items, weights, ts)
+
+    def build(self, with_events: bool, with_cats: bool) -> Interactions:
+        users, items, weights, ts = self.arrays
+        return Interactions(user_ids=users, item_ids=items,
+                            weights=weights.astype(np.float32), timestamps=ts)
+
+
+def _bulk_ratings(path: Path, fmt: str, encoding: str, sep: str | None, extra_fields: bool,
+                  header: bool) -> tuple[LoadReport, _Columns | _BulkColumns] | None:
+    """Rating rows ``user, item, rating, unix ts`` parsed in bulk by NumPy's C reader, or None
+    when any row is not plainly well formed (then the row-by-row loader reads the file and
+    reports each malformed row with its line number).
+
+    Accepts only what the row-by-row loader accepts alike: exactly four fields (at least four
+    with ``extra_fields``), non-empty ids, finite ratings and integer timestamps in int64;
+    ``sep`` None splits on whitespace, "," reads unquoted CSV. ``header``: a first row whose
+    first field is ``userId``/``user_id`` is skipped.
+    """
+    try:
+        text = path.read_text(encoding)
+    except (OSError, UnicodeDecodeError):
+        return None
+    if sep is not None and '"' in text:
+        return None  # quoted CSV fields: the csv module's job
+    first = text.lstrip().split("\n", 1)[0]
+    skip = int(header and first.split(sep)[0].strip().lower() in ("userid", "user_id"))
+    dtype = np.dtype([("user", f"U{_BULK_ID_CHARS}"), ("item", f"U{_BULK_ID_CHARS}"),
+                      ("weight", "f8"), ("ts", "i8")])
+    try:
+        table = np.loadtxt(io.StringIO(text), dtype=dtype, delimiter=sep, comments=None,
+                           skiprows=skip, usecols=(0, 1, 2, 3) if extra_fields else None,
+                           ndmin=1)
+    except (ValueError, OverflowError):
+        return None
+    if not table.size or not np.isfinite(table["weight"]).all():
+        return None
+    ids = []
+    for name in ("user", "item"):
+        column = np.char.strip(table[name]) if sep is not None else table[name]
+        width = np.char.str_len(column)
+        # an id filling the field may have been cut: the row-by-row loader keeps it whole
+        if (width == 0).any() or (width >= _BULK_ID_CHARS).any():
+            return None
+        ids.append(column.astype(f"U{int(width.max())}"))
+    report = LoadReport(str(path), fmt)
+    report.rows = report.loaded = int(table.size)
+    report.check()
+    return report, _BulkColumns(ids[0], ids[1], table["weight"], table["ts"].copy())
 
 
 def _load_ratings(rows: Iterable[tuple[int, list[str]]], report: LoadReport,
@@ -222,7 +288,7 @@ def _load_ratings(rows: Iterable[tuple[int, list[str]]], report: LoadReport,
 
 def _with_items(path: Path, items: str | Path | None, default_name: str,
                 load_items: Callable[[Path], tuple[ItemTable, LoadReport]],
-                report: LoadReport, cols: _Columns, fmt: str) -> Dataset:
+                report: LoadReport, cols: _Columns | _BulkColumns, fmt: str) -> Dataset:
     """The dataset, with the item file ``items`` (or ``default_name`` next to ``path``)."""
     item_path = Path(items) if items else path.with_name(default_name)
     table, reports = None, [report]
@@ -267,11 +333,15 @@ def load_movielens_csv(path: str | Path, items: str | Path | None = None) -> Dat
     and all of them in the catalog's category sets. "(no genres listed)" means no category.
     """
     path = Path(path)
-    with _open_text(path) as fh:
-        rows = ((n, f) for n, f in _rows(fh, ",")
-                if not (n == 1 and f and f[0].lower() in ("userid", "user_id")))
-        report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-csv"),
-                                     extra_fields=True)
+    bulk = _bulk_ratings(path, "movielens-csv", "utf-8", ",", extra_fields=True, header=True)
+    if bulk is not None:
+        report, cols = bulk
+    else:
+        with _open_text(path) as fh:
+            rows = ((n, f) for n, f in _rows(fh, ",")
+                    if not (n == 1 and f and f[0].lower() in ("userid", "user_id")))
+            report, cols = _load_ratings(rows, LoadReport(str(path), "movielens-csv"),
+                                         extra_fields=True)
     return _with_items(path, items, "movies.csv", load_movielens_movies, report, cols,
                        "movielens-csv")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rankly.engine import datasets
 
@@ -240,3 +242,68 @@ def test_download_draws_a_byte_counter_on_a_terminal_unless_quiet(tmp_path, monk
     assert ("downloading movielens-100k: 100%" in text and f"{size}/{size}" in text) \
         is not quiet
     assert (text == "") is quiet
+
+
+# --- the bulk reader of rating files agrees with the row-by-row one ---------------------------
+
+_FIELD = st.one_of(
+    st.integers(-3, 10**12).map(str),
+    st.sampled_from(["", " 7 ", "1.5", "1e3", "nan", "inf", "-0", "9" * 20, "x" * 70, "a#b",
+                     "é", "12_3", "+4"]),
+)
+
+
+def _by_rows(loader, path):
+    """``loader`` on ``path`` with the bulk reader switched off."""
+    original = datasets._bulk_ratings
+    datasets._bulk_ratings = lambda *args, **kwargs: None
+    try:
+        return loader(path)
+    except datasets.DatasetError as exc:
+        return exc
+    finally:
+        datasets._bulk_ratings = original
+
+
+def _loaded(loader, path):
+    try:
+        return loader(path)
+    except datasets.DatasetError as exc:
+        return exc
+
+
+def _assert_same(a, b):
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        assert type(a) is type(b) and str(a) == str(b)
+        return
+    ra, rb = a.reports[0], b.reports[0]
+    assert (ra.rows, ra.loaded, ra.malformed, ra.bad_lines, ra.format) == (
+        rb.rows, rb.loaded, rb.malformed, rb.bad_lines, rb.format)
+    for name in ("user_ids", "item_ids", "weights", "timestamps"):
+        x, y = getattr(a.interactions, name), getattr(b.interactions, name)
+        assert x.dtype.kind == y.dtype.kind and x.tolist() == y.tolist(), name
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_FIELD, min_size=3, max_size=5), min_size=1, max_size=12),
+       blank=st.booleans(), header=st.booleans())
+def test_bulk_rating_reader_agrees_with_the_row_reader(tmp_path, rows, blank, header):
+    """Whatever the file holds, the fast path loads exactly what the row-by-row loader does
+    (the same rows, values and report), or hands the file to it."""
+    lines = ["\t".join(r) for r in rows] + ([""] if blank else [])
+    path = write(tmp_path / "u.data", "\n".join(lines) + "\n", "latin-1")
+    _assert_same(_loaded(datasets.load_movielens_100k, path),
+                 _by_rows(datasets.load_movielens_100k, path))
+    csv_lines = (["userId,movieId,rating,timestamp"] if header else []) + [
+        ",".join(r) for r in rows]
+    path = write(tmp_path / "ratings.csv", "\r\n".join(csv_lines) + "\n")
+    _assert_same(_loaded(datasets.load_movielens_csv, path),
+                 _by_rows(datasets.load_movielens_csv, path))
+
+
+def test_bulk_rating_reader_keeps_well_formed_files_exact(tmp_path):
+    rows = [f"{u}\t{i}\t{r}\t{881250949 + u * 7 + i}" for u in range(1, 40) for i in (3, 17, 99)
+            for r in (4,)]
+    path = write(tmp_path / "u.data", "\n".join(rows) + "\n")
+    assert datasets._bulk_ratings(path, "movielens-100k", "utf-8", None, False, False) is not None
+    _assert_same(datasets.load_movielens_100k(path), _by_rows(datasets.load_movielens_100k, path))
