@@ -19,10 +19,12 @@ in several shapes (:data:`SHAPES`), vectorized over users through the compiled k
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -477,12 +479,13 @@ def personalization(top: np.ndarray, k: int, pairs: int = 500, seed: int = 0) ->
 
 
 def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None,
-          categories: np.ndarray, depth: int = 50) -> Outcome:
+          categories: np.ndarray, depth: int = 50, threads: int | None = None) -> Outcome:
     """Rank every validation user from dense ``scores`` [U, n_items] as served and score it:
     seen items excluded (their scores become NaN, which the kernels never return), the
-    compiled batch top-k, the diversity cap on the top ``depth``. Modifies ``scores``."""
+    compiled batch top-k (on ``threads`` threads; None: the kernel decides), the diversity cap
+    on the top ``depth``. Modifies ``scores``."""
     scores.ravel()[hold.seen_flat] = np.nan
-    top, _ = _fast.topk_batch(scores, max(depth, k) if cap is not None else k)
+    top, _ = _fast.topk_batch(scores, max(depth, k) if cap is not None else k, threads=threads)
     if cap is not None:
         top = apply_cap(top, categories, k, cap)
     per_user = _ndcg(top, hold.relevant, np.diff(hold.targets.indptr), k)
@@ -497,6 +500,8 @@ def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None,
 #: EASE lambdas tried (a walk from the middle outwards), EDLAE dropouts tried at the best one.
 LAMBDAS = (15.0, 30.0, 60.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 LAMBDA_START = 250.0
+#: how many (lambda, dropout) pairs a round of the walk fits at once
+_SIDE_BY_SIDE = 2
 DROPOUTS = (0.0, 0.25, 0.5, 0.7)
 DROPOUT_START = 0.25
 #: Multiples of the first hold-out's EASE lambda tried on every shape. Next-item shapes favour
@@ -538,6 +543,7 @@ OPTIONS: dict[str, Any] = {
     "mixes": MIXES, "history_half_lives": HISTORY_HALF_LIVES, "seq_weights": SEQ_WEIGHTS,
     "pop_weights": POP_WEIGHTS, "pop_half_lives": POP_HALF_LIVES, "pop_gates": POP_GATES,
     "lambda_scales": LAMBDA_SCALES, "age_half_lives": AGE_HALF_LIVES, "blas_threads": 1,
+    "threads": 0,
 }
 
 
@@ -658,10 +664,16 @@ class BlendTrainer:
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         # NOTE: validation is many mid-sized BLAS calls; OpenBLAS threads spinning against each
         # other (or against other processes) cost far more than they gain there.
-        with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
-            return self._fit(data, options)
+        # Hold-outs are independent: one Python thread per core works on them side by side
+        # (BLAS, LAPACK and the kernels release the GIL), which degrades gracefully on a busy
+        # machine where spinning BLAS threads do not. ``threads`` 0: one per core.
+        threads = int(options.get("threads", 0)) or (os.cpu_count() or 1)
+        with threadpool_limits(int(options.get("blas_threads", 1)), "blas"), \
+                ThreadPoolExecutor(max(1, threads), thread_name_prefix="blend-fit") as pool:
+            return self._fit(data, options, pool, 1 if threads > 1 else None)
 
-    def _fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
+    def _fit(self, data: TrainingData, options: Mapping[str, Any], pool: ThreadPoolExecutor,
+             kernel_threads: int | None) -> ModelPart:
         started = time.perf_counter()
         how = str(options.get("validation", "robust"))
         if how not in VALIDATIONS:
@@ -693,8 +705,9 @@ class BlendTrainer:
         # on a large catalog fewer users keep them within ``max_cells`` each
         max_users = min(max_users, max(200, int(float(options.get("max_cells", 8e6))
                                                 // max(data.n_items, 1))))
-        holds = [make_holdout(data, s, fraction, max_users, seed + f)
-                 for s in shapes for f in range(folds if s == "random" else 1)]
+        specs = [(s, seed + f) for s in shapes for f in range(folds if s == "random" else 1)]
+        holds = list(pool.map(lambda spec: make_holdout(data, spec[0], fraction, max_users,
+                                                        spec[1]), specs))
         holds = [h for h in holds if h.rows.size]
         if not holds:
             # too little data to validate anything: serve the plain model with the trainers'
@@ -714,8 +727,8 @@ class BlendTrainer:
 
         # step 2: the base model's own hyper-parameters, on the first hold-out
         tuned: dict[str, dict[str, Any]] = {}
-        lam, dropout, walk, fitted, plain_scores = self._tune_ease(holds[0], k, categories,
-                                                                   max_val_items)
+        lam, dropout, walk, fitted, plain_scores = self._tune_ease(
+            holds[0], k, categories, max_val_items, pool, kernel_threads)
         tuned[EASE] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
         report.append(f"ease on the first {holds[0].shape} hold-out: " + ", ".join(
             f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
@@ -799,9 +812,13 @@ class BlendTrainer:
             return s
 
         def outcomes(c: BlendParams, cap: int | None) -> dict[str, Outcome]:
+            # each thread works on its own hold-outs: the per-hold-out caches above are keyed
+            # by the hold-out, so no two threads write one entry
+            judged = pool.map(lambda i: judge(scores(c, i), holds[i], k, cap, categories,
+                                              threads=kernel_threads), range(len(holds)))
             out: dict[str, list[Outcome]] = {}
-            for i, h in enumerate(holds):
-                out.setdefault(h.shape, []).append(judge(scores(c, i), h, k, cap, categories))
+            for h, o in zip(holds, judged, strict=True):
+                out.setdefault(h.shape, []).append(o)
             return {shape: combine(o) for shape, o in out.items()}
 
         def evaluate(c: BlendParams) -> float:
@@ -923,12 +940,18 @@ class BlendTrainer:
                                                    dropout), train.n_items)
 
     @staticmethod
-    def _tune_ease(hold: Holdout, k: int, categories: np.ndarray, max_items: int
+    def _tune_ease(hold: Holdout, k: int, categories: np.ndarray, max_items: int,
+                   pool: ThreadPoolExecutor, kernel_threads: int | None = None
                    ) -> tuple[float, float, dict[tuple[float, float], float], EaseScorer,
                               np.ndarray]:
         """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while NDCG@k on
         ``hold`` improves (dropout :data:`DROPOUT_START`), then walk the dropout the same way
         at that lambda (smaller first; ties keep the current one).
+
+        Each round fits two pairs side by side on ``pool``: the next step of the walk and the
+        one after it (or both neighbours), so a walk costs about half its steps in wall time.
+        The choice is the same as a one-at-a-time walk's: a speculative fit only adds an entry
+        to the report.
 
         Returns (lambda, dropout, NDCG of every pair tried, the chosen model and its plain
         scores for ``hold``, for reuse).
@@ -939,38 +962,53 @@ class BlendTrainer:
         gram = (xa.T @ xa).toarray()
         hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0)
         seen: dict[tuple[float, float], float] = {}
-        # the model and plain scores of the best pair so far (the walk ends on the best)
-        kept: dict[tuple[float, float], tuple[EaseScorer, np.ndarray]] = {}
+        # the model and plain scores of the walk's current pair (and of the last round)
+        fitted: dict[tuple[float, float], tuple[EaseScorer, np.ndarray]] = {}
 
-        def ndcg(lam: float, dropout: float) -> float:
-            if (lam, dropout) not in seen:
-                model = EaseScorer(items, linear.item_weights(gram, lam, dropout),
-                                   hold.train.n_items)
-                plain = model.batch(hist)
-                seen[(lam, dropout)] = judge(znorm_rows(plain.copy()), hold, k, None,
-                                             categories).ndcg
-                if seen[(lam, dropout)] >= max(seen.values()):
-                    kept.clear()
-                    kept[(lam, dropout)] = (model, plain)
-            return seen[(lam, dropout)]
-
-        i = LAMBDAS.index(LAMBDA_START)
-        step = 1 if ndcg(LAMBDAS[i + 1], DROPOUT_START) > ndcg(LAMBDAS[i], DROPOUT_START) else -1
-        while 0 <= i + step < len(LAMBDAS) and (ndcg(LAMBDAS[i + step], DROPOUT_START)
-                                                > ndcg(LAMBDAS[i], DROPOUT_START)):
-            i += step
-        lam = LAMBDAS[i]
-        # dropout walks the same way from DROPOUT_START: NDCG is unimodal in it in practice
-        j = DROPOUTS.index(DROPOUT_START)
-        for step in (-1, 1):
-            while 0 <= j + step < len(DROPOUTS) and (ndcg(lam, DROPOUTS[j + step])
-                                                     > ndcg(lam, DROPOUTS[j])):
-                j += step
-        dropout = DROPOUTS[j]
-        model, plain = kept.get((lam, dropout)) or (None, None)
-        if model is None:  # an exact tie left another pair kept: refit the chosen one
-            model = EaseScorer(items, linear.item_weights(gram, lam, dropout), hold.train.n_items)
+        def fit(pair: tuple[float, float]) -> tuple[float, EaseScorer, np.ndarray]:
+            model = EaseScorer(items, linear.item_weights(gram, pair[0], pair[1]),
+                               hold.train.n_items)
             plain = model.batch(hist)
+            return judge(znorm_rows(plain.copy()), hold, k, None, categories,
+                         threads=kernel_threads).ndcg, model, plain
+
+        def run(pairs: list[tuple[float, float]], keep: tuple[float, float]) -> None:
+            """Fit the first :data:`_SIDE_BY_SIDE` of ``pairs`` not tried yet, side by side;
+            keep the models of ``keep`` and of this round only."""
+            todo = [p for p in dict.fromkeys(pairs) if p not in seen][:_SIDE_BY_SIDE]
+            for stale in [p for p in fitted if p != keep]:
+                del fitted[stale]
+            for pair, (value, model, plain) in zip(todo, pool.map(fit, todo), strict=True):
+                seen[pair] = value
+                fitted[pair] = (model, plain)
+
+        def walk(grid: Sequence[float], at: int, pair: Any, order: tuple[int, int]) -> int:
+            """Hill-climb ``grid`` from index ``at`` while the score improves, trying the
+            directions in ``order``; ``pair(value)`` is the pair a grid value stands for. A
+            round fits the next step and, beside it, the step after (a guess that costs no
+            wall time on a second core)."""
+            run([pair(grid[j]) for j in (at, at + order[0], at + order[1])
+                 if 0 <= j < len(grid)], pair(grid[at]))
+            for step in order:
+                while 0 <= at + step < len(grid):
+                    if pair(grid[at + step]) not in seen:
+                        run([pair(grid[j]) for j in (at + step, at + 2 * step)
+                             if 0 <= j < len(grid)], pair(grid[at]))
+                    if not seen[pair(grid[at + step])] > seen[pair(grid[at])]:
+                        break
+                    at += step
+            return at
+
+        # lambda: upwards first (the larger neighbour decides the direction); dropout:
+        # smaller first, ties keep the current one
+        lam = LAMBDAS[walk(LAMBDAS, LAMBDAS.index(LAMBDA_START),
+                           lambda v: (v, DROPOUT_START), (1, -1))]
+        # dropout walks the same way from DROPOUT_START: NDCG is unimodal in it in practice
+        dropout = DROPOUTS[walk(DROPOUTS, DROPOUTS.index(DROPOUT_START), lambda v: (lam, v),
+                                (-1, 1))]
+        model, plain = fitted.get((lam, dropout)) or (None, None)
+        if model is None:  # defensive: the walk keeps its current pair's model
+            _, model, plain = fit((lam, dropout))
         return lam, dropout, seen, model, plain
 
 

@@ -307,3 +307,41 @@ def test_ease_training_pairs_decay_with_age():
              for h in (0.0, 100.0)}
     assert parts[100.0].params["age_half_life_days"] == 100.0
     assert not np.allclose(parts[0.0].arrays["weights"], parts[100.0].arrays["weights"])
+
+
+def test_hold_outs_fitted_side_by_side_choose_what_one_thread_chooses(data, parts):
+    """The trainer works on hold-outs in parallel threads; the choice, its validation scores
+    and the served arrays are the same as with one thread."""
+    threaded = next(p for p in parts if p.name == "blend")
+    single = blend.BlendTrainer().fit(data, {"threads": 1})
+    for key in ("mix", "half_life", "seq_weight", "pop_weight", "tuned_options",
+                "serving_options"):
+        assert threaded.params[key] == single.params[key], key
+    assert threaded.metrics["validation_ndcg"] == single.metrics["validation_ndcg"]
+    assert threaded.metrics["candidates"] == single.metrics["candidates"]
+    assert threaded.arrays.keys() == single.arrays.keys()
+    for name, array in single.arrays.items():
+        np.testing.assert_array_equal(threaded.arrays[name], array)
+
+
+def test_the_ease_walk_stops_at_the_best_neighbour(data):
+    """The lambda walk (two fits per round) ends on a pair no tried neighbour beats."""
+    part = blend.BlendTrainer().fit(data, {"threads": 2})
+    line = next(t for t in part.metrics["report"] if t.startswith("ease on the first"))
+    tried = {}
+    for entry in line.split(": ", 1)[1].split(" -> ")[0].split(", "):
+        pair, value = entry.rsplit(": ", 1)
+        _, lam, _, dropout = pair.split()
+        tried[(float(lam), float(dropout))] = float(value)
+    chosen = part.params["tuned_options"]["ease"]
+    lam, dropout = chosen["lambda"], chosen["dropout"]
+    i = blend.LAMBDAS.index(lam)
+    for j in (i - 1, i + 1):
+        pair = (blend.LAMBDAS[j], blend.DROPOUT_START) if 0 <= j < len(blend.LAMBDAS) else None
+        if pair in tried:
+            assert tried[pair] <= tried[(lam, blend.DROPOUT_START)]
+    j = blend.DROPOUTS.index(dropout)
+    for d in (j - 1, j + 1):
+        pair = (lam, blend.DROPOUTS[d]) if 0 <= d < len(blend.DROPOUTS) else None
+        if pair in tried:
+            assert tried[pair] <= tried[(lam, dropout)]
