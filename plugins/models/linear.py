@@ -42,12 +42,25 @@ def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarr
             break
     else:
         raise ValueError("ease: the regularized Gram matrix is not positive definite")
-    # potri fills the upper triangle only
-    p = np.triu(p)
-    p += np.triu(p, 1).T
-    b = p / (-np.diag(p))
+    # potri fills the upper triangle only; P is symmetric, so once mirrored its Fortran
+    # buffer read as C order is P itself, and dividing its columns runs along rows
+    p = _mirror_upper(p).T
+    b = p / (-np.diag(p))[None, :]
     b[np.diag_indices(n)] = 0.0
-    return b.astype(np.float32, copy=False)
+    return np.ascontiguousarray(b, dtype=np.float32)
+
+
+def _mirror_upper(p: np.ndarray, block: int = 256) -> np.ndarray:
+    """Copy the upper triangle of square ``p`` onto its lower one, in place, a band of
+    ``block`` columns at a time (``np.triu`` builds masks over the whole matrix)."""
+    n = p.shape[0]
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        p[j:, i:j] = p[i:j, j:].T
+        square = p[i:j, i:j]
+        lower = np.tril_indices(j - i, -1)
+        square[lower] = square.T[lower]
+    return p
 
 
 def active_items(x: sp.csr_matrix, min_count: int, limit: int) -> np.ndarray:

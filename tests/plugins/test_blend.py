@@ -345,3 +345,19 @@ def test_the_ease_walk_stops_at_the_best_neighbour(data):
         pair = (lam, blend.DROPOUTS[d]) if 0 <= d < len(blend.DROPOUTS) else None
         if pair in tried:
             assert tried[pair] <= tried[(lam, dropout)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 600), lam=st.floats(1.0, 500.0), dropout=st.sampled_from([0.0, 0.3]),
+       seed=st.integers(0, 2**16))
+def test_ease_weights_match_the_closed_form_at_any_size(n, lam, dropout, seed):
+    """The Cholesky inverse, its blockwise mirroring and the column scaling give the
+    closed form B = I - P diag(1/diag(P)) (zero diagonal), C-contiguous float32."""
+    x = (np.random.default_rng(seed).random((80, n)) < 0.1).astype(np.float64)
+    g = x.T @ x
+    b = ease.item_weights(g, lam, dropout)
+    p = np.linalg.inv(g + np.diag(np.diag(g) * dropout / (1.0 - dropout) + lam))
+    expected = p / -np.diag(p)
+    np.fill_diagonal(expected, 0.0)
+    assert b.dtype == np.float32 and b.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(b, expected, rtol=2e-3, atol=2e-5)
