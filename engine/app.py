@@ -131,6 +131,11 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
         if body["items"]:
             metrics.SLATES_SERVED.inc()
         body, positions = exploration.explore_answer(rt.settings.exploration, body)
+        if (assignment is not None and assignment.variant is not None
+                and req.user_id is not None and body["items"]):
+            rt.tracker.note_impressions(assignment, req.user_id, len(body["items"]))
+            metrics.EXPERIMENT_IMPRESSIONS.labels(plan.experiment, plan.variant).inc(
+                len(body["items"]))
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability,
                                       positions, dict(req.context) or None)
         return body

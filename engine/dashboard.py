@@ -66,6 +66,9 @@ class Sample:
     exposures: dict[str, float] = field(default_factory=dict)
     clicks: dict[str, float] = field(default_factory=dict)
     conversions: dict[str, float] = field(default_factory=dict)
+    # per impression, "experiment/variant" -> items served, and -> outcome -> count
+    impressions: dict[str, float] = field(default_factory=dict)
+    impression_outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
 
 
@@ -93,6 +96,11 @@ def read_sample(t: float) -> Sample:
                 _bump(s.clicks, _arm(labels), value)
             elif name == "rankly_conversions_total":
                 _bump(s.conversions, _arm(labels), value)
+            elif name == "rankly_experiment_impressions_total":
+                _bump(s.impressions, _arm(labels), value)
+            elif name == "rankly_experiment_impression_outcomes_total":
+                _bump(s.impression_outcomes.setdefault(_arm(labels), {}), labels["outcome"],
+                      value)
             elif name == "rankly_recommendation_slates_total":
                 _bump(s.exposures, ALL_RECOMMENDATIONS, value)
             elif name == "rankly_recommendation_slates_with_outcome_total":
@@ -289,7 +297,11 @@ def data(request: Request) -> Response:
         "quality_buckets": win.history(),
         "variants": [
             {"variant": v, "exposures": n, "clicks": latest.clicks.get(v, 0.0),
-             "conversions": latest.conversions.get(v, 0.0)}
+             "conversions": latest.conversions.get(v, 0.0),
+             **({"impressions": latest.impressions.get(v, 0.0),
+                 "impression_clicks": latest.impression_outcomes.get(v, {}).get("click", 0.0),
+                 "impression_conversions": latest.impression_outcomes.get(v, {}).get(
+                     "conversion", 0.0)} if v != ALL_RECOMMENDATIONS else {})}
             for v, n in sorted(latest.exposures.items()) if _is_live(v, live)
         ],
     }

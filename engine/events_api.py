@@ -229,14 +229,19 @@ class EventsService:
         if outcome is None:
             return
         counter = metrics.CLICKS if outcome == "click" else metrics.CONVERSIONS
+        # a request_id says the click (or purchase) is on a served item: it counts per
+        # impression too, once per (request, item)
+        served = (e.request_id, e.item_id) if e.request_id else None
         try:
-            counted = await self.rt.tracker.outcome(e.user_id, outcome,
-                                                    self.rt.experiments.experiments)
+            credited = await self.rt.tracker.outcome(e.user_id, outcome,
+                                                     self.rt.experiments.experiments, served)
         except StoreUnavailable:
             log.warning("experiment outcome not counted: store unavailable")
             return
-        for experiment, variant in counted:
+        for experiment, variant in credited.per_user:
             counter.labels(experiment, variant).inc()
+        for experiment, variant in credited.per_impression:
+            metrics.IMPRESSION_OUTCOMES.labels(experiment, variant, outcome).inc()
 
     async def invalidate(self, users: set[str], tiers: list | None = None) -> None:
         """Invalidate the cached recommendations of ``users`` in every tier (or ``tiers``);

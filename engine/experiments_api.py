@@ -179,6 +179,7 @@ async def experiment_results(request: Request) -> Response:
     exp = _experiment(rt, request)
     try:
         counts = await rt.tracker.counts(exp)
+        impressions = await rt.tracker.impression_counts(exp)
     except StoreUnavailable:
         return JSONResponse({"error": {"field": "store", "message": "counts unavailable"}},
                             status_code=503, headers={"Retry-After": "1"})
@@ -188,7 +189,7 @@ async def experiment_results(request: Request) -> Response:
             primary_metric=exp.primary_metric.value,
             guardrails=[g.value for g in exp.guardrails], mde=exp.mde,
             mde_relative=exp.mde_relative, bandit=exp.bandit,
-            bandit_weights=exp.weights if exp.bandit else None,
+            bandit_weights=exp.weights if exp.bandit else None, impressions=impressions,
         )
     except (InvalidCounts, ValueError) as exc:
         raise RequestError("counts", str(exc)) from None

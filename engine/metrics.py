@@ -84,6 +84,17 @@ CONVERSIONS = Counter(
     "rankly_conversions_total", "Conversions (purchases) of users exposed to an experiment's "
     "variant", ["experiment", "variant"],
 )
+# Per impression (CTR = outcomes / impressions): items served by a variant, and clicks and
+# purchases carrying a request_id by its users, once per (request, item)
+EXPERIMENT_IMPRESSIONS = Counter(
+    "rankly_experiment_impressions_total", "Items served to users in an experiment's variant",
+    ["experiment", "variant"],
+)
+IMPRESSION_OUTCOMES = Counter(
+    "rankly_experiment_impression_outcomes_total",
+    "Clicks (outcome=click) and purchases (outcome=conversion) on served items by users in an "
+    "experiment's variant, once per request and item", ["experiment", "variant", "outcome"],
+)
 # Recommendation CTR and conversion without any experiment: answers served, and answers that
 # got a click or purchase carrying their request_id (each answer counted once per type).
 SLATES_SERVED = Counter(

@@ -188,8 +188,13 @@ def sequential_interval(
     if n0 == 0 or n1 == 0:
         return {"ci": None, "p_value": None, "tau": tau, "status": "no_data"}
     p0, p1 = x0 / n0, x1 / n1
-    d = p1 - p0
-    v = p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1
+    return msprt(p1 - p0, p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1, tau, alpha)
+
+
+def msprt(d: float, v: float, tau: float, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
+    """Always-valid interval and p-value for a difference ``d`` with variance ``v`` (the
+    normal-mixture formulas of :func:`sequential_interval`, for any asymptotically normal
+    difference: the per-impression metrics pass their user-clustered variance)."""
     if v == 0.0 or tau <= 0.0:
         return {"ci": None, "p_value": None, "tau": tau, "status": "undefined: zero variance"}
     t2 = tau * tau
@@ -402,6 +407,208 @@ def sample_size(
     }
 
 
+# --- per-impression metrics: ratios with a user-clustered variance ---------------------------
+
+#: Per-user counts kept for the per-impression metrics: impressions, clicks, conversions.
+KINDS = ("n", "x", "c")
+#: Which per-user count is the numerator of each per-impression metric.
+NUMERATOR = {"ctr": "x", "conversion": "c"}
+_ARM_LABEL = {"ctr": "ctr", "conversion": "conversion_rate"}  # as in the per-user arms
+IMPRESSION_METHOD = (
+    "ratio of sums over users; variance by the delta method with users as clusters "
+    "(Deng et al. 2018), since impressions of one user are correlated"
+)
+
+
+def moment_keys() -> tuple[str, ...]:
+    """The names of the running sums behind the per-impression metrics: ``users``, each
+    count's sum (``n``, ``x``, ``c``) and every product's sum (``nn``, ``cx``, ...)."""
+    pairs = sorted({"".join(sorted(a + b)) for a in KINDS for b in KINDS})
+    return ("users", *KINDS, *pairs)
+
+
+def bump_moments(moments: dict[str, int], counts: dict[str, int], kind: str, k: int) -> None:
+    """Add ``k`` to one user's count ``kind`` and keep ``moments`` equal to the sums over
+    users of the counts, their squares and their products, in O(1).
+
+    ``counts`` is the user's own ``{kind: count}`` (updated in place); a user is added to
+    ``users`` on its first non-zero count. The order of the updates does not matter. The
+    Redis tracker runs the same arithmetic in a Lua script.
+    """
+    if k == 0:
+        return
+    if not any(counts.get(f, 0) for f in KINDS):
+        moments["users"] = moments.get("users", 0) + 1
+    cur = counts.get(kind, 0)
+    for f in KINDS:
+        pair = "".join(sorted(f + kind))
+        add = 2 * cur * k + k * k if f == kind else counts.get(f, 0) * k
+        moments[pair] = moments.get(pair, 0) + add
+    moments[kind] = moments.get(kind, 0) + k
+    counts[kind] = cur + k
+
+
+@dataclass(frozen=True, slots=True)
+class ImpressionCounts:
+    """One variant's per-impression data: the running sums of :func:`moment_keys` over the
+    users who were served by it (``n``: impressions, ``x``: clicks and ``c``: conversions on
+    served items, each counted once per impression)."""
+
+    name: str
+    moments: Mapping[str, int]
+
+    @classmethod
+    def of_users(cls, name: str, rows: Sequence[Mapping[str, int]]) -> ImpressionCounts:
+        """The sums over per-user counts ``{"n": ..., "x": ..., "c": ...}``."""
+        moments: dict[str, int] = {}
+        for row in rows:
+            counts: dict[str, int] = {}
+            for kind in KINDS:
+                bump_moments(moments, counts, kind, int(row.get(kind, 0)))
+        return cls(name, moments)
+
+    def get(self, key: str) -> int:
+        return int(self.moments.get(key, 0))
+
+    def check(self) -> None:
+        for key in moment_keys():
+            if self.get(key) < 0:
+                raise InvalidCounts(f"arm {self.name!r}: per-impression {key} is negative")
+
+
+def ratio_estimate(arm: ImpressionCounts, metric: str) -> dict[str, Any]:
+    """Per-impression rate ``R = sum x_i / sum n_i`` of one arm and its clustered variance.
+
+    ``Var(R) = U / (U - 1) * sum_i (x_i - R n_i)^2 / (sum_i n_i)^2`` over the ``U`` users,
+    which is the delta-method variance of a ratio of means with sample (co)variances. It is
+    computed from the running sums with exact integers, so it is never negative.
+    ``design_effect`` is that variance over the binomial one, ``R (1 - R) / sum n_i``, which
+    treats impressions as independent.
+    """
+    kind = NUMERATOR[metric]
+    u, sn, sx = arm.get("users"), arm.get("n"), arm.get(kind)
+    out: dict[str, Any] = {"rate": rate(sx, sn), "var": None, "se": None,
+                           "design_effect": None, "status": OK}
+    if sn == 0:
+        out["status"] = "no_data"
+        return out
+    if u < 2:
+        out["status"] = "undefined: fewer than 2 users"
+        return out
+    sxx = arm.get(kind + kind)
+    sxn = arm.get("".join(sorted(kind + "n")))
+    snn = arm.get("nn")
+    # sn^2 * sum (x_i - R n_i)^2, expanded over the running sums
+    num = sxx * sn * sn - 2 * sx * sn * sxn + sx * sx * snn
+    var = u * num / ((u - 1) * sn**4)
+    out["var"], out["se"] = var, math.sqrt(var)
+    r = sx / sn
+    if 0.0 < r < 1.0:
+        out["design_effect"] = var / (r * (1 - r) / sn)
+    return out
+
+
+def compare_ratio(e0: Mapping[str, Any], e1: Mapping[str, Any], *, alpha: float = DEFAULT_ALPHA,
+                  tau: float | None = None) -> dict[str, Any]:
+    """Compare one variant's per-impression rate with control's (:func:`ratio_estimate`
+    outputs): Wald interval and z-test on ``R1 - R0`` with ``Var = Var0 + Var1`` (arms are
+    independent groups of users), the delta-method relative lift, and the always-valid
+    interval of :func:`msprt`."""
+    r0, r1 = e0["rate"], e1["rate"]
+    out: dict[str, Any] = {"rate": r1, "control_rate": r0}
+    if e0["var"] is None or e1["var"] is None:
+        status = e0["status"] if e0["var"] is None else e1["status"]
+        out.update(diff={"estimate": None, "ci": None, "se": None, "status": status},
+                   relative_lift={"estimate": None, "ci": None, "p_value": None,
+                                  "status": status},
+                   z_test={"z": None, "p_value": None, "status": status},
+                   sequential={"ci": None, "p_value": None, "tau": tau, "status": status})
+        return out
+    d, v0, v1 = r1 - r0, e0["var"], e1["var"]
+    se = math.sqrt(v0 + v1)
+    zq = float(st.norm.isf(alpha / 2))
+    if se == 0.0:
+        out["diff"] = {"estimate": d, "ci": [d, d], "se": 0.0,
+                       "status": "degenerate: zero variance in both arms"}
+        out["z_test"] = {"z": None, "p_value": None, "status": "undefined: zero variance"}
+    else:
+        z = d / se
+        out["diff"] = {"estimate": d, "ci": [d - zq * se, d + zq * se], "se": se, "status": OK}
+        out["z_test"] = {"z": z, "p_value": float(2 * st.norm.sf(abs(z))), "status": OK}
+    if r0 == 0.0:
+        out["relative_lift"] = {"estimate": None, "ci": None, "p_value": None,
+                                "status": "undefined: control rate is 0"}
+    else:
+        lift = r1 / r0 - 1
+        lse = math.sqrt(v1 / r0**2 + r1**2 * v0 / r0**4)
+        out["relative_lift"] = (
+            {"estimate": lift, "ci": [lift - zq * lse, lift + zq * lse], "se": lse,
+             "p_value": float(2 * st.norm.sf(abs(lift) / lse)), "status": OK} if lse > 0 else
+            {"estimate": lift, "ci": [lift, lift], "se": 0.0, "p_value": None,
+             "status": "undefined: zero variance in both arms"})
+    if tau is None:
+        pooled = (r0 + r1) / 2
+        tau = max(0.1 * pooled, 1e-4)
+    out["sequential"] = msprt(d, v0 + v1, tau, alpha)
+    return out
+
+
+def analyze_impressions(arms: Sequence[ImpressionCounts], *, alpha: float = DEFAULT_ALPHA,
+                        correction: str = "holm", reached: bool = False) -> dict[str, Any]:
+    """The per-impression part of the results (the first arm is the control).
+
+    For CTR (clicks on served items per impression) and conversion (conversions on served
+    items per impression): each arm's rate with its user-clustered standard error, and each
+    variant against control. The p-values of both metrics and all variants form one family,
+    adjusted with ``correction``; a comparison is significant under the rule of
+    :func:`analyze` (the always-valid p-value at any time, the z-test once ``reached``).
+    """
+    for arm in arms:
+        arm.check()
+    control, variants = arms[0], arms[1:]
+    est = {m: [ratio_estimate(a, m) for a in arms] for m in NUMERATOR}
+    metrics: dict[str, Any] = {}
+    family: list[tuple[str, int]] = []
+    fixed_p: list[float | None] = []
+    seq_p: list[float | None] = []
+    for metric, estimates in est.items():
+        comparisons = []
+        for j, arm in enumerate(variants):
+            c = compare_ratio(estimates[0], estimates[j + 1], alpha=alpha)
+            c["variant"] = arm.name
+            comparisons.append(c)
+            family.append((metric, j))
+            fixed_p.append(c["z_test"]["p_value"])
+            seq_p.append(c["sequential"]["p_value"])
+        metrics[metric] = {
+            "rates": {a.name: e["rate"] for a, e in zip(arms, estimates, strict=True)},
+            "comparisons": comparisons,
+        }
+    for (metric, j), fa, sa in zip(family, adjust_pvalues(fixed_p, correction),
+                                   adjust_pvalues(seq_p, correction), strict=True):
+        c = metrics[metric]["comparisons"][j]
+        c["z_test"]["p_value_adjusted"] = fa
+        c["sequential"]["p_value_adjusted"] = sa
+        sig = (sa is not None and sa < alpha) or (reached and fa is not None and fa < alpha)
+        d = c["diff"]["estimate"]
+        c["significant"] = bool(sig and d is not None and d != 0)
+        c["direction"] = (("better" if d > 0 else "worse") if c["significant"]  # type: ignore[operator]
+                          else "inconclusive")
+    return {
+        "method": IMPRESSION_METHOD,
+        "control": control.name,
+        "arms": [
+            {"name": a.name, "users": a.get("users"), "impressions": a.get("n"),
+             "clicks": a.get("x"), "conversions": a.get("c"),
+             **{f"{label}{part}": est[m][i][key] for m, label in _ARM_LABEL.items()
+                for part, key in (("", "rate"), ("_se", "se"),
+                                  ("_design_effect", "design_effect"))}}
+            for i, a in enumerate(arms)
+        ],
+        "metrics": metrics,
+    }
+
+
 # --- the results document ------------------------------------------------------------------
 
 
@@ -449,6 +656,7 @@ def analyze(
     min_exposures: int = MIN_EXPOSURES,
     bandit: bool = False,
     bandit_weights: Sequence[float] | None = None,
+    impressions: Sequence[ImpressionCounts] | None = None,
 ) -> dict[str, Any]:
     """Return the results document of an experiment (the first arm is the control).
 
@@ -458,6 +666,8 @@ def analyze(
     once the planned sample size (from ``mde``) is reached. The verdict is the first that
     applies of: srm_alert, collecting, guardrail_breached, significant_win, significant_loss,
     collecting (planned sample not reached), no_detectable_difference.
+    ``impressions`` (per-impression data, in the order of ``arms``) adds ``per_impression``
+    (:func:`analyze_impressions`); the verdict stays on the per-user metrics.
     Raises InvalidCounts for impossible counts and ValueError for bad arguments.
     """
     if len(arms) < 2:
@@ -571,6 +781,11 @@ def analyze(
         "metrics": results,
         "sample_size": plan,
     }
+    if impressions is not None:
+        if [a.name for a in impressions] != names:
+            raise ValueError("impressions: expected one entry per arm, in the arms' order")
+        doc["per_impression"] = analyze_impressions(impressions, alpha=alpha,
+                                                    correction=correction, reached=reached)
     if bandit:
         bw = list(bandit_weights) if bandit_weights is not None else shares
         doc["bandit"] = {

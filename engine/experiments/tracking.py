@@ -1,14 +1,19 @@
-"""Per-variant exposures and outcomes, counted once per user, and bandit re-weighting.
+"""Per-variant exposures and outcomes, per user and per impression, and bandit re-weighting.
 
 An exposure is recorded the first time a user is served by an experiment in a phase; a click or
 conversion counts once per exposed user and goes to the variant the user was exposed to. These
-are the counts ``analyze`` turns into results. :class:`ExperimentTracker` keeps them in process
-memory (the embedded store: one process); :class:`RedisExperimentTracker` keeps them in Redis
-sets so every worker and every machine reads and writes the same counts.
+are the counts ``analyze`` turns into results. Per impression, every served item counts, and a
+click or conversion that carries a ``request_id`` counts once per (request, item): the sums of
+per-user counts, squares and products (``stats.bump_moments``) give the per-impression rates
+and their user-clustered variance. :class:`ExperimentTracker` keeps them in process memory (the
+embedded store: one process); :class:`RedisExperimentTracker` keeps them in Redis so every
+worker and every machine reads and writes the same counts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +22,34 @@ from typing import Any
 
 from rankly.engine.experiments.assignment import Assignment, Experiment, Experiments
 from rankly.engine.experiments.bandit import Allocation, update_bandit
-from rankly.engine.experiments.stats import ArmCounts
+from rankly.engine.experiments.stats import ArmCounts, ImpressionCounts, bump_moments
+from rankly.engine.store import StoreUnavailable
+
+#: The per-user count each per-impression outcome adds to (stats.KINDS).
+KIND_OF_OUTCOME = {"click": "x", "conversion": "c"}
+IMPRESSION_FLUSH_S = 0.2  # how long served impressions wait to be written to Redis, at most
+
+# NOTE: the arithmetic of stats.bump_moments, atomically next to the per-user counts.
+BUMP_MOMENTS = """
+if ARGV[4] ~= '' and redis.call('SADD', KEYS[3], ARGV[4]) == 0 then return 0 end
+local user, kind, k = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local kinds = {'n', 'x', 'c'}
+local cur, fresh = {}, true
+for _, f in ipairs(kinds) do
+  cur[f] = tonumber(redis.call('HGET', KEYS[1], f .. ':' .. user) or '0')
+  if cur[f] ~= 0 then fresh = false end
+end
+if fresh then redis.call('HINCRBY', KEYS[2], 'users', 1) end
+for _, f in ipairs(kinds) do
+  local pair = (f < kind) and (f .. kind) or (kind .. f)
+  local add = cur[f] * k
+  if f == kind then add = 2 * cur[f] * k + k * k end
+  redis.call('HINCRBY', KEYS[2], pair, add)
+end
+redis.call('HINCRBY', KEYS[2], kind, k)
+redis.call('HINCRBY', KEYS[1], kind .. ':' .. user, k)
+return 1
+"""
 
 log = logging.getLogger("rankly.experiments")
 
@@ -34,13 +66,45 @@ class _ArmSets:
 
 
 @dataclass
+class _ArmImpressions:
+    users: dict[str, dict[str, int]] = field(default_factory=dict)  # user -> kind -> count
+    moments: dict[str, int] = field(default_factory=dict)
+    counted: set[tuple[str, str, str]] = field(default_factory=set)  # (outcome, request, item)
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """The (experiment, variant) pairs an outcome counted in for the first time: per user
+    (once per exposed user) and per impression (once per request and item)."""
+
+    per_user: list[tuple[str, str]]
+    per_impression: list[tuple[str, str]]
+
+
+@dataclass
 class ExperimentTracker:
     """In-process counts per (experiment, phase, variant): the embedded store's tracker."""
 
     clock: Callable[[], float] = time.time
     _arms: dict[tuple[str, int, str], _ArmSets] = field(default_factory=dict)
     _exposed_to: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)
+    _impressions: dict[tuple[str, int, str], _ArmImpressions] = field(default_factory=dict)
     allocations: dict[str, Allocation] = field(default_factory=dict)
+
+    def note_impressions(self, a: Assignment, user_id: str, served: int) -> None:
+        """Count ``served`` items shown to ``user_id`` by the assignment's variant (no I/O:
+        it runs on the request path)."""
+        if a.variant is None or served <= 0:
+            return
+        self._bump((a.experiment.key, a.experiment.phase, a.variant.name), user_id, "n",
+                   served)
+
+    def _bump(self, arm: tuple[str, int, str], user_id: str, kind: str, k: int) -> None:
+        imp = self._impressions.setdefault(arm, _ArmImpressions())
+        bump_moments(imp.moments, imp.users.setdefault(user_id, {}), kind, k)
+
+    async def flush_impressions(self) -> None:
+        """Write impressions noted but not yet stored (nothing to do in process)."""
 
     def _first_exposure(self, a: Assignment, user_id: str) -> bool:
         """Note the exposure in this process; True the first time for (user, exp, phase)."""
@@ -64,21 +128,28 @@ class ExperimentTracker:
         arm.exposed.add(user_id)
         return True
 
-    async def outcome(self, user_id: str, outcome: str,
-                      experiments: Iterable[Experiment]) -> list[tuple[str, str]]:
+    async def outcome(self, user_id: str, outcome: str, experiments: Iterable[Experiment],
+                      served: tuple[str, str] | None = None) -> Credited:
         """Count a click or conversion of ``user_id`` in every experiment it was exposed to.
 
-        Returns the (experiment, variant) pairs that counted it for the first time.
+        ``served``: the event's (request_id, item_id) when it carries a request_id; it then
+        counts per impression too, once per (request, item) and outcome.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
-        counted = []
+        credited = Credited([], [])
         for exp_key, (phase, variant) in self._exposed_to.get(user_id, {}).items():
             bucket = getattr(self._arms[(exp_key, phase, variant)], outcome)
             if user_id not in bucket:
                 bucket.add(user_id)
-                counted.append((exp_key, variant))
-        return counted
+                credited.per_user.append((exp_key, variant))
+            if served is not None:
+                imp = self._impressions.setdefault((exp_key, phase, variant), _ArmImpressions())
+                if (outcome, *served) not in imp.counted:
+                    imp.counted.add((outcome, *served))
+                    self._bump((exp_key, phase, variant), user_id, KIND_OF_OUTCOME[outcome], 1)
+                    credited.per_impression.append((exp_key, variant))
+        return credited
 
     async def counts(self, exp: Experiment) -> list[ArmCounts]:
         """Per-variant counts of the experiment's current phase, in variant order."""
@@ -87,6 +158,13 @@ class ExperimentTracker:
             sets = self._arms.get((exp.key, exp.phase, v.name), _ArmSets())
             out.append(ArmCounts(v.name, len(sets.exposed), len(sets.click), len(sets.conversion)))
         return out
+
+    async def impression_counts(self, exp: Experiment) -> list[ImpressionCounts]:
+        """Per-variant per-impression sums of the experiment's current phase, in variant
+        order (this process's noted impressions written first)."""
+        await self.flush_impressions()
+        return [ImpressionCounts(v.name, dict(self._impressions.get(
+            (exp.key, exp.phase, v.name), _ArmImpressions()).moments)) for v in exp.variants]
 
     def bandits_due(self, registry: Experiments, epoch_seconds: float) -> bool:
         """True when a running bandit is behind the current decision epoch (no I/O)."""
@@ -114,12 +192,63 @@ class RedisExperimentTracker(ExperimentTracker):
     Keys: ``<ns>:{x:<exp>}:<phase>:assign`` (hash user -> variant, first exposure wins) and
     ``<ns>:{x:<exp>}:<phase>:<kind>:<variant>`` (sets of users; kind exposed/click/conversion).
     A process remembers whom it already reported, so a user costs one Redis call per process
-    and phase, not one per request.
+    and phase, not one per request. Per impression, ``...:imp:<variant>`` (hash
+    ``<kind>:<user>`` -> count), ``...:impm:<variant>`` (hash of the running sums) and
+    ``...:impseen:<variant>`` (set of counted outcome, request and item); served impressions
+    are summed in process and written in one pipeline at most every ``IMPRESSION_FLUSH_S``.
     """
 
     def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock=clock)
         self.store = store
+        self._pending: dict[tuple[str, int, str, str], int] = {}
+        self._flush_due: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def note_impressions(self, a: Assignment, user_id: str, served: int) -> None:
+        if a.variant is None or served <= 0:
+            return
+        key = (a.experiment.key, a.experiment.phase, a.variant.name, user_id)
+        self._pending[key] = self._pending.get(key, 0) + served
+        if self._flush_due is None:
+            self._flush_due = asyncio.get_running_loop().call_later(IMPRESSION_FLUSH_S,
+                                                                    self._flush_later)
+
+    def _flush_later(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.flush_impressions())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    def _bump_call(self, pipe: Any, arm: tuple[str, int, str], user_id: str, kind: str,
+                   k: int, once: str = "") -> None:
+        exp_key, phase, variant = arm
+        pipe.eval(BUMP_MOMENTS, 3, self._key(exp_key, phase, "imp", variant),
+                  self._key(exp_key, phase, "impm", variant),
+                  self._key(exp_key, phase, "impseen", variant), user_id, kind, k, once)
+
+    async def flush_impressions(self) -> None:
+        """Write the impressions noted since the last flush (one pipeline). When Redis is
+        unavailable they are dropped, with a warning, as exposures are."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+
+        async def write(r: Any) -> list[Any]:
+            # NOTE: EVAL, not EVALSHA: a cluster pipeline cannot reload a script a node has
+            # not seen (as in RedisStore.record_interactions)
+            pipe = r.pipeline(transaction=False)
+            for (exp_key, phase, variant, user_id), k in pending.items():
+                self._bump_call(pipe, (exp_key, phase, variant), user_id, "n", k)
+            return await pipe.execute()
+
+        try:
+            await self.store.background.run(write, deadline_s=5.0)
+        except StoreUnavailable:
+            log.warning("experiment impressions not recorded: store unavailable (%d users)",
+                        len(pending))
 
     def _key(self, exp_key: str, phase: int, part: str, variant: str | None = None) -> str:
         return self.store.keys.experiment(exp_key, phase, part, variant)
@@ -138,13 +267,13 @@ class RedisExperimentTracker(ExperimentTracker):
         _, added = await self.store.guard.run(write)
         return bool(added)
 
-    async def outcome(self, user_id: str, outcome: str,
-                      experiments: Iterable[Experiment]) -> list[tuple[str, str]]:
+    async def outcome(self, user_id: str, outcome: str, experiments: Iterable[Experiment],
+                      served: tuple[str, str] | None = None) -> Credited:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         exps = list(experiments)
         if not exps:
-            return []
+            return Credited([], [])
 
         async def assigned(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
@@ -155,16 +284,26 @@ class RedisExperimentTracker(ExperimentTracker):
         hits = [(e, v.decode() if isinstance(v, bytes) else v)
                 for e, v in zip(exps, await self.store.guard.run(assigned), strict=True) if v]
         if not hits:
-            return []
+            return Credited([], [])
+        once = "" if served is None else json.dumps([outcome, *served])
 
         async def count(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for e, v in hits:
                 pipe.sadd(self._key(e.key, e.phase, outcome, v), user_id)
+                if served is not None:
+                    self._bump_call(pipe, (e.key, e.phase, v), user_id,
+                                    KIND_OF_OUTCOME[outcome], 1, once)
             return await pipe.execute()
 
-        added = await self.store.guard.run(count)
-        return [(e.key, v) for (e, v), new in zip(hits, added, strict=True) if new]
+        added = iter(await self.store.guard.run(count))
+        credited = Credited([], [])
+        for e, v in hits:
+            if next(added):
+                credited.per_user.append((e.key, v))
+            if served is not None and next(added):
+                credited.per_impression.append((e.key, v))
+        return credited
 
     async def counts(self, exp: Experiment) -> list[ArmCounts]:
         async def sizes(r: Any) -> list[Any]:
@@ -176,6 +315,23 @@ class RedisExperimentTracker(ExperimentTracker):
 
         n = iter(int(x) for x in await self.store.guard.run(sizes))
         return [ArmCounts(v.name, next(n), next(n), next(n)) for v in exp.variants]
+
+    async def impression_counts(self, exp: Experiment) -> list[ImpressionCounts]:
+        await self.flush_impressions()
+
+        async def sums(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for v in exp.variants:
+                pipe.hgetall(self._key(exp.key, exp.phase, "impm", v.name))
+            return await pipe.execute()
+
+        rows = await self.store.guard.run(sums)
+        return [ImpressionCounts(v.name, {_text(k): int(x) for k, x in row.items()})
+                for v, row in zip(exp.variants, rows, strict=True)]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def make_tracker(store: Any) -> ExperimentTracker:

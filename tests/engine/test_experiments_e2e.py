@@ -140,3 +140,93 @@ def test_two_servers_on_redis_share_experiment_counts(redis_url, redis_namespace
         exposed = first[arm["name"]][0] + second[arm["name"]][0]
         clicked = first[arm["name"]][1] + second[arm["name"]][1]
         assert (arm["exposures"], arm["clicks"]) == (exposed, clicked)
+
+
+@pytest.fixture(params=["embedded",
+                        pytest.param("redis_server", marks=pytest.mark.redis),
+                        pytest.param("redis_cluster", marks=pytest.mark.redis)])
+def store_options(request, redis_namespace):
+    """The store's name, and no options (the embedded store) or a Redis deployment's."""
+    if request.param == "embedded":
+        return request.param, {}
+    return request.param, {"store_url": request.getfixturevalue(request.param).url,
+                           "namespace": redis_namespace,
+                           "deadlines": {"store_ms": 1000.0, "request_ms": 5000.0}}
+
+
+def deng_variance(n, x):
+    """Delta-method variance of sum(x)/sum(n) over users (Deng et al. 2018), by hand."""
+    n, x = np.asarray(n, float), np.asarray(x, float)
+    mx, mn = x.mean(), n.mean()
+    sxx, sxn, snn = np.var(x, ddof=1), np.cov(x, n, ddof=1)[0, 1], np.var(n, ddof=1)
+    return (sxx / mn**2 - 2 * mx * sxn / mn**3 + mx**2 * snn / mn**4) / len(n)
+
+
+def test_per_impression_results_equal_a_reference_computed_from_the_log(
+        artifacts, settings_for, tmp_path, store_options):
+    """Slates in, clicks and purchases in (repeats, retries, some without a request_id),
+    per-impression rates and their clustered test out, equal to the client's own tally."""
+    rng = np.random.default_rng(3)
+    store, options = store_options
+    key = f"per-impression-{store}"  # metrics are per process: one experiment per store
+    served = {}  # variant -> user -> [impressions, clicks, conversions]
+    events = []
+    settings = settings_for(artifacts, admin_token=TOKEN, data_dir=tmp_path,
+                            experiments=(experiment(key, {"control": 1, "other": 1}),),
+                            **options)
+    with TestClient(create_app(settings)) as client:
+        for u in range(60):
+            uid = f"imp-user-{u}"
+            taste = rng.beta(0.5, 4.0)  # users differ: clicks cluster within users
+            for r in range(int(rng.integers(1, 4))):
+                rid = f"{uid}-r{r}"
+                body = client.get("/recommendations", params={
+                    "user_id": uid, "n": int(rng.integers(2, 7)), "request_id": rid}).json()
+                tally = served.setdefault(body["variant"], {}).setdefault(uid, [0, 0, 0])
+                tally[0] += len(body["items"])
+                for k, item in enumerate(i["item_id"] for i in body["items"]):
+                    if rng.random() >= taste:
+                        continue
+                    tally[1] += 1
+                    click = {"user_id": uid, "item_id": item, "type": "click",
+                             "request_id": rid}
+                    events.append({**click, "event_id": f"{rid}-{k}-c"})
+                    if k == 0:  # a second click on the same impression counts once
+                        events.append({**click, "event_id": f"{rid}-{k}-c2"})
+                    if rng.random() < 0.3:
+                        tally[2] += 1
+                        events.append({**click, "type": "purchase", "event_id": f"{rid}-{k}-p"})
+            # a click without a request_id is not on a known served item: per user only
+            events.append({"event_id": f"{uid}-free", "user_id": uid, "item_id": "1",
+                           "type": "click"})
+        for start in range(0, len(events), 200):
+            assert client.post("/events", json=events[start:start + 200]).status_code == 202
+        res = client.get(f"/experiments/{key}/results", headers=AUTH).json()
+        scrape = client.get("/metrics").text
+        dashboard = {v["variant"]: v for v in client.get("/dashboard/data").json()["variants"]}
+    doc = res["per_impression"]
+    arms = {a["name"]: a for a in doc["arms"]}
+    ref = {}
+    for variant, users in served.items():
+        n, x, c = (np.array(col) for col in zip(*users.values(), strict=True))
+        a = arms[variant]
+        assert (a["users"], a["impressions"], a["clicks"], a["conversions"]) == (
+            len(users), n.sum(), x.sum(), c.sum())
+        assert a["ctr"] == x.sum() / n.sum() and a["conversion_rate"] == c.sum() / n.sum()
+        assert a["ctr_se"] == pytest.approx(math.sqrt(deng_variance(n, x)), rel=1e-9)
+        assert a["conversion_rate_se"] == pytest.approx(math.sqrt(deng_variance(n, c)),
+                                                        rel=1e-9)
+        ref[variant] = (x.sum() / n.sum(), deng_variance(n, x))
+        impressions = re.search(rf'rankly_experiment_impressions_total{{experiment="{key}",'
+                                rf'variant="{variant}"}} (\S+)', scrape)
+        assert float(impressions.group(1)) == n.sum()
+        shown = dashboard[f"{key}/{variant}"]
+        assert (shown["impressions"], shown["impression_clicks"],
+                shown["impression_conversions"]) == (n.sum(), x.sum(), c.sum())
+    (r0, v0), (r1, v1) = ref["control"], ref["other"]
+    z = (r1 - r0) / math.sqrt(v0 + v1)
+    test = doc["metrics"]["ctr"]["comparisons"][0]["z_test"]
+    assert test["z"] == pytest.approx(z, rel=1e-9)
+    assert test["p_value"] == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+    # the per-user statistics are still there, with every exposed user
+    assert sum(a["exposures"] for a in res["arms"]) == 60
