@@ -8,6 +8,7 @@ import collections
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -445,10 +446,11 @@ async def post_events(request: Request) -> Response:
 
 
 _CLICK_PARAMS = {"user_id", "item_id", "event_id", "request_id", "timestamp"}
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 async def track_click(request: Request) -> Response:
-    """``POST /track/click?user_id=&item_id=[&event_id=]``: one click event.
+    """``POST /track/click?user_id=&item_id=[&event_id=&request_id=&timestamp=]``: one click.
 
     Without ``event_id`` every call is a new click (no idempotency): send one to make retries
     safe.
@@ -465,11 +467,10 @@ async def track_click(request: Request) -> Response:
     if given["request_id"] is not None:
         obj["request_id"] = given["request_id"]
     if given["timestamp"] is not None:
+        # a number as OpenAPI's "number" (JSON's grammar; float() also takes "1_0", " 5",
+        # "nan"), else text for the ISO 8601 parser: the two branches of the schema
         text = given["timestamp"]
-        try:
-            obj["timestamp"] = float(text)
-        except ValueError:
-            obj["timestamp"] = text
+        obj["timestamp"] = float(text) if _JSON_NUMBER.fullmatch(text) else text
     event = parse_event(obj, settings)
     slot = _admit(request)
     if isinstance(slot, Refusal):

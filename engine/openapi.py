@@ -50,15 +50,26 @@ def _past_iso_pattern(now: datetime) -> str:
             ":[0-5][0-9](\\.[0-9]{1,6})?Z$")
 
 
+def timestamp_schema(now: float) -> dict[str, Any]:
+    """An event's ``timestamp``, in a body or the query of ``/track/click`` (one parser,
+    ``events.parse_timestamp``, for both)."""
+    from rankly.engine.events import MIN_TIMESTAMP, latest_timestamp
+
+    return {"oneOf": [
+        {"type": "number", "minimum": MIN_TIMESTAMP, "maximum": latest_timestamp(now)},
+        {"type": "string", "pattern": _past_iso_pattern(datetime.fromtimestamp(now, UTC))},
+    ], "description": "unix seconds or ISO 8601 (default now); refused before 2000-01-01 "
+                      "and after the end of the next clock hour of the server. The bound "
+                      "written here holds until the hour turns."}
+
+
 def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
     from rankly.engine.events import (
         BUILTIN_TYPES,
         MAX_EVENT_ID,
         MAX_VALUE,
-        MIN_TIMESTAMP,
         RATING_RANGE,
         event_types,
-        latest_timestamp,
     )
     from rankly.engine.validation import CONTEXT_MAX_KEYS, CONTEXT_MAX_TEXT, INT64_RANGE
 
@@ -67,12 +78,7 @@ def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
         "event_id": {**_text(MAX_EVENT_ID), "description": "idempotency key; "
                      + ID_RULE.format(MAX_EVENT_ID)},
         "user_id": ident, "item_id": ident,
-        "timestamp": {"oneOf": [
-            {"type": "number", "minimum": MIN_TIMESTAMP, "maximum": latest_timestamp(now)},
-            {"type": "string", "pattern": _past_iso_pattern(datetime.fromtimestamp(now, UTC))},
-        ], "description": "unix seconds or ISO 8601 (default now); refused before 2000-01-01 "
-                          "and after the end of the next clock hour of the server. The bound "
-                          "written here holds until the hour turns."},
+        "timestamp": timestamp_schema(now),
         "request_id": {**ident, "description": "the request_id of the served slate this "
                                                 "event answers (attributes it to it)"},
         "context": {"type": "object", "maxProperties": CONTEXT_MAX_KEYS,
@@ -152,6 +158,8 @@ def _events_paths(settings: Settings, ident: dict[str, Any],
                 {"name": "event_id", "in": "query", "required": False,
                  "schema": _text(MAX_EVENT_ID)},
                 {"name": "request_id", "in": "query", "required": False, "schema": ident},
+                {"name": "timestamp", "in": "query", "required": False,
+                 "schema": timestamp_schema(time.time())},
             ],
             "responses": {"202": counts,
                           **{k: v for k, v in errors.items() if k not in ("400", "415")},

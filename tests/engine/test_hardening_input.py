@@ -139,3 +139,26 @@ def test_ids_allow_any_text_but_controls(api):
         assert r.json()["user_id"] == user
     for user in ("a\x00", "a\x1f", "a\x7f", "a\x85", "a\x9f"):
         refused(api.get("/recommendations", params={"user_id": user}), 422, "user_id")
+
+
+def test_track_click_timestamp_is_in_the_schema_as_in_an_event_body(api):
+    doc = api.get("/openapi.json").json()
+    params = {p["name"]: p for p in doc["paths"]["/track/click"]["post"]["parameters"]}
+    event = doc["components"]["schemas"]["Event"]["properties"]["timestamp"]
+    assert params["timestamp"]["required"] is False
+    assert params["timestamp"]["schema"] == event
+
+
+@pytest.mark.parametrize("value", ["1700000000", "1700000000.25", "1.7e9",
+                                   "2021-03-04T05:06:07Z", "2021-03-04T05:06:07.5Z"])
+def test_track_click_takes_a_timestamp_the_schema_allows(api, value):
+    r = api.post("/track/click", params={"user_id": "1", "item_id": "2", "timestamp": value})
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize("value", ["1_700_000_000", " 1700000000", "nan", "inf", "1e999",
+                                   "0", "946684799", "1999-12-31T23:59:59Z", "tomorrow",
+                                   "4102444800"])
+def test_track_click_refuses_a_timestamp_outside_the_schema(api, value):
+    refused(api.post("/track/click", params={"user_id": "1", "item_id": "2",
+                                             "timestamp": value}), 422, "timestamp")
