@@ -52,35 +52,17 @@ def _response(status: bytes, body: bytes, default_headers: Any) -> bytes:
         b"connection: close\r\n\r\n", body])
 
 
-class JSONHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; a request httptools cannot parse gets the JSON error,
-    and a request head (request line and headers) that is not complete within
-    ``deadlines.body_read_ms`` of the connection or of its first byte gets a JSON 408 and
-    the connection is closed.
-
-    NOTE: uvicorn answers unparseable requests itself with text/plain, before the app exists
-    for the request, and has no timeout for a request's head: a client that sends a header
-    byte every few seconds held its connection for ever (#18). What is refused as
-    unparseable, and that the connection is closed after it, stay uvicorn's.
-    """
+class _HeadTimeout:
+    """The request-head timer both protocol classes share: armed when a connection opens
+    and when a request's first byte arrives, cancelled when its head is complete; on expiry
+    a JSON 408 and the connection is closed (unless a request is being answered: its body
+    has the app's own timeout)."""
 
     _head_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm_head_timer()
-
-    def on_headers_complete(self) -> None:
-        self._cancel_head_timer()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+    server_state: Any
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -98,13 +80,42 @@ class JSONHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being answered (its body has the app's own timeout)
+            return
         metrics.child(metrics.REQUESTS, INCOMPLETE_ROUTE, "408").inc()
         body = json.dumps({"error": {"field": "request", "message": (
             f"request head not received within {head_timeout_s():g} s")}}).encode()
         self.transport.write(_response(b"408 Request Timeout", body,
                                        self.server_state.default_headers))
         self.transport.close()
+
+
+class JSONHttpToolsProtocol(_HeadTimeout, HttpToolsProtocol):
+    """uvicorn's httptools protocol; a request httptools cannot parse gets the JSON error,
+    and a request head (request line and headers) that is not complete within
+    ``deadlines.body_read_ms`` of the connection or of its first byte gets a JSON 408 and
+    the connection is closed.
+
+    NOTE: uvicorn answers unparseable requests itself with text/plain, before the app exists
+    for the request, and has no timeout for a request's head: a client that sends a header
+    byte every few seconds held its connection for ever (#18). What is refused as
+    unparseable, and that the connection is closed after it, stay uvicorn's.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()
@@ -120,14 +131,38 @@ class JSONHttpToolsProtocol(HttpToolsProtocol):
         cycle.message_event.set()
 
 
-class JSONH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the JSON answer to an unparseable request (no head
-    timeout: h11 is the fallback when httptools is not installed; it bounds a head's size,
-    ``h11_max_incomplete_event_size``, not its time)."""
+class JSONH11Protocol(_HeadTimeout, H11Protocol):
+    """uvicorn's h11 protocol (the fallback without httptools) with the same two answers:
+    the JSON 400 for a request h11 cannot parse, and the JSON 408 for a head that is not
+    complete in time.
+
+    NOTE: h11 has no message-begin callback: a request begins with the first byte that
+    arrives while h11 waits for a request (``their_state`` IDLE) with nothing buffered, and
+    its head is complete once h11 has left IDLE after parsing. What is refused as
+    unparseable (h11 bounds a head's size, ``h11_max_incomplete_event_size``) stays h11's.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        import h11
+
+        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+            self._arm_head_timer()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
         import h11
 
+        self._cancel_head_timer()
         body = _malformed(msg)
         headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
                    (b"content-length", str(len(body)).encode("ascii"))]

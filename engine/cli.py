@@ -23,8 +23,9 @@ log = logging.getLogger("rankly")
 SINGLE_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _serve(settings: Settings, env: dict[str, str]) -> None:
-    """Run uvicorn (httptools + uvloop when installed; access log off on the hot path)."""
+def _serve(settings: Settings, env: dict[str, str], http: str = "auto") -> None:
+    """Run uvicorn (httptools + uvloop when installed, or ``http`` when it names a
+    parser; access log off on the hot path)."""
     import importlib.util
 
     import uvicorn
@@ -43,7 +44,8 @@ def _serve(settings: Settings, env: dict[str, str]) -> None:
     else:
         threadpool_limits(1)
     os.environ.update(env)  # worker processes rebuild Settings from the same variables
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     log.info("serving with uvicorn http=%s loop=%s workers=%d", http, loop, settings.workers)
     with _shared_metrics(settings.workers):
@@ -103,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # every component name and option key, before uvicorn starts (a factory that raises
     # stops the server from its lifespan, naming the component)
     check_configuration(settings)
-    _serve(settings.replace(workers=serving_workers(settings)), env)
+    _serve(settings.replace(workers=serving_workers(settings)), env, args.http)
     return 0
 
 
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="worker processes (default: one per core with a Redis store, 1 with "
                         "the embedded store)")
+    p.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                   help="HTTP parser (default auto: httptools when installed, else h11)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
