@@ -12,7 +12,8 @@
 5. an A/B test through rankly's experiments (control: the default pipeline; ltr: rerankers
    ltr, diversity; exploration off), driven by the same simulator with other clicks;
    per-impression CTR per variant from the simulator's tallies, with a two-proportion z-test,
-   and the ground truth (expected CTR of the slates served);
+   and the ground truth (expected CTR of the slates served); and rankly's own per-impression
+   CTR test from ``/experiments/ltr-ab/results`` (user-clustered variance), significant or not;
 6. writes benchmarks/results/feedback_loop.json (docs/feedback-loop.md quotes it).
 """
 
@@ -122,12 +123,29 @@ def main() -> None:
         "true_lift": x["expected_ctr"] / c["expected_ctr"] - 1,
         "rankly_results": results,
     }
+    per_impression = results["per_impression"]
+    ctr = per_impression["metrics"]["ctr"]["comparisons"][0]
+    result["ab"]["rankly_per_impression"] = {
+        "ctr": per_impression["metrics"]["ctr"]["rates"],
+        "design_effect": {a["name"]: a["ctr_design_effect"] for a in per_impression["arms"]},
+        "lift": ctr["relative_lift"]["estimate"], "lift_ci95": ctr["relative_lift"]["ci"],
+        "z": ctr["z_test"]["z"], "p": ctr["z_test"]["p_value"],
+        "p_always_valid": ctr["sequential"]["p_value_adjusted"],
+        "significant": ctr["significant"],
+    }
+    per_user = results["metrics"]["ctr"]["comparisons"][0]
+    result["ab"]["rankly_per_user"] = {"p": per_user["z_test"]["p_value"],
+                                       "significant": per_user["significant"],
+                                       "verdict": results["verdict"]}
     lo, hi = ltr["ctr"]["lift_vs_base"]["dr"]["ci95"]
     result["dr_ci_contains_ab_lift"] = lo <= result["ab"]["ctr_lift"] <= hi
     Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("logged", "offpolicy", "dr_ci_contains_ab_lift")},
                      indent=1, default=float))
     print("A/B:", json.dumps({k: result["ab"][k] for k in ("ctr_lift", "z", "p", "true_lift")}))
+    print("A/B per impression, rankly's results:",
+          json.dumps(result["ab"]["rankly_per_impression"], default=float))
+    print("A/B per user, rankly's results:", json.dumps(result["ab"]["rankly_per_user"]))
     print("train-ranker:", json.dumps(result["train_ranker"], default=float))
 
 
