@@ -1,9 +1,12 @@
 """Batch jobs on Ray: ``rankly recommend --engine ray`` and ``rankly evaluate --engine ray``.
 
 Users are cut into blocks of :data:`BLOCK_USERS`; a pool of Ray actors, each holding the model
-(memory-mapped from its artifact directory, loaded once per actor) and one serving runtime,
-answers block after block; blocks come back in submission order, so the output is the local
-engine's, line for line. Ray is an optional extra (``pip install 'rankly[ray]'``).
+(memory-mapped from its artifact directory, loaded once per actor), one serving runtime and
+one event loop, answers block after block. Each actor has :data:`IN_FLIGHT` blocks queued so
+it never waits for the driver, the next block goes to whichever actor finishes first (no
+straggler holds the end), and results are written as soon as the blocks before them are, so
+the output is the local engine's, line for line. Ray is an optional extra
+(``pip install 'rankly[ray]'``).
 
 Without ``--address`` a local Ray is started for the command and stopped after it, bounded
 (:data:`LOCAL_CPUS` CPUs, :data:`LOCAL_OBJECT_STORE_BYTES` of object store); with one, the
@@ -13,6 +16,7 @@ directory at the same path (a shared filesystem, or the same copy on each node).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -31,7 +35,11 @@ log = logging.getLogger("rankly.batch")
 
 LOCAL_CPUS = 2  # a local Ray never takes more (the machine is usually shared)
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # blocks of JSON lines and metric rows are small
-BLOCK_USERS = 1000  # users per task: ~1 s of work, amortizes the ~1 ms per-task overhead
+#: Users per task: small enough that the last blocks end close together on every worker, large
+#: enough that Ray's per-task cost stays a small share (a block's lines are inlined in the reply)
+BLOCK_USERS = 250
+#: Blocks queued on each actor: it starts the next one while the driver collects the last
+IN_FLIGHT = 2
 
 
 def _one_blas_thread() -> Any:
@@ -56,28 +64,37 @@ def blocks(items: Sequence[Any], size: int = BLOCK_USERS) -> list[Sequence[Any]]
 
 
 class Recommender:
-    """One Ray worker of ``rankly recommend``: the model and a runtime, built once."""
+    """One Ray worker of ``rankly recommend``: the model, one runtime and one event loop,
+    built once and used for every block."""
 
     def __init__(self, artifacts: str, settings: Settings, n: int,
                  exclude_seen: bool | None) -> None:
+        from rankly.engine.evaluation import batch_runtime
         from rankly.engine.model import load_model
         from rankly.engine.plugins import make_plugin_manager
 
         self._blas = _one_blas_thread()
-        self.model = load_model(artifacts)
-        self.settings = settings
+        model = load_model(artifacts)
+        pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
         self.n = n
-        self.exclude_seen = exclude_seen
-        self.pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
+        self.loop = asyncio.new_event_loop()
+
+        async def build() -> Any:  # in the loop: a Redis store binds to it
+            return batch_runtime(model, settings, exclude_seen, pm)
+
+        self.rt = self.loop.run_until_complete(build())
 
     def block(self, users: Sequence[str]) -> str:
         """The JSON lines of ``users``, exactly as :func:`evaluation.recommend` writes them."""
-        from rankly.engine.evaluation import recommend
+        from rankly.engine.evaluation import write_recommendations
 
         out = io.StringIO()
-        recommend(self.model, list(users), self.n, self.settings, self.exclude_seen,
-                  pm=self.pm, out=out)
+        self.loop.run_until_complete(write_recommendations(self.rt, list(users), self.n, out))
         return out.getvalue()
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.rt.store.close())
+        self.loop.close()
 
 
 class Evaluator:
@@ -98,6 +115,9 @@ class Evaluator:
         from rankly.engine.evaluation import user_metrics
 
         return user_metrics(self.rt, self.job, dict(targets))
+
+    def close(self) -> None:
+        """Nothing to release: the evaluation runtime's store is in memory."""
 
 
 class RayEngine:
@@ -137,23 +157,48 @@ class RayEngine:
 
     def _map(self, actor_class: type, init: tuple[Any, ...], work: list[Any],
              progress: IO[str] | None = None, unit: str = "user") -> Iterator[Any]:
-        """Each of ``work``'s blocks through ``actor_class(*init).block``, results in order."""
-        from ray.util import ActorPool
-
+        """Each of ``work``'s blocks through ``actor_class(*init).block``, results in order,
+        each yielded as soon as it and every block before it are done."""
         remote = self.ray.remote(num_cpus=1)(actor_class)
         actors = [remote.remote(*init) for _ in range(min(self.workers, max(len(work), 1)))]
         try:
-            pool = ActorPool(actors)
             total = sum(len(b) for b in work)
             with progress_bars.bar(total, "ray", progress is None, unit=unit,
                                    stream=progress) as bar:
-                for block, result in zip(work, pool.map(lambda a, b: a.block.remote(b), work),
-                                         strict=True):
+                for block, result in zip(work, self._in_order(actors, work), strict=True):
                     bar.update(len(block))
                     yield result
+            self.ray.get([actor.close.remote() for actor in actors])
         finally:
             for actor in actors:
                 self.ray.kill(actor)
+
+    def _in_order(self, actors: list[Any], work: list[Any]) -> Iterator[Any]:
+        """``actor.block(b)`` for every block ``b`` of ``work``, in order. Each actor holds
+        :data:`IN_FLIGHT` blocks; whichever finishes one gets the next block."""
+        ray = self.ray
+        queue = iter(enumerate(work))
+        pending: dict[Any, tuple[int, Any]] = {}  # result ref -> (block index, actor)
+        done: dict[int, Any] = {}
+        nxt = 0
+
+        def submit(actor: Any) -> None:
+            item = next(queue, None)
+            if item is not None:
+                pending[actor.block.remote(item[1])] = (item[0], actor)
+
+        for _ in range(IN_FLIGHT):
+            for actor in actors:
+                submit(actor)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index, actor = pending.pop(ref)
+                done[index] = ray.get(ref)
+                submit(actor)
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
 
     def recommend(self, artifacts: str | Path, users: Sequence[str], n: int, settings: Settings,
                   exclude_seen: bool | None, out: IO[str],

@@ -637,7 +637,7 @@ def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
               concurrency: int = 8, progress: IO[str] | None = None) -> int:
     """Write one JSON line per user (user_id, items, scores, fallback); return the count.
 
-    Runs the server's pipeline minus HTTP: one runtime (:func:`build_runtime`, configured
+    Runs the server's pipeline minus HTTP: one runtime (:func:`batch_runtime`: configured
     store and cache tiers, :func:`batch_settings` deadlines) and :func:`pipeline.rank` with
     the default plan, ``concurrency`` users at a time in one event loop; lines keep the order
     of ``user_ids``. ``fallback`` is null for a personalized answer, else the pipeline's
@@ -645,17 +645,34 @@ def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
     ``plugin_error``, ``store_down``...). A bar over the users is drawn on ``progress`` when it
     is a terminal.
     """
+    async def run() -> int:
+        rt = batch_runtime(model, settings, exclude_seen, pm)
+        try:
+            return await write_recommendations(rt, user_ids, n, out or sys.stdout,
+                                               max(concurrency, 1), progress)
+        finally:
+            await rt.store.close()
+
+    return asyncio.run(run())
+
+
+def batch_runtime(model: Model, settings: Settings, exclude_seen: bool | None = None,
+                  pm: Any = None) -> Runtime:
+    """The runtime of a batch job: ``settings`` with :func:`batch_settings` deadlines and the
+    ``--exclude-seen`` choice (None: the configured one). Build it inside the event loop that
+    will use it (a Redis store binds its connections to that loop)."""
     settings = batch_settings(settings)
     if exclude_seen is not None:
         settings = settings.replace(pipeline=dataclasses.replace(settings.pipeline,
                                                                  exclude_seen=exclude_seen))
-    return asyncio.run(_recommend(model, user_ids, n, settings, pm, out or sys.stdout,
-                                  max(concurrency, 1), progress))
+    return build_runtime(settings, model, pm)
 
 
-async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings, pm: Any,
-                     out: IO[str], concurrency: int, progress: IO[str] | None = None) -> int:
-    rt = build_runtime(settings, model, pm)
+async def write_recommendations(rt: Runtime, user_ids: Iterable[str], n: int, out: IO[str],
+                                concurrency: int = 8, progress: IO[str] | None = None) -> int:
+    """The lines of :func:`recommend` for ``user_ids``, written to ``out`` through ``rt``,
+    which stays open (a Ray worker answers many blocks with one runtime); return the count.
+    A bar is drawn only on a ``progress`` stream that is a terminal."""
     plan = pipeline.default_plan(rt)
 
     async def one(uid: str) -> dict[str, Any]:
@@ -665,28 +682,25 @@ async def _recommend(model: Model, user_ids: Iterable[str], n: int, settings: Se
     total = len(user_ids) if isinstance(user_ids, Sized) else None
     count = 0
     batch: list[str] = []
-    try:
-        with progress_bars.bar(total, "recommending", progress is None, unit="user",
-                               stream=progress) as bar:
-            for uid in [*user_ids, None]:
-                if uid is not None:
-                    batch.append(uid)
-                    if len(batch) < concurrency:
-                        continue
-                for uid_done, answer in zip(batch, await asyncio.gather(*map(one, batch)),
-                                            strict=True):
-                    items = answer["items"]
-                    out.write(json.dumps({
-                        "user_id": uid_done, "items": [it["item_id"] for it in items],
-                        "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
-                                   for it in items],
-                        "fallback": answer["fallback"],
-                    }) + "\n")
-                    count += 1
-                bar.update(len(batch))
-                batch = []
-    finally:
-        await rt.store.close()
+    with progress_bars.bar(total, "recommending", progress is None, unit="user",
+                           stream=progress) as meter:
+        for uid in [*user_ids, None]:
+            if uid is not None:
+                batch.append(uid)
+                if len(batch) < concurrency:
+                    continue
+            for uid_done, answer in zip(batch, await asyncio.gather(*map(one, batch)),
+                                        strict=True):
+                items = answer["items"]
+                out.write(json.dumps({
+                    "user_id": uid_done, "items": [it["item_id"] for it in items],
+                    "scores": [it["score"] if math.isfinite(it["score"]) else 0.0
+                               for it in items],
+                    "fallback": answer["fallback"],
+                }) + "\n")
+                count += 1
+            meter.update(len(batch))
+            batch = []
     return count
 
 
