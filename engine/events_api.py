@@ -190,6 +190,7 @@ class EventsService:
     async def stop(self) -> None:
         if self.log_impressions:
             await self._drain_impressions()
+        await self.rt.tracker.flush_impressions()  # experiments' served impressions too
         # NOTE: a cancel landing inside redis-py's blocking XREAD can be swallowed, so the
         # stream follower also watches a flag (it checks it after each short block).
         self._stopping.set()

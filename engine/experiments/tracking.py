@@ -249,6 +249,9 @@ class RedisExperimentTracker(ExperimentTracker):
         except StoreUnavailable:
             log.warning("experiment impressions not recorded: store unavailable (%d users)",
                         len(pending))
+        except Exception:  # a background flush must not die with an unretrieved exception
+            log.warning("experiment impressions not recorded (%d users)", len(pending),
+                        exc_info=True)
 
     def _key(self, exp_key: str, phase: int, part: str, variant: str | None = None) -> str:
         return self.store.keys.experiment(exp_key, phase, part, variant)

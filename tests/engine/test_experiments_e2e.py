@@ -230,3 +230,24 @@ def test_per_impression_results_equal_a_reference_computed_from_the_log(
     assert test["p_value"] == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
     # the per-user statistics are still there, with every exposed user
     assert sum(a["exposures"] for a in res["arms"]) == 60
+
+
+@pytest.mark.redis
+def test_impressions_served_by_a_stopped_worker_are_in_another_workers_results(
+        redis_url, redis_namespace, artifacts, settings_for, tmp_path):
+    def app(sub):
+        return TestClient(create_app(settings_for(
+            artifacts, admin_token=TOKEN, data_dir=tmp_path / sub,
+            experiments=(experiment("handover", {"control": 1, "other": 1}),),
+            store_url=redis_url, namespace=redis_namespace,
+            deadlines={"store_ms": 1000.0, "request_ms": 5000.0})))
+
+    served = {"control": 0, "other": 0}
+    with app("a") as a:
+        for u in range(20):
+            body = a.get("/recommendations", params={"user_id": f"h{u}", "n": 4}).json()
+            served[body["variant"]] += len(body["items"])
+    with app("b") as b:
+        res = b.get("/experiments/handover/results", headers=AUTH).json()
+    got = {arm["name"]: arm["impressions"] for arm in res["per_impression"]["arms"]}
+    assert got == served and sum(served.values()) > 0
