@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as st
+
 from rankly.engine.experiments.stats import (
     ArmCounts,
     ImpressionCounts,
@@ -15,7 +17,6 @@ from rankly.engine.experiments.stats import (
     analyze_impressions,
     ratio_estimate,
 )
-from scipy import stats as st
 
 # Per-user (impressions, clicks, conversions) of two small arms, built by hand: users who
 # click a lot of what they see, users who never click, one with a conversion and no click.
