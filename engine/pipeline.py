@@ -8,6 +8,7 @@ or returns garbage is skipped and the answer degrades to the fallback scorer, ne
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -96,7 +97,13 @@ class Trace:
 
 def default_plan(rt: Runtime) -> Plan:
     p = rt.settings.pipeline
-    return Plan(p.candidates, p.scorers, p.rerankers)
+    made = _default_plan
+    if made[0] is not p:  # built once per settings: every request asks (#16)
+        made[:] = [p, Plan(p.candidates, p.scorers, p.rerankers)]
+    return made[1]
+
+
+_default_plan: list[Any] = [None, None]  # [pipeline settings, their plan]
 
 
 def choose_plan(rt: Runtime, req: RecommendationRequest) -> tuple[Plan, Assignment | None]:
@@ -313,11 +320,23 @@ async def warm_up(rt: Runtime) -> float:
 
 def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
     """Everything that changes the answer: user, n, filters, session, plan, model version."""
+    return _hashed_key(req.user_id or "", req.n, tuple(req.exclude), tuple(req.categories),
+                       tuple(req.session_items), plan.experiment or "", plan.variant or "",
+                       tuple(plan.candidates), tuple(plan.scorers), tuple(plan.rerankers),
+                       version)
+
+
+# NOTE: memoized: a cached answer's key is asked for on every hit, and hashing it again cost
+# more than the rest of the lookup (#16). The arguments are strings and tuples of them.
+@functools.lru_cache(maxsize=1 << 14)
+def _hashed_key(user_id: str, n: int, exclude: tuple[str, ...], categories: tuple[str, ...],
+                session: tuple[str, ...], experiment: str, variant: str,
+                candidates: tuple[str, ...], scorers: tuple[str, ...],
+                rerankers: tuple[str, ...], version: str) -> str:
     h = hashlib.blake2b(digest_size=12)
-    for part in (req.user_id or "", str(req.n), "\x1f".join(sorted(req.exclude)),
-                 "\x1f".join(sorted(req.categories)), "\x1f".join(req.session_items),
-                 plan.experiment or "", plan.variant or "", ",".join(plan.candidates),
-                 ",".join(plan.scorers), ",".join(plan.rerankers), version):
+    for part in (user_id, str(n), "\x1f".join(sorted(exclude)), "\x1f".join(sorted(categories)),
+                 "\x1f".join(session), experiment, variant, ",".join(candidates),
+                 ",".join(scorers), ",".join(rerankers), version):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x1e")
     return h.hexdigest()
