@@ -149,10 +149,27 @@ def _encode_impressions(slate: ImpressionSlate, at: float) -> list[bytes]:
     tail = (b"," + ctx[1:] if len(ctx) > 2 else b"}") + b',"at":' + dumps(round(at, 3)) \
         + b',"nd":1}\n'
     per = ([b"," + dumps(p)[1:-1] if p else b"" for p in slate.positions] if slate.positions
-           else [b""] * len(slate.item_ids))
-    return [b"".join((b'{"id":', head, str(pos).encode(), user, dumps(item), mid,
-                      str(pos).encode(), per[pos], tail))
-            for pos, item in enumerate(slate.item_ids)]
+           else None)
+    positions, items = _POSITIONS, _ITEM_JSON
+    if len(slate.item_ids) > len(positions) or len(items) + len(slate.item_ids) > _ITEM_JSON_MAX:
+        positions = [str(pos).encode() for pos in range(len(slate.item_ids))]
+        items.clear()
+    lines = []
+    for pos, item in enumerate(slate.item_ids):
+        digits = positions[pos]
+        encoded = items.get(item)
+        if encoded is None:
+            encoded = items[item] = dumps(item)
+        lines.append(b"".join((b'{"id":', head, digits, user, encoded, mid, digits,
+                               per[pos] if per else b"", tail)))
+    return lines
+
+
+#: Positions' decimal digits, built once: each of a slate's lines writes its position twice.
+_POSITIONS = [str(pos).encode() for pos in range(1024)]
+#: Item ids' JSON strings (served items repeat); emptied when full.
+_ITEM_JSON: dict[str, bytes] = {}
+_ITEM_JSON_MAX = 1 << 16
 
 
 class FileEventLog(EventLog):
