@@ -50,6 +50,7 @@ from rankly.engine.validation import (
     check_n,
     check_path_encoding,
     check_query_encoding,
+    new_request_id,
     parse_body,
     parse_query,
     query_value,
@@ -61,20 +62,30 @@ log = logging.getLogger("rankly")
 _background: set[asyncio.Task] = set()  # strong references to exposures still recording
 
 
+def _compact_json(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def ranking_json(content: Any) -> bytes:
+    """A recommendation answer's bytes. Its only floats are scores the pipeline checked
+    finite, so orjson (which would write NaN as null instead of raising) is safe here when
+    installed."""
+    return _compact_json(content) if orjson is None else orjson.dumps(content)
+
+
 class JSON(JSONResponse):
     """Compact JSON; NaN/inf are a bug, so they raise instead of producing invalid JSON."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
+        return _compact_json(content)
 
 
 class RankingJSON(JSON):
-    """A recommendation answer. Its only floats are scores the pipeline checked finite, so
-    orjson (which would write NaN as null instead of raising) is safe here when installed."""
+    """A recommendation answer (see :func:`ranking_json`)."""
 
     def render(self, content: Any) -> bytes:
-        return super().render(content) if orjson is None else orjson.dumps(content)
+        return ranking_json(content)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -292,12 +303,14 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
     # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the
     # 413s and 429s, and counts a client gone mid-body as 499), the rate limit refuses a flood
     # before its body is read, then the body limit stops oversized uploads and bodies that
-    # do not arrive within deadlines.body_read_ms (408) before any route reads them.
+    # do not arrive within deadlines.body_read_ms (408) before any route reads them. Last,
+    # GET /recommendations is answered without Starlette's router (RecommendationsFastPath).
     middleware = [
         Middleware(MetricsMiddleware),
         Middleware(RateLimitMiddleware, limits=settings.rate_limits),
         Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
                    read_timeout_s=settings.deadlines.body_read_ms / 1000.0),
+        Middleware(RecommendationsFastPath),
     ]
     return Starlette(
         routes=ROUTES,
@@ -306,3 +319,114 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         exception_handlers={RequestError: request_error, HTTPException: http_error,
                             Exception: server_error},
     )
+
+
+class RecommendationsFastPath:
+    """``GET /recommendations`` as pure ASGI: the route's own validation and :func:`answer`,
+    without Starlette's router, request and response objects (#16).
+
+    It sits innermost in the middleware list, so metrics, rate limits and the body limit see
+    these requests as they see every other. Anything else goes to ``app``, and so does a
+    request this path would answer differently from the route: one whose query needs
+    percent-decoding (Starlette's parser decides those), and any request that fails
+    validation (the route raises the same error, and its handler writes the 4xx).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or scope["path"] != "/recommendations"
+                or scope["method"] != "GET" or scope.get("root_path")):
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state")
+        rt = state.get("runtime") if state else None
+        req = None if rt is None else plain_query_request(scope["query_string"],
+                                                          rt.settings.limits)
+        if req is None:
+            await self.app(scope, receive, send)
+            return
+        body = answer_json(await answer(rt, req))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(body)).encode("latin-1")), _JSON_CONTENT_TYPE]})
+        await send({"type": "http.response.body", "body": body})
+
+
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def answer_json(body: dict) -> bytes:
+    """:func:`ranking_json` of an answer, byte for byte; the fields before ``request_id``
+    (last) are encoded once per cached slate.
+
+    A cache hit is the cached entry's fields around the same ``items`` list, so the memo is
+    keyed by that list and used only when every other field is equal as well.
+    """
+    if orjson is None or next(reversed(body), None) != "request_id":
+        return ranking_json(body)
+    items = body.get("items")
+    fields = tuple(body.values())[:-1]
+    known = _ANSWER_HEADS.get(id(items))
+    if known is None or known[0] is not items or known[1] != fields:
+        head = orjson.dumps({k: v for k, v in body.items() if k != "request_id"})
+        known = (items, fields, head[:-1] + b',"request_id":')
+        if len(_ANSWER_HEADS) >= _ANSWER_HEADS_MAX:
+            del _ANSWER_HEADS[next(iter(_ANSWER_HEADS))]
+        _ANSWER_HEADS[id(items)] = known
+    return known[2] + orjson.dumps(body["request_id"]) + b"}"
+
+
+#: id(items) -> (items, the other fields before request_id, their JSON up to request_id's
+#: value); the items list is held, so its id is not reused while it is here. Oldest first out.
+_ANSWER_HEADS: dict[int, tuple[Any, tuple, bytes]] = {}
+_ANSWER_HEADS_MAX = 1 << 12
+
+
+class _PlainQuery:
+    """A query string's ``(name, value)`` pairs, read as :func:`parse_query` reads Starlette's
+    ``QueryParams``: iteration gives the distinct names, ``getlist`` the values in order."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def __iter__(self) -> Any:
+        return iter(dict.fromkeys(name for name, _ in self.pairs))
+
+    def getlist(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
+
+
+def plain_query_request(raw: bytes, limits: Any) -> RecommendationRequest | None:
+    """:func:`parse_query` of a query string that needs no decoding (ASCII, no ``%`` or
+    ``+``: then ``parse_qsl`` would return its parts as they are), else ``None``; also
+    ``None`` when it is invalid, for the route to answer with the error."""
+    known = _PLAIN_QUERIES.get(raw)
+    if known is not None and known[0] is limits:
+        _, user_id, n, exclude, categories, request_id = known
+        return RecommendationRequest(user_id=user_id, n=n, exclude=exclude,
+                                     categories=categories,
+                                     request_id=request_id or new_request_id())
+    if not raw.isascii() or b"%" in raw or b"+" in raw:
+        return None
+    pairs = [(name, value) for name, _, value in
+             (part.partition("=") for part in raw.decode("ascii").split("&") if part)]
+    try:
+        req = parse_query(_PlainQuery(pairs), limits)
+    except RequestError:
+        return None
+    if len(_PLAIN_QUERIES) >= _PLAIN_QUERIES_MAX:
+        _PLAIN_QUERIES.clear()
+    given = any(name == "request_id" for name, _ in pairs)
+    _PLAIN_QUERIES[raw] = (limits, req.user_id, req.n, req.exclude, req.categories,
+                           req.request_id if given else None)
+    return req
+
+
+# NOTE: a query string seen before is not validated again: clients repeat the same few
+# queries, and validating them again showed in a cached answer's profile (#16). Keyed by the raw
+# bytes and checked against the limits they were validated with; emptied when full.
+_PLAIN_QUERIES: dict[bytes, tuple[Any, ...]] = {}
+_PLAIN_QUERIES_MAX = 1 << 14
