@@ -137,8 +137,9 @@ class JSONH11Protocol(_HeadTimeout, H11Protocol):
     complete in time.
 
     NOTE: h11 has no message-begin callback: a request begins with the first byte that
-    arrives while h11 waits for a request (``their_state`` IDLE) with nothing buffered, and
-    its head is complete once h11 has left IDLE after parsing. What is refused as
+    arrives while h11 waits for a request (``their_state`` IDLE) with nothing buffered, or
+    with part of a pipelined head buffered and no timer running; its head is complete once
+    h11 has left IDLE after parsing. What is refused as
     unparseable (h11 bounds a head's size, ``h11_max_incomplete_event_size``) stays h11's.
     """
 
@@ -149,7 +150,8 @@ class JSONH11Protocol(_HeadTimeout, H11Protocol):
     def data_received(self, data: bytes) -> None:
         import h11
 
-        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+        if self.conn.their_state is h11.IDLE and (not self.conn.trailing_data[0]
+                                                  or self._head_timer is None):
             self._arm_head_timer()
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:

@@ -209,3 +209,22 @@ def test_keep_alive_requests_are_not_cut_by_the_head_timeout(request, parser):
             time.sleep(BODY_READ_MS / 1000 * 0.8)
     finally:
         s.close()
+
+
+@PARSERS
+def test_a_pipelined_head_left_incomplete_gets_408_after_the_answer(request, parser):
+    url, port, _ = request.getfixturevalue(parser)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHo")
+        for _ in range(2):  # a byte now and then does not keep the second head open
+            time.sleep(BODY_READ_MS / 1000 / 3)
+            s.sendall(b"s")
+        reply = read_all(s, limit_s=BODY_READ_MS / 1000 + 8)
+    finally:
+        s.close()
+    first, _, rest = reply.partition(b'{"status":"ok"}')
+    assert first.startswith(b"HTTP/1.1 200 "), reply[:300]
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:300]
+    assert json.loads(body)["error"]["field"] == "request"
