@@ -23,19 +23,21 @@ from rankly.plugins.models.linear import (  # noqa: F401 (the EASE math, re-expo
 NAME = "ease"
 MAX_ITEMS = 25_000
 #: The keys of ``[plugins.ease]`` (training and serving share the section) and defaults.
-OPTIONS = {"lambda": 500.0, "dropout": 0.0, "age_half_life_days": 0.0, "min_count": 1,
-           "max_items": MAX_ITEMS, "blas_threads": 1}
+OPTIONS = {"lambda": 500.0, "dropout": 0.0, "diagonal_bound": 0.0, "age_half_life_days": 0.0,
+           "min_count": 1, "max_items": MAX_ITEMS, "blas_threads": 1}
 
 
 class EaseTrainer:
     """Options: ``lambda`` (L2 strength, default 500), ``dropout`` (EDLAE emphasis in [0, 1),
-    default 0 = plain EASE), ``age_half_life_days`` (weigh training pairs by their age,
+    default 0 = plain EASE), ``diagonal_bound`` (RLAE: allow ``diag(B)`` up to it, in
+    [0, 1); default 0 = EASE's zero diagonal; :func:`item_weights`), ``age_half_life_days`` (weigh training pairs by their age,
     :func:`decayed_matrix`; default 0 = no decay), ``min_count`` (items with fewer users get
     no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1)."""
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         lam = float(options.get("lambda", 500.0))
         dropout = float(options.get("dropout", 0.0))
+        bound = float(options.get("diagonal_bound", 0.0))
         min_count = int(options.get("min_count", 1))
         limit = int(options.get("max_items", MAX_ITEMS))
         age_half_life = float(options.get("age_half_life_days", 0.0))
@@ -51,9 +53,10 @@ class EaseTrainer:
         # NOTE: one BLAS thread by default: OpenBLAS threads that find the other core busy
         # spin, and the inverse then takes several times longer than on one thread.
         with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
-            b = item_weights((xa.T @ xa).toarray(), lam * factor, dropout)
+            b = item_weights((xa.T @ xa).toarray(), lam * factor, dropout, bound)
         return ModelPart(
-            name=NAME, params={"lambda": lam, "dropout": dropout, "min_count": min_count,
+            name=NAME, params={"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
+                               "min_count": min_count,
                                "age_half_life_days": age_half_life},
             arrays={"items": active, "weights": b},
             metrics={"n_active_items": int(active.size)},

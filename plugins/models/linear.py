@@ -15,21 +15,53 @@ from rankly import _fast
 from rankly.engine.api import Candidates, Model, TrainingData, UserFeatures, anchored_reasons
 
 
-def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
-    """Return the EASE / EDLAE weight matrix (float32 [n, n], zero diagonal) of a Gram matrix.
+def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0,
+                 diagonal_bound: float = 0.0) -> np.ndarray:
+    """Return the EASE / EDLAE / RLAE weight matrix (float32 [n, n], zero diagonal) of a Gram
+    matrix.
 
-    ``B = I - P diag(1/diag(P))`` with ``P = (G + lam*I + dropout/(1-dropout)*diag(G))^-1``:
-    EASE (Steck, WWW 2019) when ``dropout`` is 0, its emphasized-denoising form EDLAE
-    (Steck, NeurIPS 2020), which regularizes popular items harder, otherwise. Inverts with a
-    float32 Cholesky factorization (LAPACK potrf + potri, a third of a general inverse's
-    flops); falls back to float64 when float32 loses positive definiteness. ``gram`` is not
-    modified.
+    With ``P = (G + L)^-1`` and ``L = lam*I + dropout/(1-dropout)*diag(G)``:
+    ``B = I - P diag(1/diag(P))``, EASE (Steck, WWW 2019) when ``dropout`` is 0 and its
+    emphasized-denoising form EDLAE (Steck, NeurIPS 2020), which regularizes popular items
+    harder, otherwise. ``diagonal_bound`` ``xi`` > 0 relaxes EASE's zero-diagonal constraint
+    to ``diag(B) <= xi`` (RLAE / RDLAE, Moon et al., SIGIR 2023):
+    ``B = I - P diag(max(L_jj, (1 - xi)/P_jj))``, whose off-diagonal column ``j`` is EASE's
+    scaled by ``max(L_jj P_jj, 1 - xi)`` (:func:`relaxed_columns`): popular items, whose
+    ``L_jj P_jj`` is small, weigh up to ``1 - xi`` less. The diagonal is returned as zero
+    either way: it only ever scores an item the user already has, which is never served.
+
+    Inverts with a float32 Cholesky factorization (LAPACK potrf + potri, a third of a
+    general inverse's flops); falls back to float64 when float32 loses positive
+    definiteness. ``gram`` is not modified.
     """
+    b, leverage = _ease_inverse(gram, lam, dropout)
+    if diagonal_bound:
+        b *= relaxed_columns(leverage, diagonal_bound)[None, :]
+    return b
+
+
+def relaxed_columns(leverage: np.ndarray, diagonal_bound: float) -> np.ndarray:
+    """float32 column factors that turn EASE weights into RLAE's for ``diag(B) <= xi``:
+    ``max(L_jj P_jj, 1 - xi)`` (``leverage`` is ``L_jj P_jj``, in (0, 1])."""
+    if not 0.0 <= diagonal_bound < 1.0:
+        raise ValueError(f"ease: diagonal_bound must be in [0, 1), got {diagonal_bound}")
+    return np.maximum(leverage, 1.0 - diagonal_bound).astype(np.float32)
+
+
+def ease_leverage(gram: np.ndarray, lam: float, dropout: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(EASE / EDLAE weights as :func:`item_weights` with no relaxation, ``L_jj P_jj`` per
+    item): what :func:`relaxed_columns` needs to try several bounds on one inverse."""
+    return _ease_inverse(gram, lam, dropout)
+
+
+def _ease_inverse(gram: np.ndarray, lam: float, dropout: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"ease: dropout must be in [0, 1), got {dropout}")
     n = gram.shape[0]
     if n == 0:
-        return np.zeros((0, 0), np.float32)
+        return np.zeros((0, 0), np.float32), np.ones(0, np.float32)
     diag = np.diag(gram).astype(np.float64) * (dropout / (1.0 - dropout)) + lam
     for dtype, potrf, potri in ((np.float32, lapack.spotrf, lapack.spotri),
                                 (np.float64, lapack.dpotrf, lapack.dpotri)):
@@ -45,9 +77,11 @@ def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarr
     # potri fills the upper triangle only; P is symmetric, so once mirrored its Fortran
     # buffer read as C order is P itself, and dividing its columns runs along rows
     p = _mirror_upper(p).T
+    pd = np.diag(p).astype(np.float64)
     b = p / (-np.diag(p))[None, :]
     b[np.diag_indices(n)] = 0.0
-    return np.ascontiguousarray(b, dtype=np.float32)
+    leverage = np.clip(diag * pd, 0.0, 1.0).astype(np.float32)
+    return np.ascontiguousarray(b, dtype=np.float32), leverage
 
 
 def _mirror_upper(p: np.ndarray, block: int = 256) -> np.ndarray:

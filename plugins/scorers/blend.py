@@ -504,6 +504,8 @@ LAMBDA_START = 250.0
 _SIDE_BY_SIDE = 2
 DROPOUTS = (0.0, 0.25, 0.5, 0.7)
 DROPOUT_START = 0.25
+#: RLAE diagonal bounds tried (upwards from EASE's 0) at the chosen lambda and dropout
+DIAGONAL_BOUNDS = (0.0, 0.1, 0.2, 0.4, 0.6)
 #: Multiples of the first hold-out's EASE lambda tried on every shape. Next-item shapes favour
 #: less regularization than the random one that tuned it, but on MovieLens no smaller lambda
 #: passed the random shape's test (benchmarks/protocols.py), so by default only 1 is tried;
@@ -543,7 +545,7 @@ OPTIONS: dict[str, Any] = {
     "mixes": MIXES, "history_half_lives": HISTORY_HALF_LIVES, "seq_weights": SEQ_WEIGHTS,
     "pop_weights": POP_WEIGHTS, "pop_half_lives": POP_HALF_LIVES, "pop_gates": POP_GATES,
     "lambda_scales": LAMBDA_SCALES, "age_half_lives": AGE_HALF_LIVES, "blas_threads": 1,
-    "threads": 0,
+    "threads": 0, "diagonal_bounds": DIAGONAL_BOUNDS,
 }
 
 
@@ -729,10 +731,16 @@ class BlendTrainer:
         tuned: dict[str, dict[str, Any]] = {}
         lam, dropout, walk, fitted, plain_scores = self._tune_ease(
             holds[0], k, categories, max_val_items, pool, kernel_threads)
-        tuned[EASE] = {"lambda": lam, "dropout": dropout, "min_count": min_count}
+        bound, bound_walk, fitted, plain_scores = self._tune_bound(
+            holds[0], fitted, plain_scores, k, categories, kernel_threads,
+            [float(b) for b in options.get("diagonal_bounds", DIAGONAL_BOUNDS)])
+        tuned[EASE] = {"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
+                       "min_count": min_count}
         report.append(f"ease on the first {holds[0].shape} hold-out: " + ", ".join(
             f"lambda {lm:g} dropout {d:g}: {v:.4f}" for (lm, d), v in walk.items())
             + f" -> lambda {lam:g}, dropout {dropout:g}")
+        report.append("ease diagonal bound (RLAE) there: " + ", ".join(
+            f"{b:g}: {v:.4f}" for b, v in bound_walk.items()) + f" -> {bound:g}")
         bases: dict[tuple[int, float, float], EaseScorer] = {(0, 1.0, 0.0): fitted}
 
         # step 3: the blend, by coordinate ascent on every hold-out at once
@@ -751,7 +759,7 @@ class BlendTrainer:
             pairs decaying with half-life ``age`` days."""
             if (i, scale, age) not in bases:
                 bases[(i, scale, age)] = self._ease_base(holds[i].train, lam * scale, dropout,
-                                                         max_val_items, age)
+                                                         max_val_items, age, bound)
             return bases[(i, scale, age)]
 
         def base_scores(i: int, half_life: float, scale: float, age: float) -> np.ndarray:
@@ -931,19 +939,52 @@ class BlendTrainer:
 
     @staticmethod
     def _ease_base(train: TrainingData, lam: float, dropout: float, max_items: int,
-                   age_half_life_days: float = 0.0) -> EaseScorer:
+                   age_half_life_days: float = 0.0, bound: float = 0.0) -> EaseScorer:
         x = train.binary_matrix()
         items = linear.active_items(x, 1, max_items)
         xd, factor = linear.decayed_matrix(train, age_half_life_days)
         xa = xd[:, items]
         return EaseScorer(items, linear.item_weights((xa.T @ xa).toarray(), lam * factor,
-                                                   dropout), train.n_items)
+                                                   dropout, bound), train.n_items)
+
+    @staticmethod
+    def _tune_bound(hold: Holdout, fitted: tuple[EaseScorer, np.ndarray], plain: np.ndarray,
+                    k: int, categories: np.ndarray, kernel_threads: int | None,
+                    bounds: Sequence[float]
+                    ) -> tuple[float, dict[float, float], EaseScorer, np.ndarray]:
+        """Walk RLAE's diagonal bound upwards from the first of ``bounds`` while NDCG@k on
+        ``hold`` improves. A bound only rescales the columns of the chosen model's weights
+        (:func:`linear.relaxed_columns`), so each step rescales its scores for ``hold`` too:
+        no inverse, no product. Returns (bound, NDCG of every bound tried, the model and its
+        plain scores at that bound)."""
+        model, leverage = fitted
+        bounds = sorted(dict.fromkeys(bounds)) or [0.0]
+        factors = np.ones(model.n_items, dtype=np.float32)
+
+        def columns(bound: float) -> np.ndarray:
+            factors[model.items] = linear.relaxed_columns(leverage, bound)
+            return factors.copy()
+
+        tried: dict[float, float] = {}
+        at = 0
+        for j, bound in enumerate(bounds):
+            tried[bound] = judge(znorm_rows(plain * columns(bound)[None, :]), hold, k, None,
+                                 categories, threads=kernel_threads).ndcg
+            if j and not tried[bound] > tried[bounds[at]]:
+                break
+            at = j
+        chosen = bounds[at]
+        if chosen == 0.0:
+            return chosen, tried, model, plain
+        f = columns(chosen)
+        return (chosen, tried, EaseScorer(model.items, model.weights * f[model.items][None, :],
+                                          model.n_items), plain * f[None, :])
 
     @staticmethod
     def _tune_ease(hold: Holdout, k: int, categories: np.ndarray, max_items: int,
                    pool: ThreadPoolExecutor, kernel_threads: int | None = None
-                   ) -> tuple[float, float, dict[tuple[float, float], float], EaseScorer,
-                              np.ndarray]:
+                   ) -> tuple[float, float, dict[tuple[float, float], float],
+                              tuple[EaseScorer, np.ndarray], np.ndarray]:
         """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while NDCG@k on
         ``hold`` improves (dropout :data:`DROPOUT_START`), then walk the dropout the same way
         at that lambda (smaller first; ties keep the current one).
@@ -953,8 +994,9 @@ class BlendTrainer:
         The choice is the same as a one-at-a-time walk's: a speculative fit only adds an entry
         to the report.
 
-        Returns (lambda, dropout, NDCG of every pair tried, the chosen model and its plain
-        scores for ``hold``, for reuse).
+        Returns (lambda, dropout, NDCG of every pair tried, the chosen model with its
+        ``L_jj P_jj`` (for :meth:`_tune_bound`) and its plain scores for ``hold``, for
+        reuse).
         """
         x = hold.train.binary_matrix()
         items = linear.active_items(x, 1, max_items)
@@ -963,14 +1005,15 @@ class BlendTrainer:
         hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0)
         seen: dict[tuple[float, float], float] = {}
         # the model and plain scores of the walk's current pair (and of the last round)
-        fitted: dict[tuple[float, float], tuple[EaseScorer, np.ndarray]] = {}
+        fitted: dict[tuple[float, float], tuple[tuple[EaseScorer, np.ndarray], np.ndarray]] = {}
 
-        def fit(pair: tuple[float, float]) -> tuple[float, EaseScorer, np.ndarray]:
-            model = EaseScorer(items, linear.item_weights(gram, pair[0], pair[1]),
-                               hold.train.n_items)
+        def fit(pair: tuple[float, float]
+                ) -> tuple[float, tuple[EaseScorer, np.ndarray], np.ndarray]:
+            weights, leverage = linear.ease_leverage(gram, pair[0], pair[1])
+            model = EaseScorer(items, weights, hold.train.n_items)
             plain = model.batch(hist)
             return judge(znorm_rows(plain.copy()), hold, k, None, categories,
-                         threads=kernel_threads).ndcg, model, plain
+                         threads=kernel_threads).ndcg, (model, leverage), plain
 
         def run(pairs: list[tuple[float, float]], keep: tuple[float, float]) -> None:
             """Fit the first :data:`_SIDE_BY_SIDE` of ``pairs`` not tried yet, side by side;

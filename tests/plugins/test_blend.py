@@ -14,7 +14,7 @@ from rankly.engine.evaluation import in_memory_model
 from rankly.engine.interactions import Interactions, build_training_data
 from rankly.engine.training import train
 from rankly.engine.types import Reason, UserFeatures
-from rankly.plugins.models import ease
+from rankly.plugins.models import ease, linear
 from rankly.plugins.scorers import blend
 
 
@@ -349,15 +349,37 @@ def test_the_ease_walk_stops_at_the_best_neighbour(data):
 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 600), lam=st.floats(1.0, 500.0), dropout=st.sampled_from([0.0, 0.3]),
-       seed=st.integers(0, 2**16))
-def test_ease_weights_match_the_closed_form_at_any_size(n, lam, dropout, seed):
+       bound=st.sampled_from([0.0, 0.2, 0.6]), seed=st.integers(0, 2**16))
+def test_ease_weights_match_the_closed_form_at_any_size(n, lam, dropout, bound, seed):
     """The Cholesky inverse, its blockwise mirroring and the column scaling give the
-    closed form B = I - P diag(1/diag(P)) (zero diagonal), C-contiguous float32."""
+    closed forms: EASE/EDLAE B = I - P diag(1/diag(P)), and with a diagonal bound xi RLAE's
+    B = I - P diag(max(L_jj, (1 - xi)/P_jj)) (Moon et al. 2023); zero diagonal, C-contiguous
+    float32."""
     x = (np.random.default_rng(seed).random((80, n)) < 0.1).astype(np.float64)
     g = x.T @ x
-    b = ease.item_weights(g, lam, dropout)
-    p = np.linalg.inv(g + np.diag(np.diag(g) * dropout / (1.0 - dropout) + lam))
-    expected = p / -np.diag(p)
+    b = ease.item_weights(g, lam, dropout, bound)
+    reg = np.diag(g) * dropout / (1.0 - dropout) + lam
+    p = np.linalg.inv(g + np.diag(reg))
+    expected = -p * np.maximum(reg, (1.0 - bound) / np.diag(p))[None, :]
     np.fill_diagonal(expected, 0.0)
     assert b.dtype == np.float32 and b.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(b, expected, rtol=2e-3, atol=2e-5)
+
+
+def test_the_diagonal_bound_is_validated_and_served_by_ease(data, parts):
+    """The blend walks RLAE's diagonal bound on its first hold-out, reports the walk, and
+    the served EASE part is trained with the bound it chose."""
+    blend_part = next(p for p in parts if p.name == "blend")
+    chosen = blend_part.params["tuned_options"]["ease"]["diagonal_bound"]
+    assert chosen in blend.DIAGONAL_BOUNDS
+    assert next(p for p in parts if p.name == "ease").params["diagonal_bound"] == chosen
+    line = next(t for t in blend_part.metrics["report"] if t.startswith("ease diagonal bound"))
+    assert line.endswith(f"-> {chosen:g}") and "0: " in line
+    # a bound scales EASE's columns by max(L_jj P_jj, 1 - xi): never up, at most 1 - xi down
+    g = np.asarray((data.binary_matrix().T @ data.binary_matrix()).todense(), dtype=np.float64)
+    plain, leverage = linear.ease_leverage(g, 50.0)
+    relaxed = ease.item_weights(g, 50.0, 0.0, 0.4)
+    ratio = np.abs(relaxed).sum(axis=0) / np.maximum(np.abs(plain).sum(axis=0), 1e-12)
+    assert np.all(ratio <= 1.0 + 1e-5) and np.all(ratio[np.abs(plain).sum(axis=0) > 0] >= 0.6 - 1e-5)
+    with pytest.raises(ValueError, match="diagonal_bound"):
+        ease.item_weights(g, 50.0, 0.0, 1.0)
