@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -594,12 +595,18 @@ def _with_unknown(genre: np.ndarray) -> np.ndarray:
 
 
 def cache_path(variant: str, protocol: str, seed: int, model: str, data: Data) -> Path:
-    st = data.source.stat()
+    """The peer cache entry of a cell: keyed by the data file's content (not its path or
+    mtime, which a fresh copy of the same data changes), the grid and :data:`VERSION`."""
     key = json.dumps([VERSION, variant, protocol, seed, model, GRIDS[model],
                       GRIDS["ease"] if model == "ease-recency" else None,
-                      str(data.source), st.st_size, int(st.st_mtime)], default=str)
+                      _content_digest(data.source)], default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return CACHE_DIR / f"{variant}-{protocol}-{seed}-{model}-{digest}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def _content_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_cell(variant: str, protocol: str, seed: int, data: Data, models: Sequence[str],
