@@ -14,6 +14,14 @@ measured in the same run. The request mix: Zipf-skewed known users (s = 1.1), 10
 ids never seen in training, n in {10, 20}. ``cached`` scenarios first replay the whole mix once
 so every request is a hit; ``uncached`` ones turn the cache tiers off. ``no-impressions`` rows
 turn impression logging off (``[plugins.events] log_impressions``) to show what it costs.
+
+On a shared machine absolute req/s drift from minute to minute, so every rankly scenario is
+measured in ``--rounds`` rounds, each a floor run (a floor server with the same worker count,
+kept up for the whole benchmark) immediately followed by the rankly run: ``vs_floor`` is the
+median of the rounds' ratios. The ``scaling`` scenario keeps an uncached one-worker and an
+uncached two-worker server up and alternates between them the same way (``w2_over_w1``).
+Each row records the load average before and after it and the CPU seconds per second used by
+the server processes and by wrk, so a run shows whether the load generator shared the cores.
 """
 
 from __future__ import annotations
@@ -120,6 +128,40 @@ def memory(pid: int) -> dict[str, float]:
         if key in ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty"):
             out[key] = round(int(rest.split()[0]) / 1024, 1)
     return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (threads included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (wrk runs), user + system."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def measure(port: int, paths_file: Path, connections: int, duration: float,
+            server_pid: int | None = None) -> dict[str, Any]:
+    """One wrk run, with the CPU the server processes and wrk used per second of it."""
+    pids = worker_pids(server_pid) if server_pid is not None else []
+    s0, w0 = cpu_seconds(pids), children_cpu()
+    r = run_wrk(port, paths_file, connections, duration)
+    if pids:
+        used = cpu_seconds(pids) - s0
+        r["server_cpu"] = round(used / r["seconds"], 3)
+        # CPU per answer: what the server spends, whatever else runs on the machine
+        r["server_cpu_us"] = round(used / max(r["requests"], 1) * 1e6, 1)
+    r["wrk_cpu"] = round((children_cpu() - w0) / r["seconds"], 3)
+    return r
 
 
 @contextlib.contextmanager
@@ -255,6 +297,9 @@ def scenarios(args: argparse.Namespace) -> list[dict[str, Any]]:
                   "connections": 64, "env": {"RANKLY_CACHE__TIERS": ""}})
     s.append({"name": "uncached w1 c16", "group": "uncached", "workers": 1, "connections": 16,
               "env": {"RANKLY_CACHE__TIERS": ""}})
+    # two workers against one, alternated between two servers that are up at once
+    s.append({"name": "scaling uncached w2/w1 c64", "group": "uncached", "kind": "scaling",
+              "workers": 2, "connections": 64, "env": {"RANKLY_CACHE__TIERS": ""}})
     for conns in (64, 16):  # the selection on a worker thread (the default plan is inline)
         s.append({"name": f"uncached w1 c{conns} thread", "group": "inline", "workers": 1,
                   "connections": conns, "env": {"RANKLY_CACHE__TIERS": "",
@@ -292,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
     ap.add_argument("--paths", type=int, default=4000, help="requests in the drawn mix")
     ap.add_argument("--only", help="comma-separated groups (floor always runs)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternated floor/rankly (or w1/w2) runs per scenario; ratios are "
+                         "the median of the rounds'")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -313,6 +361,19 @@ def main(argv: list[str] | None = None) -> int:
 
     redis = None
     results: list[dict[str, Any]] = []
+    floors = contextlib.ExitStack()
+    floor_ports: dict[int, tuple[int, int]] = {}
+
+    def floor_port(workers: int) -> tuple[int, int]:
+        """(port, pid) of a floor server with ``workers`` workers, started once, kept up."""
+        if workers not in floor_ports:
+            port = free_port()
+            cmd, base = floor_cmd(port, workers)
+            proc = floors.enter_context(server(cmd, base, port))
+            run_wrk(port, mixes["ml100k"], 16, 1.0)
+            floor_ports[workers] = port, proc.pid
+        return floor_ports[workers]
+
     try:
         for sc in plan:
             env = dict(sc.get("env", {}))
@@ -325,40 +386,26 @@ def main(argv: list[str] | None = None) -> int:
                 env["RANKLY_STORE_URL"] = f"redis://127.0.0.1:{redis[1]}"
                 subprocess.run(["redis-cli", "-p", str(redis[1]), "flushall"],
                                capture_output=True, check=False)
-            port = free_port()
             dataset = sc.get("dataset", "ml100k")
-            if sc.get("kind") == "floor":
-                cmd, base = floor_cmd(port, sc["workers"])
-            else:
-                cmd, base = rankly_cmd(data[dataset], port, sc["workers"])
+            load_before = os.getloadavg()
             try:
-                with server(cmd, {**base, **env}, port) as proc:
-                    if sc.get("warm"):
-                        warm(port, mixes[dataset])
-                    else:  # first requests fault in mapped pages and fill thread pools
-                        run_wrk(port, mixes[dataset], sc["connections"], 1.0)
-                    before = cache_hits(port), counter(port, "rankly_fallbacks_total")
-                    r = run_wrk(port, mixes[dataset], sc["connections"], args.duration)
-                    if sc.get("kind") != "floor":
-                        done = max(r["requests"], 1)
-                        r["hit_ratio"] = round((cache_hits(port) - before[0]) / done, 4)
-                        # cold users are fallbacks by design (10% of the mix); timeouts and
-                        # open breakers show up as a larger share
-                        r["fallback_ratio"] = round(
-                            (counter(port, "rankly_fallbacks_total") - before[1]) / done, 4)
-                    if sc.get("memory"):
-                        r["memory_mib"] = {str(p): memory(p) for p in worker_pids(proc.pid)}
+                if sc.get("kind") == "floor":
+                    port, pid = floor_port(sc["workers"])
+                    r = measure(port, mixes[dataset], sc["connections"], args.duration, pid)
+                elif sc.get("kind") == "scaling":
+                    r = run_scaling(sc, env, data[dataset], mixes[dataset], args)
+                else:
+                    r = run_rankly(sc, env, data[dataset], mixes[dataset], args, floor_port)
             except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
                 print(f"skip {sc['name']}: {exc}", file=sys.stderr)
                 continue
+            r["load_avg"] = {"before": [round(x, 2) for x in load_before],
+                             "after": [round(x, 2) for x in os.getloadavg()]}
             row = {k: v for k, v in sc.items() if k != "env"} | {"env": env} | r
             results.append(row)
-            print(f"{sc['name']:<34} {r['rps']:>9.0f} req/s  p50 {r['p50']:6.2f}  "
-                  f"p95 {r['p95']:6.2f}  p99 {r['p99']:6.2f} ms  hits {r.get('hit_ratio', '-')}  "
-                  f"fallbacks {r.get('fallback_ratio', '-')}  "
-                  f"errors {r['errors']}",
-                  flush=True)
+            print(line(row), flush=True)
     finally:
+        floors.close()
         if redis:
             redis[0].terminate()
             redis[0].wait(timeout=10)
@@ -366,29 +413,122 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "duration": args.duration,
+                                    "rounds": args.rounds, "command": sys.argv,
                                     "results": results}, indent=2))
     print(f"wrote {args.out}")
     return 0
 
 
+def run_rankly(sc: dict[str, Any], env: dict[str, str], artifacts: Path, paths: Path,
+               args: argparse.Namespace, floor_port: Any) -> dict[str, Any]:
+    """Warm one rankly server, then ``--rounds`` rounds of a floor run and a rankly run."""
+    port = free_port()
+    cmd, base = rankly_cmd(artifacts, port, sc["workers"])
+    with server(cmd, {**base, **env}, port) as proc:
+        fport, fpid = floor_port(sc["workers"])
+        if sc.get("warm"):
+            warm(port, paths)
+        else:  # first requests fault in mapped pages and fill thread pools
+            run_wrk(port, paths, sc["connections"], 1.0)
+        rounds = []
+        before = cache_hits(port), counter(port, "rankly_fallbacks_total")
+        for _ in range(max(1, args.rounds)):
+            f = measure(fport, paths, sc["connections"], args.duration, fpid)
+            r = measure(port, paths, sc["connections"], args.duration, proc.pid)
+            r["floor_rps"] = f["rps"]
+            r["floor_server_cpu"] = f.get("server_cpu")
+            r["floor_server_cpu_us"] = f.get("server_cpu_us")
+            if f.get("server_cpu_us") and r.get("server_cpu_us"):
+                r["cpu_vs_floor"] = round(f["server_cpu_us"] / r["server_cpu_us"], 3)
+            r["vs_floor"] = round(r["rps"] / f["rps"], 3)
+            rounds.append(r)
+        done = max(sum(r["requests"] for r in rounds), 1)
+        out = summary(rounds)
+        out["vs_floor"] = median([r["vs_floor"] for r in rounds])
+        out["floor_rps"] = median([r["floor_rps"] for r in rounds])
+        if all("cpu_vs_floor" in r for r in rounds):
+            out["cpu_vs_floor"] = median([r["cpu_vs_floor"] for r in rounds])
+        out["hit_ratio"] = round((cache_hits(port) - before[0]) / done, 4)
+        # cold users are fallbacks by design (10% of the mix); timeouts and open breakers
+        # show up as a larger share
+        out["fallback_ratio"] = round(
+            (counter(port, "rankly_fallbacks_total") - before[1]) / done, 4)
+        if sc.get("memory"):
+            out["memory_mib"] = {str(p): memory(p) for p in worker_pids(proc.pid)}
+    return out
+
+
+def run_scaling(sc: dict[str, Any], env: dict[str, str], artifacts: Path, paths: Path,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """A one-worker and a ``workers``-worker server up at once, runs alternated."""
+    p1, p2 = free_port(), free_port()
+    cmd1, base1 = rankly_cmd(artifacts, p1, 1)
+    cmd2, base2 = rankly_cmd(artifacts, p2, sc["workers"])
+    with server(cmd1, {**base1, **env}, p1) as s1, server(cmd2, {**base2, **env}, p2) as s2:
+        for port in (p1, p2):
+            run_wrk(port, paths, sc["connections"], 1.0)
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            one = measure(p1, paths, sc["connections"], args.duration, s1.pid)
+            two = measure(p2, paths, sc["connections"], args.duration, s2.pid)
+            two["w1_rps"] = one["rps"]
+            two["w1_server_cpu"] = one.get("server_cpu")
+            two["w1_wrk_cpu"] = one["wrk_cpu"]
+            two["w2_over_w1"] = round(two["rps"] / one["rps"], 3)
+            rounds.append(two)
+    out = summary(rounds)
+    out["w2_over_w1"] = median([r["w2_over_w1"] for r in rounds])
+    out["w1_rps"] = median([r["w1_rps"] for r in rounds])
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return round(float(np.median(xs)), 3)
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median round's numbers (by req/s), and every round as measured."""
+    mid = sorted(rounds, key=lambda r: r["rps"])[len(rounds) // 2]
+    return {**{k: v for k, v in mid.items() if k not in ("vs_floor", "w2_over_w1")},
+            "rps": median([r["rps"] for r in rounds]), "rounds": rounds}
+
+
+def line(r: dict[str, Any]) -> str:
+    ratio = (f"vs floor {r['vs_floor']:.3f} " if "vs_floor" in r else "") + (
+        f"w2/w1 {r['w2_over_w1']:.3f} " if "w2_over_w1" in r else "")
+    per = " ".join(f"{x.get('vs_floor', x.get('w2_over_w1', ''))}" for x in r.get("rounds", []))
+    return (f"{r['name']:<30} {r['rps']:>8.0f} req/s {ratio}[{per}]  p50 {r['p50']:6.2f}  "
+            f"p95 {r['p95']:6.2f}  p99 {r['p99']:6.2f} ms  hits {r.get('hit_ratio', '-')}  "
+            f"fallbacks {r.get('fallback_ratio', '-')}  errors {r['errors']}  "
+            f"cpu server {r.get('server_cpu', '-')} wrk {r.get('wrk_cpu', '-')}  "
+            f"cpu us/req {r.get('server_cpu_us', '-')} (floor/ours {r.get('cpu_vs_floor', '-')})  "
+            f"load {r['load_avg']['before'][0]}->{r['load_avg']['after'][0]}")
+
+
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """``vs_floor``: req/s over the floor's with the same worker count and connections."""
+    """``vs_floor`` where no round measured it: req/s over the floor row's with the same
+    worker count and connections."""
     floors = {(r["workers"], r["connections"]): r["rps"] for r in results
               if r.get("kind") == "floor"}
     for r in results:
         f = floors.get((r["workers"], r["connections"]))
-        if f and r.get("kind") != "floor":
+        if f and r.get("kind") not in ("floor", "scaling") and "vs_floor" not in r:
             r["vs_floor"] = round(r["rps"] / f, 3)
 
 
 def table(results: list[dict[str, Any]]) -> str:
     rows = ["| scenario | req/s | vs floor | P50 ms | P95 ms | P99 ms | hits | fallbacks |"
-            " errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            " errors | CPU server / wrk | load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         ratio = f"{r['vs_floor']:.2f}" if "vs_floor" in r else "-"
+        if "w2_over_w1" in r:
+            ratio = f"w2/w1 {r['w2_over_w1']:.2f} (w1 {r['w1_rps']:.0f})"
         rows.append(f"| {r['name']} | {r['rps']:.0f} | {ratio} | {r['p50']:.2f} | "
                     f"{r['p95']:.2f} | {r['p99']:.2f} | {r.get('hit_ratio', '-')} | "
-                    f"{r.get('fallback_ratio', '-')} | {r['errors']} |")
+                    f"{r.get('fallback_ratio', '-')} | {r['errors']} | "
+                    f"{r.get('server_cpu', '-')} / {r.get('wrk_cpu', '-')} | "
+                    f"{r['load_avg']['before'][0]}-{r['load_avg']['after'][0]} |")
     mem = [r for r in results if "memory_mib" in r]
     for r in mem:
         for pid, m in r["memory_mib"].items():
