@@ -33,10 +33,9 @@ The target of issue 20 is a ratio <= 0.6. With a fixed cost F and a one-worker w
 ideal workers give (F + W/2) / (F + W): it reaches 0.6 only once W >= 4F, so the issue's
 10,000 users are reported together with a larger shop. The 1-minute load average is recorded
 before and after every timed run: on a shared 2-core machine two workers only get two cores
-when nobody else wants them. ``cpu_s`` is the CPU time of the command and the processes it
-started and reaped (with ``own``, Ray's processes and workers; with ``joined``, the command
-alone). Results go to stdout and are appended to the ``runs`` of
-``benchmarks/results/ray_batch.json``.
+when nobody else wants them. ``cpu_s`` is the CPU time of the command's process and of those
+it waited for: the driver's share, not the workers'. Results go to stdout and are appended to
+the ``runs`` of ``benchmarks/results/ray_batch.json``.
 """
 
 from __future__ import annotations
