@@ -99,6 +99,10 @@ _CONFLICTS = ("duplicated variant", "weights must not all be 0", "layer.range",
 async def put_experiment(request: Request) -> Response:
     rt = _runtime(request)
     key = _key(rt, request)
+    if "%" in key:
+        raise RequestError("key", "must not contain '%': clients that re-quote URLs would read "
+                                  "a '%XX' in it as an escape and could not address the "
+                                  "experiment", status=422)
     require_json(request.headers)
     try:
         body = json.loads(await request.body())

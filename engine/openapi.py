@@ -21,6 +21,10 @@ _KEY_CHAR = "[^/\\x00-\\x1f\\x7f-\\x9f]"
 #: Experiment keys are one path segment (a %2F in one would reach another route), not only
 #: spaces.
 KEY_PATTERN = f"^{_KEY_CHAR}*[^/\\s\\x00-\\x1f\\x7f-\\x9f]{_KEY_CHAR}*$"
+#: A new experiment's key also has no "%": HTTP clients that re-quote a path (requests,
+#: schemathesis) leave a "%0A" in a key as it is, so the server would read a newline
+#: and no client could address that experiment again.
+NEW_KEY_PATTERN = KEY_PATTERN.replace("[^/", "[^/%")
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -290,6 +294,10 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
                  "schema": {**ident, "pattern": KEY_PATTERN,
                             "description": "one path segment, not only spaces; "
                                            + ID_RULE.format(lim.max_id_length)}}
+    new_key_param = {**key_param, "schema": {
+        **key_param["schema"], "pattern": NEW_KEY_PATTERN,
+        "description": "one path segment without '%', not only spaces; "
+                       + ID_RULE.format(lim.max_id_length)}}
     bad_key = {"422": _error("Invalid key")}
     unknown = {"404": _error("Unknown experiment")}
     experiment = {"description": "The experiment", "content": {"application/json": {
@@ -373,7 +381,7 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
                                       **bad_key}},
                 "put": {"operationId": "putExperiment", "tags": ["experiments"],
                         "summary": "Create or replace an experiment (admin)",
-                        "security": admin, "parameters": [key_param],
+                        "security": admin, "parameters": [new_key_param],
                         "requestBody": {"required": True, "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/ExperimentDefinition"}}}},
                         "responses": {"200": {**experiment, "description": "Replaced"},
