@@ -73,8 +73,11 @@ class Feedback:
     def history_before(self, user_id: str, ts: float) -> list[tuple[float, str, str]]:
         """The user's history events strictly before ``ts``, oldest first."""
         events = self.history.get(user_id, [])
-        cut = bisect.bisect_left(events, (ts, "", ""))
-        return events[:cut]
+        return events[:bisect.bisect_left(events, ts, key=_event_time)]
+
+
+def _event_time(event: tuple[float, str, str]) -> float:
+    return event[0]
 
 
 def read_events(path: str | Path) -> Iterator[Event]:
@@ -135,7 +138,10 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
         by_id[rid] = s
     slates.sort(key=lambda s: (s.timestamp, s.request_id))
     for h in history.values():
-        h.sort()
+        # by time only: the sort is stable, so events of the same timestamp keep the log's
+        # order, which is the order the store applied them in (a recency-weighted history
+        # reads it)
+        h.sort(key=_event_time)
     per_user: dict[str, list[Slate]] = defaultdict(list)
     for s in slates:
         per_user[s.user_id].append(s)

@@ -172,3 +172,17 @@ def test_the_report_counts_and_notes_cached_slates(tmp_path):
     report = evaluate(load_feedback(write(tmp_path, cached)), {})
     assert report["cached_requests"] == 1
     assert "1 slates were served from a cache" in render(report)
+
+
+def test_history_before_keeps_the_log_order_of_events_at_one_timestamp():
+    """Events of one timestamp reach the store in log order, and a recency-weighted history
+    reads that order: the offline features must not re-sort them by item id."""
+    from rankly.engine.events import Event
+
+    events = [Event(f"e{i}", "u", item, "click", 100.0 if i else 50.0)
+              for i, item in enumerate(["a", "z", "b", "m"])]
+    events.append(Event("e9", "u", "q", "click", 200.0))
+    feedback = join(events)
+    assert [item for _, item, _ in feedback.history_before("u", 100.0)] == ["a"]
+    assert [item for _, item, _ in feedback.history_before("u", 150.0)] == ["a", "z", "b", "m"]
+    assert [item for _, item, _ in feedback.history_before("u", 201.0)][-1] == "q"
