@@ -72,9 +72,9 @@ def free_port() -> int:
 
 
 def build_artifacts(out: Path, users: int, items: int) -> Path:
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
     from rankly.engine.model import fingerprint, save_model
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
     from rankly.engine.plugins import collect, make_plugin_manager
 
     interactions, meta = synthesize(n_users=users, n_items=items, seed=5)
@@ -269,9 +269,9 @@ async def append_load(url: str, partitions: int, seconds: float, clients: int, b
     """``clients`` coroutines appending batches of ``batch`` new click events from random
     users through :class:`RedisStreamLog` for ``seconds``; what was acknowledged."""
     from rankly.engine.config import load_settings
-    from rankly.engine.event_log import RedisStreamLog
-    from rankly.engine.events import Event
-    from rankly.engine.redis_store import RedisStore
+    from rankly.engine.events.log import RedisStreamLog
+    from rankly.engine.events.values import Event
+    from rankly.engine.storage.redis_store import RedisStore
 
     settings = load_settings(environ={}, store_url=url, namespace=f"bench{partitions}",
                              events={"partitions": partitions},

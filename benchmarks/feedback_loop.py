@@ -27,14 +27,14 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from rankly.engine import ltr_training, offpolicy
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import train_shop
 from rankly.engine.experiments.stats import z_test_pooled
-from rankly.engine.feedback import load_feedback
+from rankly.engine.feedback import ltr_training, offpolicy
+from rankly.engine.feedback.slates import load_feedback
 from rankly.engine.model import load_model
-from rankly.engine.simulator import Simulator, drive
+from rankly.engine.offline.demo import train_shop
+from rankly.engine.offline.simulator import Simulator, drive
+from rankly.engine.serving.app import create_app
 
 OUT = Path(__file__).resolve().parent / "results" / "feedback_loop.json"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from rankly.engine import ltr_training
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import train_shop
+from rankly.engine.feedback import ltr_training
 from rankly.engine.model import load_model
-from rankly.engine.simulator import Simulator, drive
+from rankly.engine.offline.demo import train_shop
+from rankly.engine.offline.simulator import Simulator, drive
+from rankly.engine.serving.app import create_app
 
 
 def main() -> None:

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rankly.engine import ltr_training, pipeline
+from rankly.engine import pipeline
 from rankly.engine.config import ExplorationSettings, load_settings
-from rankly.engine.demo import train_shop
-from rankly.engine.evaluation import rank_user, serving_runtime
-from rankly.engine.exploration import explore
+from rankly.engine.feedback import ltr_training
+from rankly.engine.feedback.exploration import explore
 from rankly.engine.model import load_model
-from rankly.engine.simulator import Simulator
+from rankly.engine.offline.demo import train_shop
+from rankly.engine.offline.evaluation import rank_user, serving_runtime
+from rankly.engine.offline.simulator import Simulator
 from rankly.engine.types import UserFeatures
 
 OUT = Path(__file__).resolve().parent / "results" / "ltr_training.json"

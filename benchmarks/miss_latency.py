@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     fallbacks: dict[str, list[str]] = {name: [] for name in rts}
     for name, (rt, plan) in rts.items():  # warm-up: first touches, worker thread
         measure(loop, rt, plan, (hit_req if name == "hit" else reqs)[:200], [])
-    # as the app does after startup (engine/app.py): the model and plugin heap leave the
+    # as the app does after startup (engine/serving/app.py): the model and plugin heap leave the
     # collector's generations, so a full collection does not traverse them mid-request
     gc.collect()
     gc.freeze()

@@ -51,10 +51,10 @@ def ml100k_artifacts(root: Path = BENCH_DIR) -> Path:
     out = root / ("ml100k-v2" if ML100K.exists() else "ml100k-synthetic-v2")
     if (out / "manifest.json").exists():
         return out
-    from rankly.engine import datasets
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
-    from rankly.engine.training import DEFAULT_TRAINERS, train
+    from rankly.engine.offline import datasets
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
+    from rankly.engine.offline.training import DEFAULT_TRAINERS, train
 
     if ML100K.exists():
         ds = datasets.load_movielens_100k(ML100K / "u.data")

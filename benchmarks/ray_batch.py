@@ -5,7 +5,7 @@ Run (about 15 minutes on 2 idle cores; needs `pip install -e '.[ray]'`):
     python benchmarks/ray_batch.py                               # 10,000 and 100,000 users
     python benchmarks/ray_batch.py --large-users 0 --rounds 5    # the 10,000 only
 
-Builds synthetic shops (``rankly.engine.demo.synthesize``, 2,000 items, the same generator and
+Builds synthetic shops (``rankly.engine.offline.demo.synthesize``, 2,000 items, the same generator and
 seed for every size) with a pop + item-kNN model served with the diversity reranker, then times
 the whole command in a fresh process, as a user runs it:
 
@@ -63,8 +63,8 @@ RANKLY = [sys.executable, "-m", "rankly.engine.cli"]
 
 
 def build(root: Path, users: int, items: int) -> Path:
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
     from rankly.engine.model import fingerprint, save_model
     from rankly.engine.plugins import collect_all, make_plugin_manager
 
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
                                "> out.jsonl",
                     "cpu_count": os.cpu_count(), "load_avg_start": list(os.getloadavg()),
                     "sizes": []}
-    from rankly.engine.batch_ray import RayEngine
+    from rankly.engine.offline.batch_ray import RayEngine
 
     # the Ray that the "joined" runs use (--address), the way one is used across jobs; it is
     # idle while the "own" runs start theirs

@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from rankly.engine.config import CacheSettings, load_settings
-from rankly.engine.pipeline import SPARE_FIELD, STARTED_FIELD
-from rankly.engine.redis_store import RedisStore
+from rankly.engine.pipeline.cache import SPARE_FIELD, STARTED_FIELD
+from rankly.engine.storage.redis_store import RedisStore
 from rankly.plugins.caches.redis import RedisCache
 
 
@@ -87,8 +87,8 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
 
 async def event_log(url: str, events: int, users: int, partitions: int) -> None:
     """Memory of ``events`` click events from ``users`` users in ``partitions`` streams."""
-    from rankly.engine.event_log import RedisStreamLog
-    from rankly.engine.events import Event
+    from rankly.engine.events.log import RedisStreamLog
+    from rankly.engine.events.values import Event
 
     s = load_settings(environ={}, store_url=url, namespace="memtest",
                       events={"partitions": partitions})

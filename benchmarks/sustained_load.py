@@ -72,7 +72,7 @@ def stored_client_events(tmp: Path, redis_port: int | None) -> int:
     import redis
 
     from rankly.engine.config import EventSettings
-    from rankly.engine.event_log import stream_keys
+    from rankly.engine.events.log import stream_keys
 
     client = redis.Redis(port=redis_port, socket_timeout=30)
     count = 0

@@ -2,7 +2,7 @@
 
     pytest benchmarks/test_encoding.py
 
-The README's "orjson" row and the NOTE in engine/event_log.py cite these ratios.
+The README's "orjson" row and the NOTE in engine/events/log.py cite these ratios.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from rankly.engine.event_log import ImpressionSlate, _encode, _encode_impressions
+from rankly.engine.events.log import ImpressionSlate, _encode, _encode_impressions
 
 SLATE = ImpressionSlate(1_764_000_000.0, "9f1c2b7e4d3a4f0e8a6b5c4d3e2f1a0b", "user-123",
                         tuple(str(1000 + i) for i in range(10)),

@@ -40,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib m
 import pipeline_fixtures as fx  # noqa: E402
 
 from rankly.engine import pipeline  # noqa: E402
-from rankly.engine.app import create_app  # noqa: E402
 from rankly.engine.config import Settings  # noqa: E402
-from rankly.engine.events_api import EXTRAS_KEY  # noqa: E402
+from rankly.engine.events.routes import EXTRAS_KEY  # noqa: E402
 from rankly.engine.model import Model  # noqa: E402
+from rankly.engine.pipeline import cache as caching  # noqa: E402
 from rankly.engine.runtime import Runtime  # noqa: E402
+from rankly.engine.serving.app import create_app  # noqa: E402
 from rankly.engine.types import RecommendationRequest  # noqa: E402
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # serve single-threaded, as workers do
@@ -329,7 +330,7 @@ def test_dirty_hit(benchmark, loop, ranked, monkeypatch):
     # next timed calls, and its set() would clear the mark. It costs what test_miss times, but
     # off the request path, so it is counted here, not run.
     refreshes: list[str] = []
-    monkeypatch.setattr(pipeline, "refresh_behind", lambda rt, key, fn: refreshes.append(key))
+    monkeypatch.setattr(caching, "refresh_behind", lambda rt, key, fn: refreshes.append(key))
 
     def rank() -> None:
         out = loop.run_until_complete(pipeline.rank(rt, req, plan))

@@ -4,7 +4,7 @@
         --benchmark-json benchmarks/results/ltr.json
 
 ``rerank-300`` is the ``ltr`` reranker's whole call (the 12 features of
-engine/ltr_features.py for 300 candidates, one LightGBM prediction on one thread, the
+engine/feedback/ltr_features.py for 300 candidates, one LightGBM prediction on one thread, the
 reordering) with a model of the size ``rankly train-ranker`` fits (100 rounds, 15 leaves).
 ``predict-300x30`` is the prediction alone on 30 features, the issue's shape. The target is
 a P95 of at most 1 ms for both; each test records its P95 in ``extra_info``.
@@ -21,8 +21,8 @@ import pytest
 lightgbm = pytest.importorskip("lightgbm")
 
 from rankly.engine.api import Ranking, UserFeatures  # noqa: E402
-from rankly.engine.ltr_features import FEATURES  # noqa: E402
-from rankly.engine.ltr_training import DEFAULT_PARAMS  # noqa: E402
+from rankly.engine.feedback.ltr_features import FEATURES  # noqa: E402
+from rankly.engine.feedback.ltr_training import DEFAULT_PARAMS  # noqa: E402
 
 N_CANDIDATES = 300
 N_ITEMS = 20_000
@@ -84,14 +84,14 @@ def ranked_shop(tmp_path_factory):
     """The demo shop's default model with an `ltr` part trained on 1,000 simulated requests."""
     from starlette.testclient import TestClient
 
-    from rankly.engine import ltr_training
-    from rankly.engine.app import create_app
     from rankly.engine.config import load_settings
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
+    from rankly.engine.feedback import ltr_training
     from rankly.engine.model import fingerprint, load_model, save_model
-    from rankly.engine.simulator import Simulator, drive
-    from rankly.engine.training import DEFAULT_TRAINERS, train
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
+    from rankly.engine.offline.simulator import Simulator, drive
+    from rankly.engine.offline.training import DEFAULT_TRAINERS, train
+    from rankly.engine.serving.app import create_app
 
     root = tmp_path_factory.mktemp("ltr-shop")
     interactions, items = synthesize(n_users=1000, n_items=1200, seed=7)
@@ -114,7 +114,7 @@ def test_uncached_selection_with_and_without_ltr(benchmark, ranked_shop):
     P99 difference (issue 19: at most 1 ms)."""
     from rankly.engine import pipeline
     from rankly.engine.config import load_settings
-    from rankly.engine.evaluation import serving_runtime
+    from rankly.engine.offline.evaluation import serving_runtime
     from rankly.engine.types import RecommendationRequest
 
     model = ranked_shop

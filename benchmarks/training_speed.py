@@ -37,8 +37,8 @@ def peer_fits(path: Path) -> tuple[float, float]:
     """Seconds of one implicit ALS fit and one plain EASE fit on the dataset's matrix."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    from rankly.engine import datasets
-    from rankly.engine.interactions import build_training_data
+    from rankly.engine.offline import datasets
+    from rankly.engine.offline.interactions import build_training_data
 
     data = build_training_data(datasets.load(path).interactions)
     x = data.matrix.tocsr(copy=True)

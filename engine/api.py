@@ -8,15 +8,15 @@ built-ins. What is named here is the contract: it changes only backwards compati
 
 from __future__ import annotations
 
-from rankly.engine import hookimpl
-from rankly.engine.config import INVALIDATION_MODES, check_invalidation
-from rankly.engine.interactions import TrainingData
-from rankly.engine.ltr_features import FEATURES as RANKER_FEATURES
-from rankly.engine.ltr_features import ranker_features
-from rankly.engine.model import Catalog, Factors, Model, Neighbours, UserTable
-from rankly.engine.redis_client import AsyncRedis, CircuitOpen
-from rankly.engine.store import Store, StoreUnavailable
-from rankly.engine.types import (
+from . import hookimpl
+from .config import INVALIDATION_MODES, check_invalidation
+from .feedback.ltr_features import FEATURES as RANKER_FEATURES
+from .feedback.ltr_features import ranker_features
+from .model import Catalog, Factors, Model, Neighbours, UserTable
+from .offline.interactions import TrainingData
+from .storage.redis_client import AsyncRedis, CircuitOpen
+from .storage.store import Store, StoreUnavailable
+from .types import (
     EMPTY_INDEX,
     Cache,
     CacheEntry,

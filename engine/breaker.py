@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from rankly.engine import metrics
+from . import metrics
 
 
 @dataclass

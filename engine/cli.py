@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from rankly.engine.config import ConfigError, Settings, load_settings
-from rankly.engine.plugins import PluginError
+from .config import ConfigError, Settings, load_settings
+from .plugins import PluginError
 
 log = logging.getLogger("rankly")
 
@@ -30,7 +30,7 @@ def _serve(settings: Settings, env: dict[str, str], http: str = "auto") -> None:
 
     import uvicorn
 
-    from rankly.engine.asgi import HTTP_PROTOCOLS
+    from .serving.asgi import HTTP_PROTOCOLS
 
     # NOTE: each request is served single-threaded (#8): on 2 cores a multi-threaded BLAS call
     # next to an OpenMP region stalled ~10 ms. Set before workers import NumPy (an explicit
@@ -50,7 +50,7 @@ def _serve(settings: Settings, env: dict[str, str], http: str = "auto") -> None:
     log.info("serving with uvicorn http=%s loop=%s workers=%d", http, loop, settings.workers)
     with _shared_metrics(settings.workers):
         uvicorn.run(
-            "rankly.engine.asgi:create_app_from_env",
+            "rankly.engine.serving.asgi:create_app_from_env",
             factory=True,
             host=settings.host,
             port=settings.port,
@@ -94,7 +94,7 @@ def _settings_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from rankly.engine.plugins import check_configuration
+    from .plugins import check_configuration
 
     env = _settings_env(args)
     settings = load_settings(environ={**os.environ, **env})
@@ -122,7 +122,7 @@ def serving_workers(settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rankly.engine import demo
+    from .offline import demo
 
     out = Path(args.artifacts).expanduser() if args.artifacts else demo.default_dir(os.environ)
     reason = "--retrain" if args.retrain else demo.stale_reason(out, args.seed)
@@ -166,7 +166,7 @@ def demo_urls(url: str) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from rankly.engine.plugins import describe_plugins, make_plugin_manager
+    from .plugins import describe_plugins, make_plugin_manager
 
     if args.action == "check":
         return cmd_plugins_check(args)
@@ -189,9 +189,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_plugins_check(args: argparse.Namespace) -> int:
     """Run the conformance and latency suite (rankly.engine.testing) on one component."""
-    from rankly.engine.plugins import make_plugin_manager
-    from rankly.engine.testing import check_component, make_workload
-    from rankly.engine.testing.workload import TRAINERS
+    from .plugins import make_plugin_manager
+    from .testing import check_component, make_workload
+    from .testing.workload import TRAINERS
 
     if not args.name:
         print("rankly plugins check: name a component or a plugin", file=sys.stderr)
@@ -283,17 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_plugins)
 
-    from rankly.engine import (
-        datasets,
-        evaluation,
-        events_cli,
-        ltr_training,
-        offpolicy,
-        publish,
-        simulator,
-        training,
-    )
-    from rankly.engine.experiments import cli as experiments_cli
+    from .events import cli as events_cli
+    from .experiments import cli as experiments_cli
+    from .feedback import ltr_training, offpolicy
+    from .offline import datasets, evaluation, simulator, training
+    from .storage import publish
 
     for name, help_text, add, run in (
         ("train", "train models on interactions and write an artifact", training.add_arguments,

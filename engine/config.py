@@ -61,7 +61,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Per-client request rates (token buckets, see engine/ratelimit.py); 0 means unlimited.
+    """Per-client request rates (token buckets, see engine/serving/ratelimit.py); 0 means unlimited.
 
     A client is its ``X-API-Key``/``Authorization`` value (hashed) or else its address.
     ``*_burst`` is the bucket size (0: one second's worth, at least 1). The ``events_global_*``
@@ -73,7 +73,7 @@ class RateLimits:
     events_per_second: float = 0.0  # POST /events, /track/click
     events_burst: int = 0
     max_clients: int = 100_000  # buckets kept per route group (least recently seen dropped)
-    # Server-wide event admission, per worker process (engine/ratelimit.py EventAdmission),
+    # Server-wide event admission, per worker process (engine/events/admission.py),
     # on by default: over it, POST /events and /track/click answer 429 + Retry-After.
     # 2,000 events/s is what benchmarks/events_load.py sustained with 0 errors on one worker,
     # 2 shared cores and the fsynced file log (benchmarks/README.md, "Events under load").
@@ -159,7 +159,7 @@ class EventSettings:
 
 @dataclass(frozen=True)
 class ExplorationSettings:
-    """Randomized slates for off-policy evaluation (engine/exploration.py; off by default)."""
+    """Randomized slates for off-policy evaluation (feedback/exploration.py; off by default)."""
 
     # share of served slates whose first ``top_m`` items are shuffled uniformly at random;
     # every impression logs the exact probability of its item at its position

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rankly.engine import hookspec
+from . import hookspec
 
 if TYPE_CHECKING:
-    from rankly.engine.types import Register
+    from .types import Register
 
 
 # --- training (offline) ---------------------------------------------------------------------

@@ -112,7 +112,7 @@ SRM_P_VALUE = Gauge(
     ["experiment"], multiprocess_mode="livemin",
 )
 
-# --- recommendation quality over a rolling window (engine/quality.py) --------------------------
+# --- recommendation quality over a rolling window (engine/pipeline/quality.py) ---------------
 # NOTE: each worker keeps its own window, so these carry a ``pid`` label in multiprocess mode
 # (bounded by the worker count); dashboards and alerts aggregate with max()/avg().
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rankly.engine.types import ModelPart
+from .types import ModelPart
 
 FORMAT = 1
 MANIFEST = "manifest.json"

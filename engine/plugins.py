@@ -13,8 +13,8 @@ from typing import Any
 import pluggy
 from pluggy import HookImpl
 
-from rankly.engine import PROJECT_NAME, hookspecs
-from rankly.engine.config import ConfigError, Settings
+from . import PROJECT_NAME, hookspecs
+from .config import ConfigError, Settings
 
 KINDS = ("trainers", "caches", "candidate_generators", "scorers", "rerankers")
 
@@ -326,7 +326,7 @@ def check_settings(settings: Settings, registries: Mapping[str, Registry]) -> Se
 def check_configuration(settings: Settings, pm: pluggy.PluginManager | None = None) -> Settings:
     """:func:`check_settings` and every configured experiment against the installed plugins
     (what ``rankly serve`` runs before it starts the server); ``ConfigError`` names the fault."""
-    from rankly.engine.experiments import ExperimentError, load_experiments
+    from .experiments import ExperimentError, load_experiments
 
     pm = pm or make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
     registries = collect_all(pm)

@@ -17,12 +17,14 @@ import numpy as np
 import pluggy
 
 from rankly import _fast
-from rankly.engine.breaker import Breakers
-from rankly.engine.config import ConfigError, Settings
-from rankly.engine.experiments import Experiment, ExperimentError, Experiments, load_experiments
-from rankly.engine.experiments.tracking import ExperimentTracker, make_tracker
-from rankly.engine.model import Model
-from rankly.engine.plugins import (
+
+from .breaker import Breakers
+from .config import ConfigError, Settings
+from .experiments import Experiment, ExperimentError, Experiments, load_experiments
+from .experiments.tracking import ExperimentTracker, make_tracker
+from .model import Model
+from .pipeline.singleflight import SingleFlight
+from .plugins import (
     KIND_NOUNS,
     PluginError,
     Registry,
@@ -33,9 +35,8 @@ from rankly.engine.plugins import (
     make_plugin_manager,
     option_defaults,
 )
-from rankly.engine.singleflight import SingleFlight
-from rankly.engine.store import Store, open_store
-from rankly.engine.types import (
+from .storage.store import Store, open_store
+from .types import (
     Cache,
     CandidateGenerator,
     ComponentContext,

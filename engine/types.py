@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from rankly.engine.config import CacheSettings, Settings
-    from rankly.engine.model import Catalog, Model
-    from rankly.engine.store import Store
+    from .config import CacheSettings, Settings
+    from .model import Catalog, Model
+    from .storage.store import Store
 
 #: ``register(name, component_or_factory, options=None)``: the callback every contribution
 #: hook receives. ``options`` declares the option keys the component accepts (an iterable of
@@ -168,7 +168,7 @@ class ComponentContext:
 
         Call it when serving, not once in the factory: the counters attach after start-up.
         """
-        from rankly.engine.projections import projections_of
+        from .events.projections import projections_of
 
         return projections_of(self.store)
 
@@ -185,7 +185,7 @@ class ModelPart:
 
 @dataclass(frozen=True, slots=True)
 class RecommendationRequest:
-    """A validated recommendation request (see ``rankly.engine.validation``)."""
+    """A validated recommendation request (see ``rankly.engine.http.validation``)."""
 
     user_id: str | None
     n: int
@@ -232,7 +232,7 @@ class Reranker(Protocol):
 
 
 #: The pipeline's marks on a cached value (see :class:`CacheEntry`); the same strings as
-#: ``pipeline.REFRESH_FIELD``/``DIRTY_FIELD``/``STARTED_FIELD`` (a test keeps them equal).
+#: ``pipeline.cache.REFRESH_FIELD``/``DIRTY_FIELD``/``STARTED_FIELD`` (a test keeps them equal).
 _REFRESH = "_refresh"
 _DIRTY = "_dirty"
 _STARTED = "_started"

@@ -179,9 +179,9 @@ def redis_namespace() -> str:
 
 def build_artifacts(out: Path, seed: int = 7, version: str | None = None) -> Path:
     """Train the small pop + itemknn model the Redis tests serve (200 users, 300 items)."""
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
     from rankly.engine.model import fingerprint, save_model
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
     from rankly.engine.plugins import collect_all, make_plugin_manager
 
     interactions, items = synthesize(n_users=200, n_items=300, seed=seed)

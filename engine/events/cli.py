@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from rankly.engine.config import Settings, load_settings
-from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS, EVENT_COLUMNS
-from rankly.engine.event_log import EventLog, open_event_log
-from rankly.engine.events import Event
-from rankly.engine.model import Catalog, load_model
-from rankly.engine.projections import Projections
-from rankly.engine.store import open_store
+from ..config import Settings, load_settings
+from ..model import Catalog, load_model
+from ..offline.datasets import DEFAULT_EVENT_WEIGHTS, EVENT_COLUMNS
+from ..storage.store import open_store
+from .log import EventLog, open_event_log
+from .projections import Projections
+from .values import Event
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

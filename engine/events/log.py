@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 
 import orjson
 
-from rankly.engine.config import Settings
-from rankly.engine.events import Event
-from rankly.engine.store import Store, StoreUnavailable
+from ..config import Settings
+from ..storage.store import Store, StoreUnavailable
+from .values import Event
 
 log = logging.getLogger("rankly.events")
 
@@ -551,8 +551,8 @@ class RedisStreamLog(EventLog):
     kind = "redis"
 
     def __init__(self, store: Any, settings: Settings, *, deadline_s: float = 2.0) -> None:
-        from rankly.engine.keys import escape_id
-        from rankly.engine.redis_client import GuardedRedis
+        from ..storage.keys import escape_id
+        from ..storage.redis_client import GuardedRedis
 
         opts = _options(settings)
         self.store = store

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rankly.engine.config import Settings
-from rankly.engine.datasets import DEFAULT_EVENT_WEIGHTS
-from rankly.engine.events import Event
-from rankly.engine.store import Store, StoreUnavailable
+from ..config import Settings
+from ..offline.datasets import DEFAULT_EVENT_WEIGHTS
+from ..storage.store import Store, StoreUnavailable
+from .values import Event
 
 if TYPE_CHECKING:
-    from rankly.engine.event_log import EventLog, ImpressionSlate
-    from rankly.engine.model import Catalog
+    from ..model import Catalog
+    from .log import EventLog, ImpressionSlate
 
 log = logging.getLogger("rankly.events")
 

@@ -18,21 +18,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rankly.engine import metrics
-from rankly.engine.event_log import AppendResult, EventLog, ImpressionSlate, open_event_log
-from rankly.engine.events import Event, max_events_in, parse_batch, parse_event
-from rankly.engine.experiments.tracking import OUTCOME_OF_EVENT
-from rankly.engine.projections import Projections, attach
-from rankly.engine.ratelimit import EventAdmission, IngestSlot, Refusal
-from rankly.engine.runtime import Runtime
-from rankly.engine.store import StoreUnavailable
-from rankly.engine.validation import (
+from .. import metrics
+from ..experiments.tracking import OUTCOME_OF_EVENT
+from ..http.validation import (
     RequestError,
     check_query_encoding,
     query_value,
     reject_unknown,
     require_json,
 )
+from ..runtime import Runtime
+from ..storage.store import StoreUnavailable
+from .admission import EventAdmission, IngestSlot, Refusal
+from .log import AppendResult, EventLog, ImpressionSlate, open_event_log
+from .projections import Projections, attach
+from .values import Event, max_events_in, parse_batch, parse_event
 
 log = logging.getLogger("rankly.events")
 
@@ -338,7 +338,7 @@ def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
                        context: dict[str, Any] | None = None) -> None:
     """Queue a served slate for impression logging (no I/O; safe on the hot path).
 
-    ``positions``: per-position fields of an explored slate (engine/exploration.py); without
+    ``positions``: per-position fields of an explored slate (feedback/exploration.py); without
     them every impression logs ``propensity`` 1.0. ``context``: the request's context fields,
     logged as ``request_context``."""
     service = rt.extras.get(EXTRAS_KEY)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rankly.engine.config import Settings
-from rankly.engine.validation import (
+from ..config import Settings
+from ..http.validation import (
     RequestError,
     check_context,
     check_id,

@@ -1,11 +1,12 @@
-"""Experiments: definitions, deterministic assignment, bandit allocation and result statistics.
+"""Experiments: definitions, deterministic assignment, bandit allocation, result statistics,
+tracking and their HTTP routes (``routes``) and CLI (``cli``).
 
 Wiring in three calls: ``registry = load_experiments(settings_experiments)`` at startup;
 ``assign_user(registry, user_id)`` per request (an Assignment with the variant's pipeline
 overrides, or None); ``analyze(arm_counts, weights, primary_metric, ...)`` for the results route.
 """
 
-from rankly.engine.experiments.assignment import (
+from .assignment import (
     Assignment,
     Experiment,
     ExperimentError,
@@ -24,8 +25,8 @@ from rankly.engine.experiments.assignment import (
     load_experiments,
     parse_experiment,
 )
-from rankly.engine.experiments.bandit import Allocation, choose_arm, thompson_weights, update_bandit
-from rankly.engine.experiments.stats import (
+from .bandit import Allocation, choose_arm, thompson_weights, update_bandit
+from .stats import (
     ArmCounts,
     InvalidCounts,
     analyze,

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rankly.engine.experiments.assignment import (
+from .assignment import (
     Experiment,
     bucket_ranges,
     choose_variation,
     gb_hash,
 )
-from rankly.engine.experiments.stats import BANDIT_NOTE, ArmCounts, prob_best
+from .stats import BANDIT_NOTE, ArmCounts, prob_best
 
 DEFAULT_MIN_SHARE = 0.01
 DEFAULT_WARMUP = 100

@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from rankly.engine.experiments.assignment import (
+from .assignment import (
     ExperimentError,
     Status,
     assign_one,
     parse_experiment,
 )
-from rankly.engine.experiments.stats import ArmCounts, analyze, sample_size
+from .stats import ArmCounts, analyze, sample_size
 
 
 def add_arguments(subparsers: Any) -> argparse.ArgumentParser:

@@ -10,9 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rankly.engine import metrics
-from rankly.engine.auth import require_admin
-from rankly.engine.experiments import (
+from .. import metrics
+from ..http.auth import require_admin
+from ..http.validation import RequestError, check_id, check_path_encoding, require_json
+from ..runtime import Runtime
+from ..storage.store import StoreUnavailable
+from . import (
     Experiment,
     ExperimentError,
     InvalidCounts,
@@ -21,10 +24,7 @@ from rankly.engine.experiments import (
     json_safe,
     parse_experiment,
 )
-from rankly.engine.experiments.stats import srm_test
-from rankly.engine.runtime import Runtime
-from rankly.engine.store import StoreUnavailable
-from rankly.engine.validation import RequestError, check_id, check_path_encoding, require_json
+from .stats import srm_test
 
 
 def _runtime(request: Request) -> Runtime:
@@ -155,7 +155,7 @@ def option_type(default: Any) -> tuple[str, tuple[type, ...]] | None:
 def _check_option_types(exp: Experiment, registries: Any) -> None:
     """In a JSON body an option's value must have its default's JSON type: the settings'
     parsing of strings (``"3"`` for an int) is for environment variables (#18)."""
-    from rankly.engine.plugins import declared_options
+    from ..plugins import declared_options
 
     for i, variant in enumerate(exp.variants):
         for section, options in variant.overrides.options.items():

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rankly.engine.experiments.assignment import Assignment, Experiment, Experiments
-from rankly.engine.experiments.bandit import Allocation, update_bandit
-from rankly.engine.experiments.stats import ArmCounts, ImpressionCounts, bump_moments
-from rankly.engine.store import StoreUnavailable
+from ..storage.store import StoreUnavailable
+from .assignment import Assignment, Experiment, Experiments
+from .bandit import Allocation, update_bandit
+from .stats import ArmCounts, ImpressionCounts, bump_moments
 
 #: The per-user count each per-impression outcome adds to (stats.KINDS).
 KIND_OF_OUTCOME = {"click": "x", "conversion": "c"}

@@ -1,6 +1,6 @@
 """Exploration: a served slate's first items shuffled at random, with exact propensities.
 
-Off-policy estimates (``rankly off-policy``, engine/offpolicy.py) weigh each logged impression
+Off-policy estimates (``rankly off-policy``, feedback/offpolicy.py) weigh each logged impression
 by 1 / P(its item at its position under the serving policy). A deterministic ranking gives
 that probability 1 to the item it served and 0 to every other, so no other ranking can be
 evaluated from its logs. With ``[exploration] rate = r`` (default 0: off) and ``top_m = M``,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rankly.engine.config import ExplorationSettings
+from ..config import ExplorationSettings
 
 _rng = random.Random()
 

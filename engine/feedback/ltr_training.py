@@ -2,7 +2,7 @@
 
 Rows are logged impressions, one query per served slate, labelled 0 (no click), 1 (click or
 add-to-cart) or 2 (purchase), credited by ``request_id`` or within an attribution window
-(engine/feedback.py). Features are those of engine/ltr_features.py, computed for the user
+(feedback/slates.py). Features are those of feedback/ltr_features.py, computed for the user
 as they were at the request (offpolicy.user_at) and the scorer's pool of the model in DIR.
 
 Position bias: clicks at the top of a slate are partly clicks *because* of the top. The
@@ -16,7 +16,7 @@ so the click rates by position are proportional to the examination probabilities
 
 Validation: the last ``--valid-share`` of the slates in time, never trained on, scored two
 ways: NDCG@K of the shown items reordered by the model against their order in the current
-ranking (clicks as labels), and the off-policy estimates (engine/offpolicy.py) of the
+ranking (clicks as labels), and the off-policy estimates (engine/feedback/offpolicy.py) of the
 click-through rate of the pipeline with the ranker (``rerankers = ["ltr", ...]``) against
 the pipeline without it.
 """
@@ -38,10 +38,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly.engine.feedback import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
-from rankly.engine.ltr_features import FEATURES, ranker_features
-from rankly.engine.model import MANIFEST, Model, load_model
-from rankly.engine.offpolicy import ITEM_PRIOR, user_at
+from ..model import MANIFEST, Model, load_model
+from .ltr_features import FEATURES, ranker_features
+from .offpolicy import ITEM_PRIOR, user_at
+from .slates import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
 
 PART = "ltr"
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -100,7 +100,7 @@ def item_stats(slates: Sequence[Slate], n_items: int, index: dict[str, int]
 
 def pool_plan(rt: Any) -> Any:
     """The serving plan without its rerankers: its scorer's pool, in score order."""
-    from rankly.engine import pipeline
+    from .. import pipeline
 
     base = pipeline.default_plan(rt)
     return pipeline.Plan(base.candidates, base.scorers, ())
@@ -109,7 +109,7 @@ def pool_plan(rt: Any) -> Any:
 def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slate,
                depth: int, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, Any]:
     """Features of the slate's shown items (positions as shown) and the user it was for."""
-    from rankly.engine.evaluation import rank_user
+    from ..offline.evaluation import rank_user
 
     user = user_at(model, feedback, slate)
     pool = rank_user(rt, plan, user, depth)
@@ -182,7 +182,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     """Train on the log ``events`` for the model in ``artifacts``; return the report."""
     import lightgbm
 
-    from rankly.engine.evaluation import serving_runtime
+    from ..offline.evaluation import serving_runtime
 
     started = time.perf_counter()
     feedback = load_feedback(events, window_s)
@@ -275,7 +275,7 @@ def validate_offpolicy(feedback: Feedback, valid: list[Slate], artifacts: str | 
                        settings: Any) -> dict[str, Any]:
     """Off-policy CTR of the pipeline with the ranker first among the rerankers, against the
     configured pipeline, on the validation slates."""
-    from rankly.engine import offpolicy
+    from .slates import offpolicy
 
     sub = Feedback(valid, feedback.history, 0)
     logged = offpolicy.Logged.of(valid)
@@ -341,7 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    from rankly.engine.config import load_settings
+    from ..config import load_settings
 
     out = out or sys.stdout
     try:

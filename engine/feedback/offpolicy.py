@@ -8,7 +8,7 @@ Slates are handled with the position-based ("independent item") estimator of Li 
 only on the item there and ``k``, so each (request, position) is a one-step bandit round with
 weight ``w = pi_e(item at k) / pi_b(item at k)``. The evaluated ranking is deterministic, so
 ``w`` is ``1 / propensity`` where it puts the logged item at ``k`` and 0 elsewhere. The
-propensity is the one logged with the impression (engine/exploration.py). The estimator is
+propensity is the one logged with the impression (engine/feedback/exploration.py). The estimator is
 unbiased when clicks follow a position-based model and every item the evaluated ranking puts
 at ``k`` had a positive logged probability there (``support``); the standard IPS alternative
 over whole slates would need the evaluated slate to equal the logged one, which almost never
@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly.engine.feedback import DEFAULT_WINDOW_S, SEEN_TYPES, Feedback, Slate, load_feedback
+from .slates import DEFAULT_WINDOW_S, SEEN_TYPES, Feedback, Slate, load_feedback
 
 Z95 = 1.959963984540054
 #: Prior strength of an item's click multiplier, in expected clicks at its positions.
@@ -213,7 +213,7 @@ def user_at(model: Any, feedback: Feedback, slate: Slate) -> Any:
     """The user's features as the server saw them when it served ``slate``: the trained
     history plus their logged history events before it, newest first (as the store
     projects them; purchases and ratings also in ``seen``)."""
-    from rankly.engine.types import UserFeatures
+    from ..types import UserFeatures
 
     catalog = model.catalog
     row = model.users.row(slate.user_id)
@@ -233,9 +233,9 @@ def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
     """The slates the pipeline of ``settings`` over the model in ``artifacts`` would serve
     each logged request: the user's trained history plus their logged history events before
     the request, as the store held it (exploration not applied)."""
-    from rankly.engine import pipeline
-    from rankly.engine.evaluation import rank_user, serving_runtime
-    from rankly.engine.model import load_model
+    from .. import pipeline
+    from ..model import load_model
+    from ..offline.evaluation import rank_user, serving_runtime
 
     model = load_model(artifacts)
     rt = serving_runtime(model, settings)
@@ -310,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    from rankly.engine.config import load_settings
+    from ..config import load_settings
 
     out = out or sys.stdout
     feedback = load_feedback(args.events, args.window)

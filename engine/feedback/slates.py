@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rankly.engine.events import Event
+from ..events.values import Event
 
 #: Outcome types; a click is any of them on the item (an add-to-cart or purchase straight
 #: from the slate counts as a click too), a conversion is a purchase.

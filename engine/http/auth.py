@@ -6,8 +6,8 @@ import hmac
 
 from starlette.requests import Request
 
-from rankly.engine.config import Settings
-from rankly.engine.validation import RequestError
+from ..config import Settings
+from .validation import RequestError
 
 DISABLED = ("admin routes are disabled: no admin token is configured (set admin_token or "
             "RANKLY_ADMIN_TOKEN)")

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from rankly.engine.config import Limits
-from rankly.engine.types import RecommendationRequest
+from ..config import Limits
+from ..types import RecommendationRequest
 
 
 class RequestError(ValueError):

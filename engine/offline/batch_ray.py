@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly.engine import progress as progress_bars
-from rankly.engine.config import Settings
+from ..config import Settings
+from . import progress as progress_bars
 
 log = logging.getLogger("rankly.batch")
 
@@ -69,9 +69,9 @@ class Recommender:
 
     def __init__(self, artifacts: str, settings: Settings, n: int,
                  exclude_seen: bool | None) -> None:
-        from rankly.engine.evaluation import batch_runtime
-        from rankly.engine.model import load_model
-        from rankly.engine.plugins import make_plugin_manager
+        from ..model import load_model
+        from ..plugins import make_plugin_manager
+        from .evaluation import batch_runtime
 
         self._blas = _one_blas_thread()
         model = load_model(artifacts)
@@ -86,7 +86,7 @@ class Recommender:
 
     def block(self, users: Sequence[str]) -> str:
         """The JSON lines of ``users``, exactly as :func:`evaluation.recommend` writes them."""
-        from rankly.engine.evaluation import write_recommendations
+        from .evaluation import write_recommendations
 
         out = io.StringIO()
         self.loop.run_until_complete(write_recommendations(self.rt, list(users), self.n, out))
@@ -101,9 +101,9 @@ class Evaluator:
     """One Ray worker of ``rankly evaluate``: one trained setup, its runtime built once."""
 
     def __init__(self, model_dir: str, settings: Settings, job: Any) -> None:
-        from rankly.engine.evaluation import serving_runtime
-        from rankly.engine.model import load_model
-        from rankly.engine.plugins import make_plugin_manager
+        from ..model import load_model
+        from ..plugins import make_plugin_manager
+        from .evaluation import serving_runtime
 
         self._blas = _one_blas_thread()
         pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
@@ -112,7 +112,7 @@ class Evaluator:
 
     def block(self, targets: Sequence[tuple[str, np.ndarray]]
               ) -> list[tuple[str, dict[str, float], np.ndarray]]:
-        from rankly.engine.evaluation import user_metrics
+        from .evaluation import user_metrics
 
         return user_metrics(self.rt, self.job, dict(targets))
 
@@ -219,7 +219,7 @@ class RayEngine:
         """:func:`evaluation.user_metrics` of ``targets`` for the model of ``parts`` trained
         on ``data``, over the workers (the model is written once to a scratch directory that
         every worker maps; on a multi-node cluster TMPDIR must be a shared filesystem)."""
-        from rankly.engine.model import save_model
+        from ..model import save_model
 
         scratch = Path(tempfile.mkdtemp(prefix="rankly-eval-"))
         try:

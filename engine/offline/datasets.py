@@ -22,8 +22,8 @@ from typing import IO
 
 import numpy as np
 
-from rankly.engine import progress as progress_bars
-from rankly.engine.interactions import Interactions, ItemTable
+from . import progress as progress_bars
+from .interactions import Interactions, ItemTable
 
 FORMATS = ("auto", "movielens-100k", "movielens-csv", "events-csv", "taobao")
 
@@ -601,7 +601,7 @@ def download(name: str, directory: str | Path, *, opener: Opener | None = None,
     ``opener`` (default ``urllib.request.urlopen``) and ``url``/``sha256`` are injectable for
     tests and mirrors. A checksum mismatch deletes the download and raises DatasetError; an
     already verified archive in ``directory`` is not downloaded again. A byte counter is
-    drawn on ``progress`` when it is a terminal (:mod:`rankly.engine.progress`).
+    drawn on ``progress`` when it is a terminal (:mod:`rankly.engine.offline.progress`).
     """
     if name not in DOWNLOADS:
         raise DatasetError(f"unknown dataset {name!r}; one of {', '.join(DOWNLOADS)}")

@@ -14,10 +14,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly.engine import __version__, training
-from rankly.engine.config import load_settings
-from rankly.engine.interactions import Interactions, ItemTable, build_training_data
-from rankly.engine.model import MANIFEST, ArtifactError, fingerprint, load_model, save_model
+from .. import __version__
+from ..config import load_settings
+from ..model import MANIFEST, ArtifactError, fingerprint, load_model, save_model
+from . import training
+from .interactions import Interactions, ItemTable, build_training_data
 
 CATEGORIES = {
     "Books": ["Novel", "Atlas", "Cookbook", "Biography", "Thriller", "Poetry Collection"],

@@ -22,16 +22,17 @@ from typing import IO, Any
 
 import numpy as np
 
-from rankly.engine import datasets, pipeline
-from rankly.engine import progress as progress_bars
-from rankly.engine.config import CacheSettings, PipelineSettings, Settings, load_settings
-from rankly.engine.interactions import Interactions, TrainingData, build_training_data
-from rankly.engine.model import Model, load_model
-from rankly.engine.plugins import collect, make_plugin_manager
-from rankly.engine.runtime import Runtime, build_runtime
-from rankly.engine.store import MemoryStore
-from rankly.engine.training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
-from rankly.engine.types import ModelPart, Ranking, RecommendationRequest, UserFeatures
+from .. import pipeline
+from ..config import CacheSettings, PipelineSettings, Settings, load_settings
+from ..model import Model, load_model
+from ..plugins import collect, make_plugin_manager
+from ..runtime import Runtime, build_runtime
+from ..storage.store import MemoryStore
+from ..types import ModelPart, Ranking, RecommendationRequest, UserFeatures
+from . import datasets
+from . import progress as progress_bars
+from .interactions import Interactions, TrainingData, build_training_data
+from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 
 # --- splits --------------------------------------------------------------------------------
 
@@ -320,7 +321,7 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
 
     Each user is ranked by the serving pipeline (:func:`rank_user`) with ``setup``'s plan;
     ``cap`` is the diversity reranker's cap when the plan has that reranker. ``engine``
-    (e.g. :class:`rankly.engine.batch_ray.RayEngine`) ranks the users elsewhere, block by
+    (e.g. :class:`rankly.engine.offline.batch_ray.RayEngine`) ranks the users elsewhere, block by
     block, and gives back the same rows in the same order.
     """
     started = time.perf_counter()
@@ -575,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed, split_validation=args.blend_validation == "split",
                 engine=engine)
         if args.html:
-            from rankly.engine.report import write_html
+            from .report import write_html
 
             write_html(args.html, [report], title=f"rankly evaluate: {args.interactions}")
     except (datasets.DatasetError, ValueError, OSError, RuntimeError) as exc:
@@ -609,7 +610,7 @@ def _engine(args: argparse.Namespace) -> Iterator[Any]:
     if getattr(args, "engine", "local") == "local":
         yield None
         return
-    from rankly.engine.batch_ray import RayEngine
+    from .batch_ray import RayEngine
 
     with RayEngine.start(args.address, workers=args.ray_workers) as engine:
         yield engine

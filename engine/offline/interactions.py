@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from rankly.engine.model import Catalog, UserTable
+from ..model import Catalog, UserTable
 
 
 @dataclass(frozen=True)

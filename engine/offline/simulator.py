@@ -256,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    from rankly.engine.model import load_model
+    from ..model import load_model
 
     out = out or sys.stdout
     sim = Simulator.for_model(load_model(args.artifacts), seed=args.seed)

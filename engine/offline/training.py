@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from rankly.engine import datasets
-from rankly.engine import progress as progress_bars
-from rankly.engine.config import PipelineSettings, Settings, load_settings
-from rankly.engine.interactions import TrainingData, build_training_data
-from rankly.engine.model import fingerprint, save_model
-from rankly.engine.plugins import PluginError, collect, make_plugin_manager
-from rankly.engine.types import ModelPart
+from ..config import PipelineSettings, Settings, load_settings
+from ..model import fingerprint, save_model
+from ..plugins import PluginError, collect, make_plugin_manager
+from ..types import ModelPart
+from . import datasets
+from . import progress as progress_bars
+from .interactions import TrainingData, build_training_data
 
 #: What `rankly train` fits without --trainers. "pop" always runs: the server's cold-start
 #: fallback needs it. "blend" chooses the hyper-parameters of the parts after it (its

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rankly.engine import metrics
+from .. import metrics
 
 if TYPE_CHECKING:
-    from rankly.engine.model import Model
-    from rankly.engine.runtime import Runtime
+    from ..model import Model
+    from ..runtime import Runtime
 
 log = logging.getLogger("rankly.quality")
 

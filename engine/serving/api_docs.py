@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from rankly.engine.dashboard import asset
+from .dashboard import asset
 
 
 def page(request: Request) -> Response:

@@ -25,26 +25,13 @@ except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
 from rankly import _fast
-from rankly.engine import (
-    api_docs,
-    dashboard,
-    events_api,
-    experiments_api,
-    exploration,
-    metrics,
-    pipeline,
-    quality,
-)
-from rankly.engine.config import Settings
-from rankly.engine.middleware import BodyLimitMiddleware, MetricsMiddleware
-from rankly.engine.model import Model
-from rankly.engine.openapi import openapi_schema
-from rankly.engine.publish import load_serving_model, start_model_watcher
-from rankly.engine.ratelimit import RateLimitMiddleware
-from rankly.engine.runtime import Runtime, build_runtime
-from rankly.engine.store import StoreUnavailable, open_store
-from rankly.engine.types import RecommendationRequest
-from rankly.engine.validation import (
+
+from .. import metrics, pipeline
+from ..config import Settings
+from ..events import routes as events_api
+from ..experiments import routes as experiments_api
+from ..feedback import exploration
+from ..http.validation import (
     RequestError,
     check_id,
     check_n,
@@ -57,6 +44,16 @@ from rankly.engine.validation import (
     reject_unknown,
     require_json,
 )
+from ..model import Model
+from ..pipeline import quality
+from ..runtime import Runtime, build_runtime
+from ..storage.publish import load_serving_model, start_model_watcher
+from ..storage.store import StoreUnavailable, open_store
+from ..types import RecommendationRequest
+from . import api_docs, dashboard
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .openapi import openapi_schema
+from .ratelimit import RateLimitMiddleware
 
 log = logging.getLogger("rankly")
 _background: set[asyncio.Task] = set()  # strong references to exposures still recording

@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from rankly.engine import metrics
-from rankly.engine.app import create_app
-from rankly.engine.config import load_settings
+from .. import metrics
+from ..config import load_settings
+from .app import create_app
 
 #: The route label of requests the HTTP parser refused before any route could see them.
 MALFORMED_ROUTE = "malformed"
@@ -175,5 +175,5 @@ class JSONH11Protocol(_HeadTimeout, H11Protocol):
 
 
 #: ``uvicorn.run(http=...)`` values by parser name (import strings, so workers load them).
-HTTP_PROTOCOLS = {"httptools": "rankly.engine.asgi:JSONHttpToolsProtocol",
-                  "h11": "rankly.engine.asgi:JSONH11Protocol"}
+HTTP_PROTOCOLS = {"httptools": "rankly.engine.serving.asgi:JSONHttpToolsProtocol",
+                  "h11": "rankly.engine.serving.asgi:JSONH11Protocol"}

@@ -1,6 +1,6 @@
 """The live dashboard: GET /dashboard (an HTML page of charts) and the JSON it polls.
 
-The page draws with uPlot (MIT, vendored in ``engine/static``; nothing is fetched from a CDN).
+The page draws with uPlot (MIT, vendored in ``serving/static``; nothing is fetched from a CDN).
 Each worker samples the same registry as ``/metrics`` (every worker's values in multiprocess
 mode) every :data:`SAMPLE_SECONDS` in a background task, whether or not anyone watches, into
 a bounded ring buffer; ``/dashboard/data`` computes rates, latency percentiles and hit rates
@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from rankly.engine import metrics, quality
+from .. import metrics
+from ..pipeline import quality
 
 #: Percentiles and rates are computed over roughly this many seconds of samples.
 RATE_WINDOW_SECONDS = 30.0

@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rankly.engine import metrics
+from .. import metrics
 
 log = logging.getLogger("rankly")
 

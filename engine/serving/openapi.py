@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from rankly.engine import __version__
-from rankly.engine.config import Settings
-from rankly.engine.validation import ID_PATTERN, ID_RULE
+from .. import __version__
+from ..config import Settings
+from ..http.validation import ID_PATTERN, ID_RULE
 
 _KEY_CHAR = "[^/\\x00-\\x1f\\x7f-\\x9f]"
 #: Experiment keys are one path segment (a %2F in one would reach another route), not only
@@ -68,14 +68,14 @@ def timestamp_schema(now: float) -> dict[str, Any]:
 
 
 def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
-    from rankly.engine.events import (
+    from ..events.values import (
         BUILTIN_TYPES,
         MAX_EVENT_ID,
         MAX_VALUE,
         RATING_RANGE,
         event_types,
     )
-    from rankly.engine.validation import CONTEXT_MAX_KEYS, CONTEXT_MAX_TEXT, INT64_RANGE
+    from ..http.validation import CONTEXT_MAX_KEYS, CONTEXT_MAX_TEXT, INT64_RANGE
 
     now = time.time()
     common = {
@@ -112,8 +112,8 @@ def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
 
 def _events_paths(settings: Settings, ident: dict[str, Any],
                   errors: dict[str, Any]) -> dict[str, Any]:
-    """``POST /events`` and ``POST /track/click`` (engine/events_api.py)."""
-    from rankly.engine.events import MAX_EVENT_ID
+    """``POST /events`` and ``POST /track/click`` (engine/events/routes.py)."""
+    from ..events.values import MAX_EVENT_ID
 
     one = {"oneOf": [{"$ref": "#/components/schemas/Event"},
                      {"$ref": "#/components/schemas/RatingEvent"}]}
@@ -187,7 +187,7 @@ def _component_options(registries: Mapping[str, Any] | None) -> dict[str, Any]:
                            "description": "plugin options per component name"}
     if registries is None:
         return out
-    from rankly.engine.plugins import HOST_SECTIONS, declared_options
+    from ..plugins import HOST_SECTIONS, declared_options
 
     sections: dict[str, Any] = {name: {"type": "object"} for name in sorted(HOST_SECTIONS)}
     for name in sorted({n for reg in registries.values() for n in reg.entries}):
@@ -200,7 +200,7 @@ def _component_options(registries: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _option_schema(default: Any) -> dict[str, Any]:
-    from rankly.engine.experiments_api import option_type
+    from ..experiments.routes import option_type
 
     typed = option_type(default)
     return {} if typed is None else {"type": typed[0], "description": f"default {default!r}"}
@@ -520,6 +520,6 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
 
 
 def _asset_names() -> list[str]:
-    from rankly.engine.dashboard import ASSETS
+    from .dashboard import ASSETS
 
     return sorted(ASSETS)

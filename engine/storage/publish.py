@@ -20,19 +20,19 @@ from typing import Any
 
 import anyio
 
-from rankly.engine import metrics
-from rankly.engine.config import Settings, load_settings
-from rankly.engine.keys import Keys, escape_id
-from rankly.engine.model import MANIFEST, ArtifactError, Model, load_model
-from rankly.engine.redis_client import (
+from .. import metrics
+from ..config import Settings, load_settings
+from ..model import MANIFEST, ArtifactError, Model, load_model
+from .keys import Keys, escape_id
+from .redis_client import (
     BACKGROUND_TIMEOUT_MS,
     GuardedRedis,
     is_redis_url,
     make_redis,
     redact,
 )
-from rankly.engine.redis_store import ModelVersions, VersionInfo
-from rankly.engine.store import Store, StoreUnavailable
+from .store import Store, StoreUnavailable
+from .versions import ModelVersions, VersionInfo
 
 log = logging.getLogger("rankly.publish")
 MODEL_CHANNEL = "model"

@@ -28,9 +28,9 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import NoBackoff
 
-from rankly.engine.breaker import Breaker
-from rankly.engine.config import Settings
-from rankly.engine.store import StoreUnavailable
+from ..breaker import Breaker
+from ..config import Settings
+from .store import StoreUnavailable
 
 T = TypeVar("T")
 

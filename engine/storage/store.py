@@ -12,7 +12,7 @@ import collections
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from rankly.engine.config import Settings
+from ..config import Settings
 
 
 class StoreUnavailable(RuntimeError):
@@ -127,13 +127,13 @@ def open_store(settings: Settings) -> Store:
     """Return the store named by ``settings.store_url``: ``memory`` (the embedded default) or a
     Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``). Never connects:
     a Redis that is down at start is retried by the store itself."""
-    from rankly.engine.redis_client import is_redis_url
+    from .redis_client import is_redis_url
 
     url = settings.store_url
     if url in ("", "memory", "memory://"):
         return MemoryStore()
     if is_redis_url(url):
-        from rankly.engine.redis_store import RedisStore
+        from .redis_store import RedisStore
 
         return RedisStore(url, settings)
     raise ValueError(

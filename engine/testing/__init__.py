@@ -4,12 +4,12 @@ Use it from pytest (the ``rankly`` pytest plugin, loaded by the ``pytest11`` ent
 fixtures ``rankly_workload``, ``rankly_model``, ``rankly_runtime``, ``rankly_check`` and
 ``rankly_latency``), from the command line (``rankly plugins check NAME``) or directly::
 
-    from rankly.engine.testing import check_component
+    from . import check_component
     for report in check_component("my-scorer"):
         assert report.passed, report.failures()
 """
 
-from rankly.engine.testing.conformance import (
+from .conformance import (
     Check,
     Report,
     check_cache,
@@ -21,8 +21,8 @@ from rankly.engine.testing.conformance import (
     check_scorer,
     check_trainer,
 )
-from rankly.engine.testing.latency import DEFAULT_BUDGET_MS, Latency, measure
-from rankly.engine.testing.workload import (
+from .latency import DEFAULT_BUDGET_MS, Latency, measure
+from .workload import (
     BASELINES,
     KINDS,
     Workload,

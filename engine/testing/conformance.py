@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from rankly.engine.testing.latency import DEFAULT_BUDGET_MS, Latency, measure, over_budget
-from rankly.engine.testing.workload import (
+from ..types import CacheEntry, Candidates, ModelPart, Ranking, Reason, UserFeatures
+from .latency import DEFAULT_BUDGET_MS, Latency, measure, over_budget
+from .workload import (
     BASELINES,
     KINDS,
     Case,
@@ -30,7 +31,6 @@ from rankly.engine.testing.workload import (
     kinds_of,
     make_workload,
 )
-from rankly.engine.types import CacheEntry, Candidates, ModelPart, Ranking, Reason, UserFeatures
 
 #: Threads that call a component at once in the thread-safety check.
 THREADS = 4
@@ -467,7 +467,7 @@ def _data_arrays(data: Any) -> dict[str, np.ndarray]:
 def check_trainer(trainer: Any, workload: Workload) -> list[Check]:
     """``fit(data, options)``: a ModelPart of plain NumPy arrays (no objects, no NaN), JSON
     params, the same on a second fit, data untouched, saved and loaded as an artifact."""
-    from rankly.engine.model import load_model, save_model
+    from ..model import load_model, save_model
 
     f = _Findings(TRAINER_CHECKS)
     if not callable(getattr(trainer, "fit", None)):
@@ -525,10 +525,10 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
     """Serve known users, a session and a cold user through the pipeline with the component
     selected (popular behind it), then the known users again with the store down (the
     pipeline's ``store_down`` path); a ``plugin_error``/``plugin_timeout`` answer is a defect."""
-    from rankly.engine import pipeline
-    from rankly.engine.runtime import build_runtime
-    from rankly.engine.store import MemoryStore, StoreUnavailable
-    from rankly.engine.types import RecommendationRequest
+    from .. import pipeline
+    from ..runtime import build_runtime
+    from ..storage.store import MemoryStore, StoreUnavailable
+    from ..types import RecommendationRequest
 
     class DownStore(MemoryStore):
         async def fetch_user(self, user_id: str) -> Any:
@@ -652,7 +652,7 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
 def _store_for(kind: str) -> Any:
     if kind != "cache":
         return None
-    from rankly.engine.store import MemoryStore
+    from ..storage.store import MemoryStore
 
     return MemoryStore()
 

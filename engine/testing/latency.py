@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rankly.engine.testing.workload import Workload
+from .workload import Workload
 
 #: P95 budget of one call of a serving component on the standard workload, in ms.
 DEFAULT_BUDGET_MS = 5.0

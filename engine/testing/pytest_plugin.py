@@ -37,7 +37,7 @@ def rankly_plugins() -> list[object]:
 @pytest.fixture(scope="session")
 def rankly_workload(rankly_plugins: list[object]) -> Any:
     """The kit's small model trained on a synthetic shop, with its standard inputs."""
-    from rankly.engine.testing import make_workload
+    from . import make_workload
 
     return make_workload(plugins=rankly_plugins)
 
@@ -52,7 +52,7 @@ def rankly_model(rankly_workload: Any) -> Any:
 def rankly_runtime(rankly_workload: Any) -> Any:
     """``rankly_runtime(options=None, **pipeline) -> Runtime`` over the kit's model; answer
     requests with ``rankly.engine.testing.serve(rt, user_id, n)``."""
-    from rankly.engine.testing import make_runtime
+    from . import make_runtime
 
     def build(options: dict[str, dict[str, Any]] | None = None, **pipeline: Any) -> Any:
         return make_runtime(rankly_workload, options, **pipeline)
@@ -64,7 +64,7 @@ def rankly_runtime(rankly_workload: Any) -> Any:
 def rankly_check(rankly_workload: Any) -> Any:
     """``rankly_check(name_or_component, kind=None, options=None, budget_ms=None)``: run the
     conformance suite; fail the test with one line per defect; return the reports."""
-    from rankly.engine.testing import check_component
+    from . import check_component
 
     def check(target: Any, kind: str | None = None, options: dict[str, Any] | None = None,
               budget_ms: float | None = None) -> list[Any]:
@@ -85,9 +85,9 @@ def rankly_latency(request: pytest.FixtureRequest, rankly_workload: Any) -> Any:
     the component's hook on the standard workload and the kind's built-in (or ``baseline``)
     in the same test; report P50/P95/P99 of both (terminal summary, and the benchmark's
     ``extra_info``); fail when P95 is over ``budget_ms`` (or ``--rankly-budget-ms``)."""
-    from rankly.engine.testing import BASELINES, KINDS, build_component
-    from rankly.engine.testing.conformance import infer_kind
-    from rankly.engine.testing.latency import _close, measure, over_budget, standard_calls
+    from . import BASELINES, KINDS, build_component
+    from .conformance import infer_kind
+    from .latency import _close, measure, over_budget, standard_calls
 
     try:
         benchmark = request.getfixturevalue("benchmark")
@@ -117,7 +117,7 @@ def rankly_latency(request: pytest.FixtureRequest, rankly_workload: Any) -> Any:
     def run(target: Any, kind: str | None = None, baseline: str | None = None,
             budget_ms: float | None = None) -> tuple[Any, Any]:
         if isinstance(target, str):
-            from rankly.engine.testing.workload import kinds_of
+            from .workload import kinds_of
 
             kinds = [kind] if kind else kinds_of(rankly_workload, target)
             if not kinds:
@@ -153,7 +153,7 @@ def rankly_latency(request: pytest.FixtureRequest, rankly_workload: Any) -> Any:
 def _from_seconds(name: str, kind: str, seconds: list[float]) -> Any:
     import numpy as np
 
-    from rankly.engine.testing.latency import Latency
+    from .latency import Latency
 
     ms = np.asarray(seconds, dtype=float) * 1000.0
     p50, p95, p99 = np.percentile(ms, [50, 95, 99]) if ms.size else (0.0, 0.0, 0.0)

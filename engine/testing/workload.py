@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from rankly.engine.config import CacheSettings, PipelineSettings, Settings, load_settings
-from rankly.engine.interactions import TrainingData
-from rankly.engine.model import Model
-from rankly.engine.plugins import Registry, collect_all, make_plugin_manager
-from rankly.engine.types import ComponentContext, Ranking, Reason, UserFeatures
+from ..config import CacheSettings, PipelineSettings, Settings, load_settings
+from ..model import Model
+from ..offline.interactions import TrainingData
+from ..plugins import Registry, collect_all, make_plugin_manager
+from ..types import ComponentContext, Ranking, Reason, UserFeatures
 
 #: The kinds of component the kit checks, as the user names them, with their registry.
 KINDS = {"candidate_generator": "candidate_generators", "scorer": "scorers",
@@ -112,9 +112,9 @@ def make_workload(seed: int = 11, n_users: int = 200, n_items: int = 300,
     ``plugins`` are registered next to the installed ones (entry points); ``pm`` replaces
     both. Takes about a second with the default trainers.
     """
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
-    from rankly.engine.training import train
+    from ..offline.demo import synthesize
+    from ..offline.interactions import build_training_data
+    from ..offline.training import train
 
     pm = pm or make_plugin_manager(extra=tuple(plugins))
     interactions, items = synthesize(n_users=n_users, n_items=n_items, seed=seed)
@@ -133,7 +133,7 @@ def build_component(workload: Workload, name: str, kind: str,
                     options: Mapping[str, Any] | None = None, store: Any = None) -> Any:
     """Build component ``name`` of ``kind`` for the kit's model through its factory, with its
     declared defaults under ``options`` (what ``rankly serve`` would build)."""
-    from rankly.engine.plugins import component_options, option_defaults
+    from ..plugins import component_options, option_defaults
 
     registry = workload.registries[KINDS[kind]]
     factory = registry.get(name)
@@ -158,8 +158,8 @@ def make_runtime(workload: Workload, options: Mapping[str, Mapping[str, Any]] | 
     ``options`` gives components their ``[plugins.<name>]`` options. As strict as
     ``rankly serve``: unknown names or option keys raise ``ConfigError``.
     """
-    from rankly.engine.runtime import build_runtime
-    from rankly.engine.store import MemoryStore
+    from ..runtime import build_runtime
+    from ..storage.store import MemoryStore
 
     settings = kit_settings(**pipeline).replace(plugins={k: dict(v) for k, v in
                                                          (options or {}).items()})
@@ -172,8 +172,8 @@ def serve(rt: Any, user_id: str | None = None, n: int = 10,
     would (the JSON-ready response: items with scores and reasons, fallback, ...)."""
     import asyncio
 
-    from rankly.engine import pipeline
-    from rankly.engine.types import RecommendationRequest
+    from .. import pipeline
+    from ..types import RecommendationRequest
 
     req = RecommendationRequest(user_id, n, session_items=tuple(session_items),
                                 request_id="kit", **request)

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
-from rankly.engine.interactions import build_training_data
 from rankly.engine.model import fingerprint, load_model, save_model
-from rankly.engine.training import train
+from rankly.engine.offline.demo import synthesize
+from rankly.engine.offline.interactions import build_training_data
+from rankly.engine.offline.training import train
+from rankly.engine.serving.app import create_app
 
 #: What `rankly train` fits by default, plus ALS (tests of factor-model serving use it).
 TRAINERS = ("pop", "blend", "ease", "itemknn", "als")

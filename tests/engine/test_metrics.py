@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
 from rankly.engine import metrics
-from rankly.engine.app import create_app
 from rankly.engine.config import Deadlines, load_settings
+from rankly.engine.serving.app import create_app
 
 _fresh_users = (f"metrics-user-{i}" for i in itertools.count())
 
@@ -164,7 +164,7 @@ def test_series_do_not_grow_with_distinct_users(app_client):
 
 
 def test_histogram_quantile_interpolates_like_promql():
-    from rankly.engine.dashboard import histogram_quantile
+    from rankly.engine.serving.dashboard import histogram_quantile
 
     buckets = {0.001: 50.0, 0.002: 90.0, 0.004: 100.0, float("inf"): 100.0}
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.001)
@@ -175,7 +175,7 @@ def test_histogram_quantile_interpolates_like_promql():
 
 
 def test_wilson_interval_matches_the_closed_form():
-    from rankly.engine.dashboard import wilson
+    from rankly.engine.serving.dashboard import wilson
 
     rate, low, high = wilson(50, 1000)
     assert rate == 0.05

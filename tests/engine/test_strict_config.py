@@ -13,10 +13,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from rankly.engine import cli, hookimpl
-from rankly.engine.app import create_app
 from rankly.engine.config import ConfigError
 from rankly.engine.plugins import check_configuration, make_plugin_manager
 from rankly.engine.runtime import ComponentError, build_runtime
+from rankly.engine.serving.app import create_app
 
 TOKEN = "s3cret-admin-token"
 

@@ -36,10 +36,10 @@ def installed_example():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from rankly.engine.demo import synthesize
-    from rankly.engine.interactions import build_training_data
     from rankly.engine.model import fingerprint, load_model, save_model
-    from rankly.engine.training import train
+    from rankly.engine.offline.demo import synthesize
+    from rankly.engine.offline.interactions import build_training_data
+    from rankly.engine.offline.training import train
 
     interactions, items = synthesize(n_users=200, n_items=300, seed=11)
     data = build_training_data(interactions, items)

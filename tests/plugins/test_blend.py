@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from rankly._fast import reference
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
-from rankly.engine.evaluation import in_memory_model
-from rankly.engine.interactions import Interactions, build_training_data
-from rankly.engine.training import train
+from rankly.engine.offline.demo import synthesize
+from rankly.engine.offline.evaluation import in_memory_model
+from rankly.engine.offline.interactions import Interactions, build_training_data
+from rankly.engine.offline.training import train
 from rankly.engine.types import Reason, UserFeatures
 from rankly.plugins.models import ease, linear
 from rankly.plugins.scorers import blend

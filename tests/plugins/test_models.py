@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rankly.engine import datasets, evaluation
 from rankly.engine.config import Settings
-from rankly.engine.interactions import Interactions, build_training_data
+from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline.interactions import Interactions, build_training_data
 from rankly.engine.plugins import collect, make_plugin_manager
 from rankly.engine.types import ComponentContext, Reason, UserFeatures
 from rankly.plugins.models import als, ease, itemknn, popularity

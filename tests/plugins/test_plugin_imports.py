@@ -103,13 +103,13 @@ def test_the_checker_catches_internal_and_cross_plugin_imports(tmp_path: Path):
     mod = tmp_path / "m.py"
     mod.write_text("import numpy\nfrom rankly import _fast\nfrom rankly.engine import hookimpl\n"
                    "from rankly.engine.api import Model\nfrom rankly.engine.pipeline import x\n"
-                   "import rankly.engine.store\nfrom rankly.plugins.models import ease\n"
+                   "import rankly.engine.storage.store\nfrom rankly.plugins.models import ease\n"
                    "from rankly.engine import pipeline\n"
                    "from rankly.plugins.models import linear\n"
                    "from rankly.plugins.models.linear import EaseScorer\n"
                    "from rankly.plugins.models.ease import EaseTrainer\n")
     assert forbidden_imports(mod) == [
-        "line 5: rankly.engine.pipeline (x)", "line 6: rankly.engine.store",
+        "line 5: rankly.engine.pipeline (x)", "line 6: rankly.engine.storage.store",
         "line 7: rankly.plugins.models (ease)", "line 8: rankly.engine (pipeline)",
         "line 11: rankly.plugins.models.ease (EaseTrainer)"]
 
@@ -128,10 +128,10 @@ def test_every_api_name_is_reexported_by_the_engine_package():
 
 
 def test_cache_entry_marks_are_the_pipelines_fields():
-    from rankly.engine import pipeline
+    from rankly.engine.pipeline import cache
 
     assert (engine_types._REFRESH, engine_types._DIRTY, engine_types._STARTED) == (
-        pipeline.REFRESH_FIELD, pipeline.DIRTY_FIELD, pipeline.STARTED_FIELD)
+        cache.REFRESH_FIELD, cache.DIRTY_FIELD, cache.STARTED_FIELD)
 
 
 def test_cache_entry_round_trips_a_value_and_its_marks():

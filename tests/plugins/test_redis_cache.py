@@ -12,13 +12,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from rankly.engine import pipeline
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
 from rankly.engine.model import load_model
-from rankly.engine.pipeline import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
-from rankly.engine.redis_store import RedisStore
+from rankly.engine.pipeline.cache import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
 from rankly.engine.runtime import build_runtime
-from rankly.engine.store import StoreUnavailable
+from rankly.engine.serving.app import create_app
+from rankly.engine.storage.redis_store import RedisStore
+from rankly.engine.storage.store import StoreUnavailable
 from rankly.engine.types import RecommendationRequest
 from rankly.plugins.caches.local import LocalCache
 from rankly.plugins.caches.redis import (

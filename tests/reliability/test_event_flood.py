@@ -139,8 +139,8 @@ def test_invalidations_during_a_store_outage_log_no_traceback_per_user(caplog):
     import logging
     from types import SimpleNamespace
 
-    from rankly.engine.events_api import EventsService
-    from rankly.engine.redis_client import CircuitOpen
+    from rankly.engine.events.routes import EventsService
+    from rankly.engine.storage.redis_client import CircuitOpen
 
     class DownCache:
         async def invalidate_user(self, user_id: str) -> None:

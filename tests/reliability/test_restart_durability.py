@@ -114,7 +114,7 @@ def stream_ids(redis: Redis) -> Counter:
     import redis as redis_py
 
     from rankly.engine.config import EventSettings
-    from rankly.engine.event_log import stream_keys
+    from rankly.engine.events.log import stream_keys
 
     client = redis_py.Redis(port=redis.port, socket_timeout=10)
     counts: Counter = Counter()

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from procs import paced_load, percentile, summary_ms
 
-from rankly.engine.dashboard import histogram_quantile
+from rankly.engine.serving.dashboard import histogram_quantile
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from procs import USERS, percentile, summary_ms
 
-from rankly.engine import pipeline
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
+from rankly.engine.pipeline import cache
+from rankly.engine.serving.app import create_app
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ def test_1000_keys_expiring_together_recompute_once_each(artifacts, tmp_path, ji
                 # queue so many computations on 2 cores that some exceed the stage budget:
                 # their degraded answers are not cached, so those keys compute again.)
                 expiring += await burst(client, [p for p in paths for _ in range(2)], 40)
-                while pipeline._refreshing:  # recomputes served behind a stale answer
+                while cache._refreshing:  # recomputes served behind a stale answer
                     await asyncio.sleep(0.005)
                 per_step.append(sum(recomputes.values()) - before)
             return warm, expiring, per_step, recomputes

@@ -1,4 +1,4 @@
-"""Server-wide admission control of event ingestion (engine/ratelimit.py EventAdmission).
+"""Server-wide admission control of event ingestion (engine/events/admission.py).
 
 Unit tests drive the token bucket with a fake clock; the HTTP tests go through the whole app
 in process (TestClient) with the admission's clock replaced, and count what the log stored.
@@ -12,13 +12,13 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.config import ConfigError, RateLimits
-from rankly.engine.events import MIN_EVENT_BYTES, max_events_in
-from rankly.engine.events_api import EXTRAS_KEY
-from rankly.engine.ratelimit import EventAdmission, IngestSlot, Refusal
+from rankly.engine.events.admission import EventAdmission, IngestSlot, Refusal
+from rankly.engine.events.routes import EXTRAS_KEY
+from rankly.engine.events.values import MIN_EVENT_BYTES, max_events_in
+from rankly.engine.serving.app import create_app
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 
 class Clock:

@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from rankly.engine.config import load_settings
-from rankly.engine.event_log import FileEventLog, RedisStreamLog
-from rankly.engine.events import Event
-from rankly.engine.store import StoreUnavailable
+from rankly.engine.events.log import FileEventLog, RedisStreamLog
+from rankly.engine.events.values import Event
+from rankly.engine.storage.store import StoreUnavailable
 
 
 def E(i, user="u1", kind="view", ts=1_700_000_000.0) -> Event:
@@ -200,7 +200,7 @@ def test_failed_write_is_cut_back_and_waiters_on_it_fail_too(tmp_path, monkeypat
 
 
 def _redis_log(url, namespace):
-    from rankly.engine.redis_store import RedisStore
+    from rankly.engine.storage.redis_store import RedisStore
 
     settings = load_settings(environ={}, store_url=url, namespace=namespace)
     store = RedisStore(url, settings)

@@ -21,15 +21,15 @@ import pytest
 import redis
 
 from rankly.engine.config import ConfigError, load_settings
-from rankly.engine.event_log import (
+from rankly.engine.events.log import (
     RedisStreamLog,
     legacy_stream_key,
     partition_of,
     partition_tags,
     stream_keys,
 )
-from rankly.engine.events import Event
-from rankly.engine.store import StoreUnavailable
+from rankly.engine.events.values import Event
+from rankly.engine.storage.store import StoreUnavailable
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -40,7 +40,7 @@ def run(coro):
 
 
 def make_log(url: str, namespace: str, **events_options) -> tuple[object, RedisStreamLog]:
-    from rankly.engine.redis_store import RedisStore
+    from rankly.engine.storage.redis_store import RedisStore
 
     partitions = events_options.pop("partitions", 16)
     settings = load_settings(environ={}, store_url=url, namespace=namespace,
@@ -155,7 +155,7 @@ def test_followers_see_every_partition(redis_url, redis_namespace):
 def test_the_unpartitioned_stream_is_read_alongside(redis_url, redis_namespace):
     """A log written before partitions: its events replay first (older), its idempotency keys
     still make a retried event a duplicate, and new events go to the partitions."""
-    from rankly.engine.event_log import _encode
+    from rankly.engine.events.log import _encode
 
     async def go():
         store, log = make_log(redis_url, redis_namespace)

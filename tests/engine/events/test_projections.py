@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rankly.engine.config import load_settings
-from rankly.engine.event_log import FileEventLog
-from rankly.engine.events import Event
-from rankly.engine.projections import DecayedCounter, Projections, attach
-from rankly.engine.store import MemoryStore
+from rankly.engine.events.log import FileEventLog
+from rankly.engine.events.projections import DecayedCounter, Projections, attach
+from rankly.engine.events.values import Event
+from rankly.engine.storage.store import MemoryStore
 from rankly.engine.types import ComponentContext, Reason, UserFeatures
 from rankly.plugins.candidates.trending import TrendingCandidates
 

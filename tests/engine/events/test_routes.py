@@ -9,9 +9,11 @@ import time
 import uuid
 
 import pytest
-from rankly.engine import events_cli, training
-from rankly.engine.app import create_app
 from starlette.testclient import TestClient
+
+from rankly.engine.events import cli as events_cli
+from rankly.engine.offline import training
+from rankly.engine.serving.app import create_app
 
 
 def ids(resp) -> list[str]:
@@ -180,7 +182,7 @@ _RT: list = []
 
 @pytest.fixture(autouse=True)
 def _capture_runtime(monkeypatch):
-    from rankly.engine import events_api
+    from rankly.engine.events import routes as events_api
 
     real = events_api.start_events
 
@@ -237,7 +239,7 @@ def test_served_slates_are_logged_as_impressions(settings):
 
 
 def test_impression_buffer_is_bounded_and_counts_drops():
-    from rankly.engine.events_api import ImpressionBuffer
+    from rankly.engine.events.routes import ImpressionBuffer
 
     buf = ImpressionBuffer(max_slates=2)
     slate = {"items": [{"item_id": "a"}, {"item_id": "b"}]}

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+
 from rankly.engine.config import load_settings
-from rankly.engine.events import Event, parse_batch, parse_event
-from rankly.engine.validation import RequestError
+from rankly.engine.events.values import Event, parse_batch, parse_event
+from rankly.engine.http.validation import RequestError
 
 NOW = 1_700_000_000.0
 SETTINGS = load_settings(environ={}, event_types={"wishlist": 2.0})

@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from rankly.engine.experiments.assignment import (
     Experiment,
     ExperimentError,
@@ -24,7 +26,6 @@ from rankly.engine.experiments.assignment import (
     load_experiments,
     parse_experiment,
 )
-from scipy import stats
 
 # From growthbook/growthbook packages/sdk-js/test/cases.json: [seed, value, version, expected].
 GB_HASH_CASES = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from rankly.engine.experiments.assignment import assign_one, parse_experiment
 from rankly.engine.experiments.bandit import choose_arm, thompson_weights, update_bandit
 from rankly.engine.experiments.stats import ArmCounts

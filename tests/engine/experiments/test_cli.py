@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+
 from rankly.engine.experiments import cli
 from rankly.engine.experiments.assignment import assign_one, parse_experiment
 

@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.experiments import ArmCounts, analyze
+from rankly.engine.serving.app import create_app
 
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

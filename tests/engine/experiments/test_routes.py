@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.experiments import assign_user, load_experiments
+from rankly.engine.serving.app import create_app
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

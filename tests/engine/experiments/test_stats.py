@@ -7,6 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import integrate, optimize, special
+from scipy import stats as st
+
 from rankly.engine.experiments.stats import (
     ArmCounts,
     InvalidCounts,
@@ -22,8 +25,6 @@ from rankly.engine.experiments.stats import (
     srm_test,
     z_test_pooled,
 )
-from scipy import integrate, optimize, special
-from scipy import stats as st
 
 sm_prop = pytest.importorskip("statsmodels.stats.proportion")
 sm_mt = pytest.importorskip("statsmodels.stats.multitest")

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.config import ConfigError, ExplorationSettings, load_settings
-from rankly.engine.event_log import ImpressionSlate, _encode, _encode_impressions
-from rankly.engine.exploration import explore
+from rankly.engine.events.log import ImpressionSlate, _encode, _encode_impressions
+from rankly.engine.feedback.exploration import explore
+from rankly.engine.serving.app import create_app
 
 
 def test_exploration_off_keeps_the_slate_and_logs_no_positions():

@@ -10,10 +10,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from rankly.engine import cli
-from rankly.engine.app import create_app
-from rankly.engine.feedback import load_feedback
+from rankly.engine.feedback.slates import load_feedback
 from rankly.engine.model import load_model
-from rankly.engine.simulator import Simulator, drive
+from rankly.engine.offline.simulator import Simulator, drive
+from rankly.engine.serving.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_off_policy_cli_estimates_the_served_ranking(served_log, artifacts, caps
 
 def test_rankings_recomputed_offline_match_the_served_ones(served_log, artifacts):
     from rankly.engine.config import load_settings
-    from rankly.engine.offpolicy import Logged, base_rankings, model_rankings
+    from rankly.engine.feedback.offpolicy import Logged, base_rankings, model_rankings
 
     _, _, path = served_log
     feedback = load_feedback(path)
@@ -72,8 +72,8 @@ def test_rankings_recomputed_offline_match_the_served_ones(served_log, artifacts
 
 
 def test_export_events_jsonl_keeps_what_off_policy_reads(served_log, tmp_path):
-    from rankly.engine import events_cli
     from rankly.engine.config import load_settings
+    from rankly.engine.events import cli as events_cli
 
     _, result, path = served_log
     out = tmp_path / "export.jsonl"

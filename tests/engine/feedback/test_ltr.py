@@ -9,14 +9,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from rankly.engine import cli
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
-from rankly.engine.demo import train_shop
-from rankly.engine.feedback import load_feedback
-from rankly.engine.ltr_features import FEATURES
-from rankly.engine.ltr_training import ndcg
+from rankly.engine.feedback.ltr_features import FEATURES
+from rankly.engine.feedback.ltr_training import ndcg
+from rankly.engine.feedback.slates import load_feedback
 from rankly.engine.model import load_model
-from rankly.engine.simulator import Simulator, drive
+from rankly.engine.offline.demo import train_shop
+from rankly.engine.offline.simulator import Simulator, drive
+from rankly.engine.serving.app import create_app
 
 pytest.importorskip("lightgbm")
 
@@ -121,7 +121,7 @@ def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_ser
                                                         redis_namespace, tmp_path):
     import asyncio
 
-    from rankly.engine.publish import publish_version
+    from rankly.engine.storage.publish import publish_version
 
     art = shop[0]
     settings = load_settings(environ={}, store_url=redis_server.url, namespace=redis_namespace,
@@ -146,7 +146,7 @@ def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_ser
 
 
 def test_examination_is_recovered_from_shuffled_slates(shop):
-    from rankly.engine.ltr_training import examination
+    from rankly.engine.feedback.ltr_training import examination
 
     feedback = load_feedback(shop[2])
     theta = examination(feedback.slates)

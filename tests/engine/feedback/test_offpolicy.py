@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from rankly.engine.config import ExplorationSettings
-from rankly.engine.exploration import explore
-from rankly.engine.feedback import join, load_feedback, read_events
-from rankly.engine.offpolicy import Logged, base_rankings, estimate, evaluate
-from rankly.engine.simulator import Simulator
+from rankly.engine.feedback.exploration import explore
+from rankly.engine.feedback.offpolicy import Logged, base_rankings, estimate, evaluate
+from rankly.engine.feedback.slates import join, load_feedback, read_events
+from rankly.engine.offline.simulator import Simulator
 
 
 def reference(rewards, propensity, match, mask, q_logged, q_eval):
@@ -164,7 +164,7 @@ def test_a_deterministic_log_supports_only_its_own_ranking(tmp_path):
 
 
 def test_the_report_counts_and_notes_cached_slates(tmp_path):
-    from rankly.engine.offpolicy import render
+    from rankly.engine.feedback.offpolicy import render
 
     _, lines, _, _ = synthetic_log(4, requests=50)
     cached = [line.replace('"propensity"', '"cached": true, "propensity"', 1)

@@ -9,9 +9,9 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
+from rankly.engine.serving.app import create_app
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 TOKEN = "input-admin-token-0123456789"
 JSON_HEADERS = {"content-type": "application/json"}

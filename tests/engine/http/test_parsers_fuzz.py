@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rankly.engine.config import ConfigError, Limits, Settings, load_settings
-from rankly.engine.datasets import DatasetError, load_events_csv
-from rankly.engine.keys import MAX_ESCAPED, Keys, escape_id
-from rankly.engine.validation import ID_PATTERN, RequestError, check_id
+from rankly.engine.http.validation import ID_PATTERN, RequestError, check_id
+from rankly.engine.offline.datasets import DatasetError, load_events_csv
+from rankly.engine.storage.keys import MAX_ESCAPED, Keys, escape_id
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,12 +9,12 @@ from importlib.util import find_spec
 
 import pytest
 
-from rankly.engine import datasets, evaluation
 from rankly.engine.cli import main
 from rankly.engine.config import load_settings
-from rankly.engine.demo import synthesize
-from rankly.engine.interactions import build_training_data
 from rankly.engine.model import fingerprint, load_model, save_model
+from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline.demo import synthesize
+from rankly.engine.offline.interactions import build_training_data
 from rankly.engine.plugins import collect_all, make_plugin_manager
 
 needs_ray = pytest.mark.skipif(find_spec("ray") is None,
@@ -32,7 +32,7 @@ rerankers = ["diversity"]
 def ray_engine():
     """One bounded local Ray (2 CPUs, 200 MB object store) for the module's tests; the
     commands find it initialized and use it instead of starting their own."""
-    from rankly.engine.batch_ray import RayEngine
+    from rankly.engine.offline.batch_ray import RayEngine
 
     with RayEngine.start(workers=2, block_users=1000) as engine:
         yield engine

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankly.engine import datasets
+from rankly.engine.offline import datasets
 
 SHARED = Path(os.environ.get("RANKLY_DATASETS")
-              or Path(__file__).resolve().parents[2] / "../shared/datasets").resolve()
+              or Path(__file__).resolve().parents[3] / "../shared/datasets").resolve()
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rankly.engine import cli, demo, training
+from rankly.engine import cli
+from rankly.engine.offline import demo, training
 
 #: A shop and trainers small enough to train in a blink (what is trained is not under test).
 SMALL_SHOP = {"n_users": 60, "n_items": 80, "dim": 4, "mean_events": 12, "days": 30}

@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine import cli, datasets, evaluation
-from rankly.engine.app import create_app
+from rankly.engine import cli
 from rankly.engine.config import CacheSettings, PipelineSettings, load_settings
-from rankly.engine.interactions import Interactions, ItemTable, build_training_data
+from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline.interactions import Interactions, ItemTable, build_training_data
 from rankly.engine.plugins import make_plugin_manager
+from rankly.engine.serving.app import create_app
 from rankly.plugins.models import als, ease, itemknn, popularity
 from rankly.plugins.rerankers import diversity
 from rankly.plugins.scorers import blend
 
 SHARED = Path(os.environ.get("RANKLY_DATASETS")
-              or Path(__file__).resolve().parents[2] / "../shared/datasets").resolve()
+              or Path(__file__).resolve().parents[3] / "../shared/datasets").resolve()
 PLUGINS = (popularity, itemknn, ease, als, blend, diversity)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from rankly.engine import progress
+from rankly.engine.offline import progress
 
 
 def test_a_bar_is_drawn_on_a_terminal(tty_stderr):

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from rankly.engine import cli
-from rankly.engine.feedback import load_feedback
+from rankly.engine.feedback.slates import load_feedback
 
 
 def _free_port() -> int:

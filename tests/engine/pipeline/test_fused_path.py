@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rankly.engine import hookimpl, pipeline
+from rankly.engine.pipeline import stages
 from rankly.engine.plugins import make_plugin_manager
 from rankly.engine.runtime import build_runtime
 from rankly.engine.types import RecommendationRequest
@@ -34,9 +35,9 @@ def select_both(rt, req):
         user = asyncio.run(pipeline.fetch_features(rt, comps.model, req, trace))
         if path == "chain":
             trace.skip = "-"  # nothing skipped; and the fused step is not tried
-            depth = max(req.n * rt.settings.pipeline.rerank_depth, pipeline.MIN_RERANK_DEPTH)
-            pool = pipeline.chain_pool(rt, comps, req, plan, user, depth, trace)
-            out.append(pipeline.rerank(rt, comps, plan, user, pool, req.n, trace))
+            depth = max(req.n * rt.settings.pipeline.rerank_depth, stages.MIN_RERANK_DEPTH)
+            pool = stages.chain_pool(rt, comps, req, plan, user, depth, trace)
+            out.append(stages.rerank(rt, comps, plan, user, pool, req.n, trace))
         else:
             out.append(pipeline.select(rt, comps, req, plan, user, trace))
             out.append(trace)
@@ -44,7 +45,7 @@ def select_both(rt, req):
 
 
 def test_the_default_plan_takes_the_fused_path(runtime):
-    assert pipeline.fused_component(runtime.components, pipeline.default_plan(runtime))
+    assert stages.fused_component(runtime.components, pipeline.default_plan(runtime))
     user = str(runtime.components.model.users.user_ids[3])
     _, _, trace = select_both(runtime, RecommendationRequest(user_id=user, n=10))
     assert [s for s, _, _ in trace.stages] == ["features", "fused", "rerank"]

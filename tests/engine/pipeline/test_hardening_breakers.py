@@ -10,11 +10,11 @@ import numpy as np
 from starlette.testclient import TestClient
 
 from rankly.engine import hookimpl
-from rankly.engine.app import create_app
 from rankly.engine.plugins import make_plugin_manager
+from rankly.engine.serving.app import create_app
 
-from .conftest import make_settings
-from .test_multiworker_metrics import sample
+from ..conftest import make_settings
+from ..serving.test_multiworker_metrics import sample
 
 COOLDOWN_S = 0.2
 

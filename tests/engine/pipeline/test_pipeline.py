@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rankly.engine import hookimpl, pipeline
+from rankly.engine.pipeline import cache as caching
 from rankly.engine.plugins import make_plugin_manager
 from rankly.engine.runtime import build_runtime
 from rankly.engine.types import Candidates, Reason, RecommendationRequest, UserFeatures
@@ -274,16 +275,16 @@ def test_background_refreshes_run_a_bounded_number_at_once_and_each_key_once(run
 
     async def expire_many():
         for n in range(20):
-            pipeline.refresh_behind(runtime, f"stale-{n}", recompute)
-            pipeline.refresh_behind(runtime, f"stale-{n}", recompute)  # queued: not again
-        while pipeline._refreshing:
+            caching.refresh_behind(runtime, f"stale-{n}", recompute)
+            caching.refresh_behind(runtime, f"stale-{n}", recompute)  # queued: not again
+        while caching._refreshing:
             await asyncio.sleep(0.005)
 
     before = runtime.flights.computations
     asyncio.run(expire_many())
     assert peak == runtime.settings.cache.max_background_refreshes == 2
     assert runtime.flights.computations - before == 20
-    assert not pipeline._queued
+    assert not caching._queued
 
 
 def test_warm_up_computes_off_the_record(runtime, faulty):
@@ -323,13 +324,13 @@ def test_cached_answers_carry_spare_items_ranked_after_the_slate(model, faulty, 
     entry = asyncio.run(runtime.caches[0][1].get(
         pipeline.cache_key(RecommendationRequest(user_id="21", n=10, request_id="t"),
                            pipeline.default_plan(runtime), model.version), "21"))
-    spare = [it["item_id"] for it in entry[pipeline.SPARE_FIELD]]
+    spare = [it["item_id"] for it in entry[caching.SPARE_FIELD]]
     assert len(spare) == runtime.settings.cache.spare_items == 5
     assert not set(spare) & set(ids(first)) and not set(spare) & history_ids(model, "21")
     # the diversity cap (3 per category) holds over the slate and its spares together
     cats = [int(model.catalog.categories[model.catalog.index[i]]) for i in ids(first) + spare]
     assert max(np.bincount(cats)) <= 3
-    assert pipeline.SPARE_FIELD not in first
+    assert caching.SPARE_FIELD not in first
 
 
 def test_a_purchase_of_a_slate_item_is_served_topped_up_then_recomputed_behind(runtime):
@@ -341,7 +342,7 @@ def test_a_purchase_of_a_slate_item_is_served_topped_up_then_recomputed_behind(r
     async def after_purchase():
         req = RecommendationRequest(user_id="22", n=10, request_id="t")
         got = await pipeline.rank(runtime, req, pipeline.default_plan(runtime))
-        while pipeline._refreshing:  # the key recomputes behind the served answer
+        while caching._refreshing:  # the key recomputes behind the served answer
             await asyncio.sleep(0.005)
         return got, await pipeline.rank(runtime, req, pipeline.default_plan(runtime))
 
@@ -370,7 +371,7 @@ def test_a_dirty_answer_is_served_as_it_is_when_the_store_cannot_be_read(runtime
     purchase(runtime, "24", ids(first)[0])
 
     async def down(user_id):
-        raise pipeline.StoreUnavailable("down")
+        raise caching.StoreUnavailable("down")
 
     runtime.store.fetch_user = down
     again = rank(runtime, user_id="24")
@@ -403,7 +404,7 @@ def test_an_answer_computed_across_a_purchase_is_stored_dirty(runtime):
         await cache.invalidate_user("26")
         stale = await computing  # computed from the state before the purchase
         after = await pipeline.rank(runtime, req, plan)
-        while pipeline._refreshing:
+        while caching._refreshing:
             await asyncio.sleep(0.005)
         return stale, after
 

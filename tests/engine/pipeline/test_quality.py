@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankly.engine.quality import QualityWindow
+from rankly.engine.pipeline.quality import QualityWindow
 
 # 6 items; categories: 0 0 1 1 2 -1 (item 5 has none); popularity sums to 10 (mean 10/6)
 CATS = np.array([0, 0, 1, 1, 2, -1])

@@ -137,13 +137,13 @@ def test_metrics_use_route_templates_not_ids(client):
 
 
 def test_a_pipeline_bug_is_answered_with_the_safe_fallback_not_a_500(client, monkeypatch):
-    from rankly.engine import pipeline
+    from rankly.engine.pipeline import request
 
     async def broken(*args, **kwargs):
         raise RuntimeError("a bug in the pipeline")
 
     seen = client.get("/recommendations", params={"user_id": "1", "n": 50}).json()
-    monkeypatch.setattr(pipeline, "_rank", broken)
+    monkeypatch.setattr(request, "_rank", broken)
     r = client.get("/recommendations", params={"user_id": "1", "n": 5})
     assert r.status_code == 200
     body = r.json()
@@ -155,7 +155,7 @@ def test_a_pipeline_bug_is_answered_with_the_safe_fallback_not_a_500(client, mon
 def test_past_the_request_deadline_http_answers_the_safe_fallback(artifacts, settings_for):
     from starlette.testclient import TestClient
 
-    from rankly.engine.app import create_app
+    from rankly.engine.serving.app import create_app
 
     # a deadline no computation can meet: every answer is the I/O-free fallback, on time
     settings = settings_for(artifacts, deadlines={"request_ms": 0.01})

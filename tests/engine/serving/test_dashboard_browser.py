@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.engine.test_multiworker_metrics import free_port, stop, wait_ready
+from tests.engine.serving.test_multiworker_metrics import free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed "
@@ -30,7 +30,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip("Chromium or ChromeDriver not found (Debian: apt-get install chromium "
                 "chromium-driver)", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # window.onerror and unhandled rejections, recorded before any page script runs
 CATCH_ERRORS = """
 window.__errors = [];

@@ -25,9 +25,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from rankly.engine.app import create_app  # noqa: E402
+from rankly.engine.serving.app import create_app  # noqa: E402
 
-from .conftest import make_settings  # noqa: E402
+from ..conftest import make_settings  # noqa: E402
 
 TOKEN = "fuzz-admin-token-0123456789"
 MAX_EXAMPLES = 30

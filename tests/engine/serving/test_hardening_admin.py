@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
+from rankly.engine.serving.app import create_app
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 TOKEN = "admin-docs-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

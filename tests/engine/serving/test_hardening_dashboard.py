@@ -9,10 +9,10 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine import dashboard
-from rankly.engine.app import create_app
+from rankly.engine.serving import dashboard
+from rankly.engine.serving.app import create_app
 
-from .conftest import make_settings
+from ..conftest import make_settings
 from .test_multiworker_metrics import sample
 
 TOKEN = "dashboard-token-0123456789"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.engine.test_multiworker_metrics import free_port, sample, stop, wait_ready
+from tests.engine.serving.test_multiworker_metrics import free_port, sample, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 

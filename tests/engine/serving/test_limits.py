@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.config import RateLimits
-from rankly.engine.ratelimit import TokenBuckets, client_key
+from rankly.engine.serving.app import create_app
+from rankly.engine.serving.ratelimit import TokenBuckets, client_key
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 MB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -286,7 +286,7 @@ def test_rate_limits_are_settings(artifacts):
 def test_generated_request_ids_are_unique_hex_and_differ_after_fork():
     import os
 
-    from rankly.engine.validation import new_request_id
+    from rankly.engine.http.validation import new_request_id
 
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rankly.engine import quality
+from rankly.engine.pipeline import quality
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_multiworker_metrics import free_port, stop, wait_ready
+from tests.engine.serving.test_multiworker_metrics import free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 SCHEMATHESIS = shutil.which("schemathesis") or shutil.which("st")

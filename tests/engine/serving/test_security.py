@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.model import ArtifactError, load_model
-from rankly.engine.redis_client import parse_url, redact
-from rankly.engine.store import open_store
+from rankly.engine.serving.app import create_app
+from rankly.engine.storage.redis_client import parse_url, redact
+from rankly.engine.storage.store import open_store
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 TOKEN = "s3cret-admin-token-9f2c7e"
 PASSWORD = "pa55-w0rd-in-url-4d1b"
@@ -87,7 +87,7 @@ def test_auth_runs_before_the_body_or_key_is_looked_at(admin_client):
 def test_auth_compares_in_constant_time():
     import inspect
 
-    from rankly.engine import auth
+    from rankly.engine.http import auth
     assert "hmac.compare_digest" in inspect.getsource(auth.require_admin)
 
 
@@ -193,8 +193,8 @@ def test_a_pickle_disguised_as_npy_is_refused(artifacts, tmp_path):
 
 @pytest.mark.redis
 def test_a_tampered_model_version_in_redis_is_refused(redis_server, artifacts, tmp_path):
-    from rankly.engine.redis_store import ArtifactError as StoreArtifactError
-    from rankly.engine.redis_store import RedisStore
+    from rankly.engine.storage.redis_store import RedisStore
+    from rankly.engine.storage.versions import ArtifactError as StoreArtifactError
 
     url = redis_server.url
     settings = make_settings(None, store_url=url, namespace="sec-tamper")

@@ -12,8 +12,8 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.app import create_app
 from rankly.engine.cli import main
+from rankly.engine.serving.app import create_app
 
 pytestmark = pytest.mark.redis
 

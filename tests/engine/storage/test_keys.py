@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from rankly.engine.keys import MAX_ESCAPED, Keys, check_namespace, escape_id
+from rankly.engine.storage.keys import MAX_ESCAPED, Keys, check_namespace, escape_id
 
 ids = st.text(min_size=0, max_size=300) | st.sampled_from(
     ["", "{", "}", ":", "{u:1}", "1}:{u:2", "%7B", "#", "a" * 500, "u\x00", "\u2603", "x:recs"])

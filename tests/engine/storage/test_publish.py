@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine import publish
-from rankly.engine.app import create_app
 from rankly.engine.config import load_settings
 from rankly.engine.model import ArtifactError, load_model
-from rankly.engine.publish import activate_version, list_versions, publish_version
-from rankly.engine.redis_store import RedisStore
+from rankly.engine.serving.app import create_app
+from rankly.engine.storage import publish
+from rankly.engine.storage.publish import activate_version, list_versions, publish_version
+from rankly.engine.storage.redis_store import RedisStore
 
 pytestmark = pytest.mark.redis
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rankly.engine.config import load_settings
-from rankly.engine.redis_client import (
+from rankly.engine.storage.redis_client import (
     CircuitOpen,
     GuardedRedis,
     make_redis,
@@ -16,8 +16,8 @@ from rankly.engine.redis_client import (
     parse_url,
     redact,
 )
-from rankly.engine.redis_store import RedisStore
-from rankly.engine.store import EMPTY_USER, MemoryStore, StoreUnavailable, open_store
+from rankly.engine.storage.redis_store import RedisStore
+from rankly.engine.storage.store import EMPTY_USER, MemoryStore, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.redis
 

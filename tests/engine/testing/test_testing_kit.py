@@ -210,7 +210,7 @@ def test_the_pytest_plugin_gives_the_fixtures_and_a_latency_summary(tmp_path):
 def test_the_kit_is_declared_as_the_rankly_pytest_plugin():
     import tomllib
 
-    meta = tomllib.loads((HERE.parents[1] / "pyproject.toml").read_text())
+    meta = tomllib.loads((HERE.parents[2] / "pyproject.toml").read_text())
     target = meta["project"]["entry-points"]["pytest11"]["rankly"]
     assert target == "rankly.engine.testing.pytest_plugin"
     assert "pytest-benchmark>=4" in meta["project"]["optional-dependencies"]["test"]

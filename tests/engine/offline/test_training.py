@@ -8,10 +8,11 @@ import io
 import numpy as np
 import pytest
 
-from rankly.engine import cli, training
+from rankly.engine import cli
 from rankly.engine.config import Settings
-from rankly.engine.interactions import Interactions, build_training_data
 from rankly.engine.model import load_model
+from rankly.engine.offline import training
+from rankly.engine.offline.interactions import Interactions, build_training_data
 from rankly.engine.plugins import make_plugin_manager
 from rankly.plugins.models import als, ease, itemknn, popularity
 from rankly.plugins.scorers import blend
