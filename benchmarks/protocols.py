@@ -1,8 +1,8 @@
 """Independent evaluation report: the served default against tuned peers on three protocols.
 
 Everything that decides a number lives in this file: loading, splits, peer models, tuning and
-metrics. Nothing of ``rankly.engine.offline.evaluation`` is reused; rankly is only reached through its
-public CLI (``rankly train`` / ``rankly recommend``, no model flags), as a user would.
+metrics. Nothing of ``rankly.engine.offline.evaluation`` is reused; rankly is only reached
+through its public CLI (``rankly train`` / ``rankly recommend``, no model flags), as a user would.
 
     python benchmarks/protocols.py [--variants ml100k,ml100k-pos,mlsmall]
         [--protocols random,loo,temporal] [--seeds 0,1,2] [--models pop,...,rankly]

@@ -33,7 +33,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from rankly._fast import reference
 
 fast_topk = importlib.import_module("rankly._fast.topk")

@@ -1,6 +1,6 @@
 """What a serving process holds: settings, plugins, store, caches and the live components.
 
-``Runtime`` only *holds* things; the request path is the plain functions of ``pipeline.py``.
+``Runtime`` only *holds* things; the request path is the plain functions of ``pipeline/``.
 Components are rebuilt as a unit for each model version and swapped with one assignment, so a
 request that already took a reference to the old ``Components`` finishes on the old model.
 """

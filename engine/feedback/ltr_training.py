@@ -275,7 +275,7 @@ def validate_offpolicy(feedback: Feedback, valid: list[Slate], artifacts: str | 
                        settings: Any) -> dict[str, Any]:
     """Off-policy CTR of the pipeline with the ranker first among the rerankers, against the
     configured pipeline, on the validation slates."""
-    from .slates import offpolicy
+    from . import offpolicy
 
     sub = Feedback(valid, feedback.history, 0)
     logged = offpolicy.Logged.of(valid)

@@ -365,7 +365,7 @@ _cache: dict[str, bytes] = {}
 def asset(name: str) -> bytes:
     """The bytes of ``static/<name>`` (read once, then kept)."""
     if name not in _cache:
-        _cache[name] = (resources.files("rankly.engine") / "static" / name).read_bytes()
+        _cache[name] = (resources.files("rankly.engine.serving") / "static" / name).read_bytes()
     return _cache[name]
 
 

@@ -37,7 +37,7 @@ class LocalCache:
     Invalidation (``invalidation``): "drop" removes the user's entries at once. "revalidate"
     (the default) keeps them, marked dirty: a dirty entry is returned marked
     (``CacheEntry.dirty``), and the pipeline serves it only after removing what the user has
-    seen since (see ``pipeline.revalidate``), recomputing the key behind it. The next ``set``
+    seen since (see ``pipeline.cache.revalidate``), recomputing the key behind it. The next ``set``
     of the key clears the mark. A dirty entry still expires with its TTL.
 
     A computation that started before its user's last invalidation (the entry's

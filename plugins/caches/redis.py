@@ -61,7 +61,7 @@ class RedisCache:
     so :meth:`invalidate_user` is one call on one key, never KEYS/SCAN: a ``DEL``
     (``invalidation="drop"``) or, by default (``"revalidate"``), the time of the invalidation
     written into the hash (field ``~inv``). A read returns an entry whose computation started
-    before that time marked dirty (``CacheEntry.dirty``, see ``pipeline.revalidate``), so a
+    before that time marked dirty (``CacheEntry.dirty``, see ``pipeline.cache.revalidate``), so a
     computation that straddles the invalidation cannot write back a clean stale answer.
     Entries without a user are plain keys ``<ns>:rc:<cache key>``. A write gives the entry a
     TTL of ``ttl * (1 +- jitter)`` (uniform), so keys written together do not expire
