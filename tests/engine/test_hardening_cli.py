@@ -39,6 +39,7 @@ def test_every_option_has_help_text():
     ["experiments", "sample-size", "--baseline", "0.05", "--mde", "0.1", "--relative"],
     ["recommend", "--artifacts", "ARTIFACTS", "--all", "--quiet"],
 ])
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_without_a_traceback(argv, artifacts):
     argv = [str(artifacts) if a == "ARTIFACTS" else a for a in argv]
     proc = subprocess.Popen([sys.executable, "-m", "rankly.engine.cli", *argv],
@@ -50,6 +51,7 @@ def test_a_closed_pipe_ends_the_command_without_a_traceback(argv, artifacts):
     assert proc.returncode == 128 + 13  # as if killed by SIGPIPE, like other Unix tools
 
 
+@pytest.mark.slow
 def test_head_sees_the_first_line(tmp_path):
     out = subprocess.run(f"{sys.executable} -m rankly.engine.cli plugins --json | head -1",
                          shell=True, capture_output=True, text=True, timeout=120)

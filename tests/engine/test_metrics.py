@@ -141,6 +141,7 @@ def _series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
 
 
+@pytest.mark.slow
 def test_series_do_not_grow_with_distinct_users(app_client):
     async def drive(users: range) -> None:
         async def app(scope, receive, send):  # the TestClient's lifespan state, no thread hop

@@ -210,6 +210,7 @@ def register_scorers(register):
 '''
 
 
+@pytest.mark.slow
 def test_rankly_serve_exits_naming_a_configured_factory_that_raises(tmp_path, artifacts):
     (tmp_path / "broken_plugin.py").write_text(BROKEN_PLUGIN)
     info = tmp_path / "broken_plugin-1.0.dist-info"

@@ -17,6 +17,8 @@ from rankly.engine.config import load_settings
 from rankly.engine.runtime import build_runtime
 from rankly.engine.types import RecommendationRequest
 
+pytestmark = pytest.mark.slow
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rankly-category-affinity"
 
 

@@ -160,6 +160,7 @@ def test_ease_refuses_a_catalog_above_its_limit(data):
         ease.EaseTrainer().fit(data, {"max_items": 10})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "ml-100k" / "u.data").exists(),
                     reason=f"licensed MovieLens 100K not present under {SHARED}")
 def test_every_model_beats_popularity_on_ml100k_user_last():

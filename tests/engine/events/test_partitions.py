@@ -321,6 +321,7 @@ def replicated_cluster(tmp_path_factory) -> Iterator[list[Node]]:
             node.kill()
 
 
+@pytest.mark.slow
 def test_no_acknowledged_event_is_lost_or_stored_twice_through_a_failover(
         replicated_cluster, redis_namespace):
     """Writers retry every batch until it is acknowledged (as a client honouring 503 does);

@@ -17,6 +17,8 @@ from starlette.testclient import TestClient
 from rankly.engine.experiments import ArmCounts, analyze
 from rankly.engine.serving.app import create_app
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

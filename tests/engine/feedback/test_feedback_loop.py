@@ -15,6 +15,8 @@ from rankly.engine.model import load_model
 from rankly.engine.offline.simulator import Simulator, drive
 from rankly.engine.serving.app import create_app
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def served_log(artifacts, tmp_path_factory):

@@ -54,6 +54,7 @@ def true_ctr(art, sim, root, rerankers, requests=1500):
     return result.expected_clicks / result.impressions, result
 
 
+@pytest.mark.slow
 def test_train_ranker_writes_a_part_and_a_new_version(shop, trained):
     art = shop[0]
     model = load_model(art)
@@ -63,6 +64,7 @@ def test_train_ranker_writes_a_part_and_a_new_version(shop, trained):
     assert params["features"] == list(FEATURES) and params["bias"] == "position"
 
 
+@pytest.mark.slow
 def test_the_ranker_lifts_the_true_ctr_of_the_default(shop, trained):
     art, sim, _, root = shop
     default, _ = true_ctr(art, sim, root, ("diversity",))
@@ -72,6 +74,7 @@ def test_the_ranker_lifts_the_true_ctr_of_the_default(shop, trained):
     assert result.requests == 1500
 
 
+@pytest.mark.slow
 def test_ltr_keeps_each_items_reason(shop, trained):
     from rankly.engine.api import Ranking, Reason, UserFeatures
     from rankly.plugins.rerankers.ltr import LtrReranker, load_booster
@@ -91,6 +94,7 @@ def test_ltr_keeps_each_items_reason(shop, trained):
     assert Reason.POPULAR == 0
 
 
+@pytest.mark.slow
 def test_served_answers_with_the_ranker_keep_reasons(shop, trained):
     art = shop[0]
     settings = load_settings(environ={}, artifacts=art, data_dir=shop[3] / "serve",
@@ -108,6 +112,7 @@ def test_ndcg():
     assert ndcg(np.zeros(3), 3) == 0.0
 
 
+@pytest.mark.slow
 def test_train_ranker_refuses_a_log_without_slates(tmp_path, shop, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"id": "e", "u": "1", "i": "2", "t": "click", "ts": 1.8e9})
@@ -116,6 +121,7 @@ def test_train_ranker_refuses_a_log_without_slates(tmp_path, shop, capsys):
     assert "need at least 10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_server,
                                                         redis_namespace, tmp_path):
@@ -145,6 +151,7 @@ def test_a_ranked_model_publishes_and_serves_from_redis(shop, trained, redis_ser
     assert ids[0] == ids[1] != ids[2]  # the ltr part came through Redis and reranks
 
 
+@pytest.mark.slow
 def test_examination_is_recovered_from_shuffled_slates(shop):
     from rankly.engine.feedback.ltr_training import examination
 
@@ -155,6 +162,7 @@ def test_examination_is_recovered_from_shuffled_slates(shop):
     assert theta[1] == pytest.approx(0.5, abs=0.15) and theta[4] == pytest.approx(0.2, abs=0.1)
 
 
+@pytest.mark.slow
 def test_ltr_reranks_the_same_from_many_threads(shop, trained):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -102,6 +102,7 @@ def write(tmp_path, lines):
     return path
 
 
+@pytest.mark.slow
 def test_intervals_cover_the_true_ctr_in_most_seeds(tmp_path):
     covered = {k: 0 for k in ("ips", "snips", "dr")}
     ips_errors = []

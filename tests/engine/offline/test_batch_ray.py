@@ -54,6 +54,7 @@ def shop(tmp_path_factory):
     return artifacts, config
 
 
+@pytest.mark.slow
 @needs_ray
 def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, capsys):
     artifacts, config = shop
@@ -71,6 +72,7 @@ def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, c
     assert first["user_id"] == users[0] and len(first["items"]) == 10
 
 
+@pytest.mark.slow
 @needs_ray
 def test_evaluate_on_ray_reports_the_local_metrics(ray_engine):
     interactions, items = synthesize(n_users=600, n_items=300, mean_events=20, seed=5)

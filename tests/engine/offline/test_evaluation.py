@@ -169,6 +169,7 @@ def test_evaluation_ranks_through_the_serving_pipeline(monkeypatch):
     assert calls[0].candidates == ("ease", "popular") and calls[0].rerankers == ()
 
 
+@pytest.mark.slow
 def test_rankly_recommend_equals_the_http_answers(artifacts, tmp_path, capsys):
     users = ["1", "2", "7", "ghost"]
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")

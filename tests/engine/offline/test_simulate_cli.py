@@ -53,6 +53,7 @@ def server(artifacts, tmp_path):
             proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_simulate_drives_a_server_and_its_log_has_the_outcomes(server, artifacts, capsys):
     url, log = server
     assert cli.main(["simulate", "--url", url, "--artifacts", str(artifacts),

@@ -29,6 +29,8 @@ from rankly.engine.serving.app import create_app  # noqa: E402
 
 from ..conftest import make_settings  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "fuzz-admin-token-0123456789"
 MAX_EXAMPLES = 30
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

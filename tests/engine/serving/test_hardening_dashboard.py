@@ -59,6 +59,7 @@ def test_a_stopped_experiment_leaves_the_live_charts_but_keeps_its_results(api):
     assert api.get("/experiments/short/results", headers=ADMIN).status_code == 200
 
 
+@pytest.mark.slow
 def test_the_server_samples_its_history_without_anyone_polling(artifacts, monkeypatch):
     monkeypatch.setattr(dashboard, "SAMPLE_SECONDS", 1.1)  # over MIN_SAMPLE_GAP_SECONDS
     monkeypatch.setattr(dashboard, "HISTORY_SAMPLES", 3)

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from rankly.engine.cli import main
 from rankly.engine.serving.app import create_app
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 NEW_ITEM = "fresh-item"  # not in the served model: it arrives only through events
 BUYERS = 40

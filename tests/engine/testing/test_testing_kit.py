@@ -142,6 +142,7 @@ def install_fake_distribution(root: Path) -> None:
     (info / "entry_points.txt").write_text("[rankly]\nkit_variants = kit_variants\n")
 
 
+@pytest.mark.slow
 def test_rankly_plugins_check_on_an_installed_package_names_each_defect(tmp_path):
     install_fake_distribution(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -192,6 +193,7 @@ PLUGIN_TESTS = '''
 '''
 
 
+@pytest.mark.slow
 def test_the_pytest_plugin_gives_the_fixtures_and_a_latency_summary(tmp_path):
     (tmp_path / "kit_variants.py").write_text((HERE / "kit_variants.py").read_text())
     (tmp_path / "test_plugin.py").write_text(textwrap.dedent(PLUGIN_TESTS))
