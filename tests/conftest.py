@@ -215,3 +215,24 @@ def spare_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def artifact_builder():
     """``artifact_builder(out_dir, seed=, version=)``: train and save a small model."""
     return build_artifacts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _app_startup_without_a_full_collection() -> Iterator[None]:
+    """Apps started in this process freeze the heap without a full collection first.
+
+    ``create_app``'s lifespan runs ``gc.collect()`` before ``gc.freeze()`` so a server does not
+    freeze its start-up garbage. In a test process the heap holds every imported test module
+    and library, so that collection walks it once per app, and the suite starts hundreds of
+    apps: most of the unit tier's time. Servers started as subprocesses keep the collection.
+    """
+    import gc
+    import types
+
+    from rankly.engine.serving import app
+
+    shim = types.SimpleNamespace(collect=lambda generation=2: 0, freeze=gc.freeze,
+                                 unfreeze=gc.unfreeze)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(app, "gc", shim)
+        yield

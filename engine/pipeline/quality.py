@@ -285,11 +285,12 @@ def observe(rt: Runtime, model: Model, items: np.ndarray, cold: bool) -> None:
 
 _exporters_lock = threading.Lock()
 EXPORTER_KEY = "quality_exporter"
+STOPPED = "stopped"
 
 
 def _ensure_exporter(rt: Runtime) -> None:
     """Start the runtime's exporter thread once: it folds queued slates and refreshes the
-    gauges every ``EXPORT_SECONDS``, and ends with the runtime."""
+    gauges every ``EXPORT_SECONDS``, and ends with the runtime or at :func:`stop`."""
     if EXPORTER_KEY in rt.extras:
         return
     with _exporters_lock:
@@ -304,17 +305,29 @@ def _ensure_exporter(rt: Runtime) -> None:
                 runtime = ref()
                 if runtime is None:
                     return
-                win = runtime.extras.get(EXTRAS_KEY)
+                extras = runtime.extras
                 del runtime  # hold the runtime only while looking its window up
+                win = extras.get(EXTRAS_KEY)
+                if extras.get(EXPORTER_KEY) is STOPPED:
+                    return
                 if win is None:
                     continue
                 try:
                     win.drain()
+                    if extras.get(EXPORTER_KEY) is STOPPED:  # its app stopped meanwhile
+                        return
                     win.export()
                 except Exception:  # never let the exporter die on one bad slate
                     log.warning("quality exporter failed", exc_info=True)
 
         threading.Thread(target=run, name="rankly-quality", daemon=True).start()
+
+
+def stop(rt: Runtime) -> None:
+    """End the runtime's exporter thread within ``EXPORT_SECONDS`` and start none after it
+    (the app's shutdown), so a runtime waiting for the collector exports nothing more."""
+    with _exporters_lock:
+        rt.extras[EXPORTER_KEY] = STOPPED
 
 
 def refresh(rt: Runtime) -> QualityWindow:

@@ -289,6 +289,7 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
                 yield {"runtime": rt}
         finally:
             gc.unfreeze()  # collectable again once this app is gone (tests start many)
+            quality.stop(rt)
             await events.stop()
             if watcher is not None:
                 await watcher.stop()
