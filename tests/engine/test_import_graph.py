@@ -153,3 +153,12 @@ def test_the_cycle_finder_finds_a_circle() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert circles({"a": {"a"}}) == [["a"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+
+
+#: The engine's top level is the host (issue 17): everything else lives in sub-packages.
+MAX_TOP_LEVEL_MODULES = 12
+
+
+def test_the_engine_top_level_holds_only_the_host() -> None:
+    top = sorted(p.name for p in ENGINE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
