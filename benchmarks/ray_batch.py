@@ -5,9 +5,9 @@ Run (about 15 minutes on 2 idle cores; needs `pip install -e '.[ray]'`):
     python benchmarks/ray_batch.py                               # 10,000 and 100,000 users
     python benchmarks/ray_batch.py --large-users 0 --rounds 5    # the 10,000 only
 
-Builds synthetic shops (``rankly.engine.offline.demo.synthesize``, 2,000 items, the same generator and
-seed for every size) with a pop + item-kNN model served with the diversity reranker, then times
-the whole command in a fresh process, as a user runs it:
+Builds synthetic shops (``rankly.engine.offline.demo.synthesize``, 2,000 items, the same
+generator and seed for every size) with a pop + item-kNN model served with the diversity
+reranker, then times the whole command in a fresh process, as a user runs it:
 
     rankly recommend --artifacts MODEL --all --config rankly.toml --quiet \\
         --engine ray [--address ADDR] --ray-workers W > out.jsonl
@@ -63,9 +63,9 @@ RANKLY = [sys.executable, "-m", "rankly.engine.cli"]
 
 
 def build(root: Path, users: int, items: int) -> Path:
+    from rankly.engine.model import fingerprint, save_model
     from rankly.engine.offline.demo import synthesize
     from rankly.engine.offline.interactions import build_training_data
-    from rankly.engine.model import fingerprint, save_model
     from rankly.engine.plugins import collect_all, make_plugin_manager
 
     interactions, table = synthesize(n_users=users, n_items=items, mean_events=20, seed=11)

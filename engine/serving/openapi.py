@@ -3,7 +3,7 @@
 It states every constraint the server enforces (lengths, patterns, types, enums, required
 fields, ``additionalProperties: false`` wherever unknown fields are refused), so a request
 the schema allows is accepted and one it forbids is refused (checked by schemathesis,
-tests/engine/test_fuzz_api.py and tests/engine/test_schemathesis_cli.py).
+tests/engine/serving/test_fuzz_api.py and tests/engine/serving/test_schemathesis_cli.py).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _past_iso_pattern(now: datetime) -> str:
 def timestamp_schema(now: float) -> dict[str, Any]:
     """An event's ``timestamp``, in a body or the query of ``/track/click`` (one parser,
     ``events.parse_timestamp``, for both)."""
-    from rankly.engine.events import MIN_TIMESTAMP, latest_timestamp
+    from ..events.values import MIN_TIMESTAMP, latest_timestamp
 
     return {"oneOf": [
         {"type": "number", "minimum": MIN_TIMESTAMP, "maximum": latest_timestamp(now)},

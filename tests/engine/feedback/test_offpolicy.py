@@ -178,7 +178,7 @@ def test_the_report_counts_and_notes_cached_slates(tmp_path):
 def test_history_before_keeps_the_log_order_of_events_at_one_timestamp():
     """Events of one timestamp reach the store in log order, and a recency-weighted history
     reads that order: the offline features must not re-sort them by item id."""
-    from rankly.engine.events import Event
+    from rankly.engine.events.values import Event
 
     events = [Event(f"e{i}", "u", item, "click", 100.0 if i else 50.0)
               for i, item in enumerate(["a", "z", "b", "m"])]

@@ -67,7 +67,7 @@ def check_error_names_a_field(response) -> None:
 @HYPOTHESIS
 def test_api_conforms_to_its_schema_with_the_admin_token(case):
     # with the token every schema-valid request must be accepted (#18: the schema states
-    # every constraint the server enforces); tests/engine/test_schemathesis_cli.py adds the
+    # every constraint the server enforces); tests/engine/serving/test_schemathesis_cli.py adds the
     # negative data, the stateful links and every other check through the CLI
     response = case.call_and_validate(
         headers={"Authorization": f"Bearer {TOKEN}"},

@@ -1,6 +1,6 @@
 """A plugin nobody here has seen: a correct scorer and broken variants of it (one defect each).
 
-Loaded in-process by tests/engine/test_testing_kit.py and, as an installed distribution
+Loaded in-process by tests/engine/testing/test_testing_kit.py and, as an installed distribution
 (a dist-info directory on PYTHONPATH), by ``rankly plugins check`` in a subprocess.
 """
 

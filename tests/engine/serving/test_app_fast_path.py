@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 from starlette.datastructures import QueryParams
 from starlette.testclient import TestClient
 
-from rankly.engine.app import RecommendationsFastPath, create_app, plain_query_request
 from rankly.engine.config import Deadlines, load_settings
-from rankly.engine.validation import RequestError, parse_query
+from rankly.engine.http.validation import RequestError, parse_query
+from rankly.engine.serving.app import RecommendationsFastPath, create_app, plain_query_request
 
 #: The same requests in the same order, for both apps: misses, then hits, cold users and
 #: fallbacks, filters, and every kind of 4xx the route answers.
@@ -176,7 +176,7 @@ def test_plain_query_request_reads_the_route_fields(raw):
 
 def test_answer_json_writes_the_route_bytes():
     orjson = pytest.importorskip("orjson")
-    from rankly.engine.app import answer_json
+    from rankly.engine.serving.app import answer_json
 
     items = [{"item_id": str(i), "score": 1.5 - i / 10, "reasons": ["Because"]} for i in range(3)]
     body = {"user_id": "u", "items": items, "variant": None, "experiment": None,
