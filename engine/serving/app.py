@@ -359,9 +359,12 @@ def answer_json(body: dict) -> bytes:
     (last) are encoded once per cached slate.
 
     A cache hit is the cached entry's fields around the same ``items`` list, so the memo is
-    keyed by that list and used only when every other field is equal as well.
+    keyed by that list and used only when every other field is equal as well. A computed
+    answer is encoded whole: its list is new and never comes back, and memo entries held
+    for them only fed the garbage collector (longer pauses: the tail latency of misses).
     """
-    if orjson is None or next(reversed(body), None) != "request_id":
+    if (orjson is None or not body.get("cached")
+            or next(reversed(body), None) != "request_id"):
         return ranking_json(body)
     items = body.get("items")
     fields = tuple(body.values())[:-1]

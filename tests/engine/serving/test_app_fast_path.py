@@ -188,6 +188,21 @@ def test_answer_json_writes_the_route_bytes():
         assert answer_json(answer) == orjson.dumps(answer)  # from the memo
 
 
+def test_only_cached_answers_are_memoized():
+    """A computed answer's items list never comes back: memoizing it would only hold it alive
+    for the garbage collector to walk (the tail latency of misses under load)."""
+    pytest.importorskip("orjson")
+    from rankly.engine.serving import app as app_module
+
+    app_module._ANSWER_HEADS.clear()
+    items = [{"item_id": "1", "score": 1.0, "reasons": []}]
+    computed = {"user_id": "u", "items": items, "cached": False, "request_id": "r"}
+    app_module.answer_json(computed)
+    assert not app_module._ANSWER_HEADS
+    app_module.answer_json({**computed, "cached": True})
+    assert list(app_module._ANSWER_HEADS) == [id(items)]
+
+
 def test_a_repeated_query_is_validated_once_with_a_new_request_id_each_time():
     limits = load_settings(environ={}).limits
     first = plain_query_request(b"user_id=9&n=4&exclude=b&exclude=a", limits)
