@@ -584,16 +584,7 @@ def analyze_impressions(arms: Sequence[ImpressionCounts], *, alpha: float = DEFA
             "rates": {a.name: e["rate"] for a, e in zip(arms, estimates, strict=True)},
             "comparisons": comparisons,
         }
-    for (metric, j), fa, sa in zip(family, adjust_pvalues(fixed_p, correction),
-                                   adjust_pvalues(seq_p, correction), strict=True):
-        c = metrics[metric]["comparisons"][j]
-        c["z_test"]["p_value_adjusted"] = fa
-        c["sequential"]["p_value_adjusted"] = sa
-        sig = (sa is not None and sa < alpha) or (reached and fa is not None and fa < alpha)
-        d = c["diff"]["estimate"]
-        c["significant"] = bool(sig and d is not None and d != 0)
-        c["direction"] = (("better" if d > 0 else "worse") if c["significant"]  # type: ignore[operator]
-                          else "inconclusive")
+    _judge_family(metrics, family, fixed_p, seq_p, correction, alpha, reached)
     return {
         "method": IMPRESSION_METHOD,
         "control": control.name,
@@ -739,18 +730,7 @@ def analyze(
             "p_best": dict(zip(names, pb, strict=True)),
             "comparisons": comparisons,
         }
-    fixed_adj = adjust_pvalues(fixed_p, correction)
-    seq_adj = adjust_pvalues(seq_p, correction)
-    for (metric, j), fa, sa in zip(family, fixed_adj, seq_adj, strict=True):
-        c = results[metric]["comparisons"][j]
-        c["z_test"]["p_value_adjusted"] = fa
-        c["sequential"]["p_value_adjusted"] = sa
-        sig = (sa is not None and sa < alpha) or (reached and fa is not None and fa < alpha)
-        d = c["diff"]["estimate"]
-        c["significant"] = bool(sig and d is not None and d != 0)
-        c["direction"] = (
-            ("better" if d > 0 else "worse") if c["significant"] else "inconclusive"  # type: ignore[operator]
-        )
+    _judge_family(results, family, fixed_p, seq_p, correction, alpha, reached)
 
     srm = srm_test([a.exposures for a in arms], shares)
     verdict, reason = _verdict(
@@ -843,3 +823,23 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         return finite(value)
     return value
+
+
+def _judge_family(results: dict[str, Any], family: list[tuple[str, int]],
+                  fixed_p: list[float | None], seq_p: list[float | None], correction: str,
+                  alpha: float, reached: bool) -> None:
+    """Adjust the family's p-values together and mark each comparison of ``results``
+    (``results[metric]["comparisons"][j]`` for each ``(metric, j)`` of ``family``): it is
+    significant when its adjusted always-valid p-value is below ``alpha`` at any time, or its
+    adjusted z-test p-value once the planned sample is ``reached``, and its difference is not
+    zero."""
+    for (metric, j), fa, sa in zip(family, adjust_pvalues(fixed_p, correction),
+                                   adjust_pvalues(seq_p, correction), strict=True):
+        c = results[metric]["comparisons"][j]
+        c["z_test"]["p_value_adjusted"] = fa
+        c["sequential"]["p_value_adjusted"] = sa
+        sig = (sa is not None and sa < alpha) or (reached and fa is not None and fa < alpha)
+        d = c["diff"]["estimate"]
+        c["significant"] = bool(sig and d is not None and d != 0)
+        c["direction"] = (("better" if d > 0 else "worse") if c["significant"]  # type: ignore[operator]
+                          else "inconclusive")
