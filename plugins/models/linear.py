@@ -34,7 +34,7 @@ def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0,
     general inverse's flops); falls back to float64 when float32 loses positive
     definiteness. ``gram`` is not modified.
     """
-    b, leverage = _ease_inverse(gram, lam, dropout)
+    b, leverage = ease_leverage(gram, lam, dropout)
     if diagonal_bound:
         b *= relaxed_columns(leverage, diagonal_bound)[None, :]
     return b
@@ -52,11 +52,6 @@ def ease_leverage(gram: np.ndarray, lam: float, dropout: float = 0.0
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(EASE / EDLAE weights as :func:`item_weights` with no relaxation, ``L_jj P_jj`` per
     item): what :func:`relaxed_columns` needs to try several bounds on one inverse."""
-    return _ease_inverse(gram, lam, dropout)
-
-
-def _ease_inverse(gram: np.ndarray, lam: float, dropout: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"ease: dropout must be in [0, 1), got {dropout}")
     n = gram.shape[0]

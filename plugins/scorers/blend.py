@@ -959,11 +959,12 @@ class BlendTrainer:
         plain scores at that bound)."""
         model, leverage = fitted
         bounds = sorted(dict.fromkeys(bounds)) or [0.0]
-        factors = np.ones(model.n_items, dtype=np.float32)
 
         def columns(bound: float) -> np.ndarray:
+            """The bound's factor per catalog item (1 for items without weights)."""
+            factors = np.ones(model.n_items, dtype=np.float32)
             factors[model.items] = linear.relaxed_columns(leverage, bound)
-            return factors.copy()
+            return factors
 
         tried: dict[float, float] = {}
         at = 0
