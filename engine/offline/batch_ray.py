@@ -71,7 +71,7 @@ class Recommender:
                  exclude_seen: bool | None) -> None:
         from ..model import load_model
         from ..plugins import make_plugin_manager
-        from .evaluation import batch_runtime
+        from .batch import batch_runtime
 
         self._blas = _one_blas_thread()
         model = load_model(artifacts)
@@ -86,7 +86,7 @@ class Recommender:
 
     def block(self, users: Sequence[str]) -> str:
         """The JSON lines of ``users``, exactly as :func:`evaluation.recommend` writes them."""
-        from .evaluation import write_recommendations
+        from .batch import write_recommendations
 
         out = io.StringIO()
         self.loop.run_until_complete(write_recommendations(self.rt, list(users), self.n, out))
@@ -103,7 +103,7 @@ class Evaluator:
     def __init__(self, model_dir: str, settings: Settings, job: Any) -> None:
         from ..model import load_model
         from ..plugins import make_plugin_manager
-        from .evaluation import serving_runtime
+        from .batch import serving_runtime
 
         self._blas = _one_blas_thread()
         pm = make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
@@ -112,7 +112,7 @@ class Evaluator:
 
     def block(self, targets: Sequence[tuple[str, np.ndarray]]
               ) -> list[tuple[str, dict[str, float], np.ndarray]]:
-        from .evaluation import user_metrics
+        from .batch import user_metrics
 
         return user_metrics(self.rt, self.job, dict(targets))
 
@@ -216,7 +216,7 @@ class RayEngine:
     def user_metrics(self, data: Any, parts: Sequence[Any], settings: Settings, job: Any,
                      targets: Mapping[str, np.ndarray]
                      ) -> list[tuple[str, dict[str, float], np.ndarray]]:
-        """:func:`evaluation.user_metrics` of ``targets`` for the model of ``parts`` trained
+        """:func:`batch.user_metrics` of ``targets`` for the model of ``parts`` trained
         on ``data``, over the workers (the model is written once to a scratch directory that
         every worker maps; on a multi-node cluster TMPDIR must be a shared filesystem)."""
         from ..model import save_model
