@@ -147,6 +147,10 @@ class Deadlines:
     stage_ms: float = 100.0
     store_ms: float = 30.0
     body_read_ms: float = 10_000.0  # a request body not all received by then: 408 (0: none)
+    # past the grace, a body arriving slower than this many bytes per second on average: 408
+    # (0: no minimum rate), so a trickling client frees its connection and ingest slot early
+    body_min_rate: float = 240.0
+    body_rate_grace_ms: float = 1_000.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,17 @@ class ExplorationSettings:
     # every impression logs the exact probability of its item at its position
     rate: float = 0.0
     top_m: int = 10
+
+
+@dataclass(frozen=True)
+class ImpressionSettings:
+    """What each impression logs besides its slate (feedback/served.py, docs/feedback-loop.md)."""
+
+    # the items' ranker inputs as the pipeline had them when it computed the slate: pool rank
+    # and score, popularity, live trending, the user's history length and category features
+    features: bool = True
+    # also each candidate generator's rank of the item (``sources``); off keeps lines shorter
+    sources: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,7 @@ class Settings:
     deadlines: Deadlines = field(default_factory=Deadlines)
     events: EventSettings = field(default_factory=EventSettings)
     exploration: ExplorationSettings = field(default_factory=ExplorationSettings)
+    impressions: ImpressionSettings = field(default_factory=ImpressionSettings)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     experiments: tuple[Mapping[str, Any], ...] = ()
     quality_window_minutes: float = 15.0  # rolling window of the quality gauges

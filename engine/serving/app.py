@@ -301,13 +301,16 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
     # NOTE: middleware runs top to bottom on the way in: metrics sees every request (even the
     # 413s and 429s, and counts a client gone mid-body as 499), the rate limit refuses a flood
     # before its body is read, then the body limit stops oversized uploads and bodies that
-    # do not arrive within deadlines.body_read_ms (408) before any route reads them. Last,
+    # do not arrive within deadlines.body_read_ms, or trickle in slower than
+    # deadlines.body_min_rate (408), before any route reads them. Last,
     # GET /recommendations is answered without Starlette's router (RecommendationsFastPath).
     middleware = [
         Middleware(MetricsMiddleware),
         Middleware(RateLimitMiddleware, limits=settings.rate_limits),
         Middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes,
-                   read_timeout_s=settings.deadlines.body_read_ms / 1000.0),
+                   read_timeout_s=settings.deadlines.body_read_ms / 1000.0,
+                   min_rate=settings.deadlines.body_min_rate,
+                   rate_grace_s=settings.deadlines.body_rate_grace_ms / 1000.0),
         Middleware(RecommendationsFastPath),
     ]
     return Starlette(

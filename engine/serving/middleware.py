@@ -40,16 +40,23 @@ _TEMPLATE_MEMO_MAX = 4096
 class BodyLimitMiddleware:
     """Answer 413 once a request body exceeds ``max_bytes``, without reading the rest, and
     408 (then close the connection) when the body is not all received within
-    ``read_timeout_s`` of the request's start (``None`` or <= 0: no timeout).
+    ``read_timeout_s`` of the request's start (``None`` or <= 0: no timeout), or when, past
+    ``rate_grace_s``, it arrives slower than ``min_rate`` bytes per second on average since
+    the request's start (0: no minimum; Kestrel's ``MinRequestBodyDataRate``). The minimum
+    rate frees a trickling client's connection, and its ingest slot on ``/events``, long
+    before the timeout.
 
     Checks ``Content-Length`` up front, and counts streamed chunks for chunked uploads.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int,
-                 read_timeout_s: float | None = None) -> None:
+                 read_timeout_s: float | None = None, min_rate: float = 0.0,
+                 rate_grace_s: float = 0.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s if read_timeout_s and read_timeout_s > 0 else None
+        self.min_rate = min_rate if min_rate > 0 else 0.0
+        self.rate_grace_s = max(0.0, rate_grace_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,19 +84,29 @@ class BodyLimitMiddleware:
         started = False
         complete = False
         timeout = self.read_timeout_s
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        min_rate = self.min_rate
+        now = asyncio.get_running_loop().time()
+        deadline = None if timeout is None else now + timeout
+        # the body must have reached seen bytes by rate_start + seen / min_rate
+        rate_start = now + self.rate_grace_s
+        why = ""
 
         async def limited_receive() -> Message:
-            nonlocal seen, complete
-            if complete or deadline is None:
+            nonlocal seen, complete, why
+            if complete or (deadline is None and not min_rate):
                 message = await receive()
             else:
                 # NOTE: only while the body is incomplete: once it is all here, receive()
                 # waits for a disconnect, which may rightly take as long as the response.
+                until = deadline
+                if min_rate and (until is None or rate_start + seen / min_rate < until):
+                    until = rate_start + seen / min_rate
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(until):
                         message = await receive()
                 except TimeoutError:
+                    why = (f"request body not received within {timeout:g} s" if until == deadline
+                           else f"request body arriving slower than {min_rate:g} bytes/s")
                     raise _BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -111,8 +128,7 @@ class BodyLimitMiddleware:
                 await self._reject(send)
         except _BodyTimeout:
             if not started:
-                start, body = _json_error(
-                    408, "body", f"request body not received within {timeout:g} s", close=True)
+                start, body = _json_error(408, "body", why, close=True)
                 await send(start)
                 await send({"type": "http.response.body", "body": body})
 

@@ -276,8 +276,8 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
     n = {"type": "integer", "minimum": 1, "maximum": lim.n_max, "default": lim.n_default}
     body_errors = {
         "400": _error("Malformed JSON, or a request the HTTP server could not parse"),
-        "408": _error("The body did not arrive within deadlines.body_read_ms; the connection "
-                      "is closed"),
+        "408": _error("The body did not arrive within deadlines.body_read_ms, or arrived "
+                      "slower than deadlines.body_min_rate; the connection is closed"),
         "413": _error("Body too large"),
         "415": _error("The body is not Content-Type: application/json"),
         "422": _error("Invalid field (named in error.field)"),

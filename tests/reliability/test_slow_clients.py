@@ -53,7 +53,8 @@ async def slow_client(port: int, kind: str, until: float, counts: dict[str, int]
             writer.write(b"GET /recommendations?user_id=1 HTTP/1.1\r\nX-Slow: ")
         else:
             # NOTE: not /events: there a slow body holds one of the 64 ingest slots until its
-            # 408, so 64 slow clients make other event posts 429 meanwhile (README, gaps),
+            # 408 (after deadlines.body_rate_grace_ms), so 64 slow clients make other event
+            # posts 429 meanwhile (README, gaps),
             # and not /recommendations either, so that route's server-side histogram holds
             # only the measured requests
             writer.write(b"PUT /experiments/slow HTTP/1.1\r\nHost: x\r\nX-API-Key: "

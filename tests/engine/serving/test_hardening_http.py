@@ -25,13 +25,18 @@ pytestmark = pytest.mark.slow
 BODY_READ_MS = 1500
 
 
-def serve(artifacts: Path, tmp_path_factory: pytest.TempPathFactory, http: str):
-    """One worker, body read timeout 1.5 s; its stderr goes to a file the tests read."""
+def serve(artifacts: Path, tmp_path_factory: pytest.TempPathFactory, http: str,
+          **deadlines: float):
+    """One worker, body read timeout 1.5 s and no minimum body rate unless ``deadlines``
+    say otherwise; its stderr goes to a file the tests read."""
     tmp = tmp_path_factory.mktemp("hardening-http")
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("RANKLY_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env["RANKLY_DEADLINES__BODY_READ_MS"] = str(BODY_READ_MS)
+    env["RANKLY_DEADLINES__BODY_MIN_RATE"] = "0"
+    for name, value in deadlines.items():
+        env[f"RANKLY_DEADLINES__{name.upper()}"] = str(value)
     log = (tmp / "stderr.log").open("w+b")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rankly.engine.cli", "serve", "--artifacts", str(artifacts),
@@ -58,6 +63,15 @@ def h11_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
     """The h11 fallback, which serves when httptools is not installed."""
     yield from serve(artifacts, tmp_path_factory, "h11")
 
+
+@pytest.fixture(scope="module")
+def rate_server(artifacts: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A long body read timeout, and a minimum body rate after a short grace."""
+    yield from serve(artifacts, tmp_path_factory, "auto", body_read_ms=20_000,
+                     body_min_rate=240, body_rate_grace_ms=RATE_GRACE_MS)
+
+
+RATE_GRACE_MS = 500
 
 #: The tests of what the HTTP parser's protocol class does run on both parsers.
 PARSERS = pytest.mark.parametrize("parser", ["server", "h11_server"])
@@ -128,6 +142,37 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     assert json.loads(body)["error"]["field"] == "body"
     assert waited >= BODY_READ_MS / 1000 * 0.9  # not before the configured timeout
     assert requests_by_status(url, route).get("408", 0.0) >= 1
+
+
+def test_a_trickling_body_gets_408_after_the_grace_not_at_the_timeout(
+        rate_server):
+    url, port, _ = rate_server
+    before = requests_by_status(url, "/events").get("408", 0.0)
+    s = raw(port, "POST /events HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                  "Content-Length: 5000\n", b'{"user_id": ')
+    try:
+        t0 = time.monotonic()
+        for _ in range(8):  # a byte every half second: far below 240 bytes/s
+            time.sleep(0.5)
+            try:
+                s.sendall(b" ")
+            except OSError:
+                break  # the server answered and closed
+        reply = read_all(s, limit_s=10)
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["field"] == "body" and "bytes/s" in error["message"], error
+    assert RATE_GRACE_MS / 1000 * 0.9 <= waited < 10  # after the grace, not at the 20 s timeout
+    assert requests_by_status(url, "/events").get("408", 0.0) == before + 1
+    # a body at a normal pace, on the same server, is answered
+    ok = httpx.post(url + "/events", json={"event_id": "after-trickle", "user_id": "1",
+                                         "item_id": "1", "type": "click"})
+    assert ok.status_code == 202, ok.text
 
 
 def test_a_body_sent_slowly_but_within_the_timeout_is_answered(server):
