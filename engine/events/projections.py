@@ -100,16 +100,31 @@ class DecayedCounter:
         the bound one, so a read is one copy, not a pass over every key."""
         with self._lock:
             if self._bound is None or self._bound[0] is not index:
-                arr = np.zeros(size, dtype=np.float64)
-                for k, v in self.values.items():
-                    i = index.get(k)
-                    if i is not None and i < size:
-                        arr[i] = v
-                self._bound = (index, arr)
+                self._bind(index, size)
             if self.t0 is None:
                 return np.zeros(size, dtype=np.float32)
             f = math.exp(self.rate * (self.t0 - self.latest))
             return (self._bound[1] * f).astype(np.float32)
+
+    def array_at(self, index: Mapping[str, int], size: int, positions: np.ndarray
+                 ) -> np.ndarray:
+        """``array(index, size)[positions]`` (float64) without copying the whole array: what
+        an impression logs of a few items (feedback/served.py)."""
+        with self._lock:
+            if self._bound is None or self._bound[0] is not index:
+                self._bind(index, size)
+            if self.t0 is None:
+                return np.zeros(len(positions))
+            assert self._bound is not None
+            return self._bound[1][positions] * math.exp(self.rate * (self.t0 - self.latest))
+
+    def _bind(self, index: Mapping[str, int], size: int) -> None:
+        arr = np.zeros(size, dtype=np.float64)
+        for k, v in self.values.items():
+            i = index.get(k)
+            if i is not None and i < size:
+                arr[i] = v
+        self._bound = (index, arr)
 
     def clear(self) -> None:
         with self._lock:
@@ -278,6 +293,16 @@ class Projections:
     def category_scores(self, catalog: Catalog) -> np.ndarray:
         """Live trending score per category index of ``catalog`` (float32)."""
         return self.trending.array(catalog.category_index, len(catalog.category_names))
+
+    def live_of(self, catalog: Catalog, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(item_scores(catalog)[items], category_scores(catalog)[categories of items])``,
+        float64, 0 for an uncategorized item: read for a few items at once."""
+        cats = catalog.categories[items]
+        ok = cats >= 0
+        trending = self.trending.array_at(catalog.category_index, len(catalog.category_names),
+                                          np.where(ok, cats, 0))
+        return (self.popularity.array_at(catalog.index, len(catalog), items),
+                np.where(ok, trending, 0.0))
 
 
 _LIVE: weakref.WeakKeyDictionary[Store, Projections] = weakref.WeakKeyDictionary()
