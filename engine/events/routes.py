@@ -27,6 +27,7 @@ from ..http.validation import (
     reject_unknown,
     require_json,
 )
+from ..pipeline.served import impression_fields
 from ..runtime import Runtime
 from ..storage.store import StoreUnavailable
 from .admission import EventAdmission, IngestSlot, Refusal
@@ -69,7 +70,7 @@ class ImpressionBuffer:
 
     def offer(self, request_id: str, user_id: str | None, payload: dict[str, Any],
               probability: float | None, positions: list[dict[str, Any]] | None = None,
-              context: dict[str, Any] | None = None) -> None:
+              context: dict[str, Any] | None = None, features: Any = None) -> None:
         items = payload.get("items") or ()
         if not items:
             return
@@ -77,7 +78,7 @@ class ImpressionBuffer:
             self.dropped += len(items)
             return
         self._slates.append((time.time(), request_id, user_id or "", payload, probability,
-                             positions, context))
+                             positions, context, features))
         if len(self._slates) >= self.batch_slates:
             self._wakeup.set()
 
@@ -90,7 +91,7 @@ class ImpressionBuffer:
         slates: list[ImpressionSlate] = []
         for _ in range(min(self.batch_slates, len(self._slates))):
             (ts, request_id, user_id, payload, probability, positions,
-             context) = self._slates.popleft()
+             context, features) = self._slates.popleft()
             common = {k: v for k, v in (("variant", payload.get("variant")),
                                         ("experiment", payload.get("experiment")),
                                         ("probability", probability),
@@ -103,6 +104,11 @@ class ImpressionBuffer:
             if context:  # the request's own context fields, for the learned ranker (#19)
                 common["request_context"] = context
             items = tuple(item["item_id"] for item in payload["items"])
+            if features is not None:  # what the ranker had, as it computed the slate (#19)
+                shared, per_item = impression_fields(features, items)
+                common.update(shared)
+                positions = [{**p, **f} for p, f in
+                             zip(positions or [{}] * len(items), per_item, strict=True)]
             slates.append(ImpressionSlate(ts, request_id, user_id, items, common,
                                           tuple(positions or ())))
         return slates
@@ -304,10 +310,10 @@ class EventsService:
     def record_slate(self, request_id: str, user_id: str | None, payload: dict[str, Any],
                      probability: float | None,
                      positions: list[dict[str, Any]] | None = None,
-                     context: dict[str, Any] | None = None) -> None:
+                     context: dict[str, Any] | None = None, features: Any = None) -> None:
         if self.log_impressions:
             self.impressions.offer(request_id, user_id, payload, probability, positions,
-                                   context)
+                                   context, features)
 
 
 _unavailable_warned_at: dict[str, float] = {}
@@ -335,15 +341,17 @@ async def start_events(rt: Runtime) -> EventsService:
 def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
                        payload: dict[str, Any], probability: float | None = None,
                        positions: list[dict[str, Any]] | None = None,
-                       context: dict[str, Any] | None = None) -> None:
+                       context: dict[str, Any] | None = None, features: Any = None) -> None:
     """Queue a served slate for impression logging (no I/O; safe on the hot path).
 
     ``positions``: per-position fields of an explored slate (feedback/exploration.py); without
     them every impression logs ``propensity`` 1.0. ``context``: the request's context fields,
-    logged as ``request_context``."""
+    logged as ``request_context``. ``features``: the computation's impression features
+    (``pipeline.rank(..., features=True)``), encoded when the slate is logged."""
     service = rt.extras.get(EXTRAS_KEY)
     if service is not None:
-        service.record_slate(request_id, user_id, payload, probability, positions, context)
+        service.record_slate(request_id, user_id, payload, probability, positions, context,
+                             features)
 
 
 # --- routes ---------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ DIRTY_FIELD = "_dirty"
 #: up a revalidated slate; never served. Fields starting with "_" are never served.
 SPARE_FIELD = "_spare"
 
+#: The computation's impression features (feedback/served.py): a capture on a computed answer,
+#: its JSON record in a cache entry. Handed to the impression log by :func:`rank`, never served.
+FEATURES_FIELD = "_features"
+
 #: When the computation of a cached answer started (``time.monotonic()``, this process): an
 #: in-process tier compares it with the user's last invalidation (see LocalCache.set).
 STARTED_FIELD = "_started"
@@ -71,7 +75,7 @@ async def cached_answer(rt: Runtime, key: str, user_id: str | None,
     A hit is served (a dirty one only once :func:`revalidate` made it safe; a stale or dirty
     one is recomputed behind it, see :func:`refresh_behind`). A miss is computed once however
     many requests ask for the key at the same time (single flight) and stored in every tier.
-    The payload never carries the fields starting with "_".
+    The payload never carries the fields starting with "_", but :data:`FEATURES_FIELD`.
     """
     hit = await lookup_cache(rt, key, user_id)
     if hit is not None:
@@ -99,6 +103,11 @@ async def fill(rt: Runtime, key: str, user_id: str | None, compute: Compute) -> 
     fresh = await compute()
     if fresh.cacheable:
         entry = {**fresh.payload, STARTED_FIELD: started}
+        features = entry.get(FEATURES_FIELD)
+        if features is not None and rt.caches:
+            # NOTE: encoded here, on the miss path, only because a tier keeps JSON; without
+            # tiers the impression logger encodes it off the request path
+            entry[FEATURES_FIELD] = features.record()
         if fresh.spares:
             entry[SPARE_FIELD] = fresh.spares
         await store_cache(rt, key, user_id, entry)
@@ -191,8 +200,9 @@ async def revalidate(rt: Runtime, user_id: str | None, entry: dict) -> dict | No
 
 
 def served(entry: dict) -> dict:
-    """A cache entry as the client sees it: without the fields starting with "_"."""
-    return {k: v for k, v in entry.items() if k[0] != "_"}
+    """A cache entry as :func:`rank` hands it on: without the fields starting with "_", but
+    the impression features (which it takes out before the client sees the answer)."""
+    return {k: v for k, v in entry.items() if k[0] != "_" or k == FEATURES_FIELD}
 
 
 async def store_cache(rt: Runtime, key: str, user_id: str | None, payload: dict,

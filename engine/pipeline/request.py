@@ -20,13 +20,15 @@ import numpy as np
 
 from .. import metrics
 from ..types import (
+    Ranking,
     RecommendationRequest,
     UserFeatures,
 )
 from . import quality
-from .cache import Computed, cache_key, cached_answer
+from .cache import FEATURES_FIELD, Computed, cache_key, cached_answer
 from .plan import Plan, default_plan
 from .respond import respond, slate_items
+from .served import ServedFeatures, capture
 from .stages import Trace, fallback_ranking, fetch_features, select
 
 if TYPE_CHECKING:
@@ -48,19 +50,24 @@ def request_deadline(rt: Runtime) -> float:
 
 
 async def rank(rt: Runtime, req: RecommendationRequest, plan: Plan,
-               deadline: float | None = None) -> dict:
+               deadline: float | None = None, *, features: bool = False) -> dict:
     """Answer one recommendation request (JSON-ready); never raises for plugin/store failures.
 
     Whatever is slow (a frozen store, a loaded machine), the answer is ready by ``deadline``
     (event-loop time, default :func:`request_deadline`): past it the caller gets the fallback
     (``"fallback": "deadline"``) while the computation carries on and fills the cache.
+    With ``features``, the answer also carries its computation's impression features under
+    :data:`FEATURES_FIELD` when it has them (the caller takes them out before serving).
     """
     try:
         async with asyncio.timeout_at(request_deadline(rt) if deadline is None else deadline):
-            return await _rank(rt, req, plan)
+            out = await _rank(rt, req, plan)
     except TimeoutError:
         metrics.child(metrics.FALLBACKS, "deadline").inc()
         return safe_answer(rt, req, plan, "deadline")
+    if not features:
+        out.pop(FEATURES_FIELD, None)
+    return out
 
 
 async def _rank(rt: Runtime, req: RecommendationRequest, plan: Plan) -> dict:
@@ -91,8 +98,9 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest,
     except TimeoutError:
         stuck = trace.current or "pipeline"
         record_outcome(rt, stuck, "timeout")
-        trace.fallback = "plugin_timeout"
-        trace.spares = None
+        # NOTE: a new trace: the abandoned selection may still write into the old one
+        trace = Trace(fallback="plugin_timeout", stages=trace.stages,
+                      outcomes=trace.outcomes)
         ranking = fallback_ranking(comps, user, req, req.n)
     for stage, component, seconds in trace.stages:
         metrics.child(metrics.STAGE_LATENCY, stage, component).observe(seconds)
@@ -105,7 +113,22 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest,
     spares = None
     if trace.spares is not None and len(trace.spares):
         spares = slate_items(comps.model, user, trace.spares)
+    if rt.settings.impressions.features:
+        payload[FEATURES_FIELD] = served_features(rt, comps, user, ranking, trace)
     return Computed(payload, cacheable=trace.fallback in (None, "cold_start"), spares=spares)
+
+
+def served_features(rt: Runtime, comps: Components, user: UserFeatures, ranking: Ranking,
+                    trace: Trace) -> ServedFeatures:
+    """What the slate's (and its spares') impressions will log, captured by reference."""
+    # NOTE: imported here: the events package imports the offline one, which imports this
+    from ..events.projections import projections_of
+
+    items = ranking.items
+    if trace.spares is not None and len(trace.spares):
+        items = np.concatenate([items, trace.spares.items])
+    return capture(comps.model, user.history, items, trace.pool, trace.scorer, trace.sources,
+                   projections_of(rt.store), rt.settings.impressions.sources)
 
 
 def safe_answer(rt: Runtime, req: RecommendationRequest, plan: Plan, reason: str) -> dict:

@@ -52,6 +52,12 @@ class Trace:
     #: (name, component) that explains a fused pool's items (see :func:`explained`)
     explainer: tuple[str, Any] | None = None
 
+    #: what the served slate's impressions log (feedback/served.py), held by reference: the
+    #: ranking before the rerankers, the component that scored it, each generator's list
+    pool: Ranking | None = None
+    scorer: str | None = None
+    sources: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
     def ok(self, component: str) -> None:
         self.outcomes.append((component, "ok"))
 
@@ -100,6 +106,7 @@ def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Pla
     if user.is_cold:  # popularity, still diversity-capped like every other slate
         trace.fallback = trace.fallback or "cold_start"
         pool = fallback_ranking(comps, user, req, depth)
+        trace.pool, trace.scorer = pool, rt.settings.pipeline.fallback
         ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
         trace.spares = spare_ranking(rt, comps, plan, user, pool, ranking, req.n)
         return ranking
@@ -109,6 +116,7 @@ def select(rt: Runtime, comps: Components, req: RecommendationRequest, plan: Pla
         if pool is None:
             trace.fallback = trace.fallback or "no_candidates"
             return fallback_ranking(comps, user, req, req.n)
+    trace.pool = pool
     ranking = rerank(rt, comps, plan, user, pool, req.n, trace)
     if len(ranking) < req.n:
         return backfill(comps, user, req, explained(ranking, user, trace))
@@ -211,6 +219,7 @@ def fused_pool(rt: Runtime, comps: Components, req: RecommendationRequest, plan:
         pool = Ranking(idx, vals, np.full(idx.size, UNEXPLAINED, dtype=np.int8),
                        np.full(idx.size, -1, dtype=np.int64))
         trace.explainer = (name, comp)
+        trace.scorer = name  # the only source too: its rank is the pool's
     except Exception:
         log.warning("fused ranking by %s failed; taking the general path", name, exc_info=True)
         trace.fail(name, "error", "plugin_error")
@@ -249,6 +258,7 @@ def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFe
     per = rt.settings.pipeline.candidates_per_generator
     n_items = len(comps.model.catalog)
     found: list[Candidates] = []
+    trace.sources = []  # an empty fused pool came first: this path starts over
     for name in plan.candidates:
         gen = comps.generators.get(name)
         if gen is None or name == trace.skip or not rt.breakers[name].allow():
@@ -265,6 +275,7 @@ def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFe
                 trace.fail(name, "invalid", "plugin_error")
                 c = Candidates(items[ok], np.asarray(c.reasons)[ok], np.asarray(c.anchors)[ok])
             found.append(c)
+            trace.sources.append((name, c.items))
         except Exception:
             log.warning("candidate generator %s failed", name, exc_info=True)
             trace.fail(name, "error", "plugin_error")
@@ -324,8 +335,10 @@ def score_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFeatu
             trace.fail(name, "timeout", "plugin_timeout")
         else:
             trace.ok(name)
+        trace.scorer = name
         return np.ascontiguousarray(scores)
     trace.fallback = trace.fallback or "plugin_error"
+    trace.scorer = rt.settings.pipeline.fallback
     return comps.fallback_scores[cands.items]
 
 

@@ -127,7 +127,8 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
     await refresh_bandits(rt)
     plan, assignment = pipeline.choose_plan(rt, req)
     try:
-        body = await pipeline.rank(rt, req, plan, deadline)
+        body = await pipeline.rank(rt, req, plan, deadline, features=True)
+        features = body.pop(pipeline.FEATURES_FIELD, None)
         if assignment is not None and req.user_id is not None:
             # a slow store must not hold the answer: past the deadline the exposure is
             # recorded in the background (it is idempotent per user, experiment and phase)
@@ -145,7 +146,7 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
             metrics.EXPERIMENT_IMPRESSIONS.labels(plan.experiment, plan.variant).inc(
                 len(body["items"]))
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability,
-                                      positions, dict(req.context) or None)
+                                      positions, dict(req.context) or None, features)
         return body
     except Exception:
         log.exception("pipeline failed; serving fallback (request %s)", req.request_id)

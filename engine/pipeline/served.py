@@ -1,0 +1,157 @@
+"""What a served slate logs for the learned ranker: its items' inputs as the pipeline had them.
+
+When the pipeline computes a slate it captures (:func:`capture`) references to what it
+already holds: the user's history, the scorer's pool (its ranking before the rerankers),
+each candidate generator's list, and reads the live counters for the slate's items. Nothing
+is recomputed and nothing is encoded then. :meth:`ServedFeatures.record` turns the capture
+into the JSON the impression lines carry, off the request path: in the impression logger's
+background flush, or when a cache tier stores the slate. A slate served from a cache logs the
+record of its computation: the inputs the rerankers saw when they ordered it.
+
+The record's fields (docs/feedback-loop.md has the table), kept short because every
+impression line carries them:
+
+- per slate: ``history_length`` (items in the user's history), ``scorer`` (the component
+  whose ``rank`` and ``score`` are logged: the fused component or the first scorer that
+  answered; the fallback scorer for a cold user's popularity slate)
+- per item: ``features``, one array in :data:`FEATURE_FIELDS` order (null where unknown):
+  ``rank`` and ``score`` in the scorer's pool (null for an item that was not in it, such as
+  a backfilled one), ``popularity`` (the model's ``pop`` score), ``trending`` and
+  ``category_trending`` (the live decayed popularity of the item and the live trending score
+  of its category), ``category_affinity``, ``category_recency``, ``same_category_as_last``
+  (0/1; :func:`~rankly.engine.feedback.ltr_features.category_features`); and ``sources``
+  (with ``impressions.sources``, in the general path): each candidate generator's rank of
+  the item in its own list
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..model import Model
+    from ..types import Ranking
+
+#: The fields of a record's ``slate`` part and of each of its items; an item's ``features``
+#: array holds :data:`FEATURE_FIELDS` in this order (append new ones at the end: readers
+#: take what a line has, so older lines stay readable).
+SLATE_FIELDS = ("history_length", "scorer")
+ITEM_FIELDS = ("features", "sources")
+FEATURE_FIELDS = ("rank", "score", "popularity", "trending", "category_trending",
+                  "category_affinity", "category_recency", "same_category_as_last")
+#: Decimals kept of a logged float: the answer's own score precision, and shorter lines.
+DIGITS = 6
+
+
+class ServedFeatures:
+    """A computed slate's inputs, held by reference until :meth:`record` encodes them once."""
+
+    __slots__ = ("model", "history", "items", "pool", "scorer", "sources", "live", "_record")
+
+    def __init__(self, model: Model, history: np.ndarray, items: np.ndarray,
+                 pool: Ranking | None, scorer: str | None,
+                 sources: Sequence[tuple[str, np.ndarray]],
+                 live: tuple[np.ndarray, np.ndarray] | None) -> None:
+        self.model = model
+        self.history = history
+        self.items = items
+        self.pool = pool
+        self.scorer = scorer
+        self.sources = sources
+        self.live = live
+        self._record: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """``{"slate": {...}, "items": {item_id: {...}}}`` (JSON-ready, built once)."""
+        if self._record is None:
+            self._record = self._build()
+        return self._record
+
+    def _build(self) -> dict[str, Any]:
+        # NOTE: imported here: the feedback package imports the events one, which imports
+        # the offline one, which imports the pipeline
+        from ..feedback.ltr_features import category_features
+
+        model = self.model
+        catalog = model.catalog
+        items = self.items
+        ids = catalog.id_list()
+        n = items.size
+        none: list[Any] = [None] * n
+        ranks, scores, popularity, trending, category_trending = none, none, none, none, none
+        if self.pool is not None and len(self.pool):
+            found, where = _positions(items, self.pool.items)
+            ranks = _where(found, where.tolist())
+            scores = _where(found, _rounded(self.pool.scores[where]))
+        pop = model.part("pop")
+        if pop is not None:
+            popularity = _rounded(np.asarray(pop["scores"])[items])
+        if self.live is not None:
+            trending, category_trending = _rounded(self.live[0]), _rounded(self.live[1])
+        affinity, recency, same = category_features(self.history, items,
+                                                    np.asarray(catalog.categories))
+        columns = zip(ranks, scores, popularity, trending, category_trending,
+                      _rounded(affinity), _rounded(recency), same.astype(np.int64).tolist(),
+                      strict=True)
+        per_item = {ids[i]: {"features": list(row)}
+                    for i, row in zip(items.tolist(), columns, strict=True)}
+        for name, listed in self.sources:
+            got, at = _positions(items, listed)
+            for i, ok, r in zip(items.tolist(), got.tolist(), at.tolist(), strict=True):
+                if ok:
+                    per_item[ids[i]].setdefault("sources", {})[name] = r
+        slate: dict[str, Any] = {"history_length": int(self.history.size)}
+        if self.scorer:
+            slate["scorer"] = self.scorer
+        return {"slate": slate, "items": per_item}
+
+
+def capture(model: Model, history: np.ndarray, items: np.ndarray, pool: Ranking | None,
+            scorer: str | None, sources: Sequence[tuple[str, np.ndarray]],
+            live_counters: Any, with_sources: bool) -> ServedFeatures:
+    """What :meth:`ServedFeatures.record` will need, taken now: references, and the live
+    counters' values of ``items`` (they move with every event). ``live_counters`` is the
+    process's projections (``projections_of(store)``) or None."""
+    live = None if live_counters is None else live_counters.live_of(model.catalog, items)
+    return ServedFeatures(model, history, items, pool, scorer,
+                          sources if with_sources else (), live)
+
+
+def logged_features(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An impression's item fields by name (:data:`FEATURE_FIELDS`, and ``sources``), the
+    unknown ones left out: what ``rankly train-ranker`` reads of a line."""
+    out = {name: v for name, v in zip(FEATURE_FIELDS, fields.get("features") or (),
+                                       strict=False) if v is not None}
+    if "sources" in fields:
+        out["sources"] = fields["sources"]
+    return out
+
+
+def impression_fields(record: Mapping[str, Any] | ServedFeatures | None,
+                      item_ids: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(per-slate fields, per-position fields)`` of a record for the shown ``item_ids``
+    (an item the record does not know, say one added after it, gets no fields)."""
+    if record is None:
+        return {}, [{} for _ in item_ids]
+    doc = record.record() if isinstance(record, ServedFeatures) else record
+    known = doc.get("items") or {}
+    return dict(doc.get("slate") or {}), [known.get(item, {}) for item in item_ids]
+
+
+def _positions(items: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each of ``items`` is in ``listed``, its first index there or 0)."""
+    if listed.size == 0:
+        return np.zeros(items.size, dtype=bool), np.zeros(items.size, dtype=np.int64)
+    eq = items[:, None] == np.asarray(listed)[None, :]
+    return eq.any(axis=1), eq.argmax(axis=1)
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return np.round(np.asarray(values, dtype=np.float64), DIGITS).tolist()
+
+
+def _where(found: np.ndarray, values: list[Any]) -> list[Any]:
+    return [v if ok else None for v, ok in zip(values, found.tolist(), strict=True)]
