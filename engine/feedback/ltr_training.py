@@ -2,8 +2,10 @@
 
 Rows are logged impressions, one query per served slate, labelled 0 (no click), 1 (click or
 add-to-cart) or 2 (purchase), credited by ``request_id`` or within an attribution window
-(feedback/slates.py). Features are those of feedback/ltr_features.py, computed for the user
-as they were at the request (offpolicy.user_at) and the scorer's pool of the model in DIR.
+(feedback/slates.py). Features are those of feedback/ltr_features.py: the values the
+impressions logged at serve time (pipeline/served.py) when the log has them, else recomputed
+for the user as they were at the request (offpolicy.user_at) and the scorer's pool of the
+model in DIR (logs from before point-in-time logging, or written with it off).
 
 Position bias: clicks at the top of a slate are partly clicks *because* of the top. The
 shown position is a feature during training and is held at 0 for every candidate when
@@ -39,7 +41,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..model import MANIFEST, Model, load_model
-from .ltr_features import FEATURES, ranker_features
+from .ltr_features import FEATURES, feature_matrix, ranker_features
 from .offpolicy import ITEM_PRIOR, user_at
 from .slates import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
 
@@ -107,8 +109,13 @@ def pool_plan(rt: Any) -> Any:
 
 
 def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slate,
-               depth: int, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, Any]:
-    """Features of the slate's shown items (positions as shown) and the user it was for."""
+               depth: int, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Features of the slate's shown items (positions as shown): the values its impressions
+    logged at serve time when they have them (:func:`logged_rows`), else recomputed for the
+    user as they were at the request (their history then, the scorer's pool of the model in
+    DIR)."""
+    if has_logged_features(slate):
+        return logged_rows(model, slate, depth, stats)
     from ..offline.evaluation import rank_user
 
     user = user_at(model, feedback, slate)
@@ -120,11 +127,39 @@ def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slat
     scores = np.array([pool.scores[where[int(i)]] if int(i) in where else floor
                        for i in items], dtype=np.float32)
     pop = model.part("pop")
-    x = ranker_features(user.history, np.maximum(items, 0), ranks, scores,
-                        np.asarray(model.catalog.categories),
-                        None if pop is None else np.asarray(pop["scores"]), stats[0], stats[1],
-                        np.arange(len(items), dtype=np.float32))
-    return x, user
+    return ranker_features(user.history, np.maximum(items, 0), ranks, scores,
+                           np.asarray(model.catalog.categories),
+                           None if pop is None else np.asarray(pop["scores"]), stats[0],
+                           stats[1], np.arange(len(items), dtype=np.float32))
+
+
+def has_logged_features(slate: Slate) -> bool:
+    """Whether the slate's impressions logged the ranker's inputs at serve time (a log
+    written with ``impressions.features`` on; older logs did not)."""
+    return "history_length" in slate.context and len(slate.logged) == len(slate.items)
+
+
+def logged_rows(model: Model, slate: Slate, depth: int,
+                stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """:func:`slate_rows` from the values logged at serve time: pool rank and score, the
+    model's popularity, the user's history length and category features, as the pipeline
+    had them when it computed the slate, whatever happened since (later events, a retrained
+    model in DIR). An item outside the pool (backfilled) gets rank ``depth`` and a score
+    below the slate's lowest, as a recomputed one outside the pool does; ``item_ctr`` and
+    ``log_item_impressions`` come from ``stats`` (the training log), as always."""
+    logged = slate.logged
+    items = np.maximum(model.catalog.lookup(slate.items), 0)
+    known = [f["score"] for f in logged if "score" in f]
+    floor = min(known) - 1.0 if known else 0.0
+    ranks = np.array([f.get("rank", depth) for f in logged], dtype=np.float32)
+    scores = np.array([f.get("score", floor) for f in logged], dtype=np.float64)
+    popularity = np.array([f.get("popularity", 0.0) for f in logged], dtype=np.float64)
+    return feature_matrix(
+        np.arange(len(items), dtype=np.float32), ranks, scores, popularity,
+        stats[0][items], stats[1][items], float(slate.context["history_length"]),
+        np.array([f.get("category_affinity", 0.0) for f in logged], dtype=np.float64),
+        np.array([f.get("category_recency", 0.0) for f in logged], dtype=np.float64),
+        np.array([f.get("same_category_as_last", False) for f in logged], dtype=np.float64))
 
 
 def labels(slate: Slate) -> np.ndarray:
@@ -204,7 +239,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     full = item_stats(train, n_items, catalog.index)
     xs, ys, groups = [], [], []
     for s, f in zip(train, fold, strict=True):
-        x, _ = slate_rows(model, rt, plan, feedback, s, depth, by_fold[f])
+        x = slate_rows(model, rt, plan, feedback, s, depth, by_fold[f])
         xs.append(x)
         ys.append(labels(s))
         groups.append(len(s.items))
@@ -235,7 +270,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
         y = labels(s)
         if not y.any():
             continue
-        x, _ = slate_rows(model, rt, plan, feedback, s, depth, full)
+        x = slate_rows(model, rt, plan, feedback, s, depth, full)
         x[:, 0] = 0.0
         k = len(s.items)
         score = booster.predict(x, num_threads=1)
@@ -246,6 +281,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
                           strict=True))
     report: dict[str, Any] = {
         "slates": len(slates), "train_slates": len(train), "valid_slates": len(valid),
+        "logged_feature_slates": sum(has_logged_features(s) for s in slates),
         "train_rows": int(x_train.shape[0]), "train_clicks": int((y_train > 0).sum()),
         "bias": bias, "examination": [round(float(t), 4) for t in theta],
         "depth": depth, "rounds": rounds,
@@ -364,6 +400,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     print(f"trained on {report['train_slates']} slates ({report['train_rows']} impressions, "
           f"{report['train_clicks']} clicked) in {sum(report['seconds'].values()):.1f} s; "
           f"validated on the latest {report['valid_slates']}", file=out)
+    print(f"features as logged at serve time for {report['logged_feature_slates']} of "
+          f"{report['slates']} slates, recomputed for the rest", file=out)
     print(f"validation NDCG of the shown items: ranker {v['ranker']}, current ranking "
           f"{v['current']} ({v['slates_with_clicks']} slates with clicks)", file=out)
     op = report.get("valid_offpolicy")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..events.values import Event
+from ..pipeline.served import ITEM_FIELDS, logged_features
 
 #: Outcome types; a click is any of them on the item (an add-to-cart or purchase straight
 #: from the slate counts as a click too), a conversion is a purchase.
@@ -31,7 +32,11 @@ class Slate:
     """One served slate: shown items by position, their logging propensities, outcomes.
 
     ``base_positions[k]`` is where the serving ranking had the item shown at ``k`` before
-    exploration moved it (``k`` itself when the slate was not explored).
+    exploration moved it (``k`` itself when the slate was not explored). ``logged[k]``: what
+    its impression logged of the item at serve time by name (pipeline/served.py:
+    ``rank``, ``score``, ``popularity``, ..., ``sources``; the unknown ones left out), empty
+    for a log from before them; the slate's own (``history_length``, ``scorer``) are in
+    ``context``.
     """
 
     request_id: str
@@ -43,6 +48,7 @@ class Slate:
     context: dict[str, Any]
     clicks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     conversions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    logged: list[dict[str, Any]] = field(default_factory=list)
 
     def base_items(self) -> list[str]:
         """The slate the serving ranking chose, before exploration."""
@@ -127,13 +133,14 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
         order = sorted(positions)
         items = [positions[k][0] for k in order]
         ctxs = [positions[k][1] for k in order]
+        logged = [logged_features({f: c.pop(f) for f in ITEM_FIELDS if f in c}) for c in ctxs]
         prop = np.array([float(c.get("propensity", 1.0)) for c in ctxs])
         base = np.array([int(c.get("base_position", k)) for k, c in enumerate(ctxs)],
                         dtype=np.int64)
         shared = {k: v for k, v in ctxs[0].items() if k not in ("propensity", "base_position")}
         user, ts = meta[rid]
         s = Slate(rid, user, ts, items, prop, base, shared,
-                  np.zeros(len(items), dtype=bool), np.zeros(len(items), dtype=bool))
+                  np.zeros(len(items), dtype=bool), np.zeros(len(items), dtype=bool), logged)
         slates.append(s)
         by_id[rid] = s
     slates.sort(key=lambda s: (s.timestamp, s.request_id))

@@ -1,0 +1,114 @@
+"""`rankly train-ranker` on a log with point-in-time features: the values served, not recomputed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from rankly.engine import cli
+from rankly.engine.config import load_settings
+from rankly.engine.feedback.ltr_features import FEATURES
+from rankly.engine.feedback.ltr_training import (
+    has_logged_features,
+    item_stats,
+    pool_plan,
+    slate_rows,
+)
+from rankly.engine.feedback.slates import load_feedback
+from rankly.engine.model import load_model
+from rankly.engine.offline.batch import serving_runtime
+from rankly.engine.offline.simulator import Simulator, drive
+from rankly.engine.pipeline.served import ITEM_FIELDS, SLATE_FIELDS
+from rankly.engine.serving.app import create_app
+
+
+@pytest.fixture(scope="module")
+def served(artifacts, tmp_path_factory):
+    """60 simulated requests served (exploration 0.5 over the top 10, no cache tier) from a
+    copy of the artifacts, which the tests then change as a retrain would."""
+    root = tmp_path_factory.mktemp("point-in-time")
+    art = root / "art"
+    shutil.copytree(artifacts, art)
+    settings = load_settings(environ={}, artifacts=art, data_dir=root / "log",
+                             exploration={"rate": 0.5, "top_m": 10}, cache={"tiers": []})
+    with TestClient(create_app(settings)) as client:
+        drive(client, Simulator.for_model(load_model(art), seed=4), requests=60, n=10, seed=2)
+    return art, root / "log" / "events" / "events.jsonl", settings
+
+
+def _rows(art, settings, feedback, recompute: bool) -> list[np.ndarray]:
+    model = load_model(art, mmap=False)
+    rt = serving_runtime(model, settings)
+    stats = item_stats(feedback.slates, len(model.catalog), model.catalog.index)
+    out = []
+    for s in feedback.slates:
+        if recompute:
+            s = dataclasses.replace(s, logged=[])
+        out.append(slate_rows(model, rt, pool_plan(rt), feedback, s, 100, stats))
+    return out
+
+
+def test_logged_features_equal_the_served_ones_and_survive_a_retrain(served):
+    art, path, settings = served
+    feedback = load_feedback(path)
+    assert len(feedback.slates) == 60
+    assert all(has_logged_features(s) for s in feedback.slates)
+    logged = _rows(art, settings, feedback, recompute=False)
+    # the model in DIR is still the one that served, without a cache tier: recomputing the
+    # features reproduces the served ones, so the logged values are what serving had
+    recomputed = _rows(art, settings, feedback, recompute=True)
+    for a, b in zip(logged, recomputed, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # a retrain changes the model's popularity; the logged rows keep the served value
+    pop_file = art / "parts" / "pop" / "scores.npy"
+    original = np.load(pop_file)
+    try:
+        np.save(pop_file, original * 3.0 + 7.0)
+        after = _rows(art, settings, feedback, recompute=False)
+        moved = _rows(art, settings, feedback, recompute=True)
+    finally:
+        np.save(pop_file, original)
+    col = FEATURES.index("log_popularity")
+    for a, b, c in zip(logged, after, moved, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert (c[:, col] > b[:, col]).all()
+
+
+def test_train_ranker_uses_logged_features_and_recomputes_for_old_logs(served, tmp_path,
+                                                                        capsys):
+    pytest.importorskip("lightgbm")
+    art, path, _ = served
+    old = tmp_path / "old.jsonl"
+    with open(path, encoding="utf-8") as src, open(old, "w", encoding="utf-8") as dst:
+        for line in src:
+            doc = json.loads(line)
+            for name in (*ITEM_FIELDS, *SLATE_FIELDS):
+                doc.get("c", {}).pop(name, None)
+            dst.write(json.dumps(doc) + "\n")
+    reports = []
+    for log in (path, old):
+        assert cli.main(["train-ranker", "--events", str(log), "--artifacts", str(art),
+                         "--dry-run", "--json", "--rounds", "5"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert [r["logged_feature_slates"] for r in reports] == [60, 0]
+    assert reports[0]["train_rows"] == reports[1]["train_rows"]
+
+
+def test_export_events_keeps_the_logged_features(served, tmp_path):
+    from rankly.engine.events import cli as events_cli
+
+    _, path, settings = served
+    out = tmp_path / "export.jsonl"
+    with open(out, "w", encoding="utf-8") as fh:
+        asyncio.run(events_cli.export(settings, fh, include_impressions=True, fmt="jsonl"))
+    a, b = load_feedback(path), load_feedback(out)
+    assert [s.logged for s in a.slates] == [s.logged for s in b.slates]
+    assert [s.context["history_length"] for s in a.slates] == [
+        s.context["history_length"] for s in b.slates]
+    assert any(f.get("rank") is not None for s in b.slates for f in s.logged)
