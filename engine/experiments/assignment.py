@@ -105,8 +105,14 @@ class Status(enum.StrEnum):
 
 
 class Metric(enum.StrEnum):
+    """What an experiment judges by: per exposed user (``ctr``: users who clicked a served
+    item, ``conversion``: users who bought one) or per impression (clicks and purchases
+    per served item, with a user-clustered variance: experiments/stats.py)."""
+
     CTR = "ctr"
     CONVERSION = "conversion"
+    IMPRESSION_CTR = "impression_ctr"
+    IMPRESSION_CONVERSION = "impression_conversion"
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +426,9 @@ def parse_experiment(raw: Mapping[str, Any], *, index: int | None = None) -> Exp
     sticky = _bool(raw.get("sticky", False), where, "sticky")
     bandit = _bool(raw.get("bandit", False), where, "bandit")
     layer = _layer(raw.get("layer"), where)
+    if bandit and metric in (Metric.IMPRESSION_CTR, Metric.IMPRESSION_CONVERSION):
+        raise ExperimentError(f"{where}: primary_metric: a bandit allocates by a per-user "
+                              f"metric (ctr or conversion), got {metric.value!r}")
 
     variants_raw = raw.get("variants")
     if isinstance(variants_raw, str | bytes | Mapping) or not isinstance(variants_raw, Sequence):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from .assignment import (
     assign_one,
     parse_experiment,
 )
-from .stats import ArmCounts, analyze, sample_size
+from .stats import IMPRESSION_METRICS, METRICS, ArmCounts, ImpressionCounts, analyze, sample_size
 
 
 def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,8 +37,16 @@ def add_arguments(subparsers: Any) -> argparse.ArgumentParser:
         help="one per arm, control first; NAME:EXPOSURES:CONVERSIONS[:CLICKS]",
     )
     p.add_argument("--weights", type=_floats, help="configured shares, e.g. 50,50 (default equal)")
-    p.add_argument("--metric", choices=("conversion", "ctr"), default="conversion",
-                   help="primary metric (default conversion)")
+    p.add_argument("--metric", choices=METRICS, default="conversion",
+                   help="primary metric (default conversion): per exposed user (ctr, "
+                        "conversion) or per impression (impression_ctr, "
+                        "impression_conversion: needs --impressions)")
+    p.add_argument("--guardrail", action="append", choices=METRICS, default=[],
+                   help="a metric no variant may be significantly worse on (repeatable)")
+    p.add_argument("--impressions", metavar="CSV",
+                   help="per-user impression counts, header arm,user,impressions,clicks,"
+                        "conversions: adds the per-impression results (CTR and conversion "
+                        "per served item, user-clustered variance)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--correction", choices=("holm", "bh"), default="holm",
                    help="multiple-comparison correction: Holm or Benjamini-Hochberg "
@@ -95,41 +104,104 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _analyze(args: argparse.Namespace, out: TextIO) -> int:
+    impressions = None
+    if args.impressions:
+        impressions = read_impressions(args.impressions, [a.name for a in args.arm])
     doc = analyze(
         args.arm,
         args.weights,
         args.metric,
+        guardrails=args.guardrail,
         alpha=args.alpha,
         correction=args.correction,
         mde=args.mde,
         mde_relative=not args.absolute,
+        impressions=impressions,
     )
     if args.json:
         out.write(json.dumps(doc, allow_nan=False, indent=2) + "\n")
         return 0
-    metric = doc["metrics"][args.metric]
+    render_analysis(doc, out)
+    return 0
+
+
+def render_analysis(doc: dict[str, Any], out: TextIO) -> None:
+    """The results document as text: verdict, SRM, the primary metric per arm and per
+    comparison, each guardrail's comparisons, and the per-impression results when present."""
     out.write(f"verdict: {doc['verdict']} ({doc['verdict_reason']})\n")
     srm = doc["srm"]
     out.write(
         f"srm: p = {_fmt(srm['p_value'])}{'  ALERT: untrustworthy' if srm['alert'] else ''}\n"
     )
+    primary = doc["primary_metric"]
+    metric = doc["metrics"][primary]
+    per_imp = {a["name"]: a for a in doc.get("per_impression", {}).get("arms", ())}
+    out.write(f"primary metric: {primary}"
+              f"{' (per impression)' if primary in IMPRESSION_METRICS else ' (per user)'}\n")
     for arm in doc["arms"]:
-        r = metric["rates"][arm["name"]]
-        out.write(
-            f"  {arm['name']:<16} n={arm['exposures']:<10} rate={_fmt(r)}"
-            f"  P(best)={_fmt(metric['p_best'][arm['name']])}\n"
-        )
+        name = arm["name"]
+        n = (f"impressions={per_imp[name]['impressions']:<10}" if primary in IMPRESSION_METRICS
+             else f"n={arm['exposures']:<10}")
+        best = metric.get("p_best")
+        out.write(f"  {name:<16} {n} rate={_fmt(metric['rates'][name])}"
+                  + (f"  P(best)={_fmt(best[name])}" if best else "") + "\n")
     for c in metric["comparisons"]:
-        d, lift = c["diff"], c["relative_lift"]
-        out.write(
-            f"{c['variant']} vs {doc['control']}: diff={_fmt(d['estimate'])} "
-            f"CI={_ci(d['ci'])}  lift={_fmt(lift['estimate'])} CI={_ci(lift['ci'])} "
-            f"[{lift['status']}]  p={_fmt(c['z_test']['p_value'])} "
+        out.write(f"{c['variant']} vs {doc['control']}: {_comparison(c)}\n")
+    for g in doc["guardrails"]:
+        for c in doc["metrics"][g]["comparisons"]:
+            out.write(f"guardrail {g}: {c['variant']} vs {doc['control']}: "
+                      f"{_comparison(c)}\n")
+    if per_imp:
+        pi = doc["per_impression"]
+        out.write("per impression (user-clustered variance):\n")
+        for arm in pi["arms"]:
+            out.write(f"  {arm['name']:<16} impressions={arm['impressions']:<10} "
+                      f"ctr={_fmt(arm['ctr'])} (se {_fmt(arm['ctr_se'])})  "
+                      f"conversion={_fmt(arm['conversion_rate'])} "
+                      f"(se {_fmt(arm['conversion_rate_se'])})\n")
+        for name, m in pi["metrics"].items():
+            for c in m["comparisons"]:
+                out.write(f"impression_{name}: {c['variant']} vs {pi['control']}: "
+                          f"{_comparison(c)}\n")
+
+
+def _comparison(c: dict[str, Any]) -> str:
+    d, lift = c["diff"], c["relative_lift"]
+    bayes = c.get("bayes")
+    return (f"diff={_fmt(d['estimate'])} CI={_ci(d['ci'])}  lift={_fmt(lift['estimate'])} "
+            f"CI={_ci(lift['ci'])} [{lift['status']}]  p={_fmt(c['z_test']['p_value'])} "
             f"(adj {_fmt(c['z_test'].get('p_value_adjusted'))})  "
-            f"always-valid CI={_ci(c['sequential']['ci'])}  "
-            f"P(beats control)={_fmt(c['bayes']['prob_beats_control'])}  -> {c['direction']}\n"
-        )
-    return 0
+            f"always-valid CI={_ci(c['sequential']['ci'])}"
+            + (f"  P(beats control)={_fmt(bayes['prob_beats_control'])}" if bayes else "")
+            + f"  -> {c['direction']}")
+
+
+#: Columns of ``rankly experiments analyze --impressions``: one row per (arm, user).
+IMPRESSION_COLUMNS = ("arm", "user", "impressions", "clicks", "conversions")
+
+
+def read_impressions(path: str, arms: Sequence[str]) -> list[ImpressionCounts]:
+    """Per-arm per-impression sums (in ``arms`` order) from a CSV of per-user counts."""
+    rows: dict[str, dict[str, dict[str, int]]] = {a: {} for a in arms}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(IMPRESSION_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {', '.join(sorted(missing))} "
+                             f"(expected {','.join(IMPRESSION_COLUMNS)})")
+        for line, row in enumerate(reader, start=2):
+            arm = row["arm"]
+            if arm not in rows:
+                raise ValueError(f"{path}:{line}: arm {arm!r} is not one of the --arm names")
+            try:
+                got = {k: int(row[c]) for k, c in (("n", "impressions"), ("x", "clicks"),
+                                                   ("c", "conversions"))}
+            except ValueError:
+                raise ValueError(f"{path}:{line}: counts must be integers") from None
+            user = rows[arm].setdefault(row["user"], {"n": 0, "x": 0, "c": 0})
+            for k, v in got.items():
+                user[k] += v
+    return [ImpressionCounts.of_users(a, list(rows[a].values())) for a in arms]
 
 
 def _sample_size(args: argparse.Namespace, out: TextIO) -> int:

@@ -93,7 +93,7 @@ async def get_experiment(request: Request) -> Response:
 #: ExperimentError messages of rules that relate fields to each other or to other
 #: experiments, which a JSON schema cannot state: 409, not 422.
 _CONFLICTS = ("duplicated variant", "weights must not all be 0", "layer.range",
-              "overlaps")
+              "overlaps", "a bandit allocates by a per-user metric")
 
 
 async def put_experiment(request: Request) -> Response:

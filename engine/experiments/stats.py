@@ -413,6 +413,12 @@ def sample_size(
 KINDS = ("n", "x", "c")
 #: Which per-user count is the numerator of each per-impression metric.
 NUMERATOR = {"ctr": "x", "conversion": "c"}
+#: The per-impression metrics an experiment can judge by (``primary_metric``, ``guardrails``),
+#: by their name there, and the ``per_impression`` metric each one reads.
+IMPRESSION_METRICS = {"impression_ctr": "ctr", "impression_conversion": "conversion"}
+#: Every metric name an experiment accepts: per user (exposed users who clicked or
+#: converted) and per impression.
+METRICS = ("ctr", "conversion", *IMPRESSION_METRICS)
 _ARM_LABEL = {"ctr": "ctr", "conversion": "conversion_rate"}  # as in the per-user arms
 IMPRESSION_METHOD = (
     "ratio of sums over users; variance by the delta method with users as clusters "
@@ -658,7 +664,10 @@ def analyze(
     applies of: srm_alert, collecting, guardrail_breached, significant_win, significant_loss,
     collecting (planned sample not reached), no_detectable_difference.
     ``impressions`` (per-impression data, in the order of ``arms``) adds ``per_impression``
-    (:func:`analyze_impressions`); the verdict stays on the per-user metrics.
+    (:func:`analyze_impressions`). The primary metric and guardrails may be per-impression
+    ones (:data:`IMPRESSION_METRICS`, which need ``impressions``): they are compared with
+    :func:`compare_ratio` (user-clustered variance) and join the same family of p-values;
+    an ``mde`` then plans impressions (the binomial size times control's design effect).
     Raises InvalidCounts for impossible counts and ValueError for bad arguments.
     """
     if len(arms) < 2:
@@ -668,11 +677,19 @@ def analyze(
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError("arms: names must be unique")
-    if primary_metric not in ("ctr", "conversion"):
-        raise ValueError(f"primary_metric: expected ctr or conversion, got {primary_metric!r}")
+    choices = ", ".join(METRICS)
+    if primary_metric not in METRICS:
+        raise ValueError(f"primary_metric: expected one of {choices}, got {primary_metric!r}")
     for g in guardrails:
-        if g not in ("ctr", "conversion"):
-            raise ValueError(f"guardrails: expected ctr or conversion, got {g!r}")
+        if g not in METRICS:
+            raise ValueError(f"guardrails: expected one of {choices}, got {g!r}")
+    per_impression = [m for m in (primary_metric, *guardrails) if m in IMPRESSION_METRICS]
+    if per_impression and impressions is None:
+        raise ValueError(f"{per_impression[0]}: needs per-impression counts")
+    if bandit and primary_metric in IMPRESSION_METRICS:
+        raise ValueError("primary_metric: a bandit allocates by a per-user metric")
+    if impressions is not None and [a.name for a in impressions] != names:
+        raise ValueError("impressions: expected one entry per arm, in the arms' order")
     if correction not in ("holm", "bh"):
         raise ValueError(f"correction: expected holm or bh, got {correction!r}")
     if weights is None:
@@ -687,21 +704,31 @@ def analyze(
 
     plan = None
     n_c = control.exposures
+    ratios = ({m: [ratio_estimate(a, IMPRESSION_METRICS[m]) for a in impressions]
+               for m in dict.fromkeys(per_impression)} if impressions is not None else {})
     if mde is not None:
         try:
-            plan = sample_size(
-                rate(control.successes(primary_metric), n_c) or 0.0,
-                mde,
-                relative=mde_relative,
-                alpha=alpha,
-                power=power,
-                arms=len(arms),
-                daily_traffic=daily_traffic,
-            )
+            if primary_metric in ratios:
+                plan = impression_plan(ratios[primary_metric][0], mde, relative=mde_relative,
+                                       alpha=alpha, power=power, arms=len(arms))
+            else:
+                plan = sample_size(
+                    rate(control.successes(primary_metric), n_c) or 0.0,
+                    mde,
+                    relative=mde_relative,
+                    alpha=alpha,
+                    power=power,
+                    arms=len(arms),
+                    daily_traffic=daily_traffic,
+                )
+                plan["unit"] = "exposures"
             plan["status"] = OK
         except ValueError as exc:
             plan = {"per_variant": None, "status": f"undefined: {exc}"}
-    min_n = min(a.exposures for a in arms)
+    min_exposed = min(a.exposures for a in arms)
+    min_n = min_exposed
+    if primary_metric in ratios:
+        min_n = min(a.get("n") for a in impressions or ())
     planned_n = plan["per_variant"] if plan else None
     if planned_n:
         plan["progress"] = min(1.0, min_n / planned_n)
@@ -712,10 +739,26 @@ def analyze(
     fixed_p: list[float | None] = []
     seq_p: list[float | None] = []
     for metric in metrics:
-        x0 = control.successes(metric)
         tau = None
         if mde is not None and metric == primary_metric and plan and plan.get("per_variant"):
             tau = abs(plan["mde_absolute"])
+        if metric in ratios:
+            est = ratios[metric]
+            comparisons = []
+            for j, arm in enumerate(variants):
+                c = compare_ratio(est[0], est[j + 1], alpha=alpha, tau=tau)
+                c["variant"] = arm.name
+                comparisons.append(c)
+                family.append((metric, j))
+                fixed_p.append(c["z_test"]["p_value"])
+                seq_p.append(c["sequential"]["p_value"])
+            results[metric] = {
+                "per_impression": True,
+                "rates": {a.name: e["rate"] for a, e in zip(arms, est, strict=True)},
+                "comparisons": comparisons,
+            }
+            continue
+        x0 = control.successes(metric)
         comparisons = []
         for j, arm in enumerate(variants):
             c = compare(x0, n_c, arm.successes(metric), arm.exposures, alpha=alpha, tau=tau)
@@ -734,7 +777,7 @@ def analyze(
 
     srm = srm_test([a.exposures for a in arms], shares)
     verdict, reason = _verdict(
-        results, primary_metric, metrics[1:], srm, min_n, min_exposures, plan, reached
+        results, primary_metric, metrics[1:], srm, min_exposed, min_exposures, plan, reached
     )
     doc: dict[str, Any] = {
         "verdict": verdict,
@@ -762,8 +805,6 @@ def analyze(
         "sample_size": plan,
     }
     if impressions is not None:
-        if [a.name for a in impressions] != names:
-            raise ValueError("impressions: expected one entry per arm, in the arms' order")
         doc["per_impression"] = analyze_impressions(impressions, alpha=alpha,
                                                     correction=correction, reached=reached)
     if bandit:
@@ -774,6 +815,22 @@ def analyze(
             "note": BANDIT_NOTE,
         }
     return json_safe(doc)
+
+
+def impression_plan(control: Mapping[str, Any], mde: float, *, relative: bool, alpha: float,
+                    power: float, arms: int) -> dict[str, Any]:
+    """The planned impressions per variant for a per-impression primary metric: the
+    binomial :func:`sample_size` at control's rate, times control's design effect (at least
+    1: impressions of one user are correlated, so they carry less than independent ones)."""
+    plan = sample_size(control["rate"] or 0.0, mde, relative=relative, alpha=alpha,
+                       power=power, arms=arms)
+    effect = max(control["design_effect"] or 1.0, 1.0)
+    plan["binomial_per_variant"] = plan["per_variant"]
+    plan["design_effect"] = effect
+    plan["per_variant"] = math.ceil(plan["per_variant"] * effect)
+    plan["total"] = plan["per_variant"] * arms
+    plan["unit"] = "impressions"
+    return plan
 
 
 def _verdict(

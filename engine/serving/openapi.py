@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Settings
+from ..experiments import Metric
 from ..http.validation import ID_PATTERN, ID_RULE
 
 _KEY_CHAR = "[^/\\x00-\\x1f\\x7f-\\x9f]"
@@ -218,13 +219,16 @@ def _experiment_schema(ident: dict[str, Any],
                    "candidates": _component_names(registries, "candidate_generators"),
                    "rerankers": _component_names(registries, "rerankers"),
                    "options": _component_options(registries)}}
-    metric = {"type": "string", "enum": ["ctr", "conversion"]}
+    metric = {"type": "string", "enum": [m.value for m in Metric],
+              "description": "per exposed user (ctr, conversion) or per impression "
+                             "(impression_ctr, impression_conversion)"}
     return {
         "type": "object", "required": ["variants"], "additionalProperties": False,
         "description": "Cross-field rules answer 409: variant names must be distinct, the "
                        "weights must not all be 0, a layer range needs start < end and must "
-                       "not overlap another experiment's in the same layer, and a key in the "
-                       "body must be the key of the path.",
+                       "not overlap another experiment's in the same layer, a bandit's "
+                       "primary metric is a per-user one, and a key in the body must be the "
+                       "key of the path.",
         "properties": {
             "key": {**ident, "description": "the key of the path, if given"},
             "seed": {"type": "string", "minLength": 1},
