@@ -210,6 +210,9 @@ class Settings:
     experiments: tuple[Mapping[str, Any], ...] = ()
     quality_window_minutes: float = 15.0  # rolling window of the quality gauges
     bandit_epoch_seconds: float = 3600.0  # bandits re-weight once per decision epoch
+    # days an experiment's Redis counters are kept after it stops, or after their last write
+    # while it runs (0: forever); experiments/tracking.py, docs/experiments.md
+    experiment_retention_days: float = 90.0
     event_types: Mapping[str, float] = field(default_factory=dict)
 
     def plugin_options(self, name: str) -> Mapping[str, Any]:
@@ -338,6 +341,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
     if not 1 <= s.events.partitions <= 1024:
         raise ConfigError("events.partitions must be in 1..1024")
+    if not 0 <= s.experiment_retention_days < 1e6:
+        raise ConfigError("experiment_retention_days must be in [0, 1e6) (0: keep forever)")
     if not 0 <= s.exploration.rate <= 1 or s.exploration.top_m < 2:
         raise ConfigError("exploration.rate must be in [0, 1] and exploration.top_m >= 2")
     return s

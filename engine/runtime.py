@@ -257,4 +257,4 @@ def build_runtime(settings: Settings, model: Model, pm: pluggy.PluginManager | N
     log.info("rankly kernels: %s; model %s (%d items, %d users)", _fast.IMPLEMENTATION,
              model.version, len(model.catalog), len(model.users))
     return Runtime(settings, pm, registries, store, caches, components, experiments,
-                   make_tracker(store))
+                   make_tracker(store, settings.experiment_retention_days * 86400.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,8 @@ from . import (
     parse_experiment,
 )
 from .stats import srm_test
+
+log = logging.getLogger("rankly.experiments")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -135,6 +138,10 @@ async def put_experiment(request: Request) -> Response:
         raise RequestError("body", message, status=status) from None
     except OverflowError:  # an integer literal too large for a float (math.isfinite)
         raise RequestError("body", "a number is out of range") from None
+    if old is not None and old.phase != exp.phase:
+        await retain(rt, old)  # the old phases' counts are read no more
+    if exp.status is Status.STOPPED:
+        await retain(rt, exp)
     return _json(describe(exp), status=200 if old is not None else 201)
 
 
@@ -175,7 +182,24 @@ async def stop_experiment(request: Request) -> Response:
     rt = _runtime(request)
     exp = dataclasses.replace(_experiment(rt, request), status=Status.STOPPED)
     rt.experiments = rt.experiments.replace_experiment(exp)
+    await retain(rt, exp)
     return _json(describe(exp))
+
+
+async def retain(rt: Runtime, exp: Experiment) -> None:
+    """Start the retention countdown of ``exp``'s stored counts (``experiment_retention_days``);
+    a store that is down only leaves them to the TTLs their last writes set."""
+    try:
+        await rt.tracker.retain(exp)
+    except StoreUnavailable:
+        log.warning("experiment %r: retention not applied: store unavailable", exp.key)
+
+
+async def retain_stopped(rt: Runtime) -> None:
+    """:func:`retain` every experiment configured as stopped (at start-up)."""
+    for exp in rt.experiments.experiments:
+        if exp.status is Status.STOPPED:
+            await retain(rt, exp)
 
 
 async def experiment_results(request: Request) -> Response:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..storage.store import StoreUnavailable
-from .assignment import Assignment, Experiment, Experiments
+from .assignment import Assignment, Experiment, Experiments, Status
 from .bandit import Allocation, update_bandit
 from .stats import ArmCounts, ImpressionCounts, bump_moments
 
@@ -50,6 +51,21 @@ redis.call('HINCRBY', KEYS[2], kind, k)
 redis.call('HINCRBY', KEYS[1], kind .. ':' .. user, k)
 return 1
 """
+
+# NOTE: one script for "give these keys the TTL unless they have one": a write to a stopped
+# experiment (a late outcome) must not reset its countdown, nor leave a key it creates forever.
+EXPIRE_IF_NONE = """
+for _, k in ipairs(KEYS) do
+  if redis.call('TTL', k) == -1 then redis.call('EXPIRE', k, ARGV[1]) end
+end
+return 0
+"""
+#: The key parts of an experiment phase: one for the phase, the others per variant.
+PHASE_PARTS = ("assign",)
+VARIANT_PARTS = ("exposed", "click", "conversion", "imp", "impm", "impseen")
+#: A running experiment's keys get their TTL back on a write at most this often per key and
+#: process (at most half the retention): an EXPIRE per write would double the commands.
+REFRESH_S = 3600.0
 
 log = logging.getLogger("rankly.experiments")
 
@@ -105,6 +121,12 @@ class ExperimentTracker:
 
     async def flush_impressions(self) -> None:
         """Write impressions noted but not yet stored (nothing to do in process)."""
+
+    async def retain(self, exp: Experiment) -> int:
+        """Start the retention countdown of every stored count of ``exp`` (all its phases so
+        far): when it stops, or when a new phase leaves the old ones. Returns how many stored
+        structures got it (in process: none, counts live as long as the process)."""
+        return 0
 
     def _first_exposure(self, a: Assignment, user_id: str) -> bool:
         """Note the exposure in this process; True the first time for (user, exp, phase)."""
@@ -196,11 +218,21 @@ class RedisExperimentTracker(ExperimentTracker):
     ``<kind>:<user>`` -> count), ``...:impm:<variant>`` (hash of the running sums) and
     ``...:impseen:<variant>`` (set of counted outcome, request and item); served impressions
     are summed in process and written in one pipeline at most every ``IMPRESSION_FLUSH_S``.
+
+    Retention (``experiment_retention_days``, ``retention_s`` here; 0 keeps keys forever):
+    every key a write touches carries a TTL. A running experiment's writes set it back to the
+    retention (at most every :data:`REFRESH_S` per key and process, in the same pipeline), so
+    its counts expire only after that long without a write; :meth:`retain` restarts it for
+    every key when the experiment stops or moves to a new phase; a write to a stopped
+    experiment only gives a TTL to a key that has none.
     """
 
-    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time,
+                 retention_s: float = 0.0) -> None:
         super().__init__(clock=clock)
         self.store = store
+        self.retention_s = retention_s
+        self._refreshed: dict[str, float] = {}  # key -> when this process last set its TTL
         self._pending: dict[tuple[str, int, str, str], int] = {}
         self._flush_due: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
@@ -242,6 +274,9 @@ class RedisExperimentTracker(ExperimentTracker):
             pipe = r.pipeline(transaction=False)
             for (exp_key, phase, variant, user_id), k in pending.items():
                 self._bump_call(pipe, (exp_key, phase, variant), user_id, "n", k)
+            for exp_key, phase, variant in {key[:3] for key in pending}:
+                self._keep(pipe, [self._key(exp_key, phase, part, variant)
+                                  for part in ("imp", "impm", "impseen")], running=True)
             return await pipe.execute()
 
         try:
@@ -256,6 +291,50 @@ class RedisExperimentTracker(ExperimentTracker):
     def _key(self, exp_key: str, phase: int, part: str, variant: str | None = None) -> str:
         return self.store.keys.experiment(exp_key, phase, part, variant)
 
+    def _ttl(self) -> int | None:
+        """The retention in whole seconds (at least 1), or None to keep keys forever."""
+        return max(1, math.ceil(self.retention_s)) if self.retention_s > 0 else None
+
+    def _keep(self, pipe: Any, keys: Sequence[str], running: bool) -> None:
+        """Queue on ``pipe``, after its writes to ``keys`` (one experiment's), what keeps
+        them from living forever (see the class docstring)."""
+        ttl = self._ttl()
+        if ttl is None or not keys:
+            return
+        if not running:
+            pipe.eval(EXPIRE_IF_NONE, len(keys), *keys, ttl)
+            return
+        now = self.clock()
+        every = min(REFRESH_S, ttl / 2)
+        for key in keys:
+            if now - self._refreshed.get(key, -math.inf) >= every:
+                pipe.expire(key, ttl)
+                self._refreshed[key] = now
+
+    def _keys_of(self, exp: Experiment) -> list[str]:
+        return [self._key(exp.key, phase, part, variant)
+                for phase in range(exp.phase + 1)
+                for part, variant in ([(p, None) for p in PHASE_PARTS]
+                                      + [(p, v.name) for v in exp.variants
+                                         for p in VARIANT_PARTS])]
+
+    async def retain(self, exp: Experiment) -> int:
+        ttl = self._ttl()
+        if ttl is None:
+            return 0
+        keys = self._keys_of(exp)
+
+        async def write(r: Any) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for key in keys:
+                pipe.expire(key, ttl)
+            return await pipe.execute()
+
+        done = await self.store.guard.run(write)
+        for key in keys:  # a restarted experiment's next write refreshes them again
+            self._refreshed.pop(key, None)
+        return sum(bool(d) for d in done)
+
     async def expose(self, a: Assignment, user_id: str) -> bool:
         if not self._first_exposure(a, user_id):
             return False
@@ -263,11 +342,14 @@ class RedisExperimentTracker(ExperimentTracker):
 
         async def write(r: Any) -> list[Any]:
             pipe = r.pipeline(transaction=False)
-            pipe.hsetnx(self._key(exp.key, exp.phase, "assign"), user_id, variant)
-            pipe.sadd(self._key(exp.key, exp.phase, "exposed", variant), user_id)
+            assign = self._key(exp.key, exp.phase, "assign")
+            exposed = self._key(exp.key, exp.phase, "exposed", variant)
+            pipe.hsetnx(assign, user_id, variant)
+            pipe.sadd(exposed, user_id)
+            self._keep(pipe, [assign, exposed], running=exp.status is Status.RUNNING)
             return await pipe.execute()
 
-        _, added = await self.store.guard.run(write)
+        added = (await self.store.guard.run(write))[1]
         return bool(added)
 
     async def outcome(self, user_id: str, outcome: str, experiments: Iterable[Experiment],
@@ -297,6 +379,10 @@ class RedisExperimentTracker(ExperimentTracker):
                 if served is not None:
                     self._bump_call(pipe, (e.key, e.phase, v), user_id,
                                     KIND_OF_OUTCOME[outcome], 1, once)
+            for e, v in hits:  # after the counts: their replies are read in order below
+                parts = (outcome, "imp", "impm", "impseen") if served is not None else (outcome,)
+                self._keep(pipe, [self._key(e.key, e.phase, part, v) for part in parts],
+                           running=e.status is Status.RUNNING)
             return await pipe.execute()
 
         added = iter(await self.store.guard.run(count))
@@ -337,6 +423,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def make_tracker(store: Any) -> ExperimentTracker:
-    """The tracker matching the store: shared counts on Redis, in-process ones otherwise."""
-    return RedisExperimentTracker(store) if hasattr(store, "guard") else ExperimentTracker()
+def make_tracker(store: Any, retention_s: float = 0.0) -> ExperimentTracker:
+    """The tracker matching the store: shared counts on Redis (kept ``retention_s`` seconds,
+    see :class:`RedisExperimentTracker`; 0: forever), in-process ones otherwise."""
+    if hasattr(store, "guard"):
+        return RedisExperimentTracker(store, retention_s=retention_s)
+    return ExperimentTracker()

@@ -273,6 +273,10 @@ def create_app(settings: Settings, model: Model | None = None, **runtime_args: A
         warmed = await pipeline.warm_up(rt)  # the first computation's one-time costs
         watcher = start_model_watcher(rt)
         events = await events_api.start_events(rt)
+        if settings.experiment_retention_days > 0:  # Redis: start stopped ones' countdown
+            task = asyncio.create_task(experiments_api.retain_stopped(rt))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
         metrics.MODEL_INFO.labels(loaded.version).set(1)
         log.info("serving model %s with %s kernels (warm-up %.0f ms)", loaded.version,
                  _fast.IMPLEMENTATION, warmed * 1000)
