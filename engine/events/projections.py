@@ -116,7 +116,9 @@ class DecayedCounter:
             if self.t0 is None:
                 return np.zeros(len(positions))
             assert self._bound is not None
-            return self._bound[1][positions] * math.exp(self.rate * (self.t0 - self.latest))
+            out = self._bound[1][positions]
+            out *= math.exp(self.rate * (self.t0 - self.latest))
+            return out
 
     def _bind(self, index: Mapping[str, int], size: int) -> None:
         arr = np.zeros(size, dtype=np.float64)
@@ -297,12 +299,16 @@ class Projections:
     def live_of(self, catalog: Catalog, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(item_scores(catalog)[items], category_scores(catalog)[categories of items])``,
         float64, 0 for an uncategorized item: read for a few items at once."""
-        cats = catalog.categories[items]
-        ok = cats >= 0
+        # NOTE: this runs on every computed slate: the catalog's categories with -1 read as 0,
+        # and whether each has one, are made once (memo), so a read is two gathers
+        memo = catalog.memo.get("live_categories")
+        if memo is None:
+            cats = np.asarray(catalog.categories)
+            memo = catalog.memo["live_categories"] = (np.maximum(cats, 0), cats >= 0)
         trending = self.trending.array_at(catalog.category_index, len(catalog.category_names),
-                                          np.where(ok, cats, 0))
-        return (self.popularity.array_at(catalog.index, len(catalog), items),
-                np.where(ok, trending, 0.0))
+                                          memo[0][items])
+        trending *= memo[1][items]
+        return self.popularity.array_at(catalog.index, len(catalog), items), trending
 
 
 _LIVE: weakref.WeakKeyDictionary[Store, Projections] = weakref.WeakKeyDictionary()

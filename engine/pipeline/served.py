@@ -80,24 +80,26 @@ class ServedFeatures:
         items = self.items
         ids = catalog.id_list()
         n = items.size
-        none: list[Any] = [None] * n
-        ranks, scores, popularity, trending, category_trending = none, none, none, none, none
+        # the float columns in one array, rounded in one call (NaN: unknown): score,
+        # popularity, trending, category_trending, category_affinity, category_recency
+        floats = np.full((n, 6), np.nan)
+        ranks: list[Any] = [None] * n
         if self.pool is not None and len(self.pool):
             found, where = _positions(items, self.pool.items)
             ranks = _where(found, where.tolist())
-            scores = _where(found, _rounded(self.pool.scores[where]))
+            floats[found, 0] = self.pool.scores[where[found]]
         pop = model.part("pop")
         if pop is not None:
-            popularity = _rounded(np.asarray(pop["scores"])[items])
+            floats[:, 1] = np.asarray(pop["scores"])[items]
         if self.live is not None:
-            trending, category_trending = _rounded(self.live[0]), _rounded(self.live[1])
+            floats[:, 2], floats[:, 3] = self.live
         affinity, recency, same = category_features(self.history, items,
                                                     np.asarray(catalog.categories))
-        columns = zip(ranks, scores, popularity, trending, category_trending,
-                      _rounded(affinity), _rounded(recency), same.astype(np.int64).tolist(),
-                      strict=True)
-        per_item = {ids[i]: {"features": list(row)}
-                    for i, row in zip(items.tolist(), columns, strict=True)}
+        floats[:, 4], floats[:, 5] = affinity, recency
+        rows = np.round(floats, DIGITS).tolist()
+        per_item = {ids[i]: {"features": [r, *[None if v != v else v for v in row], s]}
+                    for i, r, row, s in zip(items.tolist(), ranks, rows,
+                                            same.astype(np.int64).tolist(), strict=True)}
         for name, listed in self.sources:
             got, at = _positions(items, listed)
             for i, ok, r in zip(items.tolist(), got.tolist(), at.tolist(), strict=True):
@@ -147,10 +149,6 @@ def _positions(items: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.nd
         return np.zeros(items.size, dtype=bool), np.zeros(items.size, dtype=np.int64)
     eq = items[:, None] == np.asarray(listed)[None, :]
     return eq.any(axis=1), eq.argmax(axis=1)
-
-
-def _rounded(values: np.ndarray) -> list[float]:
-    return np.round(np.asarray(values, dtype=np.float64), DIGITS).tolist()
 
 
 def _where(found: np.ndarray, values: list[Any]) -> list[Any]:
