@@ -7,7 +7,11 @@ Plans, all on the ML-100K artifacts of benchmarks/pipeline_fixtures.py (trained 
 ``default`` (the served default: the blend's fused path), ``default-chain`` (the same
 components through the general chain: generate, merge, filter, score), ``ease`` and ``pop``
 (single-model plans), and ``hit`` (an L1 cache hit of the default plan, the floor of the
-request path). With ``--synth1m``: exact ALS over the 1M-item, d=64 catalog. Every plan runs
+request path). With ``--synth1m``: exact ALS over the 1M-item, d=64 catalog. With
+``--impression-features``: ``unlogged`` (the default without ``impressions.features``, what
+every miss paid before point-in-time logging), every runtime reads live counters as a served
+app does, and the cost of encoding one slate's features (the impression logger's, off the
+request path; a cache tier's on a miss) is timed too. Every plan runs
 the same warm users, in rounds that interleave the plans, so machine noise hits them alike;
 each timing is one ``await pipeline.rank`` on one event loop, as a worker serves it.
 """
@@ -37,13 +41,17 @@ from rankly.engine.types import RecommendationRequest  # noqa: E402
 PLANS = ("default", "default-chain", "ease", "pop")
 
 
-def runtimes(model, artifacts: Path) -> dict[str, tuple]:
+def runtimes(model, artifacts: Path, unlogged: bool = False) -> dict[str, tuple]:
     out = {}
     for name in PLANS:
         cands, scorers = fx.SCORER_PLANS[name]
         rt = fx.runtime_for(model, fx.settings_for(
             artifacts, cache={"tiers": []}, pipeline={"candidates": cands, "scorers": scorers}))
         out[name] = (rt, pipeline.default_plan(rt))
+    if unlogged:
+        rt = fx.runtime_for(model, fx.settings_for(artifacts, cache={"tiers": []},
+                                                   impressions={"features": False}))
+        out["unlogged"] = (rt, pipeline.default_plan(rt))
     rt = fx.runtime_for(model, fx.settings_for(artifacts, cache={"tiers": ["l1"]}))
     out["hit"] = (rt, pipeline.default_plan(rt))
     return out
@@ -60,6 +68,32 @@ def measure(loop, rt, plan, reqs, fallbacks: list[str]) -> list[float]:
     return times
 
 
+def attach_live_counters(loop, rt, model) -> None:
+    """Live counters on ``rt``'s store, as a served app has, with one event per item of the
+    first few hundred (so their reads are not of an empty counter)."""
+    from rankly.engine.events.projections import Projections, attach
+    from rankly.engine.events.values import Event
+
+    proj = Projections(rt.settings, rt.store, lambda: model.catalog)
+    ids = model.catalog.id_list()[:300]
+    loop.run_until_complete(proj.apply(
+        [Event(f"e{k}", f"u{k}", item, "view", 1.7e9 + k) for k, item in enumerate(ids)],
+        users=False))
+    attach(rt.store, proj)
+
+
+def encode_times(loop, rt, plan, reqs) -> list[float]:
+    """Seconds to encode each computed slate's impression features (``record()``)."""
+    times = []
+    for req in reqs:
+        out = loop.run_until_complete(pipeline.rank(rt, req, plan, features=True))
+        captured = out[pipeline.FEATURES_FIELD]
+        t = time.perf_counter()
+        captured.record()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ms = np.asarray(times) * 1000
     return {"requests": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 4),
@@ -73,12 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=4000, help="timed requests per plan")
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
     ap.add_argument("--synth1m", action="store_true", help="also time exact ALS at 1M items")
+    ap.add_argument("--impression-features", action="store_true",
+                    help="compare with impressions.features off; live counters attached")
     ap.add_argument("--out", default="benchmarks/results/miss_latency.json")
     args = ap.parse_args(argv)
     loop = asyncio.new_event_loop()
     artifacts = fx.ml100k_artifacts()
     model = fx.load(artifacts)
-    rts = runtimes(model, artifacts)
+    rts = runtimes(model, artifacts, args.impression_features)
+    if args.impression_features:
+        for rt, _ in rts.values():
+            attach_live_counters(loop, rt, model)
     users = fx.warm_users(model, args.requests, seed=1)
     reqs = [RecommendationRequest(user_id=u, n=10, request_id="b") for u in users]
     hit_req = [RecommendationRequest(user_id=users[0], n=10, request_id="b")]
@@ -98,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             times[name] += measure(loop, rt, plan, batch, fallbacks[name])
     results = {name: {**summary(t), "fallbacks": len(fallbacks[name])}
                for name, t in times.items()}
+    if args.impression_features:
+        results["encode-features"] = {**summary(encode_times(loop, *rts["default"], reqs)),
+                                      "fallbacks": 0}
     if args.synth1m:
         big = fx.load(fx.synth1m_artifacts())
         rt = fx.runtime_for(big, fx.settings_for(
@@ -124,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         print(f"| {name} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} | "
               f"{r['mean_ms']:.3f} | {r['p50_vs_default']:.2f}x | {r['fallbacks']} |")
+    if "unlogged" in results:
+        d, u = results["default"], results["unlogged"]
+        print("default (features logged) / unlogged: " + ", ".join(
+            f"{q} {d[q + '_ms'] / u[q + '_ms']:.3f}x" for q in ("p50", "p95", "p99", "mean")))
     print(f"load average at the end: {meta['load_average_end']}", file=sys.stderr)
     for task in asyncio.all_tasks(loop):  # the L1 tier's invalidation follower
         task.cancel()
