@@ -913,16 +913,20 @@ class RedisStreamLog(EventLog):
 
     async def replay(self) -> AsyncIterator[Event]:
         """Every stored event: the streams merged by entry id (time order up to the clocks of
-        the masters; a user's events, all in one stream, in exactly their stored order)."""
+        the masters; a user's events, all in one stream, in exactly their stored order).
+
+        Entries of one millisecond are taken stream by stream, the old single stream first:
+        an id's sequence number counts within its own stream only, so across streams it
+        says nothing about order, while the old stream's entries are the older ones."""
         streams = [self._rows(k) for k in self._read_keys(await self._has_legacy())]
-        heap: list[tuple[tuple[int, int], int, Any]] = []
+        heap: list[tuple[tuple[int, int, int], Any]] = []
         for i, rows in enumerate(streams):
             first = await anext(rows, None)
             if first is not None:
-                heap.append((first[0], i, first[1]))
+                heap.append(((first[0][0], i, first[0][1]), first[1]))
         heapq.heapify(heap)
         while heap:
-            _, i, fields = heap[0]
+            (_, i, _), fields = heap[0]
             event = _decode(fields)
             if event is not None:
                 yield event
@@ -930,4 +934,4 @@ class RedisStreamLog(EventLog):
             if following is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (following[0], i, following[1]))
+                heapq.heapreplace(heap, ((following[0][0], i, following[0][1]), following[1]))

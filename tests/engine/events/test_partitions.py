@@ -412,3 +412,27 @@ def test_no_acknowledged_event_is_lost_or_stored_twice_through_a_failover(
         by_user[e.user_id].append(int(e.event_id.rsplit("-", 1)[1]))
     assert all(seqs == list(range(len(seqs))) for seqs in by_user.values())
     print(f"failover: {json.dumps(dict(stats))}, {len(events)} events stored", flush=True)
+
+
+def test_entries_of_one_millisecond_replay_the_old_stream_first(redis_url, redis_namespace):
+    """Sequence numbers count within one stream: an old-stream entry ``T-2`` is older than a
+    partition entry ``T-0`` of the same user (written after the upgrade), and replays first."""
+    from rankly.engine.events.log import _encode
+
+    async def go():
+        store, log = make_log(redis_url, redis_namespace)
+        try:
+            legacy = legacy_stream_key(f"{redis_namespace}:")
+            for seq, e in enumerate([ev("a", 0), ev("b", 0), ev("a", 1)]):
+                await log.guard.run(lambda r, e=e, seq=seq: r.xadd(
+                    legacy, {"e": _encode(e, 1.0, True)}, id=f"5000-{seq}"))
+            new = ev("a", 2)
+            key = log.stream_keys[partition_of("a", log.partitions)]
+            await log.guard.run(lambda r: r.xadd(key, {"e": _encode(new, 1.0, True)},
+                                                 id="5000-0"))
+            await log.open()
+            return await collect(log)
+        finally:
+            await store.close()
+
+    assert [e.event_id for e in run(go())] == ["a-0", "b-0", "a-1", "a-2"]
