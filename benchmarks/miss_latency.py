@@ -82,6 +82,17 @@ def attach_live_counters(loop, rt, model) -> None:
     attach(rt.store, proj)
 
 
+def l1_entry_bytes(loop, model, artifacts: Path, reqs, features: bool) -> float:
+    """Mean size of an L1 entry (what counts against ``cache.l1_max_bytes``) after ``reqs``."""
+    rt = fx.runtime_for(model, fx.settings_for(artifacts, cache={"tiers": ["l1"]},
+                                               impressions={"features": features}))
+    plan = pipeline.default_plan(rt)
+    for req in reqs:
+        loop.run_until_complete(pipeline.rank(rt, req, plan))
+    cache = rt.caches[0][1]
+    return cache.bytes / max(len(cache), 1)
+
+
 def encode_times(loop, rt, plan, reqs) -> list[float]:
     """Seconds to encode each computed slate's impression features (``record()``)."""
     times = []
@@ -137,9 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             times[name] += measure(loop, rt, plan, batch, fallbacks[name])
     results = {name: {**summary(t), "fallbacks": len(fallbacks[name])}
                for name, t in times.items()}
+    sizes: dict[bool, float] = {}
     if args.impression_features:
         results["encode-features"] = {**summary(encode_times(loop, *rts["default"], reqs)),
                                       "fallbacks": 0}
+        sizes = {on: l1_entry_bytes(loop, model, artifacts, reqs[:500], on)
+                 for on in (True, False)}
+        print(f"L1 entry bytes, mean: {sizes[True]:.0f} with features, {sizes[False]:.0f} "
+              "without", file=sys.stderr)
     if args.synth1m:
         big = fx.load(fx.synth1m_artifacts())
         rt = fx.runtime_for(big, fx.settings_for(
@@ -159,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_end": round(os.getloadavg()[0], 2),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "artifacts": str(artifacts)}
+    if sizes:
+        meta["l1_entry_bytes"] = {"features": round(sizes[True]), "unlogged": round(sizes[False])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print("| plan | P50 ms | P95 ms | P99 ms | mean ms | P50 / default | fallbacks |")
