@@ -106,7 +106,7 @@ class ServedFeatures:
                 if ok:
                     per_item[ids[i]].setdefault("sources", {})[name] = r
         slate: dict[str, Any] = {"history_length": int(self.history.size)}
-        if self.scorer:
+        if self.scorer and self.pool is not None:
             slate["scorer"] = self.scorer
         return {"slate": slate, "items": per_item}
 
@@ -145,9 +145,9 @@ def impression_fields(record: Mapping[str, Any] | ServedFeatures | None,
 
 def _positions(items: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(whether each of ``items`` is in ``listed``, its first index there or 0)."""
-    if listed.size == 0:
+    if len(listed) == 0:
         return np.zeros(items.size, dtype=bool), np.zeros(items.size, dtype=np.int64)
-    eq = items[:, None] == np.asarray(listed)[None, :]
+    eq = items[:, None] == listed[None, :]
     return eq.any(axis=1), eq.argmax(axis=1)
 
 

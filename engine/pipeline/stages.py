@@ -275,7 +275,7 @@ def generate_candidates(rt: Runtime, comps: Components, plan: Plan, user: UserFe
                 trace.fail(name, "invalid", "plugin_error")
                 c = Candidates(items[ok], np.asarray(c.reasons)[ok], np.asarray(c.anchors)[ok])
             found.append(c)
-            trace.sources.append((name, c.items))
+            trace.sources.append((name, np.asarray(c.items, dtype=np.int64)))
         except Exception:
             log.warning("candidate generator %s failed", name, exc_info=True)
             trace.fail(name, "error", "plugin_error")
