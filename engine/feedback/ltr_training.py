@@ -41,6 +41,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..model import MANIFEST, Model, load_model
+from ..pipeline.served import FEATURE_FIELDS
 from .ltr_features import FEATURES, feature_matrix, ranker_features
 from .offpolicy import ITEM_PRIOR, user_at
 from .slates import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
@@ -136,7 +137,7 @@ def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slat
 def has_logged_features(slate: Slate) -> bool:
     """Whether the slate's impressions logged the ranker's inputs at serve time (a log
     written with ``impressions.features`` on; older logs did not)."""
-    return "history_length" in slate.context and len(slate.logged) == len(slate.items)
+    return slate.features is not None and "history_length" in slate.context
 
 
 def logged_rows(model: Model, slate: Slate, depth: int,
@@ -145,21 +146,23 @@ def logged_rows(model: Model, slate: Slate, depth: int,
     model's popularity, the user's history length and category features, as the pipeline
     had them when it computed the slate, whatever happened since (later events, a retrained
     model in DIR). An item outside the pool (backfilled) gets rank ``depth`` and a score
-    below the slate's lowest, as a recomputed one outside the pool does; ``item_ctr`` and
-    ``log_item_impressions`` come from ``stats`` (the training log), as always."""
-    logged = slate.logged
+    below the slate's lowest, as a recomputed one outside the pool does; an unknown
+    popularity or category feature counts 0; ``item_ctr`` and ``log_item_impressions`` come
+    from ``stats`` (the training log), as always."""
+    f = slate.features
+    assert f is not None
+    col = {name: f[:, k] for k, name in enumerate(FEATURE_FIELDS)}
     items = np.maximum(model.catalog.lookup(slate.items), 0)
-    known = [f["score"] for f in logged if "score" in f]
-    floor = min(known) - 1.0 if known else 0.0
-    ranks = np.array([f.get("rank", depth) for f in logged], dtype=np.float32)
-    scores = np.array([f.get("score", floor) for f in logged], dtype=np.float64)
-    popularity = np.array([f.get("popularity", 0.0) for f in logged], dtype=np.float64)
+    scores = col["score"]
+    known = ~np.isnan(scores)
+    floor = scores[known].min() - 1.0 if known.any() else 0.0
     return feature_matrix(
-        np.arange(len(items), dtype=np.float32), ranks, scores, popularity,
+        np.arange(len(items), dtype=np.float32), np.where(np.isnan(col["rank"]), depth,
+                                                          col["rank"]),
+        np.where(known, scores, floor), np.nan_to_num(col["popularity"]),
         stats[0][items], stats[1][items], float(slate.context["history_length"]),
-        np.array([f.get("category_affinity", 0.0) for f in logged], dtype=np.float64),
-        np.array([f.get("category_recency", 0.0) for f in logged], dtype=np.float64),
-        np.array([f.get("same_category_as_last", False) for f in logged], dtype=np.float64))
+        *(np.nan_to_num(col[name]) for name in ("category_affinity", "category_recency",
+                                                 "same_category_as_last")))
 
 
 def labels(slate: Slate) -> np.ndarray:

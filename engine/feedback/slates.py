@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..events.values import Event
-from ..pipeline.served import ITEM_FIELDS, logged_features
+from ..pipeline.served import FEATURE_FIELDS
 
 #: Outcome types; a click is any of them on the item (an add-to-cart or purchase straight
 #: from the slate counts as a click too), a conversion is a purchase.
@@ -25,6 +26,8 @@ CONVERSION_TYPES = frozenset(("purchase",))
 HISTORY_TYPES = frozenset(("view", "click", "add_to_cart", "purchase", "rating"))
 SEEN_TYPES = frozenset(("purchase", "rating"))
 DEFAULT_WINDOW_S = 1800.0
+#: What an impression logs of its own position; the rest of its context is the slate's.
+POSITION_FIELDS = frozenset(("position", "propensity", "base_position", "features", "sources"))
 
 
 @dataclass
@@ -32,11 +35,11 @@ class Slate:
     """One served slate: shown items by position, their logging propensities, outcomes.
 
     ``base_positions[k]`` is where the serving ranking had the item shown at ``k`` before
-    exploration moved it (``k`` itself when the slate was not explored). ``logged[k]``: what
-    its impression logged of the item at serve time by name (pipeline/served.py:
-    ``rank``, ``score``, ``popularity``, ..., ``sources``; the unknown ones left out), empty
-    for a log from before them; the slate's own (``history_length``, ``scorer``) are in
-    ``context``.
+    exploration moved it (``k`` itself when the slate was not explored). ``features[k]``:
+    what its impression logged of the item at serve time (pipeline/served.py), float64 in
+    ``FEATURE_FIELDS`` order, NaN where unknown; None for a log from before them. The
+    slate's own fields (``history_length``, ``scorer``) are in ``context``; ``sources[k]``
+    is the generators' ranks of the item, when logged.
     """
 
     request_id: str
@@ -48,7 +51,8 @@ class Slate:
     context: dict[str, Any]
     clicks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     conversions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    logged: list[dict[str, Any]] = field(default_factory=list)
+    features: np.ndarray | None = None
+    sources: list[dict[str, int]] | None = None
 
     def base_items(self) -> list[str]:
         """The slate the serving ranking chose, before exploration."""
@@ -110,7 +114,9 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     without goes to the latest slate of the same user that showed the item within
     ``window_s`` seconds before it. An outcome credits a position at most once per kind.
     """
-    parts: dict[str, dict[int, tuple[str, dict[str, Any]]]] = defaultdict(dict)
+    # per position only its own fields; the slate's (every position logs the same) once
+    parts: dict[str, dict[int, tuple[Any, ...]]] = defaultdict(dict)
+    shared: dict[str, dict[str, Any]] = {}
     meta: dict[str, tuple[str, float]] = {}
     outcomes: list[Event] = []
     history: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
@@ -118,9 +124,14 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
         if e.type == "impression":
             if not e.request_id:
                 continue
-            ctx = dict(e.context)
-            pos = int(ctx.pop("position", len(parts[e.request_id])))
-            parts[e.request_id][pos] = (e.item_id, ctx)
+            ctx = e.context
+            pos = int(ctx.get("position", len(parts[e.request_id])))
+            parts[e.request_id][pos] = (e.item_id, float(ctx.get("propensity", 1.0)),
+                                        ctx.get("base_position"), _row(ctx.get("features")),
+                                        ctx.get("sources"))
+            if e.request_id not in shared:
+                shared[e.request_id] = {k: v for k, v in ctx.items()
+                                        if k not in POSITION_FIELDS}
             meta.setdefault(e.request_id, (e.user_id, e.timestamp))
             continue
         if e.type in HISTORY_TYPES:
@@ -130,17 +141,22 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     slates: list[Slate] = []
     by_id: dict[str, Slate] = {}
     for rid, positions in parts.items():
-        order = sorted(positions)
-        items = [positions[k][0] for k in order]
-        ctxs = [positions[k][1] for k in order]
-        logged = [logged_features({f: c.pop(f) for f in ITEM_FIELDS if f in c}) for c in ctxs]
-        prop = np.array([float(c.get("propensity", 1.0)) for c in ctxs])
-        base = np.array([int(c.get("base_position", k)) for k, c in enumerate(ctxs)],
+        rows = [positions[k] for k in sorted(positions)]
+        items = [r[0] for r in rows]
+        prop = np.array([r[1] for r in rows])
+        base = np.array([k if r[2] is None else int(r[2]) for k, r in enumerate(rows)],
                         dtype=np.int64)
-        shared = {k: v for k, v in ctxs[0].items() if k not in ("propensity", "base_position")}
+        features = None
+        if any(r[3] is not None for r in rows):
+            features = np.full((len(rows), len(FEATURE_FIELDS)), np.nan)
+            for k, r in enumerate(rows):
+                if r[3] is not None:
+                    features[k, :len(r[3])] = r[3]
+        sources = [r[4] or {} for r in rows] if any(r[4] is not None for r in rows) else None
         user, ts = meta[rid]
-        s = Slate(rid, user, ts, items, prop, base, shared,
-                  np.zeros(len(items), dtype=bool), np.zeros(len(items), dtype=bool), logged)
+        s = Slate(rid, user, ts, items, prop, base, shared[rid],
+                  np.zeros(len(items), dtype=bool), np.zeros(len(items), dtype=bool), features,
+                  sources)
         slates.append(s)
         by_id[rid] = s
     slates.sort(key=lambda s: (s.timestamp, s.request_id))
@@ -173,6 +189,15 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
         if e.type in CONVERSION_TYPES:
             target.conversions[k] = True
     return Feedback(slates, dict(history), unattributed)
+
+
+def _row(features: Any) -> array | None:
+    """An impression's logged ``features`` as compact floats (NaN for null), at most
+    ``FEATURE_FIELDS`` of them (a newer writer may append more), or None."""
+    if not features:
+        return None
+    return array("d", (np.nan if v is None else float(v)
+                       for v in features[:len(FEATURE_FIELDS)]))
 
 
 def load_feedback(path: str | Path, window_s: float = DEFAULT_WINDOW_S) -> Feedback:

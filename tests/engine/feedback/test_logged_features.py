@@ -49,7 +49,7 @@ def _rows(art, settings, feedback, recompute: bool) -> list[np.ndarray]:
     out = []
     for s in feedback.slates:
         if recompute:
-            s = dataclasses.replace(s, logged=[])
+            s = dataclasses.replace(s, features=None)
         out.append(slate_rows(model, rt, pool_plan(rt), feedback, s, 100, stats))
     return out
 
@@ -108,7 +108,29 @@ def test_export_events_keeps_the_logged_features(served, tmp_path):
     with open(out, "w", encoding="utf-8") as fh:
         asyncio.run(events_cli.export(settings, fh, include_impressions=True, fmt="jsonl"))
     a, b = load_feedback(path), load_feedback(out)
-    assert [s.logged for s in a.slates] == [s.logged for s in b.slates]
+    for x, y in zip(a.slates, b.slates, strict=True):
+        assert np.array_equal(x.features, y.features, equal_nan=True)
+        assert x.sources == y.sources
     assert [s.context["history_length"] for s in a.slates] == [
         s.context["history_length"] for s in b.slates]
-    assert any(f.get("rank") is not None for s in b.slates for f in s.logged)
+    assert all(not np.isnan(s.features[:, :3]).any() for s in b.slates)  # rank, score, pop
+
+
+def test_logged_feature_arrays_read_nulls_short_and_longer_lines():
+    from rankly.engine.events.values import Event
+    from rankly.engine.feedback.slates import join
+
+    def imp(pos, features, **extra):
+        return Event(f"imp:r:{pos}", "u", f"i{pos}", "impression", 1.0, None, "r",
+                     {"position": pos, "history_length": 4, "features": features, **extra})
+
+    slate = join([imp(0, [0, 1.5, 3.0, None, 0.0, 0.5, 1.0, 1]),
+                  imp(1, [None, None, 2.0]),  # a backfilled item, from a shorter writer
+                  imp(2, [2, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 0, 9.9], sources={"a": 4})]).slates[0]
+    nan = np.nan
+    assert np.array_equal(slate.features, [[0, 1.5, 3.0, nan, 0.0, 0.5, 1.0, 1],
+                                           [nan, nan, 2.0, nan, nan, nan, nan, nan],
+                                           [2, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 0]],
+                          equal_nan=True)
+    assert slate.sources == [{}, {}, {"a": 4}]
+    assert slate.context["history_length"] == 4 and "features" not in slate.context
