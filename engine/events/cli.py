@@ -40,8 +40,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also export impression events (not training signal)")
     parser.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                         help="csv: the events CSV of rankly train (default); jsonl: the log's "
-                             "own lines with request_id and context (positions, propensities), "
-                             "for rankly off-policy and rankly train-ranker")
+                             "own lines with request_id and context (positions, propensities, "
+                             "the serve-time ranker features), for rankly off-policy and "
+                             "rankly train-ranker")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -113,7 +113,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest,
     spares = None
     if trace.spares is not None and len(trace.spares):
         spares = slate_items(comps.model, user, trace.spares)
-    if rt.settings.impressions.features:
+    if rt.settings.impressions.features and req.request_id:  # impressions need an id
         payload[FEATURES_FIELD] = served_features(rt, comps, user, ranking, trace)
     return Computed(payload, cacheable=trace.fallback in (None, "cold_start"), spares=spares)
 

@@ -135,3 +135,20 @@ def test_trending_is_logged_as_it_was_when_the_slate_was_computed(artifacts, set
     before, after = logged_features(imps[0]["c"]), logged_features(imps[1]["c"])
     assert before["trending"] == 0.0 and after["trending"] > 0.0
     assert after["category_trending"] > 0.0
+
+
+def test_requests_without_an_id_capture_nothing(artifacts, settings_for):
+    """Similar-item and batch requests log no impressions: no capture, no cached record."""
+    import asyncio
+
+    model = load_model(artifacts)
+    rt = serving_runtime(model, settings_for(artifacts))
+    plan = pipeline.default_plan(rt)
+
+    async def both() -> list[dict]:
+        return [await pipeline.rank(rt, RecommendationRequest("8", 5, request_id=rid), plan,
+                                    features=True) for rid in ("", "r1")]
+
+    anonymous, logged = asyncio.run(both())
+    assert pipeline.FEATURES_FIELD not in anonymous
+    assert logged[pipeline.FEATURES_FIELD].record()["slate"]["scorer"] == "blend"
