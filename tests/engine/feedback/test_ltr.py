@@ -31,6 +31,10 @@ def shop(tmp_path_factory):
     sim = Simulator.for_model(load_model(art), seed=11)
     settings = load_settings(environ={}, artifacts=art, data_dir=root / "log",
                              exploration={"rate": 0.5, "top_m": 10}, cache={"tiers": []})
+    # the exploration's shuffles come from a process-wide generator: seeded, the served
+    # log (and every estimate from it) is the same on every run
+    from rankly.engine.feedback import exploration
+    exploration._rng.seed(7)
     with TestClient(create_app(settings)) as client:
         drive(client, sim, requests=1500, n=10, seed=1)
     return art, sim, root / "log" / "events" / "events.jsonl", root
