@@ -13,7 +13,8 @@
    ltr, diversity; exploration off), driven by the same simulator with other clicks;
    per-impression CTR per variant from the simulator's tallies, with a two-proportion z-test,
    and the ground truth (expected CTR of the slates served); and rankly's own per-impression
-   CTR test from ``/experiments/ltr-ab/results`` (user-clustered variance), significant or not;
+   CTR test from ``/experiments/ltr-ab/results`` (user-clustered variance; the experiment's
+   primary metric, so rankly's verdict is on it), significant or not;
 6. writes benchmarks/results/feedback_loop.json (docs/feedback-loop.md quotes it).
 """
 
@@ -100,7 +101,7 @@ def main() -> None:
     }
 
     # 5. the A/B test through rankly's experiments, exploration off
-    experiment = {"key": "ltr-ab", "status": "running", "primary_metric": "ctr",
+    experiment = {"key": "ltr-ab", "status": "running", "primary_metric": "impression_ctr",
                   "variants": [{"name": "control", "weight": 50},
                                {"name": "ltr", "weight": 50,
                                 "rerankers": ["ltr", "diversity"],
@@ -133,10 +134,9 @@ def main() -> None:
         "p_always_valid": ctr["sequential"]["p_value_adjusted"],
         "significant": ctr["significant"],
     }
-    per_user = results["metrics"]["ctr"]["comparisons"][0]
-    result["ab"]["rankly_per_user"] = {"p": per_user["z_test"]["p_value"],
-                                       "significant": per_user["significant"],
-                                       "verdict": results["verdict"]}
+    result["ab"]["rankly_verdict"] = {"primary_metric": experiment["primary_metric"],
+                                      "verdict": results["verdict"],
+                                      "reason": results.get("verdict_reason")}
     lo, hi = ltr["ctr"]["lift_vs_base"]["dr"]["ci95"]
     result["dr_ci_contains_ab_lift"] = lo <= result["ab"]["ctr_lift"] <= hi
     Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
@@ -145,7 +145,7 @@ def main() -> None:
     print("A/B:", json.dumps({k: result["ab"][k] for k in ("ctr_lift", "z", "p", "true_lift")}))
     print("A/B per impression, rankly's results:",
           json.dumps(result["ab"]["rankly_per_impression"], default=float))
-    print("A/B per user, rankly's results:", json.dumps(result["ab"]["rankly_per_user"]))
+    print("A/B, rankly's verdict:", json.dumps(result["ab"]["rankly_verdict"]))
     print("train-ranker:", json.dumps(result["train_ranker"], default=float))
 
 
