@@ -1,7 +1,11 @@
 """Off-policy estimators: against reference formulas, and against the simulator's ground truth.
 
-Open Bandit Pipeline (``obp``) cannot be the reference: its releases pin pandas 1.5.2,
-scipy 1.9.3 and scikit-learn 1.1.3 and do not build on Python 3.11 with numpy 2, so the
+Vowpal Wabbit's estimators (``vw-estimators``, a test dependency) are the reference for IPS,
+SNIPS and the Gaussian interval: each (request, position) slot is one bandit example, with the
+logged item's propensity, its click, and 1 or 0 as the evaluated ranking's probability of the
+same item there. They have no doubly robust estimator, and Open Bandit Pipeline (``obp``)
+cannot be installed here (its releases pin pandas 1.5.2, scipy 1.9.3 and scikit-learn 1.1.3,
+or pull torch, and do not build on Python 3.11 with numpy 2), so a second
 reference below is written independently, loop by loop, from the definitions: the
 independent-item IPS of Li et al. 2018 ("Offline Evaluation of Ranking Policies with Click
 Models", eq. for IIPS), which is obp's ``SlateIndependentIPS`` divided by the slate length
@@ -57,6 +61,57 @@ def test_estimators_equal_the_reference_formulas():
         assert got[kind]["estimate"] == pytest.approx(want[kind], rel=1e-12)
     w = np.where(match & mask, 1 / propensity, 0)
     assert got["ess"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum())
+
+
+def vw_slots(rewards, propensity, match, mask):
+    """(p_log, r, p_pred) of every slot, as Vowpal Wabbit's estimators take them."""
+    for i in range(len(rewards)):
+        for k in range(len(rewards[i])):
+            if mask[i][k]:
+                yield float(propensity[i][k]), float(rewards[i][k]), 1.0 if match[i][k] else 0.0
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_ips_and_snips_equal_vowpal_wabbits_estimators(seed):
+    vw_ips = pytest.importorskip("estimators.bandits.ips",
+                                 reason="vw-estimators not installed (pip install -e '.[test]')")
+    from estimators.bandits import snips as vw_snips
+
+    rng = np.random.default_rng(seed)
+    n, k = 400, 8
+    mask = np.ones((n, k), dtype=bool)
+    mask[rng.random(n) < 0.3, 5:] = False  # some shorter slates
+    propensity = rng.uniform(0.02, 1.0, (n, k))
+    match = rng.random((n, k)) < 0.5
+    rewards = (rng.random((n, k)) < 0.15).astype(float)
+    ips, snips = vw_ips.Estimator(), vw_snips.Estimator()
+    for p_log, r, p_pred in vw_slots(rewards, propensity, match, mask):
+        ips.add_example(p_log, r, p_pred)
+        snips.add_example(p_log, r, p_pred)
+    got = estimate(rewards, propensity, match, mask)
+    assert got["ips"]["estimate"] == pytest.approx(ips.get(), rel=1e-12)
+    assert got["snips"]["estimate"] == pytest.approx(snips.get(), rel=1e-12)
+
+
+def test_the_ips_interval_of_one_slot_requests_equals_vowpal_wabbits_gaussian():
+    """With one position per request the requests are the examples, so our request-clustered
+    interval and VW's per-example Gaussian one must agree."""
+    pytest.importorskip("estimators.bandits.gaussian",
+                        reason="vw-estimators not installed (pip install -e '.[test]')")
+    from estimators.bandits import gaussian
+
+    rng = np.random.default_rng(9)
+    n = 2000
+    mask = np.ones((n, 1), dtype=bool)
+    propensity = rng.uniform(0.1, 1.0, (n, 1))
+    match = rng.random((n, 1)) < 0.6
+    rewards = (rng.random((n, 1)) < 0.1).astype(float)
+    interval = gaussian.Interval()
+    for p_log, r, p_pred in vw_slots(rewards, propensity, match, mask):
+        interval.add_example(p_log, r, p_pred)
+    lo, hi = interval.get(0.05)
+    got = estimate(rewards, propensity, match, mask)["ips"]["ci95"]
+    assert got == pytest.approx([lo, hi], rel=1e-9)
 
 
 # --- synthetic logs with known ground truth ------------------------------------------------
