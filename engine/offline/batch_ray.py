@@ -1,17 +1,23 @@
 """Batch jobs on Ray: ``rankly recommend --engine ray`` and ``rankly evaluate --engine ray``.
 
-Users are cut into blocks of :data:`BLOCK_USERS`; a pool of Ray actors, each holding the model
-(memory-mapped from its artifact directory, loaded once per actor), one serving runtime and
-one event loop, answers block after block. Each actor has :data:`IN_FLIGHT` blocks queued so
-it never waits for the driver, the next block goes to whichever actor finishes first (no
-straggler holds the end), and results are written as soon as the blocks before them are, so
-the output is the local engine's, line for line. Ray is an optional extra
-(``pip install 'rankly[ray]'``).
+Users are cut into blocks (:func:`blocks`: at most :data:`BLOCK_USERS`, smaller towards the end
+so the workers finish together); a pool of Ray actors, each holding the model (memory-mapped
+from its artifact directory, loaded once per actor), one serving runtime and one event loop,
+answers block after block. Each actor has :data:`IN_FLIGHT` blocks queued so it never waits
+for the driver, the next block goes to whichever actor finishes first, and results are
+written as soon as the blocks before them are, so the output is the local engine's, line for
+line. The actors are asked for before the driver reads the user list: a Ray worker's start (a
+Python process importing Ray, then rankly and its plugins) overlaps the driver's own work. Ray
+is an optional extra (``pip install 'rankly[ray]'``).
 
 Without ``--address`` a local Ray is started for the command and stopped after it, bounded
-(:data:`LOCAL_CPUS` CPUs, :data:`LOCAL_OBJECT_STORE_BYTES` of object store); with one, the
-command joins that cluster, where every node needs rankly installed and the artifact
-directory at the same path (a shared filesystem, or the same copy on each node).
+(:data:`LOCAL_CPUS` CPUs, :data:`LOCAL_OBJECT_STORE_BYTES` of object store) and reachable from
+this machine only (its processes listen on 127.0.0.1); with one, the command joins that
+cluster, where every node needs rankly installed and the artifact directory at the same path
+(a shared filesystem, or the same copy on each node).
+
+Each engine logs one line saying where its time went (``ray: workers=2 connect_s=...``):
+joining or starting Ray, the first block back (the workers' start), all blocks, stopping.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
+import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,9 +45,11 @@ log = logging.getLogger("rankly.batch")
 
 LOCAL_CPUS = 2  # a local Ray never takes more (the machine is usually shared)
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # blocks of JSON lines and metric rows are small
-#: Users per task: small enough that the last blocks end close together on every worker, large
-#: enough that Ray's per-task cost stays a small share (a block's lines are inlined in the reply)
+#: Users per task: large enough that Ray's per-task cost stays a small share (a block's lines
+#: are inlined in the reply); the last blocks are smaller (:func:`blocks`)
 BLOCK_USERS = 250
+#: The smallest block :func:`blocks` cuts towards the end
+MIN_BLOCK_USERS = 25
 #: Blocks queued on each actor: it starts the next one while the driver collects the last
 IN_FLIGHT = 2
 
@@ -50,7 +62,23 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1)
 
 
-def _import_ray() -> Any:
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _import_ray(address: str | None = None) -> Any:
+    """``ray``, imported so that a local Ray (no ``address``) listens on 127.0.0.1 only and
+    a Ray at a loopback ``address`` (such a local Ray) can be joined."""
+    if (not address or address.rpartition(":")[0] in LOOPBACK) and "ray" not in sys.modules:
+        # NOTE: Ray reads this when it is imported. With "clusters" off (its default on macOS
+        # and Windows) it takes 127.0.0.1 as the node's address: the GCS, the raylet, the
+        # agents and the workers listen there instead of on every interface, and a driver
+        # joining 127.0.0.1 stays there (with clusters on, it swaps in the machine's address).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not address and "ray" not in sys.modules:
+        # Token authentication, which Ray turns on for a new local Ray anyway; said before
+        # the import (Ray reads it then), it prints no warning on stderr. Joining, set it
+        # yourself when the cluster uses tokens.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError:
@@ -58,9 +86,19 @@ def _import_ray() -> Any:
     return ray
 
 
-def blocks(items: Sequence[Any], size: int = BLOCK_USERS) -> list[Sequence[Any]]:
-    """``items`` cut into consecutive blocks of at most ``size`` (order kept)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def blocks(items: Sequence[Any], size: int = BLOCK_USERS, workers: int = 1
+           ) -> list[Sequence[Any]]:
+    """``items`` cut into consecutive blocks (order kept) of at most ``size``. A block takes at
+    most a quarter of a worker's share of what is left, down to :data:`MIN_BLOCK_USERS`, so the
+    blocks shrink towards the end and ``workers`` workers finish within a small block of each
+    other."""
+    out = []
+    start, floor = 0, min(size, MIN_BLOCK_USERS)
+    while start < len(items):
+        take = max(floor, min(size, math.ceil((len(items) - start) / (4 * max(workers, 1)))))
+        out.append(items[start:start + take])
+        start += take
+    return out
 
 
 class Recommender:
@@ -85,7 +123,7 @@ class Recommender:
         self.rt = self.loop.run_until_complete(build())
 
     def block(self, users: Sequence[str]) -> str:
-        """The JSON lines of ``users``, exactly as :func:`evaluation.recommend` writes them."""
+        """The JSON lines of ``users``, exactly as :func:`batch.recommend` writes them."""
         from .batch import write_recommendations
 
         out = io.StringIO()
@@ -127,6 +165,11 @@ class RayEngine:
         self.ray = ray
         self.workers = workers
         self.block_users = block_users
+        #: Seconds spent, logged when the engine stops: connect_s (joining or starting Ray),
+        #: first_block_s (asking for the workers until the first block is back: their start),
+        #: ranked_s (asking for the workers until every block is back, summed over jobs),
+        #: stop_s (disconnecting, or stopping the local Ray)
+        self.timings: dict[str, float] = {}
 
     @classmethod
     @contextlib.contextmanager
@@ -136,9 +179,10 @@ class RayEngine:
         """Join Ray at ``address``, or start a bounded local Ray (stopped on exit); a Ray
         already initialized in this process is used as it is. ``workers`` defaults to the
         CPUs of the cluster (one actor per CPU)."""
-        ray = _import_ray()
-        started = False
-        if not ray.is_initialized():
+        ray = _import_ray(address)
+        started = time.perf_counter()
+        init = not ray.is_initialized()
+        if init:
             # NOTE: log_to_driver=False: Ray would copy the workers' stdout into this
             # process's stdout, where the JSON lines go; a worker's failure still raises here.
             if address:
@@ -147,28 +191,46 @@ class RayEngine:
                 ray.init(num_cpus=num_cpus, object_store_memory=object_store_bytes,
                          include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=False)
-            started = True
+                _warn_unless_local_only(ray)
+        engine = cls(ray, 1, block_users)
+        engine.timings["connect_s"] = time.perf_counter() - started
         try:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            yield cls(ray, max(1, workers or cpus), block_users)
+            engine.workers = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
+            yield engine
         finally:
-            if started:
+            if init:
+                stopping = time.perf_counter()
                 ray.shutdown()
+                engine.timings["stop_s"] = time.perf_counter() - stopping
+            log.info("ray: workers=%d %s", engine.workers,
+                     " ".join(f"{k}={v:.2f}" for k, v in engine.timings.items()))
 
-    def _map(self, actor_class: type, init: tuple[Any, ...], work: list[Any],
+    def _map(self, actor_class: type, init: tuple[Any, ...],
+             items: Sequence[Any] | Callable[[], Sequence[Any]],
              progress: IO[str] | None = None, unit: str = "user") -> Iterator[Any]:
-        """Each of ``work``'s blocks through ``actor_class(*init).block``, results in order,
-        each yielded as soon as it and every block before it are done."""
+        """Each block of ``items`` (:func:`blocks`) through ``actor_class(*init).block``,
+        results in order, each yielded as soon as it and every block before it are done.
+        ``items`` may be a function returning them: it is called once the workers have been
+        asked for, so that they start while it runs."""
+        asked = time.perf_counter()
         remote = self.ray.remote(num_cpus=1)(actor_class)
-        actors = [remote.remote(*init) for _ in range(min(self.workers, max(len(work), 1)))]
+        count = self.workers if callable(items) else min(self.workers, max(len(items), 1))
+        actors = [remote.remote(*init) for _ in range(count)]
         try:
-            total = sum(len(b) for b in work)
-            with progress_bars.bar(total, "ray", progress is None, unit=unit,
-                                   stream=progress) as bar:
+            work = blocks(list(items() if callable(items) else items), self.block_users,
+                          len(actors))
+            first = None
+            with progress_bars.bar(sum(len(b) for b in work), "ray", progress is None,
+                                   unit=unit, stream=progress) as bar:
                 for block, result in zip(work, self._in_order(actors, work), strict=True):
+                    if first is None:
+                        first = time.perf_counter() - asked
                     bar.update(len(block))
                     yield result
             self.ray.get([actor.close.remote() for actor in actors])
+            self.timings.setdefault("first_block_s", first or 0.0)
+            self.timings["ranked_s"] = (self.timings.get("ranked_s", 0.0)
+                                        + time.perf_counter() - asked)
         finally:
             for actor in actors:
                 self.ray.kill(actor)
@@ -200,15 +262,17 @@ class RayEngine:
                 yield done.pop(nxt)
                 nxt += 1
 
-    def recommend(self, artifacts: str | Path, users: Sequence[str], n: int, settings: Settings,
-                  exclude_seen: bool | None, out: IO[str],
+    def recommend(self, artifacts: str | Path,
+                  users: Sequence[str] | Callable[[], Sequence[str]], n: int,
+                  settings: Settings, exclude_seen: bool | None, out: IO[str],
                   progress: IO[str] | None = None) -> int:
-        """:func:`evaluation.recommend` of ``users`` over the workers: the same lines, in the
-        same order, on ``out``; return the count."""
+        """:func:`batch.recommend` of ``users`` over the workers: the same lines, in the same
+        order, on ``out``; return the count. ``users`` may be a function returning them,
+        called while the workers start (reading a long list costs no time of its own)."""
         artifacts = str(Path(artifacts).resolve())
         count = 0
-        for text in self._map(Recommender, (artifacts, settings, n, exclude_seen),
-                              blocks(list(users), self.block_users), progress):
+        for text in self._map(Recommender, (artifacts, settings, n, exclude_seen), users,
+                              progress):
             out.write(text)
             count += text.count("\n")
         return count
@@ -226,10 +290,18 @@ class RayEngine:
             save_model(scratch / "model", data.catalog, data.users, parts,
                        data_fingerprint="evaluate")
             rows: list[tuple[str, dict[str, float], np.ndarray]] = []
-            work = blocks(list(targets.items()), self.block_users)
             for block_rows in self._map(Evaluator, (str(scratch / "model"), settings, job),
-                                        work):
+                                        list(targets.items())):
                 rows.extend(block_rows)
             return rows
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _warn_unless_local_only(ray: Any) -> None:
+    """Log a warning when the local Ray just started listens beyond 127.0.0.1."""
+    host = str(ray.get_runtime_context().gcs_address).rpartition(":")[0]
+    if host not in LOOPBACK:
+        log.warning("the local Ray listens on %s, not on 127.0.0.1 only: "
+                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be set before Ray is imported",
+                    host)

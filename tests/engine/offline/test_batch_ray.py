@@ -5,6 +5,10 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import logging
+import os
+import subprocess
+import sys
 from importlib.util import find_spec
 
 import pytest
@@ -13,6 +17,7 @@ from rankly.engine.cli import main
 from rankly.engine.config import load_settings
 from rankly.engine.model import fingerprint, load_model, save_model
 from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline.batch_ray import MIN_BLOCK_USERS, blocks
 from rankly.engine.offline.demo import synthesize
 from rankly.engine.offline.interactions import build_training_data
 from rankly.engine.plugins import collect_all, make_plugin_manager
@@ -56,12 +61,14 @@ def shop(tmp_path_factory):
 
 @pytest.mark.slow
 @needs_ray
-def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, capsys):
+def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, capsys,
+                                                             caplog):
     artifacts, config = shop
     model = load_model(artifacts)
     users = [str(u) for u in model.users.user_ids.tolist()]
     local = io.StringIO()
     evaluation.recommend(model, users, 10, load_settings(config, environ={}), out=local)
+    caplog.set_level(logging.INFO, logger="rankly.batch")
     assert main(["recommend", "--artifacts", str(artifacts), "--all", "--config", str(config),
                  "--quiet", "--engine", "ray"]) == 0
     captured = capsys.readouterr()
@@ -70,6 +77,78 @@ def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, c
     assert "10000 users written" in captured.err
     first = json.loads(captured.out.splitlines()[0])
     assert first["user_id"] == users[0] and len(first["items"]) == 10
+    # where the time went, one line: the blocks' part (the engine joined the fixture's Ray)
+    timings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ray: ")]
+    assert len(timings) == 1 and "workers=2" in timings[0] and "ranked_s=" in timings[0]
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_command_joins_a_local_ray_at_its_loopback_address(ray_engine, shop, tmp_path):
+    """The command as a user runs it, in its own process, joining the fixture's Ray by its
+    address; the environment says nothing about loopback (the engine sees to it)."""
+    artifacts, config = shop
+    users = tmp_path / "users.txt"
+    users.write_text("".join(f"{u}\n" for u in load_model(artifacts).users.user_ids[:600]))
+    local = io.StringIO()
+    evaluation.recommend(load_model(artifacts), users.read_text().split(), 10,
+                         load_settings(config, environ={}), out=local)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    address = ray_engine.ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankly.engine.cli", "recommend", "--artifacts", str(artifacts),
+         "--users", str(users), "--config", str(config), "--quiet", "--engine", "ray",
+         "--address", address, "--ray-workers", "2"],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == local.getvalue()
+    assert "ray: workers=2 connect_s=" in proc.stderr and "stop_s=" in proc.stderr
+
+
+@pytest.mark.slow
+@needs_ray
+def test_the_local_ray_of_a_command_listens_on_loopback_only():
+    """A local Ray started by the engine in a fresh process: every socket its processes (the
+    driver, the GCS, the raylet, the agents, the workers) listen on is on 127.0.0.1."""
+    script = """
+import json
+from rankly.engine.offline.batch_ray import RayEngine
+
+with RayEngine.start(workers=1) as engine:
+    import psutil  # Ray's own copy when no other is installed
+
+    engine.ray.get(engine.ray.remote(lambda: 1).remote())  # a worker up too
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    hosts = set()
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        hosts |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    print(json.dumps({"gcs": engine.ray.get_runtime_context().gcs_address,
+                      "hosts": sorted(hosts), "procs": len(procs)}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["gcs"].startswith("127.0.0.1:")
+    assert seen["procs"] >= 3 and seen["hosts"]
+    assert set(seen["hosts"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+
+
+def test_blocks_keep_the_order_and_shrink_towards_the_end():
+    users = [str(i) for i in range(10_000)]
+    cut = blocks(users, 250, workers=2)
+    assert [u for b in cut for u in b] == users
+    sizes = [len(b) for b in cut]
+    assert max(sizes) == 250 and sizes[0] == 250
+    assert all(a >= b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert sizes[-2] == MIN_BLOCK_USERS  # the last blocks are the smallest (then what is left)
+    assert blocks(users[:7], 250, workers=2) == [users[:7]]
+    assert blocks([], 250) == []
 
 
 @pytest.mark.slow
