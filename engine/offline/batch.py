@@ -1,30 +1,37 @@
-"""Batch work over users, shared by the local engine and the Ray workers
-(:mod:`.batch_ray`): the runtimes, ranking one user as the server would, the JSON lines of
-``rankly recommend`` and the metric rows of ``rankly evaluate``.
+"""Batch work over users, shared by the local engine and the Ray workers (:mod:`.batch_ray`),
+and ``rankly recommend``: the runtimes, ranking one user as the server would, the JSON lines
+of ``rankly recommend`` and the metric rows of ``rankly evaluate``.
 
-:mod:`.evaluation` (the evaluation loop and the CLI) and :mod:`.batch_ray` both import this
-module; it imports neither.
+:mod:`.evaluation` (the evaluation loop) and :mod:`.batch_ray` both import this module; it
+imports neither at load time. It is also the module of ``rankly recommend``, so it stays light
+to load: the pipeline and the runtime are imported by the functions that rank, and the Ray
+path of the command (the driver only hands out blocks of users) never loads them.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence, Sized
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import pipeline
-from ..config import CacheSettings, Settings
-from ..model import Model
-from ..runtime import Runtime, build_runtime
-from ..storage.store import MemoryStore
-from ..types import Ranking, RecommendationRequest, UserFeatures
+from ..config import CacheSettings, Settings, load_settings
+from ..model import Model, load_model
+from ..types import RecommendationRequest, UserFeatures
 from . import progress as progress_bars
+
+if TYPE_CHECKING:
+    from .. import pipeline
+    from ..runtime import Runtime
+    from ..types import Ranking
 
 # --- metrics (one ranked list against one relevant set) ---------------------------------------
 
@@ -107,6 +114,9 @@ def serving_runtime(model: Model, settings: Settings, pm: Any = None) -> Runtime
     Offline evaluation computes every user fresh through :func:`pipeline.select` (candidates
     -> filter -> score -> order -> rerank -> backfill), so a cache would only cost memory.
     """
+    from ..runtime import build_runtime
+    from ..storage.store import MemoryStore
+
     settings = settings.replace(store_url="memory", cache=CacheSettings(tiers=()))
     return build_runtime(settings, model, pm, store=MemoryStore())
 
@@ -117,6 +127,8 @@ def rank_user(rt: Runtime, plan: pipeline.Plan, user: UserFeatures, n: int) -> R
     Cold users (no history) get the server's cold-start answer: the fallback scorer's
     (popularity) order.
     """
+    from .. import pipeline
+
     req = RecommendationRequest(user_id=user.user_id, n=n)
     return pipeline.select(rt, rt.components, req, plan, user, pipeline.Trace())
 
@@ -191,6 +203,8 @@ def batch_runtime(model: Model, settings: Settings, exclude_seen: bool | None = 
     if exclude_seen is not None:
         settings = settings.replace(pipeline=dataclasses.replace(settings.pipeline,
                                                                  exclude_seen=exclude_seen))
+    from ..runtime import build_runtime
+
     return build_runtime(settings, model, pm)
 
 
@@ -199,6 +213,8 @@ async def write_recommendations(rt: Runtime, user_ids: Iterable[str], n: int, ou
     """The lines of :func:`recommend` for ``user_ids``, written to ``out`` through ``rt``,
     which stays open (a Ray worker answers many blocks with one runtime); return the count.
     A bar is drawn only on a ``progress`` stream that is a terminal."""
+    from .. import pipeline
+
     plan = pipeline.default_plan(rt)
 
     async def one(uid: str) -> dict[str, Any]:
@@ -228,3 +244,100 @@ async def write_recommendations(rt: Runtime, user_ids: Iterable[str], n: int, ou
             meter.update(len(batch))
             batch = []
     return count
+
+
+def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
+              exclude_seen: bool | None = None, pm: Any = None, out: IO[str] | None = None,
+              concurrency: int = 8, progress: IO[str] | None = None) -> int:
+    """Write one JSON line per user (user_id, items, scores, fallback); return the count.
+
+    Runs the server's pipeline minus HTTP: one runtime (:func:`batch_runtime`: configured
+    store and cache tiers, :func:`batch_settings` deadlines) and :func:`pipeline.rank` with
+    the default plan, ``concurrency`` users at a time in one event loop; lines keep the order
+    of ``user_ids``. ``fallback`` is null for a personalized answer, else the pipeline's
+    reason (``cold_start`` for an unknown user, who gets the cold-start answer as over HTTP;
+    ``plugin_error``, ``store_down``...). A bar over the users is drawn on ``progress`` when it
+    is a terminal.
+    """
+    async def run() -> int:
+        rt = batch_runtime(model, settings, exclude_seen, pm)
+        try:
+            return await write_recommendations(rt, user_ids, n, out or sys.stdout,
+                                               max(concurrency, 1), progress)
+        finally:
+            await rt.store.close()
+
+    return asyncio.run(run())
+
+
+# --- CLI: `rankly recommend` -----------------------------------------------------------------
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|ray`` and ``--address`` (rankly evaluate, rankly recommend)."""
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: blocks of users over Ray workers "
+                             "(pip install 'rankly[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
+    parser.add_argument("--ray-workers", type=int, default=None,
+                        help="Ray workers (default: the CPUs Ray has)")
+
+
+def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly recommend``."""
+    parser.add_argument("--artifacts", required=True, help="a `rankly train` output directory")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="file with one user id per line")
+    who.add_argument("--all", action="store_true", help="every user of the model")
+    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop items the user already has (default: the configured "
+                             "pipeline.exclude_seen, true)")
+    parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(parser)
+
+
+@contextlib.contextmanager
+def engine_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """The engine ``--engine`` names: None for this process, else a started Ray engine."""
+    if getattr(args, "engine", "local") == "local":
+        yield None
+        return
+    from .batch_ray import RayEngine
+
+    with RayEngine.start(args.address, workers=args.ray_workers) as engine:
+        yield engine
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        model = load_model(args.artifacts)  # memory-mapped: cheap, and checks the path early
+        with contextlib.ExitStack() as stack:
+            # opened now (a wrong path fails before Ray starts), read in users()
+            fh = None if args.all else stack.enter_context(open(args.users, encoding="utf-8"))
+
+            def users() -> list[str]:
+                if fh is None:
+                    return [str(u) for u in model.users.user_ids.tolist()]
+                return [line.strip() for line in fh if line.strip()]
+
+            progress = None if args.quiet else sys.stderr
+            with engine_from_args(args) as engine:
+                if engine is None:
+                    count = recommend(model, users(), args.n, settings, args.exclude_seen,
+                                      progress=progress)
+                else:
+                    # NOTE: users() runs once the workers are starting: a long list is read
+                    # while they load
+                    count = engine.recommend(args.artifacts, users, args.n, settings,
+                                             args.exclude_seen, sys.stdout, progress=progress)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the CLI ends quietly, as for other commands
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} users written", file=sys.stderr)
+    return 0

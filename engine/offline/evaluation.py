@@ -1,22 +1,21 @@
-"""Offline evaluation (`rankly evaluate`) and batch recommendations (`rankly recommend`).
+"""Offline evaluation (`rankly evaluate`).
 
 Splits and the evaluation loop: train each model setup on the train part, rank the whole
 train catalogue for every test user through the same plugin components the server uses
 (candidate generators -> scorer -> optional per-category cap), and report the metrics for
 warm and cold users separately. The metrics at k and the per-user work shared with the Ray
-engine live in :mod:`.batch` (``name as name`` imports keep them importable from here).
+engine live in :mod:`.batch`, as does ``rankly recommend`` (``name as name`` imports keep
+them importable from here).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from .. import pipeline
 from ..config import PipelineSettings, Settings, load_settings
-from ..model import Model, load_model
+from ..model import Model
 from ..plugins import collect, make_plugin_manager
 from ..types import ModelPart
 from . import datasets
@@ -33,13 +32,15 @@ from .batch import BATCH_DEADLINE_MS as BATCH_DEADLINE_MS
 from .batch import BATCH_STORE_MS as BATCH_STORE_MS
 from .batch import (
     MetricsJob,
-    batch_runtime,
+    add_engine_arguments,
     coverage,
+    engine_from_args,
     serving_runtime,
     user_metrics,
-    write_recommendations,
 )
+from .batch import add_recommend_arguments as add_recommend_arguments
 from .batch import average_precision_at_k as average_precision_at_k
+from .batch import batch_runtime as batch_runtime
 from .batch import batch_settings as batch_settings
 from .batch import cap_compliance as cap_compliance
 from .batch import hit_rate_at_k as hit_rate_at_k
@@ -48,6 +49,9 @@ from .batch import ndcg_at_k as ndcg_at_k
 from .batch import novelty as novelty
 from .batch import rank_user as rank_user
 from .batch import recall_at_k as recall_at_k
+from .batch import recommend as recommend
+from .batch import run_recommend as run_recommend
+from .batch import write_recommendations as write_recommendations
 from .interactions import Interactions, TrainingData, build_training_data
 from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 
@@ -435,22 +439,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--engine local|ray`` and ``--address`` (rankly evaluate, rankly recommend)."""
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local: this process; ray: blocks of users over Ray workers "
-                             "(pip install 'rankly[ray]')")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
-    parser.add_argument("--ray-workers", type=int, default=None,
-                        help="Ray workers (default: the CPUs Ray has)")
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         ds = datasets.load_from_args(args)
-        with _engine(args) as engine:
+        with engine_from_args(args) as engine:
             report = evaluate(
                 ds, args.split, [m.strip() for m in args.models.split(",") if m.strip()],
                 k=args.k, diversity_cap=args.diversity_cap, settings=settings,
@@ -467,84 +460,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0
-
-
-# --- CLI: `rankly recommend` -----------------------------------------------------------------
-
-
-def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rankly recommend``."""
-    parser.add_argument("--artifacts", required=True, help="a `rankly train` output directory")
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--users", help="file with one user id per line")
-    who.add_argument("--all", action="store_true", help="every user of the model")
-    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
-    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
-                        help="drop items the user already has (default: the configured "
-                             "pipeline.exclude_seen, true)")
-    parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_engine_arguments(parser)
-
-
-@contextlib.contextmanager
-def _engine(args: argparse.Namespace) -> Iterator[Any]:
-    """The engine ``--engine`` names: None for this process, else a started Ray engine."""
-    if getattr(args, "engine", "local") == "local":
-        yield None
-        return
-    from .batch_ray import RayEngine
-
-    with RayEngine.start(args.address, workers=args.ray_workers) as engine:
-        yield engine
-
-
-def recommend(model: Model, user_ids: Iterable[str], n: int, settings: Settings,
-              exclude_seen: bool | None = None, pm: Any = None, out: IO[str] | None = None,
-              concurrency: int = 8, progress: IO[str] | None = None) -> int:
-    """Write one JSON line per user (user_id, items, scores, fallback); return the count.
-
-    Runs the server's pipeline minus HTTP: one runtime (:func:`batch_runtime`: configured
-    store and cache tiers, :func:`batch_settings` deadlines) and :func:`pipeline.rank` with
-    the default plan, ``concurrency`` users at a time in one event loop; lines keep the order
-    of ``user_ids``. ``fallback`` is null for a personalized answer, else the pipeline's
-    reason (``cold_start`` for an unknown user, who gets the cold-start answer as over HTTP;
-    ``plugin_error``, ``store_down``...). A bar over the users is drawn on ``progress`` when it
-    is a terminal.
-    """
-    async def run() -> int:
-        rt = batch_runtime(model, settings, exclude_seen, pm)
-        try:
-            return await write_recommendations(rt, user_ids, n, out or sys.stdout,
-                                               max(concurrency, 1), progress)
-        finally:
-            await rt.store.close()
-
-    return asyncio.run(run())
-
-
-def run_recommend(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-        model = load_model(args.artifacts)
-        if args.all:
-            users = [str(u) for u in model.users.user_ids.tolist()]
-        else:
-            with open(args.users, encoding="utf-8") as fh:
-                users = [line.strip() for line in fh if line.strip()]
-        with _engine(args) as engine:
-            if engine is None:
-                count = recommend(model, users, args.n, settings, args.exclude_seen,
-                                  progress=None if args.quiet else sys.stderr)
-            else:
-                count = engine.recommend(args.artifacts, users, args.n, settings,
-                                         args.exclude_seen, sys.stdout,
-                                         progress=None if args.quiet else sys.stderr)
-    except BrokenPipeError:
-        raise  # the reader went away (`| head`): the CLI ends quietly, as for other commands
-    except (OSError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{count} users written", file=sys.stderr)
     return 0
