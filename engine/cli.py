@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .config import ConfigError, Settings, load_settings
@@ -228,7 +228,58 @@ def cmd_plugins_check(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Commands whose module is imported only when they run (see :func:`build_parser`).
+COMMANDS = (
+    ("train", "train models on interactions and write an artifact"),
+    ("evaluate", "offline evaluation of models on a split"),
+    ("recommend", "batch recommendations as JSON lines"),
+    ("datasets", "download or inspect datasets"),
+    ("replay", "recompute the event projections from the event log"),
+    ("export-events", "write the event log as events CSV (input of rankly train)"),
+    ("off-policy", "estimate a model's CTR and conversion rate on logged traffic (IPS, "
+                   "SNIPS, DR)"),
+    ("train-ranker", "train the learned reranker `ltr` (LightGBM lambdarank) on the "
+                     "event log"),
+    ("simulate", "drive a running server with simulated users (hidden tastes, "
+                 "position-biased clicks)"),
+)
+
+
+def _command_functions(name: str) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                           Callable[[argparse.Namespace], int]]:
+    """The functions that add the arguments of the command ``name`` of :data:`COMMANDS` and
+    run it; only its module is imported."""
+    if name == "train":
+        from .offline import training
+        return training.add_arguments, training.run
+    if name == "evaluate":
+        from .offline import evaluation
+        return evaluation.add_arguments, evaluation.run
+    if name == "recommend":
+        from .offline import batch
+        return batch.add_recommend_arguments, batch.run_recommend
+    if name == "datasets":
+        from .offline import datasets
+        return datasets.add_arguments, datasets.run
+    if name in ("replay", "export-events"):
+        from .events import cli as events_cli
+        if name == "replay":
+            return events_cli.add_replay_arguments, events_cli.run_replay
+        return events_cli.add_export_arguments, events_cli.run_export
+    if name == "off-policy":
+        from .feedback import offpolicy
+        return offpolicy.add_arguments, offpolicy.run
+    if name == "train-ranker":
+        from .feedback import ltr_training
+        return ltr_training.add_arguments, ltr_training.run
+    from .offline import simulator
+    return simulator.add_arguments, simulator.run
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or, when ``command`` names one of :data:`COMMANDS` (the
+    one about to run), with only that command's arguments: the modules of the others are not
+    imported (``rankly recommend --engine ray`` reaches Ray sooner)."""
     parser = argparse.ArgumentParser(prog="rankly", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,41 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_plugins)
 
-    from .events import cli as events_cli
-    from .experiments import cli as experiments_cli
-    from .feedback import ltr_training, offpolicy
-    from .offline import datasets, evaluation, simulator, training
-    from .storage import publish
-
-    for name, help_text, add, run in (
-        ("train", "train models on interactions and write an artifact", training.add_arguments,
-         training.run),
-        ("evaluate", "offline evaluation of models on a split", evaluation.add_arguments,
-         evaluation.run),
-        ("recommend", "batch recommendations as JSON lines", evaluation.add_recommend_arguments,
-         evaluation.run_recommend),
-        ("datasets", "download or inspect datasets", datasets.add_arguments, datasets.run),
-        ("replay", "recompute the event projections from the event log",
-         events_cli.add_replay_arguments, events_cli.run_replay),
-        ("export-events", "write the event log as events CSV (input of rankly train)",
-         events_cli.add_export_arguments, events_cli.run_export),
-        ("off-policy", "estimate a model's CTR and conversion rate on logged traffic (IPS, "
-                       "SNIPS, DR)", offpolicy.add_arguments, offpolicy.run),
-        ("train-ranker", "train the learned reranker `ltr` (LightGBM lambdarank) on the "
-                         "event log", ltr_training.add_arguments, ltr_training.run),
-        ("simulate", "drive a running server with simulated users (hidden tastes, "
-                     "position-biased clicks)", simulator.add_arguments, simulator.run),
-    ):
+    for name, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text)
-        add(p)
-        p.set_defaults(func=run)
-    experiments_cli.add_arguments(sub)
-    publish.add_arguments(sub)
+        if command in (None, name):
+            add, run = _command_functions(name)
+            add(p)
+            p.set_defaults(func=run)
+    if command is None or command not in dict(COMMANDS):
+        from .experiments import cli as experiments_cli
+        from .storage import publish
+
+        experiments_cli.add_arguments(sub)
+        publish.add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the command is the first word that is not an option (-v, the only one before it, takes
+    # no value)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

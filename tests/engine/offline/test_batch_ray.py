@@ -151,6 +151,26 @@ def test_blocks_keep_the_order_and_shrink_towards_the_end():
     assert blocks([], 250) == []
 
 
+def test_the_recommend_command_loads_none_of_the_other_commands():
+    """`rankly recommend` (the Ray driver) imports neither evaluate's nor train's modules,
+    nor the pipeline or the plugins: Ray starts sooner."""
+    script = """
+import sys
+from rankly.engine import cli
+
+cli.build_parser("recommend")
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("rankly.engine.offline.",
+      "rankly.engine.pipeline", "rankly.plugins", "scipy")))))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    loaded = set(proc.stdout.split())
+    assert "rankly.engine.offline.batch" in loaded
+    assert not loaded & {"rankly.engine.offline.evaluation", "rankly.engine.offline.datasets",
+                         "rankly.engine.offline.training", "rankly.engine.pipeline", "scipy",
+                         "rankly.plugins"}, loaded
+
+
 @pytest.mark.slow
 @needs_ray
 def test_evaluate_on_ray_reports_the_local_metrics(ray_engine):
