@@ -1,9 +1,11 @@
 """`rankly recommend --all --engine ray`: two Ray workers against one, timed as a user runs it.
 
-Run (about 15 minutes on 2 idle cores; needs `pip install -e '.[ray]'`):
+Run (on 2 idle cores; needs `pip install -e '.[ray]'`):
 
-    python benchmarks/ray_batch.py                               # 10,000 and 100,000 users
-    python benchmarks/ray_batch.py --large-users 0 --rounds 5    # the issue's 10,000 only
+    OPENBLAS_NUM_THREADS=1 python benchmarks/ray_batch.py --large-users 50000 --rounds 5
+        # the issue's 10,000 users and 50,000, about 12 minutes
+    OPENBLAS_NUM_THREADS=1 python benchmarks/ray_batch.py --large-users 0 --rounds 2
+        # 10,000 users only, a quick probe (about 2 minutes)
 
 Builds synthetic shops (``rankly.engine.offline.demo.synthesize``, 2,000 items, the same
 generator and seed for every size) with a pop + item-kNN model served with the diversity
@@ -13,12 +15,14 @@ reranker, then times the whole command in a fresh process, as a user runs it:
         --engine ray [--address ADDR] --ray-workers W > out.jsonl
 
 Python start-up, imports, Ray, the actors started with the model mapped, every user's line
-written. Two ways to get Ray, each timed:
+written, Ray left. Two ways to get Ray, each timed:
 
-- ``own``: no ``--address``; the command starts a local Ray (2 CPUs, 200 MB object store)
-  and stops it, which costs seconds whatever the user count;
+- ``own``: no ``--address``; the command starts a local Ray (2 CPUs, 200 MB object store,
+  listening on 127.0.0.1) and stops it, which costs seconds whatever the user count;
 - ``joined``: ``--address`` of a local Ray this script started once (as a team keeps one for
-  its jobs), so the command only connects.
+  its jobs), so the command only connects. That Ray uses token authentication (Ray's default
+  for a new local Ray), so these commands run with ``RAY_AUTH_MODE=token``, as a user joining
+  it would.
 
 Per user count and way:
 
@@ -29,13 +33,22 @@ Per user count and way:
 - ``1`` / ``2`` workers: ``--rounds`` paired rounds, the pair's order alternating; the median
   (P50) of each and of the paired ratios ``2 workers / 1 worker`` is the result.
 
+Where the time goes inside each Ray run is read from the command's own line of timings
+(``ray: workers=W connect_s=... first_block_s=... ranked_s=... stop_s=...``, logged by
+``rankly.engine.offline.batch_ray``): joining or starting Ray; asking for the workers until
+the first block is back (a Ray worker process starting, importing rankly and the plugins,
+mapping the model); until every block is back; stopping or leaving Ray. ``rest_s`` is the
+whole command's time minus those: Python start-up, imports, settings, exit. These phases are
+reported next to the whole command's time, which stays the result.
+
 The target of issue 20 is a ratio <= 0.6. With a fixed cost F and a one-worker work time W, two
 ideal workers give (F + W/2) / (F + W): it reaches 0.6 only once W >= 4F, so the issue's
 10,000 users are reported together with a larger shop. The 1-minute load average is recorded
 before and after every timed run: on a shared 2-core machine two workers only get two cores
 when nobody else wants them. ``cpu_s`` is the CPU time of the command's process and of those
 it waited for: the driver's share, not the workers'. Results go to stdout and are appended to
-the ``runs`` of ``benchmarks/results/ray_batch.json``.
+the ``runs`` of ``benchmarks/results/ray_batch.json`` (``--results PATH``: another file, for a
+probe).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -60,6 +74,10 @@ scorers = ["itemknn", "popular"]
 rerankers = ["diversity"]
 """
 RANKLY = [sys.executable, "-m", "rankly.engine.cli"]
+TIMINGS = re.compile(r"ray: workers=(\d+) ((?:\w+=[\d.]+ ?)+)")
+#: Set by Ray or rankly in this process when they start the joined Ray; a command sets what it
+#: needs itself, so none of them is handed down (RAY_AUTH_MODE only to joining commands)
+RAY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")
 
 
 def build(root: Path, users: int, items: int) -> Path:
@@ -80,19 +98,29 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def timed(args: list[str], out: Path) -> dict:
-    """Run ``rankly ARGS > out`` once: wall and CPU seconds, load average before and after."""
+def timed(args: list[str], out: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``rankly ARGS > out`` once: wall and CPU seconds, load average before and after,
+    and for a Ray run the phases of its line of timings (see the module docstring)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in RAY_ENV}, **(env or {})}
     before = load()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with out.open("wb") as fh:
-        proc = subprocess.run([*RANKLY, *args], stdout=fh, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.run([*RANKLY, *args], stdout=fh, stderr=subprocess.PIPE, env=env,
+                              check=False)
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"rankly {' '.join(args)} failed:\n{proc.stderr.decode()[-2000:]}")
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg_1min": [before, load()]}
+    run = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg_1min": [before, load()]}
+    found = TIMINGS.search(proc.stderr.decode())
+    if found:
+        phases = {k: float(v) for k, v in (kv.split("=") for kv in found[2].split())}
+        phases["rest_s"] = round(wall - sum(phases.get(k, 0.0)
+                                            for k in ("connect_s", "ranked_s", "stop_s")), 2)
+        run["phases"] = phases
+    return run
 
 
 def one_size(root: Path, users: int, items: int, rounds: int, address: str) -> dict:
@@ -112,15 +140,16 @@ def one_size(root: Path, users: int, items: int, rounds: int, address: str) -> d
     one_user = root / "one_user.txt"
     one_user.write_text(json.loads(expected[:expected.index(b"\n")])["user_id"] + "\n")
     out = root / "ray.jsonl"
-    modes = {"own": [], "joined": ["--address", address]}
+    modes = {"own": ([], {}), "joined": (["--address", address], {"RAY_AUTH_MODE": "token"})}
     runs: dict[str, list[dict]] = {f"{m}_{k}": [] for m in modes for k in ("fixed", "1", "2")}
     for r in range(rounds):
-        for mode, where in modes.items():
+        for mode, (where, env) in modes.items():
             ray = [*where, "--engine", "ray", "--ray-workers"]
-            runs[f"{mode}_fixed"].append(timed([*base, "--users", str(one_user), *ray, "1"], out))
+            runs[f"{mode}_fixed"].append(
+                timed([*base, "--users", str(one_user), *ray, "1"], out, env))
             # NOTE: the pair's order alternates, so drift in the neighbours' load favours neither
             for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
-                run = timed([*base, "--all", *ray, str(workers)], out)
+                run = timed([*base, "--all", *ray, str(workers)], out, env)
                 assert out.read_bytes() == expected, f"{mode} {workers} output differs from local"
                 runs[f"{mode}_{workers}"].append(run)
                 print(f"  {users} users, round {r + 1}, {mode} Ray, {workers} worker(s): {run}",
@@ -128,6 +157,9 @@ def one_size(root: Path, users: int, items: int, rounds: int, address: str) -> d
     result.update(runs)
     for name, rs in runs.items():
         result[f"{name}_p50_s"] = round(statistics.median(x["wall_s"] for x in rs), 2)
+        result[f"{name}_phases_p50"] = {
+            k: round(statistics.median(x["phases"][k] for x in rs), 2)
+            for k in PHASES if all(k in x.get("phases", {}) for x in rs)}
     for mode in modes:
         ratios = [round(b["wall_s"] / a["wall_s"], 3)
                   for a, b in zip(runs[f"{mode}_1"], runs[f"{mode}_2"], strict=True)]
@@ -137,6 +169,14 @@ def one_size(root: Path, users: int, items: int, rounds: int, address: str) -> d
         result[f"{mode}_ms_per_user"] = round((one - fixed) / users * 1000, 3)
     result["identical_output"] = True
     return result
+
+
+PHASES = {"connect_s": "connect", "first_block_s": "first block back",
+          "ranked_s": "all blocks back", "stop_s": "stop", "rest_s": "the rest"}
+
+
+def phase_line(phases: dict) -> str:
+    return ", ".join(f"{what} {phases[k]:.2f}" for k, what in PHASES.items() if k in phases)
 
 
 def report(r: dict) -> str:
@@ -157,6 +197,9 @@ def report(r: dict) -> str:
             "    load average before/after each 1-worker run "
             f"{[x['load_avg_1min'] for x in r[f'{mode}_1']]}, 2-worker run "
             f"{[x['load_avg_1min'] for x in r[f'{mode}_2']]}"]
+        lines += [f"    in-job phases (s, P50), {name}: {phase_line(r[f'{mode}_{key}_phases_p50'])}"
+                  for key, name in (("fixed", "fixed"), ("1", "1 worker"), ("2", "2 workers"))
+                  if r.get(f"{mode}_{key}_phases_p50")]
     lines.append("  output byte-identical to the local engine in every run: yes")
     return "\n".join(lines)
 
@@ -169,6 +212,9 @@ def main() -> int:
                          "smaller share (0: skip)")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds per user count")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="JSON file the run is appended to (default: the committed history; "
+                         "give another for a probe)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="rankly-ray-bench-"))
@@ -182,6 +228,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
     result: dict = {"command": "rankly recommend --artifacts MODEL --all --config rankly.toml "
                                "--quiet --engine ray [--address ADDR] --ray-workers W "
                                "> out.jsonl",
+                    "benchmark_args": sys.argv[1:],
                     "cpu_count": os.cpu_count(), "load_avg_start": list(os.getloadavg()),
                     "sizes": []}
     from rankly.engine.offline.batch_ray import RayEngine
@@ -202,10 +249,11 @@ def run(args: argparse.Namespace, root: Path) -> int:
     for size in result["sizes"]:
         print(report(size))
     print(f"load average at start {result['load_avg_start']}, at end {result['load_avg_end']}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    history = json.loads(RESULTS.read_text()).get("runs", []) if RESULTS.exists() else []
-    RESULTS.write_text(json.dumps({"runs": [*history, result]}, indent=2) + "\n")
-    print(f"appended to {RESULTS.relative_to(HERE.parent)}")
+    path = args.results
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    path.write_text(json.dumps({"runs": [*history, result]}, indent=2) + "\n")
+    print(f"appended to {path}")
     return 0
 
 
