@@ -35,7 +35,8 @@ from .plugins import (
     make_plugin_manager,
     option_defaults,
 )
-from .storage.store import Store, open_store
+from .storage.opening import open_store
+from .storage.store import Store
 from .types import (
     Cache,
     CandidateGenerator,

@@ -14,7 +14,7 @@ from typing import IO
 from ..config import Settings, load_settings
 from ..model import Catalog, load_model
 from ..offline.datasets import DEFAULT_EVENT_WEIGHTS, EVENT_COLUMNS
-from ..storage.store import open_store
+from ..storage.opening import open_store
 from .log import EventLog, open_event_log
 from .projections import Projections
 from .values import Event

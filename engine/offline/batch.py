@@ -115,7 +115,7 @@ def serving_runtime(model: Model, settings: Settings, pm: Any = None) -> Runtime
     -> filter -> score -> order -> rerank -> backfill), so a cache would only cost memory.
     """
     from ..runtime import build_runtime
-    from ..storage.store import MemoryStore
+    from ..storage.memory_store import MemoryStore
 
     settings = settings.replace(store_url="memory", cache=CacheSettings(tiers=()))
     return build_runtime(settings, model, pm, store=MemoryStore())

@@ -47,8 +47,9 @@ from ..http.validation import (
 from ..model import Model
 from ..pipeline import quality
 from ..runtime import Runtime, build_runtime
+from ..storage.opening import open_store
 from ..storage.publish import load_serving_model, start_model_watcher
-from ..storage.store import StoreUnavailable, open_store
+from ..storage.store import StoreUnavailable
 from ..types import RecommendationRequest
 from . import api_docs, dashboard
 from .middleware import BodyLimitMiddleware, MetricsMiddleware

@@ -1,4 +1,4 @@
-"""The store interface the pipeline talks to, and the embedded in-memory store (the default).
+"""The store interface the pipeline talks to, and the values it returns.
 
 A store holds what changes while serving: each user's online history and seen set (from
 events). Trained item data never lives here per request; it is in process memory (``Model``).
@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import collections
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-
-from ..config import Settings
 
 
 class StoreUnavailable(RuntimeError):
@@ -93,50 +90,3 @@ class Store(abc.ABC):
         if subs is None:
             subs = self.__dict__["_local_subscribers"] = {}
         return subs
-
-
-class MemoryStore(Store):
-    """The embedded store: per-process dictionaries with bounded per-user history."""
-
-    kind = "memory"
-
-    def __init__(self, history_limit: int = 200) -> None:
-        self.history_limit = history_limit
-        self._history: dict[str, collections.deque[str]] = {}
-        self._seen: dict[str, set[str]] = {}
-
-    async def ping(self) -> bool:
-        return True
-
-    async def fetch_user(self, user_id: str) -> OnlineUser:
-        hist = self._history.get(user_id)
-        if hist is None:
-            return EMPTY_USER
-        return OnlineUser(tuple(hist), frozenset(self._seen.get(user_id, ())))
-
-    async def record_interaction(self, user_id: str, item_id: str, *, seen: bool) -> None:
-        hist = self._history.setdefault(user_id, collections.deque(maxlen=self.history_limit))
-        if item_id in hist:
-            hist.remove(item_id)
-        hist.appendleft(item_id)
-        if seen:
-            self._seen.setdefault(user_id, set()).add(item_id)
-
-
-def open_store(settings: Settings) -> Store:
-    """Return the store named by ``settings.store_url``: ``memory`` (the embedded default) or a
-    Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``). Never connects:
-    a Redis that is down at start is retried by the store itself."""
-    from .redis_client import is_redis_url
-
-    url = settings.store_url
-    if url in ("", "memory", "memory://"):
-        return MemoryStore()
-    if is_redis_url(url):
-        from .redis_store import RedisStore
-
-        return RedisStore(url, settings)
-    raise ValueError(
-        f"store_url {url.split('@')[-1]!r}: unsupported store (supported: memory, redis://, "
-        "rediss://, unix://, redis+cluster://)"
-    )

@@ -527,7 +527,8 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
     pipeline's ``store_down`` path); a ``plugin_error``/``plugin_timeout`` answer is a defect."""
     from .. import pipeline
     from ..runtime import build_runtime
-    from ..storage.store import MemoryStore, StoreUnavailable
+    from ..storage.memory_store import MemoryStore
+    from ..storage.store import StoreUnavailable
     from ..types import RecommendationRequest
 
     class DownStore(MemoryStore):
@@ -652,7 +653,7 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
 def _store_for(kind: str) -> Any:
     if kind != "cache":
         return None
-    from ..storage.store import MemoryStore
+    from ..storage.memory_store import MemoryStore
 
     return MemoryStore()
 

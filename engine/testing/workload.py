@@ -159,7 +159,7 @@ def make_runtime(workload: Workload, options: Mapping[str, Mapping[str, Any]] | 
     ``rankly serve``: unknown names or option keys raise ``ConfigError``.
     """
     from ..runtime import build_runtime
-    from ..storage.store import MemoryStore
+    from ..storage.memory_store import MemoryStore
 
     settings = kit_settings(**pipeline).replace(plugins={k: dict(v) for k, v in
                                                          (options or {}).items()})

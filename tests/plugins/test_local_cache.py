@@ -9,7 +9,7 @@ from unittest.mock import ANY
 import pytest
 
 from rankly.engine.pipeline.cache import DIRTY_FIELD, REFRESH_FIELD, STARTED_FIELD
-from rankly.engine.storage.store import MemoryStore
+from rankly.engine.storage.memory_store import MemoryStore
 from rankly.plugins.caches.local import LocalCache
 
 PAYLOAD = {"user_id": "u1", "items": [{"item_id": "1", "score": 1.0, "reasons": ["Popular"]}]}

@@ -9,7 +9,7 @@ import pytest
 from rankly.engine.config import load_settings
 from rankly.engine.events.log import ImpressionSlate
 from rankly.engine.events.projections import Projections
-from rankly.engine.storage.store import MemoryStore
+from rankly.engine.storage.memory_store import MemoryStore
 
 
 class Catalog:  # the one attribute the counters read when items have no weight

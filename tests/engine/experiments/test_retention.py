@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from rankly.engine.config import ConfigError, load_settings
 from rankly.engine.experiments.tracking import PHASE_PARTS, VARIANT_PARTS
 from rankly.engine.serving.app import create_app
-from rankly.engine.storage.store import open_store
+from rankly.engine.storage.opening import open_store
 
 pytestmark = pytest.mark.redis
 

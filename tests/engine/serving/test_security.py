@@ -14,8 +14,8 @@ from starlette.testclient import TestClient
 
 from rankly.engine.model import ArtifactError, load_model
 from rankly.engine.serving.app import create_app
+from rankly.engine.storage.opening import open_store
 from rankly.engine.storage.redis_client import parse_url, redact
-from rankly.engine.storage.store import open_store
 
 from ..conftest import make_settings
 

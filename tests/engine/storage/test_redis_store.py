@@ -8,6 +8,8 @@ import time
 import pytest
 
 from rankly.engine.config import load_settings
+from rankly.engine.storage.memory_store import MemoryStore
+from rankly.engine.storage.opening import open_store
 from rankly.engine.storage.redis_client import (
     CircuitOpen,
     GuardedRedis,
@@ -17,7 +19,7 @@ from rankly.engine.storage.redis_client import (
     redact,
 )
 from rankly.engine.storage.redis_store import RedisStore
-from rankly.engine.storage.store import EMPTY_USER, MemoryStore, StoreUnavailable, open_store
+from rankly.engine.storage.store import EMPTY_USER, StoreUnavailable
 
 pytestmark = pytest.mark.redis
 
