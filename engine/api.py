@@ -14,6 +14,7 @@ from .feedback.ltr_features import FEATURES as RANKER_FEATURES
 from .feedback.ltr_features import ranker_features
 from .model import Catalog, Factors, Model, Neighbours, UserTable
 from .offline.interactions import TrainingData
+from .plugins import ComponentContext, LiveCounters
 from .storage.redis_client import AsyncRedis, CircuitOpen
 from .storage.store import Store, StoreUnavailable
 from .types import (
@@ -23,10 +24,8 @@ from .types import (
     CandidateGenerator,
     Candidates,
     CatalogScorer,
-    ComponentContext,
     FloatArray,
     IntArray,
-    LiveCounters,
     ModelPart,
     Ranking,
     Reason,

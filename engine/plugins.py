@@ -1,4 +1,9 @@
-"""Build the plugin manager (load, block, validate) and the component registries."""
+"""Build the plugin manager (load, block, validate) and the component registries, and what
+a component factory receives (``ComponentContext``, and the ``LiveCounters`` it reaches).
+
+Light to load (commands that only build the plugin manager start sooner): the model, the
+store and the event projections are named for annotations only, or imported when called.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 from pluggy import HookImpl
 
 from . import PROJECT_NAME, hookspecs
 from .config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from .config import CacheSettings
+    from .model import Catalog, Model
+    from .storage.store import Store
+    from .types import FloatArray
 
 KINDS = ("trainers", "caches", "candidate_generators", "scorers", "rerankers")
 
@@ -43,6 +54,49 @@ def make_plugin_manager(
         pm.register(plugin)
     pm.check_pending()
     return pm
+
+
+class LiveCounters(Protocol):
+    """Event counters kept live while serving (decayed popularity, trending categories); the
+    events' projections (``rankly.engine.events.projections.Projections``) are one."""
+
+    def item_scores(self, catalog: Catalog) -> FloatArray:
+        """Live decayed popularity per item index of ``catalog`` (0 for items without events)."""
+
+    def category_scores(self, catalog: Catalog) -> FloatArray:
+        """Live trending score per category index of ``catalog``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentContext:
+    """What a component factory receives: its name, the loaded model, its options, the store.
+
+    Read ``options`` (this component's ``[plugins.<name>]`` table, with what training chose
+    for serving underneath) and ``cache`` (the cache defaults a tier falls back on);
+    ``settings`` is the host's and is kept for older plugins only: new ones must not read it.
+    """
+
+    name: str
+    model: Model
+    options: Mapping[str, Any]
+    settings: Settings
+    store: Store | None = None
+
+    @property
+    def cache(self) -> CacheSettings:
+        """The ``cache.*`` settings (TTL, jitter, invalidation mode) a cache tier defaults to."""
+        return self.settings.cache
+
+    def live_counters(self) -> LiveCounters | None:
+        """The live event counters of this process, or None before events start (or none).
+
+        Call it when serving, not once in the factory: the counters attach after start-up.
+        """
+        # NOTE: imported when called: the projections load the datasets module and SciPy,
+        # which a command that only builds the plugin manager must not wait for
+        from .events.projections import projections_of
+
+        return projections_of(self.store)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .model import Model
 from .pipeline.singleflight import SingleFlight
 from .plugins import (
     KIND_NOUNS,
+    ComponentContext,
     PluginError,
     Registry,
     check_experiment,
@@ -40,7 +41,6 @@ from .storage.store import Store
 from .types import (
     Cache,
     CandidateGenerator,
-    ComponentContext,
     Reranker,
     Scorer,
     UserFeatures,

@@ -1,18 +1,17 @@
-"""Small immutable values passed between pipeline stages, and the component protocols."""
+"""Small immutable values passed between pipeline stages, and the component protocols.
+
+The bottom of the engine: it imports nothing of the engine, so every module may import it.
+What a component factory receives (``ComponentContext``) is in ``plugins.py``.
+"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .config import CacheSettings, Settings
-    from .model import Catalog, Model
-    from .storage.store import Store
 
 #: ``register(name, component_or_factory, options=None)``: the callback every contribution
 #: hook receives. ``options`` declares the option keys the component accepts (an iterable of
@@ -131,46 +130,6 @@ class Ranking:
             self.items[positions], self.scores[positions], self.reasons[positions],
             self.anchors[positions],
         )
-
-
-class LiveCounters(Protocol):
-    """Event counters kept live while serving (decayed popularity, trending categories)."""
-
-    def item_scores(self, catalog: Catalog) -> FloatArray:
-        """Live decayed popularity per item index of ``catalog`` (0 for items without events)."""
-
-    def category_scores(self, catalog: Catalog) -> FloatArray:
-        """Live trending score per category index of ``catalog``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ComponentContext:
-    """What a component factory receives: its name, the loaded model, its options, the store.
-
-    Read ``options`` (this component's ``[plugins.<name>]`` table, with what training chose
-    for serving underneath) and ``cache`` (the cache defaults a tier falls back on);
-    ``settings`` is the host's and is kept for older plugins only: new ones must not read it.
-    """
-
-    name: str
-    model: Model
-    options: Mapping[str, Any]
-    settings: Settings
-    store: Store | None = None
-
-    @property
-    def cache(self) -> CacheSettings:
-        """The ``cache.*`` settings (TTL, jitter, invalidation mode) a cache tier defaults to."""
-        return self.settings.cache
-
-    def live_counters(self) -> LiveCounters | None:
-        """The live event counters of this process, or None before events start (or none).
-
-        Call it when serving, not once in the factory: the counters attach after start-up.
-        """
-        from .events.projections import projections_of
-
-        return projections_of(self.store)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ import pluggy
 from ..config import CacheSettings, PipelineSettings, Settings, load_settings
 from ..model import Model
 from ..offline.interactions import TrainingData
-from ..plugins import Registry, collect_all, make_plugin_manager
-from ..types import ComponentContext, Ranking, Reason, UserFeatures
+from ..plugins import ComponentContext, Registry, collect_all, make_plugin_manager
+from ..types import Ranking, Reason, UserFeatures
 
 #: The kinds of component the kit checks, as the user names them, with their registry.
 KINDS = {"candidate_generator": "candidate_generators", "scorer": "scorers",

@@ -11,8 +11,8 @@ import pytest
 from rankly.engine.config import Settings
 from rankly.engine.offline import datasets, evaluation
 from rankly.engine.offline.interactions import Interactions, build_training_data
-from rankly.engine.plugins import collect, make_plugin_manager
-from rankly.engine.types import ComponentContext, Reason, UserFeatures
+from rankly.engine.plugins import ComponentContext, collect, make_plugin_manager
+from rankly.engine.types import Reason, UserFeatures
 from rankly.plugins.models import als, ease, itemknn, popularity
 from rankly.plugins.scorers import blend
 

@@ -14,8 +14,9 @@ from rankly.engine.config import load_settings
 from rankly.engine.events.log import FileEventLog
 from rankly.engine.events.projections import DecayedCounter, Projections, attach
 from rankly.engine.events.values import Event
+from rankly.engine.plugins import ComponentContext
 from rankly.engine.storage.memory_store import MemoryStore
-from rankly.engine.types import ComponentContext, Reason, UserFeatures
+from rankly.engine.types import Reason, UserFeatures
 from rankly.plugins.candidates.trending import TrendingCandidates
 
 T0 = 1_700_000_000.0
