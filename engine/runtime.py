@@ -23,7 +23,6 @@ from .config import ConfigError, Settings
 from .experiments import Experiment, ExperimentError, Experiments, load_experiments
 from .experiments.tracking import ExperimentTracker, make_tracker
 from .model import Model
-from .pipeline.singleflight import SingleFlight
 from .plugins import (
     KIND_NOUNS,
     ComponentContext,
@@ -36,6 +35,7 @@ from .plugins import (
     make_plugin_manager,
     option_defaults,
 )
+from .singleflight import SingleFlight
 from .storage.opening import open_store
 from .storage.store import Store
 from .types import (

@@ -2,8 +2,9 @@
 
 ``plan`` chooses the components, ``cache`` holds the cache machinery behind one call,
 ``stages`` the selection stages, ``respond`` the answer's JSON, ``served`` what its impressions
-log of the computation, ``quality`` the served slates' rolling quality and ``singleflight``
-the one-computation-per-key primitive.
+log of the computation and ``quality`` the served slates' rolling quality. The
+one-computation-per-key primitive the cache uses is the host's ``singleflight`` (the runtime
+holds it).
 """
 
 from .cache import FEATURES_FIELD, cache_key

@@ -24,9 +24,9 @@ from ..types import (
     RecommendationRequest,
     UserFeatures,
 )
-from . import quality
 from .cache import FEATURES_FIELD, Computed, cache_key, cached_answer
 from .plan import Plan, default_plan
+from .quality import observe as observe_quality
 from .respond import respond, slate_items
 from .served import ServedFeatures, capture
 from .stages import Trace, fallback_ranking, fetch_features, select
@@ -109,7 +109,7 @@ async def compute(rt: Runtime, comps: Components, req: RecommendationRequest,
     if trace.fallback:
         metrics.child(metrics.FALLBACKS, trace.fallback).inc()
     payload = respond(comps, req, plan, user, ranking, trace)
-    quality.observe(rt, comps.model, ranking.items, user.is_cold)
+    observe_quality(rt, comps.model, ranking.items, user.is_cold)
     spares = None
     if trace.spares is not None and len(trace.spares):
         spares = slate_items(comps.model, user, trace.spares)
