@@ -256,8 +256,8 @@ def _command_functions(name: str) -> tuple[Callable[[argparse.ArgumentParser], N
         from .offline import evaluation
         return evaluation.add_arguments, evaluation.run
     if name == "recommend":
-        from .offline import batch
-        return batch.add_recommend_arguments, batch.run_recommend
+        from .offline import recommend
+        return recommend.add_recommend_arguments, recommend.run_recommend
     if name == "datasets":
         from .offline import datasets
         return datasets.add_arguments, datasets.run

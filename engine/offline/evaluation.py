@@ -32,13 +32,10 @@ from .batch import BATCH_DEADLINE_MS as BATCH_DEADLINE_MS
 from .batch import BATCH_STORE_MS as BATCH_STORE_MS
 from .batch import (
     MetricsJob,
-    add_engine_arguments,
     coverage,
-    engine_from_args,
     serving_runtime,
     user_metrics,
 )
-from .batch import add_recommend_arguments as add_recommend_arguments
 from .batch import average_precision_at_k as average_precision_at_k
 from .batch import batch_runtime as batch_runtime
 from .batch import batch_settings as batch_settings
@@ -50,9 +47,9 @@ from .batch import novelty as novelty
 from .batch import rank_user as rank_user
 from .batch import recall_at_k as recall_at_k
 from .batch import recommend as recommend
-from .batch import run_recommend as run_recommend
 from .batch import write_recommendations as write_recommendations
 from .interactions import Interactions, TrainingData, build_training_data
+from .recommend import add_engine_arguments, engine_from_args
 from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 
 # --- splits --------------------------------------------------------------------------------

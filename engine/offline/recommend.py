@@ -1,0 +1,92 @@
+"""``rankly recommend``: every (or each listed) user's top items as JSON lines, ranked in this
+process or by Ray workers (``--engine ray``, :mod:`.batch_ray`); the arguments of the engine
+choice are shared with ``rankly evaluate``.
+
+The batch work itself is :mod:`.batch`; this module is the command around it, so that
+:mod:`.batch_ray` (which imports :mod:`.batch`) and :mod:`.batch` import each other in no
+direction but one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import load_settings
+from ..model import load_model
+from .batch import recommend
+
+# --- CLI: `rankly recommend` -----------------------------------------------------------------
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|ray`` and ``--address`` (rankly evaluate, rankly recommend)."""
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: blocks of users over Ray workers "
+                             "(pip install 'rankly[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
+    parser.add_argument("--ray-workers", type=int, default=None,
+                        help="Ray workers (default: the CPUs Ray has)")
+
+
+def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rankly recommend``."""
+    parser.add_argument("--artifacts", required=True, help="a `rankly train` output directory")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="file with one user id per line")
+    who.add_argument("--all", action="store_true", help="every user of the model")
+    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop items the user already has (default: the configured "
+                             "pipeline.exclude_seen, true)")
+    parser.add_argument("--config", default=None, help="settings file (pipeline, plugin options)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_arguments(parser)
+
+
+@contextlib.contextmanager
+def engine_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """The engine ``--engine`` names: None for this process, else a started Ray engine."""
+    if getattr(args, "engine", "local") == "local":
+        yield None
+        return
+    from .batch_ray import RayEngine
+
+    with RayEngine.start(args.address, workers=args.ray_workers) as engine:
+        yield engine
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        model = load_model(args.artifacts)  # memory-mapped: cheap, and checks the path early
+        with contextlib.ExitStack() as stack:
+            # opened now (a wrong path fails before Ray starts), read in users()
+            fh = None if args.all else stack.enter_context(open(args.users, encoding="utf-8"))
+
+            def users() -> list[str]:
+                if fh is None:
+                    return [str(u) for u in model.users.user_ids.tolist()]
+                return [line.strip() for line in fh if line.strip()]
+
+            progress = None if args.quiet else sys.stderr
+            with engine_from_args(args) as engine:
+                if engine is None:
+                    count = recommend(model, users(), args.n, settings, args.exclude_seen,
+                                      progress=progress)
+                else:
+                    # NOTE: users() runs once the workers are starting: a long list is read
+                    # while they load
+                    count = engine.recommend(args.artifacts, users, args.n, settings,
+                                             args.exclude_seen, sys.stdout, progress=progress)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the CLI ends quietly, as for other commands
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} users written", file=sys.stderr)
+    return 0
