@@ -1,11 +1,19 @@
 """The engine's modules import each other without a circle, and so do its sub-packages.
 
-The graph is read from the source (AST), not by importing: an edge is an import executed when
-a module loads, i.e. at module level. Imports inside functions (deferred until called) and
-under ``if TYPE_CHECKING:`` (never executed) are left out. Importing ``a.b.c`` also loads the
-packages ``a.b`` and ``a``, so an edge to a module adds edges to its enclosing packages'
-``__init__`` (except the packages the importing module is itself in: they are loading
-already).
+The graph is read from the source (AST), not by importing, and counted two ways:
+
+- at load time: an edge is an import executed when a module loads, i.e. at module level.
+  Imports inside functions (deferred until called) and under ``if TYPE_CHECKING:`` (never
+  executed) are left out.
+- every import, as import-linter and grimp count them: any import statement anywhere in the
+  module, function bodies and ``TYPE_CHECKING`` blocks included. A deferred import still
+  makes the module depend on its target; a circle of them is a circle in the design.
+
+Importing ``a.b.c`` also loads the packages ``a.b`` and ``a``, so an edge to a module adds
+edges to its enclosing packages' ``__init__`` (except the packages the importing module is
+itself in: they are loading already). Counting every import, ``from pkg import name`` also
+counts ``pkg`` itself, even when it is the importing module's own package, as some tools
+resolve it.
 """
 
 from __future__ import annotations
@@ -50,8 +58,14 @@ def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module name -> the engine modules it loads at import time."""
+def _every_import(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of the module, wherever it is (functions, TYPE_CHECKING, ...)."""
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
+def import_graph(every_import: bool = False) -> dict[str, set[str]]:
+    """Module name -> the engine modules it loads at import time (or, with ``every_import``,
+    the engine modules any of its import statements names)."""
     sources = {module_name(p): p for p in ENGINE.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in sources}
 
@@ -67,7 +81,8 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in sources.items():
         is_pkg = path.name == "__init__.py"
         package = name if is_pkg else name.rpartition(".")[0]
-        for node in _module_level_imports(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in (_every_import if every_import else _module_level_imports)(tree):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     add(name, alias.name)
@@ -79,6 +94,8 @@ def import_graph() -> dict[str, set[str]]:
             else:
                 target = node.module or ""
             add(name, target)
+            if every_import and target in sources and target not in (name, ROOT):
+                graph[name].add(target)  # `from . import sibling` counted as the package too
             for alias in node.names:  # `from pkg import module`
                 add(name, f"{target}.{alias.name}")
     return graph
@@ -139,14 +156,51 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return out
 
 
+def describe(graph: dict[str, set[str]], found: list[list[str]]) -> str:
+    """Each circle with the edges that close it, one per line, for the failure message."""
+    lines = []
+    for circle in found:
+        members = set(circle)
+        lines.append(f"circle of {len(circle)}: {', '.join(circle)}")
+        lines += [f"    {src} -> {dst}" for src in circle for dst in sorted(graph[src] & members)]
+    return "\n".join(lines)
+
+
 def test_engine_modules_import_without_a_circle() -> None:
     graph = import_graph()
     assert len(graph) > 40  # the walk found the engine
-    assert circles(graph) == []
+    found = circles(graph)
+    assert found == [], describe(graph, found)
+
+
+def test_engine_modules_import_without_a_circle_counting_every_import() -> None:
+    graph = import_graph(every_import=True)
+    found = circles(graph)
+    for line in describe(graph, found).splitlines():
+        print(line)
+    assert found == [], describe(graph, found)
 
 
 def test_engine_subpackages_import_without_a_circle() -> None:
-    assert circles(package_graph(import_graph())) == []
+    graph = package_graph(import_graph())
+    found = circles(graph)
+    assert found == [], describe(graph, found)
+
+
+def test_every_import_counts_deferred_and_type_checking_imports() -> None:
+    loaded = import_graph()
+    named = import_graph(every_import=True)
+    assert all(loaded[m] <= named[m] for m in loaded)
+    # the pipeline's modules name the runtime only for annotations
+    assert f"{ROOT}.runtime" not in loaded[f"{ROOT}.pipeline.cache"]
+    assert f"{ROOT}.runtime" in named[f"{ROOT}.pipeline.cache"]
+
+
+def test_types_and_the_store_interface_are_leaves() -> None:
+    """Every part may import them, so they import nothing of the engine, not even to annotate."""
+    graph = import_graph(every_import=True)
+    assert graph[f"{ROOT}.types"] == set()
+    assert graph[f"{ROOT}.storage.store"] == set()
 
 
 def test_the_cycle_finder_finds_a_circle() -> None:
