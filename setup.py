@@ -47,7 +47,7 @@ setup(
     package_dir=PACKAGE_DIR,
     packages=_packages(),
     ext_modules=cythonize(
-        [_ext("topk"), _ext("diversity"), _ext("gather")],
+        [_ext("topk"), _ext("diversity"), _ext("gather"), _ext("slate")],
         compiler_directives={"language_level": "3", "embedsignature": True},
     ),
 )

@@ -1,5 +1,5 @@
-"""Compiled ranking kernels: top-k selection, fused scoring, row gathers and per-category
-diversity.
+"""Compiled ranking kernels: top-k selection, fused scoring, row gathers, per-category
+diversity, and the per-slate features of the impression record.
 
 `IMPLEMENTATION` is "compiled" or "reference"; the app logs it at startup.
 """
@@ -14,8 +14,10 @@ import os
 if os.environ.get("RANKLY_PURE_PYTHON") == "1":
     from rankly._fast.reference import (
         add_standardized,
+        category_features,
         csr_weighted_rows,
         diverse_topk,
+        positions,
         score_topk,
         score_topk_batch,
         topk,
@@ -28,6 +30,7 @@ else:
     try:
         from rankly._fast.diversity import diverse_topk
         from rankly._fast.gather import add_standardized, csr_weighted_rows, weighted_rows
+        from rankly._fast.slate import category_features, positions
         from rankly._fast.topk import score_topk, score_topk_batch, topk, topk_batch
     except ImportError as error:
         raise ImportError(
@@ -41,8 +44,10 @@ else:
 __all__ = [
     "IMPLEMENTATION",
     "add_standardized",
+    "category_features",
     "csr_weighted_rows",
     "diverse_topk",
+    "positions",
     "score_topk",
     "score_topk_batch",
     "topk",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from rankly._fast import _inputs
 
 
@@ -176,3 +177,46 @@ def add_standardized(out: Any, x: Any, weight: float = 1.0) -> np.ndarray:
         return o
     o += (v - np.float32(mean)) * np.float32(float(weight) / std)
     return o
+
+
+def _int64_1d(values: Any, name: str) -> np.ndarray:
+    out = np.ascontiguousarray(values, dtype=np.int64)
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be 1-d")
+    return out
+
+
+def positions(items: Any, listed: Any) -> np.ndarray:
+    """Int64 ``out[i]``: the first index of ``items[i]`` in ``listed``, -1 where absent."""
+    it, ls = _int64_1d(items, "items"), _int64_1d(listed, "listed")
+    if ls.size == 0 or it.size == 0:
+        return np.full(it.size, -1, dtype=np.int64)
+    eq = it[:, None] == ls[None, :]
+    return np.where(eq.any(axis=1), eq.argmax(axis=1), -1).astype(np.int64)
+
+
+def category_features(history: Any, items: Any, categories: Any, window: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float64 ``(affinity, recency, same)`` of ``items`` for a user whose ``history`` (item
+    indices, newest first) is read up to its ``window`` newest items: the share of the item's
+    category among the categorized ones there, ``1 / (1 + j)`` for the newest of them at
+    ``j``, and 1.0 when the newest categorized one shares it; 0 for an uncategorized item
+    (category < 0) or a history without categories. An index outside ``categories`` raises
+    IndexError."""
+    h = _int64_1d(history, "history")[: max(int(window), 0)]
+    it = _int64_1d(items, "items")
+    cats_all = _int64_1d(categories, "categories")
+    for idx in (h, it):
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= cats_all.size):
+            raise IndexError("an item index is outside categories")
+    cats, hc = cats_all[it], cats_all[h]
+    known = int((hc >= 0).sum())
+    zero = np.zeros(it.size)
+    if known == 0:
+        return zero, zero.copy(), zero.copy()
+    ok = cats >= 0
+    eq = (cats[:, None] == hc[None, :]) & ok[:, None]
+    count = eq.sum(axis=1)
+    newest = eq.argmax(axis=1)
+    return (count / known, np.where(count > 0, 1.0 / (1.0 + newest), 0.0),
+            ((cats == hc[hc >= 0][0]) & ok).astype(np.float64))

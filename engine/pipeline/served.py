@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rankly import _fast
+
 if TYPE_CHECKING:
     from ..model import Model
     from ..types import Ranking
@@ -73,7 +75,7 @@ class ServedFeatures:
     def _build(self) -> dict[str, Any]:
         # NOTE: imported here: the feedback package imports the events one, which imports
         # the offline one, which imports the pipeline
-        from ..feedback.ltr_features import category_features
+        from ..feedback.ltr_features import HISTORY_WINDOW
 
         model = self.model
         catalog = model.catalog
@@ -85,25 +87,27 @@ class ServedFeatures:
         floats = np.full((n, 6), np.nan)
         ranks: list[Any] = [None] * n
         if self.pool is not None and len(self.pool):
-            found, where = _positions(items, self.pool.items)
-            ranks = _where(found, where.tolist())
-            floats[found, 0] = self.pool.scores[where[found]]
+            at = _fast.positions(items, self.pool.items)
+            found = at >= 0
+            ranks = [r if r >= 0 else None for r in at.tolist()]
+            floats[found, 0] = self.pool.scores[at[found]]
         pop = model.part("pop")
         if pop is not None:
             floats[:, 1] = np.asarray(pop["scores"])[items]
         if self.live is not None:
             floats[:, 2], floats[:, 3] = self.live
-        affinity, recency, same = category_features(self.history, items,
-                                                    np.asarray(catalog.categories))
+        # the compiled twin of ltr_features.category_features (tests/_fast/test_slate.py)
+        affinity, recency, same = _fast.category_features(self.history, items,
+                                                          catalog.categories, HISTORY_WINDOW)
         floats[:, 4], floats[:, 5] = affinity, recency
         rows = np.round(floats, DIGITS).tolist()
+        item_list = items.tolist()
         per_item = {ids[i]: {"features": [r, *[None if v != v else v for v in row], s]}
-                    for i, r, row, s in zip(items.tolist(), ranks, rows,
+                    for i, r, row, s in zip(item_list, ranks, rows,
                                             same.astype(np.int64).tolist(), strict=True)}
         for name, listed in self.sources:
-            got, at = _positions(items, listed)
-            for i, ok, r in zip(items.tolist(), got.tolist(), at.tolist(), strict=True):
-                if ok:
+            for i, r in zip(item_list, _fast.positions(items, listed).tolist(), strict=True):
+                if r >= 0:
                     per_item[ids[i]].setdefault("sources", {})[name] = r
         slate: dict[str, Any] = {"history_length": int(self.history.size)}
         if self.scorer and self.pool is not None:
@@ -141,15 +145,3 @@ def impression_fields(record: Mapping[str, Any] | ServedFeatures | None,
     doc = record.record() if isinstance(record, ServedFeatures) else record
     known = doc.get("items") or {}
     return dict(doc.get("slate") or {}), [known.get(item, {}) for item in item_ids]
-
-
-def _positions(items: np.ndarray, listed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(whether each of ``items`` is in ``listed``, its first index there or 0)."""
-    if len(listed) == 0:
-        return np.zeros(items.size, dtype=bool), np.zeros(items.size, dtype=np.int64)
-    eq = items[:, None] == listed[None, :]
-    return eq.any(axis=1), eq.argmax(axis=1)
-
-
-def _where(found: np.ndarray, values: list[Any]) -> list[Any]:
-    return [v if ok else None for v, ok in zip(values, found.tolist(), strict=True)]

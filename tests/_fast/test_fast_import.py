@@ -56,8 +56,10 @@ def test_public_names_are_exported():
     assert set(_fast.__all__) == {
         "IMPLEMENTATION",
         "add_standardized",
+        "category_features",
         "csr_weighted_rows",
         "diverse_topk",
+        "positions",
         "score_topk",
         "score_topk_batch",
         "topk",
