@@ -559,6 +559,31 @@ def compare_ratio(e0: Mapping[str, Any], e1: Mapping[str, Any], *, alpha: float 
     return out
 
 
+def _join_family(c: dict[str, Any], arm: Any, metric: str, j: int,
+                 comparisons: list[dict[str, Any]], family: list[tuple[str, int]],
+                 fixed_p: list[float | None], seq_p: list[float | None]) -> None:
+    """Record comparison ``c`` of variant ``arm`` (the ``j``-th) on ``metric`` in its list and
+    in the multiple-testing family :func:`_judge_family` adjusts."""
+    c["variant"] = arm.name
+    comparisons.append(c)
+    family.append((metric, j))
+    fixed_p.append(c["z_test"]["p_value"])
+    seq_p.append(c["sequential"]["p_value"])
+
+
+def _ratio_metric(metric: str, arms: Sequence[Any], estimates: Sequence[dict[str, Any]],
+                  alpha: float, tau: float | None, family: list[tuple[str, int]],
+                  fixed_p: list[float | None], seq_p: list[float | None]) -> dict[str, Any]:
+    """A per-impression metric's rates and each variant's comparison with the control (the
+    first arm), its tests joined to the family."""
+    comparisons: list[dict[str, Any]] = []
+    for j, arm in enumerate(arms[1:]):
+        c = compare_ratio(estimates[0], estimates[j + 1], alpha=alpha, tau=tau)
+        _join_family(c, arm, metric, j, comparisons, family, fixed_p, seq_p)
+    return {"rates": {a.name: e["rate"] for a, e in zip(arms, estimates, strict=True)},
+            "comparisons": comparisons}
+
+
 def analyze_impressions(arms: Sequence[ImpressionCounts], *, alpha: float = DEFAULT_ALPHA,
                         correction: str = "holm", reached: bool = False) -> dict[str, Any]:
     """The per-impression part of the results (the first arm is the control).
@@ -571,25 +596,15 @@ def analyze_impressions(arms: Sequence[ImpressionCounts], *, alpha: float = DEFA
     """
     for arm in arms:
         arm.check()
-    control, variants = arms[0], arms[1:]
+    control = arms[0]
     est = {m: [ratio_estimate(a, m) for a in arms] for m in NUMERATOR}
     metrics: dict[str, Any] = {}
     family: list[tuple[str, int]] = []
     fixed_p: list[float | None] = []
     seq_p: list[float | None] = []
     for metric, estimates in est.items():
-        comparisons = []
-        for j, arm in enumerate(variants):
-            c = compare_ratio(estimates[0], estimates[j + 1], alpha=alpha)
-            c["variant"] = arm.name
-            comparisons.append(c)
-            family.append((metric, j))
-            fixed_p.append(c["z_test"]["p_value"])
-            seq_p.append(c["sequential"]["p_value"])
-        metrics[metric] = {
-            "rates": {a.name: e["rate"] for a, e in zip(arms, estimates, strict=True)},
-            "comparisons": comparisons,
-        }
+        metrics[metric] = _ratio_metric(metric, arms, estimates, alpha, None,
+                                        family, fixed_p, seq_p)
     _judge_family(metrics, family, fixed_p, seq_p, correction, alpha, reached)
     return {
         "method": IMPRESSION_METHOD,
@@ -743,30 +758,14 @@ def analyze(
         if mde is not None and metric == primary_metric and plan and plan.get("per_variant"):
             tau = abs(plan["mde_absolute"])
         if metric in ratios:
-            est = ratios[metric]
-            comparisons = []
-            for j, arm in enumerate(variants):
-                c = compare_ratio(est[0], est[j + 1], alpha=alpha, tau=tau)
-                c["variant"] = arm.name
-                comparisons.append(c)
-                family.append((metric, j))
-                fixed_p.append(c["z_test"]["p_value"])
-                seq_p.append(c["sequential"]["p_value"])
-            results[metric] = {
-                "per_impression": True,
-                "rates": {a.name: e["rate"] for a, e in zip(arms, est, strict=True)},
-                "comparisons": comparisons,
-            }
+            results[metric] = {"per_impression": True, **_ratio_metric(
+                metric, arms, ratios[metric], alpha, tau, family, fixed_p, seq_p)}
             continue
         x0 = control.successes(metric)
         comparisons = []
         for j, arm in enumerate(variants):
             c = compare(x0, n_c, arm.successes(metric), arm.exposures, alpha=alpha, tau=tau)
-            c["variant"] = arm.name
-            comparisons.append(c)
-            family.append((metric, j))
-            fixed_p.append(c["z_test"]["p_value"])
-            seq_p.append(c["sequential"]["p_value"])
+            _join_family(c, arm, metric, j, comparisons, family, fixed_p, seq_p)
         pb = prob_best([a.successes(metric) for a in arms], [a.exposures for a in arms])
         results[metric] = {
             "rates": {a.name: rate(a.successes(metric), a.exposures) for a in arms},
