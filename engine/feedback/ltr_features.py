@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rankly import _fast
+
 FEATURES = (
     "position", "rank", "score", "score_gap", "score_z", "log_popularity", "item_ctr",
     "log_item_impressions", "log_history", "category_affinity", "category_recency",
@@ -56,23 +58,11 @@ def category_features(history: np.ndarray, items: np.ndarray, categories: np.nda
     """``(category_affinity, category_recency, same_category_as_last)`` of ``items``
     (float64 each) for a user with ``history`` (item indices, newest first): the share of
     the item's category among the categorized items of the :data:`HISTORY_WINDOW` newest
-    history items, ``1 / (1 + j)``
-    for the newest such item at ``j`` (0 newest), and whether the newest categorized history
-    item shares it; 0 for an uncategorized item or a history without categories."""
-    cats = categories[items]
-    hc = categories[history[:HISTORY_WINDOW]]
-    known = int((hc >= 0).sum())
-    if known == 0:
-        zero = np.zeros(items.size)
-        return zero, zero.copy(), zero.copy()
-    ok = cats >= 0
-    # NOTE: one (items x window) comparison: a slate's items against the history's
-    # categories, several times faster than per-category tables at these sizes
-    eq = (cats[:, None] == hc[None, :]) & ok[:, None]
-    count = eq.sum(axis=1)
-    newest = eq.argmax(axis=1)  # index (0 newest) of the newest history item of the category
-    return (count / known, np.where(count > 0, 1.0 / (1.0 + newest), 0.0),
-            ((cats == hc[hc >= 0][0]) & ok).astype(np.float64))
+    history items, ``1 / (1 + j)`` for the newest such item at ``j`` (0 newest), and whether
+    the newest categorized history item shares it; 0 for an uncategorized item or a history
+    without categories. The compiled kernel :func:`rankly._fast.category_features` (its
+    NumPy twin is the specification), which the served impression record uses too."""
+    return _fast.category_features(history, items, categories, HISTORY_WINDOW)
 
 
 def feature_matrix(positions: np.ndarray | float, ranks: np.ndarray, scores: np.ndarray,

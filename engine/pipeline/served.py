@@ -75,7 +75,7 @@ class ServedFeatures:
     def _build(self) -> dict[str, Any]:
         # NOTE: imported here: the feedback package imports the events one, which imports
         # the offline one, which imports the pipeline
-        from ..feedback.ltr_features import HISTORY_WINDOW
+        from ..feedback.ltr_features import category_features
 
         model = self.model
         catalog = model.catalog
@@ -96,9 +96,7 @@ class ServedFeatures:
             floats[:, 1] = np.asarray(pop["scores"])[items]
         if self.live is not None:
             floats[:, 2], floats[:, 3] = self.live
-        # the compiled twin of ltr_features.category_features (tests/_fast/test_slate.py)
-        affinity, recency, same = _fast.category_features(self.history, items,
-                                                          catalog.categories, HISTORY_WINDOW)
+        affinity, recency, same = category_features(self.history, items, catalog.categories)
         floats[:, 4], floats[:, 5] = affinity, recency
         rows = np.round(floats, DIGITS).tolist()
         item_list = items.tolist()

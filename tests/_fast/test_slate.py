@@ -1,5 +1,6 @@
-"""The impression record's per-slate kernels against their NumPy reference twins, and against
-the learned ranker's own feature code (the values train-ranker reads from logged lines)."""
+"""The impression record's per-slate kernels against their NumPy reference twins, and the
+learned ranker's category features (the values train-ranker reads from logged lines) as the
+kernel's."""
 
 import numpy as np
 import pytest
