@@ -28,26 +28,12 @@ from ..plugins import collect, make_plugin_manager
 from ..types import ModelPart
 from . import datasets
 from . import progress as progress_bars
-from .batch import BATCH_DEADLINE_MS as BATCH_DEADLINE_MS
-from .batch import BATCH_STORE_MS as BATCH_STORE_MS
 from .batch import (
     MetricsJob,
     coverage,
     serving_runtime,
     user_metrics,
 )
-from .batch import average_precision_at_k as average_precision_at_k
-from .batch import batch_runtime as batch_runtime
-from .batch import batch_settings as batch_settings
-from .batch import cap_compliance as cap_compliance
-from .batch import hit_rate_at_k as hit_rate_at_k
-from .batch import intra_list_diversity as intra_list_diversity
-from .batch import ndcg_at_k as ndcg_at_k
-from .batch import novelty as novelty
-from .batch import rank_user as rank_user
-from .batch import recall_at_k as recall_at_k
-from .batch import recommend as recommend
-from .batch import write_recommendations as write_recommendations
 from .interactions import Interactions, TrainingData, build_training_data
 from .recommend import add_engine_arguments, engine_from_args
 from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options

@@ -16,7 +16,7 @@ import pytest
 from rankly.engine.cli import main
 from rankly.engine.config import load_settings
 from rankly.engine.model import fingerprint, load_model, save_model
-from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline import batch, datasets, evaluation
 from rankly.engine.offline.batch_ray import MIN_BLOCK_USERS, blocks
 from rankly.engine.offline.demo import synthesize
 from rankly.engine.offline.interactions import build_training_data
@@ -67,7 +67,7 @@ def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, c
     model = load_model(artifacts)
     users = [str(u) for u in model.users.user_ids.tolist()]
     local = io.StringIO()
-    evaluation.recommend(model, users, 10, load_settings(config, environ={}), out=local)
+    batch.recommend(model, users, 10, load_settings(config, environ={}), out=local)
     caplog.set_level(logging.INFO, logger="rankly.batch")
     assert main(["recommend", "--artifacts", str(artifacts), "--all", "--config", str(config),
                  "--quiet", "--engine", "ray"]) == 0
@@ -91,7 +91,7 @@ def test_a_command_joins_a_local_ray_at_its_loopback_address(ray_engine, shop, t
     users = tmp_path / "users.txt"
     users.write_text("".join(f"{u}\n" for u in load_model(artifacts).users.user_ids[:600]))
     local = io.StringIO()
-    evaluation.recommend(load_model(artifacts), users.read_text().split(), 10,
+    batch.recommend(load_model(artifacts), users.read_text().split(), 10,
                          load_settings(config, environ={}), out=local)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     address = ray_engine.ray.get_runtime_context().gcs_address

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from rankly.engine import cli
 from rankly.engine.config import CacheSettings, PipelineSettings, load_settings
-from rankly.engine.offline import datasets, evaluation
+from rankly.engine.offline import batch, datasets, evaluation
 from rankly.engine.offline.interactions import Interactions, ItemTable, build_training_data
 from rankly.engine.plugins import make_plugin_manager
 from rankly.engine.serving.app import create_app
@@ -32,37 +32,37 @@ PLUGINS = (popularity, itemknn, ease, als, blend, diversity)
 def test_ndcg_by_hand():
     # hit at rank 2 of 3; ideal has both relevant items at ranks 1-2
     expected = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
-    assert evaluation.ndcg_at_k([1, 2, 3, 4], {2, 4}, 3) == pytest.approx(expected)
-    assert evaluation.ndcg_at_k([2, 4], {2, 4}, 10) == pytest.approx(1.0)
-    assert evaluation.ndcg_at_k([1], set(), 10) == 0.0
+    assert batch.ndcg_at_k([1, 2, 3, 4], {2, 4}, 3) == pytest.approx(expected)
+    assert batch.ndcg_at_k([2, 4], {2, 4}, 10) == pytest.approx(1.0)
+    assert batch.ndcg_at_k([1], set(), 10) == 0.0
 
 
 def test_recall_and_hit_rate_by_hand():
-    assert evaluation.recall_at_k([1, 2, 3, 4], {2, 4}, 3) == 0.5
-    assert evaluation.hit_rate_at_k([1, 2, 3], {3}, 2) == 0.0
-    assert evaluation.hit_rate_at_k([1, 2, 3], {3}, 3) == 1.0
+    assert batch.recall_at_k([1, 2, 3, 4], {2, 4}, 3) == 0.5
+    assert batch.hit_rate_at_k([1, 2, 3], {3}, 2) == 0.0
+    assert batch.hit_rate_at_k([1, 2, 3], {3}, 3) == 1.0
 
 
 def test_average_precision_by_hand():
     # hits at ranks 1 and 3: (1/1 + 2/3) / min(5, 3)
-    assert evaluation.average_precision_at_k([7, 8, 9], {7, 9, 11}, 5) == pytest.approx(
+    assert batch.average_precision_at_k([7, 8, 9], {7, 9, 11}, 5) == pytest.approx(
         (1 + 2 / 3) / 3)
-    assert evaluation.average_precision_at_k([1, 2, 3, 4], {2, 4}, 3) == pytest.approx(0.25)
+    assert batch.average_precision_at_k([1, 2, 3, 4], {2, 4}, 3) == pytest.approx(0.25)
 
 
 def test_intra_list_diversity_by_hand():
-    assert evaluation.intra_list_diversity([0, 0, 1]) == pytest.approx(2 / 3)
-    assert evaluation.intra_list_diversity([0, 1, 2]) == 1.0
-    assert evaluation.intra_list_diversity([-1, -1]) == 1.0  # uncategorized never equal
-    assert evaluation.intra_list_diversity([3]) == 0.0
+    assert batch.intra_list_diversity([0, 0, 1]) == pytest.approx(2 / 3)
+    assert batch.intra_list_diversity([0, 1, 2]) == 1.0
+    assert batch.intra_list_diversity([-1, -1]) == 1.0  # uncategorized never equal
+    assert batch.intra_list_diversity([3]) == 0.0
 
 
 def test_novelty_coverage_and_cap_compliance_by_hand():
     pop = np.array([10, 1, 5])
-    assert evaluation.novelty([0, 1], pop, 10) == pytest.approx(math.log2(10) / 2)
+    assert batch.novelty([0, 1], pop, 10) == pytest.approx(math.log2(10) / 2)
     assert evaluation.coverage([[0, 1], [1, 2]], 10) == pytest.approx(0.3)
-    assert evaluation.cap_compliance([0, 0, 1, -1, -1, -1], 2)
-    assert not evaluation.cap_compliance([0, 0, 0], 2)
+    assert batch.cap_compliance([0, 0, 1, -1, -1, -1], 2)
+    assert not batch.cap_compliance([0, 0, 0], 2)
 
 
 def _events(rows):
@@ -197,7 +197,7 @@ def test_recommend_writes_one_json_line_per_user():
     out = io.StringIO()
     settings = settings.replace(cache=CacheSettings(tiers=()), pipeline=PipelineSettings(
         candidates=("itemknn", "als", "popular"), scorers=("blend", "als", "popular")))
-    assert evaluation.recommend(model, ["u1", "stranger"], 4, settings, pm=pm, out=out) == 2
+    assert batch.recommend(model, ["u1", "stranger"], 4, settings, pm=pm, out=out) == 2
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [x["user_id"] for x in lines] == ["u1", "stranger"]
     assert all(len(x["items"]) == 4 == len(x["scores"]) for x in lines)
@@ -323,11 +323,11 @@ def test_recommend_has_no_online_deadline(artifacts, monkeypatch, capsys):
 def test_batch_settings_lift_the_online_deadlines_and_keep_a_store_budget():
     settings = load_settings(environ={"RANKLY_DEADLINES__REQUEST_MS": "2",
                                       "RANKLY_DEADLINES__STORE_MS": "30000"})
-    d = evaluation.batch_settings(settings).deadlines
-    assert d.request_ms == d.stage_ms == evaluation.BATCH_DEADLINE_MS
+    d = batch.batch_settings(settings).deadlines
+    assert d.request_ms == d.stage_ms == batch.BATCH_DEADLINE_MS
     assert d.store_ms == 30000
-    assert evaluation.batch_settings(load_settings(environ={})).deadlines.store_ms == \
-        evaluation.BATCH_STORE_MS
+    assert batch.batch_settings(load_settings(environ={})).deadlines.store_ms == \
+        batch.BATCH_STORE_MS
 
 
 def test_the_served_setup_trains_ease_with_the_lambda_the_blend_tuned():
