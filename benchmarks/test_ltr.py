@@ -114,7 +114,7 @@ def test_uncached_selection_with_and_without_ltr(benchmark, ranked_shop):
     P99 difference (issue 19: at most 1 ms)."""
     from rankly.engine import pipeline
     from rankly.engine.config import load_settings
-    from rankly.engine.offline.evaluation import serving_runtime
+    from rankly.engine.offline.batch import serving_runtime
     from rankly.engine.types import RecommendationRequest
 
     model = ranked_shop

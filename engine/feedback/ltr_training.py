@@ -117,7 +117,7 @@ def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slat
     DIR)."""
     if has_logged_features(slate):
         return logged_rows(model, slate, depth, stats)
-    from ..offline.evaluation import rank_user
+    from ..offline.batch import rank_user
 
     user = user_at(model, feedback, slate)
     pool = rank_user(rt, plan, user, depth)
@@ -220,7 +220,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     """Train on the log ``events`` for the model in ``artifacts``; return the report."""
     import lightgbm
 
-    from ..offline.evaluation import serving_runtime
+    from ..offline.batch import serving_runtime
 
     started = time.perf_counter()
     feedback = load_feedback(events, window_s)

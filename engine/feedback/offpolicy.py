@@ -235,7 +235,7 @@ def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
     the request, as the store held it (exploration not applied)."""
     from .. import pipeline
     from ..model import load_model
-    from ..offline.evaluation import rank_user, serving_runtime
+    from ..offline.batch import rank_user, serving_runtime
 
     model = load_model(artifacts)
     rt = serving_runtime(model, settings)
