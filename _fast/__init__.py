@@ -23,13 +23,19 @@ if os.environ.get("RANKLY_PURE_PYTHON") == "1":
         topk,
         topk_batch,
         weighted_rows,
+        weighted_rows_batch,
     )
 
     IMPLEMENTATION = "reference"
 else:
     try:
         from rankly._fast.diversity import diverse_topk
-        from rankly._fast.gather import add_standardized, csr_weighted_rows, weighted_rows
+        from rankly._fast.gather import (
+            add_standardized,
+            csr_weighted_rows,
+            weighted_rows,
+            weighted_rows_batch,
+        )
         from rankly._fast.slate import category_features, positions
         from rankly._fast.topk import score_topk, score_topk_batch, topk, topk_batch
     except ImportError as error:
@@ -53,4 +59,5 @@ __all__ = [
     "topk",
     "topk_batch",
     "weighted_rows",
+    "weighted_rows_batch",
 ]

@@ -161,6 +161,26 @@ def as_rows_inputs(matrix: Any, rows: Any, weights: Any
     return m, r, w
 
 
+def as_batch_rows_inputs(matrix: Any, indptr: Any, indices: Any, data: Any
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked inputs of `weighted_rows_batch`: (matrix float32 [m, n] C-contiguous, indptr,
+    indices int64, data float32); ValueError for shapes, IndexError for a column of the
+    histories outside the matrix's rows."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be a 2-D array, got shape {m.shape}")
+    p = np.ascontiguousarray(indptr, dtype=np.int64)
+    ix = np.ascontiguousarray(indices, dtype=np.int64)
+    d = np.ascontiguousarray(data, dtype=np.float32)
+    if p.ndim != 1 or p.size < 1 or ix.ndim != 1 or d.shape != ix.shape:
+        raise ValueError("indptr, indices and data must be a CSR matrix's 1-D arrays")
+    if int(p[0]) != 0 or int(p[-1]) != ix.size or (p.size > 1 and bool((np.diff(p) < 0).any())):
+        raise ValueError("indptr must start at 0, never decrease and end at len(indices)")
+    if ix.size and (int(ix.min()) < 0 or int(ix.max()) >= m.shape[0]):
+        raise IndexError(f"history columns must lie in [0, {m.shape[0]})")
+    return m, p, ix, d
+
+
 def as_csr_rows_inputs(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any,
                        n_cols: Any) -> tuple[np.ndarray, ...]:
     """Checked inputs of `csr_weighted_rows`: (indptr, indices int64, data float32, rows

@@ -1,10 +1,13 @@
-"""Row-gather kernels: `weighted_rows`, the item-item model's score of one history.
+"""Row-gather kernels: `weighted_rows`, the item-item model's score of one history, and
+`weighted_rows_batch`, the same for many histories at once (training-time validation).
 
 The NumPy twin in `reference.py` is the specification. The serving path calls it once per
 uncached request, with the GIL released, so it never copies the gathered rows.
 """
 
 cimport cython
+cimport openmp
+from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
 import numpy as np
@@ -63,6 +66,41 @@ def weighted_rows(matrix, rows, weights):
     cdef Py_ssize_t n = m.shape[1], h = r.shape[0]
     with nogil:
         _accumulate(&mv[0, 0], n, &rv[0], &wv[0], h, &ov[0])
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def weighted_rows_batch(matrix, indptr, indices, data, *, threads=None):
+    """Return float32 [U, n] `H @ matrix` for the CSR matrix `H = (data, indices, indptr)`
+    with U rows whose columns index `matrix`'s rows: row u is `weighted_rows(matrix,
+    indices[indptr[u]:indptr[u+1]], data[...])`.
+
+    The dense product a BLAS gemm would do, at the cost of H's non-zeros instead of all of
+    its cells: for sparse histories (a few percent of the catalog each) that is far fewer
+    operations. Users are split over `threads` OpenMP threads (None: all) with the GIL
+    released. A column index outside `matrix` raises IndexError. Same as
+    `reference.weighted_rows_batch`.
+    """
+    m, p, ix, d = _inputs.as_batch_rows_inputs(matrix, indptr, indices, data)
+    cdef Py_ssize_t users = p.shape[0] - 1, n = m.shape[1]
+    out = np.zeros((users, n), dtype=np.float32)
+    if users == 0 or n == 0 or ix.shape[0] == 0:
+        return out
+    cdef const float[:, ::1] mv = m
+    cdef const int64_t[::1] pv = p
+    cdef const int64_t[::1] iv = ix
+    cdef const float[::1] dv = d
+    cdef float[:, ::1] ov = out
+    cdef int nthreads = threads if threads is not None else openmp.omp_get_max_threads()
+    cdef Py_ssize_t u
+    if nthreads < 1:
+        nthreads = 1
+    with nogil:
+        for u in prange(users, num_threads=nthreads, schedule="dynamic"):
+            if pv[u + 1] > pv[u]:
+                _accumulate(&mv[0, 0], n, &iv[pv[u]], &dv[pv[u]], pv[u + 1] - pv[u],
+                            &ov[u, 0])
     return out
 
 

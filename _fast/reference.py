@@ -149,6 +149,20 @@ def weighted_rows(matrix: Any, rows: Any, weights: Any) -> np.ndarray:
     return np.asarray(w @ m[r], dtype=np.float32)
 
 
+def weighted_rows_batch(matrix: Any, indptr: Any, indices: Any, data: Any, *,
+                        threads: Any = None) -> np.ndarray:
+    """Return float32 [U, n] `H @ matrix` for the CSR matrix `H = (data, indices, indptr)`
+    whose columns index `matrix`'s rows; see `_inputs.as_batch_rows_inputs`. `threads` is
+    accepted for the compiled kernel's signature and ignored."""
+    m, p, ix, d = _inputs.as_batch_rows_inputs(matrix, indptr, indices, data)
+    out = np.zeros((p.size - 1, m.shape[1]), dtype=np.float32)
+    for u in range(p.size - 1):
+        lo, hi = int(p[u]), int(p[u + 1])
+        if hi > lo:
+            out[u] = d[lo:hi] @ m[ix[lo:hi]]
+    return out
+
+
 def csr_weighted_rows(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any,
                       n_cols: Any) -> np.ndarray:
     """Return float32 `sum_i weights[i] * M[rows[i]]` (dense, `n_cols` long) of the CSR matrix

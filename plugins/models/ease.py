@@ -17,6 +17,7 @@ from rankly.plugins.models.linear import (  # noqa: F401 (the EASE math, re-expo
     EaseScorer,
     active_items,
     decayed_matrix,
+    gram,
     item_weights,
 )
 
@@ -53,7 +54,7 @@ class EaseTrainer:
         # NOTE: one BLAS thread by default: OpenBLAS threads that find the other core busy
         # spin, and the inverse then takes several times longer than on one thread.
         with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
-            b = item_weights((xa.T @ xa).toarray(), lam * factor, dropout, bound)
+            b = item_weights(gram(xa), lam * factor, dropout, bound)
         return ModelPart(
             name=NAME, params={"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
                                "min_count": min_count,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from rankly import _fast
 from rankly.engine.api import Candidates, Model, TrainingData, UserFeatures, anchored_reasons
@@ -92,6 +92,33 @@ def _mirror_upper(p: np.ndarray, block: int = 256) -> np.ndarray:
     return p
 
 
+#: :func:`gram` goes dense when the dense product needs fewer than this many times the
+#: sparse one's operations (a sparse pair costs far more than a BLAS multiply-add; the
+#: crossover was measured on MovieLens-sized matrices, see benchmarks/training_speed.py).
+_SPARSE_COST = 1000.0
+#: Users densified at once by :func:`gram` (bounds its scratch memory).
+_GRAM_BLOCK = 2048
+
+
+def gram(x: sp.csr_matrix) -> np.ndarray:
+    """The dense float32 Gram matrix ``x.T @ x`` of a users x items matrix.
+
+    A sparse product pays per pair of items in each user's history and writes a sparse
+    result that is nearly full on a few thousand items; a BLAS ``syrk`` over blocks of
+    densified users pays ``users x items^2`` at full speed. The cheaper one is used."""
+    x = sp.csr_matrix(x, dtype=np.float32)
+    users, n = x.shape
+    lens = np.diff(x.indptr).astype(np.float64)
+    if users == 0 or n == 0 or users * float(n) ** 2 > _SPARSE_COST * float((lens ** 2).sum()):
+        return np.ascontiguousarray((x.T @ x).toarray(), dtype=np.float32)
+    out = np.zeros((n, n), dtype=np.float32, order="F")
+    for lo in range(0, users, _GRAM_BLOCK):
+        block = x[lo:lo + _GRAM_BLOCK].toarray()
+        out = blas.ssyrk(1.0, block, beta=1.0, c=out, trans=1, lower=0, overwrite_c=1)
+    # syrk fills the upper triangle of a Fortran buffer; mirrored, read as C order it is G
+    return _mirror_upper(out).T
+
+
 def active_items(x: sp.csr_matrix, min_count: int, limit: int) -> np.ndarray:
     """Items (int64, ascending) with at least ``min_count`` users in ``x``; the ``limit`` most
     popular of them (ties: lower index) when there are more."""
@@ -160,14 +187,27 @@ class EaseScorer:
             out[self.items] = _fast.weighted_rows(self.weights, self.pos[h], w)
         return out
 
-    def batch(self, hist: sp.csr_matrix) -> np.ndarray:
-        """Dense float32 [U, n_items] scores of a users x items history-weight matrix."""
+    def batch(self, hist: sp.csr_matrix, threads: int | None = 1) -> np.ndarray:
+        """Dense float32 [U, n_items] scores of a users x items history-weight matrix.
+
+        The compiled :func:`rankly._fast.weighted_rows_batch` adds each user's weight rows
+        (on ``threads`` threads; None: all), so the cost follows the histories' non-zeros, not
+        the users x catalog cells a dense product would multiply."""
+        h = sp.csr_matrix(hist)
+        h.sum_duplicates()
+        cols = self.pos[h.indices]
+        keep = cols >= 0
+        if keep.all():
+            indptr = h.indptr
+        else:  # history items without a weight row add nothing
+            kept = np.concatenate([[0], np.cumsum(keep)])
+            indptr = kept[h.indptr]
+        scores = _fast.weighted_rows_batch(self.weights, indptr, cols[keep], h.data[keep],
+                                           threads=threads)
+        if self.every_item:
+            return scores
         out = np.zeros((hist.shape[0], self.n_items), dtype=np.float32)
-        h = hist[:, self.items]
-        # a dense BLAS product beats scipy's sparse one unless the histories are very sparse
-        if h.nnz > 0.01 * h.shape[0] * h.shape[1]:
-            h = h.toarray()
-        out[:, self.items] = h @ np.asarray(self.weights, dtype=np.float32)
+        out[:, self.items] = scores
         return out
 
     def _history_rows(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import threading
 import time
 import weakref
@@ -30,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import ndtri
 from threadpoolctl import threadpool_limits
 
 from rankly import _fast
@@ -585,7 +585,7 @@ class Search:
 
     def bound(self, base: Mapping[str, Outcome], other: Mapping[str, Outcome]) -> np.ndarray:
         """:meth:`lower_bounds` of ``other`` against ``base`` (per-shape outcomes)."""
-        z = float(ndtri(1.0 - self.alpha))
+        z = statistics.NormalDist().inv_cdf(1.0 - self.alpha)
         out = []
         for s in self.shapes:
             b, a = base[s].per_user, other[s].per_user
@@ -819,19 +819,57 @@ class BlendTrainer:
                     s += pop
             return s
 
+        def prepare(cands: Sequence[BlendParams]) -> None:
+            """Fill the per-hold-out caches ``cands`` read, a layer at a time (the models,
+            their scores, the standardized mixes), each layer's distinct entries side by side
+            on ``pool``: no two threads ever compute one entry, and a long entry of one
+            hold-out does not leave the other core idle while short ones wait."""
+            pairs = [(i, c) for c in cands for i in range(len(holds))]
+            fits = {(i, c.lambda_scale, c.age_half_life_days) for i, c in pairs}
+            list(pool.map(lambda key: base(*key), sorted(fits - bases.keys())))
+            layer: set[tuple[str, tuple[Any, ...]]] = set()
+            for i, c in pairs:
+                layer.add(("base", (i, 0.0, c.lambda_scale, c.age_half_life_days)))
+                if c.mix > 0 and c.half_life > 0:
+                    layer.add(("base", (i, c.half_life, c.lambda_scale, c.age_half_life_days)))
+                if c.seq_weight:
+                    layer.add(("seq", (i,)))
+            todo = sorted(e for e in layer
+                          if (e[1] not in cache if e[0] == "base" else e[1][0] not in seqs))
+            list(pool.map(lambda e: base_scores(*e[1]) if e[0] == "base" else seq_scores(
+                *e[1]), todo))
+            mixes_needed = {(i, c.mix, c.half_life, c.lambda_scale, c.age_half_life_days)
+                            for i, c in pairs}
+            list(pool.map(lambda key: history_scores(*key), sorted(mixes_needed - normed.keys())))
+
+        def outcomes_many(cands: Sequence[BlendParams], cap: int | None
+                          ) -> list[dict[str, Outcome]]:
+            """Per candidate, its outcome on each shape; every (candidate, hold-out) is judged
+            side by side once the caches it reads are filled."""
+            prepare(cands)
+            pairs = [(c, i) for c in cands for i in range(len(holds))]
+            judged = list(pool.map(lambda ci: judge(scores(ci[0], ci[1]), holds[ci[1]], k, cap,
+                                                    categories, threads=kernel_threads),
+                                   pairs))
+            out: list[dict[str, Outcome]] = []
+            for j in range(len(cands)):
+                per: dict[str, list[Outcome]] = {}
+                for h, o in zip(holds, judged[j * len(holds):(j + 1) * len(holds)],
+                                strict=True):
+                    per.setdefault(h.shape, []).append(o)
+                out.append({shape: combine(o) for shape, o in per.items()})
+            return out
+
         def outcomes(c: BlendParams, cap: int | None) -> dict[str, Outcome]:
-            # each thread works on its own hold-outs: the per-hold-out caches above are keyed
-            # by the hold-out, so no two threads write one entry
-            judged = pool.map(lambda i: judge(scores(c, i), holds[i], k, cap, categories,
-                                              threads=kernel_threads), range(len(holds)))
-            out: dict[str, list[Outcome]] = {}
-            for h, o in zip(holds, judged, strict=True):
-                out.setdefault(h.shape, []).append(o)
-            return {shape: combine(o) for shape, o in out.items()}
+            return outcomes_many([c], cap)[0]
+
+        def evaluate_all(cands: Sequence[BlendParams]) -> None:
+            todo = [c for c in dict.fromkeys(cands) if c not in search.results]
+            for c, o in zip(todo, outcomes_many(todo, None), strict=True):
+                search.results[c] = o
 
         def evaluate(c: BlendParams) -> float:
-            if c not in search.results:
-                search.results[c] = outcomes(c, None)
+            evaluate_all([c])
             return search.value(c)
 
         best = BlendParams()
@@ -871,6 +909,7 @@ class BlendTrainer:
                     replace(best, pop_weight=w, pop_half_life_days=d, pop_gate_days=g)
                     for w in pop_weights if w > 0 for d in pop_half_lives
                     for g in pop_gates]
+            evaluate_all(grid)  # side by side; then compared in the walk's order
             for c in grid:
                 if evaluate(c) > evaluate(best):
                     best = c
@@ -944,7 +983,7 @@ class BlendTrainer:
         items = linear.active_items(x, 1, max_items)
         xd, factor = linear.decayed_matrix(train, age_half_life_days)
         xa = xd[:, items]
-        return EaseScorer(items, linear.item_weights((xa.T @ xa).toarray(), lam * factor,
+        return EaseScorer(items, linear.item_weights(linear.gram(xa), lam * factor,
                                                    dropout, bound), train.n_items)
 
     @staticmethod
@@ -1002,7 +1041,7 @@ class BlendTrainer:
         x = hold.train.binary_matrix()
         items = linear.active_items(x, 1, max_items)
         xa = x[:, items]
-        gram = (xa.T @ xa).toarray()
+        gram = linear.gram(xa)
         hist = history_matrix(hold.train.users, hold.rows, hold.train.n_items, 0, 0)
         seen: dict[tuple[float, float], float] = {}
         # the model and plain scores of the walk's current pair (and of the last round)

@@ -65,4 +65,5 @@ def test_public_names_are_exported():
         "topk",
         "topk_batch",
         "weighted_rows",
+        "weighted_rows_batch",
     }

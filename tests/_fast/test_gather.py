@@ -1,4 +1,4 @@
-"""weighted_rows against its NumPy reference twin, plus documented edge cases."""
+"""The row-gather kernels against their NumPy reference twins, plus documented edge cases."""
 
 import numpy as np
 import pytest
@@ -89,6 +89,47 @@ def test_csr_weighted_rows_rejects_bad_inputs(impl):
         impl(indptr, indices, data, np.array([1]), np.ones(1, np.float32), 3)
     with pytest.raises(ValueError, match="weights must have the shape of rows"):
         impl(indptr, indices, data, np.array([0]), np.ones(2, np.float32), 4)
+
+
+@KERNELS
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 120), n=st.integers(0, 300),
+       users=st.integers(0, 30), density=st.sampled_from([0.0, 0.02, 0.2, 0.9]),
+       threads=st.sampled_from([None, 1, 2]))
+def test_weighted_rows_batch_matches_reference_and_the_dense_product(seed, m, n, users, density,
+                                                                      threads):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    matrix = rng.standard_normal((m, n)).astype(np.float32)
+    hist = sp.random(users, m, density=density, format="csr", random_state=rng,
+                     dtype=np.float32)
+    args = (matrix, hist.indptr, hist.indices, hist.data)
+    got = _fast.weighted_rows_batch(*args, threads=threads)
+    want = reference.weighted_rows_batch(*args)
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape == (users, n)
+    scale = np.abs(hist).toarray() @ np.abs(matrix) if users else np.zeros((0, n))
+    atol = 1e-5 * (float(scale.max(initial=0)) + 1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(got, hist.toarray() @ matrix, rtol=0, atol=atol)
+    # each row is the one-history kernel on that row
+    for u in range(min(users, 3)):
+        lo, hi = hist.indptr[u], hist.indptr[u + 1]
+        np.testing.assert_allclose(
+            got[u], _fast.weighted_rows(matrix, hist.indices[lo:hi], hist.data[lo:hi]),
+            rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("impl", [_fast.weighted_rows_batch, reference.weighted_rows_batch])
+def test_weighted_rows_batch_rejects_bad_inputs(impl):
+    matrix = np.ones((3, 4), dtype=np.float32)
+    with pytest.raises(IndexError, match=r"history columns must lie in \[0, 3\)"):
+        impl(matrix, np.array([0, 1]), np.array([3]), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="indptr must start at 0"):
+        impl(matrix, np.array([0, 2]), np.array([1]), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="CSR matrix's 1-D arrays"):
+        impl(matrix, np.array([0, 1]), np.array([1]), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="matrix must be a 2-D array"):
+        impl(np.ones(3, np.float32), np.array([0, 1]), np.array([1]), np.ones(1, np.float32))
 
 
 @KERNELS

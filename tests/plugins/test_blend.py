@@ -383,3 +383,45 @@ def test_the_diagonal_bound_is_validated_and_served_by_ease(data, parts):
     assert np.all(ratio <= 1.0 + 1e-5) and np.all(ratio[np.abs(plain).sum(axis=0) > 0] >= 0.6 - 1e-5)
     with pytest.raises(ValueError, match="diagonal_bound"):
         ease.item_weights(g, 50.0, 0.0, 1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(users=st.integers(0, 300), n=st.integers(1, 200), density=st.floats(0.0, 0.6),
+       weighted=st.booleans(), seed=st.integers(0, 2**16))
+def test_gram_is_x_transpose_x_on_its_dense_and_sparse_paths(users, n, density, weighted, seed):
+    """Both of :func:`linear.gram`'s products give the exact ``X'X`` (float32, symmetric,
+    C-contiguous), whichever one the operation count picks, over blocks of users too."""
+    import scipy.sparse as sp
+
+    x = sp.random(users, n, density=density, format="csr", random_state=seed, dtype=np.float32)
+    if not weighted:
+        x.data[:] = 1.0
+    want = (x.T @ x).toarray()
+    for cost in (0.0, 1e12):  # sparse always, dense always
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(linear, "_GRAM_BLOCK", 64)
+            patch.setattr(linear, "_SPARSE_COST", cost)
+            got = linear.gram(x)
+        assert got.dtype == np.float32 and got.shape == (n, n) and got.flags["C_CONTIGUOUS"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got, got.T)
+
+
+@settings(max_examples=25, deadline=None)
+@given(users=st.integers(0, 40), n=st.integers(1, 120), seed=st.integers(0, 2**16),
+       subset=st.booleans())
+def test_ease_scorer_batch_is_the_sum_of_weight_rows_of_each_history(users, n, seed, subset):
+    """``EaseScorer.batch`` (the compiled batch gather) equals the dense product of the
+    history weights with the weights scattered to catalog positions; history items without a
+    weight row add nothing, items without one score 0."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    items = np.sort(rng.choice(n, max(1, n // 2), replace=False)) if subset else np.arange(n)
+    weights = rng.standard_normal((items.size, items.size)).astype(np.float32)
+    hist = sp.random(users, n, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    full = np.zeros((n, n), np.float32)
+    full[np.ix_(items, items)] = weights
+    got = linear.EaseScorer(items, weights, n).batch(hist)
+    assert got.shape == (users, n) and got.dtype == np.float32
+    np.testing.assert_allclose(got, hist.toarray() @ full, rtol=1e-4, atol=1e-4)
