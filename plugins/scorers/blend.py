@@ -775,17 +775,35 @@ class BlendTrainer:
             return cache[key]
 
         normed: dict[tuple[int, float, float, float, float], np.ndarray] = {}
+        # NOTE: a standardized mix is a dense [users x catalog] matrix per hold-out; only those
+        # of the plain model and of the current best are kept (the others are used by one
+        # candidate each, in the history step), which bounds validation memory on a large
+        # catalog
+        pinned: set[tuple[int, float, float, float, float]] = set()
+
+        def normed_key(i: int, c: BlendParams) -> tuple[int, float, float, float, float]:
+            return (i, c.mix, c.half_life, c.lambda_scale, c.age_half_life_days)
+
+        def pin(*cands: BlendParams) -> None:
+            """Keep only the standardized mixes of ``cands`` from now on."""
+            pinned.clear()
+            pinned.update(normed_key(i, c) for c in cands for i in range(len(holds)))
+            for key in [key for key in normed if key not in pinned]:
+                del normed[key]
 
         def history_scores(i: int, mix: float, half_life: float, scale: float, age: float
                            ) -> np.ndarray:
-            """z of the item-item scores of hold-out ``i`` (read-only, cached)."""
+            """z of the item-item scores of hold-out ``i`` (read-only; kept when pinned)."""
             key = (i, mix, half_life, scale, age)
-            if key not in normed:
-                s = base_scores(i, 0.0, scale, age)
-                if mix > 0 and half_life > 0:
-                    s = (1.0 - mix) * s + mix * base_scores(i, half_life, scale, age)
-                normed[key] = znorm_rows(np.array(s, dtype=np.float32))
-            return normed[key]
+            if key in normed:
+                return normed[key]
+            s = base_scores(i, 0.0, scale, age)
+            if mix > 0 and half_life > 0:
+                s = (1.0 - mix) * s + mix * base_scores(i, half_life, scale, age)
+            out = znorm_rows(np.array(s, dtype=np.float32))
+            if key in pinned:
+                normed[key] = out
+            return out
 
         pops: dict[tuple[int, float], np.ndarray] = {}
 
@@ -838,9 +856,8 @@ class BlendTrainer:
                           if (e[1] not in cache if e[0] == "base" else e[1][0] not in seqs))
             list(pool.map(lambda e: base_scores(*e[1]) if e[0] == "base" else seq_scores(
                 *e[1]), todo))
-            mixes_needed = {(i, c.mix, c.half_life, c.lambda_scale, c.age_half_life_days)
-                            for i, c in pairs}
-            list(pool.map(lambda key: history_scores(*key), sorted(mixes_needed - normed.keys())))
+            shared = {normed_key(i, c) for i, c in pairs} & pinned
+            list(pool.map(lambda key: history_scores(*key), sorted(shared - normed.keys())))
 
         def outcomes_many(cands: Sequence[BlendParams], cap: int | None
                           ) -> list[dict[str, Outcome]]:
@@ -873,6 +890,7 @@ class BlendTrainer:
             return search.value(c)
 
         best = BlendParams()
+        pin(best)
         evaluate(best)
         span_days = float(np.ptp(data.timestamps)) / 86400.0 if data.timestamps.size else 0.0
         mixes = [float(m) for m in options.get("mixes", MIXES)]
@@ -914,8 +932,10 @@ class BlendTrainer:
                 if evaluate(c) > evaluate(best):
                     best = c
             changed[step] = best != before
+            pin(BlendParams(), best)
         # the best shape scores grew during the walk: judge every candidate tried again
         best = max(search.results, key=search.value)
+        pin(best)  # the diversity caps are judged on it
         chosen, plain = search.results[best], search.baseline()
         report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
