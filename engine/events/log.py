@@ -48,8 +48,10 @@ class AppendResult:
 @dataclass(frozen=True, slots=True)
 class ImpressionSlate:
     """One served slate to log as impressions: one event per position, ``imp:<request>:<pos>``,
-    type ``impression``, context ``{"position": pos, **positions[pos], **context}``
-    (``positions``: per-position fields such as an explored slate's propensities, or empty)."""
+    type ``impression``, context ``{"position": pos, **positions[pos], **item_fields[pos],
+    **context}`` (``positions``: per-position fields such as an explored slate's propensities,
+    or empty; ``item_fields``: each position's item's logged features, pre-encoded as a JSON
+    object's members after a comma, ``b',"features":[...]'``, or ``b""`` for none; or empty)."""
 
     timestamp: float
     request_id: str
@@ -57,12 +59,15 @@ class ImpressionSlate:
     item_ids: tuple[str, ...]
     context: dict[str, Any]
     positions: tuple[dict[str, Any], ...] = ()
+    item_fields: tuple[bytes, ...] = ()
 
     def events(self) -> list[Event]:
         per = self.positions or ({},) * len(self.item_ids)
+        fields = [orjson.loads(b"{" + f[1:] + b"}") if f else {} for f in self.item_fields] \
+            or ({},) * len(self.item_ids)
         return [Event(f"imp:{self.request_id}:{pos}", self.user_id, item, "impression",
                       self.timestamp, None, self.request_id,
-                      {"position": pos, **per[pos], **self.context})
+                      {"position": pos, **per[pos], **fields[pos], **self.context})
                 for pos, item in enumerate(self.item_ids)]
 
 
@@ -150,6 +155,9 @@ def _encode_impressions(slate: ImpressionSlate, at: float) -> list[bytes]:
         + b',"nd":1}\n'
     per = ([b"," + dumps(p)[1:-1] if p else b"" for p in slate.positions] if slate.positions
            else None)
+    if slate.item_fields:  # encoded once per computed slate (#16)
+        per = (slate.item_fields if per is None
+               else [p + f for p, f in zip(per, slate.item_fields, strict=True)])
     positions, items = _POSITIONS, _ITEM_JSON
     if len(slate.item_ids) > len(positions) or len(items) + len(slate.item_ids) > _ITEM_JSON_MAX:
         positions = [str(pos).encode() for pos in range(len(slate.item_ids))]

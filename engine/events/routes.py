@@ -104,13 +104,12 @@ class ImpressionBuffer:
             if context:  # the request's own context fields, for the learned ranker (#19)
                 common["request_context"] = context
             items = tuple(item["item_id"] for item in payload["items"])
+            item_fields: tuple[bytes, ...] = ()
             if features is not None:  # what the ranker had, as it computed the slate (#19)
-                shared, per_item = impression_fields(features, items)
+                shared, item_fields = impression_fields(features, items)
                 common.update(shared)
-                positions = [{**p, **f} for p, f in
-                             zip(positions or [{}] * len(items), per_item, strict=True)]
             slates.append(ImpressionSlate(ts, request_id, user_id, items, common,
-                                          tuple(positions or ())))
+                                          tuple(positions or ()), item_fields))
         return slates
 
     async def wait(self) -> None:

@@ -3,10 +3,12 @@
 When the pipeline computes a slate it captures (:func:`capture`) references to what it
 already holds: the user's history, the scorer's pool (its ranking before the rerankers),
 each candidate generator's list, and reads the live counters for the slate's items. Nothing
-is recomputed and nothing is encoded then. :meth:`ServedFeatures.record` turns the capture
+is recomputed and nothing is encoded then. :meth:`ServedFeatures.encoded` turns the capture
 into the JSON the impression lines carry, off the request path: in the impression logger's
-background flush, or when a cache tier stores the slate. A slate served from a cache logs the
-record of its computation: the inputs the rerankers saw when they ordered it.
+background flush, or when a cache tier stores the slate (:meth:`ServedFeatures.record`, its
+JSON-ready form). Each item's fields are encoded then, once: the impression lines of every
+answer served from that cache entry splice them in as they are (#16). A slate served from a
+cache logs the record of its computation: the inputs the rerankers saw when they ordered it.
 
 The record's fields (docs/feedback-loop.md has the table), kept short because every
 impression line carries them:
@@ -30,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from rankly import _fast
 
@@ -49,9 +52,9 @@ DIGITS = 6
 
 
 class ServedFeatures:
-    """A computed slate's inputs, held by reference until :meth:`record` encodes them once."""
+    """A computed slate's inputs, held by reference until :meth:`encoded` encodes them once."""
 
-    __slots__ = ("model", "history", "items", "pool", "scorer", "sources", "live", "_record")
+    __slots__ = ("model", "history", "items", "pool", "scorer", "sources", "live", "_encoded")
 
     def __init__(self, model: Model, history: np.ndarray, items: np.ndarray,
                  pool: Ranking | None, scorer: str | None,
@@ -64,15 +67,24 @@ class ServedFeatures:
         self.scorer = scorer
         self.sources = sources
         self.live = live
-        self._record: dict[str, Any] | None = None
+        self._encoded: tuple[dict[str, Any], dict[str, bytes]] | None = None
+
+    def encoded(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """``(slate fields, {item_id: item fields})``, built once. An item's fields are
+        pre-encoded as its impression lines carry them: a JSON object's members after a
+        comma (``b',"features":[3,0.71,...],"sources":{...}'``)."""
+        if self._encoded is None:
+            self._encoded = self._build()
+        return self._encoded
 
     def record(self) -> dict[str, Any]:
-        """``{"slate": {...}, "items": {item_id: {...}}}`` (JSON-ready, built once)."""
-        if self._record is None:
-            self._record = self._build()
-        return self._record
+        """``{"slate": {...}, "items": {item_id: item fields}}``: :meth:`encoded`, JSON-ready
+        as a cache tier keeps it (an item's fields as a string, without the comma)."""
+        slate, items = self.encoded()
+        return {"slate": slate,
+                "items": {item: fields[1:].decode() for item, fields in items.items()}}
 
-    def _build(self) -> dict[str, Any]:
+    def _build(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         # NOTE: imported here: the feedback package imports the events one, which imports
         # the offline one, which imports the pipeline
         from ..feedback.ltr_features import category_features
@@ -100,17 +112,30 @@ class ServedFeatures:
         floats[:, 4], floats[:, 5] = affinity, recency
         rows = np.round(floats, DIGITS).tolist()
         item_list = items.tolist()
-        per_item = {ids[i]: {"features": [r, *[None if v != v else v for v in row], s]}
-                    for i, r, row, s in zip(item_list, ranks, rows,
-                                            same.astype(np.int64).tolist(), strict=True)}
-        for name, listed in self.sources:
-            for i, r in zip(item_list, _fast.positions(items, listed).tolist(), strict=True):
-                if r >= 0:
-                    per_item[ids[i]].setdefault("sources", {})[name] = r
+        arrays = [[r, *[None if v != v else v for v in row], s]
+                  for r, row, s in zip(ranks, rows, same.astype(np.int64).tolist(), strict=True)]
+        # NOTE: every item's array in one encoder call, split where one array ends and the
+        # next begins: they hold numbers and nulls only, so "],[" occurs nowhere else
+        encoded = orjson.dumps(arrays)[2:-2].split(b"],[") if n else []
+        per_item = {ids[i]: b',"features":[' + a + b"]"
+                    for i, a in zip(item_list, encoded, strict=True)}
+        for i, found_in in zip(item_list, self._source_ranks(item_list), strict=True):
+            if found_in:
+                per_item[ids[i]] += b',"sources":' + orjson.dumps(found_in)
         slate: dict[str, Any] = {"history_length": int(self.history.size)}
         if self.scorer and self.pool is not None:
             slate["scorer"] = self.scorer
-        return {"slate": slate, "items": per_item}
+        return slate, per_item
+
+    def _source_ranks(self, item_list: list[int]) -> list[dict[str, int]]:
+        """Each item's rank in each candidate generator's list that has it."""
+        out: list[dict[str, int]] = [{} for _ in item_list]
+        for name, listed in self.sources:
+            for found_in, r in zip(out, _fast.positions(self.items, listed).tolist(),
+                                   strict=True):
+                if r >= 0:
+                    found_in[name] = r
+        return out
 
 
 def capture(model: Model, history: np.ndarray, items: np.ndarray, pool: Ranking | None,
@@ -135,11 +160,44 @@ def logged_features(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def impression_fields(record: Mapping[str, Any] | ServedFeatures | None,
-                      item_ids: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                      item_ids: tuple[str, ...]) -> tuple[Mapping[str, Any], tuple[bytes, ...]]:
     """``(per-slate fields, per-position fields)`` of a record for the shown ``item_ids``
-    (an item the record does not know, say one added after it, gets no fields)."""
+    (read-only); the per-position ones pre-encoded as :meth:`ServedFeatures.encoded` has them,
+    ``b""`` for an item the record does not know (say one added after it). ``record``: a
+    capture, or its :meth:`~ServedFeatures.record` from a cache tier."""
     if record is None:
-        return {}, [{} for _ in item_ids]
-    doc = record.record() if isinstance(record, ServedFeatures) else record
-    known = doc.get("items") or {}
-    return dict(doc.get("slate") or {}), [known.get(item, {}) for item in item_ids]
+        return {}, (b"",) * len(item_ids)
+    if isinstance(record, ServedFeatures):
+        slate, known = record.encoded()
+        return slate, tuple([known.get(item, b"") for item in item_ids])
+    # NOTE: a cached record comes back, the same object, with every hit of its entry: its
+    # fields are encoded on the first one only, and its slate's on the first of each order
+    memo = _CACHED_FIELDS.get(id(record))
+    if memo is None or memo[0] is not record:
+        stored = record.get("items") or {}
+        known = {item: _item_fields(fields) for item, fields in stored.items()}
+        memo = [record, known, (), ()]
+        if len(_CACHED_FIELDS) >= _CACHED_FIELDS_MAX:
+            del _CACHED_FIELDS[next(iter(_CACHED_FIELDS))]
+        _CACHED_FIELDS[id(record)] = memo
+    if memo[2] != item_ids:
+        known = memo[1]
+        memo[2:] = item_ids, tuple([known.get(item, b"") for item in item_ids])
+    return record.get("slate") or {}, memo[3]
+
+
+def _item_fields(stored: str | Mapping[str, Any] | None) -> bytes:
+    """A cached record's item fields as :meth:`ServedFeatures.encoded` has them (a dict: a
+    record cached before they were kept encoded, by an older release sharing the L2)."""
+    if not stored:
+        return b""
+    if isinstance(stored, str):
+        return b"," + stored.encode()
+    return b"," + orjson.dumps(stored)[1:-1]
+
+
+#: id(cached record) -> [the record, {item: its fields encoded}, the item ids last asked for,
+#: their fields]; the record is held, so its id is not reused while it is here. Oldest first
+#: out (an entry's next hit encodes its fields again).
+_CACHED_FIELDS: dict[int, list[Any]] = {}
+_CACHED_FIELDS_MAX = 1 << 12

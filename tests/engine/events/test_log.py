@@ -6,10 +6,19 @@ import asyncio
 import errno
 import shutil
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rankly.engine.config import load_settings
-from rankly.engine.events.log import FileEventLog, RedisStreamLog
+from rankly.engine.events.log import (
+    FileEventLog,
+    ImpressionSlate,
+    RedisStreamLog,
+    _encode,
+    _encode_impressions,
+)
 from rankly.engine.events.values import Event
 from rankly.engine.storage.store import StoreUnavailable
 
@@ -144,6 +153,57 @@ def test_impressions_bypass_the_dedup_index(tmp_path):
         return r.accepted, len(log._index)
 
     assert run(go()) == (1, 0)
+
+
+_FIELD_VALUES = st.one_of(st.none(), st.integers(-5, 10**6), st.text(max_size=4),
+                         st.floats(allow_nan=False, allow_infinity=False, width=32),
+                         st.lists(st.one_of(st.none(), st.integers(0, 99),
+                                            st.floats(allow_nan=False, allow_infinity=False)),
+                                  max_size=8),
+                         st.dictionaries(st.sampled_from(["ease", "popular"]),
+                                         st.integers(0, 99), max_size=2))
+_ITEM_FIELDS = st.dictionaries(st.sampled_from(["features", "sources", "x"]), _FIELD_VALUES,
+                               max_size=2)
+
+
+@st.composite
+def _slates(draw) -> ImpressionSlate:
+    n = draw(st.integers(0, 6))
+    items = tuple(draw(st.lists(st.text(min_size=1, max_size=5), min_size=n, max_size=n)))
+    positions = ()
+    if n and draw(st.booleans()):
+        positions = tuple({"propensity": draw(st.floats(0.01, 1.0)), "base_position": k}
+                          for k in range(n))
+    # the parts name disjoint fields: a slate logs one propensity, per position or shared
+    shared = ["model_version", "cached", "history_length", "scorer"]
+    context = draw(st.dictionaries(st.sampled_from(shared + ([] if positions else
+                                                             ["propensity"])),
+                                   _FIELD_VALUES, max_size=4))
+    fields = ()
+    if n and draw(st.booleans()):
+        fields = tuple(b"," + orjson.dumps(f)[1:-1] if f else b""
+                       for f in draw(st.lists(_ITEM_FIELDS, min_size=n, max_size=n)))
+    return ImpressionSlate(draw(st.floats(0, 2e9)), draw(st.text(max_size=6)),
+                           draw(st.text(max_size=6)), items, context, positions, fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_slates())
+def test_impression_lines_are_their_events_lines(slate):
+    """Pre-encoded item fields (a cached slate's) are spliced where its events write them."""
+    assert _encode_impressions(slate, 2.5) == [_encode(e, 2.5, False) for e in slate.events()]
+
+
+def test_pre_encoded_item_fields_are_logged_in_each_positions_context():
+    fields = (b',"features":[0,1.5,null]', b"", b',"features":[2,0.25,null],"sources":{"a":1}')
+    slate = ImpressionSlate(1.0, "r", "u", ("a", "b", "c"), {"cached": True},
+                            ({"propensity": 0.5, "base_position": 1},) * 3, fields)
+    contexts = [e.context for e in slate.events()]
+    assert [list(c) for c in contexts] == [
+        ["position", "propensity", "base_position", "features", "cached"],
+        ["position", "propensity", "base_position", "cached"],
+        ["position", "propensity", "base_position", "features", "sources", "cached"]]
+    assert contexts[2]["sources"] == {"a": 1} and contexts[0]["features"] == [0, 1.5, None]
 
 
 def test_unwritable_storage_raises_and_nothing_is_lost_after_recovery(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -12,7 +14,13 @@ from rankly.engine import pipeline
 from rankly.engine.feedback.ltr_features import category_features
 from rankly.engine.model import load_model
 from rankly.engine.offline.batch import serving_runtime
-from rankly.engine.pipeline.served import ITEM_FIELDS, SLATE_FIELDS, logged_features
+from rankly.engine.pipeline.served import (
+    FEATURE_FIELDS,
+    ITEM_FIELDS,
+    SLATE_FIELDS,
+    impression_fields,
+    logged_features,
+)
 from rankly.engine.serving.app import create_app
 from rankly.engine.types import RecommendationRequest, UserFeatures
 
@@ -106,6 +114,96 @@ def test_a_cached_slate_logs_the_features_of_its_computation(artifacts, settings
     drop = {"cached"}
     assert ([{k: v for k, v in d["c"].items() if k not in drop} for d in second]
             == [{k: v for k, v in d["c"].items() if k not in drop} for d in first])
+
+
+def _contexts(settings) -> list[bytes]:
+    """Each impression line's context as written (the request's own fields are outside it)."""
+    path = settings.data_dir / "events" / "events.jsonl"
+    return [line[line.index(b',"c":{'):line.rindex(b',"at":')]
+            for line in path.read_bytes().splitlines() if b'"t":"impression"' in line]
+
+
+@pytest.mark.parametrize("chain", [None, {"candidates": ["itemknn", "popular"],
+                                          "scorers": ["ease"]}], ids=["fused", "general"])
+def test_a_cache_hit_logs_the_bytes_of_the_computed_slate(artifacts, settings_for, tmp_path,
+                                                           chain):
+    """A hit splices its entry's pre-encoded fields: its lines' contexts are the computed
+    answer's, byte for byte, but for ``cached``."""
+    settings = settings_for(artifacts, data_dir=tmp_path, cache={"tiers": ["l1"]},
+                            **({"pipeline": chain} if chain else {}))
+    queries = [{"user_id": "8", "n": 6}, {"user_id": "never-seen", "n": 4},
+               {"user_id": "21", "n": 5}]
+    with TestClient(create_app(settings)) as client:
+        for q in queries:
+            assert [client.get("/recommendations", params=q).json()["cached"]
+                    for _ in range(3)] == [False, True, True]
+    logged = _contexts(settings)
+    assert len(logged) == 3 * (6 + 4 + 5) and b'"features":[' in logged[0]
+    if chain:
+        assert b'"sources":{' in logged[0]
+    start = 0
+    for q in queries:
+        computed, *hits = (logged[start + k * q["n"]:start + (k + 1) * q["n"]] for k in range(3))
+        start += 3 * q["n"]
+        assert all(b'"cached":false' in c for c in computed)
+        for hit in hits:
+            assert [c.replace(b'"cached":true', b'"cached":false') for c in hit] == computed
+
+
+def test_an_explored_cache_hit_logs_each_items_computed_fields(artifacts, settings_for,
+                                                                 tmp_path):
+    settings = settings_for(artifacts, data_dir=tmp_path, cache={"tiers": ["l1"]},
+                            exploration={"rate": 1.0, "top_m": 6})
+    imps = _serve(settings, *[{"user_id": "8", "n": 6}] * 4)
+    computed = {d["i"]: d["c"] for d in imps[:6]}
+    assert not imps[0]["c"]["cached"] and all(d["c"]["cached"] for d in imps[6:])
+    for d in imps[6:]:
+        want = computed[d["i"]]
+        assert [k for k in d["c"] if k not in ("position", "propensity", "base_position")] == \
+            [k for k in want if k not in ("position", "propensity", "base_position")]
+        for field in (*ITEM_FIELDS, *SLATE_FIELDS, "model_version"):
+            assert d["c"].get(field) == want.get(field)
+
+
+def _captured(rt, user_id: str, n: int):
+    plan = pipeline.default_plan(rt)
+    req = RecommendationRequest(user_id, n, request_id="r1")
+    out = asyncio.run(pipeline.rank(rt, req, plan, features=True))
+    return out[pipeline.FEATURES_FIELD], [item["item_id"] for item in out["items"]]
+
+
+@pytest.mark.parametrize("chain", [None, {"candidates": ["itemknn", "popular"],
+                                          "scorers": ["ease"]}], ids=["fused", "general"])
+def test_a_record_from_any_tier_logs_what_its_capture_logs(artifacts, settings_for, chain):
+    """The record a tier keeps, read back from JSON (an L2 hit), or as an older release
+    cached it (each item's fields a dict), gives every position the capture's bytes, in any
+    order (an explored slate), and nothing for an item it does not know."""
+    settings = settings_for(artifacts, cache={"tiers": []}, **({"pipeline": chain} if chain
+                                                              else {}))
+    captured, shown = _captured(serving_runtime(load_model(artifacts), settings), "8", 6)
+    from_l2 = json.loads(json.dumps(captured.record()))
+    older = {"slate": from_l2["slate"],
+             "items": {item: orjson.loads("{" + fields + "}")
+                       for item, fields in from_l2["items"].items()}}
+    for order in (tuple(shown), tuple(reversed(shown)), (shown[2], "not-in-it", shown[0])):
+        slate, want = impression_fields(captured, order)
+        assert want[0] and (want[1] == b"") == ("not-in-it" in order)
+        for record in (from_l2, older, from_l2):  # the last one from the memo
+            assert impression_fields(record, order) == (slate, want)
+
+
+def test_each_items_fields_are_encoded_as_orjson_encodes_them(artifacts, settings_for):
+    chain = {"candidates": ["itemknn", "popular"], "scorers": ["ease"]}
+    rt = serving_runtime(load_model(artifacts), settings_for(artifacts, pipeline=chain))
+    captured, shown = _captured(rt, "8", 8)
+    slate, per_item = captured.encoded()
+    assert set(shown) <= set(per_item) and slate["scorer"] == "ease"
+    for fields in per_item.values():
+        decoded = orjson.loads(b"{" + fields[1:] + b"}")
+        assert fields == b"," + orjson.dumps(decoded)[1:-1]
+        assert list(decoded) in (["features"], ["features", "sources"])
+        assert len(decoded["features"]) == len(FEATURE_FIELDS)
+    assert any("sources" in orjson.loads(b"{" + f[1:] + b"}") for f in per_item.values())
 
 
 def test_a_cold_user_logs_the_fallback_scorers_rank(artifacts, settings_for, tmp_path):
