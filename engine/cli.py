@@ -350,11 +350,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # NOTE: run as this process's own command line (not called with argv, as tests do), a
+    # command may end the process itself once its output is flushed (`rankly recommend
+    # --engine ray --address ...` skips leaving Ray: offline/batch_ray.end_process)
+    ends_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     # the command is the first word that is not an option (-v, the only one before it, takes
     # no value)
     parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
+    args.ends_process = ends_process
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -14,7 +14,9 @@ Without ``--address`` a local Ray is started for the command and stopped after i
 (:data:`LOCAL_CPUS` CPUs, :data:`LOCAL_OBJECT_STORE_BYTES` of object store) and reachable from
 this machine only (its processes listen on 127.0.0.1); with one, the command joins that
 cluster, where every node needs rankly installed and the artifact directory at the same path
-(a shared filesystem, or the same copy on each node).
+(a shared filesystem, or the same copy on each node). A command that joined a cluster and is
+done ends its process with :func:`end_process` instead of leaving Ray first: the cluster sees
+its driver go, as it sees any driver end.
 
 Each engine logs one line saying where its time went (``ray: workers=2 connect_s=...``):
 joining or starting Ray, the first block back (the workers' start), all blocks, stopping.
@@ -34,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -168,17 +170,26 @@ class RayEngine:
         #: Seconds spent, logged when the engine stops: connect_s (joining or starting Ray),
         #: first_block_s (asking for the workers until the first block is back: their start),
         #: ranked_s (asking for the workers until every block is back, summed over jobs),
-        #: stop_s (disconnecting, or stopping the local Ray)
+        #: stop_s (disconnecting, or stopping the local Ray; absent when the engine stays
+        #: joined)
         self.timings: dict[str, float] = {}
+        #: Still joined to a cluster after :meth:`start` (``stay_joined``): the process must
+        #: end with :func:`end_process`
+        self.joined = False
 
     @classmethod
     @contextlib.contextmanager
     def start(cls, address: str | None = None, *, workers: int | None = None,
               num_cpus: int = LOCAL_CPUS, object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES,
-              block_users: int = BLOCK_USERS) -> Iterator[RayEngine]:
+              block_users: int = BLOCK_USERS, stay_joined: bool = False
+              ) -> Iterator[RayEngine]:
         """Join Ray at ``address``, or start a bounded local Ray (stopped on exit); a Ray
         already initialized in this process is used as it is. ``workers`` defaults to the
-        CPUs of the cluster (one actor per CPU)."""
+        CPUs of the cluster (one actor per CPU).
+
+        With ``stay_joined`` (for a process that ends with the command), a Ray joined at
+        ``address`` is not left when the block ends without an error: the caller ends the
+        process with :func:`end_process` (``engine.joined`` says whether it must)."""
         ray = _import_ray(address)
         started = time.perf_counter()
         init = not ray.is_initialized()
@@ -194,11 +205,14 @@ class RayEngine:
                 _warn_unless_local_only(ray)
         engine = cls(ray, 1, block_users)
         engine.timings["connect_s"] = time.perf_counter() - started
+        leave = init
         try:
             engine.workers = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
             yield engine
+            if init and address and stay_joined:
+                leave, engine.joined = False, True
         finally:
-            if init:
+            if leave:
                 stopping = time.perf_counter()
                 ray.shutdown()
                 engine.timings["stop_s"] = time.perf_counter() - stopping
@@ -296,6 +310,22 @@ class RayEngine:
             return rows
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process now with exit status ``code``, after flushing stdout, stderr and
+    the log handlers; a flush that fails (a reader gone) raises as usual instead.
+
+    The way out of a command that joined a running Ray and is done (``RayEngine.start(...,
+    stay_joined=True)``): ``ray.shutdown()`` waits for a polling thread of Ray's gRPC client
+    to end, Ray's own exit hook sleeps so that log lines can arrive, and the interpreter's
+    teardown with Ray loaded costs more again, all seconds after the last line is written.
+    The cluster sees the driver go as it sees any driver end: it ends the job and its actors
+    (already killed). Nothing else must be left to ``atexit``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _warn_unless_local_only(ray: Any) -> None:

@@ -49,14 +49,16 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def engine_from_args(args: argparse.Namespace) -> Iterator[Any]:
-    """The engine ``--engine`` names: None for this process, else a started Ray engine."""
+def engine_from_args(args: argparse.Namespace, stay_joined: bool = False) -> Iterator[Any]:
+    """The engine ``--engine`` names: None for this process, else a started Ray engine
+    (``stay_joined``: see :meth:`.batch_ray.RayEngine.start`)."""
     if getattr(args, "engine", "local") == "local":
         yield None
         return
     from .batch_ray import RayEngine
 
-    with RayEngine.start(args.address, workers=args.ray_workers) as engine:
+    with RayEngine.start(args.address, workers=args.ray_workers,
+                         stay_joined=stay_joined) as engine:
         yield engine
 
 
@@ -74,7 +76,8 @@ def run_recommend(args: argparse.Namespace) -> int:
                 return [line.strip() for line in fh if line.strip()]
 
             progress = None if args.quiet else sys.stderr
-            with engine_from_args(args) as engine:
+            # a process that ends with the command need not leave a joined Ray first
+            with engine_from_args(args, getattr(args, "ends_process", False)) as engine:
                 if engine is None:
                     count = recommend(model, users(), args.n, settings, args.exclude_seen,
                                       progress=progress)
@@ -89,4 +92,8 @@ def run_recommend(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{count} users written", file=sys.stderr)
+    if engine is not None and engine.joined:
+        from .batch_ray import end_process
+
+        end_process(0)
     return 0

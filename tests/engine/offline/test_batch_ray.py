@@ -86,7 +86,8 @@ def test_recommend_all_on_ray_writes_the_local_engines_bytes(ray_engine, shop, c
 @needs_ray
 def test_a_command_joins_a_local_ray_at_its_loopback_address(ray_engine, shop, tmp_path):
     """The command as a user runs it, in its own process, joining the fixture's Ray by its
-    address; the environment says nothing about loopback (the engine sees to it)."""
+    address; the environment says nothing about loopback (the engine sees to it). Done, it
+    ends its process without leaving Ray first: every line and its count still arrive."""
     artifacts, config = shop
     users = tmp_path / "users.txt"
     users.write_text("".join(f"{u}\n" for u in load_model(artifacts).users.user_ids[:600]))
@@ -102,7 +103,9 @@ def test_a_command_joins_a_local_ray_at_its_loopback_address(ray_engine, shop, t
         capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == local.getvalue()
-    assert "ray: workers=2 connect_s=" in proc.stderr and "stop_s=" in proc.stderr
+    assert "ray: workers=2 connect_s=" in proc.stderr and "ranked_s=" in proc.stderr
+    assert "stop_s=" not in proc.stderr  # it never left Ray: the process ended
+    assert proc.stderr.rstrip().endswith("600 users written")
 
 
 @pytest.mark.slow
