@@ -112,10 +112,11 @@ class ServedFeatures:
         floats[:, 4], floats[:, 5] = affinity, recency
         rows = np.round(floats, DIGITS).tolist()
         item_list = items.tolist()
-        arrays = [[r, *[None if v != v else v for v in row], s]
+        arrays = [[r, *row, s]
                   for r, row, s in zip(ranks, rows, same.astype(np.int64).tolist(), strict=True)]
-        # NOTE: every item's array in one encoder call, split where one array ends and the
-        # next begins: they hold numbers and nulls only, so "],[" occurs nowhere else
+        # NOTE: every item's array in one encoder call (which writes NaN as null), split
+        # where one array ends and the next begins: they hold numbers and nulls only, so
+        # "],[" occurs nowhere else
         encoded = orjson.dumps(arrays)[2:-2].split(b"],[") if n else []
         per_item = {ids[i]: b',"features":[' + a + b"]"
                     for i, a in zip(item_list, encoded, strict=True)}

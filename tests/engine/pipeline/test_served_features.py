@@ -206,6 +206,23 @@ def test_each_items_fields_are_encoded_as_orjson_encodes_them(artifacts, setting
     assert any("sources" in orjson.loads(b"{" + f[1:] + b"}") for f in per_item.values())
 
 
+def test_unknown_values_are_logged_as_null(artifacts):
+    """No pool (no rank, no score) and no live counters: those fields are null, not NaN."""
+    from rankly.engine.pipeline.served import capture
+
+    model = load_model(artifacts)
+    items = np.arange(4, dtype=np.int32)
+    captured = capture(model, np.array([5, 6], dtype=np.int32), items, None, None, (), None,
+                       True)
+    slate, per_item = captured.encoded()
+    assert slate == {"history_length": 2}
+    for fields in per_item.values():
+        assert b"NaN" not in fields
+        logged = logged_features(orjson.loads(b"{" + fields[1:] + b"}"))
+        assert set(logged) == {"popularity", "category_affinity", "category_recency",
+                               "same_category_as_last"}
+
+
 def test_a_cold_user_logs_the_fallback_scorers_rank(artifacts, settings_for, tmp_path):
     settings = settings_for(artifacts, data_dir=tmp_path, cache={"tiers": []})
     imps = _serve(settings, {"user_id": "never-seen", "n": 5})
