@@ -177,14 +177,15 @@ def impression_fields(record: Mapping[str, Any] | ServedFeatures | None,
     if memo is None or memo[0] is not record:
         stored = record.get("items") or {}
         known = {item: _item_fields(fields) for item, fields in stored.items()}
-        memo = [record, known, (), ()]
+        memo = [record, known, ((), ())]
         if len(_CACHED_FIELDS) >= _CACHED_FIELDS_MAX:
             del _CACHED_FIELDS[next(iter(_CACHED_FIELDS))]
         _CACHED_FIELDS[id(record)] = memo
-    if memo[2] != item_ids:
+    last = memo[2]
+    if last[0] != item_ids:
         known = memo[1]
-        memo[2:] = item_ids, tuple([known.get(item, b"") for item in item_ids])
-    return record.get("slate") or {}, memo[3]
+        last = memo[2] = (item_ids, tuple([known.get(item, b"") for item in item_ids]))
+    return record.get("slate") or {}, last[1]
 
 
 def _item_fields(stored: str | Mapping[str, Any] | None) -> bytes:
@@ -197,8 +198,8 @@ def _item_fields(stored: str | Mapping[str, Any] | None) -> bytes:
     return b"," + orjson.dumps(stored)[1:-1]
 
 
-#: id(cached record) -> [the record, {item: its fields encoded}, the item ids last asked for,
-#: their fields]; the record is held, so its id is not reused while it is here. Oldest first
-#: out (an entry's next hit encodes its fields again).
+#: id(cached record) -> [the record, {item: its fields encoded}, (the item ids last asked
+#: for, their fields)]; the record is held, so its id is not reused while it is here. Oldest
+#: first out (an entry's next hit encodes its fields again).
 _CACHED_FIELDS: dict[int, list[Any]] = {}
 _CACHED_FIELDS_MAX = 1 << 12
