@@ -346,7 +346,8 @@ def record_impressions(rt: Runtime, request_id: str, user_id: str | None,
     ``positions``: per-position fields of an explored slate (feedback/exploration.py); without
     them every impression logs ``propensity`` 1.0. ``context``: the request's context fields,
     logged as ``request_context``. ``features``: the computation's impression features
-    (``pipeline.rank(..., features=True)``), encoded when the slate is logged."""
+    (``pipeline.rank(..., features=True)``): a capture, encoded when the slate is logged, or
+    a cache entry's record, encoded when it was stored."""
     service = rt.extras.get(EXTRAS_KEY)
     if service is not None:
         service.record_slate(request_id, user_id, payload, probability, positions, context,

@@ -105,8 +105,9 @@ async def fill(rt: Runtime, key: str, user_id: str | None, compute: Compute) -> 
         entry = {**fresh.payload, STARTED_FIELD: started}
         features = entry.get(FEATURES_FIELD)
         if features is not None and rt.caches:
-            # NOTE: encoded here, on the miss path, only because a tier keeps JSON; without
-            # tiers the impression logger encodes it off the request path
+            # NOTE: encoded here, on the miss path, because a tier keeps JSON; every hit of
+            # the entry then logs these bytes as they are (#16). Without tiers the impression
+            # logger encodes it off the request path
             entry[FEATURES_FIELD] = features.record()
         if fresh.spares:
             entry[SPARE_FIELD] = fresh.spares
