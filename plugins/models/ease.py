@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rankly.engine.api import ComponentContext, ModelPart, TrainingData, hookimpl
@@ -25,7 +26,8 @@ NAME = "ease"
 MAX_ITEMS = 25_000
 #: The keys of ``[plugins.ease]`` (training and serving share the section) and defaults.
 OPTIONS = {"lambda": 500.0, "dropout": 0.0, "diagonal_bound": 0.0, "age_half_life_days": 0.0,
-           "min_count": 1, "max_items": MAX_ITEMS, "blas_threads": 1}
+           "min_count": 1, "max_items": MAX_ITEMS, "blas_threads": 1,
+           "low_lambda_share": 0.0, "low_lambda_factor": 0.2}
 
 
 class EaseTrainer:
@@ -33,7 +35,10 @@ class EaseTrainer:
     default 0 = plain EASE), ``diagonal_bound`` (RLAE: allow ``diag(B)`` up to it, in
     [0, 1); default 0 = EASE's zero diagonal; :func:`item_weights`), ``age_half_life_days`` (weigh training pairs by their age,
     :func:`decayed_matrix`; default 0 = no decay), ``min_count`` (items with fewer users get
-    no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1)."""
+    no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1),
+    ``low_lambda_share`` ``a`` in [0, 1) and ``low_lambda_factor`` ``f`` in (0, 1]: the
+    weights are ``(1 - a) * B(lambda) + a * B(f * lambda)``, a second fit at a smaller lambda
+    mixed in (default 0: one fit; the blend's validation chooses it)."""
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
         lam = float(options.get("lambda", 500.0))
@@ -42,6 +47,12 @@ class EaseTrainer:
         min_count = int(options.get("min_count", 1))
         limit = int(options.get("max_items", MAX_ITEMS))
         age_half_life = float(options.get("age_half_life_days", 0.0))
+        low_share = float(options.get("low_lambda_share", 0.0))
+        low_factor = float(options.get("low_lambda_factor", 0.2))
+        if not 0.0 <= low_share < 1.0:
+            raise ValueError(f"ease: low_lambda_share must be in [0, 1), got {low_share}")
+        if low_share and not 0.0 < low_factor <= 1.0:
+            raise ValueError(f"ease: low_lambda_factor must be in (0, 1], got {low_factor}")
         x = data.binary_matrix()
         active = active_items(x, min_count, x.shape[1])
         if active.size > limit:
@@ -54,11 +65,18 @@ class EaseTrainer:
         # NOTE: one BLAS thread by default: OpenBLAS threads that find the other core busy
         # spin, and the inverse then takes several times longer than on one thread.
         with threadpool_limits(int(options.get("blas_threads", 1)), "blas"):
-            b = item_weights(gram(xa), lam * factor, dropout, bound)
+            g = gram(xa)
+            b = item_weights(g, lam * factor, dropout, bound)
+            if low_share:
+                b *= np.float32(1.0 - low_share)
+                b += np.float32(low_share) * item_weights(g, lam * factor * low_factor,
+                                                          dropout, bound)
         return ModelPart(
             name=NAME, params={"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
                                "min_count": min_count,
-                               "age_half_life_days": age_half_life},
+                               "age_half_life_days": age_half_life,
+                               "low_lambda_share": low_share,
+                               "low_lambda_factor": low_factor},
             arrays={"items": active, "weights": b},
             metrics={"n_active_items": int(active.size)},
         )

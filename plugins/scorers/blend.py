@@ -163,9 +163,18 @@ class BlendParams:
     pop_gate_days: float = 0.0  # 0: every user gets the popularity term in full
     lambda_scale: float = 1.0  # of the EASE lambda tuned on the first hold-out
     age_half_life_days: float = 0.0  # EASE training pairs decay with age (0: no decay)
+    #: share of a second EASE, fitted with a lambda ``low_lambda_factor`` times smaller, in
+    #: the served item-item weights (0: one lambda)
+    low_share: float = 0.0
+
+    @property
+    def model(self) -> tuple[float, float, float]:
+        """What the item-item weights depend on: (lambda scale, age half-life, low share)."""
+        return (self.lambda_scale, self.age_half_life_days, self.low_share)
 
     def label(self) -> str:
-        return (f"lambda x{self.lambda_scale:g}, training-pair half-life "
+        return (f"lambda x{self.lambda_scale:g} (share {self.low_share:g} at a smaller "
+                f"lambda), training-pair half-life "
                 f"{self.age_half_life_days:g} days, history mix {self.mix:g} (half-life "
                 f"{self.half_life:g} items), sequence "
                 f"{self.seq_weight:g}, popularity {self.pop_weight:g} (half-life "
@@ -511,6 +520,15 @@ DIAGONAL_BOUNDS = (0.0, 0.1, 0.2, 0.4, 0.6)
 #: passed the random shape's test (benchmarks/protocols.py), so by default only 1 is tried;
 #: the ``lambda_scales`` option widens it (each value costs one EASE fit per hold-out).
 LAMBDA_SCALES = (1.0,)
+#: Shares of a second EASE, fitted with a lambda LOW_LAMBDA_FACTOR times the tuned one, in the
+#: item-item weights (one matrix: ``(1 - share) * B(lambda) + share * B(factor * lambda)``).
+#: Next-item shapes favour a smaller lambda than the random shape that tuned it. Tried with
+#: (0.15, 0.3, 0.5) on the protocols of benchmarks/protocols.py, validation chose a share in 3
+#: of 18 cells: two gained on the test split, the third (28 test users) lost a quarter of its
+#: NDCG, so none is tried by default; the ``low_lambda_shares`` option turns the search on
+#: (the smaller-lambda fit costs one EASE fit per hold-out).
+LOW_LAMBDA_SHARES: tuple[float, ...] = ()
+LOW_LAMBDA_FACTOR = 0.2
 #: Half-lives (days) of the EASE training pairs' age decay tried besides 0 (no decay); values
 #: longer than the data's time span are left out. Each costs one EASE fit per hold-out, and on
 #: MovieLens (90 and 365 days) none passed the random shape's test, so none is tried by
@@ -545,6 +563,7 @@ OPTIONS: dict[str, Any] = {
     "mixes": MIXES, "history_half_lives": HISTORY_HALF_LIVES, "seq_weights": SEQ_WEIGHTS,
     "pop_weights": POP_WEIGHTS, "pop_half_lives": POP_HALF_LIVES, "pop_gates": POP_GATES,
     "lambda_scales": LAMBDA_SCALES, "age_half_lives": AGE_HALF_LIVES, "blas_threads": 1,
+    "low_lambda_shares": LOW_LAMBDA_SHARES, "low_lambda_factor": LOW_LAMBDA_FACTOR,
     "threads": 0, "diagonal_bounds": DIAGONAL_BOUNDS,
 }
 
@@ -634,7 +653,8 @@ class BlendTrainer:
     the served EASE keeps the items with the fewest users out until at most this many are
     left), the grids
     (``mixes``, ``history_half_lives``, ``seq_weights``, ``pop_weights``, ``pop_half_lives``,
-    ``pop_gates``, ``lambda_scales``, ``age_half_lives``), ``criterion`` ("noninferior" or
+    ``pop_gates``, ``lambda_scales``, ``age_half_lives``, ``low_lambda_shares`` with
+    ``low_lambda_factor``), ``criterion`` ("noninferior" or
     "minimax", :class:`Search`) and ``blas_threads`` (1).
 
     Procedure (each step in the training report):
@@ -741,7 +761,10 @@ class BlendTrainer:
             + f" -> lambda {lam:g}, dropout {dropout:g}")
         report.append("ease diagonal bound (RLAE) there: " + ", ".join(
             f"{b:g}: {v:.4f}" for b, v in bound_walk.items()) + f" -> {bound:g}")
-        bases: dict[tuple[int, float, float], EaseScorer] = {(0, 1.0, 0.0): fitted}
+        # raw fits by (hold-out, lambda multiple, age); served models by (hold-out, model)
+        raws: dict[tuple[int, float, float], EaseScorer] = {(0, 1.0, 0.0): fitted}
+        bases: dict[tuple[int, tuple[float, float, float]], EaseScorer] = {}
+        low_factor = float(options.get("low_lambda_factor", LOW_LAMBDA_FACTOR))
 
         # step 3: the blend, by coordinate ascent on every hold-out at once
         criterion = str(options.get("criterion", "noninferior"))
@@ -751,19 +774,38 @@ class BlendTrainer:
         search = Search(shapes, float(options.get("max_loss", MAX_LOSS)),
                         float(options.get("degenerate_margin", 0.10)),
                         float(options.get("alpha", 0.25)), criterion)
-        cache: dict[tuple[int, float, float, float], np.ndarray] = {
-            (0, 0.0, 1.0, 0.0): plain_scores}
+        cache: dict[tuple[int, float, tuple[float, float, float]], np.ndarray] = {
+            (0, 0.0, BlendParams().model): plain_scores}
 
-        def base(i: int, scale: float, age: float) -> EaseScorer:
-            """Hold-out ``i``'s item-item model, its EASE lambda times ``scale``, training
-            pairs decaying with half-life ``age`` days."""
-            if (i, scale, age) not in bases:
-                bases[(i, scale, age)] = self._ease_base(holds[i].train, lam * scale, dropout,
-                                                         max_val_items, age, bound)
-            return bases[(i, scale, age)]
+        def raw(i: int, multiple: float, age: float) -> EaseScorer:
+            """Hold-out ``i``'s EASE at the tuned lambda times ``multiple``, training pairs
+            decaying with half-life ``age`` days."""
+            if (i, multiple, age) not in raws:
+                raws[(i, multiple, age)] = self._ease_base(
+                    holds[i].train, lam * multiple, dropout, max_val_items, age, bound)
+            return raws[(i, multiple, age)]
 
-        def base_scores(i: int, half_life: float, scale: float, age: float) -> np.ndarray:
-            key = (i, half_life, scale, age)
+        def raw_keys(i: int, model: tuple[float, float, float]) -> list[tuple[int, float, float]]:
+            scale, age, low = model
+            return [(i, scale, age)] + ([(i, scale * low_factor, age)] if low else [])
+
+        def base(i: int, model: tuple[float, float, float]) -> EaseScorer:
+            """Hold-out ``i``'s item-item model: EASE at the lambda times the model's scale,
+            with the model's share of the one at ``low_factor`` times that lambda."""
+            if (i, model) not in bases:
+                fits = [raw(*key) for key in raw_keys(i, model)]
+                if len(fits) == 1:
+                    bases[(i, model)] = fits[0]
+                else:
+                    low = np.float32(model[2])
+                    bases[(i, model)] = EaseScorer(
+                        fits[0].items, (1 - low) * fits[0].weights + low * fits[1].weights,
+                        fits[0].n_items)
+            return bases[(i, model)]
+
+        def base_scores(i: int, half_life: float, model: tuple[float, float, float]
+                        ) -> np.ndarray:
+            key = (i, half_life, model)
             if key not in cache:
                 h = holds[i]
                 # a recency-weighted history is a handful of items: past 16 half-lives the
@@ -771,18 +813,19 @@ class BlendTrainer:
                 limit = None if half_life <= 0 else int(np.ceil(16 * half_life))
                 hist = history_matrix(h.train.users, h.rows, data.n_items,
                                       1.0 if half_life > 0 else 0.0, half_life, limit)
-                cache[key] = base(i, scale, age).batch(hist)
+                cache[key] = base(i, model).batch(hist)
             return cache[key]
 
-        normed: dict[tuple[int, float, float, float, float], np.ndarray] = {}
+        normed: dict[tuple[int, float, float, tuple[float, float, float]], np.ndarray] = {}
         # NOTE: a standardized mix is a dense [users x catalog] matrix per hold-out; only those
         # of the plain model and of the current best are kept (the others are used by one
         # candidate each, in the history step), which bounds validation memory on a large
         # catalog
-        pinned: set[tuple[int, float, float, float, float]] = set()
+        pinned: set[tuple[int, float, float, tuple[float, float, float]]] = set()
 
-        def normed_key(i: int, c: BlendParams) -> tuple[int, float, float, float, float]:
-            return (i, c.mix, c.half_life, c.lambda_scale, c.age_half_life_days)
+        def normed_key(i: int, c: BlendParams
+                       ) -> tuple[int, float, float, tuple[float, float, float]]:
+            return (i, c.mix, c.half_life, c.model)
 
         def pin(*cands: BlendParams) -> None:
             """Keep only the standardized mixes of ``cands`` from now on."""
@@ -791,15 +834,15 @@ class BlendTrainer:
             for key in [key for key in normed if key not in pinned]:
                 del normed[key]
 
-        def history_scores(i: int, mix: float, half_life: float, scale: float, age: float
-                           ) -> np.ndarray:
+        def history_scores(i: int, mix: float, half_life: float,
+                           model: tuple[float, float, float]) -> np.ndarray:
             """z of the item-item scores of hold-out ``i`` (read-only; kept when pinned)."""
-            key = (i, mix, half_life, scale, age)
+            key = (i, mix, half_life, model)
             if key in normed:
                 return normed[key]
-            s = base_scores(i, 0.0, scale, age)
+            s = base_scores(i, 0.0, model)
             if mix > 0 and half_life > 0:
-                s = (1.0 - mix) * s + mix * base_scores(i, half_life, scale, age)
+                s = (1.0 - mix) * s + mix * base_scores(i, half_life, model)
             out = znorm_rows(np.array(s, dtype=np.float32))
             if key in pinned:
                 normed[key] = out
@@ -824,8 +867,7 @@ class BlendTrainer:
             return seqs[i]
 
         def scores(c: BlendParams, i: int) -> np.ndarray:
-            s = history_scores(i, c.mix, c.half_life, c.lambda_scale,
-                               c.age_half_life_days).copy()
+            s = history_scores(i, c.mix, c.half_life, c.model).copy()
             if c.seq_weight:
                 s += np.float32(c.seq_weight) * seq_scores(i)
             if c.pop_weight:
@@ -843,13 +885,15 @@ class BlendTrainer:
             on ``pool``: no two threads ever compute one entry, and a long entry of one
             hold-out does not leave the other core idle while short ones wait."""
             pairs = [(i, c) for c in cands for i in range(len(holds))]
-            fits = {(i, c.lambda_scale, c.age_half_life_days) for i, c in pairs}
-            list(pool.map(lambda key: base(*key), sorted(fits - bases.keys())))
+            fits = {key for i, c in pairs for key in raw_keys(i, c.model)}
+            list(pool.map(lambda key: raw(*key), sorted(fits - raws.keys())))
+            models = {(i, c.model) for i, c in pairs}
+            list(pool.map(lambda key: base(*key), sorted(models - bases.keys())))
             layer: set[tuple[str, tuple[Any, ...]]] = set()
             for i, c in pairs:
-                layer.add(("base", (i, 0.0, c.lambda_scale, c.age_half_life_days)))
+                layer.add(("base", (i, 0.0, c.model)))
                 if c.mix > 0 and c.half_life > 0:
-                    layer.add(("base", (i, c.half_life, c.lambda_scale, c.age_half_life_days)))
+                    layer.add(("base", (i, c.half_life, c.model)))
                 if c.seq_weight:
                     layer.add(("seq", (i,)))
             todo = sorted(e for e in layer
@@ -902,6 +946,8 @@ class BlendTrainer:
         seq_weights = [float(w) for w in options.get("seq_weights", SEQ_WEIGHTS)]
         pop_gates = [float(g) for g in options.get("pop_gates", POP_GATES)]
         scales = [float(x) for x in options.get("lambda_scales", LAMBDA_SCALES)]
+        low_shares = [float(a) for a in options.get("low_lambda_shares", LOW_LAMBDA_SHARES)
+                      if 0 < float(a) < 1]
         ages = [float(d) for d in options.get("age_half_lives", AGE_HALF_LIVES)
                 if 0 < d <= max(span_days, 1.0)]
         changed = {"lambda": True, "age": True, "history": True, "sequence": True,
@@ -918,7 +964,8 @@ class BlendTrainer:
             elif step == "sequence":
                 grid = [replace(best, seq_weight=w) for w in [0.0, *seq_weights]]
             elif step == "lambda":
-                grid = [replace(best, lambda_scale=x) for x in scales]
+                grid = [replace(best, lambda_scale=x, low_share=a) for x in scales
+                        for a in [0.0, *low_shares]]
             elif step == "age":
                 grid = [replace(best, age_half_life_days=d) for d in [0.0, *ages]]
             else:
@@ -966,6 +1013,8 @@ class BlendTrainer:
 
         tuned[EASE]["lambda"] = lam * best.lambda_scale
         tuned[EASE]["age_half_life_days"] = best.age_half_life_days
+        tuned[EASE]["low_lambda_share"] = best.low_share
+        tuned[EASE]["low_lambda_factor"] = low_factor
         arrays = {"popularity_z": popularity_z(data.item_mass(best.pop_half_life_days))}
         if best.pop_weight and best.pop_gate_days > 0:
             arrays["user_gate"] = user_gate(data, best.pop_gate_days)
@@ -979,6 +1028,7 @@ class BlendTrainer:
                     "seq_weight": best.seq_weight, "pop_weight": best.pop_weight,
                     "lambda_scale": best.lambda_scale,
                     "age_half_life_days": best.age_half_life_days,
+                    "low_share": best.low_share,
                     "pop_half_life_days": best.pop_half_life_days,
                     "pop_gate_days": best.pop_gate_days,
                     "validation": how, "shapes": list(shapes),

@@ -425,3 +425,33 @@ def test_ease_scorer_batch_is_the_sum_of_weight_rows_of_each_history(users, n, s
     got = linear.EaseScorer(items, weights, n).batch(hist)
     assert got.shape == (users, n) and got.dtype == np.float32
     np.testing.assert_allclose(got, hist.toarray() @ full, rtol=1e-4, atol=1e-4)
+
+
+def test_a_low_lambda_share_mixes_two_ease_fits_and_is_validated(data, parts):
+    """``low_lambda_share`` a serves ``(1 - a) B(lambda) + a B(f lambda)``; the blend tries
+    the shares on every shape, hands the chosen one to the ease part, and says so."""
+    trainer = ease.EaseTrainer()
+    opts = {"lambda": 300.0, "dropout": 0.25, "diagonal_bound": 0.1}
+    one = trainer.fit(data, opts).arrays["weights"]
+    low = trainer.fit(data, {**opts, "lambda": 60.0}).arrays["weights"]
+    mixed = trainer.fit(data, {**opts, "low_lambda_share": 0.3, "low_lambda_factor": 0.2})
+    np.testing.assert_allclose(mixed.arrays["weights"], 0.7 * one + 0.3 * low, rtol=1e-5,
+                               atol=1e-6)
+    assert mixed.params["low_lambda_share"] == 0.3
+    with pytest.raises(ValueError, match="low_lambda_share must be in"):
+        trainer.fit(data, {**opts, "low_lambda_share": 1.0})
+    shares = (0.3, 0.6)
+    mine = train(data, ("blend", "ease"), load_settings(environ={}),
+                 {"blend": {"low_lambda_shares": shares, "low_lambda_factor": 0.25}})
+    part = next(p for p in mine if p.name == "blend")
+    chosen = part.params["tuned_options"]["ease"]
+    assert chosen["low_lambda_share"] in (0.0, *shares)
+    assert chosen["low_lambda_factor"] == 0.25
+    served = next(p for p in mine if p.name == "ease").params
+    assert served["low_lambda_share"] == chosen["low_lambda_share"]
+    assert served["low_lambda_factor"] == 0.25
+    assert "at a smaller lambda" in "\n".join(part.metrics["report"])
+    assert part.metrics["candidates"] >= 1 + len(shares)
+    # off by default: one fit
+    default = next(p for p in parts if p.name == "blend").params["tuned_options"]["ease"]
+    assert default["low_lambda_share"] == 0.0
