@@ -568,6 +568,22 @@ OPTIONS: dict[str, Any] = {
 }
 
 
+def grid_option(options: Mapping[str, Any], key: str, default: Sequence[float]) -> list[float]:
+    """A grid option as floats: a list or tuple (a TOML array), one number, or a string of
+    numbers separated by commas, optionally in brackets (how an environment variable such as
+    ``RANKLY_PLUGINS__BLEND__MIXES="0.3,0.6"`` arrives). ValueError names the key."""
+    value = options.get(key, default)
+    if isinstance(value, str):
+        text = value.strip().removeprefix("[").removesuffix("]")
+        value = [v for v in (t.strip() for t in text.split(",")) if v]
+    elif isinstance(value, (int, float)):
+        value = [value]
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"blend: {key} must be a list of numbers, got {value!r}") from exc
+
+
 @dataclass
 class Search:
     """Per-shape validation results of every candidate tried, and the selection rule."""
@@ -708,7 +724,7 @@ class BlendTrainer:
         k = int(options.get("k", 10))
         # the blend is chosen uncapped; the diversity cap is validated for it afterwards
         cap = None
-        caps = [int(c) for c in options.get("diversity_caps", DIVERSITY_CAPS)]
+        caps = [int(c) for c in grid_option(options, "diversity_caps", DIVERSITY_CAPS)]
         if data.catalog.categories.max(initial=-1) < 0:
             caps = []
         categories = np.asarray(data.catalog.categories, dtype=np.int64)
@@ -753,7 +769,7 @@ class BlendTrainer:
             holds[0], k, categories, max_val_items, pool, kernel_threads)
         bound, bound_walk, fitted, plain_scores = self._tune_bound(
             holds[0], fitted, plain_scores, k, categories, kernel_threads,
-            [float(b) for b in options.get("diagonal_bounds", DIAGONAL_BOUNDS)])
+            grid_option(options, "diagonal_bounds", DIAGONAL_BOUNDS))
         tuned[EASE] = {"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
                        "min_count": min_count}
         report.append(f"ease on the first {holds[0].shape} hold-out: " + ", ".join(
@@ -937,18 +953,17 @@ class BlendTrainer:
         pin(best)
         evaluate(best)
         span_days = float(np.ptp(data.timestamps)) / 86400.0 if data.timestamps.size else 0.0
-        mixes = [float(m) for m in options.get("mixes", MIXES)]
-        history_half_lives = [float(h) for h in options.get("history_half_lives",
-                                                            HISTORY_HALF_LIVES)]
-        pop_weights = [float(w) for w in options.get("pop_weights", POP_WEIGHTS)]
-        pop_half_lives = [float(d) for d in options.get("pop_half_lives", POP_HALF_LIVES)
+        mixes = grid_option(options, "mixes", MIXES)
+        history_half_lives = grid_option(options, "history_half_lives", HISTORY_HALF_LIVES)
+        pop_weights = grid_option(options, "pop_weights", POP_WEIGHTS)
+        pop_half_lives = [d for d in grid_option(options, "pop_half_lives", POP_HALF_LIVES)
                           if d == 0 or d <= max(span_days, 1.0)]
-        seq_weights = [float(w) for w in options.get("seq_weights", SEQ_WEIGHTS)]
-        pop_gates = [float(g) for g in options.get("pop_gates", POP_GATES)]
-        scales = [float(x) for x in options.get("lambda_scales", LAMBDA_SCALES)]
-        low_shares = [float(a) for a in options.get("low_lambda_shares", LOW_LAMBDA_SHARES)
+        seq_weights = grid_option(options, "seq_weights", SEQ_WEIGHTS)
+        pop_gates = grid_option(options, "pop_gates", POP_GATES)
+        scales = grid_option(options, "lambda_scales", LAMBDA_SCALES)
+        low_shares = [a for a in grid_option(options, "low_lambda_shares", LOW_LAMBDA_SHARES)
                       if 0 < float(a) < 1]
-        ages = [float(d) for d in options.get("age_half_lives", AGE_HALF_LIVES)
+        ages = [d for d in grid_option(options, "age_half_lives", AGE_HALF_LIVES)
                 if 0 < d <= max(span_days, 1.0)]
         changed = {"lambda": True, "age": True, "history": True, "sequence": True,
                    "popularity": True}

@@ -455,3 +455,17 @@ def test_a_low_lambda_share_mixes_two_ease_fits_and_is_validated(data, parts):
     # off by default: one fit
     default = next(p for p in parts if p.name == "blend").params["tuned_options"]["ease"]
     assert default["low_lambda_share"] == 0.0
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    ([0.3, 0.6], [0.3, 0.6]), ((1,), [1.0]), (0.5, [0.5]), ("0.3, 0.6", [0.3, 0.6]),
+    ("[0.15, 0.3]", [0.15, 0.3]), ("[]", []), ("3", [3.0]),
+])
+def test_grid_options_read_arrays_numbers_and_environment_strings(value, want):
+    assert blend.grid_option({"mixes": value}, "mixes", (9.0,)) == want
+    assert blend.grid_option({}, "mixes", (9.0,)) == [9.0]
+
+
+def test_a_grid_option_that_is_not_numbers_names_its_key():
+    with pytest.raises(ValueError, match="mixes must be a list of numbers"):
+        blend.grid_option({"mixes": "0.3,abc"}, "mixes", ())
