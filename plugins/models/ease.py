@@ -34,8 +34,8 @@ class EaseTrainer:
     """Options: ``lambda`` (L2 strength, default 500), ``dropout`` (EDLAE emphasis in [0, 1),
     default 0 = plain EASE), ``diagonal_bound`` (RLAE: allow ``diag(B)`` up to it, in
     [0, 1); default 0 = EASE's zero diagonal; :func:`item_weights`), ``age_half_life_days``
-    (weigh training pairs by their age, :func:`decayed_matrix`; default 0 = no decay), ``min_count`` (items with fewer users get
-    no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1),
+    (weigh training pairs by their age, :func:`decayed_matrix`; default 0 = no decay),
+    ``min_count`` (items with fewer users get no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1),
     ``low_lambda_share`` ``a`` in [0, 1) and ``low_lambda_factor`` ``f`` in (0, 1]: the
     weights are ``(1 - a) * B(lambda) + a * B(f * lambda)``, a second fit at a smaller lambda
     mixed in (default 0: one fit; the blend's validation chooses it)."""
