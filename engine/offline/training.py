@@ -42,7 +42,7 @@ def absorb_tuned(tuned: dict[str, dict[str, Any]], part: ModelPart) -> None:
 
 def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
           options: Mapping[str, Mapping[str, Any]] | None = None, pm: Any = None,
-          progress: IO[str] | None = None) -> list[ModelPart]:
+          progress: IO[str] | None = None, validation: str | None = None) -> list[ModelPart]:
     """Fit each trainer on ``data`` in order; return the parts (with ``seconds`` metrics).
 
     ``progress``: the stream of a progress bar (drawn only when it is a terminal), or None.
@@ -50,7 +50,9 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
     Options per trainer: what an earlier part chose for it (a part's
     ``params["tuned_options"][name]``, e.g. the lambda the blend validated for EASE),
     overridden by ``settings.plugin_options(name)``, overridden by ``options[name]``: an
-    explicit setting always wins. "pop" is added first when missing. A trainer that refuses
+    explicit setting always wins. ``validation`` (``--validation``) is given to every trainer
+    that declares a ``validation`` option (those that choose their hyper-parameters on
+    hold-outs) unless ``options`` sets it. "pop" is added first when missing. A trainer that refuses
     the data (EASE on a catalog too large for its dense inverse) is skipped with a note.
     """
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
@@ -63,7 +65,10 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
                               stream=progress)
     for name in names:
         shown.set_description_str(f"training {name}")
-        opts = trainer_options(name, tuned, settings, (options or {}).get(name, {}))
+        given = dict((options or {}).get(name, {}))
+        if validation and "validation" in (registry.options.get(name) or {}):
+            given.setdefault("validation", validation)
+        opts = trainer_options(name, tuned, settings, given)
         started = time.perf_counter()
         try:
             part = registry.get(name).fit(data, opts)
@@ -113,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="settings file (plugin options)")
     parser.add_argument("--validation", default=None,
                         choices=("robust", "random", "last", "temporal"),
-                        help="hold-out shape(s) the blend chooses hyper-parameters on: robust "
+                        help="hold-out shape(s) the trainers choose hyper-parameters on "
+                             "(blend, itemknn, als): robust "
                              "(default: good on every shape), random (20%% of each user's "
                              "events), last (each user's last event), temporal (the last "
                              "20%% of all events)")
@@ -127,11 +133,9 @@ def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         ds = datasets.load_from_args(args)
         data = build_training_data(ds.interactions, ds.items)
         trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
-        validation = getattr(args, "validation", None)
-        options = {"blend": {"validation": validation}} if validation else None
         quiet = getattr(args, "quiet", False)
-        parts = train(data, trainers, settings, options,
-                      progress=None if quiet else sys.stderr)
+        parts = train(data, trainers, settings, progress=None if quiet else sys.stderr,
+                      validation=getattr(args, "validation", None))
         path = save_model(
             args.out, data.catalog, data.users, parts,
             data_fingerprint=fingerprint(data.user_idx, data.item_idx, data.weights,

@@ -26,12 +26,58 @@ from rankly.plugins.models.factors import (  # noqa: F401 (the scoring side, re-
     ALSScorer,
     split_score_topk,
 )
+from rankly.plugins.models.holdouts import judge, make_holdout
 
 NAME = "als"
 #: Tuned on a validation split of ML-100K's train part (see docs/evaluation.md).
 DEFAULTS: Mapping[str, Any] = {
     "factors": 64, "regularization": 0.05, "alpha": 2.0, "iterations": 15, "seed": 0,
 }
+
+
+#: The keys of ``[plugins.als]`` (training and serving share the section) and defaults.
+OPTIONS: Mapping[str, Any] = {**DEFAULTS, "backend": "auto", "validation": "robust",
+                              "max_users": 2000}
+#: What the trainer tries when no factor count, regularization or alpha is given: first the
+#: (regularization, alpha) pairs at the middle factor count, then the other counts at the best
+#: pair (at most five fits on one hold-out). The pairs span implicit's scale: rankly's earlier
+#: default and the range wider searches on validation splits found best
+#: (benchmarks/protocols.py, whose ALS peer uses the same grid).
+REGULARIZATION_ALPHA = ((0.05, 2.0), (3.0, 2.0), (10.0, 1.0))
+FACTOR_GRID = (32, 64, 128)
+#: Validation shape per ``validation`` setting ("robust" tunes on the random shape, as the
+#: blend tunes EASE's lambda).
+_TUNE_SHAPES = {"robust": "random", "random": "random", "last": "last", "temporal": "temporal"}
+
+
+def tune(data: TrainingData, fit: Any, base: Mapping[str, Any], shape: str, seed: int,
+         max_users: int, k: int = 10) -> tuple[dict[str, Any], dict[tuple[int, float, float],
+                                                                  float], int]:
+    """Choose factors, regularization and alpha by NDCG@k on a ``shape`` hold-out of ``data``
+    (the same hold-out the blend validates on): the pairs of :data:`REGULARIZATION_ALPHA` at
+    the middle of :data:`FACTOR_GRID`, then the other factor counts at the best pair. Ties keep
+    the earlier configuration. Returns (the chosen parameters, NDCG per (factors,
+    regularization, alpha) tried, validation users); with no validation users, ``base``."""
+    hold = make_holdout(data, shape, 0.2, max_users, seed)
+    if not hold.rows.size:
+        return dict(base), {}, 0
+    x = hold.train.binary_matrix()
+    categories = np.full(data.n_items, -1, dtype=np.int64)
+    tried: dict[tuple[int, float, float], float] = {}
+
+    def score(factors: int, reg: float, alpha: float) -> float:
+        key = (factors, reg, alpha)
+        if key not in tried:
+            users, items = fit(x, **{**base, "factors": factors, "regularization": reg,
+                                     "alpha": alpha})
+            tried[key] = judge(users[hold.rows] @ items.T, hold, k, None, categories).ndcg
+        return tried[key]
+
+    middle = FACTOR_GRID[len(FACTOR_GRID) // 2]
+    reg, alpha = max(REGULARIZATION_ALPHA, key=lambda ra: score(middle, *ra))
+    factors = max(FACTOR_GRID, key=lambda f: (score(f, reg, alpha), f == middle))
+    return ({**base, "factors": factors, "regularization": reg, "alpha": alpha}, tried,
+            int(hold.rows.size))
 
 
 def _implicit_available() -> bool:
@@ -99,6 +145,11 @@ def fit_numpy(x: sp.csr_matrix, factors: int, regularization: float, alpha: floa
 class ALSTrainer:
     """Options: ``factors``, ``regularization``, ``alpha``, ``iterations``, ``seed`` (see
     :data:`DEFAULTS`), ``backend`` ("auto" | "implicit" | "numpy").
+
+    When none of ``factors``, ``regularization`` and ``alpha`` is given, they are chosen on a
+    hold-out of the training data (:func:`tune`; ``validation`` "robust"/"random" use the
+    random shape, "last" and "temporal" their own; ``max_users``), and the training report
+    says what each configuration scored.
     """
 
     def __init__(self, defaults: Mapping[str, Any] = DEFAULTS) -> None:
@@ -113,9 +164,24 @@ class ALSTrainer:
         if backend == "auto":
             backend = "implicit" if _implicit_available() else "numpy"
         fit = fit_implicit if backend == "implicit" else fit_numpy
+        metrics: dict[str, Any] = {}
+        if not {"factors", "regularization", "alpha"} & set(options):
+            how = str(options.get("validation", "robust"))
+            if how not in _TUNE_SHAPES:
+                raise ValueError(f"als: validation must be one of {', '.join(_TUNE_SHAPES)}, "
+                                 f"not {how!r}")
+            p, tried, users = tune(data, fit, p, _TUNE_SHAPES[how], p["seed"],
+                                   int(options.get("max_users", 2000)))
+            metrics["report"] = [
+                f"factors, regularization, alpha on the {_TUNE_SHAPES[how]} hold-out "
+                f"({users} users): "
+                + (", ".join(f"{f}/{r:g}/{a:g}: {v:.4f}" for (f, r, a), v in tried.items())
+                   or "no users")
+                + f" -> {p['factors']}/{p['regularization']:g}/{p['alpha']:g}"]
         users, items = fit(data.binary_matrix(), **p)
         return ModelPart(name=NAME, params={**p, "backend": backend},
-                         arrays={"user_factors": users, "item_factors": items})
+                         arrays={"user_factors": users, "item_factors": items},
+                         metrics=metrics)
 
 
 def _factory(ctx: ComponentContext) -> ALSScorer | None:
@@ -124,14 +190,14 @@ def _factory(ctx: ComponentContext) -> ALSScorer | None:
 
 @hookimpl
 def register_trainers(register):
-    register(NAME, ALSTrainer(), options={**DEFAULTS, "backend": "auto"})
+    register(NAME, ALSTrainer(), options=OPTIONS)
 
 
 @hookimpl
 def register_candidate_generators(register):
-    register(NAME, _factory, options={**DEFAULTS, "backend": "auto"})
+    register(NAME, _factory, options=OPTIONS)
 
 
 @hookimpl
 def register_scorers(register):
-    register(NAME, _factory, options={**DEFAULTS, "backend": "auto"})
+    register(NAME, _factory, options=OPTIONS)

@@ -25,12 +25,18 @@ from rankly.engine.api import (
     UserFeatures,
     hookimpl,
 )
+from rankly.plugins.models.holdouts import history_matrix, judge, make_holdout
 
 NAME = "itemknn"
 #: Only the most recent items of a long history vote, keeping a request O(MAX_HISTORY * M).
 MAX_HISTORY = 200
 #: The keys of ``[plugins.itemknn]`` (training and serving share the section) and defaults.
-OPTIONS = {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "max_history": MAX_HISTORY}
+OPTIONS = {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "max_history": MAX_HISTORY,
+           "neighbour_grid": (25, 50, 100, 200), "validation": "robust", "seed": 0,
+           "max_users": 2000}
+#: Validation shapes whose hold-out tunes the neighbour count ("robust" tunes on the random
+#: shape, as the blend tunes EASE's lambda; see plugins/models/holdouts.py).
+_TUNE_SHAPES = {"robust": "random", "random": "random", "last": "last", "temporal": "temporal"}
 
 
 def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> sp.csr_matrix:
@@ -64,20 +70,82 @@ def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> s
     )
 
 
+def truncate(s: sp.csr_matrix, m: int) -> sp.csr_matrix:
+    """The first ``m`` entries of each row of ``s`` (rows sorted by similarity desc, as
+    :func:`neighbours` writes them): its ``m`` nearest neighbours."""
+    lens = np.diff(s.indptr)
+    rank = np.arange(s.nnz, dtype=np.int64) - np.repeat(s.indptr[:-1], lens)
+    keep = rank < m
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(lens, m))]).astype(np.int64)
+    return sp.csr_matrix((s.data[keep], s.indices[keep], indptr), shape=s.shape)
+
+
+def tune_neighbours(data: TrainingData, grid: Sequence[int], shrink: float, alpha: float,
+                    shape: str, seed: int, max_users: int, max_history: int, k: int = 10
+                    ) -> tuple[int, dict[int, float], int]:
+    """Choose the neighbour count of ``grid`` with the best NDCG@k on a ``shape`` hold-out
+    carved from ``data`` (the same hold-out the blend validates on; ties: fewer neighbours).
+
+    One similarity computation at the largest count; each smaller one keeps the first
+    entries of every row. Users are scored as served: summed similarity to their (at most
+    ``max_history`` newest) history items. Returns (count, NDCG per count, validation users);
+    with no validation users, the middle of the grid and no scores.
+    """
+    grid = sorted({int(m) for m in grid if int(m) > 0})
+    if not grid:
+        raise ValueError("itemknn: neighbour_grid must hold a positive neighbour count")
+    hold = make_holdout(data, shape, 0.2, max_users, seed)
+    if not hold.rows.size:
+        return grid[len(grid) // 2], {}, 0
+    full = neighbours(hold.train.binary_matrix(), grid[-1], shrink, alpha)
+    hist = history_matrix(hold.train.users, hold.rows, data.n_items, 0.0, 0.0, max_history)
+    categories = np.full(data.n_items, -1, dtype=np.int64)
+    tried = {}
+    for m in grid:
+        scores = np.asarray((hist @ truncate(full, m)).toarray(), dtype=np.float32)
+        scores[scores <= 0] = np.nan  # as served: unreachable items are not candidates
+        tried[m] = judge(scores, hold, k, None, categories).ndcg
+    best = max(grid, key=lambda m: (tried[m], -m))
+    return best, tried, int(hold.rows.size)
+
+
 class ItemKNNTrainer:
-    """Options: ``neighbours`` M (default 100), ``shrink`` (default 10), ``alpha`` (0.5)."""
+    """Options: ``neighbours`` M, ``shrink`` (default 10), ``alpha`` (0.5).
+
+    Without an explicit ``neighbours``, M is chosen from ``neighbour_grid`` (25, 50, 100, 200)
+    by NDCG@10 on a hold-out of the training data (:func:`tune_neighbours`; ``validation``
+    "robust"/"random" use the random shape, "last" and "temporal" their own; ``seed``,
+    ``max_users``); the training report says what each count scored."""
 
     def fit(self, data: TrainingData, options: Mapping[str, Any]) -> ModelPart:
-        m = int(options.get("neighbours", 100))
         shrink = float(options.get("shrink", 10.0))
         alpha = float(options.get("alpha", 0.5))
+        report: list[str] = []
+        if "neighbours" in options:
+            m = int(options["neighbours"])
+        else:
+            how = str(options.get("validation", "robust"))
+            if how not in _TUNE_SHAPES:
+                raise ValueError(f"itemknn: validation must be one of "
+                                 f"{', '.join(_TUNE_SHAPES)}, not {how!r}")
+            grid = options.get("neighbour_grid", OPTIONS["neighbour_grid"])
+            if isinstance(grid, str):
+                grid = [g for g in grid.strip("[] ").split(",") if g.strip()]
+            m, tried, users = tune_neighbours(
+                data, [int(g) for g in grid], shrink, alpha, _TUNE_SHAPES[how],
+                int(options.get("seed", 0)), int(options.get("max_users", 2000)),
+                int(options.get("max_history", MAX_HISTORY)))
+            report.append(
+                f"neighbours on the {_TUNE_SHAPES[how]} hold-out ({users} users): "
+                + (", ".join(f"{g}: {v:.4f}" for g, v in tried.items()) or "no users")
+                + f" -> {m}")
         s = neighbours(data.binary_matrix(), m, shrink, alpha)
         return ModelPart(
             name=NAME,
             params={"neighbours": m, "shrink": shrink, "alpha": alpha},
             arrays={"indptr": s.indptr.astype(np.int64), "indices": s.indices.astype(np.int64),
                     "sims": s.data.astype(np.float32)},
-            metrics={"nnz": int(s.nnz)},
+            metrics={"nnz": int(s.nnz), **({"report": report} if report else {})},
         )
 
 
