@@ -8,6 +8,8 @@ built-ins. What is named here is the contract: it changes only backwards compati
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import hookimpl
 from .config import INVALIDATION_MODES, check_invalidation
 from .feedback.ltr_features import FEATURES as RANKER_FEATURES
@@ -15,7 +17,6 @@ from .feedback.ltr_features import ranker_features
 from .model import Catalog, Factors, Model, Neighbours, UserTable
 from .offline.interactions import TrainingData
 from .plugins import ComponentContext, LiveCounters
-from .storage.redis_client import AsyncRedis, CircuitOpen
 from .storage.store import Store, StoreUnavailable
 from .types import (
     EMPTY_INDEX,
@@ -36,6 +37,22 @@ from .types import (
     UserFeatures,
     anchored_reasons,
 )
+
+if TYPE_CHECKING:
+    from .storage.redis_client import AsyncRedis, CircuitOpen
+
+#: Names loaded on first use: the Redis client pulls in redis-py, which trainers, batch
+#: workers and the plugin kit never need.
+_LAZY = {"AsyncRedis": ".storage.redis_client", "CircuitOpen": ".storage.redis_client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     # the hook marker (hooks themselves: rankly.engine.hookspecs)
