@@ -30,6 +30,10 @@ Per user count and way:
   Ray run must equal byte for byte (checked after every run);
 - ``fixed``: one worker for a single user (``--users``), once per round: what a run costs
   before any user is ranked, paid whole by one worker and two alike;
+- ``floor`` (joined only): the least any job on that Ray costs, whatever it runs: Python,
+  ``import ray``, joining, one actor (a new Ray worker process) answering one call, and the
+  process ending at once (:data:`FLOOR_JOB`). ``fixed`` minus ``floor`` is rankly's own share
+  of the fixed cost (its imports in the driver and the worker, the model, the first block);
 - ``1`` / ``2`` workers: ``--rounds`` paired rounds, the pair's order alternating; the median
   (P50) of each and of the paired ratios ``2 workers / 1 worker`` is the result.
 
@@ -37,18 +41,20 @@ Where the time goes inside each Ray run is read from the command's own line of t
 (``ray: workers=W connect_s=... first_block_s=... ranked_s=... stop_s=...``, logged by
 ``rankly.engine.offline.batch_ray``): joining or starting Ray; asking for the workers until
 the first block is back (a Ray worker process starting, importing rankly and the plugins,
-mapping the model); until every block is back; stopping or leaving Ray. ``rest_s`` is the
-whole command's time minus those: Python start-up, imports, settings, exit. These phases are
-reported next to the whole command's time, which stays the result.
+mapping the model); until every block is back; stopping Ray (``stop_s``, only when the
+command started it: a command that joined one ends its process instead of leaving it).
+``rest_s`` is the whole command's time minus those: Python start-up, imports, settings, exit.
+These phases are reported next to the whole command's time, which stays the result.
 
 The target of issue 20 is a ratio <= 0.6. With a fixed cost F and a one-worker work time W, two
-ideal workers give (F + W/2) / (F + W): it reaches 0.6 only once W >= 4F, so the issue's
-10,000 users are reported together with a larger shop. The 1-minute load average is recorded
-before and after every timed run: on a shared 2-core machine two workers only get two cores
-when nobody else wants them. ``cpu_s`` is the CPU time of the command's process and of those
-it waited for: the driver's share, not the workers'. Results go to stdout and are appended to
-the ``runs`` of ``benchmarks/results/ray_batch.json`` (``--results PATH``: another file, for a
-probe).
+ideal workers give (F + W/2) / (F + W): it reaches 0.6 only once W >= 4F (W >= 4F + 10δ when
+two workers lose δ to the split), so the issue's 10,000 users are reported together with a
+larger shop. The 1-minute load average is recorded before and after every timed run: on a
+shared 2-core machine two workers only get two cores when nobody else wants them (Ray runs
+its workers at nice 15, so any process at normal priority comes first). ``cpu_s`` is the CPU
+time of the command's process and of those it waited for: the driver's share, not the
+workers'. Results go to stdout and are appended to the ``runs`` of
+``benchmarks/results/ray_batch.json`` (``--results PATH``: another file, for a probe).
 """
 
 from __future__ import annotations
@@ -78,6 +84,20 @@ TIMINGS = re.compile(r"ray: workers=(\d+) ((?:\w+=[\d.]+ ?)+)")
 #: Set by Ray or rankly in this process when they start the joined Ray; a command sets what it
 #: needs itself, so none of them is handed down (RAY_AUTH_MODE only to joining commands)
 RAY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")
+#: The ``floor`` job: the smallest job on a joined Ray (argv[1] is its address)
+FLOOR_JOB = """
+import os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="WARNING")
+class Empty:
+    def ping(self):
+        return 1
+actor = ray.remote(num_cpus=1)(Empty).remote()
+ray.get(actor.ping.remote())
+ray.kill(actor)
+os._exit(0)
+"""
 
 
 def build(root: Path, users: int, items: int) -> Path:
@@ -98,16 +118,18 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def timed(args: list[str], out: Path, env: dict[str, str] | None = None) -> dict:
-    """Run ``rankly ARGS > out`` once: wall and CPU seconds, load average before and after,
-    and for a Ray run the phases of its line of timings (see the module docstring)."""
+def timed(args: list[str], out: Path, env: dict[str, str] | None = None,
+          command: list[str] | None = None) -> dict:
+    """Run ``rankly ARGS > out`` (or ``command + ARGS``) once: wall and CPU seconds, load
+    average before and after, and for a Ray run the phases of its line of timings (see the
+    module docstring)."""
     env = {**{k: v for k, v in os.environ.items() if k not in RAY_ENV}, **(env or {})}
     before = load()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with out.open("wb") as fh:
-        proc = subprocess.run([*RANKLY, *args], stdout=fh, stderr=subprocess.PIPE, env=env,
-                              check=False)
+        proc = subprocess.run([*(command or RANKLY), *args], stdout=fh,
+                              stderr=subprocess.PIPE, env=env, check=False)
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -142,9 +164,13 @@ def one_size(root: Path, users: int, items: int, rounds: int, address: str) -> d
     out = root / "ray.jsonl"
     modes = {"own": ([], {}), "joined": (["--address", address], {"RAY_AUTH_MODE": "token"})}
     runs: dict[str, list[dict]] = {f"{m}_{k}": [] for m in modes for k in ("fixed", "1", "2")}
+    runs["joined_floor"] = []
     for r in range(rounds):
         for mode, (where, env) in modes.items():
             ray = [*where, "--engine", "ray", "--ray-workers"]
+            if mode == "joined":
+                runs["joined_floor"].append(
+                    timed([address], out, env, [sys.executable, "-c", FLOOR_JOB]))
             runs[f"{mode}_fixed"].append(
                 timed([*base, "--users", str(one_user), *ray, "1"], out, env))
             # NOTE: the pair's order alternates, so drift in the neighbours' load favours neither
@@ -188,6 +214,8 @@ def report(r: dict) -> str:
         ratio = r[f"{mode}_ratio_p50"]
         lines += [
             f"  {what}:",
+            *([f"    floor (an empty job)     {r['joined_floor_p50_s']:7.2f} s"]
+              if mode == "joined" and "joined_floor_p50_s" in r else []),
             f"    fixed (1 user, 1 worker) {r[f'{mode}_fixed_p50_s']:7.2f} s",
             f"    1 worker                 {r[f'{mode}_1_p50_s']:7.2f} s  "
             f"({r[f'{mode}_ms_per_user']} ms per user past the fixed cost)",
