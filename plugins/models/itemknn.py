@@ -56,10 +56,12 @@ def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> s
     indptr = [0]
     indices: list[np.ndarray] = []
     sims: list[np.ndarray] = []
+    co.sort_indices()  # a row's positions in column order: the kernel's ties go to the lower
     for i in range(co.shape[0]):
         lo, hi = co.indptr[i], co.indptr[i + 1]
         idx, val = co.indices[lo:hi], co.data[lo:hi]
-        order = np.lexsort((idx, -val))[:m]
+        # the compiled top-k: by similarity desc, ties by the lower position (= item index)
+        order = _fast.topk(val, m)[0] if m > 0 else np.empty(0, np.int64)
         indices.append(idx[order].astype(np.int64))
         sims.append(val[order].astype(np.float32))
         indptr.append(indptr[-1] + order.size)
