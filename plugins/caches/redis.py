@@ -7,16 +7,17 @@ import math
 import random
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rankly.engine.api import (
-    AsyncRedis,
     CacheEntry,
-    CircuitOpen,
     ComponentContext,
     check_invalidation,
     hookimpl,
 )
+
+if TYPE_CHECKING:
+    from rankly.engine.api import AsyncRedis
 
 #: The hash field that holds the user's last invalidation time (wall clock, seconds); cache
 #: keys are hex digests, so it never collides with one.
@@ -84,6 +85,11 @@ class RedisCache:
                  max_fields: int = 64, default_compute_s: float = 0.05,
                  clock=time.time, rng: random.Random | None = None,
                  invalidation: str = "drop") -> None:
+        # NOTE: the Redis client's names load with the tier, not with the plugin: loading every
+        # plugin (trainers, batch workers) must not import redis-py
+        from rankly.engine.api import CircuitOpen
+
+        self._circuit_open = CircuitOpen
         check_invalidation(invalidation)
         self.revalidate = invalidation == "revalidate"
         # a tier that compares start times needs no second, delayed invalidation (events_api)
@@ -120,7 +126,7 @@ class RedisCache:
 
         try:
             got = await self.guard.run(read)
-        except CircuitOpen:
+        except self._circuit_open:
             return None  # Redis is known to be down: a quiet miss, not an error per request
         raw, invalidated = (got, None) if field is None else got
         now = self.clock()
@@ -158,7 +164,7 @@ class RedisCache:
 
         try:
             await self.guard.run(write)
-        except CircuitOpen:
+        except self._circuit_open:
             return
 
     async def invalidate_user(self, user_id: str) -> None:
