@@ -106,7 +106,7 @@ class Served:
 
 
 async def run_round(served: Served, paths: list[str]) -> float:
-    """CPU seconds per answer over ``paths`` (all cache hits), the logging drained."""
+    """CPU seconds per answer over ``paths`` (hits, in an app with a cache), logging drained."""
     events = served.events()
     start = time.process_time()
     for k, path in enumerate(paths):
