@@ -100,6 +100,14 @@ _SPARSE_COST = 1000.0
 _GRAM_BLOCK = 2048
 
 
+def gram_is_dense(x: sp.csr_matrix) -> bool:
+    """Whether :func:`gram` takes its dense BLAS path for ``x`` (the cheaper one by operation
+    count; see :data:`_SPARSE_COST`)."""
+    users, n = x.shape
+    lens = np.diff(sp.csr_matrix(x).indptr).astype(np.float64)
+    return bool(users and n and users * float(n) ** 2 <= _SPARSE_COST * float((lens ** 2).sum()))
+
+
 def gram(x: sp.csr_matrix) -> np.ndarray:
     """The dense float32 Gram matrix ``x.T @ x`` of a users x items matrix.
 
@@ -108,8 +116,7 @@ def gram(x: sp.csr_matrix) -> np.ndarray:
     densified users pays ``users x items^2`` at full speed. The cheaper one is used."""
     x = sp.csr_matrix(x, dtype=np.float32)
     users, n = x.shape
-    lens = np.diff(x.indptr).astype(np.float64)
-    if users == 0 or n == 0 or users * float(n) ** 2 > _SPARSE_COST * float((lens ** 2).sum()):
+    if not gram_is_dense(x):
         return np.ascontiguousarray((x.T @ x).toarray(), dtype=np.float32)
     out = np.zeros((n, n), dtype=np.float32, order="F")
     for lo in range(0, users, _GRAM_BLOCK):

@@ -114,6 +114,12 @@ def test_neighbour_lists_follow_the_formula_ties_to_the_lower_item(seed, m, shri
     rng = np.random.default_rng(seed)
     dense = (rng.random((30, 18)) < 0.2).astype(np.float32)
     got = itemknn.neighbours(sp.csr_matrix(dense), m, shrink, 0.5)
+    with pytest.MonkeyPatch.context() as patch:  # the sparse path gives the same lists
+        patch.setattr(itemknn, "DENSE_MAX_ITEMS", 0)
+        sparse = itemknn.neighbours(sp.csr_matrix(dense), m, shrink, 0.5)
+    for a, b in ((got.indptr, sparse.indptr), (got.indices, sparse.indices),
+                 (got.data, sparse.data)):
+        np.testing.assert_array_equal(a, b)
     co = dense.T @ dense
     np.fill_diagonal(co, 0)
     n = dense.sum(axis=0)
