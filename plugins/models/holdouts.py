@@ -9,6 +9,8 @@ excluded, the compiled batch top-k, NDCG@k per user, coverage and personalizatio
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,8 +101,33 @@ class Holdout:
     relevant: np.ndarray  # dense bool [len(rows), n_items] of the targets
 
 
+#: Hold-outs already carved, per training data object (by id, dropped when it is collected):
+#: the blend, itemknn and als carve the same ones from the same data in one `rankly train`.
+_CARVED: dict[int, dict[tuple[str, float, int, int], Holdout]] = {}
+_CARVED_LOCK = threading.Lock()
+
+
 def make_holdout(data: TrainingData, shape: str, fraction: float, max_users: int,
                  seed: int) -> Holdout:
+    """The ``shape`` hold-out of ``data`` (:func:`holdout_mask`): its validation-train part,
+    at most ``max_users`` validation users (those with history and unseen targets) and their
+    targets. Carved once per data object and arguments; treat the result as read-only."""
+    key = (shape, float(fraction), int(max_users), int(seed))
+    with _CARVED_LOCK:
+        found = _CARVED.get(id(data), {}).get(key)
+    if found is not None:
+        return found
+    hold = _carve(data, shape, fraction, max_users, seed)
+    with _CARVED_LOCK:
+        if id(data) not in _CARVED:
+            _CARVED[id(data)] = {}
+            weakref.finalize(data, _CARVED.pop, id(data), None)
+        _CARVED[id(data)][key] = hold
+    return hold
+
+
+def _carve(data: TrainingData, shape: str, fraction: float, max_users: int,
+           seed: int) -> Holdout:
     val = holdout_mask(data, shape, fraction, seed)
     sub = subset(data, ~val)
     t = sp.csr_matrix((np.ones(int(val.sum()), np.float32),
