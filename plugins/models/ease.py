@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rankly.engine.api import ComponentContext, ModelPart, TrainingData, hookimpl
@@ -20,6 +19,7 @@ from rankly.plugins.models.linear import (  # noqa: F401 (the EASE math, re-expo
     decayed_matrix,
     gram,
     item_weights,
+    mix_weights,
 )
 
 NAME = "ease"
@@ -35,7 +35,8 @@ class EaseTrainer:
     default 0 = plain EASE), ``diagonal_bound`` (RLAE: allow ``diag(B)`` up to it, in
     [0, 1); default 0 = EASE's zero diagonal; :func:`item_weights`), ``age_half_life_days``
     (weigh training pairs by their age, :func:`decayed_matrix`; default 0 = no decay),
-    ``min_count`` (items with fewer users get no weights, default 1), ``max_items`` (refuse above; 25k), ``blas_threads`` (1),
+    ``min_count`` (items with fewer users get no weights, default 1), ``max_items`` (refuse
+    above; 25k), ``blas_threads`` (1),
     ``low_lambda_share`` ``a`` in [0, 1) and ``low_lambda_factor`` ``f`` in (0, 1]: the
     weights are ``(1 - a) * B(lambda) + a * B(f * lambda)``, a second fit at a smaller lambda
     mixed in (default 0: one fit; the blend's validation chooses it)."""
@@ -68,9 +69,8 @@ class EaseTrainer:
             g = gram(xa)
             b = item_weights(g, lam * factor, dropout, bound)
             if low_share:
-                b *= np.float32(1.0 - low_share)
-                b += np.float32(low_share) * item_weights(g, lam * factor * low_factor,
-                                                          dropout, bound)
+                b = mix_weights(b, item_weights(g, lam * factor * low_factor, dropout, bound),
+                                low_share)
         return ModelPart(
             name=NAME, params={"lambda": lam, "dropout": dropout, "diagonal_bound": bound,
                                "min_count": min_count,

@@ -40,6 +40,14 @@ def item_weights(gram: np.ndarray, lam: float, dropout: float = 0.0,
     return b
 
 
+def mix_weights(high: np.ndarray, low: np.ndarray, share: float) -> np.ndarray:
+    """``(1 - share) * high + share * low`` in float32: the weights of two EASE fits of one
+    Gram matrix (a lambda and a smaller one) served as one matrix."""
+    out = np.multiply(high, np.float32(1.0 - share), dtype=np.float32)
+    out += np.float32(share) * low
+    return out
+
+
 def relaxed_columns(leverage: np.ndarray, diagonal_bound: float) -> np.ndarray:
     """float32 column factors that turn EASE weights into RLAE's for ``diag(B) <= xi``:
     ``max(L_jj P_jj, 1 - xi)`` (``leverage`` is ``L_jj P_jj``, in (0, 1])."""
@@ -93,8 +101,8 @@ def _mirror_upper(p: np.ndarray, block: int = 256) -> np.ndarray:
 
 
 #: :func:`gram` goes dense when the dense product needs fewer than this many times the
-#: sparse one's operations (a sparse pair costs far more than a BLAS multiply-add; the
-#: crossover was measured on MovieLens-sized matrices, see benchmarks/training_speed.py).
+#: sparse one's operations: an estimate of how much more a sparse pair costs than a BLAS
+#: multiply-add, from timing both on MovieLens-sized matrices.
 _SPARSE_COST = 1000.0
 #: Users densified at once by :func:`gram` (bounds its scratch memory).
 _GRAM_BLOCK = 2048
