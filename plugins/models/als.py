@@ -26,7 +26,7 @@ from rankly.plugins.models.factors import (  # noqa: F401 (the scoring side, re-
     ALSScorer,
     split_score_topk,
 )
-from rankly.plugins.models.holdouts import judge, make_holdout
+from rankly.plugins.models.holdouts import judge, make_holdout, tuning_shape
 
 NAME = "als"
 #: Tuned on a validation split of ML-100K's train part (see docs/evaluation.md).
@@ -45,9 +45,6 @@ OPTIONS: Mapping[str, Any] = {**DEFAULTS, "backend": "auto", "validation": "robu
 #: (benchmarks/protocols.py, whose ALS peer uses the same grid).
 REGULARIZATION_ALPHA = ((0.05, 2.0), (3.0, 2.0), (10.0, 1.0))
 FACTOR_GRID = (32, 64, 128)
-#: Validation shape per ``validation`` setting ("robust" tunes on the random shape, as the
-#: blend tunes EASE's lambda).
-_TUNE_SHAPES = {"robust": "random", "random": "random", "last": "last", "temporal": "temporal"}
 
 
 def tune(data: TrainingData, fit: Any, base: Mapping[str, Any], shape: str, seed: int,
@@ -62,7 +59,6 @@ def tune(data: TrainingData, fit: Any, base: Mapping[str, Any], shape: str, seed
     if not hold.rows.size:
         return dict(base), {}, 0
     x = hold.train.binary_matrix()
-    categories = np.full(data.n_items, -1, dtype=np.int64)
     tried: dict[tuple[int, float, float], float] = {}
 
     def score(factors: int, reg: float, alpha: float) -> float:
@@ -70,7 +66,7 @@ def tune(data: TrainingData, fit: Any, base: Mapping[str, Any], shape: str, seed
         if key not in tried:
             users, items = fit(x, **{**base, "factors": factors, "regularization": reg,
                                      "alpha": alpha})
-            tried[key] = judge(users[hold.rows] @ items.T, hold, k, None, categories).ndcg
+            tried[key] = judge(users[hold.rows] @ items.T, hold, k).ndcg
         return tried[key]
 
     middle = FACTOR_GRID[len(FACTOR_GRID) // 2]
@@ -166,14 +162,11 @@ class ALSTrainer:
         fit = fit_implicit if backend == "implicit" else fit_numpy
         metrics: dict[str, Any] = {}
         if not {"factors", "regularization", "alpha"} & set(options):
-            how = str(options.get("validation", "robust"))
-            if how not in _TUNE_SHAPES:
-                raise ValueError(f"als: validation must be one of {', '.join(_TUNE_SHAPES)}, "
-                                 f"not {how!r}")
-            p, tried, users = tune(data, fit, p, _TUNE_SHAPES[how], p["seed"],
+            shape = tuning_shape(NAME, options.get("validation", "robust"))
+            p, tried, users = tune(data, fit, p, shape, p["seed"],
                                    int(options.get("max_users", 2000)))
             metrics["report"] = [
-                f"factors, regularization, alpha on the {_TUNE_SHAPES[how]} hold-out "
+                f"factors, regularization, alpha on the {shape} hold-out "
                 f"({users} users): "
                 + (", ".join(f"{f}/{r:g}/{a:g}: {v:.4f}" for (f, r, a), v in tried.items())
                    or "no users")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +25,35 @@ from rankly.engine.api import TrainingData, UserTable
 #: "random" (a random 20% of each user's events), "last" (each user's last event) and
 #: "temporal" (the last 20% of all events by time).
 SHAPES = ("random", "last", "temporal")
+#: The hold-out shape a trainer that tunes on one shape uses for each ``validation`` setting:
+#: "robust" tunes on the random shape (the blend tunes EASE's lambda there too).
+TUNING_SHAPES = {"robust": "random", "random": "random", "last": "last", "temporal": "temporal"}
+
+
+def tuning_shape(owner: str, validation: Any) -> str:
+    """The shape ``owner`` tunes on for the ``validation`` setting (:data:`TUNING_SHAPES`);
+    ValueError naming ``owner`` for an unknown one."""
+    how = str(validation)
+    if how not in TUNING_SHAPES:
+        raise ValueError(f"{owner}: validation must be one of {', '.join(TUNING_SHAPES)}, "
+                         f"not {how!r}")
+    return TUNING_SHAPES[how]
+
+
+def grid_option(options: Mapping[str, Any], key: str, default: Sequence[float]) -> list[float]:
+    """A grid option as floats: a list or tuple (a TOML array), one number, or a string of
+    numbers separated by commas, optionally in brackets (how an environment variable such as
+    ``RANKLY_PLUGINS__BLEND__MIXES="0.3,0.6"`` arrives). ValueError names the key."""
+    value = options.get(key, default)
+    if isinstance(value, str):
+        text = value.strip().removeprefix("[").removesuffix("]")
+        value = [v for v in (t.strip() for t in text.split(",")) if v]
+    elif isinstance(value, (int, float)):
+        value = [value]
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key} must be a list of numbers, got {value!r}") from exc
 
 
 def recency(positions: np.ndarray, mix: float, half_life: float) -> np.ndarray:
@@ -230,15 +260,19 @@ def personalization(top: np.ndarray, k: int, pairs: int = 500, seed: int = 0) ->
     return 1.0 - float(common.mean()) / k
 
 
-def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None,
-          categories: np.ndarray, depth: int = 50, threads: int | None = None) -> Outcome:
+def judge(scores: np.ndarray, hold: Holdout, k: int, cap: int | None = None,
+          categories: np.ndarray | None = None, depth: int = 50, threads: int | None = None
+          ) -> Outcome:
     """Rank every validation user from dense ``scores`` [U, n_items] as served and score it:
     seen items excluded (their scores become NaN, which the kernels never return), the
     compiled batch top-k (on ``threads`` threads; None: the kernel decides), the diversity cap
-    on the top ``depth``. Modifies ``scores``."""
+    on the top ``depth`` (``cap`` items per ``categories`` entry; both or neither). Modifies
+    ``scores``."""
     scores.ravel()[hold.seen_flat] = np.nan
     top, _ = _fast.topk_batch(scores, max(depth, k) if cap is not None else k, threads=threads)
     if cap is not None:
+        if categories is None:
+            raise ValueError("judge: a diversity cap needs the items' categories")
         top = apply_cap(top, categories, k, cap)
     per_user = _ndcg(top, hold.relevant, np.diff(hold.targets.indptr), k)
     top = top[:, :k]

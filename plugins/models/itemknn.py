@@ -26,7 +26,13 @@ from rankly.engine.api import (
     hookimpl,
 )
 from rankly.plugins.models import linear
-from rankly.plugins.models.holdouts import history_matrix, judge, make_holdout
+from rankly.plugins.models.holdouts import (
+    grid_option,
+    history_matrix,
+    judge,
+    make_holdout,
+    tuning_shape,
+)
 
 NAME = "itemknn"
 #: Only the most recent items of a long history vote, keeping a request O(MAX_HISTORY * M).
@@ -35,9 +41,6 @@ MAX_HISTORY = 200
 OPTIONS = {"neighbours": 100, "shrink": 10.0, "alpha": 0.5, "max_history": MAX_HISTORY,
            "neighbour_grid": (25, 50, 100, 200), "validation": "robust", "seed": 0,
            "max_users": 2000}
-#: Validation shapes whose hold-out tunes the neighbour count ("robust" tunes on the random
-#: shape, as the blend tunes EASE's lambda; see plugins/models/holdouts.py).
-_TUNE_SHAPES = {"robust": "random", "random": "random", "last": "last", "temporal": "temporal"}
 
 
 def neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float = 0.5) -> sp.csr_matrix:
@@ -138,12 +141,11 @@ def tune_neighbours(data: TrainingData, grid: Sequence[int], shrink: float, alph
         return grid[len(grid) // 2], {}, 0
     full = neighbours(hold.train.binary_matrix(), grid[-1], shrink, alpha)
     hist = history_matrix(hold.train.users, hold.rows, data.n_items, 0.0, 0.0, max_history)
-    categories = np.full(data.n_items, -1, dtype=np.int64)
     tried = {}
     for m in grid:
         scores = np.asarray((hist @ truncate(full, m)).toarray(), dtype=np.float32)
         scores[scores <= 0] = np.nan  # as served: unreachable items are not candidates
-        tried[m] = judge(scores, hold, k, None, categories).ndcg
+        tried[m] = judge(scores, hold, k).ndcg
     best = max(grid, key=lambda m: (tried[m], -m))
     return best, tried, int(hold.rows.size)
 
@@ -163,19 +165,14 @@ class ItemKNNTrainer:
         if "neighbours" in options:
             m = int(options["neighbours"])
         else:
-            how = str(options.get("validation", "robust"))
-            if how not in _TUNE_SHAPES:
-                raise ValueError(f"itemknn: validation must be one of "
-                                 f"{', '.join(_TUNE_SHAPES)}, not {how!r}")
-            grid = options.get("neighbour_grid", OPTIONS["neighbour_grid"])
-            if isinstance(grid, str):
-                grid = [g for g in grid.strip("[] ").split(",") if g.strip()]
+            shape = tuning_shape(NAME, options.get("validation", "robust"))
+            grid = grid_option(options, "neighbour_grid", OPTIONS["neighbour_grid"])
             m, tried, users = tune_neighbours(
-                data, [int(g) for g in grid], shrink, alpha, _TUNE_SHAPES[how],
+                data, [int(g) for g in grid], shrink, alpha, shape,
                 int(options.get("seed", 0)), int(options.get("max_users", 2000)),
                 int(options.get("max_history", MAX_HISTORY)))
             report.append(
-                f"neighbours on the {_TUNE_SHAPES[how]} hold-out ({users} users): "
+                f"neighbours on the {shape} hold-out ({users} users): "
                 + (", ".join(f"{g}: {v:.4f}" for g, v in tried.items()) or "no users")
                 + f" -> {m}")
         s = neighbours(data.binary_matrix(), m, shrink, alpha)

@@ -51,6 +51,7 @@ from rankly.plugins.models.holdouts import (  # noqa: F401 (the validation toolk
     Outcome,
     apply_cap,
     combine,
+    grid_option,
     history_matrix,
     holdout_mask,
     judge,
@@ -332,11 +333,10 @@ DIAGONAL_BOUNDS = (0.0, 0.1, 0.2, 0.4, 0.6)
 LAMBDA_SCALES = (1.0,)
 #: Shares of a second EASE, fitted with a lambda LOW_LAMBDA_FACTOR times the tuned one, in the
 #: item-item weights (one matrix: ``(1 - share) * B(lambda) + share * B(factor * lambda)``).
-#: Next-item shapes favour a smaller lambda than the random shape that tuned it. Tried with
-#: (0.15, 0.3, 0.5) on the protocols of benchmarks/protocols.py, validation chose a share in 3
-#: of 18 cells: two gained on the test split, the third (28 test users) lost a quarter of its
-#: NDCG, so none is tried by default; the ``low_lambda_shares`` option turns the search on
-#: (the smaller-lambda fit costs one EASE fit per hold-out).
+#: Next-item shapes favour a smaller lambda than the random shape that tuned it. On the
+#: protocols of benchmarks/protocols.py the shares gained on some cells and lost badly on one
+#: (docs/evaluation.md), so none is tried by default; the ``low_lambda_shares`` option turns
+#: the search on (the smaller-lambda fit costs one EASE fit per hold-out).
 LOW_LAMBDA_SHARES: tuple[float, ...] = ()
 LOW_LAMBDA_FACTOR = 0.2
 #: Half-lives (days) of the EASE training pairs' age decay tried besides 0 (no decay); values
@@ -353,9 +353,8 @@ HISTORY_HALF_LIVES = (2.0, 8.0)
 #: measured trade-off is in docs/evaluation.md.
 MAX_LOSS = 0.01
 #: Random hold-outs (folds) carved for the random shape. A second fold narrows the random
-#: shape's confidence bound; on the protocols of benchmarks/protocols.py one fold served a
-#: better mean (0.976x of the best tuned peer against 0.956x with two) at three quarters of
-#: the validation work, so one is the default.
+#: shape's confidence bound at the cost of a fourth of the validation work; one fold served
+#: a better mean on benchmarks/protocols.py (docs/evaluation.md has both runs).
 RANDOM_FOLDS = 1
 #: Diversity caps (items per primary category in the top k) validated, tightest first.
 DIVERSITY_CAPS = (2, 3, 4, 5)
@@ -381,22 +380,6 @@ OPTIONS: dict[str, Any] = {
     "low_lambda_shares": LOW_LAMBDA_SHARES, "low_lambda_factor": LOW_LAMBDA_FACTOR,
     "threads": 0, "diagonal_bounds": DIAGONAL_BOUNDS,
 }
-
-
-def grid_option(options: Mapping[str, Any], key: str, default: Sequence[float]) -> list[float]:
-    """A grid option as floats: a list or tuple (a TOML array), one number, or a string of
-    numbers separated by commas, optionally in brackets (how an environment variable such as
-    ``RANKLY_PLUGINS__BLEND__MIXES="0.3,0.6"`` arrives). ValueError names the key."""
-    value = options.get(key, default)
-    if isinstance(value, str):
-        text = value.strip().removeprefix("[").removesuffix("]")
-        value = [v for v in (t.strip() for t in text.split(",")) if v]
-    elif isinstance(value, (int, float)):
-        value = [value]
-    try:
-        return [float(v) for v in value]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"blend: {key} must be a list of numbers, got {value!r}") from exc
 
 
 @dataclass
@@ -475,7 +458,8 @@ class BlendTrainer:
 
     Options:
     ``validation``: "robust" (default: hold-outs of every shape in :data:`SHAPES`), or one
-    shape. ``random_folds`` (:data:`RANDOM_FOLDS`), ``validation_fraction`` (0.2), ``max_users`` (2000 per
+    shape. ``random_folds`` (:data:`RANDOM_FOLDS`), ``validation_fraction`` (0.2),
+    ``max_users`` (2000 per
     hold-out, fewer when users x catalog would exceed ``max_cells``, 8e6), ``seed`` (0),
     ``alpha`` (0.25),
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
@@ -628,9 +612,9 @@ class BlendTrainer:
                 if len(fits) == 1:
                     bases[(i, model)] = fits[0]
                 else:
-                    low = np.float32(model[2])
                     bases[(i, model)] = EaseScorer(
-                        fits[0].items, (1 - low) * fits[0].weights + low * fits[1].weights,
+                        fits[0].items,
+                        linear.mix_weights(fits[0].weights, fits[1].weights, model[2]),
                         fits[0].n_items)
             return bases[(i, model)]
 
@@ -777,7 +761,7 @@ class BlendTrainer:
         pop_gates = grid_option(options, "pop_gates", POP_GATES)
         scales = grid_option(options, "lambda_scales", LAMBDA_SCALES)
         low_shares = [a for a in grid_option(options, "low_lambda_shares", LOW_LAMBDA_SHARES)
-                      if 0 < float(a) < 1]
+                      if 0 < a < 1]
         ages = [d for d in grid_option(options, "age_half_lives", AGE_HALF_LIVES)
                 if 0 < d <= max(span_days, 1.0)]
         changed = {"lambda": True, "age": True, "history": True, "sequence": True,

@@ -130,3 +130,13 @@ def test_neighbour_lists_follow_the_formula_ties_to_the_lower_item(seed, m, shri
         lo, hi = got.indptr[i], got.indptr[i + 1]
         np.testing.assert_array_equal(got.indices[lo:hi], order)
         np.testing.assert_allclose(got.data[lo:hi], sim[i, order], rtol=1e-6)
+
+
+def test_judging_with_a_diversity_cap_needs_the_categories(data):
+    from rankly.plugins.models import holdouts
+
+    hold = holdouts.make_holdout(data, "random", 0.2, 100, 0)
+    scores = np.random.default_rng(0).random((hold.rows.size, data.n_items)).astype(np.float32)
+    with pytest.raises(ValueError, match="needs the items' categories"):
+        holdouts.judge(scores.copy(), hold, 10, cap=2)
+    assert holdouts.judge(scores, hold, 10).ndcg >= 0.0

@@ -75,6 +75,20 @@ def test_the_cli_validates_on_the_shape_asked_for_and_reports_why(tmp_path, tty_
     assert params["validation"] == "last" and params["shapes"] == ["last"]
 
 
+def test_the_validation_flag_tunes_the_neighbour_count_on_that_shape(tmp_path):
+    """`rankly train --validation last` reaches item-kNN too: its report says which hold-out
+    chose the neighbour count, and the served part holds the chosen count."""
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    out = tmp_path / "model"
+    args = parser.parse_args(["--validation", "last", "--quiet", "--interactions",
+                              str(_csv(tmp_path)), "--out", str(out)])
+    printed = io.StringIO()
+    assert training.run(args, out=printed) == 0
+    assert "neighbours on the last hold-out" in printed.getvalue()
+    assert load_model(out).params("itemknn")["neighbours"] in (25, 50, 100, 200)
+
+
 def test_the_cli_refuses_an_unknown_validation_shape(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["train", "--validation", "sideways", "--interactions",
