@@ -99,16 +99,13 @@ def _dense_neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float) -> 
     sim[co == 0] = np.nan
     np.fill_diagonal(sim, np.nan)
     n = sim.shape[0]
-    indices: list[np.ndarray] = []
-    sims: list[np.ndarray] = []
-    lens = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        idx, val = _fast.topk(sim[i], m)
-        indices.append(idx)
-        sims.append(val)
-        lens[i] = idx.size
+    # every row at once through the compiled batch top-k: rows with fewer than m
+    # co-occurring items come back padded with -1, which is dropped
+    idx, val = _fast.topk_batch(sim, min(m, n))
+    keep = idx >= 0
+    lens = keep.sum(axis=1)
     return sp.csr_matrix(
-        (np.concatenate(sims).astype(np.float32), np.concatenate(indices).astype(np.int64),
+        (val[keep].astype(np.float32), idx[keep].astype(np.int64),
          np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)), shape=(n, n))
 
 
@@ -141,9 +138,18 @@ def tune_neighbours(data: TrainingData, grid: Sequence[int], shrink: float, alph
         return grid[len(grid) // 2], {}, 0
     full = neighbours(hold.train.binary_matrix(), grid[-1], shrink, alpha)
     hist = history_matrix(hold.train.users, hold.rows, data.n_items, 0.0, 0.0, max_history)
+    # a small catalog's lists are scored as dense rows by the compiled kernel, which adds
+    # each user's rows; a sparse product writes a nearly full sparse result instead
+    dense = data.n_items <= DENSE_MAX_ITEMS
     tried = {}
     for m in grid:
-        scores = np.asarray((hist @ truncate(full, m)).toarray(), dtype=np.float32)
+        near = truncate(full, m)
+        if dense:
+            scores = _fast.weighted_rows_batch(near.toarray(), hist.indptr.astype(np.int64),
+                                               hist.indices.astype(np.int64),
+                                               hist.data.astype(np.float32))
+        else:
+            scores = np.asarray((hist @ near).toarray(), dtype=np.float32)
         scores[scores <= 0] = np.nan  # as served: unreachable items are not candidates
         tried[m] = judge(scores, hold, k).ndcg
     best = max(grid, key=lambda m: (tried[m], -m))

@@ -373,7 +373,8 @@ OPTIONS: dict[str, Any] = {
     "validation": "robust", "criterion": "noninferior", "random_folds": RANDOM_FOLDS,
     "validation_fraction": 0.2, "max_users": 2000, "max_cells": 8e6, "seed": 0, "alpha": 0.25,
     "k": 10, "max_loss": MAX_LOSS, "degenerate_margin": 0.10, "diversity_caps": DIVERSITY_CAPS,
-    "diversity_max_loss": None, "max_validation_items": 3000, "max_ease_items": 6000,
+    "diversity_max_loss": None, "max_validation_items": 3000, "validation_mass": 0.99,
+    "max_ease_items": 6000,
     "mixes": MIXES, "history_half_lives": HISTORY_HALF_LIVES, "seq_weights": SEQ_WEIGHTS,
     "pop_weights": POP_WEIGHTS, "pop_half_lives": POP_HALF_LIVES, "pop_gates": POP_GATES,
     "lambda_scales": LAMBDA_SCALES, "age_half_lives": AGE_HALF_LIVES, "blas_threads": 1,
@@ -464,7 +465,9 @@ class BlendTrainer:
     ``alpha`` (0.25),
     ``k`` (10), ``diversity_caps`` (:data:`DIVERSITY_CAPS`),
     ``max_loss`` (:data:`MAX_LOSS`), ``degenerate_margin`` (0.10), ``max_validation_items``
-    (3000: EASE during validation keeps the most popular items), ``max_ease_items`` (6000:
+    (3000: EASE during validation keeps the most popular items), ``validation_mass`` (0.99:
+    and no more of them than hold this share of the events; an inverse costs the cube of its
+    items, and the long tail barely moves which candidate wins), ``max_ease_items`` (6000:
     the served EASE keeps the items with the fewest users out until at most this many are
     left), the grids
     (``mixes``, ``history_half_lives``, ``seq_weights``, ``pop_weights``, ``pop_half_lives``,
@@ -527,7 +530,9 @@ class BlendTrainer:
         if data.catalog.categories.max(initial=-1) < 0:
             caps = []
         categories = np.asarray(data.catalog.categories, dtype=np.int64)
-        max_val_items = int(options.get("max_validation_items", 3000))
+        max_val_items = min(int(options.get("max_validation_items", 3000)),
+                            linear.items_holding(data.binary_matrix(),
+                                                 float(options.get("validation_mass", 0.99))))
         max_ease_items = int(options.get("max_ease_items", 6000))
         report: list[str] = []
 

@@ -408,6 +408,30 @@ def test_gram_is_x_transpose_x_on_its_dense_and_sparse_paths(users, n, density, 
         np.testing.assert_array_equal(got, got.T)
 
 
+@settings(max_examples=50, deadline=None)
+@given(counts=st.lists(st.integers(0, 30), min_size=1, max_size=40),
+       share=st.floats(0.01, 1.0))
+def test_items_holding_is_the_fewest_popular_items_that_hold_the_share(counts, share):
+    """``items_holding`` counts the most popular items (by users) that together hold at least
+    ``share`` of the non-zeros, and no fewer: one item less holds less."""
+    import scipy.sparse as sp
+
+    cols = np.repeat(np.arange(len(counts)), counts)
+    x = sp.csr_matrix((np.ones(cols.size, np.float32), (np.arange(cols.size), cols)),
+                      shape=(max(cols.size, 1), len(counts)))
+    m = linear.items_holding(x, share)
+    held = np.cumsum(sorted(counts, reverse=True))
+    total = held[-1]
+    if total == 0:
+        assert m == len(counts)
+        return
+    assert 1 <= m <= len(counts)
+    assert held[m - 1] >= share * total - 1e-9 * total
+    assert m == 1 or held[m - 2] < share * total
+    with pytest.raises(ValueError, match="share"):
+        linear.items_holding(x, 0.0)
+
+
 @settings(max_examples=25, deadline=None)
 @given(users=st.integers(0, 40), n=st.integers(1, 120), seed=st.integers(0, 2**16),
        subset=st.booleans())

@@ -49,6 +49,19 @@ def test_itemknn_chooses_its_neighbour_count_on_a_hold_out_and_reports_it(data):
     assert np.diff(part.arrays["indptr"]).max() <= m
 
 
+def test_the_dense_and_sparse_tuning_paths_score_the_counts_alike(data):
+    """A small catalog's counts are scored by the compiled dense gather, a large one's by a
+    sparse product: the same NDCG per count either way."""
+    dense = itemknn.tune_neighbours(data, [5, 20, 80], 10.0, 0.5, "random", 0, 2000,
+                                    itemknn.MAX_HISTORY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(itemknn, "DENSE_MAX_ITEMS", 0)
+        sparse = itemknn.tune_neighbours(data, [5, 20, 80], 10.0, 0.5, "random", 0, 2000,
+                                         itemknn.MAX_HISTORY)
+    assert dense[0] == sparse[0] and dense[2] == sparse[2]
+    assert dense[1] == pytest.approx(sparse[1], abs=1e-6)
+
+
 def test_an_explicit_neighbour_count_is_not_tuned(data):
     part = itemknn.ItemKNNTrainer().fit(data, {"neighbours": 7})
     assert part.params["neighbours"] == 7 and "report" not in part.metrics
