@@ -973,8 +973,8 @@ class BlendTrainer:
 
         # lambda: upwards first (the larger neighbour decides the direction); dropout:
         # smaller first, ties keep the current one
-        lam = LAMBDAS[walk(LAMBDAS, LAMBDAS.index(LAMBDA_START),
-                           lambda v: (v, DROPOUT_START), (1, -1))]
+        at = walk(LAMBDAS, LAMBDAS.index(LAMBDA_START), lambda v: (v, DROPOUT_START), (1, -1))
+        lam = smoothed_peak(LAMBDAS, at, [seen.get((v, DROPOUT_START)) for v in LAMBDAS])
         # dropout walks the same way from DROPOUT_START: NDCG is unimodal in it in practice
         dropout = DROPOUTS[walk(DROPOUTS, DROPOUTS.index(DROPOUT_START), lambda v: (lam, v),
                                 (-1, 1))]
@@ -982,6 +982,26 @@ class BlendTrainer:
         if model is None:  # defensive: the walk keeps its current pair's model
             _, model, plain = fit((lam, dropout))
         return lam, dropout, seen, model, plain
+
+
+def smoothed_peak(grid: Sequence[float], at: int, scores: Sequence[float | None]) -> float:
+    """The grid value to serve when ``grid[at]`` scored best: the vertex of the parabola in
+    ``log(value)`` through it and its two neighbours, kept between the neighbours.
+
+    A validation curve is noisy and a geometric grid coarse: the best point alone moves by a
+    whole grid step on a difference within the noise, and the vertex of the three points
+    around it follows the curve's shape rather than its noisiest point. ``grid[at]`` when a
+    neighbour was not scored (an edge of the grid) or the three are not concave."""
+    if not 0 < at < len(grid) - 1:
+        return float(grid[at])
+    ys = [scores[at - 1], scores[at], scores[at + 1]]
+    if any(y is None for y in ys):
+        return float(grid[at])
+    xs = np.log([grid[at - 1], grid[at], grid[at + 1]])
+    a, b, _ = np.polyfit(xs, np.asarray(ys, dtype=np.float64), 2)
+    if not a < 0:
+        return float(grid[at])
+    return float(np.exp(np.clip(-b / (2 * a), xs[0], xs[2])))
 
 
 def user_gate(data: TrainingData, gate_days: float) -> np.ndarray:

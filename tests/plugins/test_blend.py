@@ -178,7 +178,8 @@ def test_training_applies_the_tuned_ease_options_and_explicit_settings_win(data,
     chosen = next(p for p in parts if p.name == "blend").params["tuned_options"]["ease"]
     served = next(p for p in parts if p.name == "ease").params
     assert served["lambda"] == chosen["lambda"] and served["dropout"] == chosen["dropout"]
-    assert any(chosen["lambda"] == lam * x for lam in blend.LAMBDAS for x in blend.LAMBDA_SCALES)
+    assert min(blend.LAMBDAS) <= chosen["lambda"] <= max(blend.LAMBDAS) * max(
+        blend.LAMBDA_SCALES)
     assert chosen["dropout"] in blend.DROPOUTS
     mine = train(data, ("blend", "ease"), load_settings(environ={}),
                  {"ease": {"lambda": 77.0}})
@@ -326,7 +327,9 @@ def test_hold_outs_fitted_side_by_side_choose_what_one_thread_chooses(data, part
 
 
 def test_the_ease_walk_stops_at_the_best_neighbour(data):
-    """The lambda walk (two fits per round) ends on a pair no tried neighbour beats."""
+    """The lambda walk (two fits per round) ends on a grid lambda no tried neighbour beats;
+    the served lambda is the smoothed peak between that one's neighbours, and the dropout
+    walk at it ends on a dropout no tried neighbour beats."""
     part = blend.BlendTrainer().fit(data, {"threads": 2})
     line = next(t for t in part.metrics["report"] if t.startswith("ease on the first"))
     tried = {}
@@ -334,18 +337,46 @@ def test_the_ease_walk_stops_at_the_best_neighbour(data):
         pair, value = entry.rsplit(": ", 1)
         _, lam, _, dropout = pair.split()
         tried[(float(lam), float(dropout))] = float(value)
+    on_grid = {lam: v for (lam, d), v in tried.items()
+               if d == blend.DROPOUT_START and lam in blend.LAMBDAS}
+    best = max(on_grid, key=on_grid.get)
+    i = blend.LAMBDAS.index(best)
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(blend.LAMBDAS) and blend.LAMBDAS[j] in on_grid:
+            assert on_grid[blend.LAMBDAS[j]] <= on_grid[best]
     chosen = part.params["tuned_options"]["ease"]
     lam, dropout = chosen["lambda"], chosen["dropout"]
-    i = blend.LAMBDAS.index(lam)
-    for j in (i - 1, i + 1):
-        pair = (blend.LAMBDAS[j], blend.DROPOUT_START) if 0 <= j < len(blend.LAMBDAS) else None
-        if pair in tried:
-            assert tried[pair] <= tried[(lam, blend.DROPOUT_START)]
+    assert blend.LAMBDAS[max(i - 1, 0)] <= lam <= blend.LAMBDAS[min(i + 1, len(blend.LAMBDAS) - 1)]
+    # (the report rounds the scores, which moves the vertex a little)
+    assert lam == pytest.approx(blend.smoothed_peak(
+        blend.LAMBDAS, i, [on_grid.get(v) for v in blend.LAMBDAS]), rel=0.02)
+    assert f"-> lambda {lam:g}, dropout {dropout:g}" in line
     j = blend.DROPOUTS.index(dropout)
     for d in (j - 1, j + 1):
-        pair = (lam, blend.DROPOUTS[d]) if 0 <= d < len(blend.DROPOUTS) else None
-        if pair in tried:
-            assert tried[pair] <= tried[(lam, dropout)]
+        pair = (round(lam, 6), blend.DROPOUTS[d]) if 0 <= d < len(blend.DROPOUTS) else None
+        near = {(round(k[0], 6), k[1]): v for k, v in tried.items()}
+        if pair in near and (round(lam, 6), dropout) in near:
+            assert near[pair] <= near[(round(lam, 6), dropout)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(peak=st.floats(-1.0, 1.0), curvature=st.floats(0.01, 5.0), at=st.integers(1, 3))
+def test_the_smoothed_peak_is_the_parabolas_vertex_between_the_neighbours(peak, curvature,
+                                                                          at):
+    """Scores on an exact parabola in log(value) give back its vertex when it lies between
+    the best point's neighbours, else the nearer neighbour; edges and convex triples keep the
+    grid point."""
+    grid = (62.5, 125.0, 250.0, 500.0, 1000.0)
+    x0 = np.log(grid[at]) + peak * np.log(2.0)
+    scores = [1.0 - curvature * (np.log(g) - x0) ** 2 for g in grid]
+    got = blend.smoothed_peak(grid, at, scores)
+    want = float(np.clip(np.exp(x0), grid[at - 1], grid[at + 1]))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert blend.smoothed_peak(grid, 0, scores) == grid[0]
+    assert blend.smoothed_peak(grid, 4, scores) == grid[4]
+    assert blend.smoothed_peak(grid, at, [None if k == at + 1 else v
+                                          for k, v in enumerate(scores)]) == grid[at]
+    assert blend.smoothed_peak(grid, at, [-v for v in scores]) == grid[at]
 
 
 @settings(max_examples=20, deadline=None)
