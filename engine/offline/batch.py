@@ -2,10 +2,10 @@
 the runtimes, ranking one user as the server would, the JSON lines of ``rankly recommend`` and
 the metric rows of ``rankly evaluate``.
 
-:mod:`.evaluation`, :mod:`.batch_ray` and :mod:`.recommend` (the command) import this module;
-it imports none of them. ``rankly recommend`` loads it, so it stays light to load: the
-pipeline and the runtime are imported by the functions that rank, and the Ray path of the
-command (the driver only hands out blocks of users) never loads them.
+:mod:`.evaluation`, :mod:`.batch_ray` (in its workers) and :mod:`.recommend` (the command,
+for the local engine) import this module; it imports none of them. It stays light to load:
+the pipeline and the runtime are imported by the functions that rank. The Ray driver of
+``rankly recommend`` (it only hands out blocks of users) never loads it.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ from its artifact directory, loaded once per actor), one serving runtime and one
 answers block after block. Each actor has :data:`IN_FLIGHT` blocks queued so it never waits
 for the driver, the next block goes to whichever actor finishes first, and results are
 written as soon as the blocks before them are, so the output is the local engine's, line for
-line. The actors are asked for before the driver reads the user list: a Ray worker's start (a
-Python process importing Ray, then rankly and its plugins) overlaps the driver's own work. Ray
-is an optional extra (``pip install 'rankly[ray]'``).
+line. The actors are asked for before the driver maps the model and reads the user list (the
+driver of ``rankly recommend`` imports neither NumPy nor the model before): a Ray worker's
+start (a Python process importing Ray, then rankly and its plugins) overlaps the driver's own
+work. Ray is an optional extra (``pip install 'rankly[ray]'``).
 
 Without ``--address`` a local Ray is started for the command and stopped after it, bounded
 (:data:`LOCAL_CPUS` CPUs, :data:`LOCAL_OBJECT_STORE_BYTES` of object store) and reachable from
@@ -36,12 +37,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from ..config import Settings
 from . import progress as progress_bars
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("rankly.batch")
 

@@ -426,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         ds = datasets.load_from_args(args)
-        with engine_from_args(args) as engine:
+        # a process that ends with the command need not leave a joined Ray first
+        with engine_from_args(args, getattr(args, "ends_process", False)) as engine:
             report = evaluate(
                 ds, args.split, [m.strip() for m in args.models.split(",") if m.strip()],
                 k=args.k, diversity_cap=args.diversity_cap, settings=settings,
@@ -443,4 +444,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if engine is not None and engine.joined:
+        from .batch_ray import end_process
+
+        end_process(0)
     return 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -36,6 +37,8 @@ def bar(total: float | None = None, desc: str = "", quiet: bool = False, *,
     When :func:`enabled` is false the bar is a no-op that writes nothing. ``unit_scale``
     shows 1.2M instead of 1200000 (set ``unit="B"`` for bytes).
     """
+    from tqdm import tqdm  # on first use: the Ray driver imports this before it asks for workers
+
     stream = sys.stderr if stream is None else stream
     # NOTE: not dynamic_ncols: a terminal reporting 0 columns (a fresh pty) would get an
     # empty bar; a width read once at the start falls back to a 10-cell bar there.

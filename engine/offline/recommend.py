@@ -13,11 +13,10 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import load_settings
-from ..model import load_model
-from .batch import recommend
 
 # --- CLI: `rankly recommend` -----------------------------------------------------------------
 
@@ -65,20 +64,33 @@ def engine_from_args(args: argparse.Namespace, stay_joined: bool = False) -> Ite
 def run_recommend(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
-        model = load_model(args.artifacts)  # memory-mapped: cheap, and checks the path early
+        if getattr(args, "engine", "local") == "local":
+            from ..model import load_model
+
+            model = load_model(args.artifacts)  # memory-mapped: cheap, and checks the path early
+        else:
+            # NOTE: the Ray driver asks for the workers before it imports NumPy and maps the
+            # model (in users(), while they start); a wrong path still fails before Ray starts
+            _check_artifacts(args.artifacts)
+            model = None
         with contextlib.ExitStack() as stack:
             # opened now (a wrong path fails before Ray starts), read in users()
             fh = None if args.all else stack.enter_context(open(args.users, encoding="utf-8"))
 
             def users() -> list[str]:
                 if fh is None:
-                    return [str(u) for u in model.users.user_ids.tolist()]
+                    from ..model import load_model
+
+                    mapped = model if model is not None else load_model(args.artifacts)
+                    return [str(u) for u in mapped.users.user_ids.tolist()]
                 return [line.strip() for line in fh if line.strip()]
 
             progress = None if args.quiet else sys.stderr
             # a process that ends with the command need not leave a joined Ray first
             with engine_from_args(args, getattr(args, "ends_process", False)) as engine:
                 if engine is None:
+                    from .batch import recommend
+
                     count = recommend(model, users(), args.n, settings, args.exclude_seen,
                                       progress=progress)
                 else:
@@ -97,3 +109,12 @@ def run_recommend(args: argparse.Namespace) -> int:
 
         end_process(0)
     return 0
+
+
+def _check_artifacts(path: str) -> None:
+    """Raise what :func:`..model.load_model` raises for a directory without a manifest,
+    without importing the model's module (and NumPy with it)."""
+    if not (Path(path) / "manifest.json").is_file():
+        from ..model import load_model
+
+        load_model(path)

@@ -110,6 +110,35 @@ def test_a_command_joins_a_local_ray_at_its_loopback_address(ray_engine, shop, t
 
 @pytest.mark.slow
 @needs_ray
+def test_evaluate_joining_a_ray_ends_its_process_after_the_report(ray_engine, tmp_path, capsys):
+    """`rankly evaluate --engine ray --address`, as a user runs it: the report is the local
+    engine's, and the process ends without leaving Ray first (no stop_s)."""
+    interactions, _ = synthesize(n_users=300, n_items=100, mean_events=10, seed=3)
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"{u},{i},{t}\n" for u, i, t in zip(interactions.user_ids, interactions.item_ids,
+                                           interactions.timestamps, strict=True)))
+    args = ["evaluate", "--interactions", str(events), "--split", "user-last", "--models",
+            "pop,itemknn", "--json", "--quiet"]
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    address = ray_engine.ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankly.engine.cli", *args, "--engine", "ray", "--address",
+         address, "--ray-workers", "2"],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    on_ray = json.loads(proc.stdout)
+    for report in (local, on_ray):
+        for row in report["results"]:
+            row.pop("train_seconds")
+    assert on_ray == local
+    assert "ray: workers=2 connect_s=" in proc.stderr and "stop_s=" not in proc.stderr
+
+
+@pytest.mark.slow
+@needs_ray
 def test_the_local_ray_of_a_command_listens_on_loopback_only():
     """A local Ray started by the engine in a fresh process: every socket its processes (the
     driver, the GCS, the raylet, the agents, the workers) listen on is on 127.0.0.1."""
@@ -155,23 +184,25 @@ def test_blocks_keep_the_order_and_shrink_towards_the_end():
 
 
 def test_the_recommend_command_loads_none_of_the_other_commands():
-    """`rankly recommend` (the Ray driver) imports neither evaluate's nor train's modules,
-    nor the pipeline or the plugins: Ray starts sooner."""
+    """`rankly recommend` (the Ray driver, up to asking for the workers) imports neither
+    evaluate's nor train's modules, nor the pipeline, the plugins or NumPy: Ray starts
+    sooner, and the workers are asked for before the driver maps the model."""
     script = """
 import sys
 from rankly.engine import cli
+from rankly.engine.offline import batch_ray
 
 cli.build_parser("recommend")
 print(" ".join(sorted(m for m in sys.modules if m.startswith(("rankly.engine.offline.",
-      "rankly.engine.pipeline", "rankly.plugins", "scipy")))))
+      "rankly.engine.pipeline", "rankly.plugins", "scipy", "numpy")))))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)
     loaded = set(proc.stdout.split())
-    assert "rankly.engine.offline.batch" in loaded
+    assert "rankly.engine.offline.recommend" in loaded
     assert not loaded & {"rankly.engine.offline.evaluation", "rankly.engine.offline.datasets",
-                         "rankly.engine.offline.training", "rankly.engine.pipeline", "scipy",
-                         "rankly.plugins"}, loaded
+                         "rankly.engine.offline.training", "rankly.engine.offline.batch",
+                         "rankly.engine.pipeline", "scipy", "rankly.plugins", "numpy"}, loaded
 
 
 @pytest.mark.slow
