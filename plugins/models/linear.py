@@ -221,9 +221,14 @@ class EaseScorer:
 
         The compiled :func:`rankly._fast.weighted_rows_batch` adds each user's weight rows
         (on ``threads`` threads; None: all), so the cost follows the histories' non-zeros, not
-        the users x catalog cells a dense product would multiply."""
+        the users x catalog cells a dense product would multiply.
+
+        ``hist`` is only read: validation threads score one shared history matrix side by
+        side, and scipy's in-place canonicalization (``sum_duplicates`` sorts the index
+        arrays, which a CSR built from another shares) raced there and corrupted memory. A
+        duplicate entry needs no merging: the kernel adds its weight row once per entry, which
+        is the merged entry's sum."""
         h = sp.csr_matrix(hist)
-        h.sum_duplicates()
         cols = self.pos[h.indices]
         keep = cols >= 0
         if keep.all():

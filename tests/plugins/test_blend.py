@@ -483,6 +483,43 @@ def test_ease_scorer_batch_is_the_sum_of_weight_rows_of_each_history(users, n, s
     np.testing.assert_allclose(got, hist.toarray() @ full, rtol=1e-4, atol=1e-4)
 
 
+def test_ease_scorer_batch_reads_a_shared_unsorted_history_without_changing_it():
+    """Validation threads score one history matrix side by side: ``batch`` must only read
+    it. Rows in history order (unsorted columns) with a repeated item score as the merged
+    matrix does, from several threads at once, and the input's arrays stay as they were."""
+    import threading
+
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    n, users = 300, 400
+    items = np.sort(rng.choice(n, 200, replace=False))
+    weights = rng.standard_normal((items.size, items.size)).astype(np.float32)
+    rows = [rng.choice(n, rng.integers(1, 40), replace=False) for _ in range(users)]
+    rows[0] = np.concatenate([rows[0], rows[0][:1]])  # a repeated item
+    indptr = np.concatenate([[0], np.cumsum([r.size for r in rows])])
+    indices = np.concatenate(rows)
+    data = rng.random(indices.size).astype(np.float32)
+    hist = sp.csr_matrix((data, indices, indptr), shape=(users, n))
+    before = (hist.indices.copy(), hist.data.copy(), hist.indptr.copy())
+    full = np.zeros((n, n), np.float32)
+    full[np.ix_(items, items)] = weights
+    want = hist.toarray() @ full  # toarray sums the repeated entry
+    scorer = linear.EaseScorer(items, weights, n)
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(scorer.batch(hist)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(before, (hist.indices, hist.data, hist.indptr), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_low_lambda_share_mixes_two_ease_fits_and_is_validated(data, parts):
     """``low_lambda_share`` a serves ``(1 - a) B(lambda) + a B(f lambda)``; the blend tries
     the shares on every shape, hands the chosen one to the ease part, and says so."""
