@@ -53,7 +53,11 @@ larger shop. The 1-minute load average is recorded before and after every timed 
 shared 2-core machine two workers only get two cores when nobody else wants them (Ray runs
 its workers at nice 15, so any process at normal priority comes first). ``cpu_s`` is the CPU
 time of the command's process and of those it waited for: the driver's share, not the
-workers'. Results go to stdout and are appended to the ``runs`` of
+workers'. ``bytecode`` says how many of rankly's modules had bytecode as fresh as their source:
+with ``PYTHONDONTWRITEBYTECODE`` set on an editable checkout, none, and every process (the
+driver and each worker) compiles the ones it imports again (a regular install compiles them
+once; so does ``python -m compileall -q engine plugins _fast``). Results go to stdout and are
+appended to the ``runs`` of
 ``benchmarks/results/ray_batch.json`` (``--results PATH``: another file, for a probe).
 """
 
@@ -116,6 +120,26 @@ def build(root: Path, users: int, items: int) -> Path:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def bytecode_state() -> dict:
+    """How many of rankly's modules have bytecode as fresh as their source: the others are
+    compiled again by every process that imports them (the driver and each Ray worker), when
+    ``PYTHONDONTWRITEBYTECODE`` is set and the package is an editable checkout."""
+    import importlib.util
+
+    import rankly._fast
+    import rankly.engine
+    import rankly.plugins
+
+    sources = [p for pkg in (rankly.engine, rankly.plugins, rankly._fast)
+               for p in Path(pkg.__path__[0]).rglob("*.py")]
+    fresh = 0
+    for src in sources:
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        fresh += pyc.exists() and pyc.stat().st_mtime >= src.stat().st_mtime
+    return {"dont_write_bytecode": bool(sys.flags.dont_write_bytecode),
+            "rankly_modules": len(sources), "with_fresh_bytecode": fresh}
 
 
 def timed(args: list[str], out: Path, env: dict[str, str] | None = None,
@@ -258,6 +282,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
                                "> out.jsonl",
                     "benchmark_args": sys.argv[1:],
                     "cpu_count": os.cpu_count(), "load_avg_start": list(os.getloadavg()),
+                    "bytecode": bytecode_state(),
                     "sizes": []}
     from rankly.engine.offline.batch_ray import RayEngine
 
@@ -277,6 +302,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     for size in result["sizes"]:
         print(report(size))
     print(f"load average at start {result['load_avg_start']}, at end {result['load_avg_end']}")
+    print(f"rankly modules with fresh bytecode: {result['bytecode']['with_fresh_bytecode']} of "
+          f"{result['bytecode']['rankly_modules']} (PYTHONDONTWRITEBYTECODE "
+          f"{'set' if result['bytecode']['dont_write_bytecode'] else 'unset'})")
     path = args.results
     path.parent.mkdir(parents=True, exist_ok=True)
     history = json.loads(path.read_text()).get("runs", []) if path.exists() else []
