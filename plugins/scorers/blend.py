@@ -480,7 +480,8 @@ class BlendTrainer:
     1. Hold-outs: one per shape (``random_folds`` for "random"), carved from the training data
        only; sub-models are refit on each hold-out's validation-train part.
     2. EASE: lambda walks :data:`LAMBDAS` from 250 towards the better neighbour while NDCG@k
-       improves, then the EDLAE dropout walks :data:`DROPOUTS`, on the first hold-out
+       improves and is served at the smoothed peak of the walk (:func:`smoothed_peak`), then
+       the EDLAE dropout walks :data:`DROPOUTS` at that lambda, on the first hold-out
        ("random" for robust: the protocol with no recency to exploit, so the one a
        time-aware model can only lose on).
     3. Blend: coordinate ascent over the lambda scale, the age decay of the EASE training
@@ -915,8 +916,9 @@ class BlendTrainer:
                    ) -> tuple[float, float, dict[tuple[float, float], float],
                               tuple[EaseScorer, np.ndarray], np.ndarray]:
         """Walk lambda from :data:`LAMBDA_START` towards the better neighbour while NDCG@k on
-        ``hold`` improves (dropout :data:`DROPOUT_START`), then walk the dropout the same way
-        at that lambda (smaller first; ties keep the current one).
+        ``hold`` improves (dropout :data:`DROPOUT_START`), take the smoothed peak of the walk
+        (:func:`smoothed_peak`, between the best grid lambda's neighbours), then walk the
+        dropout the same way at that lambda (smaller first; ties keep the current one).
 
         Each round fits two pairs side by side on ``pool``: the next step of the walk and the
         one after it (or both neighbours), so a walk costs about half its steps in wall time.
