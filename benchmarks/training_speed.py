@@ -11,8 +11,9 @@ float64 ``numpy.linalg.inv`` of the Gram matrix, one BLAS thread), both in a chi
 the data `rankly train` reads; then `rankly train --quiet` as a user runs it (a
 fresh process: data loading, the blend's validation, every default part, writing the
 artifacts), with its wall time and peak RSS. The reported ratio is the median train time over
-the median (ALS + EASE) time, so machine speed and load cancel out. Results go to
-benchmarks/results/training.json.
+the median (ALS + EASE) time, so machine speed and load cancel out; the median of the rounds'
+own ratios (each pairs measurements taken seconds apart) is printed beside it, and the load
+average before and after is recorded. Results go to benchmarks/results/training.json.
 """
 
 from __future__ import annotations
@@ -104,10 +105,14 @@ def main() -> int:
                   file=sys.stderr)
         med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
         med["ratio"] = med["train"] / (med["als"] + med["ease"])
+        # each round's ratio pairs measurements taken seconds apart, under the same load
+        med["round_ratio"] = statistics.median(x["train"] / (x["als"] + x["ease"])
+                                               for x in rounds)
         report["datasets"][name] = {"rounds": rounds, "median": med}
         print(f"{name}: rankly train {med['train']:.2f}s = {med['ratio']:.2f}x "
-              f"(ALS {med['als']:.2f}s + EASE {med['ease']:.2f}s), peak RSS "
-              f"{med['peak_rss_mib']:.0f} MiB")
+              f"(ALS {med['als']:.2f}s + EASE {med['ease']:.2f}s; median round ratio "
+              f"{med['round_ratio']:.2f}x), peak RSS {med['peak_rss_mib']:.0f} MiB")
+    report["machine"]["load_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
