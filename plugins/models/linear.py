@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import blas, lapack
 
 from rankly import _fast
 from rankly.engine.api import Candidates, Model, TrainingData, UserFeatures, anchored_reasons
@@ -66,6 +65,10 @@ def ease_leverage(gram: np.ndarray, lam: float, dropout: float = 0.0
     if n == 0:
         return np.zeros((0, 0), np.float32), np.ones(0, np.float32)
     diag = np.diag(gram).astype(np.float64) * (dropout / (1.0 - dropout)) + lam
+    # NOTE: scipy.linalg is imported where a model is fitted: processes that only serve (a
+    # Ray batch worker, a server) never load it
+    from scipy.linalg import lapack
+
     for dtype, potrf, potri in ((np.float32, lapack.spotrf, lapack.spotri),
                                 (np.float64, lapack.dpotrf, lapack.dpotri)):
         a = np.array(gram, dtype=dtype, order="F")
@@ -126,6 +129,8 @@ def gram(x: sp.csr_matrix) -> np.ndarray:
     users, n = x.shape
     if not gram_is_dense(x):
         return np.ascontiguousarray((x.T @ x).toarray(), dtype=np.float32)
+    from scipy.linalg import blas  # fitting only (see ease_leverage)
+
     out = np.zeros((n, n), dtype=np.float32, order="F")
     for lo in range(0, users, _GRAM_BLOCK):
         block = x[lo:lo + _GRAM_BLOCK].toarray()

@@ -141,3 +141,25 @@ def test_cache_entry_round_trips_a_value_and_its_marks():
     assert (entry.started, entry.dirty, entry.refresh) == (5.0, True, False)
     assert entry.value() == value
     assert api.CacheEntry.marked({"a": 1}, refresh=True) == {"a": 1, "_refresh": True}
+
+
+def test_loading_every_plugin_does_not_load_the_fitting_libraries():
+    """A process that only serves (a server worker, a Ray batch worker) loads every plugin but
+    fits nothing: scipy.linalg (LAPACK and BLAS for the EASE inverse and Gram matrices) is
+    imported by the first fit, not by the plugins."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from rankly.engine.plugins import make_plugin_manager
+make_plugin_manager(True, ())
+print("before", "scipy.linalg" in sys.modules)
+import numpy as np, scipy.sparse as sp
+from rankly.plugins.models import linear
+linear.item_weights(linear.gram(sp.csr_matrix(np.eye(3, dtype=np.float32))), 1.0)
+print("after", "scipy.linalg" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert proc.stdout.split() == ["before", "False", "after", "True"], proc.stdout
