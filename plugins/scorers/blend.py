@@ -127,9 +127,10 @@ def transition_matrix(data: TrainingData, window: int = SEQ_WINDOW,
                         np.concatenate(cols) if cols else np.empty(0, np.int64))),
                       shape=(n, n), dtype=np.float32)
     t.sum_duplicates()
-    out = np.asarray(t.sum(axis=1), dtype=np.float64).ravel()
-    return sp.csr_matrix(sp.diags((1.0 / (out + shrink)).astype(np.float32)) @ t,
-                         dtype=np.float32)
+    out = np.asarray(t.sum(axis=1), dtype=np.float64).ravel() + shrink
+    # an item nothing followed has an empty row: its scale is never used (0 with no shrink)
+    scale = np.divide(1.0, out, out=np.zeros_like(out), where=out > 0)
+    return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ t, dtype=np.float32)
 
 
 class SequenceBase:
