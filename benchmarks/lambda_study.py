@@ -70,8 +70,7 @@ def validation_curve(data) -> list[float]:
     """NDCG@10 of plain EASE at each lambda of :data:`GRID` on rankly's random hold-out."""
     hold = holdouts.make_holdout(data, "random", 0.2, 2000, 0)
     x = hold.train.binary_matrix()
-    limit = min(int(blend.OPTIONS["max_validation_items"]),
-                linear.items_holding(data.binary_matrix(), blend.OPTIONS["validation_mass"]))
+    limit = blend.validation_item_limit(np.diff(data.matrix.tocsc().indptr), blend.OPTIONS)
     items = linear.active_items(x, 1, limit)
     g = linear.gram(x[:, items])
     hist = holdouts.history_matrix(hold.train.users, hold.rows, data.n_items, 0.0, 0.0)

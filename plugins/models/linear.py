@@ -139,15 +139,15 @@ def gram(x: sp.csr_matrix) -> np.ndarray:
     return _mirror_upper(out).T
 
 
-def items_holding(x: sp.csr_matrix, share: float) -> int:
-    """How many of the most popular items of ``x`` (by users) hold ``share`` of its
-    non-zeros (at least 1; every item with a user when ``share`` >= 1)."""
+def items_holding(users_per_item: np.ndarray, share: float) -> int:
+    """How many of the most popular items (by ``users_per_item``, any order) hold ``share`` of
+    the events (at least 1; every item with a user when ``share`` >= 1)."""
     if not 0.0 < share <= 1.0:
         raise ValueError(f"the share of events must be in (0, 1], got {share}")
-    counts = np.sort(np.diff(sp.csc_matrix(x).indptr))[::-1]
+    counts = np.sort(np.asarray(users_per_item))[::-1]
     held = np.cumsum(counts, dtype=np.float64)
     if held.size == 0 or held[-1] == 0:
-        return max(1, int(x.shape[1]))
+        return max(1, int(counts.size))
     if share >= 1.0:
         return max(1, int((counts > 0).sum()))
     return int(np.searchsorted(held, share * held[-1])) + 1

@@ -532,15 +532,13 @@ class BlendTrainer:
         if data.catalog.categories.max(initial=-1) < 0:
             caps = []
         categories = np.asarray(data.catalog.categories, dtype=np.int64)
-        max_val_items = min(int(options.get("max_validation_items", 3000)),
-                            linear.items_holding(data.binary_matrix(),
-                                                 float(options.get("validation_mass", 0.99))))
         max_ease_items = int(options.get("max_ease_items", 6000))
         report: list[str] = []
 
         # the served EASE keeps the items with at least min_count users: the smallest count
         # that leaves at most max_ease_items of them
         users_per_item = np.sort(np.diff(data.matrix.tocsc().indptr))[::-1]
+        max_val_items = validation_item_limit(users_per_item, options)
         min_count = 1 if (users_per_item > 0).sum() <= max_ease_items else int(
             users_per_item[max_ease_items]) + 1
 
@@ -567,7 +565,9 @@ class BlendTrainer:
         shapes = tuple(dict.fromkeys(h.shape for h in holds))
         report.append("hold-outs: " + ", ".join(
             f"{s} ({sum(h.shape == s for h in holds)} x "
-            f"{max(h.rows.size for h in holds if h.shape == s)} users)" for s in shapes))
+            f"{max(h.rows.size for h in holds if h.shape == s)} users)" for s in shapes)
+            + f"; EASE fitted there on the {max_val_items} most popular of "
+              f"{int((users_per_item > 0).sum())} items")
 
         # step 2: the base model's own hyper-parameters, on the first hold-out
         tuned: dict[str, dict[str, Any]] = {}
@@ -985,6 +985,14 @@ class BlendTrainer:
         if model is None:  # defensive: the walk keeps its current pair's model
             _, model, plain = fit((lam, dropout))
         return lam, dropout, seen, model, plain
+
+
+def validation_item_limit(users_per_item: np.ndarray, options: Mapping[str, Any]) -> int:
+    """How many of the most popular items the EASE fits of validation keep: those that hold
+    ``validation_mass`` of the events, at most ``max_validation_items``."""
+    return min(int(options.get("max_validation_items", OPTIONS["max_validation_items"])),
+               linear.items_holding(users_per_item, float(options.get(
+                   "validation_mass", OPTIONS["validation_mass"]))))
 
 
 def smoothed_peak(grid: Sequence[float], at: int, scores: Sequence[float | None]) -> float:

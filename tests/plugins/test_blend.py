@@ -412,7 +412,8 @@ def test_the_diagonal_bound_is_validated_and_served_by_ease(data, parts):
     plain, leverage = linear.ease_leverage(g, 50.0)
     relaxed = ease.item_weights(g, 50.0, 0.0, 0.4)
     ratio = np.abs(relaxed).sum(axis=0) / np.maximum(np.abs(plain).sum(axis=0), 1e-12)
-    assert np.all(ratio <= 1.0 + 1e-5) and np.all(ratio[np.abs(plain).sum(axis=0) > 0] >= 0.6 - 1e-5)
+    assert np.all(ratio <= 1.0 + 1e-5)
+    assert np.all(ratio[np.abs(plain).sum(axis=0) > 0] >= 0.6 - 1e-5)
     with pytest.raises(ValueError, match="diagonal_bound"):
         ease.item_weights(g, 50.0, 0.0, 1.0)
 
@@ -444,13 +445,8 @@ def test_gram_is_x_transpose_x_on_its_dense_and_sparse_paths(users, n, density, 
        share=st.floats(0.01, 1.0))
 def test_items_holding_is_the_fewest_popular_items_that_hold_the_share(counts, share):
     """``items_holding`` counts the most popular items (by users) that together hold at least
-    ``share`` of the non-zeros, and no fewer: one item less holds less."""
-    import scipy.sparse as sp
-
-    cols = np.repeat(np.arange(len(counts)), counts)
-    x = sp.csr_matrix((np.ones(cols.size, np.float32), (np.arange(cols.size), cols)),
-                      shape=(max(cols.size, 1), len(counts)))
-    m = linear.items_holding(x, share)
+    ``share`` of the events, and no fewer: one item less holds less."""
+    m = linear.items_holding(np.asarray(counts), share)
     held = np.cumsum(sorted(counts, reverse=True))
     total = held[-1]
     if total == 0:
@@ -460,7 +456,21 @@ def test_items_holding_is_the_fewest_popular_items_that_hold_the_share(counts, s
     assert held[m - 1] >= share * total - 1e-9 * total
     assert m == 1 or held[m - 2] < share * total
     with pytest.raises(ValueError, match="share"):
-        linear.items_holding(x, 0.0)
+        linear.items_holding(np.asarray(counts), 0.0)
+
+
+def test_validation_fits_keep_the_items_that_hold_the_validation_mass(data):
+    """``[plugins.blend] validation_mass`` bounds the items the validation EASE fits keep
+    (under ``max_validation_items``), and the training report says how many."""
+    counts = np.diff(data.matrix.tocsc().indptr)
+    for options, want in (({"validation_mass": 0.5}, linear.items_holding(counts, 0.5)),
+                          ({"validation_mass": 1.0, "max_validation_items": 40}, 40)):
+        part = next(p for p in train(data, ("blend",), load_settings(environ={}),
+                                     {"blend": options}) if p.name == "blend")
+        line = next(t for t in part.metrics["report"] if t.startswith("hold-outs"))
+        assert f"EASE fitted there on the {want} most popular of {(counts > 0).sum()} items" \
+            in line
+        assert blend.validation_item_limit(counts, options) == want
 
 
 @settings(max_examples=25, deadline=None)
