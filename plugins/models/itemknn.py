@@ -138,16 +138,15 @@ def tune_neighbours(data: TrainingData, grid: Sequence[int], shrink: float, alph
         return grid[len(grid) // 2], {}, 0
     full = neighbours(hold.train.binary_matrix(), grid[-1], shrink, alpha)
     hist = history_matrix(hold.train.users, hold.rows, data.n_items, 0.0, 0.0, max_history)
-    # a small catalog's lists are scored as dense rows by the compiled kernel, which adds
-    # each user's rows; a sparse product writes a nearly full sparse result instead
-    dense = data.n_items <= DENSE_MAX_ITEMS
+    # a small catalog's lists are scored as dense weight rows, added per user by the
+    # compiled gather of the EASE scorer; a sparse product writes a nearly full sparse result
+    every_item = np.arange(data.n_items)
     tried = {}
     for m in grid:
         near = truncate(full, m)
-        if dense:
-            scores = _fast.weighted_rows_batch(near.toarray(), hist.indptr.astype(np.int64),
-                                               hist.indices.astype(np.int64),
-                                               hist.data.astype(np.float32))
+        if data.n_items <= DENSE_MAX_ITEMS:
+            scores = linear.EaseScorer(every_item, near.toarray(), data.n_items).batch(
+                hist, threads=None)
         else:
             scores = np.asarray((hist @ near).toarray(), dtype=np.float32)
         scores[scores <= 0] = np.nan  # as served: unreachable items are not candidates
