@@ -3,10 +3,14 @@
 Everything that decides a number lives in this file: loading, splits, peer models, tuning and
 metrics. Nothing of ``rankly.engine.offline.evaluation`` is reused; rankly is only reached
 through its public CLI (``rankly train`` / ``rankly recommend``, no model flags), as a user would.
+``rankly-matched`` is the same with one flag, ``rankly train --validation`` set to the shape of
+the protocol under test (random, last, temporal): the default, which cannot know the protocol,
+next to what a team that knows it gets.
 
     python benchmarks/protocols.py [--variants ml100k,ml100k-pos,mlsmall]
-        [--protocols random,loo,temporal] [--seeds 0,1,2] [--models pop,...,rankly]
-        [--no-rankly] [--out benchmarks/results/protocols]
+        [--protocols random,loo,temporal] [--seeds 0,1,2]
+        [--models pop,...,rankly,rankly-matched] [--no-rankly]
+        [--out benchmarks/results/protocols]
 
 Data come from ``$RANKLY_DATASETS`` (default ``../shared/datasets`` next to the repository).
 Peer results are cached under ``/tmp/rankly-protocols-cache`` keyed by (variant, protocol, seed,
@@ -44,7 +48,12 @@ CACHE_DIR = Path(tempfile.gettempdir()) / "rankly-protocols-cache"
 VARIANTS = ("ml100k", "ml100k-pos", "mlsmall")
 PROTOCOLS = ("random", "loo", "temporal")
 PEERS = ("pop", "ease", "ease-recency", "itemknn", "als", "bpr")
-MODELS = (*PEERS, "rankly")
+#: rankly as shipped (no flags), and rankly trained with ``--validation`` set to the shape of
+#: the protocol under test: what a team that knows its protocol gets
+RANKLY_MODELS = ("rankly", "rankly-matched")
+MODELS = (*PEERS, *RANKLY_MODELS)
+#: The ``rankly train --validation`` shape of each protocol (for rankly-matched)
+MATCHED_VALIDATION = {"random": "random", "loo": "last", "temporal": "temporal"}
 DAY = 86400.0
 
 #: Every peer's tuning grid (at most 6 configurations each). ease-recency takes the lambda
@@ -521,9 +530,11 @@ def _tail(text: str, lines: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def evaluate_rankly(split: Split, timeout: float = 3600.0) -> dict[str, Any]:
+def evaluate_rankly(split: Split, timeout: float = 3600.0, validation: str | None = None
+                    ) -> dict[str, Any]:
     """Train rankly on the train part (CSV ``user,item,timestamp`` + the dataset's item file)
-    with no model flags, ask ``rankly recommend --n 10`` for the test users, score the lists."""
+    with no model flags (``validation``: with ``--validation`` set to it), ask ``rankly
+    recommend --n 10`` for the test users, score the lists."""
     train = split.train
     env = dict(os.environ)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -540,7 +551,8 @@ def evaluate_rankly(split: Split, timeout: float = 3600.0) -> dict[str, Any]:
                 fh.write(f"{u},{i},{t}\n")
         users_path.write_text("".join(f"{train.user_ids[u]}\n" for u in split.test_users))
         train_cmd = [*cmd, "train", "--interactions", str(csv_path), "--format", "events-csv",
-                     "--items", str(train.items_file), "--out", str(art)]
+                     "--items", str(train.items_file), "--out", str(art),
+                     *(["--validation", validation] if validation else [])]
         t0 = time.perf_counter()
         proc = subprocess.run(train_cmd, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -604,7 +616,7 @@ def cache_path(variant: str, protocol: str, seed: int, model: str, data: Data) -
     return CACHE_DIR / f"{variant}-{protocol}-{seed}-{model}-{digest}.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _content_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -650,17 +662,21 @@ def run_cell(variant: str, protocol: str, seed: int, data: Data, models: Sequenc
             cell["models"][model] = result
             how = "cached" if result["cached"] else f"{result['seconds']} s"
             log(f"  {model}: NDCG@10 {result['ndcg']:.4f} config {result['config']} ({how})")
-    if "rankly" in models:
-        log(f"  rankly: training on {cell['train_interactions']} interactions ...")
+    for name in RANKLY_MODELS:
+        if name not in models:
+            continue
+        validation = MATCHED_VALIDATION[protocol] if name == "rankly-matched" else None
+        log(f"  {name}: training on {cell['train_interactions']} interactions"
+            + (f" (--validation {validation})" if validation else "") + " ...")
         try:
-            result = evaluate_rankly(split)
+            result = evaluate_rankly(split, validation=validation)
         except (OSError, subprocess.SubprocessError) as exc:
             result = {"error": f"{type(exc).__name__}: {exc}"}
-        cell["models"]["rankly"] = result
+        cell["models"][name] = result
         if "error" in result:
-            log(f"  rankly: ERROR {result['error']}")
+            log(f"  {name}: ERROR {result['error']}")
         else:
-            log(f"  rankly: NDCG@10 {result['ndcg']:.4f} (train {result['train_seconds']} s)")
+            log(f"  {name}: NDCG@10 {result['ndcg']:.4f} (train {result['train_seconds']} s)")
     cell["seconds"] = round(time.perf_counter() - t0, 2)
     return cell
 
@@ -677,7 +693,7 @@ def mean_cells(cells: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [c["models"].get(m, {}) for c in cells]
         if all("ndcg" in r for r in rows):
             out["models"][m] = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-            if m == "rankly":
+            if m in RANKLY_MODELS:
                 out["models"][m]["train_seconds"] = float(np.mean([r["train_seconds"]
                                                                    for r in rows]))
         else:
@@ -696,6 +712,9 @@ def add_ratios(row: dict[str, Any]) -> None:
     if "ndcg" in r and peers[best]["ndcg"] > 0:
         row["ratio"] = r["ndcg"] / peers[best]["ndcg"]
         row["coverage_ratio"] = r["coverage"] / max(peers[best]["coverage"], 1e-12)
+    r = row["models"].get("rankly-matched", {})
+    if "ndcg" in r and peers[best]["ndcg"] > 0:
+        row["matched_ratio"] = r["ndcg"] / peers[best]["ndcg"]
 
 
 def report_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -720,11 +739,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     cells = [r for r in rows if counted(r)]
     ratios = [r["ratio"] for r in cells if "ratio" in r]
-    if not ratios:
-        return {"cells": len(cells), "cells_with_ratio": 0}
-    return {"cells": len(cells), "cells_with_ratio": len(ratios),
-            "min_ratio": min(ratios), "mean_ratio": float(np.mean(ratios)),
-            "min_coverage_ratio": min(r["coverage_ratio"] for r in cells if "ratio" in r)}
+    matched = [r["matched_ratio"] for r in cells if "matched_ratio" in r]
+    out: dict[str, Any] = {"cells": len(cells), "cells_with_ratio": len(ratios)}
+    if ratios:
+        out.update(min_ratio=min(ratios), mean_ratio=float(np.mean(ratios)),
+                   min_coverage_ratio=min(r["coverage_ratio"] for r in cells if "ratio" in r))
+    if matched:
+        out.update(cells_with_matched_ratio=len(matched), min_matched_ratio=min(matched),
+                   mean_matched_ratio=float(np.mean(matched)))
+    return out
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -741,7 +764,7 @@ def markdown(rows: list[dict[str, Any]], models: Sequence[str], summ: dict[str, 
                  for m, x in r["models"].items() if m in PEERS]
     cached = sum(1 for x in peer_runs if x.get("cached"))
     commits = sorted({x["commit"] for r in rows for m, x in r["models"].items()
-                      if m == "rankly" and "commit" in x})
+                      if m in RANKLY_MODELS and "commit" in x})
     out = [f"# Evaluation report ({meta['started']})", "",
            f"Command: `{meta['command']}`; wall time {meta['seconds']:.0f} s on "
            f"{meta['machine']} (load average at the end {meta['load_average_end'][0]:.1f}).",
@@ -756,7 +779,8 @@ def markdown(rows: list[dict[str, Any]], models: Sequence[str], summ: dict[str, 
         out += [f"## {titles[metric]}", ""]
         head = ["variant", "protocol", *names]
         if metric == "ndcg":
-            head += ["best peer", "rankly / best", "test users"]
+            head += ["best peer", "rankly / best",
+                     *(["matched / best"] if "rankly-matched" in names else []), "test users"]
         elif metric == "coverage":
             head += ["rankly / best-NDCG peer"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -768,7 +792,10 @@ def markdown(rows: list[dict[str, Any]], models: Sequence[str], summ: dict[str, 
             line = [r["variant"], _label(r), *vals]
             if metric == "ndcg":
                 line += [r.get("best_peer", "-"),
-                         f"{r['ratio']:.2f}x" if "ratio" in r else "-", str(r["test_users"])]
+                         f"{r['ratio']:.2f}x" if "ratio" in r else "-",
+                         *([f"{r['matched_ratio']:.2f}x" if "matched_ratio" in r else "-"]
+                           if "rankly-matched" in names else []),
+                         str(r["test_users"])]
             elif metric == "coverage":
                 line += [f"{r['coverage_ratio']:.2f}x" if "coverage_ratio" in r else "-"]
             out.append("| " + " | ".join(line) + " |")
@@ -778,6 +805,11 @@ def markdown(rows: list[dict[str, Any]], models: Sequence[str], summ: dict[str, 
                 f"(random = mean of seeds): rankly / best peer NDCG@10 min "
                 f"{summ['min_ratio']:.2f}x, mean {summ['mean_ratio']:.2f}x; coverage vs the "
                 f"best peer's, min {summ['min_coverage_ratio']:.2f}x.", ""]
+    if "min_matched_ratio" in summ:
+        out += [f"rankly-matched (`rankly train --validation` set to the protocol's shape: "
+                f"{', '.join(f'{p} -> {v}' for p, v in MATCHED_VALIDATION.items())}) / best "
+                f"peer NDCG@10 over {summ['cells_with_matched_ratio']} cells: min "
+                f"{summ['min_matched_ratio']:.2f}x, mean {summ['mean_matched_ratio']:.2f}x.", ""]
     out += ["## Chosen configurations and times", "",
             "| variant | protocol | model | chosen config | tune s | refit s | rankly train s |",
             "|---|---|---|---|---|---|---|"]
@@ -785,11 +817,11 @@ def markdown(rows: list[dict[str, Any]], models: Sequence[str], summ: dict[str, 
         if r.get("seed") == "mean":
             continue
         for m, x in r["models"].items():
-            if m == "rankly":
+            if m in RANKLY_MODELS:
                 extra = x.get("error", "")[:120] if "error" in x else (
                     f"fallback lines {x['fallback_lines']}, seen items returned "
                     f"{x['seen_items_returned']}")
-                out.append(f"| {r['variant']} | {_label(r)} | rankly | {extra} | | | "
+                out.append(f"| {r['variant']} | {_label(r)} | {m} | {extra} | | | "
                            f"{x.get('train_seconds', '-')} |")
             else:
                 out.append(f"| {r['variant']} | {_label(r)} | {m} | {_fmt_config(x['config'])}"
@@ -850,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = _csv_list(args.variants, VARIANTS)
     protocols = _csv_list(args.protocols, PROTOCOLS)
-    models = [m for m in _csv_list(args.models, MODELS) if not (args.no_rankly and m == "rankly")]
+    models = [m for m in _csv_list(args.models, MODELS)
+              if not (args.no_rankly and m in RANKLY_MODELS)]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cached_peers = [m for m in PEERS if m not in models]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")

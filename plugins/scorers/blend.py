@@ -345,8 +345,14 @@ LOW_LAMBDA_FACTOR = 0.2
 #: MovieLens (90 and 365 days) none passed the random shape's test, so none is tried by
 #: default; the ``age_half_lives`` option turns the search on.
 AGE_HALF_LIVES: tuple[float, ...] = ()
-#: History recency: the share of recency weight and its half-life in history positions.
-MIXES = (0.15, 0.3, 0.6)
+#: The age half-lives searched instead when the temporal shape alone is judged (``--validation
+#: temporal``) and ``age_half_lives`` is not set: "what is current" is what that shape
+#: measures, and there is no random shape for the decay to lose on.
+TEMPORAL_AGE_HALF_LIVES = (30.0, 90.0, 365.0)
+#: History recency: the share of recency weight and its half-life in history positions. The
+#: grids of this and of SEQ_WEIGHTS reach far enough for ``--validation last``, whose best
+#: next-item weights lie above what the robust rule lets past the random shape.
+MIXES = (0.15, 0.3, 0.6, 0.9)
 HISTORY_HALF_LIVES = (2.0, 8.0)
 #: The most NDCG a candidate may lose on any hold-out shape against the plain model (at the
 #: lower confidence bound, relative to its mean): the price of robustness. A tighter bound
@@ -360,7 +366,7 @@ RANDOM_FOLDS = 1
 #: Diversity caps (items per primary category in the top k) validated, tightest first.
 DIVERSITY_CAPS = (2, 3, 4, 5)
 #: Weight of the (standardized) next-item score next to the item-item one.
-SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2)
+SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: Popularity: weight next to the (standardized) item-item score, and half-lives in days.
 POP_WEIGHTS = (0.1, 0.3, 0.8)
 POP_HALF_LIVES = (0.0, 30.0, 365.0)
@@ -769,7 +775,8 @@ class BlendTrainer:
         scales = grid_option(options, "lambda_scales", LAMBDA_SCALES)
         low_shares = [a for a in grid_option(options, "low_lambda_shares", LOW_LAMBDA_SHARES)
                       if 0 < a < 1]
-        ages = [d for d in grid_option(options, "age_half_lives", AGE_HALF_LIVES)
+        ages = [d for d in grid_option(options, "age_half_lives", TEMPORAL_AGE_HALF_LIVES
+                                       if shapes == ("temporal",) else AGE_HALF_LIVES)
                 if 0 < d <= max(span_days, 1.0)]
         changed = {"lambda": True, "age": True, "history": True, "sequence": True,
                    "popularity": True}

@@ -203,6 +203,33 @@ def test_single_shape_validation_and_bad_names(data):
         blend.BlendTrainer().fit(data, {"validation": "user-last"})
 
 
+def test_temporal_validation_searches_the_age_decay_of_training_pairs(data, monkeypatch):
+    """``--validation temporal`` tries the age half-lives of TEMPORAL_AGE_HALF_LIVES that fit
+    in the data's span (one EASE fit each); robust validation tries none unless asked, and
+    an explicit ``age_half_lives`` wins."""
+    fitted: list[float] = []
+    fit = blend.BlendTrainer._ease_base
+
+    def spy(train, lam, dropout, max_items, age_half_life_days=0.0, bound=0.0):
+        fitted.append(age_half_life_days)
+        return fit(train, lam, dropout, max_items, age_half_life_days, bound)
+
+    monkeypatch.setattr(blend.BlendTrainer, "_ease_base", staticmethod(spy))
+    span = float(np.ptp(data.timestamps)) / 86_400
+    inside = {d for d in blend.TEMPORAL_AGE_HALF_LIVES if d <= span}
+    assert inside, "the synthetic data must span at least one half-life"
+
+    def ages(options):
+        fitted.clear()
+        blend.BlendTrainer().fit(data, options)
+        return set(fitted) - {0.0}
+
+    assert ages({"validation": "temporal"}) == inside
+    assert ages({"validation": "robust"}) == set()
+    assert ages({"validation": "temporal", "age_half_lives": []}) == set()
+    assert ages({"validation": "last", "age_half_lives": [30]}) == {30.0}
+
+
 def test_ease_dropout_regularizes_popular_items_harder():
     rng = np.random.default_rng(0)
     x = (rng.random((300, 30)) < np.linspace(0.05, 0.6, 30)).astype(np.float32)
