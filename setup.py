@@ -7,7 +7,8 @@ from setuptools import Extension, find_packages, setup
 try:
     from Cython.Build import cythonize
 except ImportError:  # pragma: no cover - build-time guard
-    sys.exit("rankly needs Cython>=3 to build its kernels: pip install 'Cython>=3' numpy, then retry.")
+    sys.exit("rankly needs Cython>=3 to build its kernels: "
+             "pip install 'Cython>=3' numpy, then retry.")
 import numpy as np
 
 PACKAGE_DIR = {

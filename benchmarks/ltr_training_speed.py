@@ -30,8 +30,8 @@ from rankly.engine.config import ExplorationSettings, load_settings
 from rankly.engine.feedback import ltr_training
 from rankly.engine.feedback.exploration import explore
 from rankly.engine.model import load_model
-from rankly.engine.offline.demo import train_shop
 from rankly.engine.offline.batch import rank_user, serving_runtime
+from rankly.engine.offline.demo import train_shop
 from rankly.engine.offline.simulator import Simulator
 from rankly.engine.pipeline.served import capture, impression_fields
 from rankly.engine.types import RecommendationRequest, UserFeatures

@@ -1,6 +1,7 @@
 """Artifacts, runtimes and request mixes shared by the pipeline and load benchmarks.
 
-Artifacts are written once under ``$RANKLY_BENCH_DIR`` (default ``.rankly/bench`` in the checkout) and reused:
+Artifacts are written once under ``$RANKLY_BENCH_DIR`` (default ``.rankly/bench`` in the
+checkout) and reused:
 ``ml100k`` is the default models trained on MovieLens 100K (or, when the dataset is absent, a
 synthetic shop of the same size); ``synth1m`` is a 1M-item catalog with d = 64 ALS factors
 generated directly (a mixture of Gaussian "topics", as trained factors are clustered), a

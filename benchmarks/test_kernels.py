@@ -33,6 +33,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from rankly._fast import reference
 
 fast_topk = importlib.import_module("rankly._fast.topk")

@@ -169,7 +169,7 @@ class ModelVersions:
                 keys = [self.keys.version_blob(version, no, c) for c in range(f["chunks"])]
                 parts: list[bytes] = []
                 for start in range(0, len(keys), 8):
-                    got = await self._run(lambda r, s=start: r.mget(keys[s:s + 8]))
+                    got = await self._run(lambda r, part=keys[start:start + 8]: r.mget(part))
                     if any(g is None for g in got):
                         raise ArtifactError(f"version {version}: {rel} is incomplete in Redis")
                     parts.extend(got)

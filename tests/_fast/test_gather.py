@@ -5,6 +5,7 @@ import pytest
 from fast_strategies import KERNELS
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rankly import _fast
 from rankly._fast import reference
 

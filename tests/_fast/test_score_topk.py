@@ -14,6 +14,7 @@ from fast_strategies import KERNELS, exclusions, k_values
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from rankly import _fast
 from rankly._fast import reference
 

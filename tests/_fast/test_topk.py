@@ -6,6 +6,7 @@ from fast_strategies import KERNELS, exclusions, k_values, score_arrays, score_e
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from rankly import _fast
 from rankly._fast import reference
 

@@ -284,7 +284,8 @@ def _assert_same(a, b):
         assert x.dtype.kind == y.dtype.kind and x.tolist() == y.tolist(), name
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.lists(_FIELD, min_size=3, max_size=5), min_size=1, max_size=12),
        blank=st.booleans(), header=st.booleans())
 def test_bulk_rating_reader_agrees_with_the_row_reader(tmp_path, rows, blank, header):
