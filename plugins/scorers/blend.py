@@ -359,6 +359,9 @@ HISTORY_HALF_LIVES = (2.0, 8.0)
 #: let no time-aware candidate past the random shape, so next-item protocols got nothing; the
 #: measured trade-off is in docs/evaluation.md.
 MAX_LOSS = 0.01
+#: The training report names a shape's own best candidate when it beats the chosen blend there
+#: by more than this share of NDCG (``Search.given_up``)
+SHAPE_GAIN_SHOWN = 0.02
 #: Random hold-outs (folds) carved for the random shape. A second fold narrows the random
 #: shape's confidence bound at the cost of a fourth of the validation work; one fold served
 #: a better mean on benchmarks/protocols.py (docs/evaluation.md has both runs).
@@ -440,6 +443,21 @@ class Search:
         return np.array([self.results[c][s].ndcg
                          / max(max(o[s].ndcg for o in self.results.values()), 1e-12)
                          for s in self.shapes])
+
+    def given_up(self, chosen: BlendParams, min_gain: float | None = None
+                 ) -> dict[str, BlendParams]:
+        """Per shape, the candidate tried that scored best there when it beats ``chosen`` there
+        by more than ``min_gain`` (relative NDCG; default :data:`SHAPE_GAIN_SHOWN`) and is not
+        degenerate: what validating on that shape alone would at least find, and what the rule
+        gave up for the others."""
+        min_gain = SHAPE_GAIN_SHOWN if min_gain is None else min_gain
+        out = {}
+        for s in self.shapes if len(self.shapes) > 1 else ():
+            fair = [c for c in self.results if not self.degenerate(c)]
+            top = max(fair, key=lambda c: self.results[c][s].ndcg, default=chosen)
+            if self.results[top][s].ndcg > (1.0 + min_gain) * self.results[chosen][s].ndcg:
+                out[s] = top
+        return out
 
     def value(self, c: BlendParams) -> float:
         """The selection objective (higher is better; -inf: not eligible).
@@ -815,6 +833,12 @@ class BlendTrainer:
         report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
             f"{s} {chosen[s].ndcg:.4f} vs {plain[s].ndcg:.4f}" for s in shapes))
+        given_up = search.given_up(best)
+        for s, alt in given_up.items():
+            report.append(
+                f"best on {s} of the candidates tried: {alt.label()}; validation NDCG@{k} "
+                + ", ".join(f"{t} {search.results[alt][t].ndcg:.4f}" for t in shapes)
+                + f" (`--validation {s}` chooses on that shape alone)")
         refused = sum(1 for c in search.results if search.degenerate(c))
         report.append(f"coverage@{k} " + ", ".join(f"{s} {chosen[s].coverage:.3f}"
                                                    for s in shapes)
@@ -870,6 +894,8 @@ class BlendTrainer:
                 "validation_personalization": {s: round(chosen[s].personalization, 4)
                                                for s in shapes},
                 "candidates": len(search.results), "degenerate_refused": refused,
+                "given_up": {s: {t: round(search.results[alt][t].ndcg, 5) for t in shapes}
+                             for s, alt in given_up.items()},
                 "diversity_cap_cost": cap_cost,
                 "report": report, "tune_seconds": round(time.perf_counter() - started, 2)},
         )

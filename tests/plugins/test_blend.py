@@ -321,6 +321,35 @@ def test_minimax_picks_the_best_worst_shape_ratio():
     assert max(strict.results, key=strict.value) == plain
 
 
+def test_the_report_names_what_each_shape_alone_would_have_chosen(data, monkeypatch):
+    search = blend.Search(("random", "last"), max_loss=0.01, degenerate_margin=0.1)
+    plain = blend.BlendParams()
+    mild = blend.BlendParams(mix=0.15, half_life=2.0)
+    nexty = blend.BlendParams(mix=0.6, half_life=2.0, seq_weight=0.4)
+    same = blend.BlendParams(pop_weight=0.1)
+    search.results[plain] = {"random": _outcome(0.40), "last": _outcome(0.040)}
+    search.results[mild] = {"random": _outcome(0.40), "last": _outcome(0.042)}
+    search.results[nexty] = {"random": _outcome(0.30), "last": _outcome(0.060)}
+    # a degenerate list wins "last" outright but is never offered
+    search.results[same] = {"random": _outcome(0.30, personalization=0.1),
+                            "last": _outcome(0.090, personalization=0.1)}
+    chosen = max(search.results, key=search.value)
+    assert chosen == mild
+    assert search.given_up(chosen) == {"last": nexty}  # random: nothing beats mild there
+    assert search.given_up(chosen, min_gain=0.6) == {}
+    single = blend.Search(("last",), 0.01, 0.1, results={
+        c: {"last": o["last"]} for c, o in search.results.items()})
+    assert single.given_up(mild) == {}  # one shape: the choice is that shape's own
+    # through training: with any gain shown, every shape names its own best candidate
+    monkeypatch.setattr(blend, "SHAPE_GAIN_SHOWN", -1.0)
+    part = blend.BlendTrainer().fit(data, {})
+    report = "\n".join(part.metrics["report"])
+    assert set(part.metrics["given_up"]) == set(part.params["shapes"])
+    for shape, scores in part.metrics["given_up"].items():
+        assert f"best on {shape} of the candidates tried" in report
+        assert scores[shape] >= part.metrics["validation_ndcg"][shape]
+
+
 def test_ease_training_pairs_decay_with_age():
     # user u saw a long ago and b recently, v saw a and c recently: with decay, a weighs less
     day = 86_400
