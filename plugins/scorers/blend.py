@@ -450,10 +450,12 @@ class Search:
         by more than ``min_gain`` (relative NDCG; default :data:`SHAPE_GAIN_SHOWN`) and is not
         degenerate: what validating on that shape alone would at least find, and what the rule
         gave up for the others."""
+        if len(self.shapes) < 2:
+            return {}
         min_gain = SHAPE_GAIN_SHOWN if min_gain is None else min_gain
+        fair = [c for c in self.results if not self.degenerate(c)]
         out = {}
-        for s in self.shapes if len(self.shapes) > 1 else ():
-            fair = [c for c in self.results if not self.degenerate(c)]
+        for s in self.shapes:
             top = max(fair, key=lambda c: self.results[c][s].ndcg, default=chosen)
             if self.results[top][s].ndcg > (1.0 + min_gain) * self.results[chosen][s].ndcg:
                 out[s] = top
@@ -833,11 +835,12 @@ class BlendTrainer:
         report.append(f"blend ({len(search.results)} candidates): {best.label()}")
         report.append(f"validation NDCG@{k} chosen vs plain: " + ", ".join(
             f"{s} {chosen[s].ndcg:.4f} vs {plain[s].ndcg:.4f}" for s in shapes))
-        given_up = search.given_up(best)
-        for s, alt in given_up.items():
+        given_up = {s: (alt, {t: search.results[alt][t].ndcg for t in shapes})
+                    for s, alt in search.given_up(best).items()}
+        for s, (alt, ndcg) in given_up.items():
             report.append(
                 f"best on {s} of the candidates tried: {alt.label()}; validation NDCG@{k} "
-                + ", ".join(f"{t} {search.results[alt][t].ndcg:.4f}" for t in shapes)
+                + ", ".join(f"{t} {v:.4f}" for t, v in ndcg.items())
                 + f" (`--validation {s}` chooses on that shape alone)")
         refused = sum(1 for c in search.results if search.degenerate(c))
         report.append(f"coverage@{k} " + ", ".join(f"{s} {chosen[s].coverage:.3f}"
@@ -894,8 +897,8 @@ class BlendTrainer:
                 "validation_personalization": {s: round(chosen[s].personalization, 4)
                                                for s in shapes},
                 "candidates": len(search.results), "degenerate_refused": refused,
-                "given_up": {s: {t: round(search.results[alt][t].ndcg, 5) for t in shapes}
-                             for s, alt in given_up.items()},
+                "given_up": {s: {t: round(v, 5) for t, v in ndcg.items()}
+                             for s, (_, ndcg) in given_up.items()},
                 "diversity_cap_cost": cap_cost,
                 "report": report, "tune_seconds": round(time.perf_counter() - started, 2)},
         )
