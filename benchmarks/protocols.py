@@ -530,13 +530,15 @@ def _tail(text: str, lines: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def evaluate_rankly(split: Split, timeout: float = 3600.0, validation: str | None = None
-                    ) -> dict[str, Any]:
+def evaluate_rankly(split: Split, timeout: float = 3600.0, validation: str | None = None,
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
     """Train rankly on the train part (CSV ``user,item,timestamp`` + the dataset's item file)
-    with no model flags (``validation``: with ``--validation`` set to it), ask ``rankly
-    recommend --n 10`` for the test users, score the lists."""
+    with no model flags (``validation``: with ``--validation`` set to it; ``env``: variables
+    added to both commands' environment), ask ``rankly recommend --n 10`` for the test users,
+    score the lists. ``blend`` holds the trained blend's validation NDCG@10 per shape, chosen
+    and plain, as its manifest records them."""
     train = split.train
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     cmd = rankly_command()
     commit = _commit()
@@ -568,6 +570,7 @@ def evaluate_rankly(split: Split, timeout: float = 3600.0, validation: str | Non
         if rec.returncode != 0:
             return {"error": f"rankly recommend exited {rec.returncode}: {_tail(rec.stderr)}",
                     "commit": commit, "train_seconds": round(train_seconds, 2)}
+        blend = json.loads((art / "manifest.json").read_text())["parts"].get("blend", {})
     item_index = {s: j for j, s in enumerate(train.item_ids.tolist())}
     by_user: dict[str, dict[str, Any]] = {}
     for line in rec.stdout.splitlines():
@@ -595,7 +598,9 @@ def evaluate_rankly(split: Split, timeout: float = 3600.0, validation: str | Non
     return {**metrics, "commit": commit, "train_seconds": round(train_seconds, 2),
             "recommend_seconds": round(rec_seconds, 2), "missing_users": missing,
             "fallback_lines": fallbacks, "seen_items_returned": seen_leaks,
-            "unknown_items_returned": unknown, "train_log": _tail(proc.stdout + proc.stderr, 12)}
+            "unknown_items_returned": unknown, "train_log": _tail(proc.stdout + proc.stderr, 12),
+            "blend": {k: blend.get("metrics", {}).get(k) for k in ("validation_ndcg",
+                                                                    "plain_ndcg")}}
 
 
 def _with_unknown(genre: np.ndarray) -> np.ndarray:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -46,30 +44,18 @@ FORCE = {"RANKLY_PLUGINS__BLEND__MAX_LOSS": "1", "RANKLY_PLUGINS__BLEND__DIVERSI
          "0.01"}
 FULL_ITEMS = {"RANKLY_PLUGINS__BLEND__VALIDATION_MASS": "1.0",
               "RANKLY_PLUGINS__BLEND__MAX_VALIDATION_ITEMS": "6000"}
-_CHOSEN = re.compile(r"random ([0-9.]+) vs ([0-9.]+)")
 
 
 def train_and_test(split: P.Split, env: dict[str, str]) -> dict[str, float | str]:
-    """rankly trained on ``split`` with ``env`` added: its test NDCG@10, the chosen blend's
-    and the plain model's random-shape validation NDCG@10, and the chosen blend."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        result = P.evaluate_rankly(split)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """rankly trained on ``split`` with ``env`` added: its test NDCG@10 and the chosen blend's
+    and the plain model's random-shape validation NDCG@10 (from the model's manifest)."""
+    result = P.evaluate_rankly(split, env=env)
     if "error" in result:
         raise SystemExit(result["error"])
-    log = result["train_log"]
-    chosen = next(line for line in log.splitlines() if "chosen vs plain" in line)
-    val, plain = (float(x) for x in _CHOSEN.search(chosen).groups())
-    blend = next((line.split(": ", 1)[1].strip() for line in log.splitlines()
+    blend = next((line.split(": ", 1)[1].strip() for line in result["train_log"].splitlines()
                   if "blend (" in line), "")
-    return {"test": result["ndcg"], "val": val, "val_plain": plain, "blend": blend,
+    return {"test": result["ndcg"], "val": result["blend"]["validation_ndcg"]["random"],
+            "val_plain": result["blend"]["plain_ndcg"]["random"], "blend": blend,
             "train_seconds": result["train_seconds"]}
 
 

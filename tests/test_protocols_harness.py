@@ -125,3 +125,60 @@ def test_top_k_excludes_seen_and_unknown_items_and_breaks_ties_by_index(protocol
     allowed = np.array([True, True, True, True, False])
     assert protocols.top_k(scores, seen, allowed, k=3).tolist() == [[0, 1, 3]]
     assert protocols.top_k(scores, seen, allowed, k=5).tolist() == [[0, 1, 3, -1, -1]]
+
+
+def _cell(protocols, variant, protocol, seed, ndcgs):
+    """A cell as run_cell writes it: peers with their tuning, rankly with its checks."""
+    def result(model, v):
+        extra = ({"fallback_lines": 0, "seen_items_returned": 0, "train_seconds": 1.0}
+                 if model in protocols.RANKLY_MODELS else
+                 {"config": {}, "tune_seconds": 0.0, "fit_seconds": 0.0})
+        return {"ndcg": v, "recall": v, "coverage": 0.1, "diversity": 0.5, **extra}
+    return {"variant": variant, "protocol": protocol, "seed": seed, "test_users": 10,
+            "models": {m: result(m, v) for m, v in ndcgs.items()}}
+
+
+def test_the_report_sets_matched_rankly_against_the_best_peer_too(protocols):
+    cells = [
+        _cell(protocols, "v", "random", 0, {"ease": 0.40, "rankly": 0.38,
+                                            "rankly-matched": 0.40}),
+        _cell(protocols, "v", "loo", None, {"ease": 0.040, "als": 0.050, "rankly": 0.045,
+                                            "rankly-matched": 0.075}),
+    ]
+    rows = protocols.report_rows(cells)
+    summ = protocols.summary(rows)
+    assert summ["min_ratio"] == pytest.approx(0.9) and summ["min_matched_ratio"] == 1.0
+    assert summ["mean_matched_ratio"] == pytest.approx(1.25)
+    meta = {"started": "t", "command": "c", "seconds": 1.0, "machine": "m",
+            "load_average_end": (0.0, 0.0, 0.0)}
+    text = protocols.markdown(rows, ["rankly", "rankly-matched"], summ, meta)
+    assert "| matched / best |" in text and "| 1.50x |" in text
+    assert "min 1.00x, mean 1.25x" in text
+    assert protocols.MATCHED_VALIDATION == {"random": "random", "loo": "last",
+                                            "temporal": "temporal"}
+
+
+def test_rankly_is_trained_with_the_validation_and_environment_asked_for(protocols, tmp_path):
+    """Through the CLI: ``--validation last`` leaves one validation shape in the manifest's
+    blend metrics, and ``env`` reaches the command."""
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(60), 12)
+    item = np.concatenate([rng.choice(40, 12, replace=False) for _ in range(60)])
+    ts = 1_000_000 + np.arange(user.size) * 600
+    items_file = tmp_path / "movies.csv"
+    items_file.write_text("movieId,title,genres\n"
+                          + "".join(f"{i},Movie {i},G{i % 4}\n" for i in range(40)))
+    data = protocols.Data(
+        user.astype(np.int32), item.astype(np.int32), ts.astype(np.int64),
+        np.array([str(u) for u in range(60)]), np.array([str(i) for i in range(40)]),
+        np.arange(40), np.array([f"G{i % 4}" for i in range(40)]), tmp_path, items_file)
+    split = protocols.random_split(data, 0)
+    result = protocols.evaluate_rankly(split, validation="last")
+    assert "error" not in result, result.get("error")
+    assert set(result["blend"]["validation_ndcg"]) == {"last"}
+    assert set(result["blend"]["plain_ndcg"]) == {"last"}
+    assert result["fallback_lines"] == 0 and result["seen_items_returned"] == 0
+    # a criterion the blend refuses: training goes on without it, and says why
+    refused = protocols.evaluate_rankly(split, env={"RANKLY_PLUGINS__BLEND__CRITERION": "x"})
+    assert "criterion must be one of" in refused["train_log"]
+    assert refused["blend"]["validation_ndcg"] is None
