@@ -20,10 +20,10 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: The names of :mod:`rankly.engine.api`, re-exported here (a test keeps the lists equal).
 API_NAMES = frozenset({
     "hookimpl", "Register", "CandidateGenerator", "Scorer", "CatalogScorer", "Reranker",
-    "Cache", "Trainer", "LiveCounters", "ComponentContext", "IntArray", "FloatArray",
-    "EMPTY_INDEX", "Reason", "UserFeatures", "Candidates", "Ranking", "anchored_reasons",
-    "ModelPart", "CacheEntry", "Model", "Catalog", "UserTable", "Factors", "Neighbours",
-    "TrainingData", "Store", "StoreUnavailable", "AsyncRedis", "CircuitOpen",
+    "Cache", "Trainer", "DataRefused", "LiveCounters", "ComponentContext", "IntArray",
+    "FloatArray", "EMPTY_INDEX", "Reason", "UserFeatures", "Candidates", "Ranking",
+    "anchored_reasons", "ModelPart", "CacheEntry", "Model", "Catalog", "UserTable", "Factors",
+    "Neighbours", "TrainingData", "Store", "StoreUnavailable", "AsyncRedis", "CircuitOpen",
     "INVALIDATION_MODES", "check_invalidation", "RANKER_FEATURES", "ranker_features",
 })
 

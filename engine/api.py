@@ -25,6 +25,7 @@ from .types import (
     CandidateGenerator,
     Candidates,
     CatalogScorer,
+    DataRefused,
     FloatArray,
     IntArray,
     ModelPart,
@@ -65,6 +66,7 @@ __all__ = [
     "Reranker",
     "Cache",
     "Trainer",
+    "DataRefused",
     "LiveCounters",
     # what a factory receives
     "ComponentContext",

@@ -272,7 +272,14 @@ class Cache(Protocol):
     def invalidate_user(self, user_id: str) -> Awaitable[None]: ...
 
 
+class DataRefused(ValueError):
+    """A trainer's answer to data it does not suit (a catalog too large for a dense inverse,
+    too few events): ``rankly train`` skips that part with this message and serves the
+    others. Any other error, a bad option value included, fails training."""
+
+
 @runtime_checkable
 class Trainer(Protocol):
     def fit(self, data: Any, options: Mapping[str, Any]) -> ModelPart:
-        """Fit on ``TrainingData`` (``rankly.engine.api``) and return arrays to save."""
+        """Fit on ``TrainingData`` (``rankly.engine.api``) and return arrays to save; raise
+        :class:`DataRefused` when the data does not suit the trainer."""

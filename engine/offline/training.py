@@ -12,7 +12,7 @@ from typing import IO, Any
 from ..config import PipelineSettings, Settings, load_settings
 from ..model import fingerprint, save_model
 from ..plugins import PluginError, collect, make_plugin_manager
-from ..types import ModelPart
+from ..types import DataRefused, ModelPart
 from . import datasets
 from . import progress as progress_bars
 from .interactions import TrainingData, build_training_data
@@ -52,8 +52,9 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
     overridden by ``settings.plugin_options(name)``, overridden by ``options[name]``: an
     explicit setting always wins. ``validation`` (``--validation``) is given to every trainer
     that declares a ``validation`` option (those that choose their hyper-parameters on
-    hold-outs) unless ``options`` sets it. "pop" is added first when missing. A trainer that refuses
-    the data (EASE on a catalog too large for its dense inverse) is skipped with a note.
+    hold-outs) unless ``options`` sets it. "pop" is added first when missing. A trainer that
+    refuses the data (:class:`~rankly.engine.api.DataRefused`: EASE on a catalog too large for
+    its dense inverse) is skipped with a note; any other error (a bad option value) fails.
     """
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
                                                        settings.blocked_plugins)
@@ -72,7 +73,7 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
         started = time.perf_counter()
         try:
             part = registry.get(name).fit(data, opts)
-        except ValueError as exc:
+        except DataRefused as exc:
             if name not in trainers or name == "pop":
                 raise
             shown.write(f"skipped {name}: {exc}", file=progress or sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from rankly.engine.api import ComponentContext, ModelPart, TrainingData, hookimpl
+from rankly.engine.api import ComponentContext, DataRefused, ModelPart, TrainingData, hookimpl
 from rankly.plugins.models.linear import (  # noqa: F401 (the EASE math, re-exported)
     EaseScorer,
     active_items,
@@ -57,7 +57,7 @@ class EaseTrainer:
         x = data.binary_matrix()
         active = active_items(x, min_count, x.shape[1])
         if active.size > limit:
-            raise ValueError(
+            raise DataRefused(
                 f"ease: {active.size} items exceed max_items={limit} (a dense "
                 f"{active.size}x{active.size} inverse); use itemknn/als or raise the limit"
             )

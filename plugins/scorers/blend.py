@@ -547,6 +547,10 @@ class BlendTrainer:
         if how not in VALIDATIONS:
             raise ValueError(f"blend: validation must be one of {', '.join(VALIDATIONS)}, "
                              f"not {how!r}")
+        criterion = str(options.get("criterion", "noninferior"))
+        if criterion not in CRITERIA:
+            raise ValueError(f"blend: criterion must be one of {', '.join(CRITERIA)}, "
+                             f"not {criterion!r}")
         shapes = SHAPES if how == "robust" else (how,)
         fraction = float(options.get("validation_fraction", 0.2))
         max_users = int(options.get("max_users", 2000))
@@ -615,10 +619,6 @@ class BlendTrainer:
         low_factor = float(options.get("low_lambda_factor", LOW_LAMBDA_FACTOR))
 
         # step 3: the blend, by coordinate ascent on every hold-out at once
-        criterion = str(options.get("criterion", "noninferior"))
-        if criterion not in CRITERIA:
-            raise ValueError(f"blend: criterion must be one of {', '.join(CRITERIA)}, "
-                             f"not {criterion!r}")
         search = Search(shapes, float(options.get("max_loss", MAX_LOSS)),
                         float(options.get("degenerate_margin", 0.10)),
                         float(options.get("alpha", 0.25)), criterion)

@@ -94,3 +94,32 @@ def test_the_cli_refuses_an_unknown_validation_shape(tmp_path, capsys):
         cli.main(["train", "--validation", "sideways", "--interactions",
                   str(_csv(tmp_path)), "--out", str(tmp_path / "model")])
     assert exc.value.code == 2 and "--validation" in capsys.readouterr().err
+
+
+def test_a_trainer_that_refuses_the_data_is_skipped_with_a_note(tmp_path, capsys):
+    """EASE over a catalog above its limit raises DataRefused: the other parts are served."""
+    data = build_training_data(Interactions(
+        np.array(["a", "a", "b", "b"]), np.array(["x", "y", "y", "z"]),
+        np.ones(4, np.float32), np.arange(4)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    parts = training.train(data, ["itemknn", "ease"], Settings(),
+                           options={"ease": {"max_items": 2}}, pm=pm)
+    assert [p.name for p in parts] == ["pop", "itemknn"]
+    assert "skipped ease: ease: 3 items exceed max_items=2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("RANKLY_PLUGINS__BLEND__CRITERION", "x", "criterion must be one of"),
+    ("RANKLY_PLUGINS__BLEND__MIXES", "[0.3,abc]", "mixes must be a list of numbers"),
+    ("RANKLY_PLUGINS__EASE__LOW_LAMBDA_SHARE", "2", "low_lambda_share must be in [0, 1)"),
+])
+def test_a_bad_option_value_fails_training_and_names_the_option(tmp_path, capsys, monkeypatch,
+                                                                key, value, named):
+    """A value a trainer cannot use is a configuration error, not data the trainer refuses:
+    `rankly train` exits 2 with the message and writes no model."""
+    monkeypatch.setenv(key, value)
+    out = tmp_path / "model"
+    assert cli.main(["train", "--quiet", "--interactions", str(_csv(tmp_path)),
+                     "--out", str(out)]) == 2
+    assert named in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
