@@ -94,8 +94,10 @@ def _dense_neighbours(x: sp.csr_matrix, m: int, shrink: float, alpha: float) -> 
     positions are item indices, so its ties already go to the lower item."""
     co = linear.gram(x)
     counts = np.asarray(x.sum(axis=0), dtype=np.float32).ravel()
-    sim = co / ((counts[:, None] ** alpha) * (counts[None, :] ** (1 - alpha))
-                + np.float32(shrink))
+    # an item nobody touched gives 0/0 with no shrink: it never co-occurs, so it becomes NaN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sim = co / ((counts[:, None] ** alpha) * (counts[None, :] ** (1 - alpha))
+                    + np.float32(shrink))
     sim[co == 0] = np.nan
     np.fill_diagonal(sim, np.nan)
     n = sim.shape[0]
