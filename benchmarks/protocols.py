@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -852,6 +853,13 @@ def _fmt_config(c: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items())
 
 
+def rankly_environment() -> list[str]:
+    """The ``RANKLY_*`` settings in this process's environment as ``KEY='value'`` words (they
+    reach every ``rankly`` command, so a report names them in its command line)."""
+    return [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+            if k.startswith("RANKLY_")]
+
+
 def _commit() -> str:
     """HEAD, with "+dirty" when tracked files differ: others may change rankly mid-run."""
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
@@ -909,7 +917,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cells.append(run_cell(variant, protocol, seed, data, models, cached_peers))
     rows = report_rows(cells)
     summ = summary(rows)
-    meta = {"command": " ".join(["python", "benchmarks/protocols.py", *(argv or sys.argv[1:])]),
+    meta = {"command": " ".join([*rankly_environment(), "python", "benchmarks/protocols.py",
+                                 *(argv or sys.argv[1:])]),
             "started": started, "seconds": time.perf_counter() - t0,
             "commit": _git("rev-parse", "--short", "HEAD"),
             "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

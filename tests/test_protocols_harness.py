@@ -181,3 +181,13 @@ def test_rankly_is_trained_with_the_validation_and_environment_asked_for(protoco
     # a criterion the blend does not know fails training, and the error names it
     refused = protocols.evaluate_rankly(split, env={"RANKLY_PLUGINS__BLEND__CRITERION": "x"})
     assert "criterion must be one of" in refused["error"]
+
+
+def test_the_report_command_names_the_rankly_settings_it_ran_with(protocols, monkeypatch):
+    """Settings given through the environment reach every `rankly` command, so the report's
+    command line must carry them to be reproducible."""
+    monkeypatch.setenv("RANKLY_PLUGINS__BLEND__MIXES", "[]")
+    monkeypatch.setenv("RANKLY_PLUGINS__BLEND__CRITERION", "a b")
+    monkeypatch.setenv("NOT_RANKLY", "x")
+    assert protocols.rankly_environment() == ["RANKLY_PLUGINS__BLEND__CRITERION='a b'",
+                                              "RANKLY_PLUGINS__BLEND__MIXES='[]'"]
