@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def test_rankly_is_trained_with_the_validation_and_environment_asked_for(protoco
 def test_the_report_command_names_the_rankly_settings_it_ran_with(protocols, monkeypatch):
     """Settings given through the environment reach every `rankly` command, so the report's
     command line must carry them to be reproducible."""
+    for key in [k for k in os.environ if k.startswith("RANKLY_")]:
+        monkeypatch.delenv(key)  # CI sets some of its own
     monkeypatch.setenv("RANKLY_PLUGINS__BLEND__MIXES", "[]")
     monkeypatch.setenv("RANKLY_PLUGINS__BLEND__CRITERION", "a b")
     monkeypatch.setenv("NOT_RANKLY", "x")
