@@ -24,7 +24,7 @@ import numpy as np
 from .. import pipeline
 from ..config import PipelineSettings, Settings, load_settings
 from ..model import Model
-from ..plugins import collect, make_plugin_manager
+from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
 from ..types import ModelPart
 from . import datasets
 from . import progress as progress_bars
@@ -281,6 +281,9 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
     settings = settings or Settings()
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
                                                        settings.blocked_plugins)
+    # strict, as `rankly train` is: a misspelt [plugins.*] section or key fails before training
+    settings = settings.replace(plugins=check_plugin_sections("plugins", settings.plugins,
+                                                              collect_all(pm)))
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
     unknown = [m for m in models if m not in SETUPS]

@@ -11,7 +11,13 @@ from typing import IO, Any
 
 from ..config import PipelineSettings, Settings, load_settings
 from ..model import fingerprint, save_model
-from ..plugins import PluginError, collect, make_plugin_manager
+from ..plugins import (
+    PluginError,
+    check_plugin_sections,
+    collect_all,
+    component_options,
+    make_plugin_manager,
+)
 from ..types import DataRefused, ModelPart
 from . import datasets
 from . import progress as progress_bars
@@ -58,7 +64,14 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
     """
     pm = pm if pm is not None else make_plugin_manager(settings.load_entrypoints,
                                                        settings.blocked_plugins)
-    registry = collect(pm, "trainers")
+    registries = collect_all(pm)
+    registry = registries["trainers"]
+    # strict, as serving is: a [plugins.*] section or option key no plugin declared, or a
+    # value that does not parse as its default's type, fails before any data is fitted
+    settings = settings.replace(plugins=check_plugin_sections("plugins", settings.plugins,
+                                                              registries))
+    options = {name: component_options(name, given, registries, where=f"options[{name!r}]")
+               for name, given in (options or {}).items()}
     names = list(dict.fromkeys(["pop", *trainers]))
     parts = []
     tuned: dict[str, dict[str, Any]] = {}

@@ -342,3 +342,10 @@ def test_the_served_setup_trains_ease_with_the_lambda_the_blend_tuned():
     chosen = parts["blend"].params["tuned_options"]["ease"]
     assert parts["ease"].params["lambda"] == chosen["lambda"]
     assert parts["ease"].params["dropout"] == chosen["dropout"]
+
+
+def test_evaluate_refuses_a_misspelt_option_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANKLY_PLUGINS__ITEMKNN__NEIGHBORS", "5")
+    assert cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
+                     "--split", "user-last", "--models", "pop,itemknn"]) == 2
+    assert "no such name 'neighbors'; did you mean 'neighbours'" in capsys.readouterr().err

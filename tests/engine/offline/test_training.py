@@ -109,17 +109,31 @@ def test_a_trainer_that_refuses_the_data_is_skipped_with_a_note(tmp_path, capsys
 
 
 @pytest.mark.parametrize("key,value,named", [
+    ("RANKLY_PLUGINS__BLEND__MIXXES", "[0.3]", "no such name 'mixxes'; did you mean 'mixes'"),
+    ("RANKLY_PLUGINS__BLENDD__MIXES", "[0.3]", "no such name 'blendd'; did you mean 'blend'"),
+    ("RANKLY_PLUGINS__BLEND__MAX_LOSS", "abc", "plugins.blend.max_loss: expected float"),
+    ("RANKLY_PLUGINS__ITEMKNN__NEIGHBOURS", "x", "plugins.itemknn.neighbours: expected int"),
     ("RANKLY_PLUGINS__BLEND__CRITERION", "x", "criterion must be one of"),
     ("RANKLY_PLUGINS__BLEND__MIXES", "[0.3,abc]", "mixes must be a list of numbers"),
     ("RANKLY_PLUGINS__EASE__LOW_LAMBDA_SHARE", "2", "low_lambda_share must be in [0, 1)"),
 ])
 def test_a_bad_option_value_fails_training_and_names_the_option(tmp_path, capsys, monkeypatch,
                                                                 key, value, named):
-    """A value a trainer cannot use is a configuration error, not data the trainer refuses:
-    `rankly train` exits 2 with the message and writes no model."""
+    """A misspelt section or option key, a value of the wrong type, or one a trainer cannot
+    use is a configuration error, not data the trainer refuses: `rankly train` exits 2 with
+    the message and writes no model (strict, as `rankly serve` is)."""
     monkeypatch.setenv(key, value)
     out = tmp_path / "model"
     assert cli.main(["train", "--quiet", "--interactions", str(_csv(tmp_path)),
                      "--out", str(out)]) == 2
     assert named in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
+
+
+def test_options_given_to_train_are_checked_against_what_the_trainer_declared():
+    data = build_training_data(Interactions(
+        np.array(["a", "b"]), np.array(["x", "y"]), np.ones(2, np.float32), np.arange(2)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    with pytest.raises(ValueError, match="no such name 'neighbors'; did you mean 'neighbours'"):
+        training.train(data, ["itemknn"], Settings(), options={"itemknn": {"neighbors": 5}},
+                       pm=pm)
