@@ -118,7 +118,9 @@ class Registry:
             return self.entries[name]
         except KeyError:
             known = ", ".join(sorted(self.entries)) or "none"
-            raise PluginError(f"no {self.kind} named {name!r} (known: {known})") from None
+            close = difflib.get_close_matches(name, sorted(self.entries), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PluginError(f"no {self.kind} named {name!r}{hint} (known: {known})") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries

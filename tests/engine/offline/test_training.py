@@ -137,3 +137,10 @@ def test_options_given_to_train_are_checked_against_what_the_trainer_declared():
     with pytest.raises(ValueError, match="no such name 'neighbors'; did you mean 'neighbours'"):
         training.train(data, ["itemknn"], Settings(), options={"itemknn": {"neighbors": 5}},
                        pm=pm)
+
+
+def test_a_misspelt_trainer_name_fails_with_a_close_match(tmp_path, capsys):
+    assert cli.main(["train", "--quiet", "--trainers", "blnd", "--interactions",
+                     str(_csv(tmp_path)), "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "no trainers named 'blnd'; did you mean 'blend'?" in err
