@@ -28,8 +28,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pip install 'rankly[ray]')")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
-    parser.add_argument("--ray-workers", type=int, default=None,
+    parser.add_argument("--ray-workers", type=positive_int, default=None,
                         help="Ray workers (default: the CPUs Ray has)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse names the option on error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +49,9 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--users", help="file with one user id per line")
     who.add_argument("--all", action="store_true", help="every user of the model")
-    parser.add_argument("--n", type=int, default=10, help="items per user (default 10)")
+    parser.add_argument("--n", type=positive_int, default=10,
+                        help="items per user (default 10; at least 1, no upper limit: a batch "
+                             "job is not bound by the HTTP limits.n_max)")
     parser.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                         help="drop items the user already has (default: the configured "
                              "pipeline.exclude_seen, true)")
@@ -75,7 +88,11 @@ def run_recommend(args: argparse.Namespace) -> int:
             model = None
         with contextlib.ExitStack() as stack:
             # opened now (a wrong path fails before Ray starts), read in users()
-            fh = None if args.all else stack.enter_context(open(args.users, encoding="utf-8"))
+            try:
+                fh = None if args.all else stack.enter_context(
+                    open(args.users, encoding="utf-8"))
+            except OSError as exc:
+                raise OSError(f"--users {args.users}: {exc.strerror or exc}") from None
 
             def users() -> list[str]:
                 if fh is None:

@@ -349,3 +349,23 @@ def test_evaluate_refuses_a_misspelt_option_before_training(tmp_path, capsys, mo
     assert cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
                      "--split", "user-last", "--models", "pop,itemknn"]) == 2
     assert "no such name 'neighbors'; did you mean 'neighbours'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--n", "0"], "argument --n: must be at least 1, got 0"),
+    (["--n", "-3"], "argument --n: must be at least 1, got -3"),
+    (["--n", "ten"], "argument --n: expected an integer, got 'ten'"),
+    (["--engine", "ray", "--ray-workers", "0"], "argument --ray-workers: must be at least 1"),
+])
+def test_recommend_refuses_a_count_below_one(artifacts, tmp_path, capsys, args, named):
+    (tmp_path / "users.txt").write_text("1\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["recommend", "--artifacts", str(artifacts), "--users",
+                  str(tmp_path / "users.txt"), *args])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_recommend_names_a_missing_users_file(artifacts, tmp_path, capsys):
+    missing = tmp_path / "nobody.txt"
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--users", str(missing)]) == 2
+    assert f"--users {missing}: No such file or directory" in capsys.readouterr().err
