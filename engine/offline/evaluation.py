@@ -35,7 +35,7 @@ from .batch import (
     user_metrics,
 )
 from .interactions import Interactions, TrainingData, build_training_data
-from .recommend import add_engine_arguments, engine_from_args
+from .recommend import add_engine_arguments, engine_from_args, positive_int
 from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 
 # --- splits --------------------------------------------------------------------------------
@@ -397,12 +397,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=sorted(SPLITS), default="temporal",
                         help="how test events are held out: the last 20%% of all events by "
                              "time (temporal) or each user's last event (user-last)")
-    parser.add_argument("--k", type=int, default=10,
+    parser.add_argument("--k", type=positive_int, default=10,
                         help="list length the metrics are computed at (NDCG@k, recall@k, ...)")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from: {', '.join(SETUPS)} (served = the "
                              "default pipeline with its diversity reranker)")
-    parser.add_argument("--diversity-cap", type=int, default=None,
+    parser.add_argument("--diversity-cap", type=positive_int, default=None,
                         help="also evaluate each model capped at C items per primary category")
     parser.add_argument("--include-seen", action="store_true",
                         help="do not exclude train items from recommendations (Taobao repeats)")
@@ -410,7 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only test events weighing at least this count (e.g. rating 4)")
     parser.add_argument("--relevant-events", default="",
                         help="only these test event types count, e.g. purchase")
-    parser.add_argument("--max-users", type=int, default=None,
+    parser.add_argument("--max-users", type=positive_int, default=None,
                         help="evaluate a random sample of this many test users (run time)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-users sample")
     parser.add_argument("--blend-validation", choices=("split", "default"), default="default",

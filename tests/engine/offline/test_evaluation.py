@@ -369,3 +369,12 @@ def test_recommend_names_a_missing_users_file(artifacts, tmp_path, capsys):
     missing = tmp_path / "nobody.txt"
     assert cli.main(["recommend", "--artifacts", str(artifacts), "--users", str(missing)]) == 2
     assert f"--users {missing}: No such file or directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--k", "--max-users", "--diversity-cap"])
+def test_evaluate_refuses_a_count_below_one(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
+                  option, "0"])
+    assert exc.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
