@@ -339,6 +339,8 @@ def _validate(s: Settings) -> Settings:
                           f"not {s.pipeline.inline_selection!r}")
     if s.workers < 0:
         raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
+    if not 1 <= s.port <= 65535:
+        raise ConfigError(f"port must be in 1..65535, not {s.port}")
     if not 1 <= s.events.partitions <= 1024:
         raise ConfigError("events.partitions must be in 1..1024")
     if not 0 <= s.experiment_retention_days < 1e6:

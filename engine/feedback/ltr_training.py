@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..argtypes import open_fraction, positive_float, positive_int
 from ..model import MANIFEST, Model, load_model
 from ..pipeline.served import FEATURE_FIELDS
 from .ltr_features import FEATURES, feature_matrix, ranker_features
@@ -363,13 +364,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model directory: its scorer's pool is what the ranker reorders, "
                              "and the `ltr` part is written into it")
     parser.add_argument("--config", default=None, help="settings file (the serving pipeline)")
-    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
+    parser.add_argument("--window", type=positive_float, default=DEFAULT_WINDOW_S,
                         help="attribution window in seconds for outcomes without request_id")
-    parser.add_argument("--depth", type=int, default=100,
+    parser.add_argument("--depth", type=positive_int, default=100,
                         help="candidates the ranker reorders (default 100)")
-    parser.add_argument("--valid-share", type=float, default=0.2,
+    parser.add_argument("--valid-share", type=open_fraction, default=0.2,
                         help="latest share of the slates held out for validation (default 0.2)")
-    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds (default 100)")
+    parser.add_argument("--rounds", type=positive_int, default=100,
+                        help="boosting rounds (default 100)")
     parser.add_argument("--bias", choices=BIAS_CORRECTIONS, default="position",
                         help="position-bias correction: the shown position as a feature held "
                              "at 0 when serving (default), inverse examination weights of "
@@ -396,6 +398,10 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a missing or unreadable --events file or --artifacts directory
+        print(f"rankly train-ranker: {exc.filename or ''}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report, indent=1), file=out)
         return 0

@@ -22,6 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import pipeline
+from ..argtypes import positive_int
 from ..config import PipelineSettings, Settings, load_settings
 from ..model import Model
 from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
@@ -35,7 +36,7 @@ from .batch import (
     user_metrics,
 )
 from .interactions import Interactions, TrainingData, build_training_data
-from .recommend import add_engine_arguments, engine_from_args, positive_int
+from .recommend import add_engine_arguments, engine_from_args
 from .training import DEFAULT_TRAINERS, absorb_tuned, trainer_options
 
 # --- splits --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import positive_int
 from ..config import load_settings
 
 # --- CLI: `rankly recommend` -----------------------------------------------------------------
@@ -30,17 +31,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join (default: start a local Ray, 2 CPUs)")
     parser.add_argument("--ray-workers", type=positive_int, default=None,
                         help="Ray workers (default: the CPUs Ray has)")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (argparse names the option on error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,6 +42,8 @@ def test_redis_url_is_an_alias_for_the_store():
     [
         ({"RANKLY_PORTT": "1"}, "portt"),
         ({"RANKLY_PORT": "eighty"}, "port"),
+        ({"RANKLY_PORT": "-1"}, "port must be in 1..65535"),
+        ({"RANKLY_PORT": "70000"}, "port must be in 1..65535"),
         ({"RANKLY_LIMITS__N_MAX": "0"}, "limits.n"),
         ({"RANKLY_CACHE__JITTER": "2"}, "cache.jitter"),
         ({"RANKLY_ACCESS_LOG": "maybe"}, "access_log"),

@@ -187,3 +187,25 @@ def test_ltr_reranks_the_same_from_many_threads(shop, trained):
     with ThreadPoolExecutor(8) as pool:  # the pipeline's selection runs in worker threads
         got = list(pool.map(lambda c: rr.rerank(c[0], c[1], 10).items.tolist(), cases * 5))
     assert got == want * 5
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--depth", "0"], "argument --depth: must be at least 1, got 0"),
+    (["--rounds", "-1"], "argument --rounds: must be at least 1, got -1"),
+    (["--valid-share", "1"], "argument --valid-share: must be strictly between 0 and 1"),
+    (["--window", "nan"], "argument --window: must be a finite number above 0"),
+])
+def test_train_ranker_refuses_bad_numbers_naming_the_option(tmp_path, capsys, args, named):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train-ranker", "--events", str(tmp_path / "e.jsonl"), "--artifacts",
+                  str(tmp_path), *args])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_train_ranker_names_a_missing_event_log(tmp_path, capsys):
+    pytest.importorskip("lightgbm")
+    missing = tmp_path / "nothing.jsonl"
+    assert cli.main(["train-ranker", "--events", str(missing), "--artifacts",
+                     str(tmp_path)]) == 2
+    assert f"rankly train-ranker: {missing}: No such file or directory" in (
+        capsys.readouterr().err)
