@@ -26,6 +26,8 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
+from ..argtypes import positive_float, positive_int
+
 
 @dataclass(frozen=True)
 class Simulator:
@@ -245,11 +247,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="a running rankly server")
     parser.add_argument("--artifacts", required=True,
                         help="the served model's directory (its users and items)")
-    parser.add_argument("--requests", type=int, default=1000, help="at most (default 1000)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="at most (default 60)")
+    parser.add_argument("--requests", type=positive_int, default=1000,
+                        help="at most (default 1000)")
+    parser.add_argument("--seconds", type=positive_float, default=60.0,
+                        help="at most (default 60)")
     parser.add_argument("--users", type=int, default=0,
-                        help="draw from the first N users only (default: all)")
-    parser.add_argument("--n", type=int, default=10, help="slate size (default 10)")
+                        help="draw from the first N users only (default 0: all)")
+    parser.add_argument("--n", type=positive_int, default=10, help="slate size (default 10)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the hidden tastes and of the clicks")
     parser.add_argument("--json", action="store_true", help="print the totals as JSON")

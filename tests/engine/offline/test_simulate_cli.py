@@ -65,3 +65,15 @@ def test_simulate_drives_a_server_and_its_log_has_the_outcomes(server, artifacts
     assert len(feedback.slates) == 60
     assert sum(int(s.clicks.sum()) for s in feedback.slates) == doc["clicks"]
     assert sum(s.head() == 10 for s in feedback.slates) == 60  # explored: propensities < 1
+
+
+@pytest.mark.parametrize("args,named", [
+    (["--requests", "0"], "argument --requests: must be at least 1, got 0"),
+    (["--n", "-2"], "argument --n: must be at least 1, got -2"),
+    (["--seconds", "0"], "argument --seconds: must be a finite number above 0"),
+])
+def test_simulate_refuses_bad_bounds_naming_the_option(tmp_path, capsys, args, named):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["simulate", "--url", "http://127.0.0.1:9", "--artifacts", str(tmp_path),
+                  *args])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
