@@ -40,7 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..argtypes import open_fraction, positive_float, positive_int
+from ..config import open_fraction, positive_float, positive_int
 from ..model import MANIFEST, Model, load_model
 from ..pipeline.served import FEATURE_FIELDS
 from .ltr_features import FEATURES, feature_matrix, ranker_features

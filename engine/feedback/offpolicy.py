@@ -38,6 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..config import positive_float
 from .slates import DEFAULT_WINDOW_S, SEEN_TYPES, Feedback, Slate, load_feedback
 
 Z95 = 1.959963984540054
@@ -303,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", required=True, help="model whose ranking to evaluate")
     parser.add_argument("--config", default=None,
                         help="settings file: the pipeline that serves the model")
-    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_S,
+    parser.add_argument("--window", type=positive_float, default=DEFAULT_WINDOW_S,
                         help="seconds an outcome without request_id is credited to the "
                              "user's latest slate showing the item (default 1800)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -313,7 +314,12 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     from ..config import load_settings
 
     out = out or sys.stdout
-    feedback = load_feedback(args.events, args.window)
+    try:
+        feedback = load_feedback(args.events, args.window)
+    except OSError as exc:
+        print(f"rankly off-policy: {exc.filename or args.events}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     if not feedback.slates:
         print(f"no impressions with a request_id in {args.events}", file=sys.stderr)
         return 1

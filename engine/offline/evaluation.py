@@ -22,8 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import pipeline
-from ..argtypes import positive_int
-from ..config import PipelineSettings, Settings, load_settings
+from ..config import PipelineSettings, Settings, load_settings, positive_int
 from ..model import Model
 from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
 from ..types import ModelPart

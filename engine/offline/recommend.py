@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import positive_int
-from ..config import load_settings
+from ..config import load_settings, positive_int
 
 # --- CLI: `rankly recommend` -----------------------------------------------------------------
 

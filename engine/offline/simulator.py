@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from ..argtypes import positive_float, positive_int
+from ..config import positive_float, positive_int
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from .. import metrics
-from ..config import Settings, load_settings
+from ..config import Settings, load_settings, non_negative_int
 from ..model import MANIFEST, ArtifactError, Model, load_model
 from .keys import Keys, escape_id
 from .redis_client import (
@@ -52,7 +52,8 @@ def add_arguments(subparsers: Any) -> None:
     p.add_argument("--namespace", help="key namespace (default: settings namespace)")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--no-activate", action="store_true", help="upload without activating")
-    p.add_argument("--keep", type=int, default=5, help="versions to keep besides the active one")
+    p.add_argument("--keep", type=non_negative_int, default=5,
+                   help="versions to keep besides the active one (default 5)")
     p.set_defaults(func=cmd_publish)
 
 

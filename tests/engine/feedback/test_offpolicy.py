@@ -242,3 +242,16 @@ def test_history_before_keeps_the_log_order_of_events_at_one_timestamp():
     assert [item for _, item, _ in feedback.history_before("u", 100.0)] == ["a"]
     assert [item for _, item, _ in feedback.history_before("u", 150.0)] == ["a", "z", "b", "m"]
     assert [item for _, item, _ in feedback.history_before("u", 201.0)][-1] == "q"
+
+
+def test_the_cli_names_a_missing_event_log_and_a_bad_window(tmp_path, capsys):
+    from rankly.engine import cli
+
+    missing = tmp_path / "nothing.jsonl"
+    assert cli.main(["off-policy", "--events", str(missing), "--artifacts", str(tmp_path)]) == 2
+    assert f"rankly off-policy: {missing}: No such file or directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["off-policy", "--events", str(missing), "--artifacts", str(tmp_path),
+                  "--window", "-1"])
+    assert exc.value.code == 2
+    assert "argument --window: must be a finite number above 0" in capsys.readouterr().err

@@ -141,3 +141,12 @@ def test_redis_down_at_start_serves_the_last_downloaded_version(
         r = c.get("/recommendations", params={"user_id": "5", "n": 3})
         assert r.status_code == 200 and r.json()["model_version"] == "v1"
         assert c.get("/ready").json()["status"] == "degraded"
+
+
+def test_the_cli_refuses_a_negative_keep(tmp_path, capsys):
+    from rankly.engine import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["publish", "--list", "--keep", "-1"])
+    assert exc.value.code == 2
+    assert "argument --keep: must be at least 0, got -1" in capsys.readouterr().err
