@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, positive_float
 from .plugins import PluginError
 
 log = logging.getLogger("rankly")
@@ -324,7 +324,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["candidate_generator", "scorer", "reranker", "cache",
                                       "trainer"],
                    help="check only this kind (a name may be registered as several)")
-    p.add_argument("--budget-ms", type=float, default=5.0,
+    p.add_argument("--budget-ms", type=positive_float, default=5.0,
                    help="P95 budget per call on the standard workload (default 5)")
     p.add_argument("--options", help="the component's options as a JSON object "
                                      "(over its [plugins.NAME] settings)")

@@ -130,6 +130,9 @@ def test_rankly_plugins_check_in_process_exit_codes_and_json(workload, monkeypat
     assert {"check": "finite", "passed": False, "message": "returns NaN"} in report["checks"]
     assert report["latency"]["p95_ms"] > 0 and report["baseline"]["name"] == "popular"
     assert cli.main(["plugins", "check", "no-such-thing"]) == 2
+    with pytest.raises(SystemExit) as exc:  # a budget every call would miss is refused
+        cli.main(["plugins", "check", "seeded-random", "--budget-ms", "0"])
+    assert exc.value.code == 2 and "argument --budget-ms" in capsys.readouterr().err
 
 
 def install_fake_distribution(root: Path) -> None:
