@@ -102,6 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("rankly serve: --artifacts DIR is required (train one with `rankly train`)",
               file=sys.stderr)
         return 2
+    if not (Path(settings.artifacts) / "manifest.json").is_file():
+        # the same words as the model loader's, before uvicorn starts (no traceback)
+        print(f"rankly serve: {settings.artifacts} has no manifest.json: train one with "
+              "`rankly train`", file=sys.stderr)
+        return 2
     # every component name and option key, before uvicorn starts (a factory that raises
     # stops the server from its lifespan, naming the component)
     check_configuration(settings)
@@ -374,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return _closed_pipe()
+    except OSError as exc:  # a file or directory named on the command line, a port in use
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rankly {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _closed_pipe() -> int:

@@ -13,6 +13,8 @@ import urllib.request
 
 import pytest
 
+from rankly.engine import cli
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -75,3 +77,18 @@ def test_demo_serves_personalized_recommendations(tmp_path):
             proc.kill()
             out, _ = proc.communicate()
     assert "curl 'http://127.0.0.1:" in out
+
+
+def test_serve_names_a_directory_without_a_model_before_starting(tmp_path, capsys):
+    assert cli.main(["serve", "--artifacts", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing has no manifest.json: train one with `rankly train`" in err
+    assert "Traceback" not in err
+
+
+def test_a_file_error_names_the_file_instead_of_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANKLY_DATA_DIR", str(tmp_path / "data"))
+    target = tmp_path / "no-such-dir" / "events.csv"
+    assert cli.main(["export-events", "--out", str(target)]) == 2
+    assert f"rankly export-events: {target}: No such file or directory" in (
+        capsys.readouterr().err)
