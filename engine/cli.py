@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return _closed_pipe()
-    except OSError as exc:  # a file or directory named on the command line, a port in use
+    except OSError as exc:  # a file or directory named on the command line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"rankly {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
