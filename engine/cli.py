@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings, positive_float
+from .config import ConfigError, Settings, load_settings, port_number, positive_float
 from .plugins import PluginError
 
 log = logging.getLogger("rankly")
@@ -290,7 +290,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="generate a synthetic shop, train, serve on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000,
+                   help="port to serve on (default 8000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1)")
     p.add_argument("--artifacts", "--dir", dest="artifacts", default=None, metavar="DIR",
@@ -308,7 +309,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="trained model directory (from rankly train), or RANKLY_ARTIFACTS")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--host", help="address to serve on (default 127.0.0.1, or RANKLY_HOST)")
-    p.add_argument("--port", type=int, help="port (default 8000, or RANKLY_PORT)")
+    p.add_argument("--port", type=port_number, help="port (default 8000, or RANKLY_PORT)")
     p.add_argument("--workers", type=int,
                    help="worker processes (default: one per core with a Redis store, 1 with "
                         "the embedded store)")

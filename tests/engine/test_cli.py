@@ -92,3 +92,11 @@ def test_a_file_error_names_the_file_instead_of_a_traceback(tmp_path, monkeypatc
     assert cli.main(["export-events", "--out", str(target)]) == 2
     assert f"rankly export-events: {target}: No such file or directory" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["serve", "--artifacts", "."]])
+def test_a_port_out_of_range_is_refused_before_any_work(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*command, "--port", "0"])
+    assert exc.value.code == 2
+    assert "argument --port: must be in 1..65535, got 0" in capsys.readouterr().err
