@@ -574,9 +574,13 @@ def parse_event_weights(text: str | None) -> dict[str, float]:
         try:
             if not sep:
                 raise ValueError
-            out[name.strip()] = float(value)
+            weight = float(value)
         except ValueError:
             raise DatasetError(f"bad event weight {pair!r}; expected name=number") from None
+        if not (math.isfinite(weight) and weight >= 0):
+            raise DatasetError(f"bad event weight {pair!r}; the weight must be a finite "
+                               "number >= 0")
+        out[name.strip()] = weight
     return out
 
 

@@ -130,6 +130,10 @@ def test_parse_event_weights():
     assert datasets.parse_event_weights("view=1, purchase=5") == {"view": 1.0, "purchase": 5.0}
     with pytest.raises(datasets.DatasetError):
         datasets.parse_event_weights("view")
+    assert datasets.parse_event_weights("view=0") == {"view": 0.0}
+    for bad in ("view=-1", "view=inf", "view=nan"):
+        with pytest.raises(datasets.DatasetError, match="finite number >= 0"):
+            datasets.parse_event_weights(bad)
 
 
 def _zip_bytes() -> bytes:
