@@ -178,8 +178,10 @@ def _int(text: str) -> int:
 
 
 def _finite(text: str) -> float:
+    """An interaction's weight: a finite number >= 0 (a negative one is malformed: ALS's
+    confidences and the popularity counts have no use for it)."""
     value = float(text)
-    if not np.isfinite(value):
+    if not (np.isfinite(value) and value >= 0):
         raise ValueError(text)
     return value
 
@@ -251,8 +253,8 @@ def _bulk_ratings(path: Path, fmt: str, encoding: str, sep: str | None, extra_fi
                            ndmin=1)
     except (ValueError, OverflowError):
         return None
-    if not table.size or not np.isfinite(table["weight"]).all():
-        return None
+    if not table.size or not (np.isfinite(table["weight"]) & (table["weight"] >= 0)).all():
+        return None  # the row reader reports the bad weights line by line
     ids = []
     for name in ("user", "item"):
         column = np.char.strip(table[name]) if sep is not None else table[name]

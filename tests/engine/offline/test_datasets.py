@@ -312,3 +312,11 @@ def test_bulk_rating_reader_keeps_well_formed_files_exact(tmp_path):
     path = write(tmp_path / "u.data", "\n".join(rows) + "\n")
     assert datasets._bulk_ratings(path, "movielens-100k", "utf-8", None, False, False) is not None
     _assert_same(datasets.load_movielens_100k(path), _by_rows(datasets.load_movielens_100k, path))
+
+
+def test_a_negative_or_non_finite_weight_is_malformed_in_either_reader(tmp_path):
+    good = [f"{u}\t{i}\t4\t{881250949 + u * 7 + i}" for u in range(1, 30) for i in (3, 17)]
+    path = write(tmp_path / "u.data", "\n".join(good + ["7\t5\t-3\t881250949"]) + "\n")
+    for data in (datasets.load_movielens_100k(path),
+                 _by_rows(datasets.load_movielens_100k, path)):
+        assert data.reports[0].malformed == 1 and (np.asarray(data.interactions.weights) >= 0).all()
