@@ -14,6 +14,7 @@ import io
 import math
 import sys
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -248,9 +249,12 @@ def _bulk_ratings(path: Path, fmt: str, encoding: str, sep: str | None, extra_fi
     dtype = np.dtype([("user", f"U{_BULK_ID_CHARS}"), ("item", f"U{_BULK_ID_CHARS}"),
                       ("weight", "f8"), ("ts", "i8")])
     try:
-        table = np.loadtxt(io.StringIO(text), dtype=dtype, delimiter=sep, comments=None,
-                           skiprows=skip, usecols=(0, 1, 2, 3) if extra_fields else None,
-                           ndmin=1)
+        with warnings.catch_warnings():
+            # a file of blank lines: handled below (no rows), not worth a warning
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+            table = np.loadtxt(io.StringIO(text), dtype=dtype, delimiter=sep, comments=None,
+                               skiprows=skip, usecols=(0, 1, 2, 3) if extra_fields else None,
+                               ndmin=1)
     except (ValueError, OverflowError):
         return None
     if not table.size or not (np.isfinite(table["weight"]) & (table["weight"] >= 0)).all():
