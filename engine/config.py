@@ -8,7 +8,7 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -309,6 +309,10 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: The highest TCP port (the ``port`` setting and ``--port`` must be in 1..MAX_PORT).
+MAX_PORT = 65535
+
+
 def _validate(s: Settings) -> Settings:
     lim = s.limits
     if not 1 <= lim.n_default <= lim.n_max:
@@ -341,8 +345,8 @@ def _validate(s: Settings) -> Settings:
                           f"not {s.pipeline.inline_selection!r}")
     if s.workers < 0:
         raise ConfigError("workers must be >= 0 (0: one per core with a Redis store)")
-    if not 1 <= s.port <= 65535:
-        raise ConfigError(f"port must be in 1..65535, not {s.port}")
+    if not 1 <= s.port <= MAX_PORT:
+        raise ConfigError(f"port must be in 1..{MAX_PORT}, not {s.port}")
     if not 1 <= s.events.partitions <= 1024:
         raise ConfigError("events.partitions must be in 1..1024")
     if not 0 <= s.experiment_retention_days < 1e6:
@@ -381,56 +385,31 @@ def load_settings(
 # --- command-line values: argparse types (argparse names the option on error) ----------------
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number_type(cast: Callable[[str], Any], ok: Callable[[Any], bool], requirement: str,
+                 doc: str) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)``, refused unless ``ok(value)``; argparse prefixes its
+    message with the option (``argument --n: must be at least 1, got 0``)."""
+    noun = "an integer" if cast is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 1..65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 1..65535, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """A share strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
+positive_int = _number_type(int, lambda v: v >= 1, "at least 1", "An integer of at least 1.")
+non_negative_int = _number_type(int, lambda v: v >= 0, "at least 0",
+                                "An integer of at least 0.")
+port_number = _number_type(int, lambda v: 1 <= v <= MAX_PORT, f"in 1..{MAX_PORT}",
+                           "A TCP port (the ``port`` setting's range).")
+positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0,
+                              "a finite number above 0", "A finite number above 0.")
+open_fraction = _number_type(float, lambda v: 0.0 < v < 1.0, "strictly between 0 and 1",
+                             "A share strictly between 0 and 1.")
