@@ -398,10 +398,6 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a missing or unreadable --events file or --artifacts directory
-        print(f"rankly train-ranker: {exc.filename or ''}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 2
     if args.json:
         print(json.dumps(report, indent=1), file=out)
         return 0

@@ -314,12 +314,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     from ..config import load_settings
 
     out = out or sys.stdout
-    try:
-        feedback = load_feedback(args.events, args.window)
-    except OSError as exc:
-        print(f"rankly off-policy: {exc.filename or args.events}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 2
+    feedback = load_feedback(args.events, args.window)  # a missing file: cli.main names it
     if not feedback.slates:
         print(f"no impressions with a request_id in {args.events}", file=sys.stderr)
         return 1
