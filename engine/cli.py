@@ -102,10 +102,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("rankly serve: --artifacts DIR is required (train one with `rankly train`)",
               file=sys.stderr)
         return 2
-    if not (Path(settings.artifacts) / "manifest.json").is_file():
-        # the same words as the model loader's, before uvicorn starts (no traceback)
-        print(f"rankly serve: {settings.artifacts} has no manifest.json: train one with "
-              "`rankly train`", file=sys.stderr)
+    from .model import ArtifactError
+    from .offline.recommend import check_artifacts
+
+    try:
+        check_artifacts(settings.artifacts)  # before uvicorn starts: no traceback from a worker
+    except ArtifactError as exc:
+        print(f"rankly serve: {exc}", file=sys.stderr)
         return 2
     # every component name and option key, before uvicorn starts (a factory that raises
     # stops the server from its lifespan, naming the component)

@@ -73,7 +73,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         else:
             # NOTE: the Ray driver asks for the workers before it imports NumPy and maps the
             # model (in users(), while they start); a wrong path still fails before Ray starts
-            _check_artifacts(args.artifacts)
+            check_artifacts(args.artifacts)
             model = None
         with contextlib.ExitStack() as stack:
             # opened now (a wrong path fails before Ray starts), read in users()
@@ -117,9 +117,10 @@ def run_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_artifacts(path: str) -> None:
+def check_artifacts(path: str | Path) -> None:
     """Raise what :func:`..model.load_model` raises for a directory without a manifest,
-    without importing the model's module (and NumPy with it)."""
+    without importing the model's module (and NumPy with it) when there is one: the Ray
+    driver and `rankly serve` check the path before they start anything."""
     if not (Path(path) / "manifest.json").is_file():
         from ..model import load_model
 
