@@ -178,7 +178,7 @@ def _int(text: str) -> int:
     return int(value)
 
 
-def _finite(text: str) -> float:
+def _weight_value(text: str) -> float:
     """An interaction's weight: a finite number >= 0 (a negative one is malformed: ALS's
     confidences and the popularity counts have no use for it)."""
     value = float(text)
@@ -283,7 +283,7 @@ def _load_ratings(rows: Iterable[tuple[int, list[str]]], report: LoadReport,
         try:
             if (len(f) < 4 or (len(f) > 4 and not extra_fields)) or not f[0] or not f[1]:
                 raise ValueError(f"expected 4 fields, got {len(f)}")
-            cols.add(f[0], f[1], _finite(f[2]), _int(f[3]))
+            cols.add(f[0], f[1], _weight_value(f[2]), _int(f[3]))
         except ValueError as exc:
             report.bad(line_no, str(exc) or "bad value")
             continue
@@ -418,7 +418,7 @@ def _header_columns(fields: list[str], path: Path) -> list[str]:
 def _weight(event: str, value: str, weights: Mapping[str, float]) -> tuple[str, float]:
     event = EVENT_ALIASES.get(event.lower(), event.lower()) if event else ""
     if event == "rating" or (not event and value):
-        return event or "rating", _finite(value)
+        return event or "rating", _weight_value(value)
     if not event:
         return "", 1.0
     if event not in weights:

@@ -79,7 +79,7 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
                               stream=progress)
     for name in names:
         shown.set_description_str(f"training {name}")
-        given = dict((options or {}).get(name, {}))
+        given = dict(options.get(name, {}))
         if validation and "validation" in (registry.options.get(name) or {}):
             given.setdefault("validation", validation)
         opts = trainer_options(name, tuned, settings, given)
