@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from rankly.engine import cli
+from rankly.engine import api, cli
 from rankly.engine.config import Settings
 from rankly.engine.model import load_model
 from rankly.engine.offline import training
@@ -144,3 +144,31 @@ def test_a_misspelt_trainer_name_fails_with_a_close_match(tmp_path, capsys):
                      str(_csv(tmp_path)), "--out", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert "no trainers named 'blnd'; did you mean 'blend'?" in err
+
+
+class _Raising:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def fit(self, data, options):
+        raise self.exc
+
+
+class _ThirdPartyTrainers:
+    """A plugin as a team ships one: only rankly.engine.api, its trainers registered by hook."""
+
+    @api.hookimpl
+    def register_trainers(self, register):
+        register("refuser", _Raising(api.DataRefused("refuser: needs 1000 users, got 2")))
+        register("broken", _Raising(ValueError("broken: alpha must be > 0")))
+
+
+def test_a_plugin_trainer_that_raises_data_refused_is_skipped_and_any_other_error_fails(capsys):
+    data = build_training_data(Interactions(
+        np.array(["a", "b"]), np.array(["x", "y"]), np.ones(2, np.float32), np.arange(2)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=(*PLUGINS, _ThirdPartyTrainers()))
+    parts = training.train(data, ["refuser", "itemknn"], Settings(), pm=pm)
+    assert [p.name for p in parts] == ["pop", "itemknn"]
+    assert "skipped refuser: refuser: needs 1000 users, got 2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="broken: alpha must be > 0"):
+        training.train(data, ["broken"], Settings(), pm=pm)
