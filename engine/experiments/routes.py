@@ -13,7 +13,13 @@ from starlette.routing import Route
 
 from .. import metrics
 from ..http.auth import require_admin
-from ..http.validation import RequestError, check_id, check_path_encoding, require_json
+from ..http.validation import (
+    RequestError,
+    check_id,
+    check_no_surrogates,
+    check_path_encoding,
+    require_json,
+)
 from ..runtime import Runtime
 from ..storage.store import StoreUnavailable
 from . import (
@@ -115,6 +121,9 @@ async def put_experiment(request: Request) -> Response:
         raise RequestError("body", "must be a JSON object", status=400) from None
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
+    # NOTE: before anything is stored: a variant name with a lone surrogate was stored, then
+    # every answer, metric scrape and listing that wrote it out failed with a 500
+    check_no_surrogates(body)
     if body.get("key", key) != key:
         raise RequestError("key", "must match the key in the path", status=409)
     try:

@@ -93,6 +93,26 @@ def check_context(value: Any, field: str = "context") -> dict[str, Any]:
     return value
 
 
+def check_no_surrogates(value: Any, field: str = "body") -> None:
+    """Raise a 422 naming the path (``variants[0].name``) of the first string, key or
+    value, in a parsed JSON ``value`` that holds a lone surrogate: a JSON ``\\ud800``
+    escape parses to one, and text holding one cannot be encoded again (an answer, a
+    metric label or a log line with it fails)."""
+    stack: list[tuple[str, Any]] = [(field, value)]
+    while stack:  # not recursive: json.loads takes nesting deeper than a recursive walk
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise RequestError(path, "must not contain lone surrogates")
+        elif isinstance(item, dict):
+            for key, v in item.items():
+                if _SURROGATE.search(key):
+                    raise RequestError(path, "keys must not contain lone surrogates")
+                stack.append((key if path == field else f"{path}.{key}", v))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+
+
 def require_json(headers: Mapping[str, str]) -> None:
     """Raise a 415 unless the request says its body is ``application/json``."""
     media = headers.get("content-type", "").partition(";")[0].strip().lower()

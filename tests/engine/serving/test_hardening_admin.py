@@ -80,3 +80,20 @@ def test_docs_page_and_its_assets_are_served_by_rankly(api):
         assert src in page.text
         assert api.get(src).status_code == 200
     assert "/openapi.json" in api.get("/dashboard/static/docs.js").text
+
+
+@pytest.mark.parametrize("body", [
+    '{"status": "running", "variants": [{"name": "\\ud800"}, {"name": "b"}]}',
+    '{"seed": "\\udfff", "variants": [{"name": "a"}, {"name": "b"}]}',
+    '{"layer": {"name": "\\ud800", "range": [0, 0.5]}, "variants": [{"name": "a"}, '
+    '{"name": "b"}]}',
+])
+def test_a_lone_surrogate_in_an_experiment_is_422_and_nothing_is_stored(api, body):
+    r = api.put("/experiments/s", content=body,
+                headers={**ADMIN, "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] in ("variants[0].name", "seed", "layer.name")
+    assert api.get("/experiments", headers=ADMIN).json() == {"experiments": []}
+    for user in range(4):
+        assert api.get(f"/recommendations?user_id={user}").status_code == 200
+    assert api.get("/metrics").status_code == 200
