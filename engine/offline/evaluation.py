@@ -25,7 +25,7 @@ from .. import pipeline
 from ..config import PipelineSettings, Settings, load_settings, positive_int
 from ..model import Model
 from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
-from ..types import ModelPart
+from ..types import DataRefused, ModelPart
 from . import datasets
 from . import progress as progress_bars
 from .batch import (
@@ -115,6 +115,9 @@ class Result:
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     label: str = ""
     cap: int | None = None
+    #: Why the setup was not evaluated: a trainer it cannot go without refused the data
+    #: (:class:`~rankly.engine.api.DataRefused`, e.g. EASE on a catalog too large for it)
+    skipped: str | None = None
 
 
 def train_parts(data: TrainingData, trainers: Iterable[tuple[str, Mapping[str, Any]]],
@@ -205,9 +208,12 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
         if key not in parts_cache:
             try:
                 parts_cache[key] = train_parts(data, [(trainer, opts)], pm, settings, tuned)[0]
-            except ValueError:
+            except DataRefused as exc:
+                # as `rankly train` does: a part that refuses the data is left out, and a
+                # setup that is that part (a peer: pop + one model) is reported as skipped
                 if trainer == "pop" or len(setup.trainers) <= 2:
-                    raise
+                    return Result(name, round(time.perf_counter() - started, 2),
+                                  label=setup.label, skipped=str(exc))
                 continue  # e.g. EASE on a catalog too large for it: the blend goes without
         absorb_tuned(tuned, parts_cache[key])
         parts.append(parts_cache[key])
@@ -315,7 +321,8 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
         "train_events": len(train), "test_events": len(test), "test_users": int(n_test_users),
         "evaluated_users": len(targets), "catalog_items": data.n_items,
         "results": [{"model": r.name, "label": r.label, "cap": r.cap,
-                     "train_seconds": r.train_seconds, **r.groups} for r in results],
+                     "train_seconds": r.train_seconds, **r.groups,
+                     **({"skipped": r.skipped} if r.skipped else {})} for r in results],
         "blend": _blend_info(cache),
         "quality_bar": quality_bar(results),
     }
@@ -359,6 +366,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         f" exclude_seen={report['exclude_seen']}",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
+        if r.get("skipped"):
+            lines.append(f"| {r['model']} | skipped: {r['skipped']} |")
+            continue
         for group in ("warm", "cold"):
             g = r.get(group)
             if not g:

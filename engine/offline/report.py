@@ -69,6 +69,9 @@ def report_section(report: Mapping[str, Any]) -> str:
     if bar and "cap_cost" in bar:
         parts.append(f"<p>Diversity cap cost (served vs blend): "
                      f"{100 * bar['cap_cost']:+.1f}%.</p>")
+    for r in report["results"]:
+        if r.get("skipped"):
+            parts.append(f"<p>{_esc(r['model'])}: skipped: {_esc(r['skipped'])}</p>")
     for key, title, fmt in METRICS:
         rows = [(r["model"], group, float(r[group][key]))
                 for group in ("warm", "cold") for r in report["results"]

@@ -378,3 +378,32 @@ def test_evaluate_refuses_a_count_below_one(tmp_path, capsys, option):
                   option, "0"])
     assert exc.value.code == 2
     assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_evaluate_reports_a_peer_that_refuses_the_data_as_skipped(tmp_path, capsys,
+                                                                  monkeypatch):
+    # EASE refuses a catalog above max_items (DataRefused): its peer row says why, the
+    # other setups are still evaluated, and the served blend goes without that part, as
+    # `rankly train` does
+    monkeypatch.setenv("RANKLY_PLUGINS__EASE__MAX_ITEMS", "10")
+    events = str(_events_csv(tmp_path / "e.csv"))
+    assert cli.main(["evaluate", "--interactions", events, "--split", "user-last",
+                     "--models", "pop,ease,served", "--json", "--quiet"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert "max_items=10" in rows["ease"]["skipped"] and "warm" not in rows["ease"]
+    assert rows["pop"]["warm"]["users"] > 0 and rows["served"]["warm"]["users"] > 0
+    assert "skipped" not in rows["served"]
+    assert cli.main(["evaluate", "--interactions", events, "--split", "user-last",
+                     "--models", "pop,ease", "--quiet", "--html",
+                     str(tmp_path / "r.html")]) == 0
+    table = capsys.readouterr().out
+    assert "| ease | skipped: ease: " in table and "| pop (warm) |" in table
+    assert "ease: skipped: ease: " in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_evaluate_fails_on_a_bad_option_of_a_blend_part(tmp_path, capsys, monkeypatch):
+    # only DataRefused leaves a part out; a bad value fails the command, naming it
+    monkeypatch.setenv("RANKLY_PLUGINS__EASE__LOW_LAMBDA_SHARE", "2")
+    assert cli.main(["evaluate", "--interactions", str(_events_csv(tmp_path / "e.csv")),
+                     "--split", "user-last", "--models", "served", "--quiet"]) == 2
+    assert "low_lambda_share must be in [0, 1), got 2" in capsys.readouterr().err
