@@ -259,9 +259,10 @@ def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
                         limits) if "session_items" in body else ())
     if "user_id" not in body and not session:
         raise RequestError("user_id", "is required (or give session_items)")
-    context = body.get("context", {})
-    if not isinstance(context, dict):
-        raise RequestError("context", "must be an object")
+    # NOTE: the same rules as an event's context: it is logged with every impression of the
+    # answer, and a value the log's encoder refuses (a lone surrogate, an integer past
+    # 64 bits, nesting) lost the impressions of every slate logged in the same batch
+    context = check_context(body["context"]) if "context" in body else {}
     if "n" in body and body["n"] is None:
         raise RequestError("n", f"must be an integer in 1..{limits.n_max}")
     return RecommendationRequest(

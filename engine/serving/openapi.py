@@ -68,6 +68,19 @@ def timestamp_schema(now: float) -> dict[str, Any]:
                       "written here holds until the hour turns."}
 
 
+def context_schema() -> dict[str, Any]:
+    """An event's or a recommendation request's ``context`` (``check_context``)."""
+    from ..http.validation import CONTEXT_MAX_KEYS, CONTEXT_MAX_TEXT, INT64_RANGE
+
+    return {"type": "object", "maxProperties": CONTEXT_MAX_KEYS,
+            "additionalProperties": {"oneOf": [
+                {"type": "string", "maxLength": CONTEXT_MAX_TEXT},
+                {"type": "number", "minimum": INT64_RANGE[0], "maximum": INT64_RANGE[1]},
+                {"type": "boolean"}]},
+            "description": f"flat: at most {CONTEXT_MAX_KEYS} keys, each value a string (at "
+                           f"most {CONTEXT_MAX_TEXT} characters), a number or a boolean"}
+
+
 def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
     from ..events.values import (
         BUILTIN_TYPES,
@@ -76,8 +89,6 @@ def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
         RATING_RANGE,
         event_types,
     )
-    from ..http.validation import CONTEXT_MAX_KEYS, CONTEXT_MAX_TEXT, INT64_RANGE
-
     now = time.time()
     common = {
         "event_id": {**_text(MAX_EVENT_ID), "description": "idempotency key; "
@@ -86,14 +97,7 @@ def _event_schemas(settings: Settings, ident: dict[str, Any]) -> dict[str, Any]:
         "timestamp": timestamp_schema(now),
         "request_id": {**ident, "description": "the request_id of the served slate this "
                                                 "event answers (attributes it to it)"},
-        "context": {"type": "object", "maxProperties": CONTEXT_MAX_KEYS,
-                    "additionalProperties": {"oneOf": [
-                        {"type": "string", "maxLength": CONTEXT_MAX_TEXT},
-                        {"type": "number", "minimum": INT64_RANGE[0], "maximum": INT64_RANGE[1]},
-                        {"type": "boolean"}]},
-                    "description": f"flat: at most {CONTEXT_MAX_KEYS} keys of at most "
-                                   f"{CONTEXT_MAX_TEXT} characters, each a string (at most "
-                                   f"{CONTEXT_MAX_TEXT} characters), number or boolean"},
+        "context": context_schema(),
     }
     others = sorted(event_types(settings) - {"rating"})
     rating = {"type": "object", "required": ["event_id", "user_id", "item_id", "type", "value"],
@@ -477,7 +481,7 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
                                    "maxItems": lim.max_categories},
                     "session_items": {"type": "array", "items": ident,
                                       "maxItems": lim.max_session_items},
-                    "context": {"type": "object"},
+                    "context": context_schema(),
                     "request_id": ident,
                 },
             },

@@ -119,6 +119,27 @@ def test_recommendation_body_fields_take_exactly_their_schema_type(api, body, fi
     refused(r, 422, field)
 
 
+@pytest.mark.parametrize("context", [
+    b'{"a": 1180591620717411303424}', b'{"a": "\\ud800"}', b'{"\\udfff": 1}',
+    b'{"a": NaN}', b'{"a": Infinity}', b'{"a": {"b": 1}}', b'{"a": [1]}', b'{"a": null}',
+    b'{"a": "' + b"x" * 257 + b'"}',
+    b"{" + b",".join(b'"k%d": 1' % i for i in range(17)) + b"}",
+])
+def test_a_recommendation_context_follows_the_event_context_rules(api, context):
+    # it is logged with each impression of the answer: a value the log cannot encode was a
+    # 200 that lost the impressions of every slate logged in the same batch
+    body = b'{"user_id": "1", "context": ' + context + b"}"
+    refused(api.post("/recommendations", content=body, headers=JSON_HEADERS), 422, "context")
+
+
+def test_a_recommendation_context_in_the_schema_is_the_event_context(api):
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    context = schemas["RecommendationRequest"]["properties"]["context"]
+    assert context == schemas["Event"]["properties"]["context"]
+    body = {"user_id": "1", "context": {"page": "home", "slot": 3, "ab": True, "x": 1.5}}
+    assert api.post("/recommendations", json=body).status_code == 200
+
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"context": None}, "context"), ({"context": "x"}, "context"), ({"context": [1]}, "context"),
     ({"request_id": 7}, "request_id"), ({"request_id": None}, "request_id"),
