@@ -93,7 +93,7 @@ def _runtime(request: Request) -> Runtime:
 async def recommendations(request: Request) -> Response:
     rt = _runtime(request)
     limits = rt.settings.limits
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):  # Starlette answers HEAD with the GET route
         check_query_encoding(request.scope["query_string"])
         req = parse_query(request.query_params, limits)
     else:

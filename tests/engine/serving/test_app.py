@@ -90,6 +90,14 @@ def test_oversized_body_gets_413_without_being_read(client):
     assert r.json()["error"]["field"] == "body"
 
 
+def test_head_recommendations_answers_as_get_without_a_body(client):
+    # Starlette routes HEAD to the GET route; it was read as a POST, and refused with 415
+    r = client.head("/recommendations?user_id=1&n=3")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.content == b""
+    assert client.head("/recommendations?user_id=1&n=0").status_code == 422
+
+
 def test_similar_items(client):
     r = client.get("/items/1/similar", params={"n": 5})
     assert r.status_code == 200
