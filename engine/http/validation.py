@@ -113,11 +113,22 @@ def check_no_surrogates(value: Any, field: str = "body") -> None:
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
 
 
+_UTF8 = frozenset(("utf-8", "utf8"))
+
+
 def require_json(headers: Mapping[str, str]) -> None:
-    """Raise a 415 unless the request says its body is ``application/json``."""
-    media = headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != "application/json":
+    """Raise a 415 unless the request says its body is ``application/json``, in UTF-8 when
+    it names a charset (JSON is UTF-8, RFC 8259: a ``charset=latin-1`` body was read as
+    UTF-8 anyway)."""
+    media, _, params = headers.get("content-type", "").partition(";")
+    if media.strip().lower() != "application/json":
         raise RequestError("content-type", "must be application/json", status=415)
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if (name.strip().lower() == "charset"
+                and value.strip().strip('"').lower() not in _UTF8):
+            raise RequestError("content-type", "must be application/json in UTF-8 (a "
+                                               "charset other than utf-8)", status=415)
 
 
 def check_query_encoding(raw: bytes) -> None:

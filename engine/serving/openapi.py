@@ -287,7 +287,8 @@ def _document(settings: Settings, registries: Mapping[str, Any] | None) -> dict[
         "408": _error("The body did not arrive within deadlines.body_read_ms, or arrived "
                       "slower than deadlines.body_min_rate; the connection is closed"),
         "413": _error("Body too large"),
-        "415": _error("The body is not Content-Type: application/json"),
+        "415": _error("The body is not Content-Type: application/json, or names a "
+                      "charset other than utf-8"),
         "422": _error("Invalid field (named in error.field)"),
     }
     query_errors = {"422": _error("Invalid, repeated or unknown parameter (named in "

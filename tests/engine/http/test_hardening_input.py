@@ -96,6 +96,21 @@ def test_json_with_a_charset_parameter_is_accepted(api):
     assert r.status_code == 200
 
 
+@pytest.mark.parametrize("ctype", ["application/json; charset=latin-1",
+                                   "application/json;charset=ISO-8859-1",
+                                   'application/json; charset="utf-16"'])
+def test_json_in_a_charset_other_than_utf8_is_415(api, ctype):
+    headers = {"content-type": ctype}
+    refused(api.post("/recommendations", content=b'{"user_id": "1"}', headers=headers), 415,
+            "content-type")
+    event = b'{"event_id": "e", "user_id": "1", "item_id": "2", "type": "click"}'
+    refused(api.post("/events", content=event, headers=headers), 415, "content-type")
+    for charset in ("UTF-8", '"utf-8"', "utf8"):
+        r = api.post("/recommendations", content=b'{"user_id": "1"}',
+                     headers={"content-type": f"application/json; charset={charset}"})
+        assert r.status_code == 200, (charset, r.text)
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"user_id": "1", "n": "5"}, "n"),
     ({"user_id": "1", "n": 5.0}, "n"),
