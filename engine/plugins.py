@@ -276,9 +276,32 @@ def declared_options(name: str, registries: Mapping[str, Registry]) -> Mapping[s
     return merged
 
 
+def _type_noun(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value),
+                                                                       type(value).__name__)
+
+
 def _coerce_option(where: str, value: Any, default: Any) -> Any:
-    """An option given as a string (from the environment) parsed as its default's type."""
-    if not isinstance(value, str) or default is None or isinstance(default, str):
+    """An option given as a string (from the environment) parsed as its default's type; a
+    value of another type (from a file or an experiment) checked against it: a bool, int,
+    float or str default takes only its own type (an int for a float too), or None (JSON's
+    null: the component's "none", e.g. no diversity cap)."""
+    if default is None or value is None:
+        return value
+    if not isinstance(value, str) or isinstance(default, str):
+        if not isinstance(default, bool | int | float | str):
+            return value
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, int):
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            fits = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, str)
+        if not fits:
+            raise ConfigError(f"{where}: expected {_type_noun(default)}, got "
+                              f"{_type_noun(value)} {value!r}")
         return value
     try:
         if isinstance(default, bool):

@@ -112,6 +112,40 @@ def test_plugin_options_come_from_variables_bash_can_export(model, artifacts):
     assert rt.settings.plugin_options("seeded-random") == {"seed": 5}
 
 
+class Typed:
+    """A reranker whose options have defaults of each scalar type."""
+
+    @hookimpl
+    def register_rerankers(self, register):
+        register("typed", lambda ctx: None,
+                 options={"cap": 2, "weight": 0.5, "fill": True, "mode": "all"})
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"cap": 2.5}, "plugins.typed.cap: expected int, got float 2.5"),
+    ({"cap": True}, "plugins.typed.cap: expected int, got bool True"),
+    ({"cap": [3]}, "plugins.typed.cap: expected int, got list [3]"),
+    ({"weight": "heavy"}, "plugins.typed.weight: expected float, got 'heavy'"),
+    ({"weight": False}, "plugins.typed.weight: expected float, got bool False"),
+    ({"fill": 1}, "plugins.typed.fill: expected bool, got int 1"),
+    ({"mode": 3}, "plugins.typed.mode: expected str, got int 3"),
+])
+def test_an_option_value_of_the_wrong_type_in_a_file_stops_the_start(model, settings_for,
+                                                                      artifacts, given,
+                                                                      expected):
+    settings = settings_for(artifacts).replace(plugins={"typed": given})
+    with pytest.raises(ConfigError) as err:
+        runtime(settings, model, Typed())
+    assert str(err.value) == expected
+
+
+def test_an_option_value_of_its_defaults_type_is_kept_as_given(model, settings_for,
+                                                               artifacts):
+    given = {"cap": 3, "weight": 2, "fill": False, "mode": "some"}
+    settings = settings_for(artifacts).replace(plugins={"typed": given})
+    assert runtime(settings, model, Typed()).settings.plugin_options("typed") == given
+
+
 def test_declared_defaults_reach_the_factory(model, settings_for, artifacts):
     plugin = SeededRandom()
     runtime(settings_for(artifacts), model, plugin)
