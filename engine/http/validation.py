@@ -180,11 +180,16 @@ def query_value(params: Any, name: str) -> str | None:
 
 def reject_unknown(names: Any, allowed: set[str] | frozenset[str], where: str = "query") -> None:
     """Raise a 422 naming the first of ``names`` not in ``allowed``; ``where`` (``query`` or
-    ``body``) stands in for an empty name (``?=x``, ``{"": 1}``) so the error names a field."""
+    ``body``) stands in for an empty name (``?=x``, ``{"": 1}``) or one with a lone
+    surrogate, so the error names a field and can be written."""
     unknown = set(names) - allowed
     if unknown:
         what = "parameter" if where == "query" else "field"
-        raise RequestError(sorted(unknown)[0] or where, f"unknown {what}")
+        name = sorted(unknown)[0]
+        # a name holding a lone surrogate (a JSON "\ud800" escape) cannot be written back:
+        # echoing it made the error answer itself fail with a 500
+        raise RequestError(name if name and not _SURROGATE.search(name) else where,
+                           f"unknown {what}")
 
 
 def check_n(value: Any, limits: Limits, field: str = "n", text: bool = False) -> int:

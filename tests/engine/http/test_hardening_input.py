@@ -60,6 +60,17 @@ def test_a_lone_surrogate_in_a_json_id_is_422(api):
     refused(api.post("/events", content=event, headers=JSON_HEADERS), 422, "item_id")
 
 
+def test_an_unknown_field_named_with_a_lone_surrogate_is_422_not_500(api):
+    body = b'{"user_id": "1", "\\ud800": 1}'
+    refused(api.post("/recommendations", content=body, headers=JSON_HEADERS), 422, "body")
+    event = b'{"event_id": "sk", "user_id": "1", "item_id": "2", "type": "click", "\\udfff": 1}'
+    refused(api.post("/events", content=event, headers=JSON_HEADERS), 422, "event")
+    r = api.post("/events", content=b"[" + event + b"]", headers=JSON_HEADERS)
+    assert r.status_code == 202, r.text
+    assert r.json()["rejected"] == [{"index": 0, "error": {"field": "event",
+                                                          "message": "unknown field"}}]
+
+
 @pytest.mark.parametrize(("query", "field"), [
     ("user_id=1&user_id=2", "user_id"), ("user_id=1&n=5&n=7", "n"),
     ("user_id=1&request_id=a&request_id=b", "request_id"),
