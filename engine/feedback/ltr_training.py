@@ -395,9 +395,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                               window_s=args.window, depth=args.depth,
                               valid_share=args.valid_share, rounds=args.rounds,
                               bias=args.bias, write=not args.dry_run)
-    except ValueError as exc:
+    except ValueError as exc:  # a damaged line (slates.LogError), a log too small
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps(report, indent=1), file=out)
         return 0

@@ -39,7 +39,14 @@ from typing import IO, Any
 import numpy as np
 
 from ..config import positive_float
-from .slates import DEFAULT_WINDOW_S, SEEN_TYPES, Feedback, Slate, load_feedback
+from .slates import (
+    DEFAULT_WINDOW_S,
+    SEEN_TYPES,
+    Feedback,
+    LogError,
+    Slate,
+    load_feedback,
+)
 
 Z95 = 1.959963984540054
 #: Prior strength of an item's click multiplier, in expected clicks at its positions.
@@ -314,10 +321,15 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     from ..config import load_settings
 
     out = out or sys.stdout
-    feedback = load_feedback(args.events, args.window)  # a missing file: cli.main names it
+    try:
+        feedback = load_feedback(args.events, args.window)  # a missing file: cli.main names it
+    except LogError as exc:
+        print(f"rankly off-policy: {exc}", file=sys.stderr)
+        return 2
     if not feedback.slates:
-        print(f"no impressions with a request_id in {args.events}", file=sys.stderr)
-        return 1
+        print(f"rankly off-policy: {args.events}: no slates (impressions with a request_id)",
+              file=sys.stderr)
+        return 2
     logged = Logged.of(feedback.slates)
     settings = load_settings(args.config)
     rankings = {"base": base_rankings(feedback, logged),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,21 +92,139 @@ def _event_time(event: tuple[float, str, str]) -> float:
     return event[0]
 
 
+class LogError(ValueError):
+    """A line of an event log that is not an event: names the file, the line and why."""
+
+
+#: The deepest position an impression may log: far beyond any slate the server answers
+#: (``limits.max_n``); a larger one is a damaged line, not a slate.
+MAX_POSITION = 100_000
+
+
 def read_events(path: str | Path) -> Iterator[Event]:
     """Events of a JSON-lines file: the event log's own lines (``events.jsonl``, or
-    ``rankly export-events --format jsonl``) or ``POST /events`` objects."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            doc = json.loads(line)
-            if "t" in doc:
-                yield Event.from_json(doc)
-            else:
-                yield Event(str(doc["event_id"]), str(doc["user_id"]), str(doc["item_id"]),
-                            str(doc["type"]), float(doc.get("timestamp") or 0.0),
-                            doc.get("value"), doc.get("request_id"), doc.get("context") or {})
+    ``rankly export-events --format jsonl``) or ``POST /events`` objects.
+
+    A last line without its newline that does not parse is skipped: the log was still being
+    written (the file log cuts such a line off when it next opens). Any other line that is
+    not an event, or an impression whose position or propensity cannot be right, raises
+    :class:`LogError` naming the file and the line: an estimate or a ranker built around it
+    would be silently wrong.
+    """
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                event = _parse_line(raw)
+            except ValueError as exc:
+                if not raw.endswith(b"\n"):
+                    return  # a torn tail
+                raise LogError(f"{path} line {number}: {exc}") from None
+            if event is not None:
+                yield event
+
+
+def _parse_line(raw: bytes) -> Event | None:
+    """One line as an :class:`Event` (None when blank); ValueError says what is wrong."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {exc.start})") from None
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer literal too long to convert
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if "t" in doc:  # the log's own line
+        names = ("id", "u", "i", "t", "ts", "v", "r", "c")
+    else:  # a POST /events object
+        names = ("event_id", "user_id", "item_id", "type", "timestamp", "value",
+                 "request_id", "context")
+    ids = [_text(doc.get(name), name) for name in names[:4]]
+    ts = _timestamp(doc.get(names[4]), names[4], required=names[4] == "ts")
+    value = doc.get(names[5])
+    if value is not None and not _is_number(value):
+        raise ValueError(f"{names[5]!r} is not a number")
+    request_id = doc.get(names[6])
+    if request_id is not None:
+        request_id = _text(request_id, names[6])
+    context = doc.get(names[7]) or {}
+    if not isinstance(context, dict):
+        raise ValueError(f"{names[7]!r} is not a JSON object")
+    if ids[3] == "impression":
+        _check_impression(context)
+    return Event(ids[0], ids[1], ids[2], ids[3], ts,
+                 None if value is None else float(value), request_id or None, context)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        raise ValueError(f"no {name!r} field")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{name!r} is not a string")
+
+
+def _timestamp(value: Any, name: str, required: bool) -> float:
+    """Unix seconds, or ISO 8601 text (a ``POST /events`` object may carry either, or none:
+    0, so such events keep the file's order)."""
+    if value is None and not required:
+        return 0.0
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    raise ValueError(f"{name!r} is not unix seconds or an ISO 8601 time")
+
+
+def _position(value: Any, name: str) -> None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or \
+            not 0 <= value < MAX_POSITION:
+        raise ValueError(f"impression {name} {value!r} is not an integer in "
+                         f"[0, {MAX_POSITION})")
+
+
+def _check_impression(ctx: dict[str, Any]) -> None:
+    """What :func:`join` reads of an impression's context, checked: a position, a
+    propensity in (0, 1] (an estimate divides by it), the serve-time features."""
+    if "position" in ctx:
+        _position(ctx["position"], "position")
+    if ctx.get("base_position") is not None:
+        _position(ctx["base_position"], "base_position")
+    if "propensity" in ctx:
+        p = ctx["propensity"]
+        if not _is_number(p) or not 0.0 < p <= 1.0:
+            raise ValueError(f"impression propensity {p!r} is not a probability in (0, 1]")
+    elif ctx.get("base_position") is not None and ctx["base_position"] != ctx.get("position"):
+        # exploration moved the item: its probability there is not 1, and is not known
+        raise ValueError("impression moved by exploration (base_position "
+                         f"{ctx['base_position']!r}, position {ctx.get('position')!r}) "
+                         "without its propensity")
+    features = ctx.get("features")
+    if features is not None and (not isinstance(features, list) or not all(
+            v is None or _is_number(v) for v in features)):
+        raise ValueError("impression features are not a list of numbers and nulls")
+    sources = ctx.get("sources")
+    if sources is not None and not isinstance(sources, dict):
+        raise ValueError("impression sources are not a JSON object")
+    if ctx.get("history_length") is not None and not _is_number(ctx["history_length"]):
+        raise ValueError("impression history_length is not a number")
 
 
 def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedback:

@@ -121,7 +121,7 @@ def test_train_ranker_refuses_a_log_without_slates(tmp_path, shop, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"id": "e", "u": "1", "i": "2", "t": "click", "ts": 1.8e9})
                      + "\n")
-    assert cli.main(["train-ranker", "--events", str(empty), "--artifacts", str(shop[0])]) == 1
+    assert cli.main(["train-ranker", "--events", str(empty), "--artifacts", str(shop[0])]) == 2
     assert "need at least 10" in capsys.readouterr().err
 
 

@@ -1,0 +1,117 @@
+"""Event logs that are damaged or odd: `rankly off-policy` and `rankly train-ranker` name the
+line and exit 2, or leave the request out and say so; never a traceback or a wrong number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rankly.engine import cli
+from rankly.engine.feedback.slates import LogError, load_feedback
+
+
+def impression(rid: str, pos: int, item: str, user: str = "u1", ts: float = 1.76e9,
+               **ctx) -> dict:
+    return {"id": f"imp:{rid}:{pos}", "u": user, "i": item, "t": "impression", "ts": ts,
+            "r": rid, "c": {"position": pos, "propensity": 1.0, **ctx}}
+
+
+def click(rid: str | None, item: str, user: str = "u1", ts: float = 1.76e9 + 5) -> dict:
+    doc = {"id": f"c:{rid}:{item}", "u": user, "i": item, "t": "click", "ts": ts}
+    if rid:
+        doc["r"] = rid
+    return doc
+
+
+def slate(rid: str, items: list[str], user: str = "u1", ts: float = 1.76e9) -> list[dict]:
+    return [impression(rid, k, a, user, ts) for k, a in enumerate(items)]
+
+
+def good_lines() -> list[str]:
+    docs = slate("r1", ["a", "b", "c"]) + [click("r1", "b")] + slate("r2", ["c", "a", "b"],
+                                                                     ts=1.76e9 + 60)
+    return [json.dumps(d) for d in docs]
+
+
+def write(tmp_path, data: bytes):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(data)
+    return path
+
+
+def off_policy(path, capsys, *extra):
+    code = cli.main(["off-policy", "--events", str(path), "--artifacts",
+                     str(path.parent / "no-model"), *extra])
+    return code, capsys.readouterr()
+
+
+BAD_LINES = {
+    "not JSON": (b'{"id": "x", "u": "1", "i": "2", "t": "cli', "not JSON"),
+    "array": (b"[1, 2, 3]", "not a JSON object"),
+    "no user": (json.dumps({"id": "x", "i": "2", "t": "click", "ts": 1.76e9}).encode(),
+                "no 'u' field"),
+    "context a list": (json.dumps({**impression("r9", 0, "a"), "c": [1]}).encode(),
+                       "'c' is not a JSON object"),
+    "position text": (json.dumps(impression("r9", "one", "a")).encode(),
+                      "impression position 'one' is not an integer"),
+    "position negative": (json.dumps(impression("r9", -1, "a")).encode(),
+                          "impression position -1 is not an integer"),
+    "position huge": (json.dumps(impression("r9", 10 ** 30, "a")).encode(),
+                      "impression position 1000000000000000000000000000000 is not"),
+    "propensity 0": (json.dumps(impression("r9", 0, "a", propensity=0)).encode(),
+                     "impression propensity 0 is not a probability in (0, 1]"),
+    "propensity NaN": (json.dumps(impression("r9", 0, "a", propensity=float("nan"))).encode(),
+                       "impression propensity nan is not a probability"),
+    "propensity above 1": (json.dumps(impression("r9", 0, "a", propensity=2.0)).encode(),
+                           "impression propensity 2.0 is not a probability"),
+    "moved without propensity": (
+        json.dumps({**impression("r9", 0, "a"), "c": {"position": 0, "base_position": 2}}
+                   ).encode(), "moved by exploration (base_position 2, position 0) without"),
+    "features text": (json.dumps(impression("r9", 0, "a", features="abc")).encode(),
+                      "impression features are not a list of numbers and nulls"),
+    "not UTF-8": (b'{"id": "x\xff", "u": "1", "i": "2", "t": "click", "ts": 1.8e9}',
+                  "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_off_policy_names_a_damaged_line_and_exits_2(tmp_path, capsys, case):
+    bad, problem = BAD_LINES[case]
+    lines = [line.encode() for line in good_lines()]
+    lines.insert(2, bad)  # the third line, in the middle of the file
+    path = write(tmp_path, b"\n".join(lines) + b"\n")
+    code, out = off_policy(path, capsys)
+    assert code == 2, out
+    assert f"rankly off-policy: {path} line 3: " in out.err and problem in out.err
+    assert "Traceback" not in out.err and out.out == ""
+
+
+def test_train_ranker_names_a_damaged_line_and_exits_2(tmp_path, capsys):
+    pytest.importorskip("lightgbm")
+    lines = [line.encode() for line in good_lines()]
+    lines.insert(1, b"\x00\xff")
+    path = write(tmp_path, b"\n".join(lines) + b"\n")
+    code = cli.main(["train-ranker", "--events", str(path), "--artifacts", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"rankly train-ranker: {path} line 2: not UTF-8" in err
+
+
+def test_a_torn_last_line_is_skipped_as_the_event_log_does(tmp_path):
+    """A log read while it is written may end in half a line: the file log cuts it off on its
+    next start, and it was never acknowledged."""
+    lines = good_lines()
+    path = write(tmp_path, ("\n".join(lines) + "\n" + lines[0][:40]).encode())
+    feedback = load_feedback(path)
+    assert [s.request_id for s in feedback.slates] == ["r1", "r2"]
+    with pytest.raises(LogError, match="line 8: not JSON"):  # with its newline: damaged
+        load_feedback(write(tmp_path, ("\n".join(lines) + "\n" + lines[0][:40] + "\n"
+                                       ).encode()))
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", json.dumps(click("r1", "a")).encode() + b"\n"])
+def test_off_policy_on_a_log_without_slates_exits_2(tmp_path, capsys, data):
+    path = write(tmp_path, data)
+    code, out = off_policy(path, capsys)
+    assert code == 2 and f"rankly off-policy: {path}: no slates" in out.err
+
