@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..http.validation import (
     check_id,
     check_no_surrogates,
     check_path_encoding,
+    load_json,
     require_json,
 )
 from ..runtime import Runtime
@@ -113,12 +113,7 @@ async def put_experiment(request: Request) -> Response:
                                   "a '%XX' in it as an escape and could not address the "
                                   "experiment", status=422)
     require_json(request.headers)
-    try:
-        body = json.loads(await request.body())
-    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
-    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
-    except (ValueError, RecursionError):
-        raise RequestError("body", "must be a JSON object", status=400) from None
+    body = load_json(await request.body())
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
     # NOTE: before anything is stored: a variant name with a lone surrogate was stored, then

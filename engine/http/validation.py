@@ -51,7 +51,8 @@ def check_text(value: Any, field: str, max_length: int) -> str:
     if len(value) > max_length:
         raise RequestError(field, f"must be at most {max_length} characters")
     if _FORBIDDEN.search(value):
-        raise RequestError(field, "must not contain control characters or lone surrogates")
+        raise RequestError(field, "must not contain control characters, lone surrogates or "
+                                  "bytes that are not UTF-8")
     return value
 
 
@@ -252,6 +253,41 @@ def parse_query(params: Any, limits: Limits) -> RecommendationRequest:
     )
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                named = key and not _SURROGATE.search(key)  # as in reject_unknown
+                raise RequestError(key if named else "body", "must be given once")
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError("body", f"must be JSON ({name} is not a JSON value)", status=400)
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body as strict JSON: UTF-8 text (a leading byte order mark is
+    skipped; other bytes are kept as lone surrogates, which :func:`check_text` refuses), no
+    ``NaN``/``Infinity`` literals, and no key given twice in an object (a 422 naming it:
+    ``{"user_id": "1", "user_id": "2"}`` must not silently mean user 2, as a repeated query
+    parameter must not). Other failures are a 400 naming ``body``."""
+    # NOTE: bytes that are not UTF-8 become lone surrogates (surrogateescape), which every
+    # field's check refuses: the 422 then names the field that holds them
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RequestError:
+        raise
+    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
+    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
+    except (ValueError, RecursionError):
+        raise RequestError("body", "must be a JSON object", status=400) from None
+
+
 _BODY_FIELDS = {"user_id", "n", "exclude", "categories", "context", "session_items",
                 "request_id"}
 
@@ -262,12 +298,7 @@ def parse_body(raw: bytes, limits: Limits) -> RecommendationRequest:
     A field that is given is checked against its type: ``null`` is not a value of any of
     them (leave the field out instead).
     """
-    try:
-        body = json.loads(raw)
-    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
-    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
-    except (ValueError, RecursionError):
-        raise RequestError("body", "must be a JSON object", status=400) from None
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object", status=400)
     reject_unknown(body, _BODY_FIELDS, where="body")
