@@ -1,12 +1,14 @@
 """The served default: a recency-aware item-item model blended with time-decayed popularity.
 
-``score(u) = z(w_u @ B) + seq_weight * z(r_u @ T) + g_u * pop_weight * z(log1p(recent pop))``
-over the whole catalog, where ``B`` is the EASE/EDLAE item-item matrix (over the items most
-users touched, at most ``max_ease_items``), ``w_u`` weighs the user's history items by recency
-position (``(1 - mix) + mix * 2^(-j / half_life)`` for the j-th most recent, j = 0 newest),
-``T`` holds what followed each item (:func:`transition_matrix`) read from the newest items
-``r_u``, ``g_u`` fades the time-decayed popularity for users long inactive at training time
-(:func:`user_gate`), and ``z`` standardizes a score row over the catalog. A miss is a few
+``score(u) = z(w_u @ B) + seq_weight * z(r_u @ T) + (g_u * pop_weight + TIE_BREAK) *
+z(log1p(recent pop))`` over the whole catalog, where ``B`` is the EASE/EDLAE item-item
+matrix (over the items most users touched, at most ``max_ease_items``), ``w_u`` weighs the
+user's history items by recency position (``(1 - mix) + mix * 2^(-j / half_life)`` for the
+j-th most recent, j = 0 newest), ``T`` holds what followed each item
+(:func:`transition_matrix`) read from the newest items ``r_u``, ``g_u`` fades the
+time-decayed popularity for users long inactive at training time (:func:`user_gate`), ``z``
+standardizes a score row over the catalog, and :data:`TIE_BREAK` orders the items the rest
+scores alike by popularity. A miss is a few
 weighted sums of rows, one fused top-k and the rerankers.
 
 The ``blend`` trainer chooses every hyper-parameter (EASE lambda and dropout, the history mix
@@ -197,6 +199,8 @@ class BlendScorer:
         self.n_items = base.n_items
         self.pop_z = None if pop_z is None or params.pop_weight == 0 else (
             np.asarray(pop_z, dtype=np.float32) * np.float32(params.pop_weight))
+        self.tie_z = None if pop_z is None else (
+            np.asarray(pop_z, dtype=np.float32) * np.float32(TIE_BREAK))
         # the popularity term's weight per trained user (2^(-days since their last event at
         # training / pop_gate_days)); users active since (longer history) or unknown get 1
         self.user_gate = None if user_gate is None or params.pop_gate_days <= 0 else (
@@ -242,6 +246,8 @@ class BlendScorer:
             _fast.add_standardized(s, self.seq.rows(distinct), self.params.seq_weight)
         if self.pop_z is not None and gate > 0:
             s += self.pop_z if gate == 1.0 else np.float32(gate) * self.pop_z
+        if self.tie_z is not None:
+            s += self.tie_z
         return s
 
     def full_scores(self, history: np.ndarray, gate: float = 1.0) -> np.ndarray:
@@ -372,6 +378,11 @@ DIVERSITY_CAPS = (2, 3, 4, 5)
 SEQ_WEIGHTS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: Popularity: weight next to the (standardized) item-item score, and half-lives in days.
 POP_WEIGHTS = (0.1, 0.3, 0.8)
+#: The popularity term's weight for every user on top of the validated one: it only orders
+#: items that the rest scores (nearly) alike, such as the whole catalog for a user whose
+#: history has no item-item weights (items outside the EASE part), who would otherwise get
+#: the lowest item indices. Validation scores candidates with it too.
+TIE_BREAK = 1e-3
 POP_HALF_LIVES = (0.0, 30.0, 365.0)
 #: A user's popularity weight halves with every this many days they had been inactive when
 #: the model was trained (0: no gate). Users active since training always get all of it.
@@ -718,6 +729,7 @@ class BlendTrainer:
             s = history_scores(i, c.mix, c.half_life, c.model).copy()
             if c.seq_weight:
                 s += np.float32(c.seq_weight) * seq_scores(i)
+            s += np.float32(TIE_BREAK) * pop_scores(i, c.pop_half_life_days)
             if c.pop_weight:
                 pop = np.float32(c.pop_weight) * pop_scores(i, c.pop_half_life_days)
                 if c.pop_gate_days > 0:

@@ -157,7 +157,8 @@ def test_scorer_scores_follow_the_formula(model):
     w = blend.history_weights(hist.size, p["mix"], p["half_life"])[pos[hist] >= 0]
     rows = np.zeros(len(model.catalog), np.float32)
     rows[e["items"]] = w @ e["weights"][pos[h]]
-    want = blend.znorm_rows(rows) + p["pop_weight"] * model.part("blend")["popularity_z"]
+    want = blend.znorm_rows(rows) + (p["pop_weight"] + blend.TIE_BREAK) * model.part(
+        "blend")["popularity_z"]
     if p["seq_weight"]:
         want += p["seq_weight"] * blend.znorm_rows(scorer.seq.rows(hist))
     np.testing.assert_allclose(scorer.full_scores(hist), want, rtol=1e-4, atol=1e-5)
@@ -628,3 +629,37 @@ def test_grid_options_read_arrays_numbers_and_environment_strings(value, want):
 def test_a_grid_option_that_is_not_numbers_names_its_key():
     with pytest.raises(ValueError, match="mixes must be a list of numbers"):
         blend.grid_option({"mixes": "0.3,abc"}, "mixes", ())
+
+
+def test_a_history_without_item_item_weights_gets_the_popular_items(tmp_path, capsys):
+    # "solo" is only ever seen by "loner", so EASE gives it no neighbours and the item-item
+    # row of loner is flat: the served lists must follow popularity (the tie-break), not
+    # the catalog's index order
+    from rankly.engine import cli
+
+    rng = np.random.default_rng(3)
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(80):
+        # the most popular items have the highest ids, last in the catalog's order
+        picks = rng.choice(40, 8, replace=False, p=np.linspace(0.1, 2.0, 40) / 42.0)
+        lines += [f"u{u},i{i:02d},{1000 * u + t}" for t, i in enumerate(picks)]
+    lines.append("loner,solo,99999")
+    (tmp_path / "e.csv").write_text("\n".join(lines) + "\n")
+    assert cli.main(["train", "--interactions", str(tmp_path / "e.csv"), "--out",
+                     str(tmp_path / "m"), "--quiet"]) == 0
+    (tmp_path / "users.txt").write_text("loner\n")
+    capsys.readouterr()
+    assert cli.main(["recommend", "--artifacts", str(tmp_path / "m"), "--users",
+                     str(tmp_path / "users.txt"), "--n", "5", "--quiet"]) == 0
+    import json
+
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    counts: dict[str, int] = {}
+    for line in lines[1:-1]:
+        item = line.split(",")[1]
+        counts[item] = counts.get(item, 0) + 1
+    by_pop = sorted(counts, key=lambda i: (-counts[i], i))
+    assert got["fallback"] is None and len(got["items"]) == 5
+    # the top of the popularity order (an item tied in count may swap with its twin)
+    top = {i for i in by_pop if counts[i] >= counts[by_pop[4]]}
+    assert set(got["items"]) <= top, (got["items"], [(i, counts[i]) for i in by_pop[:8]])
