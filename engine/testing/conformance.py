@@ -464,9 +464,13 @@ def _data_arrays(data: Any) -> dict[str, np.ndarray]:
             "data.timestamps": data.timestamps}
 
 
-def check_trainer(trainer: Any, workload: Workload) -> list[Check]:
+def check_trainer(trainer: Any, workload: Workload,
+                  options: Mapping[str, Any] | None = None) -> list[Check]:
     """``fit(data, options)``: a ModelPart of plain NumPy arrays (no objects, no NaN), JSON
-    params, the same on a second fit, data untouched, saved and loaded as an artifact."""
+    params, the same on a second fit, data untouched, saved and loaded as an artifact.
+
+    ``options`` are given to ``fit`` as ``rankly train`` gives its ``[plugins.<name>]``
+    settings: as set, without the declared defaults."""
     from ..model import load_model, save_model
 
     f = _Findings(TRAINER_CHECKS)
@@ -476,7 +480,7 @@ def check_trainer(trainer: Any, workload: Workload) -> list[Check]:
     data = workload.data
     before = {k: v.copy() for k, v in _data_arrays(data).items()}
     try:
-        part = trainer.fit(data, {})
+        part = trainer.fit(data, dict(options or {}))
     except Exception as exc:
         f.fail("raises", raised(exc))
         return f.checks()
@@ -498,7 +502,7 @@ def check_trainer(trainer: Any, workload: Workload) -> list[Check]:
     except (TypeError, ValueError) as exc:
         f.fail("params", f"params are not JSON: {exc}")
     try:
-        again = trainer.fit(data, {})
+        again = trainer.fit(data, dict(options or {}))
         for name, arr in part.arrays.items():
             if name not in again.arrays or not _same(arr, again.arrays[name]):
                 f.fail("determinism", f"two fits on the same data differ (array {name!r})")
@@ -611,20 +615,30 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
             return component
         return build_component(workload, name, kind, options, store=_store_for(kind))
 
+    trainer_options = dict(options or {})
     try:
+        if kind == "trainer" and by_name:  # checked as `rankly train` checks them
+            from ..plugins import component_options
+
+            trainer_options = component_options(name, trainer_options, workload.registries)
         built = build()
     except Exception as exc:
         report.checks.append(Check("builds", False, f"factory {raised(exc)}"))
         return report
     if built is None:
         trained = ", ".join(workload.model.parts)
+        hint = ("train its part: rankly plugins check --train)"
+                if name not in workload.registries["trainers"] or name in workload.model.parts
+                else f"its trainer is not fitted for the kit: rankly plugins check --train "
+                     f"{name}, or list it in the rankly_trainers fixture)")
         report.checks.append(Check(
             "builds", False, f"factory returns None for the kit's model (trained: {trained}) "
-                             f"and options {dict(options or {})}: nothing to check (train its "
-                             "part: rankly plugins check --train)"))
+                             f"and options {dict(options or {})}: nothing to check ({hint}"))
         return report
     report.checks.append(Check("builds", True))
-    if kind == "cache":
+    if kind == "trainer":
+        report.checks += check_trainer(built, workload, trainer_options)
+    elif kind == "cache":
         report.checks += check_cache(lambda _: build() if by_name else built, workload)
     else:
         report.checks += _CHECKERS[kind](built, workload)
@@ -634,7 +648,8 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
         return report
     try:
         timed = build() if kind == "cache" else built
-        report.latency = measure(name, kind, timed, workload, on_call=on_call)
+        report.latency = measure(name, kind, timed, workload, on_call=on_call,
+                                 fit_options=trainer_options if kind == "trainer" else None)
     except Exception as exc:
         report.checks.append(Check("latency", False, f"{raised(exc)} on the timed workload"))
         return report

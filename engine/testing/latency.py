@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +42,13 @@ class Latency:
 
 
 def standard_calls(kind: str, component: Any, workload: Workload,
-                   loop: asyncio.AbstractEventLoop | None = None) -> list[Callable[[], Any]]:
+                   loop: asyncio.AbstractEventLoop | None = None,
+                   fit_options: Mapping[str, Any] | None = None) -> list[Callable[[], Any]]:
     """The calls timed for ``kind``: what one request (or one training) asks of it.
 
     Scorer: ``score`` of 300 candidates per known user; generator: ``generate(user, 300)``;
     reranker: ``rerank`` of a 50-item slate to 10; cache: ``get`` of a stored key; trainer:
-    one ``fit`` of the kit's data.
+    one ``fit`` of the kit's data with ``fit_options``.
     """
     cases = workload.known_cases
     if kind == "scorer":
@@ -67,7 +68,7 @@ def standard_calls(kind: str, component: Any, workload: Workload,
         return [lambda k=k, c=c: loop.run_until_complete(component.get(k, c.user.user_id))
                 for k, c in zip(keys, cases, strict=True)]
     if kind == "trainer":
-        return [lambda: component.fit(workload.data, {})]
+        return [lambda: component.fit(workload.data, dict(fit_options or {}))]
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -94,11 +95,14 @@ def time_calls(name: str, kind: str, calls: Sequence[Callable[[], Any]],
     return Latency(name, kind, int(ms.size), float(p50), float(p95), float(p99))
 
 
-def measure(name: str, kind: str, component: Any, workload: Workload, **kwargs: Any) -> Latency:
-    """Time ``component`` (a built component, or a trainer) on the standard workload."""
+def measure(name: str, kind: str, component: Any, workload: Workload,
+            fit_options: Mapping[str, Any] | None = None, **kwargs: Any) -> Latency:
+    """Time ``component`` (a built component, or a trainer fitted with ``fit_options``) on
+    the standard workload."""
     loop = asyncio.new_event_loop() if kind == "cache" else None
     try:
-        return time_calls(name, kind, standard_calls(kind, component, workload, loop), **kwargs)
+        return time_calls(name, kind, standard_calls(kind, component, workload, loop,
+                                                     fit_options), **kwargs)
     finally:
         if loop is not None:
             _close(component, loop)

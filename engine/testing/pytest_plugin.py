@@ -5,7 +5,8 @@ Fixtures: ``rankly_workload`` (the kit's trained model and inputs, once per sess
 ``rankly_check`` (conformance, fails the test naming each defect) and ``rankly_latency``
 (P50/P95/P99 on the standard workload next to a built-in of the same kind, on
 pytest-benchmark when it is installed). Override ``rankly_plugins`` (session scope) to add
-plugins that are not installed. Imports of the kit are deferred: this module is loaded in
+plugins that are not installed, and ``rankly_trainers`` to fit your trainers
+for the kit's model. Imports of the kit are deferred: this module is loaded in
 every pytest run of an environment where rankly is installed.
 """
 
@@ -35,11 +36,20 @@ def rankly_plugins() -> list[object]:
 
 
 @pytest.fixture(scope="session")
-def rankly_workload(rankly_plugins: list[object]) -> Any:
+def rankly_trainers() -> list[str]:
+    """Trainers fitted for the kit's model besides pop, itemknn and ease (override it to add
+    yours, when a component of yours serves the part your trainer fits)."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def rankly_workload(rankly_plugins: list[object], rankly_trainers: list[str]) -> Any:
     """The kit's small model trained on a synthetic shop, with its standard inputs."""
     from . import make_workload
+    from .workload import TRAINERS
 
-    return make_workload(plugins=rankly_plugins)
+    return make_workload(plugins=rankly_plugins,
+                         trainers=tuple(dict.fromkeys((*TRAINERS, *rankly_trainers))))
 
 
 @pytest.fixture(scope="session")
