@@ -44,7 +44,7 @@ from ..config import open_fraction, positive_float, positive_int
 from ..model import MANIFEST, Model, load_model
 from ..pipeline.served import FEATURE_FIELDS
 from .ltr_features import FEATURES, feature_matrix, ranker_features
-from .offpolicy import ITEM_PRIOR, user_at
+from .offpolicy import ITEM_PRIOR, skipped_text, user_at
 from .slates import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
 
 PART = "ltr"
@@ -227,7 +227,8 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     feedback = load_feedback(events, window_s)
     slates = feedback.slates
     if len(slates) < 10:
-        raise ValueError(f"{events}: {len(slates)} logged slates; need at least 10")
+        raise ValueError(f"{events}: {len(slates)} logged slates; need at least 10"
+                         f"{skipped_text(feedback.skipped)}")
     model = load_model(artifacts, mmap=False)
     rt = serving_runtime(model, settings)
     plan = pool_plan(rt)
@@ -284,7 +285,8 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     importance = dict(zip(FEATURES, booster.feature_importance("gain").round(3).tolist(),
                           strict=True))
     report: dict[str, Any] = {
-        "slates": len(slates), "train_slates": len(train), "valid_slates": len(valid),
+        "slates": len(slates), "skipped_slates": dict(feedback.skipped),
+        "train_slates": len(train), "valid_slates": len(valid),
         "logged_feature_slates": sum(has_logged_features(s) for s in slates),
         "train_rows": int(x_train.shape[0]), "train_clicks": int((y_train > 0).sum()),
         "bias": bias, "examination": [round(float(t), 4) for t in theta],
@@ -406,7 +408,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
           f"{report['train_clicks']} clicked) in {sum(report['seconds'].values()):.1f} s; "
           f"validated on the latest {report['valid_slates']}", file=out)
     print(f"features as logged at serve time for {report['logged_feature_slates']} of "
-          f"{report['slates']} slates, recomputed for the rest", file=out)
+          f"{report['slates']} slates, recomputed for the rest"
+          f"{skipped_text(report['skipped_slates'])}", file=out)
     print(f"validation NDCG of the shown items: ranker {v['ranker']}, current ranking "
           f"{v['current']} ({v['slates_with_clicks']} slates with clicks)", file=out)
     op = report.get("valid_offpolicy")

@@ -267,7 +267,8 @@ def evaluate(feedback: Feedback, rankings: Mapping[str, np.ndarray]) -> dict[str
         "clicks": int(logged.clicks.sum()), "conversions": int(logged.conversions.sum()),
         "explored_requests": int((logged.head >= 2).sum()),
         "cached_requests": sum(bool(s.context.get("cached")) for s in feedback.slates),
-        "unattributed_outcomes": feedback.unattributed, "policies": {},
+        "unattributed_outcomes": feedback.unattributed,
+        "skipped_slates": dict(feedback.skipped), "policies": {},
     }
     everything = logged.mask
     terms: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -327,8 +328,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         print(f"rankly off-policy: {exc}", file=sys.stderr)
         return 2
     if not feedback.slates:
-        print(f"rankly off-policy: {args.events}: no slates (impressions with a request_id)",
-              file=sys.stderr)
+        print(f"rankly off-policy: {args.events}: no slates (impressions with a request_id)"
+              f"{skipped_text(feedback.skipped)}", file=sys.stderr)
         return 2
     logged = Logged.of(feedback.slates)
     settings = load_settings(args.config)
@@ -343,11 +344,29 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     return 0
 
 
+def skipped_text(skipped: Mapping[str, int]) -> str:
+    """``; left out: ...`` naming the requests :func:`slates.join` left out, or ""."""
+    if not any(skipped.values()):
+        return ""
+    return "; left out: " + ", ".join(f"{n} {SKIP_REASONS.get(k, k)}"
+                                      for k, n in sorted(skipped.items()) if n)
+
+
+#: What each reason of ``Feedback.skipped`` means, for a reader.
+SKIP_REASONS = {
+    "conflicting": "requests whose impressions conflict (two users, or two items at a "
+                   "position: a reused request_id)",
+    "positions_missing": "slates with a missing position",
+    "base_positions_invalid": "slates whose base_position values are not a reordering",
+}
+
+
 def render(report: Mapping[str, Any]) -> str:
     """The report as a table: one row per policy, metric and estimator."""
     lines = [f"{report['requests']} requests, {report['impressions']} impressions, "
              f"{report['clicks']} clicks, {report['conversions']} conversions; "
-             f"{report['explored_requests']} explored slates"]
+             f"{report['explored_requests']} explored slates"
+             f"{skipped_text(report.get('skipped_slates', {}))}"]
     if report.get("cached_requests"):
         lines.append(f"note: {report['cached_requests']} slates were served from a cache: "
                      "rankings recomputed for them use the user's history at the request, "

@@ -81,6 +81,8 @@ class Feedback:
     slates: list[Slate]
     history: dict[str, list[tuple[float, str, str]]]  # user -> [(ts, item, type)]
     unattributed: int = 0  # outcomes that matched no slate
+    #: requests whose impressions are not one slate, left out, by reason (see :func:`join`)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def history_before(self, user_id: str, ts: float) -> list[tuple[float, str, str]]:
         """The user's history events strictly before ``ts``, oldest first."""
@@ -233,6 +235,9 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     An outcome carrying a ``request_id`` goes to that slate's position of its item; one
     without goes to the latest slate of the same user that showed the item within
     ``window_s`` seconds before it. An outcome credits a position at most once per kind.
+    An impression logged twice counts once. A request whose impressions are not one slate
+    (:func:`_slate_problem`) is left out and counted in ``Feedback.skipped``; its outcomes
+    count as unattributed.
     """
     # per position only its own fields; the slate's (every position logs the same) once
     parts: dict[str, dict[int, tuple[Any, ...]]] = defaultdict(dict)
@@ -240,19 +245,26 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     meta: dict[str, tuple[str, float]] = {}
     outcomes: list[Event] = []
     history: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
+    conflicting: set[str] = set()
     for e in events:
         if e.type == "impression":
-            if not e.request_id:
+            rid = e.request_id
+            if not rid:
                 continue
             ctx = e.context
-            pos = int(ctx.get("position", len(parts[e.request_id])))
-            parts[e.request_id][pos] = (e.item_id, float(ctx.get("propensity", 1.0)),
-                                        ctx.get("base_position"), _row(ctx.get("features")),
-                                        ctx.get("sources"))
-            if e.request_id not in shared:
-                shared[e.request_id] = {k: v for k, v in ctx.items()
-                                        if k not in POSITION_FIELDS}
-            meta.setdefault(e.request_id, (e.user_id, e.timestamp))
+            slots = parts[rid]
+            pos = int(ctx.get("position", len(slots)))
+            if (rid in meta and meta[rid][0] != e.user_id) or (
+                    pos in slots and slots[pos][0] != e.item_id):
+                conflicting.add(rid)
+            if pos in slots:
+                continue  # the same impression again (a log concatenated twice)
+            slots[pos] = (e.item_id, float(ctx.get("propensity", 1.0)),
+                          ctx.get("base_position"), _row(ctx.get("features")),
+                          ctx.get("sources"))
+            if rid not in shared:
+                shared[rid] = {k: v for k, v in ctx.items() if k not in POSITION_FIELDS}
+            meta.setdefault(rid, (e.user_id, e.timestamp))
             continue
         if e.type in HISTORY_TYPES:
             history[e.user_id].append((e.timestamp, e.item_id, e.type))
@@ -260,12 +272,17 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
             outcomes.append(e)
     slates: list[Slate] = []
     by_id: dict[str, Slate] = {}
+    skipped: dict[str, int] = defaultdict(int)
     for rid, positions in parts.items():
         rows = [positions[k] for k in sorted(positions)]
         items = [r[0] for r in rows]
-        prop = np.array([r[1] for r in rows])
         base = np.array([k if r[2] is None else int(r[2]) for k, r in enumerate(rows)],
                         dtype=np.int64)
+        problem = _slate_problem(rid in conflicting, sorted(positions), items, base)
+        if problem:
+            skipped[problem] += 1  # and its outcomes count as unattributed
+            continue
+        prop = np.array([r[1] for r in rows])
         features = None
         if any(r[3] is not None for r in rows):
             features = np.full((len(rows), len(FEATURE_FIELDS)), np.nan)
@@ -308,7 +325,22 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
         target.clicks[k] = True
         if e.type in CONVERSION_TYPES:
             target.conversions[k] = True
-    return Feedback(slates, dict(history), unattributed)
+    return Feedback(slates, dict(history), unattributed, dict(skipped))
+
+
+def _slate_problem(conflicting: bool, positions: list[int], items: list[str],
+                   base: np.ndarray) -> str | None:
+    """Why a request's impressions are not one servable slate, or None: they came from two
+    users or put two items at one position or one item at two (a request id reused by a
+    client, or two logs merged), a position is missing (a cut log), or the base positions
+    are not a reordering of the positions."""
+    if conflicting or len(set(items)) != len(items):
+        return "conflicting"
+    if positions[-1] != len(positions) - 1:
+        return "positions_missing"
+    if sorted(base.tolist()) != positions:
+        return "base_positions_invalid"
+    return None
 
 
 def _row(features: Any) -> array | None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from rankly.engine import cli
+from rankly.engine.feedback.offpolicy import evaluate, render
 from rankly.engine.feedback.slates import LogError, load_feedback
 
 
@@ -115,3 +116,49 @@ def test_off_policy_on_a_log_without_slates_exits_2(tmp_path, capsys, data):
     code, out = off_policy(path, capsys)
     assert code == 2 and f"rankly off-policy: {path}: no slates" in out.err
 
+
+def test_a_log_concatenated_twice_counts_each_impression_and_click_once(tmp_path):
+    lines = good_lines()
+    once = load_feedback(write(tmp_path, ("\n".join(lines) + "\n").encode()))
+    twice = load_feedback(write(tmp_path, ("\n".join(lines + lines) + "\n").encode()))
+    assert [s.items for s in twice.slates] == [s.items for s in once.slates]
+    assert [s.clicks.tolist() for s in twice.slates] == [s.clicks.tolist() for s in once.slates]
+    assert twice.skipped == {} and twice.unattributed == 0
+
+
+def test_a_reused_request_id_leaves_its_slates_out_and_says_so(tmp_path, capsys):
+    """Clients may send their own request_id: two slates under one id cannot be told apart,
+    so neither is estimated (before, the second overwrote the first's positions and took
+    the first user's clicks and features)."""
+    docs = (slate("r1", ["a", "b", "c"]) + [click("r1", "b")]
+            + slate("r1", ["d", "e", "f"], user="u2", ts=1.76e9 + 30) + [click("r1", "e", "u2")]
+            + slate("r2", ["c", "a", "b"], ts=1.76e9 + 60) + [click("r2", "a", ts=1.76e9 + 65)]
+            + slate("r3", ["a", "b"], ts=1.76e9 + 90)
+            + slate("r3", ["b", "a"], ts=1.76e9 + 95))  # same user, other order
+    path = write(tmp_path, "\n".join(map(json.dumps, docs)).encode() + b"\n")
+    feedback = load_feedback(path)
+    assert [s.request_id for s in feedback.slates] == ["r2"]
+    assert feedback.skipped == {"conflicting": 2} and feedback.unattributed == 2
+    report = evaluate(feedback, {})
+    assert report["skipped_slates"] == {"conflicting": 2}
+    assert report["clicks"] == 1 and report["impressions"] == 3
+    assert "left out: 2 requests whose impressions conflict" in render(report)
+
+
+def test_a_slate_with_a_missing_position_is_left_out(tmp_path):
+    docs = slate("r1", ["a", "b", "c"]) + [impression("r2", k, a) for k, a in
+                                            ((0, "a"), (1, "b"), (3, "d"))]
+    feedback = load_feedback(write(tmp_path, "\n".join(map(json.dumps, docs)).encode()))
+    assert [s.request_id for s in feedback.slates] == ["r1"]
+    assert feedback.skipped == {"positions_missing": 1}
+
+
+
+def test_train_ranker_says_which_slates_it_left_out(tmp_path, capsys):
+    pytest.importorskip("lightgbm")
+    docs = slate("r1", ["a", "b"]) + slate("r1", ["c", "d"], user="u2")
+    path = write(tmp_path, "\n".join(map(json.dumps, docs)).encode() + b"\n")
+    code = cli.main(["train-ranker", "--events", str(path), "--artifacts", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "0 logged slates; need at least 10; left out: 1 requests whose " \
+        "impressions conflict" in err
