@@ -44,7 +44,14 @@ from ..config import open_fraction, positive_float, positive_int
 from ..model import MANIFEST, Model, load_model
 from ..pipeline.served import FEATURE_FIELDS
 from .ltr_features import FEATURES, feature_matrix, ranker_features
-from .offpolicy import ITEM_PRIOR, skipped_text, user_at
+from .offpolicy import (
+    ITEM_PRIOR,
+    estimate_text,
+    interval_text,
+    json_ready,
+    skipped_text,
+    user_at,
+)
 from .slates import DEFAULT_WINDOW_S, Feedback, Slate, load_feedback
 
 PART = "ltr"
@@ -401,7 +408,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report, indent=1), file=out)
+        print(json.dumps(json_ready(report), indent=1, allow_nan=False), file=out)
         return 0
     v = report["valid_ndcg"]
     print(f"trained on {report['train_slates']} slates ({report['train_rows']} impressions, "
@@ -416,11 +423,11 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     if op:
         for name in ("current", "ranker"):
             c = op[name]["ctr"]
-            print(f"off-policy CTR, {name:<8} ips {c['ips']:.4f} snips {c['snips']:.4f} "
-                  f"dr {c['dr']:.4f} (support {op[name]['support']:.0%})", file=out)
-        dr = op["ranker"]["ctr_lift"]["dr"]
-        print(f"off-policy CTR lift of the ranker (DR): {dr['estimate']:+.1%} "
-              f"[{dr['ci95'][0]:+.1%}, {dr['ci95'][1]:+.1%}]", file=out)
+            print(f"off-policy CTR, {name:<8} ips {estimate_text(c['ips'], '.4f')} snips "
+                  f"{estimate_text(c['snips'], '.4f')} dr {estimate_text(c['dr'], '.4f')} "
+                  f"(support {op[name]['support']:.0%})", file=out)
+        print("off-policy CTR lift of the ranker (DR): "
+              f"{interval_text(op['ranker']['ctr_lift']['dr'], '+.1%')}", file=out)
     if "model_version" in report:
         print(f"wrote part {PART!r} into {args.artifacts}: model version "
               f"{report['model_version']}; serve with pipeline.rerankers = "

@@ -338,10 +338,22 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     report = evaluate(feedback, rankings)
     report["artifacts"] = str(args.artifacts)
     if args.json:
-        print(json.dumps(report, indent=1), file=out)
+        print(json.dumps(json_ready(report), indent=1, allow_nan=False), file=out)
     else:
         print(render(report), file=out)
     return 0
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None (JSON has no NaN: an estimate that
+    does not exist, such as a lift over a rate of 0, is null)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def skipped_text(skipped: Mapping[str, int]) -> str:
@@ -367,6 +379,10 @@ def render(report: Mapping[str, Any]) -> str:
              f"{report['clicks']} clicks, {report['conversions']} conversions; "
              f"{report['explored_requests']} explored slates"
              f"{skipped_text(report.get('skipped_slates', {}))}"]
+    if report.get("unattributed_outcomes"):
+        lines.append(f"note: {report['unattributed_outcomes']} clicks or purchases matched no "
+                     "logged slate (no impression of their request_id and item, or none of "
+                     "the item within the window)")
     if report.get("cached_requests"):
         lines.append(f"note: {report['cached_requests']} slates were served from a cache: "
                      "rankings recomputed for them use the user's history at the request, "
@@ -384,13 +400,25 @@ def render(report: Mapping[str, Any]) -> str:
                     continue
                 v = est[kind]
                 lift = est.get("lift_vs_base", est.get("lift_vs_logging", {})).get(kind)
-                lift_txt = ("" if lift is None else
-                            f"{lift['estimate']:+.1%} [{lift['ci95'][0]:+.1%}, "
-                            f"{lift['ci95'][1]:+.1%}]")
-                lines.append(f"{name:<10} {metric:<11} {kind:<6} {v['estimate']:>9.5f} "
-                             f"[{v['ci95'][0]:.5f}, {v['ci95'][1]:.5f}] {lift_txt:>36} "
+                lift_txt = "" if lift is None else interval_text(lift, "+.1%")
+                lo, hi = (estimate_text(x, ".5f") for x in v["ci95"])
+                lines.append(f"{name:<10} {metric:<11} {kind:<6} "
+                             f"{estimate_text(v['estimate'], '.5f'):>9} [{lo}, {hi}] "
+                             f"{lift_txt:>36} "
                              f"{est['ess']:>9.0f}")
         if "support" in pol:
             lines.append(f"{name:<10} support {pol['support']:.1%} of its positions, "
                          f"{pol['ctr']['matched']:.1%} identical to the logged item")
     return "\n".join(lines)
+
+
+def estimate_text(value: float, spec: str) -> str:
+    """``value`` formatted, or ``n/a`` where the estimate does not exist (NaN)."""
+    return format(value, spec) if np.isfinite(value) else "n/a"
+
+
+def interval_text(est: Mapping[str, Any], spec: str) -> str:
+    """``estimate [low, high]`` of an :func:`estimate` entry, each by :func:`estimate_text`."""
+    lo, hi = est["ci95"]
+    return (f"{estimate_text(est['estimate'], spec)} [{estimate_text(lo, spec)}, "
+            f"{estimate_text(hi, spec)}]")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from rankly.engine import cli
-from rankly.engine.feedback.offpolicy import evaluate, render
+from rankly.engine.feedback.offpolicy import evaluate, json_ready, render
 from rankly.engine.feedback.slates import LogError, load_feedback
 
 
@@ -162,3 +163,34 @@ def test_train_ranker_says_which_slates_it_left_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "0 logged slates; need at least 10; left out: 1 requests whose " \
         "impressions conflict" in err
+
+
+def test_a_log_without_clicks_has_null_lifts_in_json_and_n_a_in_text(tmp_path, capsys):
+    docs = [json.loads(line) for line in good_lines() if '"click"' not in line]
+    path = write(tmp_path, "\n".join(map(json.dumps, docs)).encode() + b"\n")
+    report = evaluate(load_feedback(path), {"same": np.array([["a", "b", "c"],
+                                                              ["c", "a", "b"]], dtype=object)})
+    lift = report["policies"]["same"]["ctr"]["lift_vs_logging"]["ips"]
+    assert np.isnan(lift["estimate"])  # 0 clicks over 0 clicks: no lift exists
+    text = json.dumps(json_ready(report), allow_nan=False)  # strict JSON: no NaN token
+    assert json.loads(text)["policies"]["same"]["ctr"]["lift_vs_logging"]["ips"] == {
+        "estimate": None, "ci95": [None, None], "se": None}
+    assert "nan" not in render(report).lower() and "n/a [n/a, n/a]" in render(report)
+
+
+def strict_json(text: str):
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_off_policy_json_of_a_log_without_clicks_is_strict_json(artifacts, tmp_path, capsys):
+    docs = slate("r1", ["1", "2", "3"], user="1") + slate("r2", ["4", "5", "6"], user="2",
+                                                           ts=1.76e9 + 60)
+    path = write(tmp_path, "\n".join(map(json.dumps, docs)).encode() + b"\n")
+    code = cli.main(["off-policy", "--events", str(path), "--artifacts", str(artifacts),
+                     "--json"])
+    report = strict_json(capsys.readouterr().out)
+    assert code == 0 and report["clicks"] == 0
+    assert report["policies"]["evaluated"]["ctr"]["lift_vs_base"]["ips"]["estimate"] is None
