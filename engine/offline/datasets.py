@@ -178,6 +178,48 @@ def _int(text: str) -> int:
     return int(value)
 
 
+#: An events CSV's Unix times at or above these magnitudes are read as nanoseconds,
+#: microseconds and milliseconds: as seconds they would lie past the year 5000, and each unit
+#: reaches its bound from early 1973 on (JavaScript, Kafka and most event logs count in ms).
+_TIME_UNITS = ((10**17, 10**9), (10**14, 10**6), (10**11, 10**3))
+
+
+def _event_time(text: str) -> int:
+    """An events CSV timestamp in Unix seconds: Unix time in seconds (fractions dropped),
+    milliseconds, microseconds or nanoseconds (:data:`_TIME_UNITS`), or ISO 8601 (a date or
+    a date and time; UTC unless it names an offset)."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            return _iso_time(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:20]!r} is not a timestamp") from None
+    for limit, per_second in _TIME_UNITS:
+        if abs(value) >= limit:
+            value = value // per_second if isinstance(value, int) else value / per_second
+            break
+    seconds = math.floor(value)
+    if not _INT64_MIN <= seconds <= _INT64_MAX:
+        raise ValueError(f"{text[:20]!r} is outside the int64 range")
+    return seconds
+
+
+def _iso_time(text: str) -> int:
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a timestamp (Unix time or ISO 8601, e.g. "
+                         f"2024-05-01T12:30:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return math.floor(moment.timestamp())
+
+
 def _weight_value(text: str) -> float:
     """An interaction's weight: a finite number >= 0 (a negative one is malformed: ALS's
     confidences and the popularity counts have no use for it)."""
@@ -388,7 +430,8 @@ _COLUMN_ALIASES = {
 #: The columns of an events CSV, for ``--help`` (and docs/datasets.md).
 EVENTS_CSV_HELP = (
     "events-csv needs a header row naming its columns, in any order: user_id and item_id "
-    "(required), timestamp (Unix seconds; without it the row order is the time), event_type "
+    "(required), timestamp (Unix time in s, ms, us or ns, told apart by size, or ISO 8601 "
+    "such as 2024-05-01T12:30:00Z; without it the row order is the time), event_type "
     "(view, click, fav, add_to_cart, purchase, rating or a type named in --event-weights; "
     "weighed by --event-weights), value (the weight of a rating or of an untyped row; "
     "default 1), category_id. Aliases: user, item, ts/time, type/event, weight/rating, category"
@@ -466,7 +509,7 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
                     raise ValueError("control characters in user_id or item_id")
                 event, w = _weight(row.get("event_type", ""), row.get("value", ""), weights)
                 ts_text = row.get("timestamp", "")
-                ts = _int(ts_text) if ts_text else line_no
+                ts = _event_time(ts_text) if ts_text else line_no
                 cat = row.get("category_id", "")
             except ValueError as exc:
                 report.bad(line_no, str(exc) or "bad value")

@@ -209,7 +209,7 @@ def test_format_help_documents_the_events_csv_columns(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for column in ("user_id and item_id (required)", "timestamp (Unix seconds",
+    for column in ("user_id and item_id (required)", "timestamp (Unix time in s, ms, us or ns",
                    "event_type", "value", "category_id"):
         assert column in text
 
@@ -320,3 +320,45 @@ def test_a_negative_or_non_finite_weight_is_malformed_in_either_reader(tmp_path)
     for data in (datasets.load_movielens_100k(path),
                  _by_rows(datasets.load_movielens_100k, path)):
         assert data.reports[0].malformed == 1 and (np.asarray(data.interactions.weights) >= 0).all()
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("1700000000", 1700000000),
+    ("1700000000.75", 1700000000),  # fractions of a second are dropped
+    ("1.7e9", 1700000000),
+    ("1700000000123", 1700000000),  # milliseconds
+    ("1700000000123456", 1700000000),  # microseconds
+    ("1700000000123456789", 1700000000),  # nanoseconds
+    ("1700000000123.9", 1700000000),
+    ("2023-11-14T22:13:20Z", 1700000000),
+    ("2023-11-14T22:13:20", 1700000000),  # UTC unless an offset is named
+    ("2023-11-15T00:13:20+02:00", 1700000000),
+    ("2023-11-14 22:13:20.5", 1700000000),
+    ("2023-11-14", 1699920000),
+    ("-86400", -86400),
+])
+def test_events_csv_reads_unix_times_in_any_unit_and_iso_8601(tmp_path, text, seconds):
+    f = write(tmp_path / "e.csv", f"user_id,item_id,timestamp\nu1,a,{text}\n")
+    assert datasets.load(f).interactions.timestamps.tolist() == [seconds]
+
+
+def test_events_csv_orders_millisecond_and_iso_rows_alike(tmp_path):
+    # a log written in milliseconds keeps its days: a 30-day half-life means 30 days
+    f = write(tmp_path / "e.csv", "user_id,item_id,timestamp\n"
+              "u1,a,1700000000000\nu1,b,2023-11-15T22:13:20Z\nu1,c,1700172800\n")
+    ts = datasets.load(f).interactions.timestamps
+    assert np.diff(ts).tolist() == [86400, 86400]
+
+
+@pytest.mark.parametrize("text,named", [
+    ("yesterday", "'yesterday' is not a timestamp (Unix time or ISO 8601"),
+    ("2023-13-40", "'2023-13-40' is not a timestamp"),
+    ("nan", "'nan' is not a timestamp"),
+    ("inf", "'inf' is not a timestamp"),
+    ("1e999", "'1e999' is not a timestamp"),
+])
+def test_events_csv_names_a_timestamp_it_cannot_read(tmp_path, text, named):
+    f = write(tmp_path / "e.csv", f"user_id,item_id,timestamp\nu1,a,{text}\nu1,b,1700000000\n")
+    ds = datasets.load(f)
+    assert ds.interactions.item_ids.tolist() == ["b"]
+    assert named in ds.reports[0].summary()
