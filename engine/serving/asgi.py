@@ -89,7 +89,22 @@ class _HeadTimeout:
         self.transport.close()
 
 
-class JSONHttpToolsProtocol(_HeadTimeout, HttpToolsProtocol):
+class _NoWebSocket:
+    """rankly has no WebSocket route: a request that asks to upgrade to one is answered as
+    the plain HTTP request it also is (RFC 9110 lets a server ignore ``Upgrade``).
+
+    NOTE: uvicorn handed such a request (``GET /health`` with ``Upgrade: websocket``) to the
+    app as a websocket scope, which the router refused with a bare 403 and no JSON error.
+    """
+
+    def _should_upgrade_to_ws(self) -> bool:
+        return False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """Not uvicorn's warning, which blames a missing WebSocket library."""
+
+
+class JSONHttpToolsProtocol(_NoWebSocket, _HeadTimeout, HttpToolsProtocol):
     """uvicorn's httptools protocol; a request httptools cannot parse gets the JSON error,
     and a request head (request line and headers) that is not complete within
     ``deadlines.body_read_ms`` of the connection or of its first byte gets a JSON 408 and
@@ -131,7 +146,7 @@ class JSONHttpToolsProtocol(_HeadTimeout, HttpToolsProtocol):
         cycle.message_event.set()
 
 
-class JSONH11Protocol(_HeadTimeout, H11Protocol):
+class JSONH11Protocol(_NoWebSocket, _HeadTimeout, H11Protocol):
     """uvicorn's h11 protocol (the fallback without httptools) with the same two answers:
     the JSON 400 for a request h11 cannot parse, and the JSON 408 for a head that is not
     complete in time.

@@ -273,3 +273,22 @@ def test_a_pipelined_head_left_incomplete_gets_408_after_the_answer(request, par
     head, _, body = rest.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), reply[:300]
     assert json.loads(body)["error"]["field"] == "request"
+
+
+@PARSERS
+def test_a_websocket_upgrade_is_answered_as_plain_http(request, parser):
+    # no WebSocket route: the router refused the websocket scope with a bare 403, no JSON
+    url, port, log = request.getfixturevalue(parser)
+    for path, status in (("/health", b"200"), ("/nowhere", b"404")):
+        s = raw(port, f"GET {path} HTTP/1.1\nHost: x\nConnection: Upgrade, close\n"
+                      "Upgrade: websocket\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n"
+                      "Sec-WebSocket-Version: 13\n")
+        try:
+            reply = read_all(s)
+        finally:
+            s.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status), reply[:300]
+        assert b"content-type: application/json" in head.lower()
+        json.loads(body)
+    assert "WebSocket" not in log.read_text()
