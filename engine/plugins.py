@@ -282,7 +282,8 @@ def _type_noun(value: Any) -> str:
 
 
 def _coerce_option(where: str, value: Any, default: Any) -> Any:
-    """An option given as a string (from the environment) parsed as its default's type; a
+    """An option given as a string (from the environment) parsed as its default's type (for
+    a list or tuple default, the string split at commas, see :func:`_parse_list`); a
     value of another type (from a file or an experiment) checked against it: a bool, int,
     float or str default takes only its own type (an int for a float too), or None (JSON's
     null: the component's "none", e.g. no diversity cap)."""
@@ -303,17 +304,44 @@ def _coerce_option(where: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where}: expected {_type_noun(default)}, got "
                               f"{_type_noun(value)} {value!r}")
         return value
+    if isinstance(default, list | tuple):
+        return _parse_list(where, value, default)
     try:
-        if isinstance(default, bool):
-            low = value.strip().lower()
-            if low not in {"1", "0", "true", "false", "yes", "no"}:
-                raise ValueError(value)
-            return low in {"1", "true", "yes"}
-        if isinstance(default, int | float):
-            return type(default)(value)
+        return _parse_scalar(value, default)
     except ValueError:
         raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
-    return value
+
+
+def _parse_scalar(text: str, default: Any) -> Any:
+    """``text`` as the type of ``default`` (bool, int or float; anything else as given)."""
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low not in {"1", "0", "true", "false", "yes", "no"}:
+            raise ValueError(text)
+        return low in {"1", "true", "yes"}
+    if isinstance(default, int | float):
+        return type(default)(text)
+    return text
+
+
+_LIST_NOUNS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _parse_list(where: str, text: str, default: list | tuple) -> Any:
+    """``"0.3,0.6"`` or ``"[0.3, 0.6]"`` (an environment variable) as a list or tuple like
+    ``default``, each element parsed as its elements' type. A default whose elements are of no
+    single scalar type (or none) leaves the string to the component."""
+    kinds = {type(v) for v in default}
+    if len(kinds) != 1 or not kinds <= set(_LIST_NOUNS):
+        return text
+    (kind,) = kinds
+    body = text.strip().removeprefix("[").removesuffix("]")
+    try:
+        items = [_parse_scalar(t.strip(), kind()) for t in body.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"{where} must be a list of {_LIST_NOUNS[kind]} separated by "
+                          f"commas, got {text!r}") from None
+    return type(default)(items)
 
 
 def component_options(name: str, given: Mapping[str, Any], registries: Mapping[str, Registry],

@@ -146,6 +146,48 @@ def test_an_option_value_of_its_defaults_type_is_kept_as_given(model, settings_f
     assert runtime(settings, model, Typed()).settings.plugin_options("typed") == given
 
 
+class Listy:
+    """A reranker whose options have list and tuple defaults."""
+
+    def __init__(self) -> None:
+        self.seen_options: list[dict] = []
+
+    @hookimpl
+    def register_rerankers(self, register):
+        def factory(ctx):
+            self.seen_options.append(dict(ctx.options))
+
+        register("listy", factory, options={"weights": (0.5, 1.0), "caps": [2],
+                                            "anything": ()})
+
+
+@pytest.mark.parametrize(("value", "weights"), [
+    ("0.3, 0.6", (0.3, 0.6)), ("[1]", (1.0,)), ("[]", ()), ("2", (2.0,)),
+])
+def test_a_list_option_from_the_environment_is_parsed_as_its_default(model, artifacts,
+                                                                      value, weights):
+    from rankly.engine.config import load_settings
+
+    plugin = Listy()
+    settings = load_settings(environ={"RANKLY_PLUGINS__LISTY__WEIGHTS": value,
+                                      "RANKLY_PLUGINS__LISTY__CAPS": "3,4",
+                                      "RANKLY_PLUGINS__LISTY__ANYTHING": "a;b"},
+                             artifacts=artifacts)
+    runtime(settings, model, plugin)
+    assert plugin.seen_options[-1] == {"weights": weights, "caps": [3, 4], "anything": "a;b"}
+
+
+def test_a_list_option_that_does_not_parse_stops_the_start_naming_it(model, artifacts):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ={"RANKLY_PLUGINS__LISTY__CAPS": "3,4.5"},
+                             artifacts=artifacts)
+    with pytest.raises(ConfigError) as err:
+        runtime(settings, model, Listy())
+    assert str(err.value) == ("plugins.listy.caps must be a list of integers separated by "
+                              "commas, got '3,4.5'")
+
+
 def test_declared_defaults_reach_the_factory(model, settings_for, artifacts):
     plugin = SeededRandom()
     runtime(settings_for(artifacts), model, plugin)
