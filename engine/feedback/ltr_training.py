@@ -236,11 +236,24 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     if len(slates) < 10:
         raise ValueError(f"{events}: {len(slates)} logged slates; need at least 10"
                          f"{skipped_text(feedback.skipped)}")
+    cut = int(round(len(slates) * (1.0 - valid_share)))
+    train, valid = slates[:cut], slates[cut:]
+    # shuffled slates only when there are any: their shown order is independent of both
+    # orders compared, so the position bias in the clicks favours neither
+    shuffled = [s for s in valid if (s.base_positions != np.arange(len(s.items))).any()]
+    judged = shuffled or valid
+    if not any(s.clicks.any() for s in train):
+        raise ValueError(f"{events}: no click in the {len(train)} training slates: nothing to "
+                         "learn from")
+    if not any(s.clicks.any() for s in judged):
+        # a ranker that cannot be validated is not written over the model's version
+        raise ValueError(
+            f"{events}: no click in the {len(judged)} {'shuffled ' if shuffled else ''}"
+            f"validation slates (the latest {valid_share:.0%} of {len(slates)}): too little "
+            "traffic to validate a ranker; log more, or raise --valid-share")
     model = load_model(artifacts, mmap=False)
     rt = serving_runtime(model, settings)
     plan = pool_plan(rt)
-    cut = int(round(len(slates) * (1.0 - valid_share)))
-    train, valid = slates[:cut], slates[cut:]
     catalog = model.catalog
     n_items = len(catalog)
     # cross-fitted item statistics for the training rows: a slate's own clicks never feed
@@ -275,10 +288,7 @@ def train_ranker(events: str | Path, artifacts: str | Path, settings: Any, *,
     trained = time.perf_counter()
     # validation on the later slice: NDCG of the shown items, model order vs current order
     nd_model, nd_current, nd_shown = [], [], []
-    # shuffled slates only when there are any: their shown order is independent of both
-    # orders compared, so the position bias in the clicks favours neither
-    shuffled = [s for s in valid if (s.base_positions != np.arange(len(s.items))).any()]
-    for s in shuffled or valid:
+    for s in judged:
         y = labels(s)
         if not y.any():
             continue

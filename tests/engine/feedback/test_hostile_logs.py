@@ -194,3 +194,35 @@ def test_off_policy_json_of_a_log_without_clicks_is_strict_json(artifacts, tmp_p
     report = strict_json(capsys.readouterr().out)
     assert code == 0 and report["clicks"] == 0
     assert report["policies"]["evaluated"]["ctr"]["lift_vs_base"]["ips"]["estimate"] is None
+
+
+def clicked_log(tmp_path, clicked: range, slates: int = 20):
+    """``slates`` slates of three items for users 1-5, clicks in the slates ``clicked``."""
+    docs = []
+    for r in range(slates):
+        items = [str(1 + (r + j) % 40) for j in range(3)]
+        docs += slate(f"r{r}", items, user=str(1 + r % 5), ts=1.76e9 + 60 * r)
+        if r in clicked:
+            docs.append(click(f"r{r}", items[1], user=str(1 + r % 5), ts=1.76e9 + 60 * r + 5))
+    return write(tmp_path, "\n".join(map(json.dumps, docs)).encode() + b"\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clicked,problem", [
+    (range(0), "no click in the 16 training slates: nothing to learn from"),
+    (range(16), "no click in the 4 validation slates (the latest 20% of 20): too little "
+                "traffic to validate a ranker"),
+])
+def test_train_ranker_refuses_a_log_it_cannot_learn_or_validate_and_writes_nothing(
+        artifacts, tmp_path, capsys, clicked, problem):
+    """Before, it trained a ranker on no clicks, or one whose validation NDCG was None and
+    off-policy lift NaN, and wrote it over the model's version all the same."""
+    import shutil
+
+    pytest.importorskip("lightgbm")
+    art = shutil.copytree(artifacts, tmp_path / "art")
+    manifest = (art / "manifest.json").read_text()
+    path = clicked_log(tmp_path, clicked)
+    code = cli.main(["train-ranker", "--events", str(path), "--artifacts", str(art)])
+    assert code == 2 and f"rankly train-ranker: {path}: {problem}" in capsys.readouterr().err
+    assert (art / "manifest.json").read_text() == manifest and not (art / "parts" / "ltr").exists()
