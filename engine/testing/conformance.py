@@ -163,7 +163,8 @@ def _in_threads(calls: Sequence[tuple[Callable[[], Any], Any]], findings: _Findi
 
 
 def _where(case: Case) -> str:
-    return "" if case.known else f" for {case.label}"
+    """Which input a defect showed on: the label of any but a plain known user."""
+    return "" if case.known and not case.user.session else f" for {case.label}"
 
 
 def _call(f: _Findings, case: Case, call: Callable[[], Any],
@@ -209,16 +210,19 @@ SCORER_CHECKS = ("raises", "length", "dtype", "finite", "unknown ids", "determin
 
 
 def _score_defects(out: Any, n: int) -> list[tuple[str, str]]:
+    found = []
     if not isinstance(out, np.ndarray):
+        given = type(out).__name__
         try:
             out = np.asarray(out)
         except Exception:
-            return [("dtype", f"returns {type(out).__name__}, not a NumPy array")]
+            return [("dtype", f"returns {given}, not a NumPy array")]
         if out.dtype == object:
-            return [("dtype", f"returns {type(out).__name__}, not a NumPy array")]
+            return [("dtype", f"returns {given}, not a NumPy array")]
+        # the first finding of a check is the one reported: this one before "float64"
+        found.append(("dtype", f"returns {given}, not a NumPy array of float32"))
     if out.ndim != 1:
-        return [("length", f"returns an array of shape {out.shape} for {n} items")]
-    found = []
+        return [*found, ("length", f"returns an array of shape {out.shape} for {n} items")]
     if out.size != n:
         found.append(("length", f"returns {out.size} scores for {n} items"))
     if out.dtype != np.float32:
