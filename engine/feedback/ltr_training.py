@@ -402,6 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     from ..config import load_settings
+    from ..model import ArtifactError
 
     out = out or sys.stdout
     try:
@@ -414,7 +415,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                               window_s=args.window, depth=args.depth,
                               valid_share=args.valid_share, rounds=args.rounds,
                               bias=args.bias, write=not args.dry_run)
-    except ValueError as exc:  # a damaged line (slates.LogError), a log too small
+    except (ValueError, ArtifactError) as exc:  # a damaged line (slates.LogError), a log
+        # too small, a directory without a model
         print(f"rankly train-ranker: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -319,14 +319,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    from ..config import load_settings
+    from ..model import ArtifactError
 
     out = out or sys.stdout
     try:
-        feedback = load_feedback(args.events, args.window)  # a missing file: cli.main names it
-    except LogError as exc:
+        return _run(args, out)
+    except (LogError, ArtifactError) as exc:
         print(f"rankly off-policy: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, out: IO[str]) -> int:
+    from ..config import load_settings
+
+    feedback = load_feedback(args.events, args.window)  # a missing file: cli.main names it
     if not feedback.slates:
         print(f"rankly off-policy: {args.events}: no slates (impressions with a request_id)"
               f"{skipped_text(feedback.skipped)}", file=sys.stderr)

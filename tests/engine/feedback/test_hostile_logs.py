@@ -226,3 +226,13 @@ def test_train_ranker_refuses_a_log_it_cannot_learn_or_validate_and_writes_nothi
     code = cli.main(["train-ranker", "--events", str(path), "--artifacts", str(art)])
     assert code == 2 and f"rankly train-ranker: {path}: {problem}" in capsys.readouterr().err
     assert (art / "manifest.json").read_text() == manifest and not (art / "parts" / "ltr").exists()
+
+
+@pytest.mark.parametrize("command", ["off-policy", "train-ranker"])
+def test_a_directory_without_a_model_is_named_without_a_traceback(tmp_path, capsys, command):
+    if command == "train-ranker":
+        pytest.importorskip("lightgbm")
+    path = clicked_log(tmp_path, range(20))
+    code = cli.main([command, "--events", str(path), "--artifacts", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"rankly {command}: {tmp_path / 'none'} has no manifest.json" in err
