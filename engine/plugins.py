@@ -49,11 +49,52 @@ def make_plugin_manager(
     for name in blocked:
         pm.set_blocked(name)
     if load_entrypoints:
-        pm.load_setuptools_entrypoints(PROJECT_NAME)
+        _load_entrypoints(pm)
     for plugin in extra:
         pm.register(plugin)
-    pm.check_pending()
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise _unknown_hook(pm, exc) from None
     return pm
+
+
+def _unknown_hook(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> PluginError:
+    """A misspelt hook, named with its plugin, a close match and the hooks there are."""
+    hooks = sorted(n for n in vars(hookspecs) if n.startswith("register_"))
+    name = pm.get_name(exc.plugin) or ""
+    if not name or name.isdigit():  # registered without a name: pluggy numbers it
+        name = getattr(exc.plugin, "__name__", type(exc.plugin).__name__)
+    found = [h for h in pm.hook.__dict__ if h not in hooks
+             and any(impl.plugin is exc.plugin
+                     for impl in getattr(pm.hook, h).get_hookimpls())]
+    if not found:
+        return PluginError(f"plugin {name}: {exc}")
+    close = difflib.get_close_matches(found[0], hooks, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return PluginError(f"plugin {name} implements {found[0]!r}, which is no rankly hook{hint} "
+                       f"(hooks: {', '.join(hooks)})")
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    """Load and register the ``rankly`` entry points (as pluggy's
+    ``load_setuptools_entrypoints`` does: blocked and already registered names skipped), so
+    that one that fails to import is named, with its distribution and how to block it,
+    instead of ending every command in a traceback."""
+    for dist in list(md.distributions()):
+        for ep in dist.entry_points:
+            if ep.group != PROJECT_NAME or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                raise PluginError(
+                    f"plugin {ep.name} ({dist.metadata['Name']} {dist.version}: {ep.value}) "
+                    f"failed to load: {type(exc).__name__}" + (f": {text}" if text else "")
+                    + "; fix or uninstall it, or block it with RANKLY_BLOCKED_PLUGINS="
+                    f"{ep.name}") from exc
+            pm.register(plugin, name=ep.name)
 
 
 class LiveCounters(Protocol):

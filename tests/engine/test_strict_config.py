@@ -312,3 +312,47 @@ def test_rankly_plugins_lists_the_declared_option_keys():
     assert rows["local_cache"]["options"]["l1"][:2] == ["follow_invalidations", "invalidation"]
     (mine,) = [r for r in rows.values() if "seeded-random" in r["options"]]
     assert mine["options"] == {"seeded-random": ["seed"]}
+
+
+def install_broken_distribution(root) -> None:
+    """An installed plugin whose module does not import (a typo in its import line)."""
+    (root / "broken_import_plugin.py").write_text(
+        "from rankly.engine.api import hookimpl, Scorerr\n")
+    info = root / "rankly_broken_import-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rankly-broken-import\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text("[rankly]\nbroken_import = broken_import_plugin\n")
+
+
+def test_a_plugin_that_does_not_import_is_named_with_how_to_block_it(tmp_path, monkeypatch,
+                                                                     capsys):
+    from rankly.engine.plugins import PluginError
+
+    install_broken_distribution(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        make_plugin_manager()
+    assert str(err.value).startswith(
+        "plugin broken_import (rankly-broken-import 1.0: broken_import_plugin) failed to "
+        "load: ImportError: cannot import name 'Scorerr' from 'rankly.engine.api'")
+    assert str(err.value).endswith("block it with RANKLY_BLOCKED_PLUGINS=broken_import")
+    assert cli.main(["plugins"]) == 2
+    assert "rankly: plugin error: plugin broken_import (" in capsys.readouterr().err
+    pm = make_plugin_manager(blocked=("broken_import",))
+    assert pm.get_plugin("popularity") is not None
+
+
+def test_a_misspelt_hook_is_named_with_its_plugin_and_a_close_match():
+    from rankly.engine.plugins import PluginError
+
+    class Misspelt:
+        @hookimpl
+        def register_scorer(self, register):
+            pass
+
+    with pytest.raises(PluginError) as err:
+        make_plugin_manager(load_entrypoints=False, extra=[Misspelt()])
+    assert str(err.value).startswith(
+        "plugin Misspelt implements 'register_scorer', which is no rankly hook; did you mean "
+        "'register_scorers'? (hooks: register_caches, ")
