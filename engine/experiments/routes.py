@@ -151,12 +151,13 @@ async def put_experiment(request: Request) -> Response:
 
 #: JSON types of declared option defaults, and the OpenAPI type that says them.
 OPTION_TYPES: tuple[tuple[type, str, tuple[type, ...]], ...] = (
-    (bool, "boolean", (bool,)), (int, "integer", (int,)), (float, "number", (int, float)))
+    (bool, "boolean", (bool,)), (int, "integer", (int,)), (float, "number", (int, float)),
+    (str, "string", (str,)))
 
 
 def option_type(default: Any) -> tuple[str, tuple[type, ...]] | None:
     """The OpenAPI type and the accepted JSON types of an option whose default is
-    ``default``; ``None`` when any value goes (no default, or a string default)."""
+    ``default``; ``None`` when any value goes (no default, or a list default)."""
     for kind, name, accepted in OPTION_TYPES:
         if type(default) is kind:
             return name, accepted

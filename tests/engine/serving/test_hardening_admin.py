@@ -64,6 +64,21 @@ def test_option_values_must_have_their_defaults_json_type(api):
     assert api.put("/experiments/typed", json=body, headers=ADMIN).status_code == 201
 
 
+def test_a_string_option_takes_a_json_string_as_the_schema_says(api):
+    # the plugins check a string default's type: the schema allowed any value, and a
+    # schema-valid {} was refused with 422
+    props = api.get("/openapi.json").json()["components"]["schemas"]["ExperimentDefinition"][
+        "properties"]["variants"]["items"]["properties"]["options"]["properties"]
+    assert props["itemknn"]["properties"]["validation"]["type"] == "string"
+    for value in ({}, 3, None):
+        body = {"variants": [{"name": "a"},
+                             {"name": "b", "options": {"itemknn": {"validation": value}}}]}
+        r = api.put("/experiments/str-opt", json=body, headers=ADMIN)
+        assert r.status_code == 422 and "validation" in r.json()["error"]["message"], r.text
+    body["variants"][1]["options"]["itemknn"]["validation"] = "robust"
+    assert api.put("/experiments/str-opt", json=body, headers=ADMIN).status_code == 201
+
+
 def test_replacing_an_experiment_with_other_variants_starts_a_new_phase(api):
     assert api.put("/experiments/p", json=EXPERIMENT, headers=ADMIN).status_code == 201
     other = {"variants": [{"name": "x"}, {"name": "y"}, {"name": "z"}]}
