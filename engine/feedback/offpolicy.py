@@ -393,6 +393,9 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append(f"note: {report['cached_requests']} slates were served from a cache: "
                      "rankings recomputed for them use the user's history at the request, "
                      "the cached slate an earlier one")
+    if report["clicks"] == 0:
+        lines.append("warning: no clicks in the log: every estimate is 0 and its interval "
+                     "[0, 0] says nothing about the rate (a normal interval needs events)")
     if report["explored_requests"] == 0:
         lines.append("warning: no explored slates (exploration.rate = 0): only rankings that "
                      "agree with the logged one can be estimated")

@@ -176,6 +176,7 @@ def test_a_log_without_clicks_has_null_lifts_in_json_and_n_a_in_text(tmp_path, c
     assert json.loads(text)["policies"]["same"]["ctr"]["lift_vs_logging"]["ips"] == {
         "estimate": None, "ci95": [None, None], "se": None}
     assert "nan" not in render(report).lower() and "n/a [n/a, n/a]" in render(report)
+    assert "warning: no clicks in the log" in render(report)
 
 
 def strict_json(text: str):
