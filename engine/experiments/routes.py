@@ -156,31 +156,53 @@ OPTION_TYPES: tuple[tuple[type, str, tuple[type, ...]], ...] = (
 
 
 def option_type(default: Any) -> tuple[str, tuple[type, ...]] | None:
-    """The OpenAPI type and the accepted JSON types of an option whose default is
-    ``default``; ``None`` when any value goes (no default, or a list default)."""
+    """The OpenAPI type and the accepted JSON types of an option whose scalar default is
+    ``default``; ``None`` when any value goes (no default, or another kind of default)."""
     for kind, name, accepted in OPTION_TYPES:
         if type(default) is kind:
             return name, accepted
     return None
 
 
+def option_schema(default: Any) -> dict[str, Any]:
+    """The OpenAPI schema of an option whose default is ``default``: its scalar type, or for
+    a list default an array of its items' type (``{}`` when nothing can be said)."""
+    typed = option_type(default)
+    if typed is not None:
+        return {"type": typed[0]}
+    if isinstance(default, list | tuple) and default:
+        items = {option_type(v) for v in default}
+        if len(items) == 1 and None not in items:
+            return {"type": "array", "items": {"type": items.pop()[0]}}
+    return {}
+
+
+def _fits(value: Any, schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind is None:
+        return True
+    if kind == "array":
+        return isinstance(value, list) and all(_fits(v, schema["items"]) for v in value)
+    accepted = next(a for _, name, a in OPTION_TYPES if name == kind)
+    return isinstance(value, bool) is (accepted == (bool,)) and isinstance(value, accepted)
+
+
 def _check_option_types(exp: Experiment, registries: Any) -> None:
-    """In a JSON body an option's value must have its default's JSON type: the settings'
-    parsing of strings (``"3"`` for an int) is for environment variables (#18)."""
+    """In a JSON body an option's value must have its default's JSON type, as
+    :func:`option_schema` says: the settings' parsing of strings (``"3"`` for an int,
+    ``"25,50"`` for a list) is for environment variables (#18)."""
     from ..plugins import declared_options
 
     for i, variant in enumerate(exp.variants):
         for section, options in variant.overrides.options.items():
             declared = declared_options(section, registries) or {}
             for key, value in options.items():
-                typed = option_type(declared.get(key))
-                if typed is None:
-                    continue
-                name, accepted = typed
-                if isinstance(value, bool) is not (accepted == (bool,)) or not isinstance(
-                        value, accepted):
+                schema = option_schema(declared.get(key))
+                if not _fits(value, schema):
+                    kind = schema["type"] if schema["type"] != "array" else \
+                        f"array of {schema['items']['type']}"
                     raise RequestError("body", f"variants[{i}].options.{section}.{key}: "
-                                               f"must be a JSON {name}")
+                                               f"must be a JSON {kind}")
 
 
 async def stop_experiment(request: Request) -> Response:

@@ -205,10 +205,10 @@ def _component_options(registries: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _option_schema(default: Any) -> dict[str, Any]:
-    from ..experiments.routes import option_type
+    from ..experiments.routes import option_schema
 
-    typed = option_type(default)
-    return {} if typed is None else {"type": typed[0], "description": f"default {default!r}"}
+    schema = option_schema(default)
+    return {**schema, "description": f"default {default!r}"} if schema else {}
 
 
 def _experiment_schema(ident: dict[str, Any],

@@ -79,6 +79,22 @@ def test_a_string_option_takes_a_json_string_as_the_schema_says(api):
     assert api.put("/experiments/str-opt", json=body, headers=ADMIN).status_code == 201
 
 
+def test_a_list_option_takes_a_json_array_of_its_items_type(api):
+    # a string for a list default is parsed as a comma list by the plugins: the schema
+    # allowed any value, and a schema-valid "8x" was refused with 422
+    props = api.get("/openapi.json").json()["components"]["schemas"]["ExperimentDefinition"][
+        "properties"]["variants"]["items"]["properties"]["options"]["properties"]
+    assert props["itemknn"]["properties"]["neighbour_grid"]["type"] == "array"
+    assert props["itemknn"]["properties"]["neighbour_grid"]["items"] == {"type": "integer"}
+    for value in ("25,50", "8x", [True], [2.5], {}):
+        body = {"variants": [{"name": "a"},
+                             {"name": "b", "options": {"itemknn": {"neighbour_grid": value}}}]}
+        r = api.put("/experiments/list-opt", json=body, headers=ADMIN)
+        assert r.status_code == 422 and "neighbour_grid" in r.json()["error"]["message"], r.text
+    body["variants"][1]["options"]["itemknn"]["neighbour_grid"] = [25, 50]
+    assert api.put("/experiments/list-opt", json=body, headers=ADMIN).status_code == 201
+
+
 def test_replacing_an_experiment_with_other_variants_starts_a_new_phase(api):
     assert api.put("/experiments/p", json=EXPERIMENT, headers=ADMIN).status_code == 201
     other = {"variants": [{"name": "x"}, {"name": "y"}, {"name": "z"}]}
