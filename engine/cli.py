@@ -387,6 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"rankly {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # a model directory that holds no model, or a damaged one (the model module is
+        # loaded by then; `rankly --help` does not import it)
+        model = sys.modules.get(f"{__package__}.model")
+        if model is None or not isinstance(exc, model.ArtifactError):
+            raise
+        print(f"rankly {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _closed_pipe() -> int:

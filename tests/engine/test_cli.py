@@ -83,6 +83,17 @@ def test_serve_names_a_directory_without_a_model_before_starting(tmp_path, capsy
     assert cli.main(["serve", "--artifacts", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "nothing has no manifest.json: train one with `rankly train`" in err
+
+
+def test_simulate_names_a_directory_without_a_model(tmp_path, capsys):
+    # cli.main turns a model directory that holds no model into its message, exit 2, for
+    # any command that does not catch it itself
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["simulate", "--url", "http://127.0.0.1:9", "--requests", "1",
+                     "--artifacts", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"rankly simulate: {empty} has no manifest.json" in err
     assert "Traceback" not in err
 
 
