@@ -525,6 +525,53 @@ def check_trainer(trainer: Any, workload: Workload,
     return f.checks()
 
 
+# --- a catalog without categories -----------------------------------------------------------
+
+_BARE = " on a catalog without categories"
+
+
+def check_without_categories(name: str, kind: str, workload: Workload,
+                             options: Mapping[str, Any] | None = None,
+                             trainer: Any = None) -> Check:
+    """The component built for the kit's model with a catalog that has no categories (all
+    -1, no names: a ratings file without an item table) works, or its factory returns None;
+    a trainer fits it. Scorers, generators and rerankers are called for some known users, the
+    session, the cold and the anonymous user."""
+    model, data = workload.bare
+    try:
+        if kind == "trainer":
+            part = trainer.fit(data, dict(options or {}))
+            ok = isinstance(part, ModelPart)
+            return Check("no categories", ok, "" if ok else
+                         f"returns {type(part).__name__}, not ModelPart{_BARE}")
+        component = build_component(workload, name, kind, options, model=model)
+    except Exception as exc:
+        return Check("no categories", False,
+                     ("" if kind == "trainer" else "factory ") + raised(exc) + _BARE)
+    if component is None:
+        return Check("no categories", True)
+    n_items = len(model.catalog)
+    items = workload.item_sets[0]
+    cases = (*workload.known_cases[:3],
+             *(c for c in workload.cases if not c.known or c.user.session))
+    for case in cases:
+        user = _fresh_user(case.user)
+        try:
+            if kind == "scorer":
+                defects = _score_defects(component.score(user, items.copy()), items.size)
+            elif kind == "candidate_generator":
+                defects = _candidate_defects(component.generate(user, 300), 300, n_items)
+            else:
+                ranking = workload.ranking(case)
+                defects = _ranking_defects(component.rerank(user, _copy_ranking(ranking), 10),
+                                           ranking, 10)
+        except Exception as exc:
+            return Check("no categories", False, raised(exc) + _where(case) + _BARE)
+        if defects:
+            return Check("no categories", False, defects[0][1] + _where(case) + _BARE)
+    return Check("no categories", True)
+
+
 # --- in the pipeline ------------------------------------------------------------------------
 
 
@@ -647,7 +694,11 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
     else:
         report.checks += _CHECKERS[kind](built, workload)
     if by_name and kind in ("scorer", "candidate_generator", "reranker"):
+        report.checks.append(check_without_categories(name, kind, workload, options))
         report.checks.append(check_in_pipeline(name, kind, workload, options))
+    elif kind == "trainer":
+        report.checks.append(check_without_categories(name, kind, workload, trainer_options,
+                                                      trainer=built))
     if not latency:
         return report
     try:
@@ -713,4 +764,4 @@ def check_component(target: Any, kind: str | None = None, *, workload: Workload 
 
 __all__ = ["Check", "Report", "check_component", "check_one", "check_scorer",
            "check_candidate_generator", "check_reranker", "check_cache", "check_trainer",
-           "check_in_pipeline", "infer_kind"]
+           "check_in_pipeline", "check_without_categories", "infer_kind"]

@@ -52,6 +52,14 @@ class Workload:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def bare(self) -> tuple[Model, TrainingData]:
+        """The same model and data with a catalog without categories (as trained from a
+        ratings file with no item table): categories all -1, no category names."""
+        if "bare" not in self.extras:
+            self.extras["bare"] = without_categories(self.model, self.data)
+        return self.extras["bare"]
+
+    @property
     def known_cases(self) -> tuple[Case, ...]:
         return tuple(c for c in self.cases if c.known)
 
@@ -96,6 +104,18 @@ def standard_item_sets(model: Model, seed: int = 11) -> tuple[np.ndarray, ...]:
             np.empty(0, np.int64))
 
 
+def without_categories(model: Model, data: TrainingData) -> tuple[Model, TrainingData]:
+    """``model`` and ``data`` over a copy of their catalog that has no categories."""
+    c = model.catalog
+    catalog = dataclasses.replace(
+        c, categories=np.full_like(c.categories, -1), category_names=(),
+        cat_indptr=np.zeros_like(c.cat_indptr), cat_indices=c.cat_indices[:0].copy(),
+        index=dict(c.index), category_index={}, memo={})
+    bare = Model(f"{model.version}-without-categories", model.manifest, catalog, model.users,
+                 dict(model.parts))
+    return bare, dataclasses.replace(data, catalog=catalog)
+
+
 def kit_settings(**pipeline: Any) -> Settings:
     """Settings ignoring the environment: a pipeline of built-ins, no cache tiers."""
     base = PipelineSettings(candidates=("popular",), scorers=("popular",), rerankers=(),
@@ -130,9 +150,11 @@ def make_workload(seed: int = 11, n_users: int = 200, n_items: int = 300,
 
 
 def build_component(workload: Workload, name: str, kind: str,
-                    options: Mapping[str, Any] | None = None, store: Any = None) -> Any:
-    """Build component ``name`` of ``kind`` for the kit's model through its factory, with its
-    declared defaults under ``options`` (what ``rankly serve`` would build)."""
+                    options: Mapping[str, Any] | None = None, store: Any = None,
+                    model: Model | None = None) -> Any:
+    """Build component ``name`` of ``kind`` for the kit's model (or ``model``) through its
+    factory, with its declared defaults under ``options`` (what ``rankly serve`` would
+    build)."""
     from ..plugins import component_options, option_defaults
 
     registry = workload.registries[KINDS[kind]]
@@ -141,7 +163,7 @@ def build_component(workload: Workload, name: str, kind: str,
         return factory
     opts = {**option_defaults(name, workload.registries),
             **component_options(name, dict(options or {}), workload.registries)}
-    ctx = ComponentContext(name, workload.model, opts, workload.settings, store)
+    ctx = ComponentContext(name, model or workload.model, opts, workload.settings, store)
     return factory(ctx) if callable(factory) else factory
 
 

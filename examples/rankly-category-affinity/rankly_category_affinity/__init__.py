@@ -10,13 +10,14 @@ class CategoryAffinityScorer:
 
     def __init__(self, categories):
         self.categories = np.asarray(categories)  # primary category per item, -1 = none
+        self.n_categories = int(self.categories.max(initial=-1)) + 1  # 0: none in the catalog
 
     def score(self, user, items):
         known = self.categories[user.history]
         known = known[known >= 0]
-        share = np.bincount(known, minlength=self.categories.max() + 1) / max(known.size, 1)
-        cats = self.categories[items]
-        return np.where(cats >= 0, share[cats], 0.0).astype(np.float32)
+        share = np.bincount(known, minlength=self.n_categories) / max(known.size, 1)
+        # a trailing 0 is the share of "no category": index -1 reads it
+        return np.append(share, 0.0)[self.categories[items]].astype(np.float32)
 
 
 @hookimpl

@@ -123,7 +123,7 @@ def test_rankly_plugins_check_in_process_exit_codes_and_json(workload, monkeypat
     install_fake_distribution(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main(["plugins", "check", "seeded-random", "--budget-ms", "1000"]) == 0
-    assert "seeded-random (scorer): 11 of 11 checks passed" in capsys.readouterr().out
+    assert "seeded-random (scorer): 12 of 12 checks passed" in capsys.readouterr().out
     assert cli.main(["plugins", "check", "returns-nan", "--json"]) == 1
     (report,) = json.loads(capsys.readouterr().out)
     assert report["passed"] is False
@@ -158,7 +158,7 @@ def test_rankly_plugins_check_on_an_installed_package_names_each_defect(tmp_path
     ok = check("kit_variants", "--kind", "scorer", "--budget-ms", "1000")
     lines = ok.stdout.splitlines()
     assert ok.returncode == 1  # the plugin name checks every variant it registers
-    assert any(x.startswith("seeded-random (scorer): 11 of 11 checks passed") for x in lines)
+    assert any(x.startswith("seeded-random (scorer): 12 of 12 checks passed") for x in lines)
     assert "wrong-length (scorer): returns 299 scores for 300 items" in lines
     assert "returns-nan (scorer): returns NaN" in lines
     assert "mutates-input (scorer): mutates its input (items)" in lines
