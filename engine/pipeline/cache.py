@@ -90,7 +90,10 @@ async def cached_answer(rt: Runtime, key: str, user_id: str | None,
     # key up (its lookup missed, the flight is gone); the first tier then has the answer. An
     # in-process tier answers without suspending, so nothing can slip between this and run().
     if rt.caches and key not in rt.flights:
-        recent = await rt.caches[0][1].get(key, user_id)
+        try:
+            recent = await rt.caches[0][1].get(key, user_id)
+        except Exception:  # counted by lookup_cache's failed get just before; compute instead
+            recent = None
         if recent is not None and not recent.get(REFRESH_FIELD) and not recent.get(DIRTY_FIELD):
             return served(recent), True
     payload, _shared = await rt.flights.run(key, lambda: fill(rt, key, user_id, compute))

@@ -127,3 +127,36 @@ def test_store_and_event_log_breakers_close_when_redis_is_back(artifacts, spare_
                 break
         assert ready.status_code == 200, body
         assert body["store"]["breaker"] == body["event_log"]["breaker"] == "closed", body
+
+
+class DownCache:
+    """A cache tier whose every read raises (a tier whose backend went away)."""
+
+    @hookimpl
+    def register_caches(self, register):
+        class Cache:
+            async def get(self, key, user_id=None):
+                raise ConnectionError("cache backend is down")
+
+            async def set(self, key, user_id, value):
+                return None
+
+            async def invalidate_user(self, user_id):
+                return None
+
+        register("down-cache", lambda ctx: Cache())
+
+
+def test_a_first_tier_that_fails_every_read_leaves_the_answer_computed(artifacts):
+    # the lookup counts the failed read; the request is computed by the pipeline as on a
+    # miss, not answered from the internal_error fallback
+    settings = make_settings(artifacts, cache={"tiers": ["down-cache", "l1"]})
+    app = create_app(settings, pm=make_plugin_manager(extra=[DownCache()]))
+    with TestClient(app) as client:
+        for user in ("1", "2", "1"):
+            r = client.get("/recommendations", params={"user_id": user, "n": 4})
+            assert r.status_code == 200 and r.json()["fallback"] is None, r.json()
+            assert len(r.json()["items"]) == 4
+        errors = sample(client.get("/metrics").text, "rankly_cache_lookups_total",
+                        tier="down-cache", result="error")
+        assert errors and errors[0][1] >= 3
