@@ -197,14 +197,13 @@ def _event_time(text: str) -> int:
             return _iso_time(text)
         if not math.isfinite(value):
             raise ValueError(f"{text[:20]!r} is not a timestamp") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:  # as given: a count of ns fits in int64 too
+        raise ValueError(f"{text[:20]!r} is outside the int64 range")
     for limit, per_second in _TIME_UNITS:
         if abs(value) >= limit:
             value = value // per_second if isinstance(value, int) else value / per_second
             break
-    seconds = math.floor(value)
-    if not _INT64_MIN <= seconds <= _INT64_MAX:
-        raise ValueError(f"{text[:20]!r} is outside the int64 range")
-    return seconds
+    return math.floor(value)
 
 
 def _iso_time(text: str) -> int:
