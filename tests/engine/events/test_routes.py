@@ -291,3 +291,15 @@ def test_export_train_serve_end_to_end(settings, tmp_path, capsys):
         r = client.get("/recommendations", params={"user_id": "someone-new", "n": 3})
         assert r.status_code == 200
         assert new_item in ids(r)  # the item that arrived through events is now served
+
+
+def test_an_event_with_a_key_given_twice_is_refused_over_http(settings):
+    # the purchase hidden behind a repeated "type" is neither stored nor invalidating
+    body = (b'[{"event_id":"twice","user_id":"9","item_id":"1","type":"view",'
+            b'"type":"purchase"},{"event_id":"once","user_id":"9","item_id":"2",'
+            b'"type":"view"}]')
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/events", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 202, r.text
+        assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": [
+            {"index": 0, "error": {"field": "type", "message": "must be given once"}}]}

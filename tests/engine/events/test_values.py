@@ -145,3 +145,37 @@ def test_parser_only_raises_request_errors_naming_a_field(obj):
         assert exc.field and exc.status == 422
     else:
         assert e.value is None or math.isfinite(e.value)
+
+
+E = b'"event_id":"%s","user_id":"u","item_id":"i"'
+
+
+def test_an_event_that_gives_a_key_twice_is_refused_and_the_others_stored():
+    # {"type": "view", "type": "purchase"} must not silently be a purchase
+    batch = parse_batch(b'[{' + E % b"a" + b',"type":"view","type":"purchase"},'
+                        b'{' + E % b"b" + b',"type":"view"},'
+                        b'{' + E % b"c" + b',"type":"view","context":{"p":1,"p":2}}]',
+                        SETTINGS, NOW)
+    assert [e.event_id for e in batch.events] == ["b"]
+    errors = {r["index"]: r["error"] for r in batch.rejected}
+    assert errors[0] == {"field": "type", "message": "must be given once"}
+    assert errors[2]["field"] == "context" and "'p'" not in errors[2]["message"]
+    assert "p must be given once" in errors[2]["message"]
+
+
+def test_a_body_that_gives_its_events_twice_is_422():
+    with pytest.raises(RequestError) as exc:
+        parse_batch(b'{"events":[],"events":[{' + E % b"a" + b',"type":"view"}]}', SETTINGS,
+                    NOW)
+    assert exc.value.field == "events" and exc.value.status == 422
+
+
+def test_an_events_body_that_is_not_utf8_json_is_400_or_names_the_field():
+    utf16 = ('[{"event_id":"a","user_id":"u","item_id":"i","type":"view"}]'
+             ).encode("utf-16")
+    with pytest.raises(RequestError) as exc:
+        parse_batch(utf16, SETTINGS, NOW)
+    assert exc.value.status == 400 and exc.value.field == "body"
+    batch = parse_batch(b'[{"event_id":"a","user_id":"u\xff","item_id":"i","type":"view"}]',
+                        SETTINGS, NOW)
+    assert not batch.events and batch.rejected[0]["error"]["field"] == "user_id"
