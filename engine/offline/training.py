@@ -92,6 +92,13 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
             shown.write(f"skipped {name}: {exc}", file=progress or sys.stderr)
             shown.update(1)
             continue
+        except (ValueError, OSError):
+            raise  # a bad option value, a file: the command names it
+        except Exception as exc:
+            # a plugin's own bug (KeyError, IndexError, ...): one line naming the trainer,
+            # not a traceback
+            raise PluginError(f"trainer {name!r} failed: {type(exc).__name__}: {exc}"
+                              ) from exc
         seconds = round(time.perf_counter() - started, 3)
         absorb_tuned(tuned, part)
         parts.append(ModelPart(part.name, part.params, part.arrays,

@@ -13,7 +13,7 @@ from rankly.engine.config import Settings
 from rankly.engine.model import load_model
 from rankly.engine.offline import training
 from rankly.engine.offline.interactions import Interactions, build_training_data
-from rankly.engine.plugins import make_plugin_manager
+from rankly.engine.plugins import PluginError, make_plugin_manager
 from rankly.plugins.models import als, ease, itemknn, popularity
 from rankly.plugins.scorers import blend
 
@@ -161,6 +161,7 @@ class _ThirdPartyTrainers:
     def register_trainers(self, register):
         register("refuser", _Raising(api.DataRefused("refuser: needs 1000 users, got 2")))
         register("broken", _Raising(ValueError("broken: alpha must be > 0")))
+        register("buggy", _Raising(KeyError("factors")))
 
 
 def test_a_plugin_trainer_that_raises_data_refused_is_skipped_and_any_other_error_fails(capsys):
@@ -172,3 +173,18 @@ def test_a_plugin_trainer_that_raises_data_refused_is_skipped_and_any_other_erro
     assert "skipped refuser: refuser: needs 1000 users, got 2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="broken: alpha must be > 0"):
         training.train(data, ["broken"], Settings(), pm=pm)
+
+
+def test_a_plugin_trainer_with_a_bug_is_named_in_one_line(tmp_path, capsys, monkeypatch):
+    data = build_training_data(Interactions(
+        np.array(["a", "b"]), np.array(["x", "y"]), np.ones(2, np.float32), np.arange(2)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=(*PLUGINS, _ThirdPartyTrainers()))
+    with pytest.raises(PluginError, match="trainer 'buggy' failed: KeyError: 'factors'"):
+        training.train(data, ["buggy"], Settings(), pm=pm)
+    # through the command: exit 2, that line, no traceback
+    monkeypatch.setattr(training, "make_plugin_manager", lambda *a, **k: pm)
+    assert cli.main(["train", "--quiet", "--trainers", "buggy", "--interactions",
+                     str(_csv(tmp_path)), "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "trainer 'buggy' failed: KeyError: 'factors'" in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()
