@@ -196,7 +196,8 @@ def build_components(settings: Settings, model: Model, registries: dict[str, Reg
     """Build every registered generator, scorer and reranker for ``model``.
 
     A factory that raises leaves its component out (``Components.missing``), unless its name
-    is in ``required``: then :class:`ComponentError` names it.
+    is in ``required``: then :class:`ComponentError` names it. A configured component whose
+    factory returned None (no part of the model for it) is listed there too.
     """
     defaults = serving_defaults(model)
     missing: dict[str, str] = {}
@@ -220,6 +221,9 @@ def build_components(settings: Settings, model: Model, registries: dict[str, Reg
         if name not in generators and name not in scorers and name not in rerankers:
             log.warning("configured component %r is not available for model %s", name,
                         model.version)
+            # reported by /ready next to those whose factory raised
+            missing.setdefault(name, f"not available for model {model.version}: its factory "
+                                     f"returned None (the model has no part it serves)")
     return Components(model, generators, scorers, rerankers, fallback_scores, missing)
 
 

@@ -193,7 +193,9 @@ async def ready(request: Request) -> Response:
         "breakers": rt.breakers.states(),
         **_event_log_breaker(rt),
     }
-    if rt.components.missing:  # optional components whose factory raised (pipeline.optional)
+    # optional components whose factory raised (pipeline.optional), and configured ones the
+    # model has no part for
+    if rt.components.missing:
         body["missing_components"] = rt.components.missing
     return JSON(body, status_code=200 if store_ok else 503)
 

@@ -222,6 +222,28 @@ def test_an_optional_component_that_raises_is_served_without_and_ready_names_it(
         assert r.status_code == 200 and len(r.json()["items"]) == 5
 
 
+class Partless:
+    """A scorer that serves a part this model was not trained with (its factory: None)."""
+
+    @hookimpl
+    def register_scorers(self, register):
+        register("needs-part", lambda ctx: ctx.model.part("never-trained") and None)
+
+
+def test_a_configured_component_without_its_part_is_named_by_ready(model, artifacts):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ={"RANKLY_PIPELINE__SCORERS": "needs-part,popular"},
+                             artifacts=artifacts, data_dir=str(artifacts / "run"))
+    with TestClient(create_app(settings, model,
+                               pm=make_plugin_manager(extra=[Partless()]))) as c:
+        body = c.get("/ready").json()
+        assert body["status"] == "ready"
+        assert "factory returned None" in body["missing_components"]["needs-part"]
+        r = c.get("/recommendations", params={"user_id": "1", "n": 5})
+        assert r.status_code == 200 and len(r.json()["items"]) == 5
+
+
 def test_an_unused_factory_that_raises_does_not_stop_the_start(model, settings_for,
                                                                 artifacts):
     rt = runtime(settings_for(artifacts), model, Broken())
