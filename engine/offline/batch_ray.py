@@ -205,6 +205,7 @@ class RayEngine:
                          include_dashboard=False, logging_level=logging.WARNING,
                          log_to_driver=False)
                 _warn_unless_local_only(ray)
+                _stop_autoscaler(ray)
         engine = cls(ray, 1, block_users)
         engine.timings["connect_s"] = time.perf_counter() - started
         leave = init
@@ -328,6 +329,27 @@ def end_process(code: int) -> NoReturn:
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def _stop_autoscaler(ray: Any) -> None:
+    """End the autoscaler monitor of the local Ray this command just started.
+
+    A local Ray of fixed size has nothing to scale, and at ``ray.shutdown()`` the monitor
+    ignores SIGTERM until Ray's one-second grace runs out (it reports its end to the GCS,
+    stopped just before it), a second of every command's time. SIGKILL, not SIGTERM: a
+    monitor that sees SIGTERM reports "the autoscaler failed", which Ray prints on the
+    driver's stdout, where the JSON lines go. Ray's process table is not a public API: when
+    it is not where this looks, the monitor is left to ``ray.shutdown()`` as before."""
+    try:
+        from ray._private import ray_constants
+
+        node = ray._private.worker._global_node
+        monitors = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, ()))
+        for info in monitors:
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception:  # another Ray version: keep its own shutdown
+        log.debug("could not stop the local Ray's autoscaler monitor", exc_info=True)
 
 
 def _warn_unless_local_only(ray: Any) -> None:

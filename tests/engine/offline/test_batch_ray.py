@@ -171,6 +171,39 @@ with RayEngine.start(workers=1) as engine:
     assert set(seen["hosts"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
 
 
+@pytest.mark.slow
+@needs_ray
+def test_the_local_ray_of_a_command_runs_no_autoscaler():
+    """A local Ray of fixed size has nothing to scale: its autoscaler monitor is ended at
+    start (at shutdown it held every command for a second), silently: nothing but the
+    command's own output reaches stdout."""
+    script = """
+import json
+from rankly.engine.offline.batch_ray import RayEngine
+
+with RayEngine.start(workers=1) as engine:
+    import psutil
+
+    engine.ray.get(engine.ray.remote(lambda: 1).remote())
+    cmds = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmds.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    print(json.dumps({"monitors": [c for c in cmds if "autoscaler" in c and "monitor" in c],
+                      "procs": len(cmds)}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # no "the autoscaler failed" on stdout
+    seen = json.loads(lines[0])
+    assert seen["procs"] >= 2 and seen["monitors"] == [], seen
+
+
 def test_blocks_keep_the_order_and_shrink_towards_the_end():
     users = [str(i) for i in range(10_000)]
     cut = blocks(users, 250, workers=2)
