@@ -201,6 +201,10 @@ class BlendScorer:
             np.asarray(pop_z, dtype=np.float32) * np.float32(params.pop_weight))
         self.tie_z = None if pop_z is None else (
             np.asarray(pop_z, dtype=np.float32) * np.float32(TIE_BREAK))
+        # both popularity terms in one vector: one pass over the catalog per miss for the
+        # users who get all of the validated term (gate 1)
+        self.pop_tie_z = None if self.pop_z is None or self.tie_z is None else (
+            self.pop_z + self.tie_z)
         # the popularity term's weight per trained user (2^(-days since their last event at
         # training / pop_gate_days)); users active since (longer history) or unknown get 1
         self.user_gate = None if user_gate is None or params.pop_gate_days <= 0 else (
@@ -244,6 +248,9 @@ class BlendScorer:
                                    self.base.rows(h, w))
         if self.seq is not None:
             _fast.add_standardized(s, self.seq.rows(distinct), self.params.seq_weight)
+        if self.pop_tie_z is not None and gate == 1.0:
+            s += self.pop_tie_z
+            return s
         if self.pop_z is not None and gate > 0:
             s += self.pop_z if gate == 1.0 else np.float32(gate) * self.pop_z
         if self.tie_z is not None:

@@ -663,3 +663,18 @@ def test_a_history_without_item_item_weights_gets_the_popular_items(tmp_path, ca
     # the top of the popularity order (an item tied in count may swap with its twin)
     top = {i for i in by_pop if counts[i] >= counts[by_pop[4]]}
     assert set(got["items"]) <= top, (got["items"], [(i, counts[i]) for i in by_pop[:8]])
+
+
+@pytest.mark.parametrize("gate", [1.0, 0.5, 0.0])
+def test_the_popularity_terms_add_up_at_every_gate(model, gate):
+    from dataclasses import replace
+
+    built = blend.build(model)
+    pop = model.part("blend")["popularity_z"]
+    scorer = blend.BlendScorer(built.base, replace(built.params, pop_weight=0.3, seq_weight=0.0),
+                               pop)
+    plain = blend.BlendScorer(built.base, replace(built.params, pop_weight=0.0, seq_weight=0.0),
+                              None)
+    hist = model.users.history(3)
+    want = plain.full_scores(hist) + (0.3 * gate + blend.TIE_BREAK) * pop
+    np.testing.assert_allclose(scorer.full_scores(hist, gate), want, rtol=1e-5, atol=1e-5)
