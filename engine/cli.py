@@ -131,8 +131,14 @@ def serving_workers(settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .offline import demo
+    from .plugins import check_configuration
 
     out = Path(args.artifacts).expanduser() if args.artifacts else demo.default_dir(os.environ)
+    env = {"RANKLY_ARTIFACTS": str(out.resolve()), "RANKLY_HOST": args.host,
+           "RANKLY_PORT": str(args.port)}
+    # a misspelt RANKLY_* setting or component name stops the demo before it trains
+    settings = load_settings(environ={**os.environ, **env})
+    check_configuration(settings)
     reason = "--retrain" if args.retrain else demo.stale_reason(out, args.seed)
     try:
         if reason is None:
@@ -146,9 +152,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (demo.DemoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    env = {"RANKLY_ARTIFACTS": str(out.resolve()), "RANKLY_HOST": args.host,
-           "RANKLY_PORT": str(args.port)}
-    settings = load_settings(environ={**os.environ, **env})
     print(demo_urls(f"http://{settings.host}:{settings.port}"), flush=True)
     _serve(settings, env)
     return 0

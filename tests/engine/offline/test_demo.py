@@ -140,3 +140,16 @@ def test_training_draws_progress_on_a_terminal_unless_quiet(tmp_path, started, t
     text = tty_stderr.output()
     assert ("training" in text) is not quiet
     assert (text == "") is quiet
+
+
+def test_a_bad_setting_stops_the_demo_before_it_trains(tmp_path, started, capsys,
+                                                       monkeypatch):
+    monkeypatch.setenv("RANKLY_PIPELINE__SCORERS", "blnd,popular")
+    assert run_demo("--artifacts", str(tmp_path / "art")) == 2
+    assert "did you mean 'blend'" in capsys.readouterr().err
+    assert started.trainings == 0 and started.served == []
+    monkeypatch.delenv("RANKLY_PIPELINE__SCORERS")
+    monkeypatch.setenv("RANKLY_NO_SUCH_SETTING", "1")
+    assert run_demo("--artifacts", str(tmp_path / "art")) == 2
+    assert "unknown setting no_such_setting" in capsys.readouterr().err
+    assert started.trainings == 0
