@@ -126,15 +126,8 @@ async def put_experiment(request: Request) -> Response:
         rt.check_experiment(exp)
         _check_option_types(exp, rt.registries)
         old = rt.experiments.get(key)
-        same_arms = old is not None and ([v.name for v in old.variants]
-                                         == [v.name for v in exp.variants])
-        if same_arms and old.weights != exp.weights and "phase" not in body:
-            exp = old.with_weights(exp.weights) if not exp.bandit else exp
-            exp = dataclasses.replace(exp, status=Status(body.get("status", old.status)))
-        elif old is not None and not same_arms and "phase" not in body:
-            # other variants: a new phase, so their exposures never mix with the old arms'
-            # (reweighting the old arms failed with "weights: expected N values", #18)
-            exp = dataclasses.replace(exp, phase=old.phase + 1)
+        if old is not None and "phase" not in body:
+            exp = dataclasses.replace(exp, phase=_next_phase(old, exp))
         rt.experiments = rt.experiments.replace_experiment(exp)
     except ExperimentError as exc:
         message = str(exc)
@@ -147,6 +140,23 @@ async def put_experiment(request: Request) -> Response:
     if exp.status is Status.STOPPED:
         await retain(rt, exp)
     return _json(describe(exp), status=200 if old is not None else 201)
+
+
+def _next_phase(old: Experiment, new: Experiment) -> int:
+    """The phase of ``new`` replacing ``old`` when the body names none: the stored phase, or
+    the next one when users would land in other arms (other variants, another seed, other
+    weights unless sticky; a bandit moves its weights itself), so exposures of two splits
+    never mix in one phase's counts. The body's own settings are kept whole: a PUT that
+    changed the weights lost every other change, and one that repeated the current
+    definition sent the experiment back to phase 0 and its old split (#18)."""
+    if [v.name for v in old.variants] != [v.name for v in new.variants]:
+        return old.phase + 1
+    if old.seed != new.seed or old.bandit != new.bandit:
+        return old.phase + 1
+    moved = any(abs(a - b) > 1e-12 for a, b in zip(old.weights, new.weights, strict=True))
+    if moved and not new.bandit and not new.sticky:
+        return old.phase + 1
+    return old.phase
 
 
 #: JSON types of declared option defaults, and the OpenAPI type that says them.

@@ -114,3 +114,39 @@ def test_stopped_experiment_assigns_nobody(admin_client):
     assert admin_client.post("/experiments/ab/stop", headers=AUTH).json()["status"] == "stopped"
     body = admin_client.get("/recommendations", params={"user_id": "1"}).json()
     assert body["variant"] is None and body["experiment"] is None
+
+
+def _weighted(control: float, other: float, **extra) -> dict:
+    return {"status": "running", "primary_metric": "ctr", **extra,
+            "variants": [{"name": "control", "weight": control}, {"name": "b", "weight": other}]}
+
+
+def test_a_repeated_put_keeps_the_phase_its_weights_started(admin_client):
+    """Sending the current definition again must not send the experiment back to phase 0,
+    whose users were split by the old weights (their counts would meet the new weights)."""
+    assert admin_client.put("/experiments/w", json=_weighted(1, 1), headers=AUTH).json()[
+        "phase"] == 0
+    assert admin_client.put("/experiments/w", json=_weighted(3, 1), headers=AUTH).json()[
+        "phase"] == 1
+    again = admin_client.put("/experiments/w", json=_weighted(3, 1), headers=AUTH).json()
+    assert again["phase"] == 1
+    assert admin_client.get("/experiments/w", headers=AUTH).json()["phase"] == 1
+
+
+def test_a_put_with_new_weights_keeps_the_rest_of_its_body(admin_client):
+    admin_client.put("/experiments/w2", json=_weighted(1, 1), headers=AUTH)
+    body = _weighted(3, 1, coverage=0.5, mde=0.1, guardrails=["conversion"])
+    got = admin_client.put("/experiments/w2", json=body, headers=AUTH).json()
+    assert (got["phase"], got["coverage"], got["mde"], got["guardrails"]) == (
+        1, 0.5, 0.1, ["conversion"])
+    assert [v["weight"] for v in got["variants"]] == [0.75, 0.25]
+
+
+def test_sticky_weights_and_other_settings_keep_the_phase(admin_client):
+    admin_client.put("/experiments/w3", json=_weighted(1, 1, sticky=True), headers=AUTH)
+    assert admin_client.put("/experiments/w3", json=_weighted(3, 1, sticky=True),
+                            headers=AUTH).json()["phase"] == 0
+    assert admin_client.put("/experiments/w3", json=_weighted(3, 1, sticky=True, coverage=0.5),
+                            headers=AUTH).json()["phase"] == 0
+    assert admin_client.put("/experiments/w3", json=_weighted(3, 1, seed="other"),
+                            headers=AUTH).json()["phase"] == 1
