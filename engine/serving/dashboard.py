@@ -240,7 +240,7 @@ class History:
 
 def _series(points: list[dict[str, Any]], live: set[str] | None = None) -> dict[str, Any]:
     """Turn points into column arrays (``None`` where a series has no value yet); CTR and
-    conversion only for the arms whose experiment is in ``live`` (and all recommendations)."""
+    conversion only for the arms in ``live`` (:func:`live_arms`, and all recommendations)."""
     def col(get) -> list:
         return [_finite(get(p)) for p in points]
 
@@ -263,8 +263,14 @@ def _series(points: list[dict[str, Any]], live: set[str] | None = None) -> dict[
     }
 
 
+def live_arms(running: Any) -> set[str]:
+    """The series names (``experiment/variant``) of the current arms of ``running``
+    experiments, matched whole: a key or variant may itself hold a ``/``."""
+    return {_arm({"experiment": e.key, "variant": v.name}) for e in running for v in e.variants}
+
+
 def _is_live(arm: str, live: set[str]) -> bool:
-    return arm == ALL_RECOMMENDATIONS or arm.partition("/")[0] in live
+    return arm == ALL_RECOMMENDATIONS or arm in live
 
 
 def _interval(points: list[dict[str, Any]], key: str, variant: str) -> dict[str, list]:
@@ -286,8 +292,9 @@ def data(request: Request) -> Response:
     latest = read_sample(time.time())  # drawn with the sampler's history, not stored
     points = history.points(latest)
     # NOTE: a stopped experiment's arms leave the live charts (their results stay at
-    # /experiments/{key}/results): one exposure at 100% CTR stretched the axis (#18)
-    live = {e.key for e in rt.experiments.running}
+    # /experiments/{key}/results): one exposure at 100% CTR stretched the axis (#18); so do
+    # the arms a PUT with other variants removed from a running one
+    live = live_arms(rt.experiments.running)
     body = {
         "now": latest.t,
         "model_version": rt.model.version,
