@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -263,18 +264,40 @@ async def experiment_results(request: Request) -> Response:
 
 
 async def refresh_srm(rt: Runtime) -> None:
-    """Export the SRM p-value of every running A/B experiment (bandits move their weights)."""
+    """Export the SRM p-value of every running A/B experiment (bandits move their weights).
+
+    The series of an experiment that stopped, became a bandit, or started a phase with no
+    exposure yet is dropped: its last value would keep an alert on ``p < 0.001`` firing for
+    an experiment nobody enters, or show the old split's p-value for the new one.
+    """
+    exported: set[str] = set()
     for exp in rt.experiments.running:
         if exp.bandit:
             continue
         try:
             counts = [a.exposures for a in await rt.tracker.counts(exp)]
         except StoreUnavailable:
+            exported.add(exp.key)  # unknown: keep the last value
             continue
         if sum(counts):
             p = srm_test(counts, exp.weights)["p_value"]
             if p is not None:
                 metrics.SRM_P_VALUE.labels(exp.key).set(p)
+                exported.add(exp.key)
+    for exp in rt.experiments.experiments:
+        if exp.key not in exported:
+            _drop_srm(exp.key)
+
+
+def _drop_srm(key: str) -> None:
+    if (key,) not in metrics.SRM_P_VALUE._metrics:
+        return
+    if metrics.multiprocess_dir() is None:
+        metrics.SRM_P_VALUE.remove(key)
+    else:
+        # NOTE: prometheus-client cannot remove a series in multiprocess mode; NaN is what
+        # the exposition format has for "no value", and no alert threshold matches it
+        metrics.SRM_P_VALUE.labels(key).set(math.nan)
 
 
 ROUTES = [

@@ -150,3 +150,26 @@ def test_sticky_weights_and_other_settings_keep_the_phase(admin_client):
                             headers=AUTH).json()["phase"] == 0
     assert admin_client.put("/experiments/w3", json=_weighted(3, 1, seed="other"),
                             headers=AUTH).json()["phase"] == 1
+
+
+def _srm_series(client, key: str) -> list[str]:
+    return [line for line in client.get("/metrics").text.splitlines()
+            if line.startswith(f'rankly_experiment_srm_p_value{{experiment="{key}"}}')]
+
+
+def test_the_srm_gauge_leaves_metrics_when_the_experiment_stops(admin_client):
+    assert admin_client.put("/experiments/srm", json=_weighted(1, 1),
+                            headers=AUTH).status_code == 201
+    for user in range(1, 60):
+        admin_client.get("/recommendations", params={"user_id": f"srm-{user}"})
+    assert len(_srm_series(admin_client, "srm")) == 1
+    assert admin_client.put("/experiments/srm", json=_weighted(3, 1),
+                            headers=AUTH).json()["phase"] == 1
+    assert _srm_series(admin_client, "srm") == []  # the new split has no exposure yet
+    for user in range(1, 60):
+        admin_client.get("/recommendations", params={"user_id": f"srm-{user}"})
+    assert len(_srm_series(admin_client, "srm")) == 1
+    assert admin_client.post("/experiments/srm/stop", headers=AUTH).status_code == 200
+    assert _srm_series(admin_client, "srm") == []
+    assert admin_client.get("/experiments/srm/results", headers=AUTH).json()["srm"][
+        "p_value"] is not None
