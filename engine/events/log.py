@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import hashlib
 import heapq
 import json
 import logging
@@ -38,11 +39,18 @@ LOG_FILE = "events.jsonl"
 
 @dataclass(frozen=True)
 class AppendResult:
-    """``accepted`` new events (``new``, in log order) and ``duplicates`` skipped."""
+    """``accepted`` new events (``new``, in log order) and ``duplicates`` skipped.
+
+    ``repeated``: the duplicates that repeat a stored event exactly (same user, item, type and
+    value), in the order given, when the log can tell (the Redis log). A call that stored an
+    event and still failed (a lost reply, a replica that did not confirm) answered 503 before
+    the event was projected; its retry is such a duplicate, and only the retry can project it.
+    """
 
     accepted: int
     duplicates: int
     new: tuple[Event, ...] = ()
+    repeated: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,17 +435,25 @@ def _fsync_dir(path: Path) -> None:
 
 # KEYS[1]: the partition's stream; KEYS[2..]: one idempotency key per event (same slot: the
 # partition's hash tag). ARGV[1]: window in ms; ARGV[2]: this call's token; ARGV[3]: MAXLEN
-# (0 = none); ARGV[4]: '1' when the caller waits for replicas; ARGV[5..]: one payload per event.
-# A key already holding this call's token means a retry of this very call stored it already
-# (the reply was lost): accepted, not a duplicate. When the caller then WAITs for replicas, a
+# (0 = none); ARGV[4]: '1' when the caller waits for replicas; ARGV[5..]: one payload per event,
+# then (optional) one digest per event of what it projects (:func:`_digest`).
+# A key holds "<token>:<digest>". A key already holding this call's mark means a retry of this
+# very call stored it already (the reply was lost): accepted (1), not a duplicate. A key holding
+# another call's mark with the same digest is a retry of the same event (2): a duplicate, which
+# the caller projects again, since the call that stored it may have failed before projecting.
+# Any other key is a plain duplicate (0). When the caller then WAITs for replicas, a
 # key that was already there is re-written (same TTL): WAIT only covers this connection's own
 # writes, and the rewrite comes after the original write in the replication stream, so a
 # duplicate is never acknowledged before the event it duplicates has reached the replicas.
 APPEND_IDEMPOTENT = """
 local out = {}
+local n = #KEYS - 1
 for i = 2, #KEYS do
   local payload = ARGV[i + 3]
-  if redis.call('SET', KEYS[i], ARGV[2], 'NX', 'PX', ARGV[1]) then
+  local digest = ARGV[i + 3 + n]
+  local mark = ARGV[2]
+  if digest then mark = mark .. ':' .. digest end
+  if redis.call('SET', KEYS[i], mark, 'NX', 'PX', ARGV[1]) then
     if ARGV[3] ~= '0' then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', payload)
     else
@@ -449,8 +465,11 @@ for i = 2, #KEYS do
       local ttl = redis.call('PTTL', KEYS[i])
       if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
     end
-    if redis.call('GET', KEYS[i]) == ARGV[2] then
+    local held = redis.call('GET', KEYS[i])
+    if held == mark then
       out[#out + 1] = 1
+    elseif digest and held and string.sub(held, -#digest - 1) == ':' .. digest then
+      out[#out + 1] = 2
     else
       out[#out + 1] = 0
     end
@@ -505,6 +524,13 @@ def stream_keys(prefix: str, partitions: int) -> list[str]:
 def legacy_stream_key(prefix: str) -> str:
     """The single stream of a log written before partitions (``<ns>:{ev}:stream``)."""
     return f"{prefix}{{{LEGACY_TAG}}}:stream"
+
+
+def _digest(event: Event) -> str:
+    """What ``event`` projects (user, item, type, value) as a short hex digest: a retry of the
+    same event matches it whatever its timestamp, request id or context."""
+    doc = orjson.dumps([event.user_id, event.item_id, event.type, event.value])
+    return hashlib.blake2b(doc, digest_size=8).hexdigest()
 
 
 def _entry_id(raw: Any) -> tuple[int, int]:
@@ -645,6 +671,7 @@ class RedisStreamLog(EventLog):
         for pos, e in enumerate(unique):
             groups.setdefault(self.partition(e.user_id), []).append((pos, e))
         new: list[tuple[int, Event]] = []
+        repeated: list[tuple[int, Event]] = []
         # NOTE: round k writes the k-th chunk of every partition in one pipeline (a cluster
         # pipeline sends one per master): one round trip per batch of up to CHUNK events per
         # partition, whatever the partition count. A partition's next chunk waits for the
@@ -656,12 +683,16 @@ class RedisStreamLog(EventLog):
             for (_, chunk), flags in zip(calls, await self._append_round(calls, idempotent, now),
                                          strict=True):
                 for row, flag in zip(chunk, flags, strict=True):
-                    if int(flag):
+                    if int(flag) == 1:
                         new.append(row)
                     else:
                         duplicates += 1
+                        if int(flag) == 2:
+                            repeated.append(row)
         new.sort(key=lambda row: row[0])
-        return AppendResult(len(new), duplicates, tuple(e for _, e in new))
+        repeated.sort(key=lambda row: row[0])
+        return AppendResult(len(new), duplicates, tuple(e for _, e in new),
+                            tuple(e for _, e in repeated))
 
     async def _in_legacy(self, events: list[Event]) -> set[str]:
         """Event ids of ``events`` whose idempotency key is in the pre-partition log."""
@@ -684,7 +715,8 @@ class RedisStreamLog(EventLog):
                 keys = [self.stream_keys[p], *(prefix + self._escape(e.event_id)
                                                for _, e in chunk)]
                 specs.append((keys, [self.window_ms, uuid.uuid4().hex, self.maxlen,
-                                     1 if self.wait_replicas else 0, *payloads]))
+                                     1 if self.wait_replicas else 0, *payloads,
+                                     *(_digest(e) for _, e in chunk)]))
             else:
                 specs.append(([self.stream_keys[p]], payloads))
         if not (idempotent and self.wait_replicas):

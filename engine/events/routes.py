@@ -214,6 +214,14 @@ class EventsService:
     async def ingest(self, events: Sequence[Event], *, idempotent: bool = True) -> AppendResult:
         """Append durably, then project and invalidate; raises ``StoreUnavailable``."""
         result = await self.log.append(events, idempotent=idempotent)
+        if result.repeated:
+            # NOTE: stored by an earlier call that may have answered 503 before projecting
+            # them: user state again (idempotent in effect), no counts (they were counted
+            # when stored, or the stream's followers count them)
+            await self.projections.apply(result.repeated, counters=False)
+            users = {e.user_id for e in result.repeated if e.type in self.invalidating}
+            if users:
+                await self.invalidate(users)
         if result.new:
             for kind, count in collections.Counter(e.type for e in result.new).items():
                 metrics.child(metrics.EVENTS, kind).inc(count)

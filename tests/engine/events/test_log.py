@@ -303,6 +303,28 @@ def test_redis_retry_of_the_same_call_is_not_a_duplicate(redis_server, redis_nam
     assert run(go()) == ([1], [1], [0])
 
 
+def test_redis_duplicates_that_repeat_a_stored_event_are_reported(redis_url, redis_namespace):
+    """A retry of a stored event (any timestamp) is a duplicate listed in ``repeated``, for the
+    caller to project again; the same event_id with another item is a duplicate only."""
+
+    async def go():
+        store, log = _redis_log(redis_url, redis_namespace)
+        try:
+            first = await log.append([E(1), E(2)])
+            retry = await log.append([E(1, ts=1_700_000_050.0), E(3),
+                                      Event("e2", "u1", "other", "view", 1_700_000_000.0)])
+            return first, retry, await collect(log)
+        finally:
+            await store.close()
+
+    first, retry, events = run(go())
+    assert (first.accepted, first.repeated) == (2, ())
+    assert (retry.accepted, retry.duplicates) == (1, 2)
+    assert [e.event_id for e in retry.new] == ["e3"]
+    assert [(e.event_id, e.timestamp) for e in retry.repeated] == [("e1", 1_700_000_051.0)]
+    assert [e.event_id for e in events] == ["e1", "e2", "e3"]
+
+
 def test_redis_down_raises_store_unavailable(spare_redis, redis_namespace):
     async def go():
         store, log = _redis_log(spare_redis.url, redis_namespace)

@@ -213,6 +213,30 @@ def test_redis_down_answers_503_then_accepts_after_restart(artifacts, settings_f
         assert client.post("/events", json=purchase("5", "1", "r1")).json()["duplicates"] == 1
 
 
+def test_a_retry_projects_a_purchase_stored_by_a_call_that_answered_503(
+        artifacts, settings_for, tmp_path, redis_server, redis_namespace):
+    """A replica that does not confirm makes the append answer 503 after the event was stored;
+    the client's retry is a duplicate, and it is the only call left to project the purchase."""
+    s = settings_for(artifacts, data_dir=tmp_path, store_url=redis_server.url,
+                     namespace=redis_namespace, cache={"tiers": ["l1", "l2"]},
+                     plugins={"events": {"wait_replicas": 1, "wait_timeout_ms": 50}})
+    with TestClient(create_app(s)) as client:
+        user = "12"
+        shown = ids(client.get("/recommendations", params={"user_id": user, "n": 10}))
+        bought, other = shown[2], shown[4]
+        r = client.post("/events", json=purchase(user, bought, "stored-then-503"))
+        assert r.status_code == 503  # no replica confirmed: stored, not acknowledged
+        _service(client).log.wait_replicas = 0  # the replica is back
+        r = client.post("/events", json=purchase(user, bought, "stored-then-503"))
+        assert r.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
+        # the same event_id with other content is a duplicate that projects nothing
+        r = client.post("/events", json=purchase(user, other, "stored-then-503"))
+        assert r.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
+        after = ids(client.get("/recommendations", params={"user_id": user, "n": 10}))
+        assert bought not in after
+        assert other in after
+
+
 def test_track_click_alias(settings):
     with TestClient(create_app(settings)) as client:
         r = client.post("/track/click", params={"user_id": "1", "item_id": "2",
