@@ -59,7 +59,7 @@ def _catalog(settings: Settings) -> Catalog | None:
 async def replay(settings: Settings) -> dict:
     """Rebuild the projections of ``settings``' store from its event log; return the counts."""
     store = open_store(settings)
-    event_log = open_event_log(settings, store)
+    event_log = open_event_log(settings, store, readonly=True)
     try:
         await event_log.open()
         catalog = _catalog(settings)
@@ -91,7 +91,7 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
     """Write the log as events CSV (header + one row per event, log order), or with
     ``fmt="jsonl"`` as the log's own JSON lines (every field kept); return counts."""
     store = open_store(settings)
-    event_log: EventLog = open_event_log(settings, store)
+    event_log: EventLog = open_event_log(settings, store, readonly=True)
     counts: dict[str, int] = {}
     try:
         await event_log.open()

@@ -125,15 +125,16 @@ def window_seconds(settings: Settings) -> float:
     return float(_options(settings).get("idempotency_window_hours", 24.0)) * 3600.0
 
 
-def open_event_log(settings: Settings, store: Store) -> EventLog:
+def open_event_log(settings: Settings, store: Store, *, readonly: bool = False) -> EventLog:
     """The log that matches ``store``: partitioned Redis Streams next to a Redis store, else a
-    file."""
+    file. ``readonly``: for commands that only replay it (a server may be writing it)."""
     if store.kind == "redis":
         return RedisStreamLog(store, settings)
     opts = _options(settings)
     directory = Path(opts.get("log_dir") or Path(settings.data_dir) / "events")
     return FileEventLog(directory, window_s=window_seconds(settings),
-                        max_index=int(opts.get("dedup_max_entries", 1_000_000)))
+                        max_index=int(opts.get("dedup_max_entries", 1_000_000)),
+                        readonly=readonly)
 
 
 # --- the embedded log: one JSON-lines file ---------------------------------------------------
@@ -199,14 +200,18 @@ class FileEventLog(EventLog):
     with a complete line. The dedup index (``event_id`` -> ingest time) is rebuilt on open
     from the lines inside the window; it holds at most ``max_index`` ids (oldest dropped
     first, which shortens the window under extreme rates rather than growing without bound).
-    One process per file: several workers need the Redis store.
+    One process per file: several workers need the Redis store. A ``readonly`` log (``rankly
+    export-events``, ``rankly replay``, next to a running server) only reads: its :meth:`open`
+    cuts nothing, since an incomplete last line may be the server's write in progress.
     """
 
     kind = "file"
 
     def __init__(self, directory: str | Path, *, window_s: float = DEFAULT_WINDOW_S,
-                 max_index: int = 1_000_000, clock: Callable[[], float] = time.time) -> None:
+                 max_index: int = 1_000_000, clock: Callable[[], float] = time.time,
+                 readonly: bool = False) -> None:
         self.directory = Path(directory)
+        self.readonly = readonly
         self.path = self.directory / LOG_FILE
         self.window_s = window_s
         self.max_index = max_index
@@ -223,6 +228,8 @@ class FileEventLog(EventLog):
     # --- recovery -----------------------------------------------------------------------------
 
     async def open(self) -> None:
+        if self.readonly:
+            return  # replay skips a torn tail; appends are refused
         try:
             await asyncio.to_thread(self._recover)
         except OSError as exc:
@@ -270,6 +277,8 @@ class FileEventLog(EventLog):
     # --- appending ----------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Event], *, idempotent: bool = True) -> AppendResult:
+        if self.readonly:
+            raise StoreUnavailable("event log: opened read-only")
         now = self.clock()
         self._prune(now)
         new: list[Event] = []
@@ -306,6 +315,8 @@ class FileEventLog(EventLog):
         return AppendResult(len(new), duplicates, tuple(new))
 
     async def append_impressions(self, slates: Sequence[ImpressionSlate]) -> int:
+        if self.readonly:
+            raise StoreUnavailable("event log: opened read-only")
         now = self.clock()
         lines = [line for slate in slates for line in _encode_impressions(slate, now)]
         if lines:

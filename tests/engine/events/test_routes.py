@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import io
 import json
 import shutil
 import time
@@ -315,6 +317,23 @@ def test_export_train_serve_end_to_end(settings, tmp_path, capsys):
         r = client.get("/recommendations", params={"user_id": "someone-new", "n": 3})
         assert r.status_code == 200
         assert new_item in ids(r)  # the item that arrived through events is now served
+
+
+def test_export_and_replay_never_cut_the_live_log(settings):
+    """An incomplete last line can be a running server's write in progress: the read-only
+    commands skip it and leave the file as it is."""
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/events", json=purchase("3", "1", "p1")).status_code == 202
+        path = settings.data_dir / "events" / "events.jsonl"
+        with open(path, "ab") as fh:  # the first half of the server's next write
+            fh.write(b'{"id":"p2","u":"3","i":"2","t":"purch')
+        before = path.read_bytes()
+        out = io.StringIO()
+        counts = asyncio.run(events_cli.export(settings, out))
+        stats = asyncio.run(events_cli.replay(settings))
+        assert path.read_bytes() == before
+        assert counts == {"purchase": 1} and stats["events"] == 1
+        assert out.getvalue().splitlines()[1].startswith("3,1,")
 
 
 def test_an_event_with_a_key_given_twice_is_refused_over_http(settings):
