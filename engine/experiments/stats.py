@@ -174,7 +174,8 @@ def relative_lift(x0: int, n0: int, x1: int, n1: int, alpha: float = DEFAULT_ALP
 
 
 def sequential_interval(
-    x0: int, n0: int, x1: int, n1: int, tau: float, alpha: float = DEFAULT_ALPHA
+    x0: int, n0: int, x1: int, n1: int, tau: float | Sequence[float],
+    alpha: float = DEFAULT_ALPHA
 ) -> dict:
     """Always-valid interval and p-value for ``p1 - p0`` (normal-mixture mSPRT).
 
@@ -184,6 +185,7 @@ def sequential_interval(
     ``p = min(1, sqrt((V + tau^2) / V) * exp(-tau^2 d^2 / (2 V (V + tau^2))))``
     (Johari et al. 2017; Howard et al. 2021). Valid at every sample size at once, so looking
     every day does not inflate the false-positive rate; ``p <= alpha`` iff 0 is outside.
+    Several ``tau`` mix their likelihood ratios with equal weights (:func:`msprt`).
     """
     if n0 == 0 or n1 == 0:
         return {"ci": None, "p_value": None, "tau": tau, "status": "no_data"}
@@ -191,17 +193,59 @@ def sequential_interval(
     return msprt(p1 - p0, p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1, tau, alpha)
 
 
-def msprt(d: float, v: float, tau: float, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
+#: Without a planned minimum detectable effect, the always-valid test mixes these multiples of
+#: the pooled rate as ``tau``, with equal weights. An average of test martingales is one, so the
+#: p-value stays valid at every look; a single guess far below the true difference caps the
+#: evidence the test can gather, however large the difference (mSPRT's known weakness).
+TAU_MULTIPLES = (0.1, 0.3, 1.0, 3.0)
+
+
+def _log_lr(delta: float, v: float, t2: float) -> float:
+    """Log of the normal-mixture likelihood ratio (mixture variance ``t2``) of a difference
+    ``delta`` from the null, estimate variance ``v``."""
+    return 0.5 * math.log(v / (v + t2)) + t2 * delta * delta / (2 * v * (v + t2))
+
+
+def msprt(d: float, v: float, tau: float | Sequence[float],
+          alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
     """Always-valid interval and p-value for a difference ``d`` with variance ``v`` (the
     normal-mixture formulas of :func:`sequential_interval`, for any asymptotically normal
-    difference: the per-impression metrics pass their user-clustered variance)."""
-    if v == 0.0 or tau <= 0.0:
-        return {"ci": None, "p_value": None, "tau": tau, "status": "undefined: zero variance"}
-    t2 = tau * tau
-    half = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
-    log_p = 0.5 * math.log((v + t2) / v) - t2 * d * d / (2 * v * (v + t2))
-    p = min(1.0, math.exp(log_p))
-    return {"ci": [d - half, d + half], "p_value": p, "tau": tau, "status": OK}
+    difference: the per-impression metrics pass their user-clustered variance).
+
+    ``tau`` may be several mixture scales: the likelihood ratio is then their equal-weight
+    average, ``p = min(1, 1 / mean_k LR_k(d))``, and the interval is every ``d0`` with
+    ``mean_k LR_k(d - d0) < 1 / alpha`` (found by bisection; the closed form holds for one)."""
+    taus = [float(tau)] if isinstance(tau, int | float) else [float(t) for t in tau]
+    shown: float | list[float] = taus[0] if len(taus) == 1 else taus
+    if v == 0.0 or not taus or min(taus) <= 0.0:
+        return {"ci": None, "p_value": None, "tau": shown, "status": "undefined: zero variance"}
+    if len(taus) == 1:
+        t2 = taus[0] ** 2
+        half = math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
+        p = min(1.0, math.exp(-_log_lr(d, v, t2)))
+        return {"ci": [d - half, d + half], "p_value": p, "tau": shown, "status": OK}
+    squares = [t * t for t in taus]
+
+    def log_mean_lr(delta: float) -> float:
+        logs = [_log_lr(delta, v, t2) for t2 in squares]
+        top = max(logs)
+        return top + math.log(sum(math.exp(x - top) for x in logs) / len(logs))
+
+    p = min(1.0, math.exp(-log_mean_lr(d)))
+    target = math.log(1 / alpha)
+    # the mean reaches 1/alpha by the widest single-tau half-width, where each term does
+    hi = max(math.sqrt(v * (v + t2) / t2 * (2 * target + math.log((v + t2) / v)))
+             for t2 in squares)
+    lo = 0.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if log_mean_lr(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(hi, 1e-300):
+            break
+    return {"ci": [d - hi, d + hi], "p_value": p, "tau": shown, "status": OK}
 
 
 def srm_test(exposures: Sequence[int], weights: Sequence[float]) -> dict[str, Any]:
@@ -554,8 +598,10 @@ def compare_ratio(e0: Mapping[str, Any], e1: Mapping[str, Any], *, alpha: float 
              "status": "undefined: zero variance in both arms"})
     if tau is None:
         pooled = (r0 + r1) / 2
-        tau = max(0.1 * pooled, 1e-4)
-    out["sequential"] = msprt(d, v0 + v1, tau, alpha)
+        out["sequential"] = msprt(d, v0 + v1, [max(m * pooled, 1e-4) for m in TAU_MULTIPLES],
+                                  alpha)
+    else:
+        out["sequential"] = msprt(d, v0 + v1, tau, alpha)
     return out
 
 
@@ -629,15 +675,14 @@ def compare(
 ) -> dict[str, Any]:
     """Compare one variant with control on one proportion metric (all statistics, one dict)."""
     r0, r1 = rate(x0, n0), rate(x1, n1)
-    if tau is None:
-        tau = _default_tau(x0 + x1, n0 + n1)
+    taus = _default_taus(x0 + x1, n0 + n1) if tau is None else tau
     return {
         "rate": r1,
         "control_rate": r0,
         "diff": diff_interval(x0, n0, x1, n1, alpha),
         "relative_lift": relative_lift(x0, n0, x1, n1, alpha),
         "z_test": z_test_pooled(x0, n0, x1, n1),
-        "sequential": sequential_interval(x0, n0, x1, n1, tau, alpha),
+        "sequential": sequential_interval(x0, n0, x1, n1, taus, alpha),
         "bayes": {
             "prob_beats_control": prob_beats(x0, n0, x1, n1),
             "expected_loss": expected_loss(x0, n0, x1, n1),
@@ -646,11 +691,12 @@ def compare(
     }
 
 
-def _default_tau(successes: int, trials: int) -> float:
-    # NOTE: tau should be fixed before the data; without a planned MDE we fall back to 10% of
-    # the pooled rate (a plug-in, like the variance), floored so tau never collapses to 0.
+def _default_taus(successes: int, trials: int) -> list[float]:
+    # NOTE: tau should be fixed before the data; without a planned MDE we mix multiples of
+    # the pooled rate (a plug-in, like the variance; TAU_MULTIPLES), floored so no tau
+    # collapses to 0.
     p = successes / trials if trials else 0.0
-    return max(0.1 * p, 1e-4)
+    return [max(m * p, 1e-4) for m in TAU_MULTIPLES]
 
 
 def analyze(

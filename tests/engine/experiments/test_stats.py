@@ -411,3 +411,53 @@ def test_analyze_bandit_block_says_lifts_are_biased():
 def test_analyze_rejects_impossible_counts():
     with pytest.raises(InvalidCounts, match="arm0"):
         analyze([ArmCounts("arm0", 10, 0, 11), ArmCounts("arm1", 10, 0, 1)])
+
+
+@pytest.mark.parametrize(("x0", "n0", "x1", "n1"), CASES[:4])
+def test_a_mixture_of_taus_inverts_the_mean_likelihood_ratio(x0, n0, x1, n1):
+    taus, alpha = [0.002, 0.01, 0.05], 0.05
+    got = sequential_interval(x0, n0, x1, n1, taus, alpha)
+    p0, p1 = x0 / n0, x1 / n1
+    v = p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1
+    d = p1 - p0
+
+    def log_mean_lr(theta):  # log of the average of the normal-mixture likelihood ratios
+        logs = [0.5 * math.log(v / (v + t * t)) + t * t * (d - theta) ** 2 / (2 * v * (v + t * t))
+                for t in taus]
+        return float(special.logsumexp(logs) - math.log(len(taus)))
+
+    def root(theta):
+        return log_mean_lr(theta) - math.log(1 / alpha)
+
+    hi = optimize.brentq(root, d, d + 10)
+    lo = optimize.brentq(root, d - 10, d)
+    assert got["ci"] == pytest.approx([lo, hi], abs=TOL)
+    assert got["p_value"] == pytest.approx(min(1.0, math.exp(-log_mean_lr(0.0))), abs=TOL)
+    assert got["tau"] == taus
+
+
+def test_without_a_plan_a_large_difference_is_seen_at_once():
+    # one tau at a tenth of the pooled rate capped the evidence: 0/500 against 40/500 gave an
+    # always-valid p of about 0.13 while the z-test's was about 1e-10
+    from rankly.engine.experiments.stats import compare
+
+    got = compare(0, 500, 40, 500)
+    assert got["z_test"]["p_value"] < 1e-8
+    assert got["sequential"]["p_value"] < 1e-4
+    assert got["sequential"]["ci"][0] > 0
+
+
+def test_peeking_with_the_default_mixture_keeps_false_positives_below_alpha():
+    from rankly.engine.experiments.stats import _default_taus
+
+    rng = np.random.default_rng(7)
+    sims, looks, per_look, p = 300, 25, 400, 0.05
+    x0 = rng.binomial(per_look, p, size=(sims, looks)).cumsum(axis=1)
+    x1 = rng.binomial(per_look, p, size=(sims, looks)).cumsum(axis=1)
+    n = per_look * np.arange(1, looks + 1)
+    rejected = sum(
+        any(sequential_interval(int(x0[s, t]), int(n[t]), int(x1[s, t]), int(n[t]),
+                                _default_taus(int(x0[s, t] + x1[s, t]), int(2 * n[t])))
+            ["p_value"] < 0.05 for t in range(looks))
+        for s in range(sims))
+    assert rejected / sims < 0.05
