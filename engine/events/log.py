@@ -16,6 +16,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -27,7 +28,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..storage.store import Store, StoreUnavailable
 from .values import Event
 
@@ -122,7 +123,17 @@ def _options(settings: Settings) -> dict[str, Any]:
 
 
 def window_seconds(settings: Settings) -> float:
-    return float(_options(settings).get("idempotency_window_hours", 24.0)) * 3600.0
+    """``[plugins.events] idempotency_window_hours`` in seconds; a window that is not positive
+    is a :class:`ConfigError` (Redis refuses a key that expires at once, so every append failed)."""
+    hours = _options(settings).get("idempotency_window_hours", 24.0)
+    try:
+        seconds = float(hours) * 3600.0
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0.001):
+        raise ConfigError(f"plugins.events.idempotency_window_hours must be a positive number "
+                          f"of hours, not {hours!r}")
+    return seconds
 
 
 def open_event_log(settings: Settings, store: Store, *, readonly: bool = False) -> EventLog:

@@ -11,13 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankly.engine.config import load_settings
+from rankly.engine.config import ConfigError, load_settings
 from rankly.engine.events.log import (
     FileEventLog,
     ImpressionSlate,
     RedisStreamLog,
     _encode,
     _encode_impressions,
+    window_seconds,
 )
 from rankly.engine.events.values import Event
 from rankly.engine.storage.store import StoreUnavailable
@@ -323,6 +324,31 @@ def test_redis_duplicates_that_repeat_a_stored_event_are_reported(redis_url, red
     assert [e.event_id for e in retry.new] == ["e3"]
     assert [(e.event_id, e.timestamp) for e in retry.repeated] == [("e1", 1_700_000_051.0)]
     assert [e.event_id for e in events] == ["e1", "e2", "e3"]
+
+
+@pytest.mark.parametrize("hours", [0, -1, "soon", float("nan")])
+def test_an_idempotency_window_that_is_not_positive_is_a_config_error(hours):
+    settings = load_settings(environ={}, plugins={"events": {"idempotency_window_hours": hours}})
+    with pytest.raises(ConfigError, match="idempotency_window_hours"):
+        window_seconds(settings)
+
+
+def test_redis_append_with_a_short_window_is_accepted(redis_server, redis_namespace):
+    """The shortest window Redis can hold (1 ms) still stores events."""
+
+    async def go():
+        from rankly.engine.storage.redis_store import RedisStore
+
+        settings = load_settings(environ={}, store_url=redis_server.url,
+                                 namespace=redis_namespace,
+                                 plugins={"events": {"idempotency_window_hours": 1e-6}})
+        store = RedisStore(redis_server.url, settings)
+        try:
+            return await RedisStreamLog(store, settings).append([E(1)])
+        finally:
+            await store.close()
+
+    assert run(go()).accepted == 1
 
 
 def test_redis_down_raises_store_unavailable(spare_redis, redis_namespace):
