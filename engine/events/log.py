@@ -656,12 +656,13 @@ class RedisStreamLog(EventLog):
                 pass
 
     async def _has_legacy(self) -> bool:
-        """Whether the pre-partition stream exists (checked again every minute while not:
-        a worker of the old version may still create it during a rolling upgrade)."""
+        """Whether the pre-partition stream exists, checked again every minute: while it does
+        not, a worker of the old version may still create it during a rolling upgrade; while
+        it does, it may be deleted (the last step of the upgrade), and each append then stops
+        reading its idempotency keys in the one ``{ev}`` slot."""
         now = time.monotonic()
-        if self._legacy or (self._legacy is not None
-                            and now - self._legacy_checked < LEGACY_RECHECK_S):
-            return bool(self._legacy)
+        if self._legacy is not None and now - self._legacy_checked < LEGACY_RECHECK_S:
+            return self._legacy
         found = await self.guard.run(lambda r: r.exists(self.legacy_stream_key))
         self._legacy, self._legacy_checked = bool(found), now
         if found:

@@ -178,6 +178,41 @@ def test_the_unpartitioned_stream_is_read_alongside(redis_url, redis_namespace):
     assert sorted(e.event_id for e in events) == ["a-0", "a-1", "a-2", "b-0", "c-0"]
 
 
+def test_appends_stop_reading_the_unpartitioned_stream_once_it_is_deleted(
+        redis_url, redis_namespace, monkeypatch):
+    """The upgrade's last step deletes the old stream: within a recheck, appends no longer
+    read the old idempotency keys (one slot every append of every worker would hit)."""
+    from rankly.engine.events import log as log_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(log_module.time, "monotonic", lambda: clock[0])
+
+    async def go():
+        store, log = make_log(redis_url, redis_namespace)
+        reads = []
+        real = log._in_legacy
+
+        async def in_legacy(events):
+            reads.append(len(events))
+            return await real(events)
+
+        log._in_legacy = in_legacy
+        try:
+            legacy = legacy_stream_key(f"{redis_namespace}:")
+            await log.guard.run(lambda r: r.xadd(legacy, {"e": b"{}"}))
+            await log.append([ev("a", 0)])
+            await log.guard.run(lambda r: r.unlink(legacy))
+            clock[0] += log_module.LEGACY_RECHECK_S + 1
+            await log.append([ev("a", 1)])
+            return reads, await collect(log)
+        finally:
+            await store.close()
+
+    reads, events = run(go())
+    assert reads == [1]
+    assert [e.event_id for e in events] == ["a-0", "a-1"]
+
+
 def test_an_append_no_replica_confirms_is_not_acknowledged(redis_server, redis_namespace):
     """``wait_replicas = 1`` on a master without replicas: the event is written but never
     acknowledged (503 for the client); the retry finds it stored and still waits."""
