@@ -63,7 +63,7 @@ async def replay(settings: Settings) -> dict:
     try:
         await event_log.open()
         catalog = _catalog(settings)
-        proj = Projections(settings, store, lambda: catalog)
+        proj = Projections(settings, store, lambda: catalog, count_users=True)
         stats = await proj.rebuild(event_log)
         top = sorted(proj.popularity.snapshot(proj.popularity.latest).items(),
                      key=lambda kv: -kv[1])[:5]

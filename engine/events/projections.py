@@ -138,17 +138,20 @@ class DecayedCounter:
 
 @dataclass
 class EventStats:
-    """Plain counts for ``rankly replay`` and the monitoring engineer's metrics."""
+    """Plain counts for ``rankly replay`` and the monitoring engineer's metrics. ``users``,
+    the distinct user ids, only when asked for (``rankly replay``): a serving process would
+    hold every user id it ever saw."""
 
     events: int = 0
     by_type: collections.Counter = field(default_factory=collections.Counter)
     unknown_items: int = 0
-    users: set[str] = field(default_factory=set, repr=False)
+    users: set[str] | None = field(default=None, repr=False)
     store_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"events": self.events, "by_type": dict(sorted(self.by_type.items())),
-                "unknown_items": self.unknown_items, "users": len(self.users),
+                "unknown_items": self.unknown_items,
+                "users": None if self.users is None else len(self.users),
                 "store_errors": self.store_errors}
 
 
@@ -163,11 +166,14 @@ class Projections:
     - category trending: the same per category name, half-life ``trending_half_life_hours`` (1).
 
     Options come from ``[plugins.events]``. ``catalog`` returns the serving model's catalog
-    (item -> category, which ids are known).
+    (item -> category, which ids are known). ``count_users``: keep the distinct user ids in
+    :attr:`stats` (``rankly replay`` prints their number; a server keeps none).
     """
 
     def __init__(self, settings: Settings, store: Store,
-                 catalog: Callable[[], Catalog | None] = lambda: None) -> None:
+                 catalog: Callable[[], Catalog | None] = lambda: None, *,
+                 count_users: bool = False) -> None:
+        self.count_users = count_users
         opts = settings.plugin_options("events")
         self.store = store
         self.catalog = catalog
@@ -178,7 +184,10 @@ class Projections:
         self.popularity = DecayedCounter(
             float(opts.get("popularity_half_life_hours", 24.0)) * 3600.0)
         self.trending = DecayedCounter(float(opts.get("trending_half_life_hours", 1.0)) * 3600.0)
-        self.stats = EventStats()
+        self.stats = self._new_stats()
+
+    def _new_stats(self) -> EventStats:
+        return EventStats(users=set() if self.count_users else None)
 
     def weight(self, event: Event) -> float:
         """Interest carried by ``event``: its type's weight; a rating weighs value / 5."""
@@ -228,7 +237,8 @@ class Projections:
         stats = self.stats
         stats.events += 1
         stats.by_type[e.type] += 1
-        stats.users.add(e.user_id)
+        if stats.users is not None:
+            stats.users.add(e.user_id)
         if catalog is not None and idx is None:
             stats.unknown_items += 1
         if w > 0:
@@ -265,7 +275,8 @@ class Projections:
             served = len(slate.item_ids)
             stats.events += served
             stats.by_type["impression"] += served
-            stats.users.add(slate.user_id)
+            if stats.users is not None:
+                stats.users.add(slate.user_id)
             if catalog is not None:
                 known = catalog.index
                 stats.unknown_items += sum(item not in known for item in slate.item_ids)
@@ -275,7 +286,7 @@ class Projections:
         """Recompute every projection from ``event_log`` (counters reset first)."""
         self.popularity.clear()
         self.trending.clear()
-        self.stats = EventStats()
+        self.stats = self._new_stats()
         chunk: list[Event] = []
         async for event in event_log.replay():
             chunk.append(event)
