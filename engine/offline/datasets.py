@@ -720,10 +720,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
                         help="e.g. view=1,click=1,add_to_cart=3,purchase=5")
 
 
-def load_from_args(args: argparse.Namespace, out: IO[str] = sys.stderr) -> Dataset:
-    """Load the dataset named by :func:`add_input_arguments` and print its load reports."""
-    ds = load(args.interactions, args.items, args.format,
-              parse_event_weights(getattr(args, "event_weights", None)))
+def load_from_args(args: argparse.Namespace, out: IO[str] = sys.stderr,
+                   event_types: Mapping[str, float] | None = None) -> Dataset:
+    """Load the dataset named by :func:`add_input_arguments` and print its load reports.
+
+    ``event_types`` (the settings' custom types and their weights, what the server accepts
+    and weighs) are known event types here too; ``--event-weights`` overrides them."""
+    weights = {**(event_types or {}),
+               **parse_event_weights(getattr(args, "event_weights", None))}
+    ds = load(args.interactions, args.items, args.format, weights or None)
     for report in ds.reports:
         print(report.summary(), file=out)
     return ds

@@ -438,7 +438,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
-        ds = datasets.load_from_args(args)
+        ds = datasets.load_from_args(args, event_types=settings.event_types)
         # a process that ends with the command need not leave a joined Ray first
         with engine_from_args(args, getattr(args, "ends_process", False)) as engine:
             report = evaluate(

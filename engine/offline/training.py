@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     started = time.perf_counter()
     try:
         settings = load_settings(args.config)
-        ds = datasets.load_from_args(args)
+        ds = datasets.load_from_args(args, event_types=settings.event_types)
         data = build_training_data(ds.interactions, ds.items)
         trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
         quiet = getattr(args, "quiet", False)

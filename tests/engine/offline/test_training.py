@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 
 import numpy as np
 import pytest
@@ -188,3 +189,22 @@ def test_a_plugin_trainer_with_a_bug_is_named_in_one_line(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "trainer 'buggy' failed: KeyError: 'factors'" in err and "Traceback" not in err
     assert not (tmp_path / "model").exists()
+
+
+def test_train_weighs_the_custom_event_types_of_its_settings(tmp_path):
+    # the server accepts and weighs a type declared in [event_types]; the export of its log
+    # trains with that weight instead of skipping those rows
+    lines = (_csv(tmp_path).read_text().splitlines()
+             + [f"u{u},i{u % 30},share,{10_000 + u}" for u in range(40)])
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "rankly.toml").write_text("[event_types]\nshare = 2.0\n")
+    assert cli.main(["train", "--quiet", "--interactions", str(tmp_path / "events.csv"),
+                     "--config", str(tmp_path / "rankly.toml"), "--out",
+                     str(tmp_path / "model")]) == 0
+    reports = json.loads((tmp_path / "model" / "manifest.json").read_text())["info"][
+        "load_reports"]
+    assert f"{len(lines) - 1} of {len(lines) - 1} rows loaded" in reports[0], reports
+    # --event-weights still wins over the settings
+    assert cli.main(["train", "--quiet", "--interactions", str(tmp_path / "events.csv"),
+                     "--config", str(tmp_path / "rankly.toml"), "--event-weights", "share=0",
+                     "--out", str(tmp_path / "model2")]) == 0
