@@ -474,6 +474,7 @@ def check_settings(settings: Settings, registries: Mapping[str, Registry]) -> Se
 def check_configuration(settings: Settings, pm: pluggy.PluginManager | None = None) -> Settings:
     """:func:`check_settings` and every configured experiment against the installed plugins
     (what ``rankly serve`` runs before it starts the server); ``ConfigError`` names the fault."""
+    from .events.log import window_seconds
     from .experiments import ExperimentError, load_experiments
 
     pm = pm or make_plugin_manager(settings.load_entrypoints, settings.blocked_plugins)
@@ -484,4 +485,5 @@ def check_configuration(settings: Settings, pm: pluggy.PluginManager | None = No
             check_experiment(exp, registries)
     except ExperimentError as exc:
         raise ConfigError(str(exc)) from None
+    window_seconds(checked)  # the event log's, checked here too: a server fails before it starts
     return checked

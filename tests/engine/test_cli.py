@@ -111,3 +111,15 @@ def test_a_port_out_of_range_is_refused_before_any_work(command, capsys):
         cli.main([*command, "--port", "0"])
     assert exc.value.code == 2
     assert "argument --port: must be in 1..65535, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hours", ["0", "-1"])
+def test_serve_refuses_an_idempotency_window_that_is_not_positive_before_starting(
+        tmp_path, capsys, monkeypatch, hours):
+    from rankly.engine.offline.demo import train_into
+
+    train_into(tmp_path / "model", 7)
+    monkeypatch.setenv("RANKLY_PLUGINS__EVENTS__IDEMPOTENCY_WINDOW_HOURS", hours)
+    assert cli.main(["serve", "--artifacts", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "idempotency_window_hours must be a positive number" in err
