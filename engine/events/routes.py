@@ -127,15 +127,30 @@ class SlateOutcomes:
     per answer and type: ``rankly_recommendation_slates_with_outcome_total``, over
     ``rankly_recommendation_slates_total``, is the recommendations' CTR (or conversion rate)
     with or without an experiment. The (request_id, type) pairs already counted are kept for
-    the last ``max_entries`` outcomes (per worker)."""
+    the last ``max_entries`` outcomes (per worker).
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    Only request ids this server served count (:meth:`note_served`: the worker's own answers,
+    and on Redis every worker's, read from the impressions in the stream it follows): a
+    client's made-up or stale request id must not raise the rate. The last ``max_served``
+    answers are known, which bounds how late an outcome may come."""
+
+    def __init__(self, max_entries: int = 100_000, max_served: int = 200_000) -> None:
         self.max_entries = max_entries
+        self.max_served = max_served
         self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._served: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def note_served(self, request_id: str) -> None:
+        """``request_id`` was served (by this worker, or by another one of the stream)."""
+        if request_id in self._served:
+            return
+        self._served[request_id] = None
+        if len(self._served) > self.max_served:
+            self._served.popitem(last=False)
 
     def record(self, request_id: str, outcome: str) -> bool:
         key = (request_id, outcome)
-        if key in self._seen:
+        if key in self._seen or request_id not in self._served:
             return False
         self._seen[key] = None
         if len(self._seen) > self.max_entries:
@@ -286,6 +301,9 @@ class EventsService:
         tail = self.log.tail(stop=self._stopping)  # type: ignore[attr-defined]
         async for batch in tail:
             if batch:
+                for e in batch:  # every worker's answers, for the recommendations' CTR
+                    if e.type == "impression" and e.request_id:
+                        self.slate_outcomes.note_served(e.request_id)
                 await self.projections.apply(batch, users=False)
 
     async def _flush_impressions(self) -> None:
@@ -318,6 +336,7 @@ class EventsService:
                      probability: float | None,
                      positions: list[dict[str, Any]] | None = None,
                      context: dict[str, Any] | None = None, features: Any = None) -> None:
+        self.slate_outcomes.note_served(request_id)
         if self.log_impressions:
             self.impressions.offer(request_id, user_id, payload, probability, positions,
                                    context, features)

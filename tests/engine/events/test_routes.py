@@ -346,3 +346,16 @@ def test_an_event_with_a_key_given_twice_is_refused_over_http(settings):
         assert r.status_code == 202, r.text
         assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": [
             {"index": 0, "error": {"field": "type", "message": "must be given once"}}]}
+
+
+def test_slate_outcomes_count_only_answers_served_once_per_type():
+    from rankly.engine.events.routes import SlateOutcomes
+
+    outcomes = SlateOutcomes(max_entries=10, max_served=2)
+    assert not outcomes.record("r1", "click")  # never served: a made-up id
+    outcomes.note_served("r1")
+    assert outcomes.record("r1", "click") and not outcomes.record("r1", "click")
+    assert outcomes.record("r1", "purchase")
+    outcomes.note_served("r2")
+    outcomes.note_served("r3")  # the oldest served answer is forgotten
+    assert not outcomes.record("r1", "add_to_cart") and outcomes.record("r3", "click")

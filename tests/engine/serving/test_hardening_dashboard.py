@@ -90,6 +90,10 @@ def test_recommendation_ctr_counts_each_clicked_answer_once(api):
         assert r.status_code == 202
     api.post("/events", json={"event_id": "no-rid", "user_id": "3", "type": "click",
                               "item_id": served["items"][0]["item_id"]})  # not attributed
+    # a request id this server never served is no answer of its: not counted either
+    api.post("/events", json={"event_id": "made-up", "user_id": "3", "type": "click",
+                              "item_id": served["items"][0]["item_id"],
+                              "request_id": "never-served"})
     after = sample(api.get("/metrics").text, "rankly_recommendation_slates_with_outcome_total",
                    type="click")
     assert after[0][1] == before + 1
