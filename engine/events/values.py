@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -16,6 +15,8 @@ from ..http.validation import (
     check_context,
     check_id,
     check_text,
+    field_name,
+    load_json,
     reject_unknown,
 )
 
@@ -107,7 +108,7 @@ def parse_timestamp(value: Any, now: float) -> float:
     return ts
 
 
-#: The key :func:`_load_events_json` adds to an object that gives a key twice; its value is
+#: The key :func:`_once` adds to an object that gives a key twice; its value is
 #: the first repeated key. Not a string, so no JSON text can collide with it.
 REPEATED = ("repeated",)
 
@@ -124,26 +125,6 @@ def _once(pairs: list[tuple[str, Any]]) -> dict[Any, Any]:
     return obj
 
 
-def _named(key: str, fallback: str) -> str:
-    """``key`` as a field name in an error, unless it cannot be printed back (a lone
-    surrogate, as :func:`reject_unknown` does)."""
-    return key if key and key.isprintable() else fallback
-
-
-def _load_events_json(raw: bytes) -> Any:
-    """A ``POST /events`` body as JSON: UTF-8 text (a byte order mark skipped; other bytes
-    kept as lone surrogates, which the id checks refuse, naming the field), objects that give
-    a key twice marked with :data:`REPEATED` (the event is refused, not the batch). A body
-    that is not JSON is a 400."""
-    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-    try:
-        return json.loads(text, object_pairs_hook=_once)
-    # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
-    # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
-    except (ValueError, RecursionError):
-        raise RequestError("body", "must be a JSON object or array", status=400) from None
-
-
 def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event:
     """Validate one event object; raises :class:`RequestError` naming the first bad field."""
     now = time.time() if now is None else now
@@ -151,9 +132,9 @@ def parse_event(obj: Any, settings: Settings, now: float | None = None) -> Event
     if not isinstance(obj, dict):
         raise RequestError("event", "must be a JSON object")
     if REPEATED in obj:
-        raise RequestError(_named(obj[REPEATED], "event"), "must be given once")
+        raise RequestError(field_name(obj[REPEATED], "event"), "must be given once")
     if isinstance(obj.get("context"), dict) and REPEATED in obj["context"]:
-        raise RequestError("context", f"{_named(obj['context'][REPEATED], 'a key')} must be "
+        raise RequestError("context", f"{field_name(obj['context'][REPEATED], 'a key')} must be "
                                       f"given once")
     reject_unknown(obj, _FIELDS, where="event")
     for name in ("event_id", "user_id", "item_id", "type"):
@@ -216,11 +197,11 @@ def parse_batch(raw: bytes, settings: Settings, now: float | None = None) -> Par
     the batch: each is listed as ``{"index", "error": {"field", "message"}}``.
     """
     now = time.time() if now is None else now
-    # strict, as every other JSON body (a key given twice, text that is not UTF-8), but
-    # event by event: a bad event is refused with its index and the others are stored
-    body = _load_events_json(raw)
+    # strict as every other JSON body (UTF-8, a key given once), but event by event: an
+    # object that repeats a key is marked, not refused, and NaN reaches the value's check
+    body = load_json(raw, "a JSON object or array", pairs_hook=_once, constants=True)
     if isinstance(body, dict) and REPEATED in body:
-        raise RequestError(_named(body[REPEATED], "body"), "must be given once")
+        raise RequestError(field_name(body[REPEATED], "body"), "must be given once")
     single = False
     if isinstance(body, dict) and set(body) == {"events"}:
         body = body["events"]

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -186,11 +186,14 @@ def reject_unknown(names: Any, allowed: set[str] | frozenset[str], where: str = 
     unknown = set(names) - allowed
     if unknown:
         what = "parameter" if where == "query" else "field"
-        name = sorted(unknown)[0]
-        # a name holding a lone surrogate (a JSON "\ud800" escape) cannot be written back:
-        # echoing it made the error answer itself fail with a 500
-        raise RequestError(name if name and not _SURROGATE.search(name) else where,
-                           f"unknown {what}")
+        raise RequestError(field_name(sorted(unknown)[0], where), f"unknown {what}")
+
+
+def field_name(name: str, fallback: str) -> str:
+    """``name`` as the field an error names, or ``fallback`` for an empty one or one holding
+    a lone surrogate (a JSON "\ud800" escape): that cannot be written back, and echoing it
+    made the error answer itself fail with a 500."""
+    return name if name and not _SURROGATE.search(name) else fallback
 
 
 def check_n(value: Any, limits: Limits, field: str = "n", text: bool = False) -> int:
@@ -259,8 +262,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                named = key and not _SURROGATE.search(key)  # as in reject_unknown
-                raise RequestError(key if named else "body", "must be given once")
+                raise RequestError(field_name(key, "body"), "must be given once")
             seen.add(key)
     return obj
 
@@ -269,23 +271,29 @@ def _no_constant(name: str) -> Any:
     raise RequestError("body", f"must be JSON ({name} is not a JSON value)", status=400)
 
 
-def load_json(raw: bytes) -> Any:
+def load_json(raw: bytes, expected: str = "a JSON object",
+              pairs_hook: Callable[[list[tuple[str, Any]]], Any] = _unique_keys,
+              constants: bool = False) -> Any:
     """Parse a request body as strict JSON: UTF-8 text (a leading byte order mark is
     skipped; other bytes are kept as lone surrogates, which :func:`check_text` refuses), no
     ``NaN``/``Infinity`` literals, and no key given twice in an object (a 422 naming it:
     ``{"user_id": "1", "user_id": "2"}`` must not silently mean user 2, as a repeated query
-    parameter must not). Other failures are a 400 naming ``body``."""
+    parameter must not). Other failures are a 400: ``body`` "must be ``expected``".
+
+    A batch that refuses bad items one by one passes its own ``pairs_hook`` (one that marks
+    a repeated key instead of raising) and ``constants`` (NaN reaches the field's check)."""
     # NOTE: bytes that are not UTF-8 become lone surrogates (surrogateescape), which every
     # field's check refuses: the 422 then names the field that holds them
     text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=pairs_hook,
+                          parse_constant=None if constants else _no_constant)
     except RequestError:
         raise
     # NOTE: ValueError, not only JSONDecodeError: an integer literal of over 4300 digits
     # (sys.int_info.default_max_str_digits) raises a plain ValueError, which was a 500.
     except (ValueError, RecursionError):
-        raise RequestError("body", "must be a JSON object", status=400) from None
+        raise RequestError("body", f"must be {expected}", status=400) from None
 
 
 _BODY_FIELDS = {"user_id", "n", "exclude", "categories", "context", "session_items",
