@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from rankly.engine.api import hookimpl
-from rankly.engine.testing import check_component, make_workload
+from rankly.engine.testing import make_workload
+
+from .test_testing_kit import failures
 
 
 class NeedsUserId:
@@ -31,11 +33,6 @@ class Plugin:
 @pytest.fixture(scope="module")
 def workload():
     return make_workload(plugins=[Plugin()])
-
-
-def failures(workload, name):
-    return [line for r in check_component(name, workload=workload, latency=False)
-            for line in r.failures()]
 
 
 def test_a_defect_on_the_anonymous_session_names_the_session(workload):

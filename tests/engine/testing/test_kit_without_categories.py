@@ -9,6 +9,8 @@ import pytest
 from rankly.engine.api import ModelPart, Ranking, hookimpl
 from rankly.engine.testing import check_component, make_workload
 
+from .test_testing_kit import failures
+
 
 class CategoryShare:
     """Indexes a per-category table by each item's category: -1 reads past an empty one."""
@@ -66,11 +68,6 @@ class Plugin:
 @pytest.fixture(scope="module")
 def workload():
     return make_workload(plugins=[Plugin()])
-
-
-def failures(workload, name):
-    return [line for r in check_component(name, workload=workload, latency=False)
-            for line in r.failures()]
 
 
 @pytest.mark.parametrize(("name", "line"), [
