@@ -62,8 +62,10 @@ def check_id(value: Any, field: str, limits: Limits) -> str:
     return check_text(value, field, limits.max_id_length)
 
 
-#: An event's ``context``: a flat object of at most this many keys, and string values of at
-#: most this many characters (a bound the OpenAPI schema can state, unlike a byte count).
+#: An event's ``context``: a flat object of at most this many keys, and keys and string values
+#: of at most this many characters (a bound, unlike a byte count, the OpenAPI schema states;
+#: for keys only in its description: OpenAPI 3.0 has no ``propertyNames``). A recommendation
+#: request's context is written with every impression of its answer, so all of it is bounded.
 CONTEXT_MAX_KEYS = 16
 CONTEXT_MAX_TEXT = 256
 INT64_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what the event log's encoder (orjson) can write
@@ -71,7 +73,8 @@ INT64_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what the event log's encoder (orjson)
 
 def check_context(value: Any, field: str = "context") -> dict[str, Any]:
     """Return an event's ``context`` if it is a flat JSON object of at most
-    :data:`CONTEXT_MAX_KEYS` keys whose values are strings (at most :data:`CONTEXT_MAX_TEXT`
+    :data:`CONTEXT_MAX_KEYS` keys of at most :data:`CONTEXT_MAX_TEXT` characters whose values
+    are strings (at most :data:`CONTEXT_MAX_TEXT`
     characters), numbers in :data:`INT64_RANGE` (what the log's encoder writes as integers)
     or booleans; no lone surrogates."""
     if not isinstance(value, dict):
@@ -81,6 +84,9 @@ def check_context(value: Any, field: str = "context") -> dict[str, Any]:
     for key, v in value.items():
         if _SURROGATE.search(key):
             raise RequestError(field, "keys must not contain lone surrogates")
+        if len(key) > CONTEXT_MAX_TEXT:
+            raise RequestError(field, f"keys must be at most {CONTEXT_MAX_TEXT} characters "
+                                      f"(one has {len(key)})")
         if isinstance(v, str):
             if len(v) > CONTEXT_MAX_TEXT or _SURROGATE.search(v):
                 raise RequestError(field, f"{key!r}: must be at most {CONTEXT_MAX_TEXT} "

@@ -77,7 +77,8 @@ def context_schema() -> dict[str, Any]:
                 {"type": "string", "maxLength": CONTEXT_MAX_TEXT},
                 {"type": "number", "minimum": INT64_RANGE[0], "maximum": INT64_RANGE[1]},
                 {"type": "boolean"}]},
-            "description": f"flat: at most {CONTEXT_MAX_KEYS} keys, each value a string (at "
+            "description": f"flat: at most {CONTEXT_MAX_KEYS} keys of at most "
+                           f"{CONTEXT_MAX_TEXT} characters, each value a string (at "
                            f"most {CONTEXT_MAX_TEXT} characters), a number or a boolean"}
 
 

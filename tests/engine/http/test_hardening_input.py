@@ -185,6 +185,7 @@ def test_recommendation_body_fields_take_exactly_their_schema_type(api, body, fi
     b'{"a": {"b": 1}}', b'{"a": [1]}', b'{"a": null}',
     b'{"a": "' + b"x" * 257 + b'"}',
     b"{" + b",".join(b'"k%d": 1' % i for i in range(17)) + b"}",
+    b'{"' + b"k" * 257 + b'": 1}',
 ])
 def test_a_recommendation_context_follows_the_event_context_rules(api, context):
     # it is logged with each impression of the answer: a value the log cannot encode was a
@@ -197,7 +198,9 @@ def test_a_recommendation_context_in_the_schema_is_the_event_context(api):
     schemas = api.get("/openapi.json").json()["components"]["schemas"]
     context = schemas["RecommendationRequest"]["properties"]["context"]
     assert context == schemas["Event"]["properties"]["context"]
-    body = {"user_id": "1", "context": {"page": "home", "slot": 3, "ab": True, "x": 1.5}}
+    assert "keys of at most 256 characters" in context["description"]
+    body = {"user_id": "1", "context": {"page": "home", "slot": 3, "ab": True, "x": 1.5,
+                                        "k" * 256: "longest key", "": "empty key"}}
     assert api.post("/recommendations", json=body).status_code == 200
 
 
