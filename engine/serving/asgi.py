@@ -8,6 +8,7 @@ import asyncio
 import functools
 import json
 import logging
+import sys
 from typing import Any
 
 from starlette.applications import Starlette
@@ -15,7 +16,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import metrics
-from ..config import load_settings
+from ..config import ConfigError, load_settings
+from ..plugins import PluginError
 from .app import create_app
 
 #: The route label of requests the HTTP parser refused before any route could see them.
@@ -24,11 +26,37 @@ MALFORMED_ROUTE = "malformed"
 INCOMPLETE_ROUTE = "incomplete"
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> OneLineStartupErrors:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(settings)
+    return OneLineStartupErrors(create_app(settings))
+
+
+class OneLineStartupErrors:
+    """The app as uvicorn runs it: a start that fails on the settings or a plugin (a
+    configured component whose factory raises: ``ComponentError``) is logged as one line
+    naming it, as the other configuration errors of `rankly serve` are, instead of Starlette's
+    traceback of the lifespan. uvicorn still ends with its "startup failed" status (3)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_one_line(message: Any) -> None:
+            # NOTE: Starlette sends this from the ``except`` block of its lifespan, so the
+            # exception it formatted is the one being handled here
+            error = sys.exc_info()[1]
+            if message["type"] == "lifespan.startup.failed" \
+                    and isinstance(error, ConfigError | PluginError):
+                message = {**message, "message": f"rankly serve: {error}"}
+            await send(message)
+
+        await self.app(scope, receive, send_one_line)
 
 
 def _malformed(msg: str) -> bytes:
