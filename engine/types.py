@@ -7,11 +7,17 @@ What a component factory receives (``ComponentContext``) is in ``plugins.py``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+#: What a user or item id may not contain, wherever it comes from (an HTTP request, an events
+#: CSV): C0 and C1 control characters, DEL, and lone surrogates (only a JSON ``\ud800`` escape
+#: can carry one). Any other text is an id, so what the API stored trains as it was sent.
+FORBIDDEN_IN_IDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 #: ``register(name, component_or_factory, options=None)``: the callback every contribution
 #: hook receives. ``options`` declares the option keys the component accepts (an iterable of

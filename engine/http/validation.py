@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ..config import Limits
-from ..types import RecommendationRequest
+from ..types import FORBIDDEN_IN_IDS, RecommendationRequest
 
 
 class RequestError(ValueError):
@@ -29,9 +29,8 @@ class RequestError(ValueError):
 
 
 _INTEGER = re.compile(r"[0-9]{1,11}", re.ASCII)
-#: What an id may not contain: C0 and C1 control characters, DEL, and lone surrogates (only a
-#: JSON ``\ud800`` escape can carry one; percent-encoded ones are refused as invalid UTF-8).
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: What an id may not contain (percent-encoded lone surrogates are refused as invalid UTF-8)
+_FORBIDDEN = FORBIDDEN_IN_IDS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: :data:`_FORBIDDEN` as the OpenAPI ``pattern`` of every id (lone surrogates cannot be
 #: written in an ECMA-262 pattern without refusing every astral character: the schema's

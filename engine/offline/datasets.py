@@ -23,6 +23,7 @@ from typing import IO
 
 import numpy as np
 
+from ..types import FORBIDDEN_IN_IDS
 from . import progress as progress_bars
 from .interactions import Interactions, ItemTable
 
@@ -502,9 +503,10 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
                 user, item = row.get("user_id", ""), row.get("item_id", "")
                 if not user or not item:
                     raise ValueError("empty user_id or item_id")
-                # the API refuses such ids too; and NumPy str arrays drop trailing NULs,
-                # which would merge "a" and "a\x00" into one user
-                if not (user.isprintable() and item.isprintable()):
+                # the API's rule (it refuses such ids too, and takes any other text: a
+                # no-break space, a format character, a line separator); NumPy str arrays
+                # also drop trailing NULs, which would merge "a" and "a\x00" into one user
+                if FORBIDDEN_IN_IDS.search(user) or FORBIDDEN_IN_IDS.search(item):
                     raise ValueError("control characters in user_id or item_id")
                 event, w = _weight(row.get("event_type", ""), row.get("value", ""), weights)
                 ts_text = row.get("timestamp", "")

@@ -101,6 +101,21 @@ def test_taobao_detected_and_behaviours_mapped(tmp_path):
     assert ds.interactions.weights.tolist() == [1.0, 5.0, 3.0]
 
 
+def test_events_csv_takes_every_id_the_api_takes_and_refuses_what_it_refuses(tmp_path):
+    # ids the HTTP API stores (tests/engine/http/test_hardening_input.py) must train as sent:
+    # `rankly events export` writes them into the CSV that `rankly train` reads
+    taken = ["a\u00a0b", "zero\u200bwidth", "\U0001f600", "line\u2028sep", "tab-free"]
+    refused = ["a\x85b", "a\x7fb", "a\x1fb"]
+    rows = [f"{u},i{n},click,{100 + n}" for n, u in enumerate(taken + refused)]
+    f = write(tmp_path / "e.csv", "user_id,item_id,event_type,timestamp\n" + "\n".join(rows)
+              + "\n")
+    ds = datasets.load_events_csv(f)
+    assert sorted(ds.interactions.user_ids.tolist()) == sorted(taken)
+    report = ds.reports[0]
+    assert report.malformed == len(refused)
+    assert all("control characters" in why for _, why in report.bad_lines)
+
+
 def test_malformed_rows_are_counted_with_line_numbers(tmp_path):
     rows = ["1\t10\t5\t881250949"] * 20
     rows[3] = "1\t10\tfive\t881250949"
