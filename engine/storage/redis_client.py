@@ -40,6 +40,14 @@ SyncRedis = redis.Redis | redis.cluster.RedisCluster
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 #: Errors that mean "Redis did not answer": timeouts, refused/reset connections, cluster churn.
 UNAVAILABLE = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Replies that mean "Redis answered but will not serve this call now": out of memory under
+#: ``noeviction``, a read-only replica or a master that is down, a cluster slot being moved or
+#: without a master, a user whose ACL forbids it. Callers degrade as for an outage
+#: (``StoreUnavailable``), but the breaker is not tripped: Redis is responsive, and reads
+#: usually still work while writes are refused.
+REFUSED = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+           redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+           redis.exceptions.NoPermissionError)
 BACKGROUND_TIMEOUT_MS = 5000.0  # pub/sub, model download, CLI: not on the request path
 CLUSTER_INIT_S = 2.0
 
@@ -196,8 +204,9 @@ class GuardedRedis:
 
     ``await guard.run(lambda r: r.get(k))`` returns the result, or raises ``StoreUnavailable``
     when Redis failed, exceeded ``deadline_s`` (default: twice ``store_ms``: one call and its
-    single retry) or the breaker is open. Cancellation counts as a failure, so a probe that is
-    cancelled by an outer deadline never leaves the breaker stuck half-open.
+    single retry), refused the call (:data:`REFUSED`) or the breaker is open. Cancellation
+    counts as a failure, so a probe that is cancelled by an outer deadline never leaves the
+    breaker stuck half-open.
     """
 
     def __init__(self, client: AsyncRedis, settings: Settings, *,
@@ -222,6 +231,9 @@ class GuardedRedis:
                 result = await fn(self.client)
             ok = True
             return result
+        except REFUSED as exc:
+            ok = True  # Redis answered: an outage of this call, not of Redis
+            raise StoreUnavailable(f"redis refused: {type(exc).__name__}: {exc}") from exc
         except redis.ResponseError:
             ok = True  # Redis answered (a command error is a bug, not an outage)
             raise

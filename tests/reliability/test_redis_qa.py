@@ -1,0 +1,73 @@
+"""Redis that answers but refuses (out of memory, no permission), against the in-process app
+and a real redis-server: recommendations degrade to a fallback, events get 503 +
+Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from rankly.engine.config import load_settings
+from rankly.engine.serving.app import create_app
+
+pytestmark = [pytest.mark.redis]
+
+
+def app_on(redis, artifacts: Path, **overrides):
+    settings = load_settings(environ={}, artifacts=artifacts, store_url=redis.url,
+                             data_dir=tempfile.mkdtemp(prefix="rankly-qa-"),
+                             cache={"tiers": ["l1", "l2"]}, **overrides)
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+def purchase(client: TestClient, event_id: str, user: str = "3"):
+    return client.post("/events", json={"event_id": event_id, "user_id": user,
+                                        "item_id": "4", "type": "purchase"})
+
+
+def used_memory(redis) -> int:
+    for line in redis.cli("INFO", "memory").splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no used_memory in INFO")
+
+
+def test_an_out_of_memory_redis_answers_events_503_and_recommendations_200(
+        redis_factory, artifacts):
+    redis = redis_factory()
+    with app_on(redis, artifacts) as client:
+        assert purchase(client, "before").status_code == 202
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        # a limit far below what Redis uses already: every write is refused with OOM
+        redis.cli("CONFIG", "SET", "maxmemory", str(used_memory(redis) // 2))
+        for i in range(3):
+            r = purchase(client, f"oom-{i}")
+            assert r.status_code == 503, r.text
+            assert r.headers["Retry-After"] == "1"
+        for user in range(1, 8):  # distinct users: each misses and writes to the L2
+            r = client.get("/recommendations", params={"user_id": str(user)})
+            assert r.status_code == 200
+            assert r.json()["fallback"] in (None, "store_down"), r.json()
+        redis.cli("CONFIG", "SET", "maxmemory", "0")
+        r = purchase(client, "oom-0")
+        assert r.status_code == 202 and r.json()["accepted"] == 1
+
+
+def test_a_redis_user_without_key_permissions_degrades_to_store_down(redis_factory,
+                                                                      artifacts):
+    redis = redis_factory()
+    with app_on(redis, artifacts) as client:
+        assert purchase(client, "before").status_code == 202  # user 3 has online state
+        redis.cli("ACL", "SETUSER", "default", "resetkeys")  # NOPERM on every key
+        try:
+            r = client.get("/recommendations", params={"user_id": "3", "n": 7})
+            assert r.status_code == 200
+            assert r.json()["fallback"] == "store_down", r.json()
+            r = purchase(client, "noperm")
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        finally:
+            redis.cli("ACL", "SETUSER", "default", "~*")
+        assert purchase(client, "noperm").status_code == 202
