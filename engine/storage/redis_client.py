@@ -210,9 +210,11 @@ class GuardedRedis:
     """
 
     def __init__(self, client: AsyncRedis, settings: Settings, *,
-                 breaker: Breaker | None = None, deadline_s: float | None = None) -> None:
+                 breaker: Breaker | None = None, deadline_s: float | None = None,
+                 name: str | None = None) -> None:
         self.client = client
-        self.breaker = breaker or Breaker(threshold=5, cooldown=1.0)
+        # a named breaker shows in rankly_breaker_open{component=name} while it is open
+        self.breaker = breaker or Breaker(threshold=5, cooldown=1.0, name=name)
         self.deadline_s = (deadline_s if deadline_s is not None
                            else 2 * settings.deadlines.store_ms / 1000.0)
 

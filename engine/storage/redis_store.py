@@ -71,10 +71,10 @@ class RedisStore(Store):
         if ttl_days < 0:
             raise ConfigError("plugins.redis.user_state_ttl_days must be >= 0")
         self.user_state_ttl_ms = int(ttl_days * 86_400_000)
-        self.guard = GuardedRedis(make_redis(url, settings), settings)
+        self.guard = GuardedRedis(make_redis(url, settings), settings, name="store")
         self.background = GuardedRedis(
             make_redis(url, settings, timeout_ms=BACKGROUND_TIMEOUT_MS), settings,
-            deadline_s=60.0,
+            deadline_s=60.0, name="store_background",
         )
         self._record = self.guard.client.register_script(RECORD_INTERACTION)
 

@@ -1,10 +1,12 @@
-"""Redis that answers but refuses (out of memory, no permission), against the in-process app
-and a real redis-server: recommendations degrade to a fallback, events get 503 +
-Retry-After, never a 500."""
+"""Redis misbehaving under the in-process app, against a real redis-server: refusing calls
+(out of memory, no permission), killed and restarted. Recommendations degrade to a fallback,
+events get 503 + Retry-After, never a 500; /ready and /metrics say what the breakers do."""
 
 from __future__ import annotations
 
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,30 @@ def test_a_redis_user_without_key_permissions_degrades_to_store_down(redis_facto
         finally:
             redis.cli("ACL", "SETUSER", "default", "~*")
         assert purchase(client, "noperm").status_code == 202
+
+
+def breaker_gauge(client: TestClient, component: str) -> float | None:
+    text = client.get("/metrics").text
+    m = re.search(rf'^rankly_breaker_open{{component="{component}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def test_the_store_breaker_shows_in_metrics_while_open_and_closes(redis_factory, artifacts):
+    redis = redis_factory()
+    with app_on(redis, artifacts) as client:
+        guard = client.app_state["runtime"].store.guard
+        guard.breaker.cooldown = 0.2
+        assert client.get("/ready").json()["store"]["breaker"] == "closed"
+        redis.stop()
+        for i in range(8):  # unknown users: every request reads the store
+            r = client.get("/recommendations", params={"user_id": f"gone-{i}"})
+            assert r.status_code == 200
+        assert client.get("/ready").json()["store"]["breaker"] != "closed"
+        assert breaker_gauge(client, "store") == 1.0
+        redis.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and guard.breaker.state != "closed":
+            time.sleep(0.3)
+            client.get("/ready")
+        assert client.get("/ready").json()["store"]["breaker"] == "closed"
+        assert breaker_gauge(client, "store") == 0.0
