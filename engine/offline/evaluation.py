@@ -292,12 +292,24 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
                                                               collect_all(pm)))
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+    if not models:
+        raise ValueError(f"--models names no model; one or more of {', '.join(SETUPS)}")
     unknown = [m for m in models if m not in SETUPS]
     if unknown:
         raise ValueError(f"unknown model {unknown[0]!r}; one of {', '.join(SETUPS)}")
     train, test = SPLITS[split](ds.interactions)
+    if not len(train):
+        # NOTE: the temporal cut is a timestamp: when the earliest time is also the cut
+        # (one time for most events, or no time column and one row), nothing precedes it
+        raise ValueError(f"the {split} split leaves no events to train on ({len(test)} "
+                         f"events, all at or after the cut time); try --split user-last, "
+                         f"or give the events distinct timestamps")
+    event_types = relevant_event_types(test, event_types)
     data = build_training_data(train, ds.items)
     targets = test_targets(data, test, exclude_seen, min_weight, event_types)
+    if not targets:
+        raise ValueError(_no_targets_message(split, test, exclude_seen, min_weight,
+                                             event_types))
     if max_users is not None and len(targets) > max_users:
         keep = np.random.default_rng(seed).choice(sorted(targets), max_users, replace=False)
         targets = {u: targets[u] for u in sorted(keep.tolist())}
@@ -326,6 +338,37 @@ def evaluate(ds: datasets.Dataset, split: str, models: Sequence[str], k: int = 1
         "blend": _blend_info(cache),
         "quality_bar": quality_bar(results),
     }
+
+
+def relevant_event_types(test: Interactions, event_types: Sequence[str]) -> list[str]:
+    """``event_types`` (``--relevant-events``) folded onto the loader's canonical names
+    (``buy`` is ``purchase``); raise ValueError when the test events carry no types, or none
+    of a named type, so that a filter is never silently ignored or empty."""
+    names = list(dict.fromkeys(datasets.EVENT_ALIASES.get(e.strip().lower(), e.strip().lower())
+                               for e in event_types if e.strip()))
+    if not names:
+        return []
+    if test.event_types is None:
+        raise ValueError(f"--relevant-events {','.join(event_types)}: the data has no event "
+                         f"types (no event_type column), so no test event can match")
+    present = set(np.unique(test.event_types).tolist())
+    missing = [e for e in names if e not in present]
+    if missing:
+        raise ValueError(f"--relevant-events: no test event has type {missing[0]!r}; the "
+                         f"test events' types: {', '.join(sorted(present)) or 'none'}")
+    return names
+
+
+def _no_targets_message(split: str, test: Interactions, exclude_seen: bool, min_weight: float,
+                        event_types: Sequence[str]) -> str:
+    why = [f"{len(test)} test events from the {split} split"]
+    if min_weight:
+        why.append(f"--min-weight {min_weight:g}")
+    if event_types:
+        why.append(f"--relevant-events {','.join(event_types)}")
+    if exclude_seen:
+        why.append("items seen in train left out (--include-seen keeps them)")
+    return f"no test user has a relevant item to evaluate ({'; '.join(why)})"
 
 
 #: The blend's validation shape closest to each evaluation split.
