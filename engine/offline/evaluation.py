@@ -480,6 +480,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.html:
+            from .report import check_writable
+
+            check_writable(args.html)
         settings = load_settings(args.config)
         ds = datasets.load_from_args(args, event_types=settings.event_types)
         # a process that ends with the command need not leave a joined Ray first

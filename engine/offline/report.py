@@ -7,6 +7,7 @@ so the file opens offline and can be attached to a ticket as is.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,23 @@ def render_html(reports: Sequence[Mapping[str, Any]], title: str = "rankly evalu
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_esc(title)}</title><style>{style}</style></head>\n<body>"
             f"<h1>{_esc(title)}</h1><p>{legend}</p>\n{body}\n</body></html>\n")
+
+
+def check_writable(path: str | Path, option: str = "--html") -> None:
+    """Raise ValueError naming ``option`` when ``path`` cannot be written as a file: checked
+    before the evaluation runs, so that a long run is not thrown away at its last step."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        problem = "is a directory"
+    elif not parent.is_dir():
+        problem = f"{parent} is not a directory" if parent.exists() else f"no directory {parent}"
+    elif not os.access(parent, os.W_OK | os.X_OK) or (out.exists()
+                                                       and not os.access(out, os.W_OK)):
+        problem = "permission denied"
+    else:
+        return
+    raise ValueError(f"{option} {path}: {problem}")
 
 
 def write_html(path: str | Path, reports: Sequence[Mapping[str, Any]],

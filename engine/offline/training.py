@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -150,9 +151,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_out_dir(path: str | Path) -> None:
+    """Raise ValueError naming ``--out`` when ``path`` cannot become the artifact directory
+    (a file, under a file, a parent without write permission): checked before loading and
+    training, so that a long training is not thrown away at its last step."""
+    out = Path(path)
+    if out.exists():
+        problem = None if out.is_dir() else "exists and is not a directory"
+        if problem is None and not os.access(out, os.W_OK | os.X_OK):
+            problem = "permission denied"
+    else:
+        # the nearest existing ancestor is where save_model's mkdir starts creating
+        above = next(p for p in out.absolute().parents if p.exists())
+        if not above.is_dir():
+            problem = f"{above} is not a directory"
+        elif not os.access(above, os.W_OK | os.X_OK):
+            problem = f"permission denied in {above}"
+        else:
+            problem = None
+    if problem:
+        raise ValueError(f"--out {path}: {problem}")
+
+
 def run(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     started = time.perf_counter()
     try:
+        check_out_dir(args.out)
         settings = load_settings(args.config)
         ds = datasets.load_from_args(args, event_types=settings.event_types)
         data = build_training_data(ds.interactions, ds.items)
