@@ -14,7 +14,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..config import load_settings, positive_int
 
@@ -78,8 +78,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             # opened now (a wrong path fails before Ray starts), read in users()
             try:
-                fh = None if args.all else stack.enter_context(
-                    open(args.users, encoding="utf-8"))
+                fh = None if args.all else stack.enter_context(open(args.users, "rb"))
             except OSError as exc:
                 raise OSError(f"--users {args.users}: {exc.strerror or exc}") from None
 
@@ -89,7 +88,7 @@ def run_recommend(args: argparse.Namespace) -> int:
 
                     mapped = model if model is not None else load_model(args.artifacts)
                     return [str(u) for u in mapped.users.user_ids.tolist()]
-                return [line.strip() for line in fh if line.strip()]
+                return read_user_ids(fh, args.users)
 
             progress = None if args.quiet else sys.stderr
             # a process that ends with the command need not leave a joined Ray first
@@ -115,6 +114,22 @@ def run_recommend(args: argparse.Namespace) -> int:
 
         end_process(0)
     return 0
+
+
+def read_user_ids(fh: IO[bytes], name: str) -> list[str]:
+    """The user ids of a ``--users`` file opened in binary: one per line, blank lines
+    skipped, surrounding whitespace dropped; a UTF-8 byte order mark (editors and
+    spreadsheets write one) is not part of the first id. Raise ValueError naming the file
+    and the line when a line is not UTF-8."""
+    ids = []
+    for number, raw in enumerate(fh, 1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"--users {name}: line {number} is not UTF-8 text") from None
+        if line:
+            ids.append(line)
+    return ids
 
 
 def check_artifacts(path: str | Path) -> None:
