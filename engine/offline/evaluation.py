@@ -22,7 +22,13 @@ from typing import IO, Any
 import numpy as np
 
 from .. import pipeline
-from ..config import PipelineSettings, Settings, load_settings, positive_int
+from ..config import (
+    PipelineSettings,
+    Settings,
+    load_settings,
+    non_negative_int,
+    positive_int,
+)
 from ..model import Model
 from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
 from ..types import DataRefused, ModelPart
@@ -465,7 +471,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these test event types count, e.g. purchase")
     parser.add_argument("--max-users", type=positive_int, default=None,
                         help="evaluate a random sample of this many test users (run time)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-users sample")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the --max-users sample")
     parser.add_argument("--blend-validation", choices=("split", "default"), default="default",
                         help="default: the blend validates as `rankly train` does (robust: "
                              "every hold-out shape); split: only on a hold-out shaped like "

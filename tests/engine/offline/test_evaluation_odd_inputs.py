@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rankly.engine import cli
 
 
@@ -72,3 +74,14 @@ def test_evaluate_refuses_an_empty_model_list(tmp_path, capsys):
     assert cli.main(["evaluate", "--interactions", str(events), "--models", ",",
                      "--quiet"]) == 2
     assert "--models names no model" in _one_error_line(capsys.readouterr().err)
+
+
+def test_evaluate_names_a_negative_seed(tmp_path, capsys):
+    # it reached NumPy's sampler, whose message named no option
+    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
+                                       for i in range(4)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["evaluate", "--interactions", str(events), "--models", "pop", "--quiet",
+                  "--max-users", "1", "--seed", "-5"])
+    assert exc.value.code == 2
+    assert "argument --seed: must be at least 0, got -5" in capsys.readouterr().err
