@@ -31,6 +31,7 @@ from ..config import (
 )
 from ..model import Model
 from ..plugins import check_plugin_sections, collect, collect_all, make_plugin_manager
+from ..runtime import serving_defaults
 from ..types import DataRefused, ModelPart
 from . import datasets
 from . import progress as progress_bars
@@ -226,6 +227,10 @@ def evaluate_setup(name: str, setup: Setup, data: TrainingData, targets: Mapping
     train_seconds = time.perf_counter() - started
     model = in_memory_model(data, parts)
     capped = "diversity" in setup.rerankers
+    if capped and cap is None:
+        # the reranker is built as the server builds it, with the cap training chose for
+        # the model (None: no cap); the metrics check that cap, not the plugin's default
+        cap = serving_defaults(model).get("diversity", {}).get("cap")
     run_settings = _with_cap(settings, cap if capped else None)
     run_settings = run_settings.replace(pipeline=dataclasses.replace(
         run_settings.pipeline, candidates=setup.candidates, scorers=setup.scorers,
