@@ -460,7 +460,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     datasets.add_input_arguments(parser)
     parser.add_argument("--split", choices=sorted(SPLITS), default="temporal",
                         help="how test events are held out: the last 20%% of all events by "
-                             "time (temporal) or each user's last event (user-last)")
+                             "time (temporal) or each user's last 20%% of events, at least one "
+                             "(user-last; a user with one event stays in train)")
     parser.add_argument("--k", type=positive_int, default=10,
                         help="list length the metrics are computed at (NDCG@k, recall@k, ...)")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),

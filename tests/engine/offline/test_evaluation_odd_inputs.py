@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rankly.engine import cli
+from rankly.engine.offline import evaluation
+from rankly.engine.offline.interactions import Interactions
 
 
 def _csv(path: Path, rows: list[str], header: str = "user_id,item_id,timestamp") -> Path:
@@ -85,3 +88,17 @@ def test_evaluate_names_a_negative_seed(tmp_path, capsys):
                   "--max-users", "1", "--seed", "-5"])
     assert exc.value.code == 2
     assert "argument --seed: must be at least 0, got -5" in capsys.readouterr().err
+
+
+def test_the_split_help_says_how_much_user_last_holds_out(capsys):
+    # it said "each user's last event", while the split holds out the last fifth
+    rows = [(f"u{u}", f"i{i}", 10 * u + i) for u in range(2) for i in range(10)]
+    users, items, times = (np.array(c) for c in zip(*rows, strict=True))
+    _, test = evaluation.split_user_last(Interactions(
+        users.astype(str), items.astype(str), np.ones(users.size, np.float32),
+        times.astype(np.int64)))
+    assert len(test) == 4
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "each user's last 20% of events" in help_text
