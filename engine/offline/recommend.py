@@ -105,6 +105,11 @@ def run_recommend(args: argparse.Namespace) -> int:
                                              args.exclude_seen, sys.stdout, progress=progress)
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the CLI ends quietly, as for other commands
+    except KeyboardInterrupt:
+        # the lines written so far are whole, but a file of them looks like a finished run
+        print("error: interrupted: the output holds only the users written before",
+              file=sys.stderr)
+        return 128 + 2  # SIGINT, as a shell reports it
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

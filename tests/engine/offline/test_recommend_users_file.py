@@ -28,3 +28,24 @@ def test_a_users_file_that_is_not_utf8_is_named_with_its_line(artifacts, tmp_pat
     assert captured.out == ""
     errors = [line for line in captured.err.splitlines() if " INFO " not in line]
     assert errors == [f"error: --users {users}: line 3 is not UTF-8 text"]
+
+
+def test_an_interrupted_run_says_its_output_is_partial(artifacts, tmp_path, capsys,
+                                                       monkeypatch):
+    # Ctrl-C used to end in a KeyboardInterrupt traceback, and a file of lines that looked
+    # complete
+    from rankly.engine.offline import batch
+
+    def interrupted(model, users, n, settings, *args, **kwargs):
+        print(json.dumps({"user_id": users[0]}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "recommend", interrupted)
+    users = tmp_path / "users.txt"
+    users.write_text("1\n2\n")
+    assert cli.main(["recommend", "--artifacts", str(artifacts), "--users", str(users),
+                     "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == '{"user_id": "1"}\n'
+    errors = [line for line in captured.err.splitlines() if " INFO " not in line]
+    assert errors == ["error: interrupted: the output holds only the users written before"]
