@@ -155,6 +155,8 @@ def check_out_dir(path: str | Path) -> None:
     """Raise ValueError naming ``--out`` when ``path`` cannot become the artifact directory
     (a file, under a file, a parent without write permission): checked before loading and
     training, so that a long training is not thrown away at its last step."""
+    if not str(path).strip():
+        raise ValueError("--out is empty")  # Path("") would be the current directory
     out = Path(path)
     if out.exists():
         problem = None if out.is_dir() else "exists and is not a directory"

@@ -49,3 +49,13 @@ def test_train_checks_the_out_directory_before_training(tmp_path, capsys, monkey
                      "--quiet"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: --out {out}: ")
+
+
+def test_train_refuses_an_empty_out_path(tmp_path, capsys, monkeypatch):
+    # Path("") is the current directory: the model landed among the user's files
+    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
+                                       for i in range(4)])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--interactions", str(events), "--out", "", "--quiet"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: --out is empty"
+    assert not (tmp_path / "manifest.json").exists()
