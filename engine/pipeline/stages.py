@@ -79,11 +79,15 @@ async def fetch_features(rt: Runtime, model: Model, req: RecommendationRequest,
             trace.fallback = "store_down"
     row = model.users.row(req.user_id)
     catalog = model.catalog
+    # ``seen`` is what the user must not be shown: nothing when ``pipeline.exclude_seen`` is
+    # off (every generator, the fused path and the fallback exclude exactly that set)
+    keep_seen = rt.settings.pipeline.exclude_seen
     if not req.session_items and not online.history and not online.seen:
         # the trained history alone: already distinct item indices, newest first
         history = model.users.history(row)
         trace.stages.append(("features", rt.store.kind, time.perf_counter() - start))
-        return UserFeatures(req.user_id, row, history, np.sort(history))
+        return UserFeatures(req.user_id, row, history,
+                            np.sort(history) if keep_seen else history[:0])
     parts = []
     if req.session_items:
         parts.append(catalog.lookup(req.session_items))
@@ -94,7 +98,7 @@ async def fetch_features(rt: Runtime, model: Model, req: RecommendationRequest,
     seen = history
     if online.seen:
         seen = np.concatenate([seen, catalog.lookup(tuple(online.seen))])
-    seen = np.unique(seen[seen >= 0])
+    seen = np.unique(seen[seen >= 0]) if keep_seen else history[:0]
     trace.stages.append(("features", rt.store.kind, time.perf_counter() - start))
     return UserFeatures(req.user_id, row, history, seen, session=bool(req.session_items))
 
