@@ -386,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return _closed_pipe()
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback, and the shell's status for SIGINT (a command with
+        # output of its own, such as `rankly recommend`, says first what it left behind)
+        print(f"rankly {args.command}: interrupted", file=sys.stderr)
+        return 128 + 2
     except OSError as exc:  # a file or directory named on the command line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"rankly {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)

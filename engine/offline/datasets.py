@@ -747,6 +747,8 @@ def run(args: argparse.Namespace) -> int:
             it = ds.interactions
             print(f"{len(it)} interactions, {np.unique(it.user_ids).size} users, "
                   f"{np.unique(it.item_ids).size} items")
+    except BrokenPipeError:
+        raise  # the reader went away (`| head -1`): the command line ends quietly
     except (DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

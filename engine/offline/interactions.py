@@ -143,7 +143,7 @@ def _natural_sort(ids: np.ndarray) -> np.ndarray:
     uniq = np.unique(ids)
     try:
         return uniq[np.argsort(uniq.astype(np.int64), kind="stable")]
-    except ValueError:
+    except (ValueError, OverflowError):  # not all integers, or one past 64 bits
         return uniq
 
 

@@ -59,3 +59,47 @@ def test_train_refuses_an_empty_out_path(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--interactions", str(events), "--out", "", "--quiet"]) == 2
     assert _one_error_line(capsys.readouterr().err) == "error: --out is empty"
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_train_takes_integer_ids_past_64_bits(tmp_path, capsys):
+    # ids that all look like integers sort numerically; one past int64 raised OverflowError
+    events = _csv(tmp_path / "e.csv", ["u,12345678901234567890123,1", "u,7,2", "v,7,3",
+                                       "v,8,4", "w,8,5", "w,12345678901234567890123,6"])
+    assert cli.main(["train", "--interactions", str(events), "--out", str(tmp_path / "m"),
+                     "--trainers", "pop", "--quiet"]) == 0
+    from rankly.engine.model import load_model
+
+    ids = [str(i) for i in load_model(tmp_path / "m").catalog.item_ids]
+    assert sorted(ids) == sorted(["12345678901234567890123", "7", "8"])
+
+
+def test_an_interrupted_command_is_one_line_and_the_sigint_status(tmp_path, capsys,
+                                                                   monkeypatch):
+    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
+                                       for i in range(4)])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    assert cli.main(["train", "--interactions", str(events), "--out", str(tmp_path / "m"),
+                     "--quiet"]) == 130
+    assert _one_error_line(capsys.readouterr().err) == "rankly train: interrupted"
+
+
+def test_datasets_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(50)
+                                       for i in range(4)])
+    # the reader takes nothing and goes away before the command writes
+    reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.close()"],
+                              stdin=subprocess.PIPE)
+    reader.wait(timeout=30)
+    run = subprocess.run([sys.executable, "-m", "rankly.engine.cli", "datasets", "inspect",
+                          "--interactions", str(events)], stdout=reader.stdin,
+                         stderr=subprocess.PIPE, text=True, timeout=120)
+    reader.stdin.close()
+    assert run.returncode == 141, run.stderr
+    assert "Broken pipe" not in run.stderr and "Traceback" not in run.stderr
