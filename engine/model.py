@@ -7,6 +7,7 @@ several workers on one machine share one copy of the item factors in the page ca
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -182,11 +183,25 @@ class Model:
         return Neighbours(part["indptr"], part["indices"], part["sims"])
 
 
-def _save(path: Path, arr: np.ndarray) -> None:
+def _save(path: Path, arr: np.ndarray) -> list[int]:
+    """Write ``arr`` to ``path`` through a new file renamed over it; return its shape.
+
+    Never in place: a server may have the previous version of the file memory-mapped (a model
+    trained again into the directory it serves), and truncating a mapped file kills that
+    process with SIGBUS on its next read. A rename leaves the old file to its readers."""
     arr = np.asarray(arr)
     if arr.dtype == object:
         arr = arr.astype(str)
-    np.save(path, arr, allow_pickle=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return list(arr.shape)
 
 
 def _load(path: Path, mmap: bool) -> np.ndarray:
@@ -216,9 +231,13 @@ def save_model(
     info: Mapping[str, Any] | None = None,
     version: str | None = None,
 ) -> Path:
-    """Write a versioned artifact directory ``out_dir`` atomically and return its path.
+    """Write a versioned artifact directory ``out_dir`` and return its path.
 
-    The manifest is written last (after every array), so a reader never sees half a model.
+    Every file is written new and renamed into place (a server that maps the previous
+    version's arrays keeps reading them), and the manifest last, with the shape of every
+    array, so a reader never loads half a model: an interrupted write into a directory that
+    held a model leaves its old manifest, which :func:`load_model` then finds does not match
+    the new arrays (:class:`ArtifactError`) instead of serving a mix of two models.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,13 +262,14 @@ def save_model(
             raise ArtifactError(f"invalid part name {part.name!r}")
         pdir = out / "parts" / part.name
         pdir.mkdir(parents=True, exist_ok=True)
+        shapes = {}
         for aname, arr in part.arrays.items():
             if set(aname) - _NAME_OK:
                 raise ArtifactError(f"invalid array name {aname!r} in part {part.name}")
-            _save(pdir / f"{aname}.npy", arr)
+            shapes[aname] = _save(pdir / f"{aname}.npy", arr)
         parts_manifest[part.name] = {
             "params": dict(part.params), "metrics": dict(part.metrics),
-            "arrays": sorted(part.arrays),
+            "arrays": sorted(part.arrays), "shapes": shapes,
         }
     manifest = {
         "format": FORMAT,
@@ -299,4 +319,30 @@ def load_model(path: str | Path, mmap: bool = True) -> Model:
         }
     except (FileNotFoundError, ValueError) as exc:
         raise ArtifactError(f"{root}: incomplete artifact: {exc}") from None
+    _check_shapes(root, manifest, catalog, users, parts)
     return Model(manifest["version"], manifest, catalog, users, parts, root)
+
+
+def _check_shapes(root: Path, manifest: Mapping[str, Any], catalog: Catalog, users: UserTable,
+                  parts: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """Refuse arrays that are not the ones the manifest was written with: a training into
+    this directory that was interrupted after some arrays and before its manifest, or files
+    copied in from another model. Older manifests without ``shapes`` get the size checks."""
+    wrong = []
+    n_items, n_users = manifest.get("n_items"), manifest.get("n_users")
+    if n_items is not None and (len(catalog.item_ids) != n_items
+                                or len(catalog.categories) != n_items
+                                or len(catalog.titles) != n_items):
+        wrong.append(f"catalog/ holds {len(catalog.item_ids)} items, the manifest {n_items}")
+    if n_users is not None and (len(users.user_ids) != n_users
+                                or len(users.history_indptr) != n_users + 1):
+        wrong.append(f"users/ holds {len(users.user_ids)} users, the manifest {n_users}")
+    for name, spec in manifest.get("parts", {}).items():
+        for aname, shape in (spec.get("shapes") or {}).items():
+            arr = parts[name].get(aname)
+            if arr is not None and list(arr.shape) != list(shape):
+                wrong.append(f"parts/{name}/{aname}.npy has shape {list(arr.shape)}, the "
+                             f"manifest {list(shape)}")
+    if wrong:
+        raise ArtifactError(f"{root}: arrays of another model (an interrupted training or "
+                            f"copied files): {'; '.join(wrong[:3])}; train it again")
