@@ -493,6 +493,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.html == "":  # an unset variable: no report would be written, silently
+            raise ValueError("--html is empty")
         if args.html:
             from .report import check_writable
 

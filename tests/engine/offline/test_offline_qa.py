@@ -103,3 +103,13 @@ def test_datasets_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
     reader.stdin.close()
     assert run.returncode == 141, run.stderr
     assert "Broken pipe" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_evaluate_refuses_an_empty_html_path(tmp_path, capsys, monkeypatch):
+    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
+                                       for i in range(4)])
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda *a, **k: pytest.fail("evaluated with an empty --html"))
+    assert cli.main(["evaluate", "--interactions", str(events), "--models", "pop",
+                     "--quiet", "--html", ""]) == 2
+    assert _one_error_line(capsys.readouterr().err) == "error: --html is empty"
