@@ -164,8 +164,9 @@ def _rows(fh: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
             if fields and any(f.strip() for f in fields):
                 yield reader.line_num, [f.strip() for f in fields]
     except (UnicodeDecodeError, csv.Error) as exc:  # not text, or a field over the csv limit
-        raise DatasetError(f"{getattr(fh, 'name', 'input')}: unreadable after line "
-                           f"{reader.line_num}: {exc}") from None
+        where = f"after line {reader.line_num}" if reader.line_num else "from its first line"
+        raise DatasetError(f"{getattr(fh, 'name', 'input')}: unreadable {where}: {exc}"
+                           ) from None
 
 
 def _int(text: str) -> int:
@@ -749,7 +750,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{np.unique(it.item_ids).size} items")
     except BrokenPipeError:
         raise  # the reader went away (`| head -1`): the command line ends quietly
-    except (DatasetError, OSError) as exc:
+    except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a directory or file named on the command line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0

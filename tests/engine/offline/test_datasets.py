@@ -377,3 +377,21 @@ def test_events_csv_names_a_timestamp_it_cannot_read(tmp_path, text, named):
     ds = datasets.load(f)
     assert ds.interactions.item_ids.tolist() == ["b"]
     assert named in ds.reports[0].summary()
+
+
+def test_a_file_unreadable_from_its_first_line_says_so(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_bytes(b"\xff\xfe not utf-8\nu,i\n")
+    with pytest.raises(datasets.DatasetError, match="unreadable from its first line"):
+        datasets.load_events_csv(f)
+
+
+def test_download_into_a_directory_it_cannot_create_names_it(tmp_path, capsys):
+    from rankly.engine import cli
+
+    target = tmp_path / "file"
+    target.write_text("a file, not a directory\n")
+    assert cli.main(["datasets", "download", "movielens-100k", "--dir",
+                     str(target / "sub"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {target / 'sub'}") and "[Errno" not in err, err
