@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rankly.engine.api import (
     CacheEntry,
     ComponentContext,
+    StoreUnavailable,
     check_invalidation,
     hookimpl,
 )
@@ -28,6 +30,12 @@ CLOCK_SKEW_S = 0.05
 #: How long a user's invalidation time is kept when the user has no cached answer (longer
 #: than any computation can last, so a late write is still seen as late).
 INVALIDATION_MEMORY_MS = 60_000
+#: While Redis cannot take writes, a failed write is said once per this many seconds: a
+#: refusal (out of memory) does not open the breaker, so every miss would otherwise log a
+#: traceback for as long as it lasts.
+WRITE_WARNING_S = 10.0
+
+log = logging.getLogger("rankly.cache")
 
 # KEYS: the user's recs hash. ARGV: field, entry, ttl ms, max fields. One slot, atomic. When
 # the hash is full it restarts with the newest entry, keeping the invalidation time.
@@ -106,6 +114,7 @@ class RedisCache:
         self._set_user_entry = self.guard.client.register_script(SET_USER_ENTRY)
         self._mark_invalidated = self.guard.client.register_script(MARK_INVALIDATED)
         self._miss_at: OrderedDict[str, float] = OrderedDict()  # bounded: see _note_miss
+        self._write_warned_at = -WRITE_WARNING_S
 
     def where(self, key: str, user_id: str | None) -> tuple[str, str | None]:
         """The Redis key (and hash field) that holds ``key``."""
@@ -164,8 +173,17 @@ class RedisCache:
 
         try:
             await self.guard.run(write)
-        except self._circuit_open:
-            return
+        except StoreUnavailable as exc:
+            # the answer is served all the same; the next request computes it again
+            if not isinstance(exc, self._circuit_open):
+                self._warn_write(exc)
+
+    def _warn_write(self, exc: StoreUnavailable) -> None:
+        now = time.monotonic()
+        if now - self._write_warned_at >= WRITE_WARNING_S:
+            self._write_warned_at = now
+            log.warning("cache tier l2 cannot store answers (%s); said again in %.0f s at most",
+                        exc, WRITE_WARNING_S)
 
     async def invalidate_user(self, user_id: str) -> None:
         """Invalidate every cached answer of ``user_id`` in Redis, in one call on one key:

@@ -100,3 +100,20 @@ def test_the_store_breaker_shows_in_metrics_while_open_and_closes(redis_factory,
             client.get("/ready")
         assert client.get("/ready").json()["store"]["breaker"] == "closed"
         assert breaker_gauge(client, "store") == 0.0
+
+
+def test_a_redis_refusing_writes_costs_one_warning_not_a_traceback_per_miss(
+        redis_factory, artifacts, caplog):
+    redis = redis_factory()
+    with app_on(redis, artifacts) as client:
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis.cli("CONFIG", "SET", "maxmemory", str(used_memory(redis) // 2))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            for user in range(1, 11):  # distinct users: each misses and writes to the L2
+                r = client.get("/recommendations", params={"user_id": str(user)})
+                assert r.status_code == 200 and r.json()["fallback"] is None
+        redis.cli("CONFIG", "SET", "maxmemory", "0")
+    about_l2 = [rec for rec in caplog.records if "l2" in rec.getMessage().lower()]
+    assert len(about_l2) <= 1, [rec.getMessage() for rec in about_l2]
+    assert all(rec.exc_info is None for rec in about_l2)
