@@ -629,7 +629,8 @@ class RedisStreamLog(EventLog):
         self._escape = escape_id
         # the store's background client: 5 s socket timeouts (a batch script may take longer
         # than the 30 ms request-path budget), our own breaker and a 2 s deadline per call
-        self.guard = GuardedRedis(store.background.client, settings, deadline_s=deadline_s)
+        self.guard = GuardedRedis(store.background.client, settings, deadline_s=deadline_s,
+                                  name="event_log")
         self.cluster = hasattr(self.guard.client, "get_node_from_key")
         self._script = self.guard.client.register_script(APPEND_IDEMPOTENT)
         self._nodes: dict[tuple[str, int], Any] = {}

@@ -117,3 +117,17 @@ def test_a_redis_refusing_writes_costs_one_warning_not_a_traceback_per_miss(
     about_l2 = [rec for rec in caplog.records if "l2" in rec.getMessage().lower()]
     assert len(about_l2) <= 1, [rec.getMessage() for rec in about_l2]
     assert all(rec.exc_info is None for rec in about_l2)
+
+
+def test_the_event_log_breaker_shows_in_metrics_while_open(redis_factory, artifacts):
+    redis = redis_factory()
+    with app_on(redis, artifacts) as client:
+        assert purchase(client, "first").status_code == 202
+        assert breaker_gauge(client, "event_log") is None  # never opened yet
+        redis.stop()
+        try:
+            for i in range(8):
+                assert purchase(client, f"down-{i}").status_code == 503
+            assert breaker_gauge(client, "event_log") == 1.0
+        finally:
+            redis.start()
