@@ -188,6 +188,9 @@ class EventsService:
         # caches) a second invalidation one deadline later removes what it stored, since
         # every such request ends within the request deadline.
         self.reinvalidate_s = rt.settings.deadlines.request_ms / 1000.0 + 0.05
+        #: (wall time, reason) of the last batch answered 503 (``GET /ready`` shows it for a
+        #: while): Redis may refuse writes (out of memory, read-only) with its breaker closed
+        self.last_unavailable: tuple[float, str] | None = None
         self.reinvalidated = [(tier, cache) for tier, cache in rt.caches
                               if not getattr(cache, "checks_start_times", False)]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -445,7 +448,8 @@ async def _ingest(request: Request, events: list[Event],
         slot.hand_over(task)
     try:
         return await asyncio.shield(task)
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
+        service.last_unavailable = (time.time(), str(exc))
         return None
 
 

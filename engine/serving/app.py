@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -206,11 +207,23 @@ def _store_breaker(rt: Runtime) -> dict[str, str]:
     return {"breaker": guard.breaker.state} if guard is not None else {}
 
 
-def _event_log_breaker(rt: Runtime) -> dict[str, dict[str, str]]:
-    """``{"event_log": {"breaker": state}}`` when the event log has its own breaker (Redis)."""
+#: How long ``GET /ready`` shows the last batch of events answered 503.
+UNAVAILABLE_SHOWN_S = 60.0
+
+
+def _event_log_breaker(rt: Runtime) -> dict[str, dict[str, Any]]:
+    """``{"event_log": {"breaker": state}}`` when the event log has its own breaker (Redis),
+    with ``last_unavailable`` (seconds ago, why) when a batch of events was answered 503 in
+    the last :data:`UNAVAILABLE_SHOWN_S`: a Redis that refuses writes (out of memory) keeps
+    its breaker closed and serves recommendations, so the worker stays ready, but says so."""
     service = rt.extras.get(events_api.EXTRAS_KEY)
     guard = getattr(getattr(service, "log", None), "guard", None)
-    return {"event_log": {"breaker": guard.breaker.state}} if guard is not None else {}
+    out: dict[str, Any] = {"breaker": guard.breaker.state} if guard is not None else {}
+    last = getattr(service, "last_unavailable", None)
+    if last is not None and time.time() - last[0] <= UNAVAILABLE_SHOWN_S:
+        out["last_unavailable"] = {"seconds_ago": round(time.time() - last[0], 1),
+                                   "reason": last[1]}
+    return {"event_log": out} if out else {}
 
 
 async def openapi(request: Request) -> Response:

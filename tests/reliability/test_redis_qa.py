@@ -42,6 +42,7 @@ def test_an_out_of_memory_redis_answers_events_503_and_recommendations_200(
     redis = redis_factory()
     with app_on(redis, artifacts) as client:
         assert purchase(client, "before").status_code == 202
+        assert "last_unavailable" not in client.get("/ready").json()["event_log"]
         redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         # a limit far below what Redis uses already: every write is refused with OOM
         redis.cli("CONFIG", "SET", "maxmemory", str(used_memory(redis) // 2))
@@ -49,6 +50,11 @@ def test_an_out_of_memory_redis_answers_events_503_and_recommendations_200(
             r = purchase(client, f"oom-{i}")
             assert r.status_code == 503, r.text
             assert r.headers["Retry-After"] == "1"
+        # still ready (recommendations work), and it says why events are refused
+        ready = client.get("/ready")
+        assert ready.status_code == 200
+        last = ready.json()["event_log"]["last_unavailable"]
+        assert "OutOfMemory" in last["reason"] and 0 <= last["seconds_ago"] <= 60, last
         for user in range(1, 8):  # distinct users: each misses and writes to the L2
             r = client.get("/recommendations", params={"user_id": str(user)})
             assert r.status_code == 200
