@@ -27,6 +27,9 @@ log = logging.getLogger("rankly.events")
 
 #: Shift the landmark once scaled weights grow by e^RENORM (keeps float64 far from overflow).
 RENORM = 50.0
+#: User-state rows (history, seen) kept for the next write when the store refused them, at
+#: most (the oldest beyond it are dropped: ``rankly replay`` rebuilds them from the log).
+RETRY_MAX_ROWS = 10_000
 
 
 class DecayedCounter:
@@ -146,13 +149,16 @@ class EventStats:
     by_type: collections.Counter = field(default_factory=collections.Counter)
     unknown_items: int = 0
     users: set[str] | None = field(default=None, repr=False)
+    #: user-state rows the store refused (each counted once, when it first failed)
     store_errors: int = 0
+    #: of those, rows dropped for good: more than :data:`RETRY_MAX_ROWS` were waiting
+    store_dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"events": self.events, "by_type": dict(sorted(self.by_type.items())),
                 "unknown_items": self.unknown_items,
                 "users": None if self.users is None else len(self.users),
-                "store_errors": self.store_errors}
+                "store_errors": self.store_errors, "store_dropped": self.store_dropped}
 
 
 class Projections:
@@ -185,6 +191,8 @@ class Projections:
             float(opts.get("popularity_half_life_hours", 24.0)) * 3600.0)
         self.trending = DecayedCounter(float(opts.get("trending_half_life_hours", 1.0)) * 3600.0)
         self.stats = self._new_stats()
+        #: user-state rows the store refused, written first with the next batch
+        self.unwritten: collections.deque[tuple[str, str, bool]] = collections.deque()
 
     def _new_stats(self) -> EventStats:
         return EventStats(users=set() if self.count_users else None)
@@ -221,12 +229,31 @@ class Projections:
             self.popularity.add_many(popular)
         if trending:
             self.trending.add_many(trending)
-        if rows:
-            try:
-                await self.store.record_interactions(rows)
-            except (StoreUnavailable, OSError, TimeoutError) as exc:
-                self.stats.store_errors += len(rows)
-                log.warning("could not project %d events into the store: %s", len(rows), exc)
+        if rows or self.unwritten:
+            await self._record(rows)
+
+    async def _record(self, rows: list[tuple[str, str, bool]]) -> None:
+        """Write user-state ``rows`` to the store after those it refused before (log order:
+        a user's history keeps the order of their events). A refused batch is kept for the
+        next one (at most :data:`RETRY_MAX_ROWS` rows), so a store that was briefly
+        unavailable (a failover, a slot in migration) catches up with the next events
+        instead of serving already-bought items until ``rankly replay``."""
+        waiting = list(self.unwritten)
+        self.unwritten.clear()
+        try:
+            await self.store.record_interactions([*waiting, *rows])
+        except (StoreUnavailable, OSError, TimeoutError) as exc:
+            self.stats.store_errors += len(rows)
+            kept = [*waiting, *rows][-RETRY_MAX_ROWS:]
+            dropped = len(waiting) + len(rows) - len(kept)
+            self.stats.store_dropped += dropped
+            # NOTE: rows of a batch that ran concurrently and failed too may be here already
+            self.unwritten.extendleft(reversed(kept))
+            while len(self.unwritten) > RETRY_MAX_ROWS:
+                self.unwritten.popleft()
+                self.stats.store_dropped += 1
+            log.warning("could not project %d events into the store (%d kept for the next "
+                        "write, %d dropped): %s", len(rows), len(self.unwritten), dropped, exc)
 
     def _count(self, e: Event, w: float, catalog: Catalog | None,
                popular: list[tuple[str, float, float]] | None = None,
@@ -287,6 +314,7 @@ class Projections:
         self.popularity.clear()
         self.trending.clear()
         self.stats = self._new_stats()
+        self.unwritten.clear()  # the log holds them: they are projected again below
         chunk: list[Event] = []
         async for event in event_log.replay():
             chunk.append(event)

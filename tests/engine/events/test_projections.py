@@ -159,3 +159,58 @@ def test_add_many_is_add_in_order(updates, bound):
     assert one.values == many.values
     if updates:
         np.testing.assert_array_equal(one.array(index, 4), many.array(index, 4))
+
+
+class RefusingStore(MemoryStore):
+    """The embedded store, refusing its next ``refusals`` user-state writes (a failover)."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    async def record_interactions(self, rows):
+        if self.refusals > 0:
+            self.refusals -= 1
+            from rankly.engine.storage.store import StoreUnavailable
+
+            raise StoreUnavailable("failover in progress")
+        await super().record_interactions(rows)
+
+
+def test_rows_the_store_refused_are_written_first_with_the_next_batch():
+    store = RefusingStore(refusals=1)
+    projections = Projections(SETTINGS, store)
+    bought = Event("e1", "u", "bought", "purchase", T0)
+    viewed = Event("e2", "u", "viewed", "view", T0 + 1)
+
+    async def scenario():
+        await projections.apply([bought])  # refused: kept, not lost
+        assert projections.stats.store_errors == 1
+        assert not (await store.fetch_user("u")).seen
+        await projections.apply([viewed])
+        return await store.fetch_user("u")
+
+    user = asyncio.run(scenario())
+    assert "bought" in user.seen  # never recommended again, without a replay
+    assert list(user.history) == ["viewed", "bought"]  # newest first: the log's order
+    assert not projections.unwritten and projections.stats.store_dropped == 0
+
+
+def test_rows_waiting_past_the_bound_are_dropped_and_counted(monkeypatch):
+    from rankly.engine.events import projections as module
+
+    monkeypatch.setattr(module, "RETRY_MAX_ROWS", 3)
+    store = RefusingStore(refusals=2)
+    projections = Projections(SETTINGS, store)
+    events = [Event(f"e{i}", "u", f"i{i}", "purchase", T0 + i) for i in range(5)]
+
+    async def scenario():
+        await projections.apply(events[:2])
+        await projections.apply(events[2:4])  # refused again: 4 waiting, 3 kept
+        assert len(projections.unwritten) == 3 and projections.stats.store_dropped == 1
+        await projections.apply(events[4:])
+        return await store.fetch_user("u")
+
+    user = asyncio.run(scenario())
+    assert set(user.seen) == {"i1", "i2", "i3", "i4"}
+    assert projections.stats.as_dict()["store_dropped"] == 1
