@@ -252,8 +252,16 @@ class Projections:
             while len(self.unwritten) > RETRY_MAX_ROWS:
                 self.unwritten.popleft()
                 self.stats.store_dropped += 1
-            log.warning("could not project %d events into the store (%d kept for the next "
-                        "write, %d dropped): %s", len(rows), len(self.unwritten), dropped, exc)
+            # a retry alone (no new rows) fails quietly: the first refusal was logged
+            (log.warning if rows else log.debug)(
+                "could not project %d events into the store (%d kept for the next write, "
+                "%d dropped): %s", len(rows), len(self.unwritten), dropped, exc)
+
+    async def retry_unwritten(self) -> None:
+        """Write the rows the store refused, when there are some (the events service calls
+        this about once a second, so they do not wait for the next event)."""
+        if self.unwritten:
+            await self._record([])
 
     def _count(self, e: Event, w: float, catalog: Catalog | None,
                popular: list[tuple[str, float, float]] | None = None,

@@ -40,6 +40,8 @@ log = logging.getLogger("rankly.events")
 EXTRAS_KEY = "events"
 DEFAULT_INVALIDATING = ("purchase", "rating", "add_to_cart")
 RETRY_AFTER_S = 1
+#: How often the user-state rows the store refused are retried without new events.
+UNWRITTEN_RETRY_S = 1.0
 OUTAGE_WARNING_S = 10.0  # at most one "cannot invalidate" warning per tier this often
 
 
@@ -310,10 +312,16 @@ class EventsService:
                 await self.projections.apply(batch, users=False)
 
     async def _flush_impressions(self) -> None:
+        next_retry = 0.0
         while True:
             await self.impressions.wait()
             while len(self.impressions):
                 await self._write_impressions()
+            # user-state rows the store refused, retried about once a second (and with the
+            # next events) rather than only when a next event comes
+            if self.projections.unwritten and time.monotonic() >= next_retry:
+                next_retry = time.monotonic() + UNWRITTEN_RETRY_S
+                await self.projections.retry_unwritten()
 
     async def _write_impressions(self) -> None:
         slates = self.impressions.take_slates()

@@ -359,3 +359,28 @@ def test_slate_outcomes_count_only_answers_served_once_per_type():
     outcomes.note_served("r2")
     outcomes.note_served("r3")  # the oldest served answer is forgotten
     assert not outcomes.record("r1", "add_to_cart") and outcomes.record("r3", "click")
+
+
+def test_a_refused_user_state_write_is_retried_without_a_next_event(settings):
+    from rankly.engine.storage.store import StoreUnavailable
+
+    with TestClient(create_app(settings)) as client:
+        store = client.app_state["runtime"].store
+        write = store.record_interactions
+        refused = []
+
+        async def refuse_once(rows):
+            if not refused:
+                refused.append(rows)
+                raise StoreUnavailable("failover in progress")
+            await write(rows)
+
+        store.record_interactions = refuse_once
+        r = client.post("/events", json=purchase("7", "3"))
+        assert r.status_code == 202  # durable in the log: the store write is retried
+        assert refused
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "3" not in asyncio.run(store.fetch_user("7")).seen:
+            time.sleep(0.1)
+        assert "3" in asyncio.run(store.fetch_user("7")).seen
+        assert "3" not in ids(client.get("/recommendations", params={"user_id": "7", "n": 50}))
