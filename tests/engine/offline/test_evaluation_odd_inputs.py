@@ -3,8 +3,6 @@ traceback or an empty table."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,77 +10,62 @@ from rankly.engine import cli
 from rankly.engine.offline import evaluation
 from rankly.engine.offline.interactions import Interactions
 
-
-def _csv(path: Path, rows: list[str], header: str = "user_id,item_id,timestamp") -> Path:
-    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return path
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines()
-             if line and " INFO " not in line and "rows loaded" not in line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+from .cli_helpers import grid_csv, one_error_line, write_csv
 
 
 def test_evaluate_refuses_a_temporal_split_that_leaves_nothing_to_train_on(tmp_path, capsys):
     # every event at one time: the cut is that time and every event falls after it
-    events = _csv(tmp_path / "e.csv", ["u,1,5", "u,2,5", "v,1,5", "v,3,5"])
+    events = write_csv(tmp_path / "e.csv", ["u,1,5", "u,2,5", "v,1,5", "v,3,5"])
     assert cli.main(["evaluate", "--interactions", str(events), "--split", "temporal",
                      "--models", "pop,served", "--quiet"]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "temporal split leaves no events to train on" in line and "user-last" in line
 
 
 def test_evaluate_refuses_a_split_with_no_user_to_evaluate(tmp_path, capsys):
     # one event per user: user-last keeps them all in train, and no user is left to judge
-    events = _csv(tmp_path / "e.csv", ["u,1,1", "v,2,2", "w,1,3"])
+    events = write_csv(tmp_path / "e.csv", ["u,1,1", "v,2,2", "w,1,3"])
     assert cli.main(["evaluate", "--interactions", str(events), "--split", "user-last",
                      "--models", "pop", "--quiet"]) == 2
-    assert "no test user has a relevant item" in _one_error_line(capsys.readouterr().err)
+    assert "no test user has a relevant item" in one_error_line(capsys.readouterr().err)
 
 
 def test_evaluate_refuses_a_relevance_filter_that_keeps_no_event(tmp_path, capsys):
-    rows = [f"u{u},{i},{10 * u + i}" for u in range(4) for i in range(4)]
-    events = _csv(tmp_path / "e.csv", rows)
+    events = grid_csv(tmp_path / "e.csv")
     assert cli.main(["evaluate", "--interactions", str(events), "--split", "user-last",
                      "--models", "pop", "--quiet", "--min-weight", "inf"]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "no test user has a relevant item" in line and "--min-weight inf" in line
 
 
 def test_evaluate_refuses_relevant_events_on_data_without_event_types(tmp_path, capsys):
     # the filter used to be ignored: every test event counted, and the table looked normal
-    rows = [f"u{u},{i},{10 * u + i}" for u in range(4) for i in range(4)]
-    events = _csv(tmp_path / "e.csv", rows)
+    events = grid_csv(tmp_path / "e.csv")
     assert cli.main(["evaluate", "--interactions", str(events), "--split", "user-last",
                      "--models", "pop", "--quiet", "--relevant-events", "purchase"]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "--relevant-events" in line and "no event types" in line
 
 
 def test_evaluate_refuses_relevant_event_types_absent_from_the_test_events(tmp_path, capsys):
     rows = [f"u{u},{i},view,{10 * u + i}" for u in range(4) for i in range(4)]
-    events = _csv(tmp_path / "e.csv", rows, "user_id,item_id,event_type,timestamp")
+    events = write_csv(tmp_path / "e.csv", rows, "user_id,item_id,event_type,timestamp")
     assert cli.main(["evaluate", "--interactions", str(events), "--split", "user-last",
                      "--models", "pop", "--quiet", "--relevant-events", "purchse"]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "'purchse'" in line and "view" in line
 
 
 def test_evaluate_refuses_an_empty_model_list(tmp_path, capsys):
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     assert cli.main(["evaluate", "--interactions", str(events), "--models", ",",
                      "--quiet"]) == 2
-    assert "--models names no model" in _one_error_line(capsys.readouterr().err)
+    assert "--models names no model" in one_error_line(capsys.readouterr().err)
 
 
 def test_evaluate_names_a_negative_seed(tmp_path, capsys):
     # it reached NumPy's sampler, whose message named no option
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     with pytest.raises(SystemExit) as exc:
         cli.main(["evaluate", "--interactions", str(events), "--models", "pop", "--quiet",
                   "--max-users", "1", "--seed", "-5"])

@@ -3,67 +3,51 @@ away on a path that cannot be written."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from rankly.engine import cli
 from rankly.engine.offline import evaluation, training
 
-
-def _csv(path: Path, rows: list[str], header: str = "user_id,item_id,timestamp") -> Path:
-    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return path
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines()
-             if line and " INFO " not in line and "rows loaded" not in line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+from .cli_helpers import grid_csv, one_error_line, write_csv
 
 
 @pytest.mark.parametrize("where", ["missing/dir/r.html", "."])
 def test_evaluate_checks_the_html_path_before_evaluating(tmp_path, capsys, monkeypatch, where):
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     monkeypatch.setattr(evaluation, "evaluate",
                         lambda *a, **k: pytest.fail("evaluated before checking --html"))
     target = tmp_path / where
     assert cli.main(["evaluate", "--interactions", str(events), "--models", "pop",
                      "--quiet", "--html", str(target)]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: --html {target}: ")
 
 
 @pytest.mark.parametrize("where", ["file", "file/sub"])
 def test_train_checks_the_out_directory_before_training(tmp_path, capsys, monkeypatch, where):
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     (tmp_path / "file").write_text("not a directory\n")
     monkeypatch.setattr(training, "train",
                         lambda *a, **k: pytest.fail("trained before checking --out"))
     out = tmp_path / where
     assert cli.main(["train", "--interactions", str(events), "--out", str(out),
                      "--quiet"]) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: --out {out}: ")
 
 
 def test_train_refuses_an_empty_out_path(tmp_path, capsys, monkeypatch):
     # Path("") is the current directory: the model landed among the user's files
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--interactions", str(events), "--out", "", "--quiet"]) == 2
-    assert _one_error_line(capsys.readouterr().err) == "error: --out is empty"
+    assert one_error_line(capsys.readouterr().err) == "error: --out is empty"
     assert not (tmp_path / "manifest.json").exists()
 
 
 def test_train_takes_integer_ids_past_64_bits(tmp_path, capsys):
     # ids that all look like integers sort numerically; one past int64 raised OverflowError
-    events = _csv(tmp_path / "e.csv", ["u,12345678901234567890123,1", "u,7,2", "v,7,3",
+    events = write_csv(tmp_path / "e.csv", ["u,12345678901234567890123,1", "u,7,2", "v,7,3",
                                        "v,8,4", "w,8,5", "w,12345678901234567890123,6"])
     assert cli.main(["train", "--interactions", str(events), "--out", str(tmp_path / "m"),
                      "--trainers", "pop", "--quiet"]) == 0
@@ -75,8 +59,7 @@ def test_train_takes_integer_ids_past_64_bits(tmp_path, capsys):
 
 def test_an_interrupted_command_is_one_line_and_the_sigint_status(tmp_path, capsys,
                                                                    monkeypatch):
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -84,14 +67,14 @@ def test_an_interrupted_command_is_one_line_and_the_sigint_status(tmp_path, caps
     monkeypatch.setattr(training, "train", interrupted)
     assert cli.main(["train", "--interactions", str(events), "--out", str(tmp_path / "m"),
                      "--quiet"]) == 130
-    assert _one_error_line(capsys.readouterr().err) == "rankly train: interrupted"
+    assert one_error_line(capsys.readouterr().err) == "rankly train: interrupted"
 
 
 def test_datasets_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
     import subprocess
     import sys
 
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(50)
+    events = write_csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(50)
                                        for i in range(4)])
     # the reader takes nothing and goes away before the command writes
     reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.close()"],
@@ -106,10 +89,9 @@ def test_datasets_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_evaluate_refuses_an_empty_html_path(tmp_path, capsys, monkeypatch):
-    events = _csv(tmp_path / "e.csv", [f"u{u},{i},{10 * u + i}" for u in range(4)
-                                       for i in range(4)])
+    events = grid_csv(tmp_path / "e.csv")
     monkeypatch.setattr(evaluation, "evaluate",
                         lambda *a, **k: pytest.fail("evaluated with an empty --html"))
     assert cli.main(["evaluate", "--interactions", str(events), "--models", "pop",
                      "--quiet", "--html", ""]) == 2
-    assert _one_error_line(capsys.readouterr().err) == "error: --html is empty"
+    assert one_error_line(capsys.readouterr().err) == "error: --html is empty"
