@@ -32,6 +32,7 @@ import scipy.sparse as sp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocols as P  # noqa: E402
+from ensemble_probe import ndcg_of  # noqa: E402
 
 from rankly.plugins.scorers.blend import znorm_rows  # noqa: E402
 
@@ -40,15 +41,6 @@ LAMBDAS = {"ml100k": 500.0, "ml100k-pos": 500.0, "mlsmall": 250.0}
 MIXES = (0.3, 0.6)
 HALF_LIFE_ITEMS = 2.0
 RECENT_ITEMS = 32
-
-
-def ndcg_of(scores: np.ndarray, split: P.Split) -> float:
-    train = split.train
-    seen = P.interaction_matrix(train)[split.test_users]
-    top = P.top_k(scores, seen, np.ones(train.n_items, dtype=bool))
-    lists = [list(r[r >= 0]) for r in top]
-    return P.score_lists(lists, split.targets, P.catalog_size(train),
-                         P._with_unknown(train.genre))["ndcg"]
 
 
 def recent_matrix(train: P.Data, users: np.ndarray) -> sp.csr_matrix:

@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -183,24 +183,30 @@ class Model:
         return Neighbours(part["indptr"], part["indices"], part["sims"])
 
 
-def _save(path: Path, arr: np.ndarray) -> list[int]:
-    """Write ``arr`` to ``path`` through a new file renamed over it; return its shape.
+def _write_beside(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a new file in its directory renamed over it.
 
     Never in place: a server may have the previous version of the file memory-mapped (a model
     trained again into the directory it serves), and truncating a mapped file kills that
-    process with SIGBUS on its next read. A rename leaves the old file to its readers."""
-    arr = np.asarray(arr)
-    if arr.dtype == object:
-        arr = arr.astype(str)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npy")
+    process with SIGBUS on its next read. A rename leaves the old file to its readers, and a
+    reader never sees a half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _save(path: Path, arr: np.ndarray) -> list[int]:
+    """Write ``arr`` to ``path`` (:func:`_write_beside`); return its shape."""
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        arr = arr.astype(str)
+    _write_beside(path, lambda fh: np.save(fh, arr, allow_pickle=False))
     return list(arr.shape)
 
 
@@ -281,10 +287,8 @@ def save_model(
         "parts": parts_manifest,
         **({"info": dict(info)} if info else {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".manifest-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-    os.replace(tmp, out / MANIFEST)
+    text = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    _write_beside(out / MANIFEST, lambda fh: fh.write(text))
     return out
 
 

@@ -29,10 +29,8 @@ class RequestError(ValueError):
 
 
 _INTEGER = re.compile(r"[0-9]{1,11}", re.ASCII)
-#: What an id may not contain (percent-encoded lone surrogates are refused as invalid UTF-8)
-_FORBIDDEN = FORBIDDEN_IN_IDS
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: :data:`_FORBIDDEN` as the OpenAPI ``pattern`` of every id (lone surrogates cannot be
+#: ``FORBIDDEN_IN_IDS`` as the OpenAPI ``pattern`` of every id (lone surrogates cannot be
 #: written in an ECMA-262 pattern without refusing every astral character: the schema's
 #: descriptions say it).
 ID_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
@@ -49,7 +47,7 @@ def check_text(value: Any, field: str, max_length: int) -> str:
         raise RequestError(field, "must not be empty")
     if len(value) > max_length:
         raise RequestError(field, f"must be at most {max_length} characters")
-    if _FORBIDDEN.search(value):
+    if FORBIDDEN_IN_IDS.search(value):  # percent-encoded surrogates fail as invalid UTF-8
         raise RequestError(field, "must not contain control characters, lone surrogates or "
                                   "bytes that are not UTF-8")
     return value
