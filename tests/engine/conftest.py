@@ -9,6 +9,7 @@ import sys
 import tempfile
 import termios
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -89,12 +90,26 @@ class Terminal:
         between a fixture's set-up and the test)."""
         self._monkeypatch.setattr(sys, "stderr", self.stream)
 
+    _END = "<<terminal-end>>"
+
     def output(self) -> str:
-        """Close the terminal; return all written to it (newlines as it sends them: \\r\\n)."""
+        """Close the terminal; return all written to it (newlines as it sends them: \\r\\n).
+
+        Linux drops what the master side has not read yet once the slave closes, so an end
+        mark is written and read back before closing: a slow reader thread (a loaded CI
+        machine) then cannot lose the output.
+        """
         if not self.stream.closed:
+            self.stream.write(self._END)
+            self.stream.flush()
+            deadline = time.monotonic() + 10
+            while self._END.encode() not in b"".join(self._chunks):
+                if time.monotonic() > deadline or not self._reader.is_alive():
+                    break
+                time.sleep(0.005)
             self.stream.close()
             self._reader.join(10)
-        return b"".join(self._chunks).decode("utf-8", "replace")
+        return b"".join(self._chunks).decode("utf-8", "replace").replace(self._END, "")
 
     def close(self) -> None:
         self.output()
