@@ -47,6 +47,12 @@ class Breaker:
         if was_open and self.name is not None:
             metrics.BREAKER_OPEN.labels(self.name).set(0)
 
+    def release(self) -> None:
+        """A call ended with no verdict (cancelled from outside, say by the request's own
+        deadline): nothing is counted, and a probe gives its turn back, so the next call
+        probes instead of the breaker staying half-open."""
+        self.probing = False
+
     def failure(self) -> None:
         self.failures += 1
         if self.probing or self.failures >= self.threshold:

@@ -204,9 +204,11 @@ class GuardedRedis:
 
     ``await guard.run(lambda r: r.get(k))`` returns the result, or raises ``StoreUnavailable``
     when Redis failed, exceeded ``deadline_s`` (default: twice ``store_ms``: one call and its
-    single retry), refused the call (:data:`REFUSED`) or the breaker is open. Cancellation
-    counts as a failure, so a probe that is cancelled by an outer deadline never leaves the
-    breaker stuck half-open.
+    single retry), refused the call (:data:`REFUSED`) or the breaker is open. A call
+    cancelled from outside (the request's deadline, a client gone) is no verdict on Redis:
+    it counts neither way, so requests that run out of time on slow scoring do not open the
+    breaker over a healthy Redis; a cancelled probe gives its turn back
+    (:meth:`Breaker.release`), so the breaker is never stuck half-open.
     """
 
     def __init__(self, client: AsyncRedis, settings: Settings, *,
@@ -227,12 +229,15 @@ class GuardedRedis:
             # a cluster client's first call loads the slot map from every node (~100 ms):
             # a one-time cost per process, given its own budget
             deadline = max(deadline, CLUSTER_INIT_S)
-        ok = False
+        ok: bool | None = False
         try:
             async with asyncio.timeout(deadline):
                 result = await fn(self.client)
             ok = True
             return result
+        except asyncio.CancelledError:
+            ok = None  # cancelled from outside: our own deadline raises TimeoutError
+            raise
         except REFUSED as exc:
             ok = True  # Redis answered: an outage of this call, not of Redis
             raise StoreUnavailable(f"redis refused: {type(exc).__name__}: {exc}") from exc
@@ -242,7 +247,9 @@ class GuardedRedis:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         finally:
-            if ok:
+            if ok is None:
+                self.breaker.release()
+            elif ok:
                 self.breaker.success()
             else:
                 self.breaker.failure()

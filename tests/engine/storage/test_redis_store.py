@@ -284,10 +284,8 @@ def test_frozen_redis_call_is_cut_at_the_deadline(redis_server, redis_namespace)
     assert run(scenario()) < 0.2  # request deadline, not redis-py's 5 s default
 
 
-def test_guard_counts_cancellation_as_failure():
-    settings = load_settings(environ={})
-    guard = GuardedRedis(make_redis("redis://127.0.0.1:1/0", settings), settings)
-    guard.breaker.threshold = 1
+def _cancelled_call(guard: GuardedRedis) -> None:
+    """One guarded call that hangs until the caller cancels it (a request's deadline)."""
 
     async def hang(_):
         await asyncio.sleep(10)
@@ -298,6 +296,43 @@ def test_guard_counts_cancellation_as_failure():
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+    run(scenario())
+
+
+def test_a_call_cancelled_from_outside_does_not_open_the_breaker():
+    # requests that run out of time elsewhere (slow scoring) cancel their Redis calls: that
+    # says nothing about Redis, so a healthy Redis is not cut off
+    settings = load_settings(environ={})
+    guard = GuardedRedis(make_redis("redis://127.0.0.1:1/0", settings), settings)
+    for _ in range(guard.breaker.threshold + 2):
+        _cancelled_call(guard)
+    assert guard.breaker.state == "closed" and guard.breaker.failures == 0
+
+
+def test_a_cancelled_probe_gives_its_turn_back():
+    settings = load_settings(environ={})
+    guard = GuardedRedis(make_redis("redis://127.0.0.1:1/0", settings), settings)
+    guard.breaker.threshold = 1
+    guard.breaker.cooldown = 0.0
+    guard.breaker.failure()
+    assert guard.breaker.state == "open"
+    _cancelled_call(guard)  # it was the probe
+    assert guard.breaker.state == "open"
+    assert guard.breaker.allow() and guard.breaker.state == "half_open"  # the next one probes
+
+
+def test_own_deadline_still_counts_as_a_failure():
+    settings = load_settings(environ={})
+    guard = GuardedRedis(make_redis("redis://127.0.0.1:1/0", settings), settings)
+    guard.breaker.threshold = 1
+
+    async def hang(_):
+        await asyncio.sleep(10)
+
+    async def scenario():
+        with pytest.raises(StoreUnavailable):
+            await guard.run(hang, deadline_s=0.01)
 
     run(scenario())
     assert guard.breaker.state == "open"
