@@ -50,15 +50,11 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
     r = store.background.client
     await r.flushdb()
     base = await used(r)
-    for u in range(users):
-        pipe = r.pipeline(transaction=False)
-        items_u = [str(100000 + (u * 7 + k) % 50000) for k in range(history)]
-        pipe.lpush(store.keys.user(str(u), "history"), *items_u)
-        pipe.sadd(store.keys.user(str(u), "seen"), *items_u)
-        if store.user_state_ttl_ms:  # what record_interaction sets (an entry in the expires)
-            pipe.pexpire(store.keys.user(str(u), "history"), store.user_state_ttl_ms)
-            pipe.pexpire(store.keys.user(str(u), "seen"), store.user_state_ttl_ms)
-        await pipe.execute()
+    now = time.time()
+    for start in range(0, users, 100):  # through the events projection's write path
+        rows = [(str(u), str(100000 + (u * 7 + k) % 50000), True, now - history + k)
+                for u in range(start, min(start + 100, users)) for k in range(history)]
+        await store.record_interactions(rows)
     state = await used(r) - base
     body = payload(n)
     for u in range(users):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import Settings
 from ..offline.datasets import DEFAULT_EVENT_WEIGHTS
-from ..storage.store import Store, StoreUnavailable
+from ..storage.store import InteractionRow, Store, StoreUnavailable
 from .values import Event
 
 if TYPE_CHECKING:
@@ -165,7 +165,8 @@ class Projections:
     """The live projections of one serving process.
 
     - user history and seen set: ``store.record_interaction`` for every event that carries
-      interest (weight > 0), with ``seen=True`` for ``seen_types`` (purchase, rating);
+      interest (weight > 0), with ``seen=True`` for ``seen_types`` (purchase, rating), at
+      the place of the event's timestamp (a late event goes behind newer ones);
     - item popularity: a :class:`DecayedCounter` of event weights per item id (unknown items
       included, so a retrained model picks their counts up), half-life
       ``popularity_half_life_hours`` (24);
@@ -192,7 +193,7 @@ class Projections:
         self.trending = DecayedCounter(float(opts.get("trending_half_life_hours", 1.0)) * 3600.0)
         self.stats = self._new_stats()
         #: user-state rows the store refused, written first with the next batch
-        self.unwritten: collections.deque[tuple[str, str, bool]] = collections.deque()
+        self.unwritten: collections.deque[InteractionRow] = collections.deque()
 
     def _new_stats(self) -> EventStats:
         return EventStats(users=set() if self.count_users else None)
@@ -214,7 +215,7 @@ class Projections:
         rebuild the store's state.
         """
         catalog = self.catalog()
-        rows: list[tuple[str, str, bool]] = []  # (user, item, seen) in log order
+        rows: list[InteractionRow] = []  # (user, item, seen, timestamp) in log order
         # NOTE: the counters' updates are collected and applied once per batch (one lock
         # each, not one per event): an accepted batch holds the event loop while this runs (#9)
         popular: list[tuple[str, float, float]] = []
@@ -224,7 +225,7 @@ class Projections:
             if counters:
                 self._count(e, w, catalog, popular, trending)
             if users and (w > 0 or e.type in self.seen_types):
-                rows.append((e.user_id, e.item_id, e.type in self.seen_types))
+                rows.append((e.user_id, e.item_id, e.type in self.seen_types, e.timestamp))
         if popular:
             self.popularity.add_many(popular)
         if trending:
@@ -232,7 +233,7 @@ class Projections:
         if rows or self.unwritten:
             await self._record(rows)
 
-    async def _record(self, rows: list[tuple[str, str, bool]]) -> None:
+    async def _record(self, rows: list[InteractionRow]) -> None:
         """Write user-state ``rows`` to the store after those it refused before (log order:
         a user's history keeps the order of their events). A refused batch is kept for the
         next one (at most :data:`RETRY_MAX_ROWS` rows), so a store that was briefly

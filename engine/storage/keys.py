@@ -60,7 +60,8 @@ class Keys:
 
     def user(self, user_id: str, kind: str) -> str:
         """Key of one per-user structure, e.g. ``user(uid, "history")`` ->
-        ``rankly:{u:42}:history``. Kinds in use: history, seen, recs (events may add more)."""
+        ``rankly:{u:42}:history``. Kinds in use: history, times, seen, recs (events may add
+        more)."""
         return f"{self.prefix}{self.user_tag(user_id)}:{_suffix(kind)}"
 
     # --- shared, not per user ----------------------------------------------------------------

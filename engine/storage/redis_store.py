@@ -1,7 +1,8 @@
 """The Redis store: online user state and pub/sub (model versions: ``versions.py``).
 
-Per user: ``<ns>:{u:<id>}:history`` (list, most recent first, bounded) and
-``<ns>:{u:<id>}:seen`` (set), both forgotten ``user_state_ttl_days`` after the user's last
+Per user: ``<ns>:{u:<id>}:history`` (list, newest event first, bounded),
+``<ns>:{u:<id>}:times`` (hash: the newest items' latest event times) and
+``<ns>:{u:<id>}:seen`` (set), all forgotten ``user_state_ttl_days`` after the user's last
 interaction; they share one hash tag, so :meth:`RedisStore.fetch_user` is one
 pipeline to one node, also on a cluster.
 """
@@ -24,23 +25,65 @@ from .redis_client import (
     make_redis,
     redact,
 )
-from .store import EMPTY_USER, OnlineUser, Store, StoreUnavailable
+from .store import (
+    EMPTY_USER,
+    TIMED_ITEMS,
+    InteractionRow,
+    OnlineUser,
+    Store,
+    StoreUnavailable,
+    event_time_ms,
+)
 from .versions import ModelVersions
 
 log = logging.getLogger("rankly.redis")
 
-# KEYS: history, seen. ARGV: item, history limit, "1" to add to seen, TTL ms (0: none). Atomic
-# on one slot. Every interaction renews the TTL of both keys: a user's online state is
-# forgotten after that long without one.
+# KEYS: history, seen, times. ARGV: item, history limit, "1" to add to seen, TTL ms (0: none),
+# the event's time (integer ms), TIMED_ITEMS. Atomic on one slot. The history is ordered by
+# event time, newest first (Store.record_interaction, store.history_position): the common
+# case, an event newer than the head, is one push; a late event reads the timed head of the
+# list to find its place. ``times`` holds the latest event time of the TIMED_ITEMS newest
+# items (integers: compact in a listpack); items without one (further back, or listed before
+# times were kept) count as older than any event, so an existing history needs no migration.
+# Every interaction renews the TTL of the three keys: a user's online state is forgotten
+# after that long without one.
 RECORD_INTERACTION = """
-redis.call('LREM', KEYS[1], 0, ARGV[1])
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) end
+local item, limit, ts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
+local timed = tonumber(ARGV[6])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], item) end
+local old = tonumber(redis.call('HGET', KEYS[3], item) or '')
+if not (old and old > ts) then
+  redis.call('LREM', KEYS[1], 0, item)
+  redis.call('HSET', KEYS[3], item, ARGV[5])
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  local head_ts = head and tonumber(redis.call('HGET', KEYS[3], head) or '')
+  if head_ts and head_ts > ts then
+    local items = redis.call('LRANGE', KEYS[1], 0, timed - 1)
+    local times = redis.call('HMGET', KEYS[3], unpack(items))
+    local placed = false
+    for i = 2, #items do
+      local t = tonumber(times[i] or '')
+      if not t or t <= ts then
+        redis.call('LINSERT', KEYS[1], 'BEFORE', items[i], item)
+        placed = true
+        break
+      end
+    end
+    if not placed then
+      redis.call('LINSERT', KEYS[1], 'AFTER', items[#items], item)
+    end
+  else
+    redis.call('LPUSH', KEYS[1], item)
+  end
+  local crossed = redis.call('LINDEX', KEYS[1], math.min(timed, limit))
+  if crossed then redis.call('HDEL', KEYS[3], crossed) end
+  redis.call('LTRIM', KEYS[1], 0, limit - 1)
+end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return 1
 """
@@ -102,12 +145,19 @@ class RedisStore(Store):
             return EMPTY_USER
         return OnlineUser(tuple(h.decode() for h in history), frozenset(s.decode() for s in seen))
 
-    async def record_interaction(self, user_id: str, item_id: str, *, seen: bool) -> None:
-        keys = [self.keys.user(user_id, "history"), self.keys.user(user_id, "seen")]
-        args = [item_id, self.history_limit, "1" if seen else "0", self.user_state_ttl_ms]
+    def _script_call(self, user_id: str, item_id: str, seen: bool, timestamp: float | None
+                     ) -> tuple[list[str], list[Any]]:
+        keys = [self.keys.user(user_id, "history"), self.keys.user(user_id, "seen"),
+                self.keys.user(user_id, "times")]
+        return keys, [item_id, self.history_limit, "1" if seen else "0",
+                      self.user_state_ttl_ms, event_time_ms(timestamp), TIMED_ITEMS]
+
+    async def record_interaction(self, user_id: str, item_id: str, *, seen: bool,
+                                 timestamp: float | None = None) -> None:
+        keys, args = self._script_call(user_id, item_id, seen, timestamp)
         await self.guard.run(lambda r: self._record(keys=keys, args=args))
 
-    async def record_interactions(self, rows: Sequence[tuple[str, str, bool]]) -> None:
+    async def record_interactions(self, rows: Sequence[InteractionRow]) -> None:
         """One pipeline of the same script per ``PROJECTION_CHUNK`` rows, on the background
         client: the events projection is bulk work, kept off the request path's client, its
         30 ms budget and its breaker (one call per event cost ~15% of the event loop under
@@ -116,13 +166,13 @@ class RedisStore(Store):
         for start in range(0, len(rows), PROJECTION_CHUNK):
             chunk = rows[start:start + PROJECTION_CHUNK]
 
-            async def write(r: AsyncRedis, chunk: Sequence[tuple[str, str, bool]] = chunk
+            async def write(r: AsyncRedis, chunk: Sequence[InteractionRow] = chunk
                             ) -> list[Any]:
                 pipe = r.pipeline(transaction=False)
-                for user_id, item_id, seen in chunk:
-                    pipe.eval(RECORD_INTERACTION, 2, self.keys.user(user_id, "history"),
-                              self.keys.user(user_id, "seen"), item_id, self.history_limit,
-                              "1" if seen else "0", self.user_state_ttl_ms)
+                for user_id, item_id, seen, *rest in chunk:
+                    keys, args = self._script_call(user_id, item_id, seen,
+                                                   rest[0] if rest else None)
+                    pipe.eval(RECORD_INTERACTION, len(keys), *keys, *args)
                 return await pipe.execute()
 
             await self.background.run(write, deadline_s=PROJECTION_DEADLINE_S)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -25,6 +26,37 @@ class OnlineUser:
 
 
 EMPTY_USER = OnlineUser()
+
+#: How many of a user's newest history items keep their event time (what places a late
+#: event). A late event older than all of them goes right behind them. The blend's recency
+#: weights halve every 2 or 8 items (its validated half-life) and its transitions read the
+#: 8 newest, so the order they lean on is exact; a time for every listed item would more
+#: than double the online state's Redis memory (docs/scaling.md measures it).
+TIMED_ITEMS = 16
+
+#: One user-state write: ``(user_id, item_id, seen)`` or with the event's ``timestamp``
+#: (unix seconds; None or absent: now) as a fourth field.
+InteractionRow = tuple[str, str, bool] | tuple[str, str, bool, float | None]
+
+
+def event_time_ms(timestamp: float | None) -> int:
+    """The time a store keeps for an event: integer milliseconds (``timestamp`` None: now);
+    events within one millisecond keep their arrival order."""
+    return int((time.time() if timestamp is None else timestamp) * 1000)
+
+
+def history_position(history: Sequence[str], times: Mapping[str, int], timestamp: int
+                     ) -> int:
+    """Where an item of ``timestamp`` goes in ``history`` (newest first, the item itself
+    not in it): ahead of the first item whose time is at or before ``timestamp`` (so equal
+    times keep arrival order, the later arrival first). Items without a time (beyond the
+    :data:`TIMED_ITEMS` newest, or written before times were kept) count as older than any
+    event."""
+    for position, other in enumerate(history):
+        t = times.get(other)
+        if t is None or t <= timestamp:
+            return position
+    return len(history)
 
 
 class Store(abc.ABC):
@@ -44,17 +76,27 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def record_interaction(self, user_id: str, item_id: str, *, seen: bool) -> None:
-        """Prepend ``item_id`` to the user's online history (and to ``seen`` when asked)."""
+    async def record_interaction(self, user_id: str, item_id: str, *, seen: bool,
+                                 timestamp: float | None = None) -> None:
+        """Put ``item_id`` in the user's online history at the place of ``timestamp`` (unix
+        seconds; None: now), and in ``seen`` when asked.
 
-    async def record_interactions(self, rows: Sequence[tuple[str, str, bool]]) -> None:
-        """:meth:`record_interaction` for each ``(user_id, item_id, seen)``, in order (the
-        events projection's batch). Stores on a network override it with one round trip.
+        The history is ordered by event time, newest first, as :func:`history_position`
+        says: an event that arrives late (a phone back online) goes behind the items of
+        later events instead of counting as the newest (at most :data:`TIMED_ITEMS` deep),
+        and an item keeps the place of its latest event.
+        """
+
+    async def record_interactions(self, rows: Sequence[InteractionRow]) -> None:
+        """:meth:`record_interaction` for each ``(user_id, item_id, seen[, timestamp])``, in
+        order (the events projection's batch). Stores on a network override it with one
+        round trip.
 
         Raises :class:`StoreUnavailable` when the store cannot take them; re-applying rows
         that were partly applied gives the same state (each row is idempotent in effect)."""
-        for user_id, item_id, seen in rows:
-            await self.record_interaction(user_id, item_id, seen=seen)
+        for user_id, item_id, seen, *rest in rows:
+            await self.record_interaction(user_id, item_id, seen=seen,
+                                          timestamp=rest[0] if rest else None)
 
     async def close(self) -> None:  # noqa: B027 - optional hook for stores holding connections
         """Release connections; the default store holds none."""

@@ -384,3 +384,24 @@ def test_a_refused_user_state_write_is_retried_without_a_next_event(settings):
             time.sleep(0.1)
         assert "3" in asyncio.run(store.fetch_user("7")).seen
         assert "3" not in ids(client.get("/recommendations", params={"user_id": "7", "n": 50}))
+
+
+def test_a_late_event_enters_the_history_behind_newer_ones(settings):
+    """A client that sends an event late (a phone back online) does not make its item the
+    user's newest: the online history, which the scorer weighs by recency, follows event
+    time, and a replay of the log rebuilds the same order."""
+    now = time.time()
+
+    def view(item: str, ts: float) -> dict:
+        return {"event_id": uuid.uuid4().hex, "user_id": "9", "item_id": item, "type": "view",
+                "timestamp": ts}
+
+    with TestClient(create_app(settings)) as client:
+        store = client.app_state["runtime"].store
+        assert client.post("/events", json=[view("1", now - 60), view("2", now - 30)]
+                           ).status_code == 202
+        assert client.post("/events", json=view("3", now - 3600)).status_code == 202
+        live = asyncio.run(store.fetch_user("9")).history
+    assert live[:3] == ("2", "1", "3")
+    with TestClient(create_app(settings)) as client:  # the embedded store, rebuilt from the log
+        assert asyncio.run(client.app_state["runtime"].store.fetch_user("9")).history == live

@@ -77,8 +77,8 @@ def test_a_batch_of_interactions_equals_them_one_by_one(redis_url, redis_namespa
         await store.record_interactions(rows)
         batched = [await store.fetch_user(f"u{u}") for u in range(7)]
         for u in range(7):
-            await store.guard.client.delete(store.keys.user(f"u{u}", "history"),
-                                            store.keys.user(f"u{u}", "seen"))
+            await store.guard.client.delete(*(store.keys.user(f"u{u}", kind)
+                                              for kind in ("history", "seen", "times")))
         for user_id, item_id, seen in rows:
             await store.record_interaction(user_id, item_id, seen=seen)
         return batched, [await store.fetch_user(f"u{u}") for u in range(7)]
@@ -98,7 +98,7 @@ def test_online_state_expires_after_the_users_last_interaction(redis_url, redis_
             await store.record_interactions([("u2", "b", True), ("u2", "c", False)])  # batched
             r = store.guard.client
             return [await r.pttl(store.keys.user(u, part))
-                    for u in ("u1", "u2") for part in ("history", "seen")]
+                    for u in ("u1", "u2") for part in ("history", "seen", "times")]
         finally:
             await store.close()
 
@@ -106,7 +106,7 @@ def test_online_state_expires_after_the_users_last_interaction(redis_url, redis_
     if days:
         assert all(179 * 86_400_000 < t <= 180 * 86_400_000 for t in ttls), ttls
     else:
-        assert ttls == [-1] * 4  # kept forever
+        assert ttls == [-1] * 6  # kept forever
 
 
 def test_a_negative_user_state_ttl_is_a_configuration_error(redis_url, redis_namespace):
