@@ -1,5 +1,6 @@
 """Measure Redis memory per user (online state + cached answers), per item (model version) and
-per event in the partitioned event log.
+per event in the partitioned event log, and the Redis CPU time of the events projection's
+user-state script per event (``INFO commandstats``).
 
 Usage: python benchmarks/redis_memory.py --redis redis://127.0.0.1:6379/0 [--users 20000]
        [--events 200000 --partitions 16]
@@ -51,11 +52,13 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
     await r.flushdb()
     base = await used(r)
     now = time.time()
+    await r.config_resetstat()
     for start in range(0, users, 100):  # through the events projection's write path
         rows = [(str(u), str(100000 + (u * 7 + k) % 50000), True, now - history + k)
                 for u in range(start, min(start + 100, users)) for k in range(history)]
         await store.record_interactions(rows)
     state = await used(r) - base
+    script_us = (await r.info("commandstats"))["cmdstat_eval"]["usec_per_call"]
     body = payload(n)
     for u in range(users):
         for a in range(answers):
@@ -76,6 +79,7 @@ async def main(url: str, users: int, history: int, answers: int, n: int, items: 
         "users_measured": users, "history_len": history, "cached_answers_per_user": answers,
         "items_per_answer": n, "items_measured": items,
         "online_state_MiB_per_million_users": round(state / users * m / 2**20, 1),
+        "projection_script_us_per_event": script_us,  # Redis CPU of one user-state write
         "l2_cache_MiB_per_million_users": round(recs / users * m / 2**20, 1),
         "model_MiB_per_million_items": round(model / items * m / 2**20, 1),
     }, indent=2))

@@ -51,12 +51,14 @@ RECORD_INTERACTION = """
 local item, limit, ts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local timed = tonumber(ARGV[6])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[2], item) end
-local old = tonumber(redis.call('HGET', KEYS[3], item) or '')
+local head = redis.call('LINDEX', KEYS[1], 0)
+local found = redis.call('HMGET', KEYS[3], item, head or item)
+local old = tonumber(found[1] or '')
 if not (old and old > ts) then
-  redis.call('LREM', KEYS[1], 0, item)
+  local length = redis.call('LLEN', KEYS[1]) - redis.call('LREM', KEYS[1], 0, item)
   redis.call('HSET', KEYS[3], item, ARGV[5])
-  local head = redis.call('LINDEX', KEYS[1], 0)
-  local head_ts = head and tonumber(redis.call('HGET', KEYS[3], head) or '')
+  if head == item then head = redis.call('LINDEX', KEYS[1], 0) end
+  local head_ts = head and tonumber((head == item and '') or found[2] or '')
   if head_ts and head_ts > ts then
     local items = redis.call('LRANGE', KEYS[1], 0, timed - 1)
     local times = redis.call('HMGET', KEYS[3], unpack(items))
@@ -75,9 +77,11 @@ if not (old and old > ts) then
   else
     redis.call('LPUSH', KEYS[1], item)
   end
-  local crossed = redis.call('LINDEX', KEYS[1], math.min(timed, limit))
-  if crossed then redis.call('HDEL', KEYS[3], crossed) end
-  redis.call('LTRIM', KEYS[1], 0, limit - 1)
+  local cutoff = math.min(timed, limit)
+  if length >= cutoff then
+    redis.call('HDEL', KEYS[3], redis.call('LINDEX', KEYS[1], cutoff))
+    if length >= limit then redis.call('LTRIM', KEYS[1], 0, limit - 1) end
+  end
 end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
