@@ -453,12 +453,10 @@ def parse_experiment(raw: Mapping[str, Any], *, index: int | None = None) -> Exp
         names.append(name)
         weights.append(_number(v.get("weight", 1.0), vwhere, "weight", 0.0, math.inf, sep="."))
         overrides.append(_overrides(v, vwhere))
-    total = sum(weights)
-    if total <= 0:
+    if not any(w > 0 for w in weights):
         raise ExperimentError(f"{where}: variants: weights must not all be 0")
-    variants = tuple(
-        Variant(n, w / total, o) for n, w, o in zip(names, weights, overrides, strict=True)
-    )
+    variants = tuple(Variant(n, w, o) for n, w, o in zip(
+        names, weight_shares(weights), overrides, strict=True))
     return Experiment(
         key=key,
         variants=variants,
@@ -582,8 +580,24 @@ def _enum(cls: type[enum.StrEnum], x: Any, where: str, name: str) -> Any:
         raise ExperimentError(f"{where}: {name}: expected one of {choices}, got {x!r}") from None
 
 
+def weight_shares(weights: Sequence[float]) -> tuple[float, ...]:
+    """Return ``weights`` as shares summing to 1 (finite, non-negative, not all 0).
+
+    Scaled by the largest weight before summing, so weights whose sum overflows a float
+    (two of ``1e308``) keep their proportions instead of all becoming 0. Raises ValueError
+    for weights that are negative, not finite or all 0.
+    """
+    if not all(_is_number(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError("weights: expected finite non-negative numbers, not all 0")
+    top = float(max(weights))
+    scaled = [float(w) / top for w in weights]
+    total = math.fsum(scaled)
+    return tuple(w / total for w in scaled)
+
+
 def _normalise(weights: Sequence[float], key: str) -> tuple[float, ...]:
-    if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ExperimentError(f"experiment {key!r}: weights: expected non-negative numbers")
-    total = float(sum(weights))
-    return tuple(float(w) / total for w in weights)
+    try:
+        return weight_shares(weights)
+    except ValueError:
+        raise ExperimentError(f"experiment {key!r}: weights: expected non-negative "
+                              "numbers") from None

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .assignment import weight_shares
+
 
 class _LazyScipyStats:
     """``scipy.stats``, imported on first use.
@@ -266,7 +268,7 @@ def srm_test(exposures: Sequence[int], weights: Sequence[float]) -> dict[str, An
             "expected": [0.0] * len(n),
             "status": "no_data",
         }
-    w = w / w.sum()
+    w = np.asarray(weight_shares(weights))
     expected = total * w
     if np.any((expected == 0) & (n > 0)):
         return {
@@ -757,8 +759,7 @@ def analyze(
         weights = [1.0] * len(arms)
     if len(weights) != len(arms) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError("weights: expected one non-negative weight per arm")
-    total_w = float(sum(weights))
-    shares = [float(w) / total_w for w in weights]
+    shares = list(weight_shares(weights))
 
     control, variants = arms[0], arms[1:]
     metrics = [primary_metric] + [g for g in dict.fromkeys(guardrails) if g != primary_metric]
