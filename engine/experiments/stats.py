@@ -430,9 +430,13 @@ def sample_size(
     var_alt = p1 * (1 - p1) + p2 * (1 - p2)
     if pooled:
         pbar = (p1 + p2) / 2
-        raw = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(var_alt)) ** 2 / delta**2
+        top = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(var_alt)) ** 2
     else:
-        raw = (za + zb) ** 2 * var_alt / delta**2
+        top = (za + zb) ** 2 * var_alt
+    # NOTE: an effect whose square underflows (or whose size overflows) has no size to plan
+    raw = top / delta**2 if delta**2 > 0 else math.inf
+    if not math.isfinite(raw):
+        raise ValueError("mde: too small an effect to plan a sample size for")
     n = math.ceil(raw - 1e-9)  # guard against 1e-12 float noise turning 100 into 101
     total = n * arms
     days = math.ceil(total / daily_traffic) if daily_traffic else None

@@ -1,12 +1,15 @@
-"""Experiments fed odd but valid input: extreme weights."""
+"""Experiments fed odd but valid input: extreme weights, tiny effects."""
 
 from __future__ import annotations
+
+import argparse
+import io
 
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.experiments import analyze, assign_one, parse_experiment
-from rankly.engine.experiments.stats import ArmCounts
+from rankly.engine.experiments import analyze, assign_one, cli, parse_experiment
+from rankly.engine.experiments.stats import ArmCounts, sample_size
 from rankly.engine.serving.app import create_app
 
 TOKEN = "s3cret-admin-token"
@@ -19,6 +22,13 @@ def admin_client(artifacts, settings_for):
     settings = settings_for(artifacts, admin_token=TOKEN)
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="rankly")
+    cli.add_arguments(parser.add_subparsers(dest="command"))
+    out = io.StringIO()
+    return cli.run(parser.parse_args(argv), out), out.getvalue()
 
 
 def _two(weight_a: float, weight_b: float, **extra) -> dict:
@@ -51,3 +61,32 @@ def test_results_of_an_experiment_put_with_overflowing_weights(admin_client):
     assert [a["weight"] for a in doc["arms"]] == [0.5, 0.5]
     assert sum(a["exposures"] for a in doc["arms"]) == 20
     assert doc["srm"]["status"] == "ok"
+
+
+def test_an_effect_too_small_to_plan_for_is_a_plan_status_not_an_error():
+    for mde in (1e-200, 1e-155):
+        with pytest.raises(ValueError, match="mde"):
+            sample_size(0.1, mde, relative=True)
+    doc = analyze([ArmCounts("a", 100, 10, 10), ArmCounts("b", 100, 12, 12)], mde=1e-200)
+    assert doc["sample_size"]["per_variant"] is None
+    assert doc["sample_size"]["status"].startswith("undefined: mde")
+
+
+def test_results_with_a_tiny_planned_effect_answer_200(admin_client):
+    body = _two(1, 1, primary_metric="ctr", mde=1e-200)
+    admin_client.put("/experiments/w", json=body, headers=AUTH)
+    served = {}
+    for u in range(1, 11):
+        served[u] = admin_client.get("/recommendations", params={"user_id": str(u)}).json()
+    clicks = [{"event_id": f"c{u}", "user_id": str(u), "type": "click",
+               "item_id": r["items"][0]["item_id"]} for u, r in served.items()]
+    assert admin_client.post("/events", json=clicks).status_code == 202
+    r = admin_client.get("/experiments/w/results", headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["sample_size"]["per_variant"] is None
+
+
+def test_sample_size_cli_with_a_vanishing_effect_exits_2(capsys):
+    code, _ = _run_cli(["experiments", "sample-size", "--baseline", "0.05", "--mde", "1e-300",
+                        "--relative"])
+    assert code == 2 and "mde" in capsys.readouterr().err
