@@ -759,6 +759,8 @@ def analyze(
         raise ValueError("impressions: expected one entry per arm, in the arms' order")
     if correction not in ("holm", "bh"):
         raise ValueError(f"correction: expected holm or bh, got {correction!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError("alpha: expected a number in (0, 1)")
     if weights is None:
         weights = [1.0] * len(arms)
     if len(weights) != len(arms) or any(not w >= 0 for w in weights) or sum(weights) <= 0:

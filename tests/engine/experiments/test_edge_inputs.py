@@ -1,9 +1,10 @@
-"""Experiments fed odd but valid input: extreme weights, tiny effects."""
+"""Experiments fed odd but valid input: extreme weights, tiny effects, bad significance levels."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 
 import pytest
 from starlette.testclient import TestClient
@@ -90,3 +91,23 @@ def test_sample_size_cli_with_a_vanishing_effect_exits_2(capsys):
     code, _ = _run_cli(["experiments", "sample-size", "--baseline", "0.05", "--mde", "1e-300",
                         "--relative"])
     assert code == 2 and "mde" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 1.5, -0.1, float("nan")])
+def test_analyze_refuses_a_significance_level_outside_zero_one(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        analyze([ArmCounts("a", 100, 10, 10), ArmCounts("b", 100, 20, 20)], alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", ["0", "1.5", "nan"])
+def test_analyze_cli_with_a_bad_alpha_exits_2_naming_it(alpha, capsys):
+    code, out = _run_cli(["experiments", "analyze", "--arm", "c:100:10", "--arm", "b:100:20",
+                          "--alpha", alpha, "--json"])
+    assert code == 2 and out == ""
+    assert "alpha" in capsys.readouterr().err
+
+
+def test_analyze_cli_json_is_strict_json():
+    code, out = _run_cli(["experiments", "analyze", "--arm", "c:100:10", "--arm", "b:100:20",
+                          "--json"])
+    assert code == 0 and json.loads(out)["arms"][0]["exposures"] == 100
