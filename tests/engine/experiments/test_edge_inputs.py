@@ -111,3 +111,39 @@ def test_analyze_cli_json_is_strict_json():
     code, out = _run_cli(["experiments", "analyze", "--arm", "c:100:10", "--arm", "b:100:20",
                           "--json"])
     assert code == 0 and json.loads(out)["arms"][0]["exposures"] == 100
+
+
+def test_a_bandit_that_moved_its_traffic_is_no_sample_ratio_mismatch():
+    """Exposures of a bandit follow the weights of every past epoch, not the current ones:
+    a chi-square against the current weights alerts on every bandit that learned."""
+    arms = [ArmCounts("weak", 190, 4, 4), ArmCounts("strong", 810, 320, 320)]
+    doc = analyze(arms, weights=[0.01, 0.99], primary_metric="ctr", bandit=True,
+                  bandit_weights=[0.01, 0.99])
+    assert doc["trustworthy"] and not doc["srm"]["alert"]
+    assert doc["srm"]["p_value"] is None and "bandit" in doc["srm"]["status"]
+    assert doc["verdict"] == "significant_win"
+    assert doc["bandit"]["allocation"] == {"weak": 0.01, "strong": 0.99}
+
+
+def test_bandit_results_over_http_are_trustworthy_once_traffic_moved(admin_client):
+    body = {"status": "running", "primary_metric": "ctr", "bandit": True,
+            "variants": [{"name": "weak", "weight": 1}, {"name": "strong", "weight": 1}]}
+    admin_client.put("/experiments/band", json=body, headers=AUTH)
+    rt = admin_client.app_state["runtime"]
+    now = [0.0]
+    rt.tracker.clock = lambda: now[0]
+    epoch_s = rt.settings.bandit_epoch_seconds
+    for epoch in range(3):
+        events = []
+        for u in range(240):
+            uid = f"e{epoch}-u{u}"
+            r = admin_client.get("/recommendations", params={"user_id": uid, "n": 3}).json()
+            if r["variant"] == "strong" or u % 20 == 0:
+                events.append({"event_id": f"{uid}-c", "user_id": uid, "type": "click",
+                               "item_id": r["items"][0]["item_id"]})
+        assert admin_client.post("/events", json=events).status_code == 202
+        now[0] += epoch_s
+    doc = admin_client.get("/experiments/band/results", headers=AUTH).json()
+    exposures = {a["name"]: a["exposures"] for a in doc["arms"]}
+    assert exposures["strong"] > 2 * exposures["weak"]
+    assert doc["trustworthy"] and doc["verdict"] != "srm_alert"
