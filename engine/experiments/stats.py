@@ -181,7 +181,8 @@ def sequential_interval(
 ) -> dict:
     """Always-valid interval and p-value for ``p1 - p0`` (normal-mixture mSPRT).
 
-    With ``d`` the observed difference, ``V = p0(1-p0)/n0 + p1(1-p1)/n1`` and mixture
+    With ``d`` the observed difference, ``V = p0(1-p0)/n0 + p1(1-p1)/n1`` (the pooled
+    ``pbar(1-pbar)(1/n0 + 1/n1)`` when that is 0 and ``d`` is not) and mixture
     variance ``tau^2`` (fixed in advance):
     ``half = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))`` and
     ``p = min(1, sqrt((V + tau^2) / V) * exp(-tau^2 d^2 / (2 V (V + tau^2))))``
@@ -192,7 +193,13 @@ def sequential_interval(
     if n0 == 0 or n1 == 0:
         return {"ci": None, "p_value": None, "tau": tau, "status": "no_data"}
     p0, p1 = x0 / n0, x1 / n1
-    return msprt(p1 - p0, p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1, tau, alpha)
+    v = p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1
+    if v == 0.0 and p0 != p1:
+        # NOTE: one arm at 0% and the other at 100%: the plug-in variance is 0, the pooled
+        # (null) variance of the z-test is not, and the difference is then overwhelming
+        pooled = (x0 + x1) / (n0 + n1)
+        v = pooled * (1 - pooled) * (1 / n0 + 1 / n1)
+    return msprt(p1 - p0, v, tau, alpha)
 
 
 #: Without a planned minimum detectable effect, the always-valid test mixes these multiples of

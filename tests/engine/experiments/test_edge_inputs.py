@@ -147,3 +147,15 @@ def test_bandit_results_over_http_are_trustworthy_once_traffic_moved(admin_clien
     exposures = {a["name"]: a["exposures"] for a in doc["arms"]}
     assert exposures["strong"] > 2 * exposures["weak"]
     assert doc["trustworthy"] and doc["verdict"] != "srm_alert"
+
+
+def test_every_control_user_converting_and_no_variant_user_is_a_significant_loss():
+    """Both arms at 0% or 100% leave the unpooled variance at 0; a difference of the whole
+    range is then the strongest evidence there is, not no evidence."""
+    doc = analyze([ArmCounts("c", 200, 200, 200), ArmCounts("b", 200, 0, 0)],
+                  primary_metric="conversion")
+    (cmp,) = doc["metrics"]["conversion"]["comparisons"]
+    assert cmp["sequential"]["p_value"] < 1e-6 and cmp["direction"] == "worse"
+    assert doc["verdict"] == "significant_loss"
+    same = analyze([ArmCounts("c", 200, 0, 0), ArmCounts("b", 200, 0, 0)])
+    assert same["verdict"] == "no_detectable_difference"
