@@ -73,27 +73,30 @@ EVENT_REQUESTS_SHED = Counter(
     "(inflight, rate: before the body was read; over_budget: after parsing the batch)",
     ["reason"],
 )
-# NOTE: by experiment and variant: two experiments' "control" arms are different arms (#18)
+# NOTE: by experiment and variant: two experiments' "control" arms are different arms (#18);
+# and by phase: a change of weights or variants starts a new phase, whose results are
+# counted apart (the dashboard shows the current phase's, as the results route does)
 EXPOSURES = Counter(
     "rankly_exposures_total", "Users exposed to an experiment's variant (once per phase)",
-    ["experiment", "variant"],
+    ["experiment", "variant", "phase"],
 )
 CLICKS = Counter("rankly_clicks_total", "Clicks of users exposed to an experiment's variant",
-                 ["experiment", "variant"])
+                 ["experiment", "variant", "phase"])
 CONVERSIONS = Counter(
     "rankly_conversions_total", "Conversions (purchases) of users exposed to an experiment's "
-    "variant", ["experiment", "variant"],
+    "variant", ["experiment", "variant", "phase"],
 )
 # Per impression (CTR = outcomes / impressions): items served by a variant, and clicks and
 # purchases carrying a request_id by its users, once per (request, item)
 EXPERIMENT_IMPRESSIONS = Counter(
     "rankly_experiment_impressions_total", "Items served to users in an experiment's variant",
-    ["experiment", "variant"],
+    ["experiment", "variant", "phase"],
 )
 IMPRESSION_OUTCOMES = Counter(
     "rankly_experiment_impression_outcomes_total",
     "Clicks (outcome=click) and purchases (outcome=conversion) on served items by users in an "
-    "experiment's variant, once per request and item", ["experiment", "variant", "outcome"],
+    "experiment's variant, once per request and item",
+    ["experiment", "variant", "outcome", "phase"],
 )
 # Recommendation CTR and conversion without any experiment: answers served, and answers that
 # got a click or purchase carrying their request_id (each answer counted once per type).

@@ -273,10 +273,10 @@ class EventsService:
         except StoreUnavailable:
             log.warning("experiment outcome not counted: store unavailable")
             return
-        for experiment, variant in credited.per_user:
-            counter.labels(experiment, variant).inc()
-        for experiment, variant in credited.per_impression:
-            metrics.IMPRESSION_OUTCOMES.labels(experiment, variant, outcome).inc()
+        for experiment, phase, variant in credited.per_user:
+            counter.labels(experiment, variant, str(phase)).inc()
+        for experiment, phase, variant in credited.per_impression:
+            metrics.IMPRESSION_OUTCOMES.labels(experiment, variant, outcome, str(phase)).inc()
 
     async def invalidate(self, users: set[str], tiers: list | None = None) -> None:
         """Invalidate the cached recommendations of ``users`` in every tier (or ``tiers``);

@@ -90,11 +90,11 @@ class _ArmImpressions:
 
 @dataclass(frozen=True, slots=True)
 class Credited:
-    """The (experiment, variant) pairs an outcome counted in for the first time: per user
-    (once per exposed user) and per impression (once per request and item)."""
+    """The (experiment, phase, variant) arms an outcome counted in for the first time: per
+    user (once per exposed user) and per impression (once per request and item)."""
 
-    per_user: list[tuple[str, str]]
-    per_impression: list[tuple[str, str]]
+    per_user: list[tuple[str, int, str]]
+    per_impression: list[tuple[str, int, str]]
 
 
 @dataclass
@@ -164,13 +164,13 @@ class ExperimentTracker:
             bucket = getattr(self._arms[(exp_key, phase, variant)], outcome)
             if user_id not in bucket:
                 bucket.add(user_id)
-                credited.per_user.append((exp_key, variant))
+                credited.per_user.append((exp_key, phase, variant))
             if served is not None:
                 imp = self._impressions.setdefault((exp_key, phase, variant), _ArmImpressions())
                 if (outcome, *served) not in imp.counted:
                     imp.counted.add((outcome, *served))
                     self._bump((exp_key, phase, variant), user_id, KIND_OF_OUTCOME[outcome], 1)
-                    credited.per_impression.append((exp_key, variant))
+                    credited.per_impression.append((exp_key, phase, variant))
         return credited
 
     async def counts(self, exp: Experiment) -> list[ArmCounts]:
@@ -389,9 +389,9 @@ class RedisExperimentTracker(ExperimentTracker):
         credited = Credited([], [])
         for e, v in hits:
             if next(added):
-                credited.per_user.append((e.key, v))
+                credited.per_user.append((e.key, e.phase, v))
             if served is not None and next(added):
-                credited.per_impression.append((e.key, v))
+                credited.per_impression.append((e.key, e.phase, v))
         return credited
 
     async def counts(self, exp: Experiment) -> list[ArmCounts]:

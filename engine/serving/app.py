@@ -118,7 +118,7 @@ async def record_exposure(rt: Runtime, assignment: Any, user_id: str,
     """Count the exposure once per (user, experiment, phase); a store outage loses it, only."""
     try:
         if await rt.tracker.expose(assignment, user_id):
-            metrics.EXPOSURES.labels(plan.experiment, plan.variant).inc()
+            metrics.EXPOSURES.labels(plan.experiment, plan.variant, str(assignment.phase)).inc()
     except StoreUnavailable:
         log.warning("experiment exposure not recorded: store unavailable")
 
@@ -145,8 +145,8 @@ async def answer(rt: Runtime, req: RecommendationRequest) -> dict:
         if (assignment is not None and assignment.variant is not None
                 and req.user_id is not None and body["items"]):
             rt.tracker.note_impressions(assignment, req.user_id, len(body["items"]))
-            metrics.EXPERIMENT_IMPRESSIONS.labels(plan.experiment, plan.variant).inc(
-                len(body["items"]))
+            metrics.EXPERIMENT_IMPRESSIONS.labels(plan.experiment, plan.variant,
+                                                  str(assignment.phase)).inc(len(body["items"]))
         events_api.record_impressions(rt, req.request_id, req.user_id, body, plan.probability,
                                       positions, dict(req.context) or None, features)
         return body

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -73,12 +74,31 @@ class Sample:
     quality: dict[str, float] = field(default_factory=dict)
 
 
-def read_sample(t: float) -> Sample:
-    """Read the registry into a :class:`Sample` (stage histograms summed over components)."""
+#: The per-arm experiment counters: labelled by experiment, variant and phase.
+_ARM_COUNTERS = frozenset({"rankly_exposures_total", "rankly_clicks_total",
+                           "rankly_conversions_total", "rankly_experiment_impressions_total",
+                           "rankly_experiment_impression_outcomes_total"})
+
+
+def current_phases(running: Any) -> dict[str, str]:
+    """Each running experiment's current phase, as its counters label it."""
+    return {e.key: str(e.phase) for e in running}
+
+
+def read_sample(t: float, phases: Mapping[str, str] | None = None) -> Sample:
+    """Read the registry into a :class:`Sample` (stage histograms summed over components).
+
+    An experiment in ``phases`` (:func:`current_phases`) counts only its current phase's
+    exposures and outcomes: a change of weights or variants starts a new phase, and mixing
+    phases would show counts that the results route, which reads one phase, does not."""
     s = Sample(t)
+    phases = phases or {}
     quality_values: dict[str, list[float]] = {}
     for family in metrics.registry().collect():
         for name, labels, value in ((x.name, x.labels, x.value) for x in family.samples):
+            if (name in _ARM_COUNTERS and labels["experiment"] in phases
+                    and labels.get("phase") != phases[labels["experiment"]]):
+                continue
             if name == "rankly_http_requests_total":
                 if not labels["route"].startswith(_OWN_ROUTES):  # not the scrapes and polls
                     _bump(s.requests, labels["status"], value)
@@ -289,7 +309,8 @@ def data(request: Request) -> Response:
     rt = request.state.runtime
     win = quality.refresh(rt)
     history = history_of(rt)
-    latest = read_sample(time.time())  # drawn with the sampler's history, not stored
+    # drawn with the sampler's history, not stored
+    latest = read_sample(time.time(), current_phases(rt.experiments.running))
     points = history.points(latest)
     # NOTE: a stopped experiment's arms leave the live charts (their results stay at
     # /experiments/{key}/results): one exposure at 100% CTR stretched the axis (#18); so do
@@ -328,7 +349,7 @@ async def _sample_forever(rt: Any, every_s: float) -> None:
     while True:
         try:
             quality.refresh(rt)  # old buckets expire even when traffic stops
-            history.add(read_sample(time.time()))
+            history.add(read_sample(time.time(), current_phases(rt.experiments.running)))
         except Exception:  # a bad sample must not end the sampling
             log.warning("dashboard sample failed", exc_info=True)
         await asyncio.sleep(every_s)

@@ -220,7 +220,7 @@ def test_per_impression_results_equal_a_reference_computed_from_the_log(
                                                         rel=1e-9)
         ref[variant] = (x.sum() / n.sum(), deng_variance(n, x))
         impressions = re.search(rf'rankly_experiment_impressions_total{{experiment="{key}",'
-                                rf'variant="{variant}"}} (\S+)', scrape)
+                                rf'phase="0",variant="{variant}"}} (\S+)', scrape)
         assert float(impressions.group(1)) == n.sum()
         shown = dashboard[f"{key}/{variant}"]
         assert (shown["impressions"], shown["impression_clicks"],
