@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from ..types import FORBIDDEN_IN_IDS
+
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
 _MASK32 = 0xFFFFFFFF
@@ -353,6 +355,12 @@ def assign_user(registry: Experiments, user_id: str | None) -> Assignment | None
 
 # --- parsing --------------------------------------------------------------------------------
 
+#: The longest variant or layer name: names become Prometheus label values and parts of
+#: Redis keys, so they are bounded and hold no control characters, as ids do.
+MAX_NAME_LENGTH = 128
+#: The largest ``phase`` or ``epoch``: a 32-bit signed integer, exact in every JSON reader.
+MAX_COUNTER = 2**31 - 1
+
 _EXPERIMENT_FIELDS = frozenset(
     {
         "key",
@@ -445,9 +453,7 @@ def parse_experiment(raw: Mapping[str, Any], *, index: int | None = None) -> Exp
         unknown = sorted(set(v) - _VARIANT_FIELDS)
         if unknown:
             raise ExperimentError(f"{vwhere}.{unknown[0]}: unknown field")
-        name = v.get("name")
-        if not isinstance(name, str) or not name:
-            raise ExperimentError(f"{vwhere}.name: required non-empty string")
+        name = _name(v.get("name"), f"{vwhere}.name")
         if name in names:
             raise ExperimentError(f"{vwhere}.name: duplicated variant {name!r}")
         names.append(name)
@@ -497,9 +503,7 @@ def _layer(raw: Any, where: str) -> Layer | None:
         return None
     if not isinstance(raw, Mapping):
         raise ExperimentError(f"{where}: layer: expected a table with name and range")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise ExperimentError(f"{where}: layer.name: required non-empty string")
+    name = _name(raw.get("name"), f"{where}: layer.name")
     rng = raw.get("range")
     if (
         isinstance(rng, str)
@@ -561,8 +565,20 @@ def _number(
 
 
 def _int(x: Any, where: str, name: str) -> int:
-    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
-        raise ExperimentError(f"{where}: {name}: expected a non-negative integer")
+    if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_COUNTER:
+        raise ExperimentError(f"{where}: {name}: expected an integer from 0 to {MAX_COUNTER}")
+    return x
+
+
+def _name(x: Any, where: str) -> str:
+    """A variant or layer name: 1..MAX_NAME_LENGTH characters, no control character."""
+    if not isinstance(x, str) or not x:
+        raise ExperimentError(f"{where}: required non-empty string")
+    if len(x) > MAX_NAME_LENGTH:
+        raise ExperimentError(f"{where}: at most {MAX_NAME_LENGTH} characters")
+    if FORBIDDEN_IN_IDS.search(x):
+        raise ExperimentError(f"{where}: must not contain control characters or lone "
+                              f"surrogates")
     return x
 
 

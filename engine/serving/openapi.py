@@ -16,6 +16,7 @@ from typing import Any
 from .. import __version__
 from ..config import Settings
 from ..experiments import Metric
+from ..experiments.assignment import MAX_COUNTER, MAX_NAME_LENGTH
 from ..http.validation import ID_PATTERN, ID_RULE
 
 _KEY_CHAR = "[^/\\x00-\\x1f\\x7f-\\x9f]"
@@ -214,10 +215,12 @@ def _option_schema(default: Any) -> dict[str, Any]:
 
 def _experiment_schema(ident: dict[str, Any],
                        registries: Mapping[str, Any] | None) -> dict[str, Any]:
-    name = {"type": "string", "minLength": 1}
+    name = _text(MAX_NAME_LENGTH)
+    counter = {"type": "integer", "minimum": 0, "maximum": MAX_COUNTER}
     variant = {"type": "object", "required": ["name"], "additionalProperties": False,
                "properties": {
-                   "name": {**name, "description": "unique within the experiment"},
+                   "name": {**name, "description": "unique within the experiment; "
+                                                   + name["description"]},
                    "weight": {"type": "number", "minimum": 0, "maximum": 1e300,
                               "default": 1},
                    "scorers": _component_names(registries, "scorers"),
@@ -246,13 +249,13 @@ def _experiment_schema(ident: dict[str, Any],
             "mde": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
                     "maximum": 1e300},
             "mde_relative": {"type": "boolean"},
-            "phase": {"type": "integer", "minimum": 0},
-            "epoch": {"type": "integer", "minimum": 0},
+            "phase": counter,
+            "epoch": counter,
             "sticky": {"type": "boolean"},
             "bandit": {"type": "boolean"},
             "layer": {"type": "object", "required": ["name", "range"],
                       "additionalProperties": False, "properties": {
-                          "name": {"type": "string", "minLength": 1},
+                          "name": name,
                           "range": {"type": "array", "minItems": 2, "maxItems": 2,
                                     "items": {"type": "number", "minimum": 0, "maximum": 1},
                                     "description": "[start, end), start < end"}}},

@@ -9,7 +9,7 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from rankly.engine.experiments import analyze, assign_one, cli, parse_experiment
+from rankly.engine.experiments import ExperimentError, analyze, assign_one, cli, parse_experiment
 from rankly.engine.experiments.stats import ArmCounts, sample_size
 from rankly.engine.serving.app import create_app
 
@@ -159,3 +159,28 @@ def test_every_control_user_converting_and_no_variant_user_is_a_significant_loss
     assert doc["verdict"] == "significant_loss"
     same = analyze([ArmCounts("c", 200, 0, 0), ArmCounts("b", 200, 0, 0)])
     assert same["verdict"] == "no_detectable_difference"
+
+
+@pytest.mark.parametrize("variant_name", ["x" * 129, "line\nbreak", "tab\there", "\x7f"])
+def test_a_variant_name_is_bounded_and_has_no_control_characters(variant_name):
+    # names become Prometheus label values and parts of Redis keys
+    raw = {"key": "names", "variants": [{"name": "control"}, {"name": variant_name}]}
+    with pytest.raises(ExperimentError, match=r"variants\[1\]\.name"):
+        parse_experiment(raw)
+    assert parse_experiment({**raw, "variants": [{"name": "control"},
+                                                 {"name": "x" * 128}]}).variants[1].name
+
+
+def test_a_layer_name_follows_the_variant_name_rule():
+    raw = {"key": "layered", "variants": [{"name": "a"}, {"name": "b"}],
+           "layer": {"name": "l\n", "range": [0, 0.5]}}
+    with pytest.raises(ExperimentError, match="layer.name"):
+        parse_experiment(raw)
+
+
+@pytest.mark.parametrize("field", ["phase", "epoch"])
+def test_phase_and_epoch_are_bounded(field):
+    raw = {"key": "counted", "variants": [{"name": "a"}, {"name": "b"}]}
+    assert getattr(parse_experiment({**raw, field: 2**31 - 1}), field) == 2**31 - 1
+    with pytest.raises(ExperimentError, match=field):
+        parse_experiment({**raw, field: 10**30})
