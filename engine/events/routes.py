@@ -11,7 +11,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -131,28 +132,39 @@ class SlateOutcomes:
     with or without an experiment. The (request_id, type) pairs already counted are kept for
     the last ``max_entries`` outcomes (per worker).
 
-    Only request ids this server served count (:meth:`note_served`: the worker's own answers,
-    and on Redis every worker's, read from the impressions in the stream it follows): a
-    client's made-up or stale request id must not raise the rate. The last ``max_served``
-    answers are known, which bounds how late an outcome may come."""
+    Only items of answers this server served count (:meth:`note_served`: the worker's own
+    answers, and on Redis every worker's, read from the impressions in the stream it
+    follows): a client's made-up or stale request id, or an item its answer did not hold,
+    must not raise the rate. The last ``max_served`` answers are known, which bounds how late
+    an outcome may come; each keeps its items as 64-bit hashes (8 bytes an item)."""
 
     def __init__(self, max_entries: int = 100_000, max_served: int = 200_000) -> None:
         self.max_entries = max_entries
         self.max_served = max_served
         self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._served: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._served: collections.OrderedDict[str, bytes] = collections.OrderedDict()
 
-    def note_served(self, request_id: str) -> None:
-        """``request_id`` was served (by this worker, or by another one of the stream)."""
-        if request_id in self._served:
-            return
-        self._served[request_id] = None
-        if len(self._served) > self.max_served:
-            self._served.popitem(last=False)
+    def note_served(self, request_id: str, item_ids: Iterable[str] = ()) -> None:
+        """``request_id`` was served with ``item_ids`` (by this worker, or by another one of
+        the stream: its impressions come one item at a time)."""
+        known = self._served.get(request_id)
+        held = array("q") if known is None else array("q", known)
+        new = [h for h in {hash(i) for i in item_ids} if h not in held]
+        if known is None:
+            self._served[request_id] = array("q", new).tobytes()
+            if len(self._served) > self.max_served:
+                self._served.popitem(last=False)
+        elif new:
+            self._served[request_id] = known + array("q", new).tobytes()
 
-    def record(self, request_id: str, outcome: str) -> bool:
+    def served_item(self, request_id: str, item_id: str) -> bool:
+        """Whether ``item_id`` was in the answer ``request_id`` (among those still known)."""
+        known = self._served.get(request_id)
+        return known is not None and hash(item_id) in array("q", known)
+
+    def record(self, request_id: str, outcome: str, item_id: str) -> bool:
         key = (request_id, outcome)
-        if key in self._seen or request_id not in self._served:
+        if key in self._seen or not self.served_item(request_id, item_id):
             return False
         self._seen[key] = None
         if len(self._seen) > self.max_entries:
@@ -249,7 +261,8 @@ class EventsService:
                 if e.type in OUTCOME_OF_EVENT:
                     await self.record_outcome(e)
                     if e.request_id:
-                        self.slate_outcomes.record(e.request_id, OUTCOME_OF_EVENT[e.type])
+                        self.slate_outcomes.record(e.request_id, OUTCOME_OF_EVENT[e.type],
+                                                   e.item_id)
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
@@ -264,9 +277,11 @@ class EventsService:
         if outcome is None:
             return
         counter = metrics.CLICKS if outcome == "click" else metrics.CONVERSIONS
-        # a request_id says the click (or purchase) is on a served item: it counts per
-        # impression too, once per (request, item)
-        served = (e.request_id, e.item_id) if e.request_id else None
+        # a request_id of an answer that held the item says the click (or purchase) is on a
+        # served item: it counts per impression too, once per (request, item); a made-up
+        # request id, or an item the answer did not hold, counts per user only
+        served = ((e.request_id, e.item_id) if e.request_id
+                  and self.slate_outcomes.served_item(e.request_id, e.item_id) else None)
         try:
             credited = await self.rt.tracker.outcome(e.user_id, outcome,
                                                      self.rt.experiments.experiments, served)
@@ -308,7 +323,7 @@ class EventsService:
             if batch:
                 for e in batch:  # every worker's answers, for the recommendations' CTR
                     if e.type == "impression" and e.request_id:
-                        self.slate_outcomes.note_served(e.request_id)
+                        self.slate_outcomes.note_served(e.request_id, (e.item_id,))
                 await self.projections.apply(batch, users=False)
 
     async def _flush_impressions(self) -> None:
@@ -347,7 +362,8 @@ class EventsService:
                      probability: float | None,
                      positions: list[dict[str, Any]] | None = None,
                      context: dict[str, Any] | None = None, features: Any = None) -> None:
-        self.slate_outcomes.note_served(request_id)
+        self.slate_outcomes.note_served(request_id,
+                                        (i["item_id"] for i in payload.get("items", ())))
         if self.log_impressions:
             self.impressions.offer(request_id, user_id, payload, probability, positions,
                                    context, features)

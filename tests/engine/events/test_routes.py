@@ -352,13 +352,16 @@ def test_slate_outcomes_count_only_answers_served_once_per_type():
     from rankly.engine.events.routes import SlateOutcomes
 
     outcomes = SlateOutcomes(max_entries=10, max_served=2)
-    assert not outcomes.record("r1", "click")  # never served: a made-up id
-    outcomes.note_served("r1")
-    assert outcomes.record("r1", "click") and not outcomes.record("r1", "click")
-    assert outcomes.record("r1", "purchase")
-    outcomes.note_served("r2")
-    outcomes.note_served("r3")  # the oldest served answer is forgotten
-    assert not outcomes.record("r1", "add_to_cart") and outcomes.record("r3", "click")
+    assert not outcomes.record("r1", "click", "a")  # never served: a made-up id
+    outcomes.note_served("r1", ["a", "b"])
+    assert not outcomes.record("r1", "click", "z")  # not an item of that answer
+    assert outcomes.record("r1", "click", "b") and not outcomes.record("r1", "click", "a")
+    assert outcomes.record("r1", "purchase", "a")
+    outcomes.note_served("r2", ["a"])
+    outcomes.note_served("r2", ["c"])  # a follower reads an answer one impression at a time
+    assert outcomes.served_item("r2", "c") and outcomes.served_item("r2", "a")
+    outcomes.note_served("r3", ["x"])  # the oldest served answer is forgotten
+    assert not outcomes.record("r1", "add_to_cart", "a") and outcomes.record("r3", "click", "x")
 
 
 def test_a_refused_user_state_write_is_retried_without_a_next_event(settings):

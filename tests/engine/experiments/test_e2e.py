@@ -253,3 +253,33 @@ def test_impressions_served_by_a_stopped_worker_are_in_another_workers_results(
         res = b.get("/experiments/handover/results", headers=AUTH).json()
     got = {arm["name"]: arm["impressions"] for arm in res["per_impression"]["arms"]}
     assert got == served and sum(served.values()) > 0
+
+
+def test_per_impression_outcomes_count_only_items_the_answer_held(
+        artifacts, settings_for, tmp_path, store_options):
+    """A click carrying a real request_id on an item its answer did not hold, or a made-up
+    request_id, is no impression outcome (per user it still counts): before, either raised
+    the arm's clicks above its impressions."""
+    store, options = store_options
+    key = f"held-{store}"
+    settings = settings_for(artifacts, admin_token=TOKEN, data_dir=tmp_path,
+                            experiments=(experiment(key, {"control": 1, "other": 1}),),
+                            **options)
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/recommendations", params={
+            "user_id": "held-1", "n": 2, "request_id": "held-r1"}).json()
+        shown = [i["item_id"] for i in body["items"]]
+        others = [i for i in map(str, range(1, 60)) if i not in shown][:5]
+
+        def click(n: int, item: str, rid: str) -> dict:
+            return {"event_id": f"held-{n}", "user_id": "held-1", "item_id": item,
+                    "type": "click", "request_id": rid}
+
+        forged = [click(n, item, "held-r1") for n, item in enumerate(others)]
+        forged += [click(10 + n, shown[0], f"made-up-{n}") for n in range(5)]
+        assert client.post("/events", json=forged).status_code == 202
+        assert client.post("/events", json=[click(20, shown[1], "held-r1")]).status_code == 202
+        res = client.get(f"/experiments/{key}/results", headers=AUTH).json()
+    arm = {a["name"]: a for a in res["per_impression"]["arms"]}[body["variant"]]
+    assert (arm["impressions"], arm["clicks"]) == (2, 1)
+    assert {a["name"]: a for a in res["arms"]}[body["variant"]]["clicks"] == 1  # per user
