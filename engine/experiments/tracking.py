@@ -344,7 +344,10 @@ class RedisExperimentTracker(ExperimentTracker):
             pipe = r.pipeline(transaction=False)
             assign = self._key(exp.key, exp.phase, "assign")
             exposed = self._key(exp.key, exp.phase, "exposed", variant)
-            pipe.hsetnx(assign, user_id, variant)
+            # the variant the user saw last: fixed within a phase for fixed weights; a
+            # bandit draws again each epoch, and its outcomes go to the latest draw, as the
+            # embedded store's tracker credits them
+            pipe.hset(assign, user_id, variant)
             pipe.sadd(exposed, user_id)
             self._keep(pipe, [assign, exposed], running=exp.status is Status.RUNNING)
             return await pipe.execute()
