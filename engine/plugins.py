@@ -322,26 +322,44 @@ def _type_noun(value: Any) -> str:
                                                                        type(value).__name__)
 
 
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` has the type of the scalar ``default`` (an int fits a float)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _element_type(default: list | tuple) -> type | None:
+    """The one scalar type of a list or tuple default's elements; None for mixed or none."""
+    kinds = {type(v) for v in default}
+    return kinds.pop() if len(kinds) == 1 and kinds <= set(_LIST_NOUNS) else None
+
+
 def _coerce_option(where: str, value: Any, default: Any) -> Any:
     """An option given as a string (from the environment) parsed as its default's type (for
     a list or tuple default, the string split at commas, see :func:`_parse_list`); a
     value of another type (from a file or an experiment) checked against it: a bool, int,
-    float or str default takes only its own type (an int for a float too), or None (JSON's
-    null: the component's "none", e.g. no diversity cap)."""
+    float or str default takes only its own type (an int for a float too), a list or tuple
+    default a list or tuple of its elements' type, or None (JSON's null: the component's
+    "none", e.g. no diversity cap)."""
     if default is None or value is None:
+        return value
+    if not isinstance(value, str) and isinstance(default, list | tuple):
+        kind = _element_type(default)
+        if kind is None:
+            return value
+        if not (isinstance(value, list | tuple) and all(_fits(v, kind()) for v in value)):
+            raise ConfigError(f"{where}: expected a list of {_LIST_NOUNS[kind]}, got "
+                              f"{_type_noun(value)} {value!r}")
         return value
     if not isinstance(value, str) or isinstance(default, str):
         if not isinstance(default, bool | int | float | str):
             return value
-        if isinstance(default, bool):
-            fits = isinstance(value, bool)
-        elif isinstance(default, int):
-            fits = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            fits = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            fits = isinstance(value, str)
-        if not fits:
+        if not _fits(value, default):
             raise ConfigError(f"{where}: expected {_type_noun(default)}, got "
                               f"{_type_noun(value)} {value!r}")
         return value
@@ -372,10 +390,9 @@ def _parse_list(where: str, text: str, default: list | tuple) -> Any:
     """``"0.3,0.6"`` or ``"[0.3, 0.6]"`` (an environment variable) as a list or tuple like
     ``default``, each element parsed as its elements' type. A default whose elements are of no
     single scalar type (or none) leaves the string to the component."""
-    kinds = {type(v) for v in default}
-    if len(kinds) != 1 or not kinds <= set(_LIST_NOUNS):
+    kind = _element_type(default)
+    if kind is None:
         return text
-    (kind,) = kinds
     body = text.strip().removeprefix("[").removesuffix("]")
     try:
         items = [_parse_scalar(t.strip(), kind()) for t in body.split(",") if t.strip()]
