@@ -579,7 +579,11 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
                       options: Mapping[str, Any] | None = None, cases: int = 6) -> Check:
     """Serve known users, a session and a cold user through the pipeline with the component
     selected (popular behind it), then the known users again with the store down (the
-    pipeline's ``store_down`` path); a ``plugin_error``/``plugin_timeout`` answer is a defect."""
+    pipeline's ``store_down`` path); a ``plugin_error``/``plugin_timeout`` answer is a defect.
+
+    A name registered as both generator and scorer is served first in both stages as well,
+    as a configuration selecting it would (the fused path, for a component that scores the
+    whole catalog)."""
     from .. import pipeline
     from ..runtime import build_runtime
     from ..storage.memory_store import MemoryStore
@@ -593,9 +597,13 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
     stage = {"candidate_generator": "candidates", "scorer": "scorers",
              "reranker": "rerankers"}[kind]
     chain = (name,) if kind == "reranker" else (name, "popular")
+    plans = [({stage: chain}, "")]
+    if kind != "reranker" and all(name in workload.registries[r]
+                                  for r in ("candidate_generators", "scorers")):
+        plans.append(({"candidates": chain, "scorers": chain},
+                      " when first in pipeline.candidates and pipeline.scorers"))
     settings = workload.settings
     settings = settings.replace(
-        pipeline=replace(settings.pipeline, **{stage: chain}),
         plugins={**settings.plugins, **({name: dict(options)} if options else {})})
     catalog = workload.model.catalog
     requests = []
@@ -620,17 +628,19 @@ def check_in_pipeline(name: str, kind: str, workload: Workload,
                 return f"the pipeline fell back ({resp['fallback']}) for {label}{suffix}"
         return None
 
-    problem = None
-    for store, asked, suffix in ((MemoryStore(), requests, ""),
-                                 (DownStore(), known, " with the store down")):
-        try:
-            rt = build_runtime(settings, workload.model, workload.pm, store=store)
-        except Exception as exc:
-            return Check("pipeline", False, f"the runtime does not start: {raised(exc)}")
-        problem = asyncio.run(serve(rt, asked, suffix))
-        if problem:
-            break
-    return Check("pipeline", problem is None, problem or "")
+    for stages, selected in plans:
+        chosen = settings.replace(pipeline=replace(settings.pipeline, **stages))
+        for store, asked, suffix in ((MemoryStore(), requests, ""),
+                                     (DownStore(), known, " with the store down")):
+            try:
+                rt = build_runtime(chosen, workload.model, workload.pm, store=store)
+            except Exception as exc:
+                return Check("pipeline", False,
+                             f"the runtime does not start{selected}: {raised(exc)}")
+            problem = asyncio.run(serve(rt, asked, suffix + selected))
+            if problem:
+                return Check("pipeline", False, problem)
+    return Check("pipeline", True)
 
 
 # --- one component, every check -------------------------------------------------------------
