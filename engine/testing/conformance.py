@@ -334,7 +334,11 @@ RERANKER_CHECKS = ("raises", "type", "length", "subset", "duplicates", "finite",
 def _ranking_defects(out: Any, given: Ranking, n: int) -> list[tuple[str, str]]:
     if not isinstance(out, Ranking):
         return [("type", f"returns {type(out).__name__}, not Ranking")]
-    items, scores, reasons, anchors = (np.asarray(a) for a in _fields(out))
+    for field, a in zip(("items", "scores", "reasons", "anchors"), _fields(out), strict=True):
+        if not isinstance(a, np.ndarray):  # the pipeline calls array methods on each
+            return [("type", f"returns a Ranking whose {field} is a {type(a).__name__}, "
+                             "not a NumPy array")]
+    items, scores, reasons, anchors = _fields(out)
     if not (items.shape == scores.shape == reasons.shape == anchors.shape) or items.ndim != 1:
         return [("type", f"returns {items.size} items with {scores.size} scores")]
     found = []
