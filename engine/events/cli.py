@@ -97,6 +97,9 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
         await event_log.open()
         catalog = _catalog(settings)
         writer = csv.writer(out, lineterminator="\n")
+        # NOTE: an id with surrounding whitespace is quoted: the events CSV loader strips an
+        # unquoted field's leading spaces, and every reader takes a quoted field as it is
+        quoting = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         if fmt == "csv":
             writer.writerow(EVENT_COLUMNS)
         async for event in event_log.replay():
@@ -105,7 +108,8 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
             if fmt == "jsonl":
                 out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
             else:
-                writer.writerow(export_row(event, catalog))
+                row = export_row(event, catalog)
+                (quoting if any(f != f.strip() for f in row) else writer).writerow(row)
             counts[event.type] = counts.get(event.type, 0) + 1
     finally:
         await event_log.close()

@@ -156,13 +156,16 @@ def _open_text(path: Path, encoding: str = "utf-8") -> IO[str]:
         raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _rows(fh: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield (1-based line number, fields) for every non-blank line."""
-    reader = csv.reader(fh, delimiter=delimiter)
+def _rows(fh: IO[str], delimiter: str, strip: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """Yield (1-based line number, fields) for every non-blank line.
+
+    ``strip``: fields without their surrounding whitespace; otherwise as written, but for
+    the spaces between a delimiter and an unquoted field (``a, b``)."""
+    reader = csv.reader(fh, delimiter=delimiter, skipinitialspace=not strip)
     try:
         for fields in reader:
             if fields and any(f.strip() for f in fields):
-                yield reader.line_num, [f.strip() for f in fields]
+                yield reader.line_num, [f.strip() for f in fields] if strip else fields
     except (UnicodeDecodeError, csv.Error) as exc:  # not text, or a field over the csv limit
         where = f"after line {reader.line_num}" if reader.line_num else "from its first line"
         raise DatasetError(f"{getattr(fh, 'name', 'input')}: unreadable {where}: {exc}"
@@ -420,6 +423,7 @@ def load_movielens_movies(path: str | Path) -> tuple[ItemTable, LoadReport]:
 # --- generic events CSV and Taobao ----------------------------------------------------------
 
 EVENT_COLUMNS = ("user_id", "item_id", "category_id", "event_type", "value", "timestamp")
+_ID_COLUMNS = frozenset({"user_id", "item_id"})
 _COLUMN_ALIASES = {
     "user": "user_id", "userid": "user_id", "item": "item_id", "itemid": "item_id",
     "category": "category_id", "categoryid": "category_id", "event": "event_type",
@@ -481,7 +485,9 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
     Weight: ``event_weights[event]`` (merged over :data:`DEFAULT_EVENT_WEIGHTS`; ``value`` is
     ignored for typed events); a ``rating`` event, or a value without an event type, weighs
     its value; otherwise 1. An unknown event type makes the row malformed. Without a timestamp
-    column the row number is the time, preserving file order.
+    column the row number is the time, preserving file order. Ids are read as written (but
+    for spaces after a comma before an unquoted one); other fields without surrounding
+    whitespace.
     """
     path = Path(path)
     weights = {**DEFAULT_EVENT_WEIGHTS, **(event_weights or {})}
@@ -491,15 +497,20 @@ def load_events_csv(path: str | Path, event_weights: Mapping[str, float] | None 
     names = list(columns) if columns else None
     seen_event = seen_cat = False
     with _open_text(path, "utf-8-sig") as fh:  # -sig: a spreadsheet's BOM is not in the header
-        for line_no, f in _rows(fh, ","):
+        # NOTE: ids are taken as written, not stripped: the API takes an id with surrounding
+        # spaces, and `str.strip` would also eat a no-break space or a line separator, so
+        # "u " and "u" (or an item "\u2029" and no item) would be one user in training and
+        # two online. rankly export-events quotes such fields.
+        for line_no, f in _rows(fh, ",", strip=False):
             if names is None:
-                names = _header_columns(f, path)
+                names = _header_columns([x.strip() for x in f], path)
                 continue
             report.rows += 1
             if len(f) != len(names):
                 report.bad(line_no, f"expected {len(names)} fields, got {len(f)}")
                 continue
-            row = dict(zip(names, f, strict=True))
+            row = {n: x if n in _ID_COLUMNS else x.strip()
+                   for n, x in zip(names, f, strict=True)}
             try:
                 user, item = row.get("user_id", ""), row.get("item_id", "")
                 if not user or not item:
