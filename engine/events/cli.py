@@ -81,7 +81,9 @@ def export_row(event: Event, catalog: Catalog | None) -> list[str]:
         idx = catalog.index.get(event.item_id)
         if idx is not None and catalog.categories[idx] >= 0:
             category = catalog.category_names[catalog.categories[idx]]
-    value = "" if event.type != "rating" or event.value is None else f"{event.value:g}"
+    # repr: the shortest text that reads back as the same float (":g" kept six digits)
+    value = "" if event.type != "rating" or event.value is None \
+        else repr(event.value).removesuffix(".0")
     return [event.user_id, event.item_id, category, event.type, value,
             str(int(event.timestamp))]
 

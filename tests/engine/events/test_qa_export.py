@@ -4,6 +4,7 @@ export is what the log holds."""
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 
@@ -48,3 +49,11 @@ def test_exported_ids_and_ratings_read_back_as_stored(settings, tmp_path):
         [e.value for e in events], rel=1e-5)
     assert list(got.timestamps) == [int(e.timestamp) for e in events]
 
+
+def test_an_export_rating_keeps_every_digit_the_log_holds(settings):
+    write_log(settings, [Event("r", "u", "1", "rating", T0, 3.14159265),
+                         Event("s", "u", "2", "rating", T0 + 1, 4.0)])
+    out = io.StringIO()
+    asyncio.run(events_cli.export(settings, out))
+    rows = [line.split(",") for line in out.getvalue().splitlines()[1:]]
+    assert [float(r[4]) for r in rows] == [3.14159265, 4.0]
