@@ -452,12 +452,22 @@ def check_plugin_sections(where: str, sections: Mapping[str, Mapping[str, Any]],
 
 
 def check_overrides(where: str, overrides: Any, registries: Mapping[str, Registry]) -> None:
-    """Check an experiment variant's overrides (component lists and plugin options)."""
+    """Check an experiment variant's overrides (component lists and plugin options).
+
+    A variant's option sections name their components exactly: the variant's components are
+    built with the options under the name it gives, so a spelling only the environment's
+    variables need (``CATEGORY_CAP``) would be dropped without a word."""
     for stage, kind in (("candidates", "candidate_generators"), ("scorers", "scorers"),
                         ("rerankers", "rerankers")):
         names = getattr(overrides, stage)
         if names is not None:
             check_names(f"{where}.{stage}", names, registries, kind)
+    known = {n for reg in registries.values() for n in reg.entries}
+    for section in overrides.options:
+        spelt = _canonical_section(section, known)
+        if spelt is not None and spelt != section:
+            raise ConfigError(f"{where}.options: section: no such name {section!r}; did you "
+                              f"mean {spelt!r}? (a variant names its component exactly)")
     check_plugin_sections(f"{where}.options", overrides.options, registries)
 
 
