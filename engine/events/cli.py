@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import errno
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +19,7 @@ from ..config import Settings, load_settings
 from ..model import Catalog, load_model
 from ..offline.datasets import DEFAULT_EVENT_WEIGHTS, EVENT_COLUMNS
 from ..storage.opening import open_store
+from ..storage.store import StoreUnavailable
 from .log import EventLog, open_event_log
 from .projections import Projections
 from .values import Event
@@ -119,9 +124,17 @@ async def export(settings: Settings, out: IO[str], include_impressions: bool = F
     return counts
 
 
+def _unavailable(command: str, exc: StoreUnavailable) -> int:
+    print(f"rankly {command}: event log unavailable: {exc}", file=sys.stderr)
+    return 1
+
+
 def run_replay(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
-    stats = asyncio.run(replay(_settings(args)))
+    try:
+        stats = asyncio.run(replay(_settings(args)))
+    except StoreUnavailable as exc:
+        return _unavailable("replay", exc)
     if args.json:
         print(json.dumps(stats), file=out)
         return 0
@@ -133,15 +146,41 @@ def run_replay(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _replaced_on_success(path: Path) -> Iterator[IO[str]]:
+    """A file beside ``path`` that becomes ``path`` only when the block ends without an
+    exception: a failed export leaves the last good one (or nothing), never a part of the
+    log that ``rankly train`` would take for all of it. Anything but a regular file (a pipe,
+    ``/dev/stdout``) is written as it is; a symbolic link's target is replaced."""
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        return
+    path = path.resolve() if path.is_symlink() else path
+    if not path.parent.is_dir():  # named as given, not as the file beside it
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(part, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 def run_export(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     settings = _settings(args)
     fmt = getattr(args, "format", "csv")  # callers that build the Namespace predate --format
-    if args.out == "-":
-        counts = asyncio.run(export(settings, out, args.include_impressions, fmt))
-    else:
-        with open(args.out, "w", encoding="utf-8", newline="") as fh:
-            counts = asyncio.run(export(settings, fh, args.include_impressions, fmt))
+    try:
+        if args.out == "-":
+            counts = asyncio.run(export(settings, out, args.include_impressions, fmt))
+        else:
+            with _replaced_on_success(Path(args.out)) as fh:
+                counts = asyncio.run(export(settings, fh, args.include_impressions, fmt))
+    except StoreUnavailable as exc:
+        return _unavailable("export-events", exc)
     total = sum(counts.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     print(f"exported {total} events ({detail or 'none'}) to {args.out}", file=sys.stderr)

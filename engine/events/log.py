@@ -140,7 +140,7 @@ def open_event_log(settings: Settings, store: Store, *, readonly: bool = False) 
     """The log that matches ``store``: partitioned Redis Streams next to a Redis store, else a
     file. ``readonly``: for commands that only replay it (a server may be writing it)."""
     if store.kind == "redis":
-        return RedisStreamLog(store, settings)
+        return RedisStreamLog(store, settings, readonly=readonly)
     opts = _options(settings)
     directory = Path(opts.get("log_dir") or Path(settings.data_dir) / "events")
     return FileEventLog(directory, window_s=window_seconds(settings),
@@ -606,13 +606,15 @@ class RedisStreamLog(EventLog):
 
     kind = "redis"
 
-    def __init__(self, store: Any, settings: Settings, *, deadline_s: float = 2.0) -> None:
+    def __init__(self, store: Any, settings: Settings, *, deadline_s: float = 2.0,
+                 readonly: bool = False) -> None:
         from ..storage.keys import escape_id
         from ..storage.redis_client import GuardedRedis
 
         opts = _options(settings)
         self.store = store
         self.settings = settings
+        self.readonly = readonly
         self.window_ms = int(window_seconds(settings) * 1000)
         self.maxlen = int(opts.get("stream_maxlen", 0))
         self.wait_replicas = int(opts.get("wait_replicas", 0))
@@ -643,9 +645,13 @@ class RedisStreamLog(EventLog):
         return self._evt_prefixes[self.partition(user_id)] + self._escape(event_id)
 
     async def open(self) -> None:
+        """Look for the pre-partition stream; a ``readonly`` log (a command that only reads
+        it) raises :class:`StoreUnavailable` when Redis cannot be reached, a server's waits."""
         try:
             await self._has_legacy()
         except StoreUnavailable as exc:
+            if self.readonly:
+                raise
             log.error("event log: Redis unavailable at start (%s); appends answer 503", exc)
 
     async def close(self) -> None:

@@ -1,8 +1,9 @@
 """``rankly export-events`` as an operator uses it: what ``rankly train`` reads back from an
-export is what the log holds."""
+export is what the log holds, and a failed export neither leaves nor clobbers a file."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 
@@ -12,6 +13,7 @@ from rankly.engine.events import cli as events_cli
 from rankly.engine.events.log import FileEventLog
 from rankly.engine.events.values import Event
 from rankly.engine.offline.datasets import load_events_csv
+from rankly.engine.storage.store import StoreUnavailable
 
 T0 = 1_790_000_000.0
 
@@ -57,3 +59,39 @@ def test_an_export_rating_keeps_every_digit_the_log_holds(settings):
     asyncio.run(events_cli.export(settings, out))
     rows = [line.split(",") for line in out.getvalue().splitlines()[1:]]
     assert [float(r[4]) for r in rows] == [3.14159265, 4.0]
+
+
+def export_args(settings, out) -> argparse.Namespace:
+    return argparse.Namespace(config=None, artifacts=str(settings.artifacts), out=str(out),
+                              include_impressions=False, format="csv")
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_file(settings, tmp_path, monkeypatch):
+    write_log(settings, [Event(f"e{n}", "u", "1", "view", T0 + n) for n in range(3)])
+    out = tmp_path / "events.csv"
+    out.write_text("the last good export\n")
+
+    async def broken(self):
+        yield Event("e0", "u", "1", "view", T0)
+        raise StoreUnavailable("event log: read failed")
+
+    monkeypatch.setattr(FileEventLog, "replay", broken)
+    monkeypatch.setattr(events_cli, "load_settings", lambda path: settings)
+    assert events_cli.run_export(export_args(settings, out)) == 1
+    assert out.read_text() == "the last good export\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "data"] == ["events.csv"]
+
+
+def test_export_and_replay_with_redis_down_say_so_in_one_line(settings, spare_redis, capsys,
+                                                               monkeypatch, tmp_path):
+    down = settings.replace(store_url=spare_redis.url)  # never started: nothing listens
+    monkeypatch.setattr(events_cli, "load_settings", lambda path: down)
+    out = tmp_path / "events.csv"
+    assert events_cli.run_export(export_args(down, out)) == 1
+    assert not out.exists()
+    replay_args = argparse.Namespace(config=None, artifacts=str(down.artifacts), json=True)
+    assert events_cli.run_replay(replay_args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("unavailable" in line for line in err), err
+    assert err[0].startswith("rankly export-events: ")
+    assert err[1].startswith("rankly replay: ")
