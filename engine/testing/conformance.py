@@ -692,7 +692,8 @@ def check_one(name: str, kind: str, workload: Workload, component: Any = None,
         return report
     if built is None:
         trained = ", ".join(workload.model.parts)
-        hint = ("train its part: rankly plugins check --train)"
+        hint = (f"fit the part it serves: rankly plugins check {name} --train TRAINER, or "
+                "give it options: --options JSON)"
                 if name not in workload.registries["trainers"] or name in workload.model.parts
                 else f"its trainer is not fitted for the kit: rankly plugins check --train "
                      f"{name}, or list it in the rankly_trainers fixture)")

@@ -228,7 +228,8 @@ def test_a_component_with_nothing_to_serve_says_so_and_its_options_make_it_serve
     (idle,) = check_component("boost", workload=workload, latency=False)
     assert idle.failures() == [
         "boost (reranker): factory returns None for the kit's model (trained: pop, itemknn, "
-        "ease) and options {}: nothing to check (train its part: rankly plugins check --train)"]
+        "ease) and options {}: nothing to check (fit the part it serves: rankly plugins "
+        "check boost --train TRAINER, or give it options: --options JSON)"]
     (boosted,) = check_component("boost", workload=workload, latency=False,
                                  options={"items": {"1": 2.0}})
     assert boosted.passed, boosted.failures()
