@@ -136,10 +136,30 @@ def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slat
     scores = np.array([pool.scores[where[int(i)]] if int(i) in where else floor
                        for i in items], dtype=np.float32)
     pop = model.part("pop")
-    return ranker_features(user.history, np.maximum(items, 0), ranks, scores,
-                           np.asarray(model.catalog.categories),
-                           None if pop is None else np.asarray(pop["scores"]), stats[0],
-                           stats[1], np.arange(len(items), dtype=np.float32))
+    return without_unknown_items(items, ranker_features(
+        user.history, np.maximum(items, 0), ranks, scores,
+        np.asarray(model.catalog.categories),
+        None if pop is None else np.asarray(pop["scores"]), stats[0], stats[1],
+        np.arange(len(items), dtype=np.float32)))
+
+
+#: What an item outside the catalog gets of the per-item features: no popularity, the
+#: neutral click multiplier, no impressions, no category (serving's values for an item
+#: without any record).
+UNKNOWN_ITEM = {"log_popularity": 0.0, "item_ctr": 1.0, "log_item_impressions": 0.0,
+                "category_affinity": 0.0, "category_recency": 0.0,
+                "same_category_as_last": 0.0}
+
+
+def without_unknown_items(items: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` with the rows of items the catalog does not hold (index -1: a log from before
+    a retrain that dropped them) set to :data:`UNKNOWN_ITEM`: the arrays were read for them
+    at index 0, the first catalog item's values."""
+    gone = items < 0
+    if gone.any():
+        for name, value in UNKNOWN_ITEM.items():
+            x[gone, FEATURES.index(name)] = value
+    return x
 
 
 def has_logged_features(slate: Slate) -> bool:
@@ -156,19 +176,23 @@ def logged_rows(model: Model, slate: Slate, depth: int,
     model in DIR). An item outside the pool (backfilled) gets rank ``depth`` and a score
     below the slate's lowest, as a recomputed one outside the pool does; an unknown
     popularity or category feature counts 0; ``item_ctr`` and ``log_item_impressions`` come
-    from ``stats`` (the training log), as always."""
+    from ``stats`` (the training log), as always (neutral for an item the catalog in DIR no
+    longer holds)."""
     f = slate.features
     assert f is not None
     col = {name: f[:, k] for k, name in enumerate(FEATURE_FIELDS)}
-    items = np.maximum(model.catalog.lookup(slate.items), 0)
+    idx = model.catalog.lookup(slate.items)
+    # an item the catalog no longer holds has no record in the training log's statistics
+    item_ctr = np.where(idx >= 0, stats[0][np.maximum(idx, 0)], UNKNOWN_ITEM["item_ctr"])
+    impressions = np.where(idx >= 0, stats[1][np.maximum(idx, 0)], 0.0)
     scores = col["score"]
     known = ~np.isnan(scores)
     floor = scores[known].min() - 1.0 if known.any() else 0.0
     return feature_matrix(
-        np.arange(len(items), dtype=np.float32), np.where(np.isnan(col["rank"]), depth,
-                                                          col["rank"]),
+        np.arange(len(idx), dtype=np.float32), np.where(np.isnan(col["rank"]), depth,
+                                                        col["rank"]),
         np.where(known, scores, floor), np.nan_to_num(col["popularity"]),
-        stats[0][items], stats[1][items], float(slate.context["history_length"]),
+        item_ctr, impressions, float(slate.context["history_length"]),
         *(np.nan_to_num(col[name]) for name in ("category_affinity", "category_recency",
                                                  "same_category_as_last")))
 

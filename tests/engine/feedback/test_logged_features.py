@@ -136,3 +136,37 @@ def test_logged_feature_arrays_read_nulls_short_and_longer_lines():
                           equal_nan=True)
     assert slate.sources == [{}, {}, {"a": 4}]
     assert slate.context["history_length"] == 4 and "features" not in slate.context
+
+
+@pytest.mark.parametrize("logged", [False, True], ids=["recomputed", "logged"])
+def test_an_item_the_catalog_no_longer_holds_borrows_no_other_items_features(
+        artifacts, logged):
+    # a log from before a retrain that dropped an item: its rows must not read the arrays
+    # at index 0 (the first catalog item's popularity, category, click rate)
+    from rankly.engine.feedback.slates import Feedback, Slate
+
+    model = load_model(artifacts, mmap=False)
+    rt = serving_runtime(model, load_settings(environ={}))
+    first = model.catalog.id_list()[0]
+    items = ["gone", first]
+    context = {"history_length": 3} if logged else {}
+    features = None
+    if logged:  # rank, score, popularity, the rest unknown
+        features = np.full((2, 8), np.nan)
+        features[:, :3] = [[np.nan, np.nan, np.nan], [4.0, 1.5, 30.0]]
+    clicked = Slate("r0", "1", 1.0, [first, "x"], np.ones(2), np.arange(2), {},
+                    np.array([True, False]), np.zeros(2, dtype=bool))
+    slate = Slate("r1", "1", 2.0, items, np.ones(2), np.arange(2), context,
+                  np.zeros(2, dtype=bool), np.zeros(2, dtype=bool), features)
+    missed = Slate("r2", "1", 1.5, ["x", first], np.ones(2), np.arange(2), {},
+                   np.zeros(2, dtype=bool), np.zeros(2, dtype=bool))
+    feedback = Feedback([clicked, missed, slate], {})
+    stats = item_stats([clicked, missed] * 5, len(model.catalog), model.catalog.index)
+    assert stats[0][0] != 1.0 and stats[1][0] == 10  # the first item has a record
+    rows = slate_rows(model, rt, pool_plan(rt), feedback, slate, 100, stats)
+    gone = dict(zip(FEATURES, rows[0].tolist(), strict=True))
+    assert gone["rank"] == 100  # outside the pool
+    assert gone["log_popularity"] == 0.0
+    assert gone["item_ctr"] == 1.0 and gone["log_item_impressions"] == 0.0
+    assert gone["category_affinity"] == gone["category_recency"] == 0.0
+    assert gone["same_category_as_last"] == 0.0
