@@ -265,14 +265,19 @@ class FileEventLog(EventLog):
         horizon = self.clock() - self.window_s
         index: dict[str, float] = {}
         for line in data[:end].splitlines():
+            # NOTE: a damaged line can still be JSON (a number, null, an object missing its
+            # id): it is skipped as replay skips it, not allowed to stop the server's start
             try:
                 doc = json.loads(line)
-            except ValueError:
+                at = float(doc.get("at", 0.0))
+                eid = doc["id"]
+            except (ValueError, TypeError, KeyError, AttributeError):
+                eid = None
+            if not isinstance(eid, str):
                 self.torn_lines += 1
                 continue
-            at = float(doc.get("at", 0.0))
             if not doc.get("nd") and at >= horizon:
-                index[str(doc["id"])] = at
+                index[eid] = at
         self._index = index
         self._prune(self.clock())
 
