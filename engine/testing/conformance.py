@@ -498,7 +498,11 @@ def check_trainer(trainer: Any, workload: Workload,
     if not isinstance(part, ModelPart):
         f.fail("type", f"returns {type(part).__name__}, not ModelPart")
         return f.checks()
-    for name, arr in part.arrays.items():
+    arrays = part.arrays if isinstance(part.arrays, Mapping) else {}
+    if not isinstance(part.arrays, Mapping):
+        f.fail("arrays", f"arrays are a {type(part.arrays).__name__}, not a dict of NumPy "
+                         "arrays by name")
+    for name, arr in arrays.items():
         if not isinstance(arr, np.ndarray):
             f.fail("arrays", f"array {name!r} is {type(arr).__name__}, not a NumPy array")
         elif arr.dtype == object:
@@ -511,7 +515,7 @@ def check_trainer(trainer: Any, workload: Workload,
         f.fail("params", f"params are not JSON: {exc}")
     try:
         again = trainer.fit(data, dict(options or {}))
-        for name, arr in part.arrays.items():
+        for name, arr in arrays.items():
             if name not in again.arrays or not _same(arr, again.arrays[name]):
                 f.fail("determinism", f"two fits on the same data differ (array {name!r})")
                 break
