@@ -127,7 +127,7 @@ def slate_rows(model: Model, rt: Any, plan: Any, feedback: Feedback, slate: Slat
         return logged_rows(model, slate, depth, stats)
     from ..offline.batch import rank_user
 
-    user = user_at(model, feedback, slate)
+    user = user_at(model, feedback, slate, rt.settings.pipeline.exclude_seen)
     pool = rank_user(rt, plan, user, depth)
     where = {int(i): r for r, i in enumerate(pool.items.tolist())}
     items = model.catalog.lookup(slate.items)

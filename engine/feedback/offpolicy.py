@@ -217,10 +217,11 @@ def base_rankings(feedback: Feedback, logged: Logged) -> np.ndarray:
     return out
 
 
-def user_at(model: Any, feedback: Feedback, slate: Slate) -> Any:
+def user_at(model: Any, feedback: Feedback, slate: Slate, exclude_seen: bool = True) -> Any:
     """The user's features as the server saw them when it served ``slate``: the trained
     history plus their logged history events before it, newest first (as the store
-    projects them; purchases and ratings also in ``seen``)."""
+    projects them; purchases and ratings also in ``seen``). ``exclude_seen`` is the
+    serving pipeline's setting: off, ``seen`` is empty, as the server leaves it."""
     from ..types import UserFeatures
 
     catalog = model.catalog
@@ -233,7 +234,7 @@ def user_at(model: Any, feedback: Feedback, slate: Slate) -> Any:
     _, first = np.unique(history, return_index=True)
     history = history[np.sort(first)]
     seen = np.unique(np.concatenate([history, seen_online[seen_online >= 0]]))
-    return UserFeatures(slate.user_id, row, history, seen)
+    return UserFeatures(slate.user_id, row, history, seen if exclude_seen else seen[:0])
 
 
 def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
@@ -251,7 +252,8 @@ def model_rankings(feedback: Feedback, logged: Logged, artifacts: str | Path,
     ids = model.catalog.id_list()
     out = np.full(logged.items.shape, "", dtype=object)
     for i, s in enumerate(feedback.slates):
-        ranking = rank_user(rt, plan, user_at(model, feedback, s), len(s.items))
+        user = user_at(model, feedback, s, settings.pipeline.exclude_seen)
+        ranking = rank_user(rt, plan, user, len(s.items))
         got = [ids[j] for j in ranking.items.tolist()][: len(s.items)]
         out[i, : len(got)] = got
     return out

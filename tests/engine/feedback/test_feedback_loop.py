@@ -87,3 +87,24 @@ def test_export_events_jsonl_keeps_what_off_policy_reads(served_log, tmp_path):
     assert [s.propensities.tolist() for s in a.slates] == [s.propensities.tolist()
                                                            for s in b.slates]
     assert sum(int(s.clicks.sum()) for s in b.slates) == result.clicks
+
+
+def test_rankings_recomputed_offline_keep_seen_items_when_the_server_does(artifacts,
+                                                                          tmp_path):
+    # with pipeline.exclude_seen off the server shows items of the user's history: the
+    # ranking recomputed for a logged request must not leave them out
+    from rankly.engine.config import load_settings
+    from rankly.engine.feedback.offpolicy import Logged, base_rankings, model_rankings
+
+    settings = load_settings(environ={}, artifacts=artifacts, data_dir=tmp_path,
+                             cache={"tiers": []}, pipeline={"exclude_seen": False})
+    model = load_model(artifacts)
+    sim = Simulator.create([str(u) for u in model.users.user_ids.tolist()],
+                           model.catalog.id_list(), seed=3)
+    with TestClient(create_app(settings)) as client:
+        drive(client, sim, requests=30, n=10, seed=4)
+    feedback = load_feedback(tmp_path / "events" / "events.jsonl")
+    logged = Logged.of(feedback.slates)
+    evaluated = model_rankings(feedback, logged, artifacts, settings)
+    same = (base_rankings(feedback, logged) == evaluated) & logged.mask
+    assert same.sum() == logged.mask.sum() == 300
