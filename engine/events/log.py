@@ -385,8 +385,12 @@ class FileEventLog(EventLog):
         if self._fd is None:
             created = not self.path.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._size = os.fstat(self._fd).st_size
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                self._size = _cut_torn_tail(self._fd)
+            except OSError:
+                self._close_fd()
+                raise
             if created:
                 _fsync_dir(self.directory)
         fd = self._fd
@@ -448,6 +452,29 @@ class FileEventLog(EventLog):
             if i % 5000 == 4999:
                 await asyncio.sleep(0)  # let a serving loop breathe during a rebuild
             yield event
+
+
+def _cut_torn_tail(fd: int, block: int = 1 << 16) -> int:
+    """Cut the file open on ``fd`` back to its last complete line; return its size.
+
+    A write that failed and could not be cut back (the truncation failed too) leaves part
+    of a line: appending after it would glue the next, acknowledged, line to it, and replay
+    would skip both. Raises :class:`OSError` when the part cannot be cut off."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end < size:
+        log.warning("event log: cutting an incomplete last line (%d bytes, never "
+                    "acknowledged)", size - end)
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+    return end
 
 
 def _fsync_dir(path: Path) -> None:
