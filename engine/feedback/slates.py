@@ -235,9 +235,9 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     An outcome carrying a ``request_id`` goes to that slate's position of its item; one
     without goes to the latest slate of the same user that showed the item within
     ``window_s`` seconds before it. An outcome credits a position at most once per kind.
-    An impression logged twice counts once. A request whose impressions are not one slate
-    (:func:`_slate_problem`) is left out and counted in ``Feedback.skipped``; its outcomes
-    count as unattributed.
+    An impression logged twice counts once, and so does any other event (by its id). A
+    request whose impressions are not one slate (:func:`_slate_problem`) is left out and
+    counted in ``Feedback.skipped``; its outcomes count as unattributed.
     """
     # per position only its own fields; the slate's (every position logs the same) once
     parts: dict[str, dict[int, tuple[Any, ...]]] = defaultdict(dict)
@@ -246,6 +246,8 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
     outcomes: list[Event] = []
     history: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
     conflicting: set[str] = set()
+    # the server keeps an event id once; the same id again is the same event read twice
+    seen_ids: set[str] = set()
     for e in events:
         if e.type == "impression":
             rid = e.request_id
@@ -266,6 +268,11 @@ def join(events: Iterable[Event], window_s: float = DEFAULT_WINDOW_S) -> Feedbac
                 shared[rid] = {k: v for k, v in ctx.items() if k not in POSITION_FIELDS}
             meta.setdefault(rid, (e.user_id, e.timestamp))
             continue
+        if e.type not in HISTORY_TYPES and e.type not in CLICK_TYPES:
+            continue
+        if e.event_id in seen_ids:
+            continue
+        seen_ids.add(e.event_id)
         if e.type in HISTORY_TYPES:
             history[e.user_id].append((e.timestamp, e.item_id, e.type))
         if e.type in CLICK_TYPES:

@@ -127,6 +127,15 @@ def test_a_log_concatenated_twice_counts_each_impression_and_click_once(tmp_path
     assert twice.skipped == {} and twice.unattributed == 0
 
 
+def test_a_log_concatenated_twice_counts_an_unmatched_outcome_once(tmp_path):
+    # the report's unattributed_outcomes and the users' histories read each event once
+    lines = good_lines() + [json.dumps(click(None, "zz", ts=1.76e9 + 7))]
+    once = load_feedback(write(tmp_path, ("\n".join(lines) + "\n").encode()))
+    twice = load_feedback(write(tmp_path, ("\n".join(lines + lines) + "\n").encode()))
+    assert once.unattributed == twice.unattributed == 1
+    assert twice.history == once.history
+
+
 def test_a_reused_request_id_leaves_its_slates_out_and_says_so(tmp_path, capsys):
     """Clients may send their own request_id: two slates under one id cannot be told apart,
     so neither is estimated (before, the second overwrote the first's positions and took
