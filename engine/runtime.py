@@ -182,8 +182,14 @@ def _build(kind: str, registry: Registry, settings: Settings, model: Model,
                     f"{error}; list it in pipeline.optional to serve without it") from exc
             # NOTE: an optional or unused component must not take serving down; it is
             # reported (/ready) and its name is simply unavailable (the fallback chain
-            # covers it).
-            log.exception("could not build %s %r (from %s)", kind, name, owner)
+            # covers it). A configured optional one logs its traceback; one nothing
+            # configures (any installed plugin's) logs one line: a broken package the
+            # pipeline does not use is not an error of this server.
+            if name in settings.pipeline.optional:
+                log.exception("could not build %s %r (from %s)", kind, name, owner)
+            else:
+                log.warning("could not build unused %s %r (from %s): %s; the pipeline does "
+                            "not use it (GET /ready lists it)", kind, name, owner, error)
             missing[name] = f"{KIND_NOUNS[registry.kind]} from {owner}: {error}"
             continue
         if component is not None:
@@ -213,9 +219,25 @@ def build_components(settings: Settings, model: Model, registries: dict[str, Reg
                     settings.pipeline.fallback)
     else:
         cold = UserFeatures(None, -1, np.empty(0, np.int64), np.empty(0, np.int64))
-        s = np.asarray(fb.score(cold, np.arange(n, dtype=np.int64)), dtype=np.float32)
-        if s.shape == (n,) and np.isfinite(s).all():
+        try:
+            s = np.asarray(fb.score(cold, np.arange(n, dtype=np.int64)), dtype=np.float32)
+        except Exception as exc:  # a plugin's scorer: the fallback must never be what fails
+            error = f"{type(exc).__name__}: {exc}"
+            if settings.pipeline.fallback in required:
+                raise ComponentError(
+                    f"fallback scorer {settings.pipeline.fallback!r} (plugin "
+                    f"{registries['scorers'].owners[settings.pipeline.fallback]}) raised "
+                    f"scoring a cold user: {error}; list it in pipeline.optional to serve "
+                    "catalog order instead") from exc
+            s = None
+            log.warning("fallback scorer %r raised %s; fallback answers use catalog order",
+                        settings.pipeline.fallback, error)
+        if s is not None and s.shape == (n,) and np.isfinite(s).all():
             fallback_scores = np.ascontiguousarray(s)
+        elif s is not None:
+            log.warning("fallback scorer %r gave %s scores for %d items (non-finite or "
+                        "misshapen): fallback answers use catalog order",
+                        settings.pipeline.fallback, s.shape, n)
     for name in (*settings.pipeline.candidates, *settings.pipeline.scorers,
                  *settings.pipeline.rerankers):
         if name not in generators and name not in scorers and name not in rerankers:

@@ -380,3 +380,43 @@ def test_a_misspelt_hook_is_named_with_its_plugin_and_a_close_match():
     assert str(err.value).startswith(
         "plugin Misspelt implements 'register_scorer', which is no rankly hook; did you mean "
         "'register_scorers'? (hooks: register_caches, ")
+
+
+def test_an_unused_factory_that_raises_logs_one_line_not_a_traceback(model, settings_for,
+                                                                       artifacts, caplog):
+    # any installed plugin's components are built; a broken package the pipeline does not
+    # use is named (and /ready lists it) without a traceback in the server's log
+    with caplog.at_level("WARNING", logger="rankly"):
+        rt = runtime(settings_for(artifacts), model, Broken())
+    assert "broken" in rt.components.missing
+    [record] = [r for r in caplog.records if "'broken'" in r.getMessage()]
+    assert record.exc_info is None and "unused scorer" in record.getMessage()
+    assert "ValueError: no weights for this model" in record.getMessage()
+
+
+class RaisingFallback:
+    """A scorer that builds but raises when it scores (here: the cold user of the fallback)."""
+
+    @hookimpl
+    def register_scorers(self, register):
+        class Scorer:
+            def score(self, user, items):
+                raise RuntimeError("feature store down")
+
+        register("shaky", lambda ctx: Scorer())
+
+
+def test_a_fallback_scorer_that_raises_stops_the_start_unless_optional(model, artifacts):
+    from rankly.engine.config import load_settings
+
+    settings = load_settings(environ={"RANKLY_PIPELINE__FALLBACK": "shaky"},
+                             artifacts=artifacts, data_dir=str(artifacts / "run"))
+    with pytest.raises(ComponentError, match=r"fallback scorer 'shaky' \(plugin .*\) raised "
+                                             r"scoring a cold user: RuntimeError: feature "
+                                             r"store down; list it in pipeline.optional"):
+        runtime(settings, model, RaisingFallback())
+    optional = load_settings(environ={"RANKLY_PIPELINE__FALLBACK": "shaky",
+                                      "RANKLY_PIPELINE__OPTIONAL": "shaky"},
+                             artifacts=artifacts, data_dir=str(artifacts / "run"))
+    rt = runtime(optional, model, RaisingFallback())
+    assert not rt.components.fallback_scores.any()  # catalog order
