@@ -401,6 +401,12 @@ def render(report: Mapping[str, Any]) -> str:
     if report["explored_requests"] == 0:
         lines.append("warning: no explored slates (exploration.rate = 0): only rankings that "
                      "agree with the logged one can be estimated")
+    for name, pol in report["policies"].items():
+        if pol.get("support", 1.0) < 1.0:
+            lines.append(f"warning: {name} is supported on {pol['support']:.1%} of its "
+                         "positions: IPS and SNIPS count the others as never clicked (their "
+                         "intervals do not cover that bias); DR fills them from its reward "
+                         "model")
     lines.append(f"{'policy':<10} {'metric':<11} {'est.':<6} {'value':>9} {'95% CI':>21} "
                  f"{'lift vs base, else logging (95% CI)':>36} {'ESS':>9}")
     for name, pol in report["policies"].items():

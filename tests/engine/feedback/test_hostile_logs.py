@@ -188,6 +188,18 @@ def test_a_log_without_clicks_has_null_lifts_in_json_and_n_a_in_text(tmp_path, c
     assert "warning: no clicks in the log" in render(report)
 
 
+def test_a_ranking_the_log_does_not_support_is_flagged_in_the_text(tmp_path):
+    # the log never showed "x" or "y": IPS counts those positions as unclicked and its
+    # interval, however narrow, is not the ranking's rate
+    path = write(tmp_path, ("\n".join(good_lines()) + "\n").encode())
+    report = evaluate(load_feedback(path), {
+        "same": np.array([["a", "b", "c"], ["c", "a", "b"]], dtype=object),
+        "other": np.array([["x", "b", "y"], ["c", "x", "y"]], dtype=object)})
+    text = render(report)
+    assert "warning: other is supported on 33.3% of its positions" in text
+    assert "warning: same" not in text
+
+
 def strict_json(text: str):
     def refuse(token):
         raise ValueError(f"{token} is not JSON")
