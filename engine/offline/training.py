@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from ..config import PipelineSettings, Settings, load_settings
 from ..model import fingerprint, save_model
@@ -75,6 +78,7 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
                for name, given in (options or {}).items()}
     names = list(dict.fromkeys(["pop", *trainers]))
     parts = []
+    owners: list[str] = []  # the trainer of each part
     tuned: dict[str, dict[str, Any]] = {}
     shown = progress_bars.bar(len(names), "training", quiet=progress is None, unit="part",
                               stream=progress)
@@ -100,6 +104,8 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
             # not a traceback
             raise PluginError(f"trainer {name!r} failed: {type(exc).__name__}: {exc}"
                               ) from exc
+        check_part(name, part, {p.name: owner for p, owner in zip(parts, owners, strict=True)})
+        owners.append(name)
         seconds = round(time.perf_counter() - started, 3)
         absorb_tuned(tuned, part)
         parts.append(ModelPart(part.name, part.params, part.arrays,
@@ -107,6 +113,32 @@ def train(data: TrainingData, trainers: Sequence[str], settings: Settings,
         shown.update(1)
     shown.close()
     return parts
+
+
+def check_part(trainer: str, part: Any, earlier: Mapping[str, str]) -> None:
+    """Raise :class:`PluginError` (one line naming the trainer) unless ``part`` can be
+    written into an artifact: a ModelPart of NumPy arrays by name with JSON params and
+    metrics, named apart from the parts before it (``earlier``: part name -> trainer), which
+    it would otherwise overwrite. ``rankly plugins check NAME --train NAME`` says more."""
+    def refuse(problem: str) -> PluginError:
+        return PluginError(f"trainer {trainer!r} returned {problem}; `rankly plugins check "
+                           f"--train {trainer}` checks a trainer")
+
+    if not isinstance(part, ModelPart):
+        raise refuse(f"{type(part).__name__}, not a ModelPart")
+    if not isinstance(part.name, str) or not part.name:
+        raise refuse(f"a part named {part.name!r}, not a non-empty string")
+    if part.name in earlier:
+        raise refuse(f"a part named {part.name!r}, which trainer {earlier[part.name]!r} "
+                     "already wrote")
+    if not isinstance(part.arrays, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in part.arrays.items()):
+        raise refuse("arrays that are not NumPy arrays by name")
+    try:
+        json.dumps({"params": dict(part.params), "metrics": dict(part.metrics)},
+                   allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise refuse(f"params or metrics that are not JSON ({exc})") from None
 
 
 def summary(out_dir: Path, data: TrainingData, parts: Sequence[ModelPart], seconds: float) -> str:

@@ -208,3 +208,38 @@ def test_train_weighs_the_custom_event_types_of_its_settings(tmp_path):
     assert cli.main(["train", "--quiet", "--interactions", str(tmp_path / "events.csv"),
                      "--config", str(tmp_path / "rankly.toml"), "--event-weights", "share=0",
                      "--out", str(tmp_path / "model2")]) == 0
+
+
+class _Returning:
+    def __init__(self, part):
+        self.part = part
+
+    def fit(self, data, options):
+        return self.part
+
+
+class _MalformedTrainers:
+    @api.hookimpl
+    def register_trainers(self, register):
+        register("none", _Returning(None))
+        register("listy", _Returning(api.ModelPart("listy", {}, [np.zeros(2)])))
+        register("npparams", _Returning(api.ModelPart("npparams", {"alpha": np.float32(0.5)},
+                                                      {"w": np.zeros(2)})))
+        register("usurper", _Returning(api.ModelPart("pop", {}, {"w": np.zeros(2)})))
+
+
+@pytest.mark.parametrize(("trainer", "problem"), [
+    ("none", "returned NoneType, not a ModelPart"),
+    ("listy", "returned arrays that are not NumPy arrays by name"),
+    ("npparams", "returned params or metrics that are not JSON"),
+    ("usurper", "returned a part named 'pop', which trainer 'pop' already wrote"),
+])
+def test_a_malformed_part_is_named_in_one_line_before_anything_is_written(
+        tmp_path, capsys, monkeypatch, trainer, problem):
+    pm = make_plugin_manager(load_entrypoints=False, extra=(*PLUGINS, _MalformedTrainers()))
+    monkeypatch.setattr(training, "make_plugin_manager", lambda *a, **k: pm)
+    assert cli.main(["train", "--quiet", "--trainers", trainer, "--interactions",
+                     str(_csv(tmp_path)), "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert f"trainer {trainer!r} {problem}" in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()
