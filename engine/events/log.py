@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -490,11 +490,15 @@ def _fsync_dir(path: Path) -> None:
 # KEYS[1]: the partition's stream; KEYS[2..]: one idempotency key per event (same slot: the
 # partition's hash tag). ARGV[1]: window in ms; ARGV[2]: this call's token; ARGV[3]: MAXLEN
 # (0 = none); ARGV[4]: '1' when the caller waits for replicas; ARGV[5..]: one payload per event,
-# then (optional) one digest per event of what it projects (:func:`_digest`).
-# A key holds "<token>:<digest>". A key already holding this call's mark means a retry of this
-# very call stored it already (the reply was lost): accepted (1), not a duplicate. A key holding
-# another call's mark with the same digest is a retry of the same event (2): a duplicate, which
-# the caller projects again, since the call that stored it may have failed before projecting.
+# then (optional) one digest per event of what it projects (:func:`_digest`), then (optional,
+# with the digests) one event time per event.
+# A key holds "<token>:<time>:<digest>" ("<token>:<digest>" when written by a rankly that kept
+# no time). A key already holding this call's mark means a retry of this very call stored it
+# already (the reply was lost): accepted (1), not a duplicate. A key holding another call's
+# mark with the same digest is a retry of the same event (2, or "2:<time>" with the stored
+# event's time): a duplicate, which the caller projects again, since the call that stored it
+# may have failed before projecting; at the stored time, so that a retry without a timestamp
+# of its own (the server stamps it on arrival) does not move the item in the user's history.
 # Any other key is a plain duplicate (0). When the caller then WAITs for replicas, a
 # key that was already there is re-written (same TTL): WAIT only covers this connection's own
 # writes, and the rewrite comes after the original write in the replication stream, so a
@@ -505,8 +509,12 @@ local n = #KEYS - 1
 for i = 2, #KEYS do
   local payload = ARGV[i + 3]
   local digest = ARGV[i + 3 + n]
+  local at = ARGV[i + 3 + 2 * n]
   local mark = ARGV[2]
-  if digest then mark = mark .. ':' .. digest end
+  if digest then
+    if at then mark = mark .. ':' .. at end
+    mark = mark .. ':' .. digest
+  end
   if redis.call('SET', KEYS[i], mark, 'NX', 'PX', ARGV[1]) then
     if ARGV[3] ~= '0' then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', payload)
@@ -523,7 +531,8 @@ for i = 2, #KEYS do
     if held == mark then
       out[#out + 1] = 1
     elseif digest and held and string.sub(held, -#digest - 1) == ':' .. digest then
-      out[#out + 1] = 2
+      local stored = string.match(held, '^[^:]*:([^:]+):')
+      if stored then out[#out + 1] = '2:' .. stored else out[#out + 1] = 2 end
     else
       out[#out + 1] = 0
     end
@@ -578,6 +587,19 @@ def stream_keys(prefix: str, partitions: int) -> list[str]:
 def legacy_stream_key(prefix: str) -> str:
     """The single stream of a log written before partitions (``<ns>:{ev}:stream``)."""
     return f"{prefix}{{{LEGACY_TAG}}}:stream"
+
+
+def _flag(flag: Any) -> tuple[int, float | None]:
+    """The append script's outcome for one event: its code, and for a repeat (2) the stored
+    event's time when its key holds one."""
+    if isinstance(flag, bytes | str):
+        text = flag.decode() if isinstance(flag, bytes) else flag
+        code, _, at = text.partition(":")
+        try:
+            return int(code), float(at) if at else None
+        except ValueError:
+            return int(code), None
+    return int(flag), None
 
 
 def _digest(event: Event) -> str:
@@ -745,12 +767,14 @@ class RedisStreamLog(EventLog):
             for (_, chunk), flags in zip(calls, await self._append_round(calls, idempotent, now),
                                          strict=True):
                 for row, flag in zip(chunk, flags, strict=True):
-                    if int(flag) == 1:
+                    code, stored_at = _flag(flag)
+                    if code == 1:
                         new.append(row)
                     else:
                         duplicates += 1
-                        if int(flag) == 2:
-                            repeated.append(row)
+                        if code == 2:
+                            repeated.append(row if stored_at is None else (
+                                row[0], replace(row[1], timestamp=stored_at)))
         new.sort(key=lambda row: row[0])
         repeated.sort(key=lambda row: row[0])
         return AppendResult(len(new), duplicates, tuple(e for _, e in new),
@@ -778,7 +802,8 @@ class RedisStreamLog(EventLog):
                                                for _, e in chunk)]
                 specs.append((keys, [self.window_ms, uuid.uuid4().hex, self.maxlen,
                                      1 if self.wait_replicas else 0, *payloads,
-                                     *(_digest(e) for _, e in chunk)]))
+                                     *(_digest(e) for _, e in chunk),
+                                     *(repr(float(e.timestamp)) for _, e in chunk)]))
             else:
                 specs.append(([self.stream_keys[p]], payloads))
         if not (idempotent and self.wait_replicas):

@@ -306,7 +306,9 @@ def test_redis_retry_of_the_same_call_is_not_a_duplicate(redis_server, redis_nam
 
 def test_redis_duplicates_that_repeat_a_stored_event_are_reported(redis_url, redis_namespace):
     """A retry of a stored event (any timestamp) is a duplicate listed in ``repeated``, for the
-    caller to project again; the same event_id with another item is a duplicate only."""
+    caller to project again, with the stored event's time (a retry the server stamped on
+    arrival must not move the item in the history); the same event_id with another item is a
+    duplicate only."""
 
     async def go():
         store, log = _redis_log(redis_url, redis_namespace)
@@ -322,7 +324,7 @@ def test_redis_duplicates_that_repeat_a_stored_event_are_reported(redis_url, red
     assert (first.accepted, first.repeated) == (2, ())
     assert (retry.accepted, retry.duplicates) == (1, 2)
     assert [e.event_id for e in retry.new] == ["e3"]
-    assert [(e.event_id, e.timestamp) for e in retry.repeated] == [("e1", 1_700_000_051.0)]
+    assert [(e.event_id, e.timestamp) for e in retry.repeated] == [("e1", 1_700_000_001.0)]
     assert [e.event_id for e in events] == ["e1", "e2", "e3"]
 
 

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from rankly.engine.events import cli as events_cli
 from rankly.engine.offline import training
 from rankly.engine.serving.app import create_app
+from rankly.engine.storage.redis_client import make_redis_sync
 
 
 def ids(resp) -> list[str]:
@@ -408,3 +409,23 @@ def test_a_late_event_enters_the_history_behind_newer_ones(settings):
     assert live[:3] == ("2", "1", "3")
     with TestClient(create_app(settings)) as client:  # the embedded store, rebuilt from the log
         assert asyncio.run(client.app_state["runtime"].store.fetch_user("9")).history == live
+
+
+def test_a_retried_event_keeps_its_stored_time_in_the_history(artifacts, settings_for, tmp_path,
+                                                               redis_url, redis_namespace):
+    """A retry of a stored event (its reply was lost) is projected again, at the time stored
+    with the event, not at the retry's arrival, as a replay of the log would place it."""
+    s = settings_for(artifacts, data_dir=tmp_path, store_url=redis_url, namespace=redis_namespace)
+    with TestClient(create_app(s)) as client:
+        store = client.app_state["runtime"].store
+        assert client.post("/events", json=purchase("31", "10", "rt-a")).status_code == 202
+        time.sleep(0.01)  # the server stamps each event on arrival, to the millisecond
+        assert client.post("/events", json=purchase("31", "11", "rt-b")).status_code == 202
+        r = client.post("/events", json=purchase("31", "10", "rt-a"))
+        assert r.json()["duplicates"] == 1
+        key = store.keys.user("31", "history")
+    sync = make_redis_sync(redis_url, s)
+    try:
+        assert [i.decode() for i in sync.lrange(key, 0, -1)] == ["11", "10"]
+    finally:
+        sync.close()
