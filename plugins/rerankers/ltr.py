@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from rankly.engine.api import (
+    RANKER_FEATURES,
     ComponentContext,
     Model,
     Ranking,
@@ -79,9 +80,18 @@ def load_booster(model: Model) -> Any:
 @hookimpl
 def register_rerankers(register):
     def ltr(ctx: ComponentContext) -> LtrReranker | None:
+        top = int(ctx.options.get("top", 10))
+        if top < 2:  # one item or none cannot be reordered: it would serve unchanged
+            raise ValueError(f"ltr: top must be at least 2 (the items it reorders), got {top}")
         booster = load_booster(ctx.model)
         if booster is None:
             return None
-        return LtrReranker(ctx.model, booster, int(ctx.options.get("top", 10)))
+        if booster.num_feature() != len(RANKER_FEATURES):
+            # a part from another rankly: every request would fail in predict; say so at
+            # start instead
+            raise ValueError(
+                f"ltr: the model's ranker takes {booster.num_feature()} features, this rankly "
+                f"computes {len(RANKER_FEATURES)}; train it again with rankly train-ranker")
+        return LtrReranker(ctx.model, booster, top)
 
     register("ltr", ltr, options={"top": 10})

@@ -209,3 +209,25 @@ def test_train_ranker_names_a_missing_event_log(tmp_path, capsys):
                      str(tmp_path)]) == 2
     assert f"rankly train-ranker: {missing}: No such file or directory" in (
         capsys.readouterr().err)
+
+
+def test_a_top_that_cannot_reorder_anything_stops_the_start(shop, trained):
+    from rankly.engine.runtime import ComponentError, build_runtime
+
+    settings = load_settings(environ={}, artifacts=shop[0], data_dir=shop[3] / "top1",
+                             cache={"tiers": []},
+                             pipeline={"rerankers": ["ltr", "diversity"]},
+                             plugins={"ltr": {"top": 1}})
+    with pytest.raises(ComponentError, match="ltr: top must be at least 2"):
+        build_runtime(settings, load_model(shop[0]))
+
+
+def test_a_ranker_of_another_feature_set_stops_the_start(shop, trained, monkeypatch):
+    from rankly.engine.runtime import ComponentError, build_runtime
+    from rankly.plugins.rerankers import ltr
+
+    monkeypatch.setattr(ltr, "RANKER_FEATURES", (*ltr.RANKER_FEATURES, "a later feature"))
+    settings = load_settings(environ={}, artifacts=shop[0], data_dir=shop[3] / "features",
+                             cache={"tiers": []}, pipeline={"rerankers": ["ltr", "diversity"]})
+    with pytest.raises(ComponentError, match="train it again with rankly train-ranker"):
+        build_runtime(settings, load_model(shop[0]))
