@@ -153,6 +153,10 @@ def build_training_data(interactions: Interactions, items: ItemTable | None = No
 
     The catalog holds every interacted item plus (``include_all_items``) every item of
     ``items``. Histories list each user's distinct items, most recent interaction first.
+    Events that weigh nothing (an impression at its default weight 0, a type weighed 0 with
+    ``--event-weights``) carry no interest: their items enter the catalog, but they enter no
+    user's history or matrix, as the serving projections leave them out of the online
+    history.
     """
     event_item_ids = np.asarray(interactions.item_ids, dtype=str)
     all_ids = event_item_ids
@@ -164,6 +168,10 @@ def build_training_data(interactions: Interactions, items: ItemTable | None = No
         event_cats = dict(zip(event_item_ids.tolist(), interactions.categories.tolist(),
                               strict=True))
     catalog = build_catalog(item_ids, items, event_cats)
+    interest = np.asarray(interactions.weights) > 0
+    if not interest.all():
+        interactions = interactions.take(interest)
+        event_item_ids = event_item_ids[interest]
     user_ids = _natural_sort(np.asarray(interactions.user_ids, dtype=str))
     user_pos = {v: k for k, v in enumerate(user_ids.tolist())}
     u = np.fromiter((user_pos[x] for x in np.asarray(interactions.user_ids, dtype=str).tolist()),

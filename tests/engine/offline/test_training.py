@@ -243,3 +243,23 @@ def test_a_malformed_part_is_named_in_one_line_before_anything_is_written(
     err = capsys.readouterr().err
     assert f"trainer {trainer!r} {problem}" in err and "Traceback" not in err
     assert not (tmp_path / "model").exists()
+
+
+def test_events_that_weigh_nothing_enter_no_history_and_no_model(tmp_path):
+    # an exported log with its impressions (weight 0 by default): they are not interest,
+    # as the serving projections leave them out of the online history
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id,event_type,timestamp\n"
+                    "u1,a,click,100\nu1,b,impression,101\nu1,c,impression,102\n"
+                    "u2,a,impression,100\nu2,b,purchase,103\nu3,c,impression,104\n")
+    from rankly.engine.offline import datasets
+
+    data = build_training_data(datasets.load(path, event_weights={"impression": 0.0})
+                               .interactions)
+    history = {data.users.user_ids[u]: [data.catalog.item_ids[i] for i in
+                                        data.users.history_items[data.users.history_indptr[u]:
+                                                                 data.users.history_indptr[u + 1]]]
+               for u in range(len(data.users))}
+    assert history == {"u1": ["a"], "u2": ["b"]}  # u3 only saw an impression
+    assert set(data.catalog.item_ids) == {"a", "b", "c"}  # c is still a catalog item
+    assert data.binary_matrix().nnz == 2 and len(data.item_idx) == 2
