@@ -156,9 +156,15 @@ def summary(out_dir: Path, data: TrainingData, parts: Sequence[ModelPart], secon
         lines.append(f"    {p.name:<8} {p.metrics.get('seconds', 0):>7.2f}s {size:>8.1f} MiB"
                      f"  {extra}")
         lines.extend(f"             {line}" for line in p.metrics.get("report", ()))
-    lines.append("  serve with: pipeline.candidates = "
-                 f"{list(RECOMMENDED_PIPELINE['candidates'])}, pipeline.scorers = "
-                 f"{list(RECOMMENDED_PIPELINE['scorers'])}")
+    trained = {p.name for p in parts}
+    if {"blend", "ease"} <= trained:
+        lines.append("  serve with: pipeline.candidates = "
+                     f"{list(RECOMMENDED_PIPELINE['candidates'])}, pipeline.scorers = "
+                     f"{list(RECOMMENDED_PIPELINE['scorers'])} (the default)")
+    else:  # the default pipeline needs blend and ease: name what was trained instead
+        lines.append("  serve with: a pipeline of the components these parts serve "
+                     f"({', '.join(sorted(trained))}); the default one needs blend and ease "
+                     "(`rankly plugins` lists each component's part)")
     return "\n".join(lines)
 
 

@@ -263,3 +263,14 @@ def test_events_that_weigh_nothing_enter_no_history_and_no_model(tmp_path):
     assert history == {"u1": ["a"], "u2": ["b"]}  # u3 only saw an impression
     assert set(data.catalog.item_ids) == {"a", "b", "c"}  # c is still a catalog item
     assert data.binary_matrix().nnz == 2 and len(data.item_idx) == 2
+
+
+def test_the_summary_suggests_the_default_pipeline_only_when_its_parts_were_trained(tmp_path):
+    data = build_training_data(Interactions(
+        np.array(["a", "b", "a"]), np.array(["x", "y", "y"]), np.ones(3, np.float32),
+        np.arange(3)))
+    pm = make_plugin_manager(load_entrypoints=False, extra=PLUGINS)
+    parts = training.train(data, ["itemknn"], Settings(), pm=pm)
+    text = training.summary(tmp_path, data, parts, 1.0)
+    assert "pipeline.candidates = ['blend'" not in text
+    assert "the default one needs blend and ease" in text and "itemknn, pop" in text
