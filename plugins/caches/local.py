@@ -87,8 +87,9 @@ class LocalCache:
             if now >= expires + self.stale:
                 self._drop(key)
                 return None
-            # the refresh's set() replaces the entry
-            return CacheEntry.marked(value, refresh=True)
+            # the refresh's set() replaces the entry; a dirty one is still revalidated
+            # first, or an expired answer would serve what its user has just bought
+            return CacheEntry.marked(value, refresh=True, dirty=key in self._dirty)
         self._data.move_to_end(key)
         if self._dirty and key in self._dirty:
             return CacheEntry.marked(value, dirty=True)
