@@ -45,6 +45,11 @@ FEATURES_FIELD = "_features"
 #: in-process tier compares it with the user's last invalidation (see LocalCache.set).
 STARTED_FIELD = "_started"
 
+#: The start time given to an answer copied from a slower tier into the faster ones: earlier
+#: than any invalidation, so a tier that compares start times stores it dirty (or not at all)
+#: when its user was invalidated lately.
+UNKNOWN_START = float("-inf")
+
 _refreshing: set[asyncio.Task] = set()  # strong references to background recomputes
 
 _queued: set[str] = set()  # cache keys whose background refresh waits for a slot
@@ -158,9 +163,13 @@ async def lookup_cache(rt: Runtime, key: str, user_id: str | None = None) -> dic
             # a hit in a slower tier fills the faster ones (a dirty one does not: the
             # refresh that follows it fills every tier)
             if pos and not value.get(DIRTY_FIELD):
-                # (another process's start time means nothing here)
+                # NOTE: when it was computed is unknown here (another process's start time
+                # means nothing), so it is filled as computed before any invalidation the
+                # faster tiers remember: a worker hears of a purchase (pub/sub) before the
+                # slower tier is marked, and a clean read in between must not stay clean
                 fresh = {k: v for k, v in value.items()
                          if k not in (REFRESH_FIELD, DIRTY_FIELD, STARTED_FIELD)}
+                fresh[STARTED_FIELD] = UNKNOWN_START
                 await store_cache(rt, key, user_id, fresh, rt.caches[:pos])
             return value
     return None
