@@ -301,8 +301,11 @@ def load_model(path: str | Path, mmap: bool = True) -> Model:
         raise ArtifactError(f"{root} has no {MANIFEST}: train one with `rankly train`") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{root / MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{root / MANIFEST} is not a manifest (a JSON object)")
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{root}: unknown artifact format {manifest.get('format')!r}")
+    _check_manifest(root, manifest)
     try:
         c = {n: _load(root / "catalog" / f"{n}.npy", mmap=False) for n in (
             "item_ids", "titles", "categories", "category_names", "cat_indptr", "cat_indices")}
@@ -321,10 +324,27 @@ def load_model(path: str | Path, mmap: bool = True) -> Model:
             name: {a: _load(root / "parts" / name / f"{a}.npy", mmap=mmap) for a in spec["arrays"]}
             for name, spec in manifest.get("parts", {}).items()
         }
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
+        # NOTE: an empty .npy raises EOFError, a directory in a file's place IsADirectoryError
         raise ArtifactError(f"{root}: incomplete artifact: {exc}") from None
     _check_shapes(root, manifest, catalog, users, parts)
     return Model(manifest["version"], manifest, catalog, users, parts, root)
+
+
+def _check_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a manifest without a version or whose parts do not list their arrays by name
+    (a hand-edited or truncated one), before any array is opened."""
+    version = manifest.get("version")
+    if not isinstance(version, str) or not version:
+        raise ArtifactError(f"{root / MANIFEST} names no version")
+    parts = manifest.get("parts", {})
+    if not isinstance(parts, dict):
+        raise ArtifactError(f"{root / MANIFEST}: parts is not an object")
+    for name, spec in parts.items():
+        arrays = spec.get("arrays") if isinstance(spec, dict) else None
+        if (not name or set(name) - _NAME_OK or not isinstance(arrays, list)
+                or not all(isinstance(a, str) and a and not set(a) - _NAME_OK for a in arrays)):
+            raise ArtifactError(f"{root / MANIFEST}: part {name!r} does not list its arrays")
 
 
 def _check_shapes(root: Path, manifest: Mapping[str, Any], catalog: Catalog, users: UserTable,
