@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..model import MANIFEST, ArtifactError
+from ..model import ArtifactError, load_model
 from .keys import Keys
 from .redis_client import (
     AsyncRedis,
@@ -59,11 +59,12 @@ class ModelVersions:
         recent versions plus the active one, deleting older ones.
         """
         root = Path(artifacts)
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{root}: not an artifact directory ({exc})") from None
-        version = str(manifest["version"])
+        # NOTE: loaded as a worker will load it: a version no worker can load (a truncated
+        # array, a missing part, another model's manifest) must never become active
+        model = load_model(root)
+        manifest = dict(model.manifest)
+        version = model.version
+        del model
         files = []
         for no, path in enumerate(sorted(p for p in root.rglob("*") if p.is_file()
                                          and not p.name.startswith("."))):

@@ -1,0 +1,89 @@
+"""Publishing model versions and serving them: what a damaged version, ``--keep``, a damaged
+local copy, the local cache's size and a restart with Redis down after a rollback do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rankly.engine.config import load_settings
+from rankly.engine.model import ArtifactError
+from rankly.engine.storage import publish
+from rankly.engine.storage.publish import (
+    list_versions,
+    load_serving_model,
+    publish_version,
+)
+from rankly.engine.storage.redis_store import RedisStore
+
+pytestmark = pytest.mark.redis
+
+
+def settings_for(url, ns, tmp_path, **kw):
+    return load_settings(environ={}, store_url=url, namespace=ns, data_dir=tmp_path,
+                         deadlines={"store_ms": 250.0, "request_ms": 2000.0}, **kw)
+
+
+@pytest.fixture(scope="module")
+def versions_dir(tmp_path_factory, artifact_builder) -> dict[str, Path]:
+    """Four small trained versions, v1..v4."""
+    root = tmp_path_factory.mktemp("qa-versions")
+    return {f"v{i}": artifact_builder(root / f"v{i}", seed=i, version=f"v{i}")
+            for i in range(1, 5)}
+
+
+def published(s) -> list[str]:
+    return [r.version for r in asyncio.run(list_versions(s))]
+
+
+def active(s) -> str | None:
+    return next((r.version for r in asyncio.run(list_versions(s)) if r.active), None)
+
+
+def start_model(s) -> str:
+    """The version a worker started now would serve."""
+    async def run():
+        store = RedisStore(s.store_url, s)
+        try:
+            return (await load_serving_model(s, store)).version
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def damaged_copy(src: Path, dest: Path, version: str) -> Path:
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["version"] = version
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    sims = dest / "parts" / "itemknn" / "sims.npy"
+    sims.write_bytes(sims.read_bytes()[:100])
+    return dest
+
+
+def test_a_damaged_artifact_directory_is_not_published(redis_url, redis_namespace,
+                                                       versions_dir, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    asyncio.run(publish_version(s, versions_dir["v1"]))
+    bad = damaged_copy(versions_dir["v2"], tmp_path / "bad", "bad")
+    with pytest.raises(ArtifactError):
+        asyncio.run(publish_version(s, bad))
+    assert published(s) == ["v1"] and active(s) == "v1"
+
+
+def test_the_cli_exits_1_on_a_damaged_artifact_directory(redis_url, redis_namespace,
+                                                         versions_dir, tmp_path, capsys):
+    import argparse
+
+    bad = damaged_copy(versions_dir["v2"], tmp_path / "bad", "bad")
+    parser = argparse.ArgumentParser(prog="rankly")
+    publish.add_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["publish", "--artifacts", str(bad), "--redis", redis_url,
+                              "--namespace", redis_namespace])
+    assert args.func(args) == 1
+    assert "incomplete artifact" in capsys.readouterr().err
