@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
 import time
 import weakref
@@ -124,11 +125,15 @@ async def fill(rt: Runtime, key: str, user_id: str | None, compute: Compute) -> 
 
 
 def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
-    """Everything that changes the answer: user, n, filters, session, plan, model version."""
+    """Everything that changes the answer: user, n, filters, session, plan (its components
+    and their options), model version."""
+    # NOTE: a variant's options are in the key, not only its name: a PUT of the experiment
+    # may change them and keep the name, and its users must not be served the old answers
+    options = json.dumps(plan.options, sort_keys=True, default=str) if plan.options else ""
     return _hashed_key(req.user_id or "", req.n, tuple(req.exclude), tuple(req.categories),
                        tuple(req.session_items), plan.experiment or "", plan.variant or "",
                        tuple(plan.candidates), tuple(plan.scorers), tuple(plan.rerankers),
-                       version)
+                       options, version)
 
 
 # NOTE: memoized: a cached answer's key is asked for on every hit, and hashing it again cost
@@ -137,11 +142,11 @@ def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:
 def _hashed_key(user_id: str, n: int, exclude: tuple[str, ...], categories: tuple[str, ...],
                 session: tuple[str, ...], experiment: str, variant: str,
                 candidates: tuple[str, ...], scorers: tuple[str, ...],
-                rerankers: tuple[str, ...], version: str) -> str:
+                rerankers: tuple[str, ...], options: str, version: str) -> str:
     h = hashlib.blake2b(digest_size=12)
     for part in (user_id, str(n), "\x1f".join(sorted(exclude)), "\x1f".join(sorted(categories)),
                  "\x1f".join(session), experiment, variant, ",".join(candidates),
-                 ",".join(scorers), ",".join(rerankers), version):
+                 ",".join(scorers), ",".join(rerankers), options, version):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x1e")
     return h.hexdigest()

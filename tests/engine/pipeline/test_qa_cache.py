@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from starlette.testclient import TestClient
 
 from rankly.engine import pipeline
 from rankly.engine.runtime import build_runtime
+from rankly.engine.serving.app import create_app
 from rankly.engine.types import RecommendationRequest
 
 
@@ -56,3 +58,33 @@ def test_a_purchase_is_not_served_again_from_an_expired_answer_served_stale(runt
     again = rank(runtime, user_id="31")
     assert again["cached"] is True
     assert bought not in ids(again) and len(again["items"]) == 10
+
+
+TOKEN = "qa-cache-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_an_experiment_variant_put_with_new_options_is_not_served_its_old_answers(
+        artifacts, settings_for):
+    def experiment(cap):
+        variant = {"options": {"diversity": {"cap": cap}}}
+        return {"key": "caps", "status": "running",
+                "variants": [{"name": "a", **variant}, {"name": "b", **variant}]}
+
+    def recommend(client):
+        return client.get("/recommendations", params={"user_id": "3", "n": 10}).json()
+
+    with TestClient(create_app(settings_for(artifacts, admin_token=TOKEN))) as client:
+        assert client.put("/experiments/caps", json=experiment(1),
+                          headers=AUTH).status_code == 201
+        expected = recommend(client)  # what the variant serves with a cap of 1
+    with TestClient(create_app(settings_for(artifacts, admin_token=TOKEN))) as client:
+        assert client.put("/experiments/caps", json=experiment(10),
+                          headers=AUTH).status_code == 201
+        loose = recommend(client)
+        assert client.put("/experiments/caps", json=experiment(1),
+                          headers=AUTH).status_code == 200
+        capped = recommend(client)
+    assert loose["variant"] == capped["variant"] == expected["variant"]
+    assert ids(loose) != ids(expected)  # the options change the answer
+    assert ids(capped) == ids(expected) and capped["cached"] is False
