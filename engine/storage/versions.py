@@ -91,7 +91,7 @@ class ModelVersions:
         await self._run(lambda r: r.zadd(self.keys.versions(), {version: time.time()}))
         if activate:
             await self.activate(version)
-        await self.prune(keep)
+        await self.prune(keep, also=(version,))
         return version
 
     async def activate(self, version: str) -> None:
@@ -126,14 +126,16 @@ class ModelVersions:
                                    sum(f["size"] for f in doc["files"])))
         return out
 
-    async def prune(self, keep: int) -> list[str]:
-        """Delete all but the ``keep`` newest versions (never the active one)."""
+    async def prune(self, keep: int, also: tuple[str, ...] = ()) -> list[str]:
+        """Delete all but the ``keep`` newest versions (0: all of them), never the active
+        one nor those in ``also`` (the version just published without activation)."""
         rows = await self._run(lambda r: r.zrange(self.keys.versions(), 0, -1))
         active = await self.active()
-        old = [v.decode() for v in rows][:-keep] if keep > 0 else []
+        versions = [v.decode() for v in rows]
+        old = versions[:len(versions) - keep] if keep < len(versions) else []
         removed = []
         for version in old:
-            if version == active:
+            if version == active or version in also:
                 continue
             await self.delete(version)
             removed.append(version)

@@ -14,6 +14,7 @@ from rankly.engine.config import load_settings
 from rankly.engine.model import ArtifactError
 from rankly.engine.storage import publish
 from rankly.engine.storage.publish import (
+    activate_version,
     list_versions,
     load_serving_model,
     publish_version,
@@ -87,3 +88,21 @@ def test_the_cli_exits_1_on_a_damaged_artifact_directory(redis_url, redis_namesp
                               "--namespace", redis_namespace])
     assert args.func(args) == 1
     assert "incomplete artifact" in capsys.readouterr().err
+
+
+def test_keep_zero_keeps_only_the_active_version(redis_url, redis_namespace, versions_dir,
+                                                 tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    for v in ("v1", "v2", "v3"):
+        asyncio.run(publish_version(s, versions_dir[v], keep=0))
+    assert published(s) == ["v3"] and active(s) == "v3"
+
+
+def test_keep_zero_without_activation_keeps_the_new_and_the_active_version(
+        redis_url, redis_namespace, versions_dir, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    asyncio.run(publish_version(s, versions_dir["v1"]))
+    asyncio.run(publish_version(s, versions_dir["v2"]))
+    asyncio.run(activate_version(s, "v1"))  # rolled back: v2 is newer than the active one
+    asyncio.run(publish_version(s, versions_dir["v3"], activate=False, keep=0))
+    assert published(s) == ["v1", "v3"] and active(s) == "v1"
