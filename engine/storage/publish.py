@@ -132,8 +132,15 @@ def cache_dir(settings: Settings) -> Path:
 async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Model:
     """Load ``version``, downloading it into ``root`` first unless already there."""
     dest = root / escape_id(version)
-    if not (dest / MANIFEST).exists():
-        await versions.download(version, dest)
+    if (dest / MANIFEST).exists():
+        try:
+            return await anyio.to_thread.run_sync(load_model, dest)
+        except ArtifactError as exc:
+            # NOTE: Redis holds the verified copy: a local one damaged since (a full disk, a
+            # stray edit) is replaced, or this worker could never serve the version
+            log.warning("local copy of model version %s is damaged (%s); downloading it "
+                        "again", version, exc)
+    await versions.download(version, dest)
     return await anyio.to_thread.run_sync(load_model, dest)
 
 

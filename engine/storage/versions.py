@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..model import ArtifactError, load_model
+from ..model import MANIFEST, ArtifactError, load_model
 from .keys import Keys
 from .redis_client import (
     AsyncRedis,
@@ -183,8 +183,18 @@ class ModelVersions:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+                # NOTE: moved aside in one rename, then deleted: a worker of this machine
+                # never finds a half-deleted directory under the version's name
+                aside = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".replaced-"))
+                os.replace(dest, aside / "old")
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                # another worker of this machine put its verified copy there meanwhile
+                if not (dest / MANIFEST).exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

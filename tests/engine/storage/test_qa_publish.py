@@ -15,6 +15,7 @@ from rankly.engine.model import ArtifactError
 from rankly.engine.storage import publish
 from rankly.engine.storage.publish import (
     activate_version,
+    cache_dir,
     list_versions,
     load_serving_model,
     publish_version,
@@ -106,3 +107,14 @@ def test_keep_zero_without_activation_keeps_the_new_and_the_active_version(
     asyncio.run(activate_version(s, "v1"))  # rolled back: v2 is newer than the active one
     asyncio.run(publish_version(s, versions_dir["v3"], activate=False, keep=0))
     assert published(s) == ["v1", "v3"] and active(s) == "v1"
+
+
+def test_a_damaged_local_copy_is_downloaded_again(redis_url, redis_namespace, versions_dir,
+                                                  tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    asyncio.run(publish_version(s, versions_dir["v1"]))
+    assert start_model(s) == "v1"
+    local = cache_dir(s) / "v1" / "parts" / "pop" / "scores.npy"
+    local.write_bytes(b"")  # a disk error, a full disk, an operator's mistake
+    assert start_model(s) == "v1"
+    assert local.read_bytes() == (versions_dir["v1"] / "parts" / "pop" / "scores.npy").read_bytes()
