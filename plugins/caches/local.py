@@ -103,8 +103,10 @@ class LocalCache:
         if size > self.max_bytes:
             return
         started = CacheEntry.of(value).started
-        late = (started is not None and user_id is not None
-                and self._invalidated.get(user_id, float("-inf")) >= started)
+        # a user without a remembered invalidation has none an answer could predate (an
+        # answer of unknown age, copied from a slower tier, says it started at -inf)
+        invalidated = None if user_id is None else self._invalidated.get(user_id)
+        late = started is not None and invalidated is not None and invalidated >= started
         if late and not self.revalidate:
             return  # computed before the user's last invalidation: not stored
         if key in self._data:

@@ -63,3 +63,25 @@ def test_an_l2_answer_filled_into_the_l1_after_the_users_invalidation_is_revalid
     first, between, after, bought = asyncio.run(scenario())
     assert between["cached"] is True and ids(between) == ids(first)  # before the ack: fine
     assert bought not in ids(after) and len(after["items"]) == 5
+
+
+def test_an_l2_answer_of_a_user_never_invalidated_fills_the_l1_clean(
+        redis_server, redis_namespace, redis_artifacts):
+    model = load_model(redis_artifacts)
+
+    async def scenario():
+        rt = build_runtime(settings_for(redis_server.url, redis_namespace), model)
+        try:
+            (_, l1), _ = rt.caches
+            req = RecommendationRequest(user_id="8", n=5, request_id="t")
+            plan = pipeline.default_plan(rt)
+            await pipeline.rank(rt, req, plan)
+            await l1.clear()  # a worker that never computed this answer
+            filled = await pipeline.rank(rt, req, plan)  # from the L2, into the L1
+            return filled, set(l1._dirty), len(l1), rt.flights.computations
+        finally:
+            await closed(rt)
+
+    filled, dirty, entries, computations = asyncio.run(scenario())
+    assert filled["cached"] is True and entries == 1
+    assert not dirty and computations == 1
