@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,25 +132,48 @@ def cache_dir(settings: Settings) -> Path:
 
 
 async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Model:
-    """Load ``version``, downloading it into ``root`` first unless already there."""
+    """Load ``version``, downloading it into ``root`` first unless already there.
+
+    The loaded copy is marked as the last one served (its manifest's mtime, which
+    :func:`newest_cached_model` orders by)."""
     dest = root / escape_id(version)
+    model = None
     if (dest / MANIFEST).exists():
         try:
-            return await anyio.to_thread.run_sync(load_model, dest)
+            model = await anyio.to_thread.run_sync(load_model, dest)
         except ArtifactError as exc:
             # NOTE: Redis holds the verified copy: a local one damaged since (a full disk, a
             # stray edit) is replaced, or this worker could never serve the version
             log.warning("local copy of model version %s is damaged (%s); downloading it "
                         "again", version, exc)
-    await versions.download(version, dest)
-    return await anyio.to_thread.run_sync(load_model, dest)
+    if model is None:
+        await versions.download(version, dest)
+        model = await anyio.to_thread.run_sync(load_model, dest)
+    await anyio.to_thread.run_sync(_mark_served, dest)
+    return model
+
+
+def _mark_served(dest: Path) -> None:
+    """Make ``dest`` the newest copy: after a rollback, the version rolled back to is the one
+    a restart with Redis down must serve, not the newer download it replaced."""
+    now = time.time_ns()
+    with contextlib.suppress(OSError):
+        os.utime(dest / MANIFEST, ns=(now, now))
+
+
+def _served_at(d: Path) -> int:
+    try:
+        return (d / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def newest_cached_model(settings: Settings) -> Model | None:
-    """The most recently downloaded version on this machine (Redis down at start)."""
+    """The version served last on this machine that still loads (Redis down at start)."""
     root = cache_dir(settings)
-    dirs = sorted((d for d in root.glob("*") if (d / MANIFEST).exists()),
-                  key=lambda d: (d / MANIFEST).stat().st_mtime)
+    dirs = sorted((d for d in root.glob("*")
+                   if not d.name.startswith(".") and (d / MANIFEST).exists()),
+                  key=_served_at)
     for d in reversed(dirs):
         try:
             return load_model(d)

@@ -118,3 +118,16 @@ def test_a_damaged_local_copy_is_downloaded_again(redis_url, redis_namespace, ve
     local.write_bytes(b"")  # a disk error, a full disk, an operator's mistake
     assert start_model(s) == "v1"
     assert local.read_bytes() == (versions_dir["v1"] / "parts" / "pop" / "scores.npy").read_bytes()
+
+
+def test_redis_down_at_start_after_a_rollback_serves_the_rolled_back_version(
+        redis_url, redis_namespace, versions_dir, spare_redis, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    asyncio.run(publish_version(s, versions_dir["v1"]))
+    assert start_model(s) == "v1"
+    asyncio.run(publish_version(s, versions_dir["v2"]))
+    assert start_model(s) == "v2"  # v2 is the last download
+    asyncio.run(activate_version(s, "v1"))  # v2 is bad: roll back
+    assert start_model(s) == "v1"
+    down = settings_for(spare_redis.url, redis_namespace, tmp_path)
+    assert start_model(down) == "v1"
