@@ -43,7 +43,9 @@ class LocalCache:
     A computation that started before its user's last invalidation (the entry's
     ``started``, ``time.monotonic()``) may hold what the event changed: its ``set``
     stores it dirty ("revalidate") or not at all ("drop"). Invalidation times are kept for
-    ``INVALIDATION_MEMORY_S``, longer than any computation can last.
+    ``INVALIDATION_MEMORY_S``, longer than any computation can last. A resubscription to the
+    other workers' invalidations clears the tier, and an answer whose computation started
+    before it is treated the same way: invalidations sent meanwhile were missed.
     """
 
     tier = "l1"
@@ -68,6 +70,7 @@ class LocalCache:
         self._dirty: set[str] = set()  # keys whose user had an invalidating event since
         self._invalidated: dict[str, float] = {}  # user -> last invalidation (monotonic),
         # oldest first
+        self._cleared_at: float | None = None  # last clear (monotonic): see clear()
         self.bytes = 0
         self.store: Store | None = None
         self._follower: asyncio.Task | None = None
@@ -107,6 +110,8 @@ class LocalCache:
         # answer of unknown age, copied from a slower tier, says it started at -inf)
         invalidated = None if user_id is None else self._invalidated.get(user_id)
         late = started is not None and invalidated is not None and invalidated >= started
+        if not late and started is not None and user_id is not None:
+            late = self._cleared_before(started)
         if late and not self.revalidate:
             return  # computed before the user's last invalidation: not stored
         if key in self._data:
@@ -179,11 +184,24 @@ class LocalCache:
                 self.drop_user(user_id)
 
     async def clear(self) -> None:
+        """Forget every entry, for when invalidations may have been missed (a lost
+        subscription): a user's answer whose computation started before now is then stored
+        dirty, or not at all, like one that started before its user's invalidation. The
+        invalidation times heard so far are kept for the same reason."""
         self._data.clear()
         self._by_user.clear()
         self._dirty.clear()
-        self._invalidated.clear()
+        self._cleared_at = time.monotonic()
         self.bytes = 0
+
+    def _cleared_before(self, started: float) -> bool:
+        """Whether a computation that started at ``started`` may have missed an invalidation
+        that the last :meth:`clear` stands for. An answer of unknown start (copied from a
+        slower tier, which keeps its own invalidation marks) is not taken as one."""
+        cleared = self._cleared_at
+        if cleared is None or started == float("-inf") or started > cleared:
+            return False
+        return time.monotonic() - cleared < INVALIDATION_MEMORY_S
 
     def _drop(self, key: str) -> None:
         entry = self._data.pop(key, None)
