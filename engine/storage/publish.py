@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,10 @@ from .versions import ModelVersions, VersionInfo
 
 log = logging.getLogger("rankly.publish")
 MODEL_CHANNEL = "model"
+#: downloaded versions kept in ``<data_dir>/models/<namespace>`` (the ones served last)
+LOCAL_KEEP = 3
+#: a download directory untouched this long belongs to a worker that died mid-download
+STALE_DOWNLOAD_SECONDS = 24 * 3600.0
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -135,7 +140,8 @@ async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Mode
     """Load ``version``, downloading it into ``root`` first unless already there.
 
     The loaded copy is marked as the last one served (its manifest's mtime, which
-    :func:`newest_cached_model` orders by)."""
+    :func:`newest_cached_model` orders by), and ``root`` is pruned to the
+    :data:`LOCAL_KEEP` copies served last."""
     dest = root / escape_id(version)
     model = None
     if (dest / MANIFEST).exists():
@@ -150,6 +156,7 @@ async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Mode
         await versions.download(version, dest)
         model = await anyio.to_thread.run_sync(load_model, dest)
     await anyio.to_thread.run_sync(_mark_served, dest)
+    await anyio.to_thread.run_sync(prune_cache, root, dest)
     return model
 
 
@@ -166,6 +173,35 @@ def _served_at(d: Path) -> int:
         return (d / MANIFEST).stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def prune_cache(root: Path, serving: Path, keep: int | None = None) -> list[Path]:
+    """Delete downloaded versions in ``root`` but the ``keep`` (default :data:`LOCAL_KEEP`)
+    served last and ``serving``, and downloads abandoned for :data:`STALE_DOWNLOAD_SECONDS`
+    (a worker killed mid-download); return what was deleted.
+
+    Workers serving a deleted copy keep reading it: its arrays stay mapped until unmapped.
+    """
+    keep = LOCAL_KEEP if keep is None else keep
+    removed: list[Path] = []
+    try:
+        entries = [d for d in root.iterdir() if d.is_dir()]
+    except OSError:
+        return removed
+    now = time.time()
+    copies = sorted((d for d in entries if not d.name.startswith(".")), key=_served_at,
+                    reverse=True)
+    for d in copies[keep:]:
+        if d != serving:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    for d in entries:
+        if d.name.startswith((".download-", ".replaced-")):
+            with contextlib.suppress(OSError):
+                if now - d.stat().st_mtime > STALE_DOWNLOAD_SECONDS:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+    return removed
 
 
 def newest_cached_model(settings: Settings) -> Model | None:

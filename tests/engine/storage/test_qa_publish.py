@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,21 @@ def test_a_damaged_local_copy_is_downloaded_again(redis_url, redis_namespace, ve
     local.write_bytes(b"")  # a disk error, a full disk, an operator's mistake
     assert start_model(s) == "v1"
     assert local.read_bytes() == (versions_dir["v1"] / "parts" / "pop" / "scores.npy").read_bytes()
+
+
+def test_downloaded_versions_do_not_pile_up_in_data_dir(redis_url, redis_namespace,
+                                                        versions_dir, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    stale = cache_dir(s) / ".download-stale"  # left by a worker killed mid-download
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text("{}")
+    os.utime(stale, (0, 0))
+    for v in ("v1", "v2", "v3", "v4"):
+        asyncio.run(publish_version(s, versions_dir[v]))
+        assert start_model(s) == v
+    kept = sorted(d.name for d in cache_dir(s).iterdir())
+    assert len(kept) == publish.LOCAL_KEEP and ".download-stale" not in kept
+    assert "v4" in kept and "v1" not in kept
 
 
 def test_redis_down_at_start_after_a_rollback_serves_the_rolled_back_version(
