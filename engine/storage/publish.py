@@ -136,13 +136,21 @@ def cache_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "models" / settings.namespace
 
 
+def local_name(version: str) -> str:
+    """The directory name of ``version`` in :func:`cache_dir`: its escaped id, with a leading
+    dot escaped too (never ``.``, ``..`` or a hidden name, which the cache keeps for its
+    downloads in progress). Injective: an escaped id never holds ``%2E``."""
+    name = escape_id(version)
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
 async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Model:
     """Load ``version``, downloading it into ``root`` first unless already there.
 
     The loaded copy is marked as the last one served (its manifest's mtime, which
     :func:`newest_cached_model` orders by), and ``root`` is pruned to the
     :data:`LOCAL_KEEP` copies served last."""
-    dest = root / escape_id(version)
+    dest = root / local_name(version)
     model = None
     if (dest / MANIFEST).exists():
         try:

@@ -147,3 +147,17 @@ def test_redis_down_at_start_after_a_rollback_serves_the_rolled_back_version(
     assert start_model(s) == "v1"
     down = settings_for(spare_redis.url, redis_namespace, tmp_path)
     assert start_model(down) == "v1"
+
+
+@pytest.mark.parametrize("version", ["..", ".", ".download-x"])
+def test_a_version_named_like_a_directory_entry_stays_in_its_own_directory(
+        redis_url, redis_namespace, artifact_builder, tmp_path, version):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    other = tmp_path / "models" / "other-namespace" / "v1" / "manifest.json"
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")  # another tenant's downloaded version on this machine
+    asyncio.run(publish_version(s, artifact_builder(tmp_path / "odd", version=version)))
+    assert start_model(s) == version
+    assert other.exists() and start_model(s) == version
+    (copy,) = [d for d in cache_dir(s).iterdir()]
+    assert copy.parent == cache_dir(s) and (copy / "manifest.json").exists()
