@@ -127,15 +127,15 @@ class ModelVersions:
         return out
 
     async def prune(self, keep: int, also: tuple[str, ...] = ()) -> list[str]:
-        """Delete all but the ``keep`` newest versions (0: all of them), never the active
-        one nor those in ``also`` (the version just published without activation)."""
+        """Delete all but the active version and the ``keep`` newest others (0: none), and
+        never those in ``also`` (the version just published without activation)."""
         rows = await self._run(lambda r: r.zrange(self.keys.versions(), 0, -1))
         active = await self.active()
-        versions = [v.decode() for v in rows]
-        old = versions[:len(versions) - keep] if keep < len(versions) else []
+        others = [v.decode() for v in rows if v.decode() != active]
+        old = others[:len(others) - keep] if keep < len(others) else []
         removed = []
         for version in old:
-            if version == active or version in also:
+            if version in also:
                 continue
             await self.delete(version)
             removed.append(version)

@@ -110,6 +110,17 @@ def test_keep_zero_without_activation_keeps_the_new_and_the_active_version(
     assert published(s) == ["v1", "v3"] and active(s) == "v1"
 
 
+def test_keep_counts_the_versions_besides_the_active_one(redis_url, redis_namespace,
+                                                         versions_dir, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    for v in ("v1", "v2", "v3"):
+        asyncio.run(publish_version(s, versions_dir[v], keep=1))
+    assert published(s) == ["v2", "v3"]  # the active one and one to roll back to
+    asyncio.run(activate_version(s, "v2"))
+    asyncio.run(publish_version(s, versions_dir["v4"], activate=False, keep=1))
+    assert published(s) == ["v2", "v4"] and active(s) == "v2"
+
+
 def test_a_damaged_local_copy_is_downloaded_again(redis_url, redis_namespace, versions_dir,
                                                   tmp_path):
     s = settings_for(redis_url, redis_namespace, tmp_path)
