@@ -161,7 +161,7 @@ async def fetch_model(versions: ModelVersions, version: str, root: Path) -> Mode
             log.warning("local copy of model version %s is damaged (%s); downloading it "
                         "again", version, exc)
     if model is None:
-        await versions.download(version, dest)
+        await versions.download(version, dest, replace=(dest / MANIFEST).exists())
         model = await anyio.to_thread.run_sync(load_model, dest)
     await anyio.to_thread.run_sync(_mark_served, dest)
     await anyio.to_thread.run_sync(prune_cache, root, dest)

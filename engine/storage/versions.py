@@ -152,11 +152,13 @@ class ModelVersions:
         for start in range(0, len(blobs), 256):
             await self._run(lambda r, s=start: r.delete(*blobs[s:s + 256]))
 
-    async def download(self, version: str, dest: str | Path) -> Path:
+    async def download(self, version: str, dest: str | Path, *, replace: bool = False) -> Path:
         """Write ``version``'s artifact directory to ``dest`` (atomically; verified by SHA-256).
 
         File paths come from Redis, so they are checked against the artifact layout: nothing
-        can be written outside ``dest``. Returns ``dest``.
+        can be written outside ``dest``. A ``dest`` holding a manifest by the end (another
+        worker of this machine downloaded the version meanwhile, and may be loading it) is
+        kept unless ``replace`` (a damaged copy). Returns ``dest``.
         """
         dest = Path(dest)
         doc = await self.describe(version)
@@ -182,6 +184,9 @@ class ModelVersions:
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
+            if not replace and (dest / MANIFEST).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return dest
             if dest.exists():
                 # NOTE: moved aside in one rename, then deleted: a worker of this machine
                 # never finds a half-deleted directory under the version's name

@@ -172,3 +172,33 @@ def test_a_version_named_like_a_directory_entry_stays_in_its_own_directory(
     assert other.exists() and start_model(s) == version
     (copy,) = [d for d in cache_dir(s).iterdir()]
     assert copy.parent == cache_dir(s) and (copy / "manifest.json").exists()
+
+
+def test_a_copy_another_worker_finished_meanwhile_is_not_replaced(
+        redis_url, redis_namespace, versions_dir, tmp_path):
+    s = settings_for(redis_url, redis_namespace, tmp_path)
+    asyncio.run(publish_version(s, versions_dir["v1"]))
+    dest = cache_dir(s) / "v1"
+    theirs = {}
+
+    async def run():
+        store = RedisStore(s.store_url, s)
+        versions = store.versions()
+        describe = versions.describe
+
+        async def describe_while_another_worker_downloads(version):
+            doc = await describe(version)
+            shutil.copytree(versions_dir["v1"], dest)  # the other worker's rename landed
+            theirs["inode"] = (dest / "manifest.json").stat().st_ino
+            return doc
+
+        versions.describe = describe_while_another_worker_downloads
+        try:
+            return await publish.fetch_model(versions, "v1", cache_dir(s))
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()).version == "v1"
+    # the other worker may be loading that copy: it is the one left in place
+    assert (dest / "manifest.json").stat().st_ino == theirs["inode"]
+    assert not [d for d in cache_dir(s).iterdir() if d.name.startswith(".")]
