@@ -295,10 +295,21 @@ class EventsService:
 
     async def invalidate(self, users: set[str], tiers: list | None = None) -> None:
         """Invalidate the cached recommendations of ``users`` in every tier (or ``tiers``);
-        the L1 tier also broadcasts to the other workers through the store."""
+        the L1 tier also broadcasts to the other workers through the store.
+
+        Order: first each tier's own process copy (``drop_user``, no I/O: this worker never
+        serves them again, even when a broadcast then fails); then the tiers from the last
+        (shared, slowest) to the first, so an L2 entry is marked before the L1 broadcast
+        reaches other workers, which could otherwise refill their L1 from it, clean."""
+        chain = list(self.rt.caches if tiers is None else tiers)
+        for _, cache in chain:
+            local = getattr(cache, "drop_user", None)
+            if local is not None:
+                for user_id in users:
+                    local(user_id)
         down: set[str] = set()
         for user_id in users:
-            for tier, cache in self.rt.caches if tiers is None else tiers:
+            for tier, cache in reversed(chain):
                 if tier in down:
                     continue
                 try:

@@ -429,3 +429,32 @@ def test_a_retried_event_keeps_its_stored_time_in_the_history(artifacts, setting
         assert [i.decode() for i in sync.lrange(key, 0, -1)] == ["11", "10"]
     finally:
         sync.close()
+
+
+def test_invalidation_marks_shared_tiers_before_broadcasting_and_survives_a_failed_one(
+        settings):
+    from rankly.engine.storage.store import StoreUnavailable
+
+    calls = []
+
+    class Shared:
+        async def invalidate_user(self, user_id):
+            calls.append(("l2", user_id))
+
+    class Local:
+        def drop_user(self, user_id):
+            calls.append(("l1 here", user_id))
+
+        async def invalidate_user(self, user_id):  # here again, then the broadcast
+            calls.append(("l1 broadcast", user_id))
+            raise StoreUnavailable("redis breaker open")
+
+    with TestClient(create_app(settings)) as client:
+        service = _service(client)
+        asyncio.run(service.invalidate({"a", "b"}, [("l1", Local()), ("l2", Shared())]))
+    # this worker's copies first (no I/O: a failed broadcast cannot skip them), then the
+    # shared tier before the broadcast that makes other workers read it
+    assert {c for c in calls[:2]} == {("l1 here", "a"), ("l1 here", "b")}
+    first = calls[2][1]
+    assert calls[2:4] == [("l2", first), ("l1 broadcast", first)]
+    assert ("l2", "b" if first == "a" else "a") in calls[4:]
