@@ -99,9 +99,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = _settings_env(args)
     settings = load_settings(environ={**os.environ, **env})
     if settings.artifacts is None:
-        print("rankly serve: --artifacts DIR is required (train one with `rankly train`)",
-              file=sys.stderr)
-        return 2
+        # with a Redis store a worker starts from the version `rankly publish` made active
+        # (Redis down: the one it served last); the embedded store has no published versions
+        problem = ("--artifacts DIR is required with the embedded store (train one with "
+                   "`rankly train`)" if settings.store_url == "memory"
+                   else _published_model_problem(settings))
+        if problem:
+            print(f"rankly serve: {problem}", file=sys.stderr)
+            return 2
+        check_configuration(settings)
+        _serve(settings.replace(workers=serving_workers(settings)), env, args.http)
+        return 0
     from .model import ArtifactError
     from .offline.recommend import check_artifacts
 
@@ -115,6 +123,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_configuration(settings)
     _serve(settings.replace(workers=serving_workers(settings)), env, args.http)
     return 0
+
+
+def _published_model_problem(settings: Settings) -> str | None:
+    """Why a server without ``--artifacts`` would have no model on this Redis, or None: an
+    active published version, or with Redis unreachable one downloaded here before."""
+    import asyncio
+
+    from .storage.publish import newest_cached_model
+    from .storage.redis_store import RedisStore
+    from .storage.store import StoreUnavailable
+
+    async def active() -> str | None:
+        store = RedisStore(settings.store_url, settings)
+        try:
+            return await store.versions().active()
+        finally:
+            await store.close()
+
+    try:
+        if asyncio.run(active()) is not None:
+            return None
+        reason = "Redis has no active model version"
+    except StoreUnavailable as exc:
+        reason = f"Redis is unavailable ({exc})"
+    if newest_cached_model(settings) is not None:
+        return None  # served from the copy downloaded before, until Redis answers
+    return (f"{reason} and no version was downloaded here before: give --artifacts DIR, or "
+            "publish one with `rankly publish --artifacts DIR`")
 
 
 def serving_workers(settings: Settings) -> int:
@@ -312,7 +348,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve trained artifacts over HTTP")
     p.add_argument("--artifacts", metavar="DIR",
-                   help="trained model directory (from rankly train), or RANKLY_ARTIFACTS")
+                   help="trained model directory (from rankly train), or RANKLY_ARTIFACTS; "
+                        "with a Redis store (RANKLY_STORE_URL) it may be left out: the "
+                        "server starts from the version rankly publish made active")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--host", help="address to serve on (default 127.0.0.1, or RANKLY_HOST)")
     p.add_argument("--port", type=port_number, help="port (default 8000, or RANKLY_PORT)")
