@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -17,6 +18,7 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._inflight: dict[str, asyncio.Task] = {}
+        self._started: dict[str, float] = {}  # key -> when its computation began (monotonic)
         self.computations = 0
 
     def __contains__(self, key: str) -> bool:
@@ -30,17 +32,28 @@ class SingleFlight:
         passed) stops waiting but never cancels it, so the answer still lands in the cache
         for everyone after it.
         """
+        result, shared, _ = await self.run_since(key, fn)
+        return result, shared
+
+    async def run_since(self, key: str, fn: Callable[[], Awaitable[T]]
+                        ) -> tuple[T, bool, float]:
+        """:meth:`run`, plus when the computation began (``time.monotonic()``): a caller that
+        joined one may need to know what happened since (an invalidation of its user)."""
         task = self._inflight.get(key)
         if task is not None:
-            return await asyncio.shield(task), True
+            started = self._started[key]
+            return await asyncio.shield(task), True, started
+        started = time.monotonic()
         task = asyncio.ensure_future(fn())
         self._inflight[key] = task
+        self._started[key] = started
         self.computations += 1
         task.add_done_callback(lambda done: self._landed(key, done))
-        return await asyncio.shield(task), False
+        return await asyncio.shield(task), False, started
 
     def _landed(self, key: str, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
+            self._started.pop(key, None)
         if not task.cancelled():
             task.exception()  # mark retrieved: waiters re-raise it; nobody may be waiting

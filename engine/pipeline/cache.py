@@ -102,8 +102,25 @@ async def cached_answer(rt: Runtime, key: str, user_id: str | None,
             recent = None
         if recent is not None and not recent.get(REFRESH_FIELD) and not recent.get(DIRTY_FIELD):
             return served(recent), True
-    payload, _shared = await rt.flights.run(key, lambda: fill(rt, key, user_id, compute))
-    return payload, False
+    payload, shared, started = await rt.flights.run_since(
+        key, lambda: fill(rt, key, user_id, compute))
+    if shared and user_id is not None and _invalidated_after(rt, user_id, started):
+        # NOTE: this request joined a computation that began before its user's invalidating
+        # event (a purchase acknowledged meanwhile): checked like a dirty entry, or computed
+        # afresh when too few spare items are left
+        payload = await revalidate(rt, user_id, payload) or await fill(
+            rt, key, user_id, compute)
+    return served(payload), False
+
+
+def _invalidated_after(rt: Runtime, user_id: str, started: float) -> bool:
+    """Whether a tier that remembers invalidations (the L1) saw ``user_id``'s at or after
+    ``started`` (``time.monotonic()``)."""
+    for _, cache in rt.caches:
+        check = getattr(cache, "invalidated_after", None)
+        if check is not None and check(user_id, started):
+            return True
+    return False
 
 
 async def fill(rt: Runtime, key: str, user_id: str | None, compute: Compute) -> dict:
@@ -121,7 +138,8 @@ async def fill(rt: Runtime, key: str, user_id: str | None, compute: Compute) -> 
         if fresh.spares:
             entry[SPARE_FIELD] = fresh.spares
         await store_cache(rt, key, user_id, entry)
-    return fresh.payload
+    # the spare items go to whoever shares this computation (served() takes them out)
+    return {**fresh.payload, SPARE_FIELD: fresh.spares} if fresh.spares else fresh.payload
 
 
 def cache_key(req: RecommendationRequest, plan: Plan, version: str) -> str:

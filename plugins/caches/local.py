@@ -134,6 +134,12 @@ class LocalCache:
         if self.store is not None:
             await self.store.publish(INVALIDATE_CHANNEL, user_id)
 
+    def invalidated_after(self, user_id: str, t: float) -> bool:
+        """Whether ``user_id`` was invalidated at or after ``t`` (``time.monotonic()``), as
+        far as this process remembers (the last ``INVALIDATION_MEMORY_S`` seconds)."""
+        at = self._invalidated.get(user_id)
+        return at is not None and at >= t
+
     def drop_user(self, user_id: str) -> None:
         """Invalidate ``user_id``'s entries in this process only: drop them, or mark them
         dirty (``invalidation="revalidate"``)."""
