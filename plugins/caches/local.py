@@ -104,6 +104,7 @@ class LocalCache:
         # slate, and its UTF-8 length is what the entry costs to serve (#8)
         size = len(orjson.dumps(value))
         if size > self.max_bytes:
+            self._drop(key)  # not kept; nor is the older answer it was to replace
             return
         started = CacheEntry.of(value).started
         # a user without a remembered invalidation has none an answer could predate (an

@@ -147,3 +147,14 @@ def test_invalidation_times_are_forgotten_after_the_memory(monkeypatch):
         now[0] += 1.0
     assert len(cache._invalidated) <= local.INVALIDATION_MEMORY_S + 2
     assert "u99" in cache._invalidated and "u0" not in cache._invalidated
+
+
+def test_an_answer_too_large_to_keep_does_not_leave_the_one_it_replaces():
+    async def scenario():
+        cache = LocalCache(max_entries=100, max_bytes=400, ttl=60, invalidation="drop")
+        await cache.set("k", "u1", PAYLOAD)
+        big = {**PAYLOAD, "items": PAYLOAD["items"] * 20}  # over max_bytes: not kept
+        await cache.set("k", "u1", big)
+        return await cache.get("k", "u1"), cache.bytes
+
+    assert asyncio.run(scenario()) == (None, 0)
