@@ -91,7 +91,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         state = "published" if args.no_activate else "published and activated"
         print(f"{state} model version {version} to {redact(settings.store_url)}")
         return 0
-    except (KeyError, ArtifactError) as exc:
+    except KeyError as exc:  # str() of a KeyError quotes its message
+        print(f"rankly publish: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    except ArtifactError as exc:
         print(f"rankly publish: {exc}", file=sys.stderr)
         return 1
     except StoreUnavailable as exc:

@@ -202,3 +202,15 @@ def test_a_copy_another_worker_finished_meanwhile_is_not_replaced(
     # the other worker may be loading that copy: it is the one left in place
     assert (dest / "manifest.json").stat().st_ino == theirs["inode"]
     assert not [d for d in cache_dir(s).iterdir() if d.name.startswith(".")]
+
+
+def test_activating_an_unknown_version_says_so_without_quotes(redis_url, redis_namespace,
+                                                              capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="rankly")
+    publish.add_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["publish", "--activate", "nope", "--redis", redis_url,
+                              "--namespace", redis_namespace])
+    assert args.func(args) == 1
+    assert capsys.readouterr().err == "rankly publish: model version 'nope' is not published\n"
