@@ -252,6 +252,11 @@ async def load_serving_model(settings: Settings, store: Store) -> Model:
     raise RuntimeError("no model: set artifacts (rankly serve --artifacts DIR)")
 
 
+#: How long a worker waits before it downloads again a version that failed to load (a
+#: damaged publish): every try downloads the whole model.
+FAILED_RETRY_S = 300.0
+
+
 class ModelWatcher:
     """Keep ``rt`` on Redis's active model version.
 
@@ -259,7 +264,8 @@ class ModelWatcher:
     active version differs from the served one it downloads and loads it, then calls
     ``rt.swap_model`` in a worker thread. Requests already running keep the components they
     started with, so none fails. Errors (Redis down, a corrupt version) are logged and retried
-    on the next wake-up.
+    on the next wake-up; a version that failed to download or load is tried again only after
+    :data:`FAILED_RETRY_S` (each try downloads it whole), unless another one is activated.
     """
 
     def __init__(self, rt: Any, poll_seconds: float = 10.0) -> None:
@@ -271,6 +277,8 @@ class ModelWatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
+        self.clock = time.monotonic
+        self._failed: tuple[str, float] | None = None  # (version, when it last failed)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._listen(), name="model-listen"),
@@ -290,7 +298,15 @@ class ModelWatcher:
             version = await self.versions.active()
             if version is None or version == self.rt.model.version:
                 return False
-            model = await fetch_model(self.versions, version, self.root)
+            if (self._failed is not None and self._failed[0] == version
+                    and self.clock() - self._failed[1] < FAILED_RETRY_S):
+                return False
+            try:
+                model = await fetch_model(self.versions, version, self.root)
+            except (ArtifactError, KeyError, OSError):
+                self._failed = (version, self.clock())
+                raise
+            self._failed = None
             old = self.rt.model.version
             await anyio.to_thread.run_sync(self.rt.swap_model, model)
             metrics.MODEL_INFO.labels(version).set(1)

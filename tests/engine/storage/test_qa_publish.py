@@ -214,3 +214,46 @@ def test_activating_an_unknown_version_says_so_without_quotes(redis_url, redis_n
                               "--namespace", redis_namespace])
     assert args.func(args) == 1
     assert capsys.readouterr().err == "rankly publish: model version 'nope' is not published\n"
+
+
+def test_a_version_that_failed_to_load_is_not_downloaded_on_every_poll(tmp_path, monkeypatch):
+    """An active version that cannot load (a damaged publish) was downloaded whole again at
+    every wake-up; it is tried again only after FAILED_RETRY_S, or when another version is
+    activated."""
+    from types import SimpleNamespace
+
+    class Versions:
+        name = "bad"
+
+        async def active(self):
+            return self.name
+
+    versions = Versions()
+    fetches = []
+
+    async def fetch(_versions, version, _root):
+        fetches.append(version)
+        raise ArtifactError(f"{version}: incomplete artifact")
+
+    monkeypatch.setattr(publish, "fetch_model", fetch)
+    rt = SimpleNamespace(model=SimpleNamespace(version="good"),
+                         store=SimpleNamespace(versions=lambda: versions),
+                         settings=load_settings(environ={}, data_dir=tmp_path))
+    watcher = publish.ModelWatcher(rt)
+    now = [1000.0]
+    watcher.clock = lambda: now[0]
+
+    async def scenario():
+        with pytest.raises(ArtifactError):
+            await watcher.check()
+        for _ in range(5):  # the next polls: no download
+            assert await watcher.check() is False
+        now[0] += publish.FAILED_RETRY_S
+        with pytest.raises(ArtifactError):
+            await watcher.check()  # tried again after the wait
+        versions.name = "other"
+        with pytest.raises(ArtifactError):
+            await watcher.check()  # another version is tried at once
+
+    asyncio.run(scenario())
+    assert fetches == ["bad", "bad", "other"]
