@@ -235,8 +235,11 @@ def write_part(artifacts: str | Path, arrays: dict[str, np.ndarray], params: dic
     os.replace(tmp, final)
     base = str(manifest["version"]).split("+ltr-")[0]
     manifest["version"] = f"{base}+ltr-{digest.hexdigest()[:8]}"
-    manifest.setdefault("parts", {})[PART] = {"params": params, "metrics": metrics,
-                                             "arrays": sorted(arrays)}
+    # each array's shape, as save_model records them: load_model then refuses an ltr
+    # array copied in from another model
+    manifest.setdefault("parts", {})[PART] = {
+        "params": params, "metrics": metrics, "arrays": sorted(arrays),
+        "shapes": {name: list(np.shape(arr)) for name, arr in arrays.items()}}
     fd, path = tempfile.mkstemp(dir=root, prefix=".manifest-")
     with os.fdopen(fd, "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)

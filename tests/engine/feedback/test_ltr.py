@@ -231,3 +231,16 @@ def test_a_ranker_of_another_feature_set_stops_the_start(shop, trained, monkeypa
                              cache={"tiers": []}, pipeline={"rerankers": ["ltr", "diversity"]})
     with pytest.raises(ComponentError, match="train it again with rankly train-ranker"):
         build_runtime(settings, load_model(shop[0]))
+
+
+def test_an_ltr_array_of_another_model_is_refused_on_load(shop, trained, tmp_path):
+    import shutil
+
+    from rankly.engine.model import ArtifactError
+
+    copy = tmp_path / "art"
+    shutil.copytree(shop[0], copy)
+    ctr = copy / "parts" / "ltr" / "item_ctr.npy"
+    np.save(ctr, np.zeros(np.load(ctr).shape[0] + 5, dtype=np.load(ctr).dtype))
+    with pytest.raises(ArtifactError, match="parts/ltr/item_ctr.npy has shape"):
+        load_model(copy)
