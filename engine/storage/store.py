@@ -29,9 +29,9 @@ EMPTY_USER = OnlineUser()
 
 #: How many of a user's newest history items keep their event time (what places a late
 #: event). A late event older than all of them goes right behind them. The blend's recency
-#: weights halve every 2 or 8 items (its validated half-life) and its transitions read the
-#: 8 newest, so the order they lean on is exact; a time for every listed item would more
-#: than double the online state's Redis memory (docs/scaling.md measures it).
+#: weights (``HISTORY_HALF_LIVES``) and transitions (``SEQ_HISTORY``) lean on the newest
+#: items, whose order is exact; a time for every listed item would cost Redis memory for
+#: each of them (docs/scaling.md gives the online state's memory per user).
 TIMED_ITEMS = 16
 
 #: One user-state write: ``(user_id, item_id, seen)`` or with the event's ``timestamp``

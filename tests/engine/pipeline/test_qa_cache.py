@@ -12,6 +12,8 @@ from rankly.engine.runtime import build_runtime
 from rankly.engine.serving.app import create_app
 from rankly.engine.types import RecommendationRequest
 
+from .test_pipeline import purchase
+
 
 class Clock:
     def __init__(self) -> None:
@@ -37,15 +39,6 @@ def rank(rt, **fields):
 
 def ids(resp):
     return [it["item_id"] for it in resp["items"]]
-
-
-def purchase(rt, user_id, item_id):
-    """What the events service does for a purchase: project it, then invalidate the user."""
-    async def go():
-        await rt.store.record_interaction(user_id, item_id, seen=True)
-        for _, cache in rt.caches:
-            await cache.invalidate_user(user_id)
-    asyncio.run(go())
 
 
 def test_a_purchase_is_not_served_again_from_an_expired_answer_served_stale(runtime):
