@@ -163,8 +163,14 @@ class SlateOutcomes:
         return known is not None and hash(item_id) in array("q", known)
 
     def record(self, request_id: str, outcome: str, item_id: str) -> bool:
+        """Count ``outcome`` on the answer ``request_id`` if it held ``item_id``."""
+        return self.served_item(request_id, item_id) and self.count(request_id, outcome)
+
+    def count(self, request_id: str, outcome: str) -> bool:
+        """Count ``outcome`` on ``request_id``, whose item the caller found served
+        (:meth:`served_item`), once per answer and type."""
         key = (request_id, outcome)
-        if key in self._seen or not self.served_item(request_id, item_id):
+        if key in self._seen:
             return False
         self._seen[key] = None
         if len(self._seen) > self.max_entries:
@@ -260,9 +266,6 @@ class EventsService:
             for e in result.new:
                 if e.type in OUTCOME_OF_EVENT:
                     await self.record_outcome(e)
-                    if e.request_id:
-                        self.slate_outcomes.record(e.request_id, OUTCOME_OF_EVENT[e.type],
-                                                   e.item_id)
             await self.projections.apply(result.new, counters=not self.follow_stream)
             users = {e.user_id for e in result.new if e.type in self.invalidating}
             if users:
@@ -272,7 +275,8 @@ class EventsService:
         return result
 
     async def record_outcome(self, e: Event) -> None:
-        """Credit a click or purchase to the variants the user was exposed to."""
+        """Credit a click or purchase to the variants the user was exposed to, and to the
+        recommendations' CTR when it is on an item of a served answer."""
         outcome = OUTCOME_OF_EVENT.get(e.type)
         if outcome is None:
             return
@@ -282,6 +286,8 @@ class EventsService:
         # request id, or an item the answer did not hold, counts per user only
         served = ((e.request_id, e.item_id) if e.request_id
                   and self.slate_outcomes.served_item(e.request_id, e.item_id) else None)
+        if served is not None:
+            self.slate_outcomes.count(e.request_id, outcome)
         try:
             credited = await self.rt.tracker.outcome(e.user_id, outcome,
                                                      self.rt.experiments.experiments, served)
